@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_WS ?= demo_workspace
+
+.PHONY: install demo test lint bench chromium clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev,ray]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Chromium for the real-browser test (skipped when it cannot be installed).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will skip"
+
+demo: $(STAMP)
+	$(BIN)/labeler demo-data data/demo
+	$(BIN)/labeler -v run data/demo/images -w $(DEMO_WS)
+	$(BIN)/labeler app -w $(DEMO_WS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check labeler tests bench
+	$(BIN)/ruff format --check labeler tests bench
+
+test: $(STAMP) chromium lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_WS) .pytest_cache .ruff_cache

@@ -1,0 +1,14 @@
+"""``labeler info``: versions, device, backbones, detectors."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("info")
+def command() -> None:
+    """Print versions, the compute device and the available backbones and detectors."""
+    from labeler.info import collect_info
+
+    for key, value in collect_info().items():
+        click.echo(f"{key:>12}: {value}")

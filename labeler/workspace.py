@@ -1,0 +1,322 @@
+"""The workspace: one directory of Parquet tables, cached crops and a SQLite label log.
+
+Layout (all paths relative to the workspace root)::
+
+    workspace.json                 roots of the ingested folders, format version
+    images.parquet                 one row per file seen (IMAGES_SCHEMA)
+    faces.parquet                  one row per face, keyed by ``face_id`` (FACES_SCHEMA)
+    crops/<ab>/<face_id>.jpg       aligned face crops, sharded by the first 2 hex of face_id
+    embeddings/<backbone>__<region>/part-*.parquet   (face_id, vector) shards + config.json
+    clusters/<run_id>/...          cluster runs (see labeler.cluster)
+    labels.db                      SQLite (WAL) append-only label event log
+    steps/<step>.json              the resolved config of the last run of each step
+
+Every artifact aligns to ``faces`` by ``face_id``: :func:`align_to_faces` is the one place
+that reorders rows and refuses mismatches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+# --- table contracts -------------------------------------------------------------------------
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),  # sha1 of the file bytes (first 16 hex); "path:<sha1>" if unreadable
+        ("root", pa.int32()),  # index into workspace.json "roots"
+        ("path", pa.string()),  # path relative to the root, POSIX separators
+        ("size_bytes", pa.int64()),
+        ("mtime", pa.float64()),
+        ("width", pa.int32()),  # after EXIF orientation; 0 when unreadable
+        ("height", pa.int32()),
+        ("status", pa.string()),  # ok | error | duplicate
+        ("error", pa.string()),  # one-line reason when status == error
+        ("duplicate_of", pa.string()),  # path of the first copy when status == duplicate
+    ]
+)
+
+# Canonical landmark order used by every detector: 4 points, (x, y) in source-image pixels.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth")
+
+FACES_SCHEMA = pa.schema(
+    [
+        ("face_id", pa.string()),  # f"{image_id}_{face_index}", stable across re-runs
+        ("image_id", pa.string()),
+        ("face_index", pa.int32()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("score", pa.float32()),
+        ("landmarks", pa.list_(pa.float32(), 8)),  # LANDMARK_NAMES as x, y pairs
+        ("detector", pa.string()),
+        ("whole_image", pa.bool_()),  # no detection: the whole (crop-like) image stands in
+        ("crop_path", pa.string()),  # relative to the workspace
+    ]
+)
+
+
+def face_id_for(image_id: str, face_index: int) -> str:
+    """The stable id of the ``face_index``-th face of an image."""
+    return f"{image_id}_{face_index}"
+
+
+# --- small IO helpers ------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True).encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_table(path: Path, table: pa.Table | pd.DataFrame, schema: pa.Schema | None = None) -> None:
+    """Atomically write a Parquet table (validated against ``schema`` when given)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    elif schema is not None:
+        table = table.select(schema.names).cast(schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def empty_table(schema: pa.Schema) -> pd.DataFrame:
+    return schema.empty_table().to_pandas()
+
+
+# --- alignment -------------------------------------------------------------------------------
+
+
+def align_to_faces(
+    face_ids: Sequence[str], row_ids: Sequence[str], values: np.ndarray, *, what: str, fix: str
+) -> np.ndarray:
+    """Reorder ``values`` (rows keyed by ``row_ids``) to the order of ``face_ids``.
+
+    Raises ``ValueError`` naming ``what`` and ``fix`` when any face has no row, or when
+    ``row_ids`` and ``values`` disagree in length.
+    """
+    if len(row_ids) != len(values):
+        raise ValueError(f"{what} has {len(values)} rows but {len(row_ids)} ids; {fix}")
+    index = pd.Index(row_ids)
+    if not index.is_unique:
+        dup = index[index.duplicated()][0]
+        raise ValueError(f"{what} has duplicate face_id {dup!r}; {fix}")
+    pos = index.get_indexer(pd.Index(face_ids))
+    missing = int((pos < 0).sum())
+    if missing:
+        raise ValueError(
+            f"{what} covers {len(face_ids) - missing} of {len(face_ids)} faces; {fix}"
+        )
+    return values[pos]
+
+
+# --- the workspace object --------------------------------------------------------------------
+
+
+class WorkspaceError(ValueError):
+    """A workspace is missing a step's output, or its tables disagree."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths and table access for one workspace directory. Cheap to construct."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, create: bool = False) -> Workspace:
+        root = Path(root).expanduser().resolve()
+        ws = cls(root)
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+            if not ws.meta_path.exists():
+                write_json(ws.meta_path, {"format_version": FORMAT_VERSION, "roots": []})
+        elif not ws.meta_path.exists():
+            raise WorkspaceError(
+                f"{root} is not a labeler workspace (no workspace.json); "
+                "create one with 'labeler ingest IMAGES -w WORKSPACE'"
+            )
+        return ws
+
+    # paths
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "workspace.json"
+
+    @property
+    def images_path(self) -> Path:
+        return self.root / "images.parquet"
+
+    @property
+    def faces_path(self) -> Path:
+        return self.root / "faces.parquet"
+
+    @property
+    def crops_dir(self) -> Path:
+        return self.root / "crops"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.root / "clusters"
+
+    @property
+    def labels_db(self) -> Path:
+        return self.root / "labels.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def step_config_path(self, step: str) -> Path:
+        return self.root / "steps" / f"{step}.json"
+
+    # meta
+    def meta(self) -> dict[str, Any]:
+        return read_json(self.meta_path)
+
+    def roots(self) -> list[Path]:
+        return [Path(p) for p in self.meta().get("roots", [])]
+
+    def add_root(self, folder: Path) -> int:
+        """Register an image folder; returns its index (existing index if already known)."""
+        folder = Path(folder).resolve()
+        meta = self.meta()
+        roots = meta.setdefault("roots", [])
+        if str(folder) in roots:
+            return roots.index(str(folder))
+        roots.append(str(folder))
+        write_json(self.meta_path, meta)
+        return len(roots) - 1
+
+    def save_step_config(self, step: str, config: Any) -> None:
+        write_json(self.step_config_path(step), config)
+
+    # tables
+    def images(self) -> pd.DataFrame:
+        if not self.images_path.exists():
+            return empty_table(IMAGES_SCHEMA)
+        return pq.read_table(self.images_path, schema=IMAGES_SCHEMA).to_pandas()
+
+    def write_images(self, df: pd.DataFrame) -> None:
+        if df["path"].duplicated().any() and df.duplicated(["root", "path"]).any():
+            raise WorkspaceError("images table has duplicate (root, path) rows")
+        write_table(self.images_path, df, IMAGES_SCHEMA)
+
+    def faces(self) -> pd.DataFrame:
+        if not self.faces_path.exists():
+            return empty_table(FACES_SCHEMA)
+        return pq.read_table(self.faces_path, schema=FACES_SCHEMA).to_pandas()
+
+    def require_faces(self) -> pd.DataFrame:
+        faces = self.faces()
+        if faces.empty:
+            raise WorkspaceError(
+                f"{self.root} has no faces yet; run 'labeler detect -w {self.root}' first"
+            )
+        return faces
+
+    def write_faces(self, df: pd.DataFrame) -> None:
+        if df["face_id"].duplicated().any():
+            dup = df.loc[df["face_id"].duplicated(), "face_id"].iloc[0]
+            raise WorkspaceError(f"faces table has duplicate face_id {dup!r}")
+        write_table(self.faces_path, df, FACES_SCHEMA)
+
+    def image_path(self, root_index: int, rel_path: str) -> Path:
+        return self.roots()[root_index] / rel_path
+
+    def crop_path(self, face_id: str) -> Path:
+        return self.crops_dir / face_id[:2] / f"{face_id}.jpg"
+
+    def face_image_paths(self, faces: pd.DataFrame | None = None) -> pd.Series:
+        """Absolute source path of each face's image, indexed like ``faces``."""
+        faces = self.faces() if faces is None else faces
+        images = self.images()
+        images = images[images["status"] == "ok"].drop_duplicates("image_id")
+        roots = self.roots()
+        lookup = {
+            r.image_id: str(roots[int(r.root)] / r.path) for r in images.itertuples(index=False)
+        }
+        return faces["image_id"].map(lookup)
+
+    def resolve_inside(self, path: str | os.PathLike[str]) -> Path:
+        """Return ``path`` resolved if it lies inside the workspace or an ingested root.
+
+        The app serves images only through this check, whatever a request asks for.
+        """
+        p = Path(path).resolve()
+        allowed = [self.root, *self.roots()]
+        for base in allowed:
+            if p == base or base in p.parents:
+                return p
+        raise PermissionError(f"{p} is outside the workspace and its ingested folders")
+
+
+def iter_batches(items: Sequence[Any] | Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Yield lists of at most ``size`` items."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
