@@ -61,7 +61,7 @@ def cli(verbose: int) -> None:
 
     Typical session: 'labeler run PHOTOS -w WS', then 'labeler app -w WS'.
     """
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
