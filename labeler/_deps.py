@@ -20,7 +20,9 @@ def require(module: str, *, extra: str | None = None, purpose: str = "") -> Modu
     except ImportError as exc:
         what = f" for {purpose}" if purpose else ""
         fix = f"pip install 'labeler[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
-        raise MissingDependency(f"{module} is needed{what} but is not installed ({exc}); run: {fix}") from exc
+        raise MissingDependency(
+            f"{module} is needed{what} but is not installed ({exc}); run: {fix}"
+        ) from exc
 
 
 def available(module: str) -> bool:

@@ -75,7 +75,12 @@ def _mask_polygon(shape: str, top: float, bottom: float) -> np.ndarray:
 
 
 def paint_mask(
-    img: np.ndarray, state: str, *, colour: tuple[int, int, int], shape: str, rng: np.random.Generator
+    img: np.ndarray,
+    state: str,
+    *,
+    colour: tuple[int, int, int],
+    shape: str,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Paint a mask for ``state`` onto a copy of the 512x512 astronaut image."""
     import cv2
@@ -156,7 +161,9 @@ def make_demo_set(out_dir: str | Path, *, per_state: int = 36, seed: int = 0) ->
             if not ok:
                 raise RuntimeError(f"could not encode demo image {name}")
             (images / name).write_bytes(buf.tobytes())
-            rows.append(f"{name},{state},{colour if state != 'no_mask' else ''},{shape if state != 'no_mask' else ''}")
+            rows.append(
+                f"{name},{state},{colour if state != 'no_mask' else ''},{shape if state != 'no_mask' else ''}"
+            )
     labels = out / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     n = len(rows) - 1

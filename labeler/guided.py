@@ -63,7 +63,9 @@ def _finish(proba: np.ndarray, classes: np.ndarray, method: str) -> Prediction:
     return Prediction(labels, proba, classes, conf, margin, method)
 
 
-def _probe(Xs: np.ndarray, y: np.ndarray, w: np.ndarray, classes: np.ndarray, C: float) -> np.ndarray:
+def _probe(
+    Xs: np.ndarray, y: np.ndarray, w: np.ndarray, classes: np.ndarray, C: float
+) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
     lab = y >= 0
@@ -125,7 +127,9 @@ def _spread(
     return F / F.sum(1, keepdims=True)
 
 
-def _knn_vote(Xs: np.ndarray, y: np.ndarray, w: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
+def _knn_vote(
+    Xs: np.ndarray, y: np.ndarray, w: np.ndarray, classes: np.ndarray, k: int
+) -> np.ndarray:
     lab = np.flatnonzero(y >= 0)
     Xn = Xs / np.clip(np.linalg.norm(Xs, axis=1, keepdims=True), 1e-8, None)
     S = Xn @ Xn[lab].T
@@ -178,9 +182,7 @@ def fit_predict(
     return _finish(P, classes, method)
 
 
-def recluster(
-    X: np.ndarray, y: np.ndarray, *, n_clusters: int, seed: int = 0
-) -> np.ndarray:
+def recluster(X: np.ndarray, y: np.ndarray, *, n_clusters: int, seed: int = 0) -> np.ndarray:
     """Re-group all rows in a space learned from the labels so far.
 
     Fits LDA on the labeled rows (``y >= 0``, at least two classes), projects every row,

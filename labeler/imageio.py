@@ -128,13 +128,17 @@ def decode_image(
     source: Source,
     *,
     max_side: int | None = None,
+    min_side: int | None = None,
     max_pixels: int | None = None,
     name: str | None = None,
 ) -> DecodedImage:
     """Decode ``source`` (a path, bytes or a binary file object) to 8-bit RGB.
 
     ``max_side``: when given, the result's longest side is at most this many pixels (JPEGs
-    use DCT-scaled decoding first, then a resize). ``max_pixels`` (default
+    use DCT-scaled decoding first, then a resize). ``min_side``: any result whose longest
+    side is at least this is fine; JPEGs are decoded at the cheapest DCT scale (1/2, 1/4,
+    1/8) that keeps it, other formats at full size, never resized (the fast path for a
+    detector that resizes internally anyway). Give at most one of the two. ``max_pixels`` (default
     ``PIL.Image.MAX_IMAGE_PIXELS``) refuses larger images before decoding them. ``name`` is
     used in error messages for bytes/file-object input.
 
@@ -143,8 +147,12 @@ def decode_image(
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     label = _name(source, name)
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    for what, value in (("max_side", max_side), ("min_side", min_side)):
+        if value is not None and value < 1:
+            raise ValueError(f"{what} must be a positive number of pixels, got {value}")
+    if max_side is not None and min_side is not None:
+        raise ValueError("give max_side or min_side, not both")
+    target = max_side if max_side is not None else min_side
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     fp: object = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
@@ -161,8 +169,8 @@ def decode_image(
                 )
             width, height = _oriented_size(img, raw_w, raw_h)
             fmt = img.format or "?"
-            if max_side is not None and fmt == "JPEG" and max(raw_w, raw_h) > max_side:
-                r = max_side / max(raw_w, raw_h)
+            if target is not None and fmt == "JPEG" and max(raw_w, raw_h) > target:
+                r = target / max(raw_w, raw_h)
                 img.draft("RGB", (max(1, math.ceil(raw_w * r)), max(1, math.ceil(raw_h * r))))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -180,7 +188,10 @@ def decode_image(
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{label}: refused, {exc}".splitlines()[0]) from None
+        msg = " ".join(str(exc).split())
+        raise ImageDecodeError(
+            f"{label}: refused ({msg}); raise PIL.Image.MAX_IMAGE_PIXELS if the file is genuine"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{label}: not an image (no known image format)") from None
     except FileNotFoundError:
@@ -193,12 +204,12 @@ def decode_image(
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         raise ImageDecodeError(f"{label}: decoded to an unusable array of shape {rgb.shape}")
     h, w = rgb.shape[:2]
-    return DecodedImage(rgb=rgb, scale=(width / w, height / h), width=width, height=height, format=fmt)
+    return DecodedImage(
+        rgb=rgb, scale=(width / w, height / h), width=width, height=height, format=fmt
+    )
 
 
-def load_rgb(
-    path: str | os.PathLike[str], *, max_side: int | None = None
-) -> np.ndarray:
+def load_rgb(path: str | os.PathLike[str], *, max_side: int | None = None) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB of ``path``; see :func:`decode_image` for the scale factor.
 
     >>> load_rgb("face.png", max_side=256).shape  # doctest: +SKIP

@@ -37,7 +37,12 @@ class Region:
 
     def pixels(self, size: int = CROP_SIZE) -> tuple[int, int, int, int]:
         x0, y0, x1, y1 = self.box
-        return int(round(x0 * size)), int(round(y0 * size)), int(round(x1 * size)), int(round(y1 * size))
+        return (
+            int(round(x0 * size)),
+            int(round(y0 * size)),
+            int(round(x1 * size)),
+            int(round(y1 * size)),
+        )
 
 
 REGIONS: dict[str, Region] = {
@@ -57,9 +62,7 @@ def get_region(name: str) -> Region:
     try:
         return REGIONS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown region {name!r}; choose one of {', '.join(REGIONS)}"
-        ) from None
+        raise ValueError(f"unknown region {name!r}; choose one of {', '.join(REGIONS)}") from None
 
 
 def crop_region(crop: np.ndarray, name: str) -> np.ndarray:

@@ -39,7 +39,10 @@ FORMAT_VERSION = 1
 
 IMAGES_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()),  # sha1 of the file bytes (first 16 hex); "path:<sha1>" if unreadable
+        (
+            "image_id",
+            pa.string(),
+        ),  # sha1 of the file bytes (first 16 hex); "path:<sha1>" if unreadable
         ("root", pa.int32()),  # index into workspace.json "roots"
         ("path", pa.string()),  # path relative to the root, POSIX separators
         ("size_bytes", pa.int64()),
@@ -118,7 +121,9 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_table(path: Path, table: pa.Table | pd.DataFrame, schema: pa.Schema | None = None) -> None:
+def write_table(
+    path: Path, table: pa.Table | pd.DataFrame, schema: pa.Schema | None = None
+) -> None:
     """Atomically write a Parquet table (validated against ``schema`` when given)."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
@@ -159,9 +164,7 @@ def align_to_faces(
     pos = index.get_indexer(pd.Index(face_ids))
     missing = int((pos < 0).sum())
     if missing:
-        raise ValueError(
-            f"{what} covers {len(face_ids) - missing} of {len(face_ids)} faces; {fix}"
-        )
+        raise ValueError(f"{what} covers {len(face_ids) - missing} of {len(face_ids)} faces; {fix}")
     return values[pos]
 
 

@@ -62,7 +62,9 @@ def cli(verbose: int) -> None:
     Typical session: 'labeler run PHOTOS -w WS', then 'labeler app -w WS'.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main() -> None:
@@ -80,6 +82,12 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (WorkspaceError, MissingDependency, FileNotFoundError, FileExistsError, PermissionError) as exc:
+    except (
+        WorkspaceError,
+        MissingDependency,
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+    ) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

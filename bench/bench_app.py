@@ -1,0 +1,203 @@
+"""Benchmark the labeling app at the size of the real dataset (133,000 faces).
+
+Builds a synthetic workspace (133k faces, ~200 clusters + one of 10,000 faces, crops only for
+the faces the pages show, half the faces already labeled in 2,000 events), then measures:
+
+* bulk-assigning the 10,000-face cluster: ``LabelStore.assign`` (one transaction,
+  executemany + maintained ``current`` table) vs the naive one-transaction-per-face loop;
+* reading current labels: the maintained ``current`` table vs a window query over all events;
+* page switch time: AppTest run of each page through the router, cold (first) and warm;
+* the map payload: the sampled figure sent to the browser vs all 133k points.
+
+    .venv/bin/python bench/bench_app.py [--faces 133000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PAGES = [
+    "views/overview.py",
+    "views/clusters.py",
+    "views/cluster_view.py",
+    "views/map.py",
+    "views/review.py",
+    "views/settings.py",
+    "views/try_it.py",
+]
+APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def naive_assign(db: Path, face_ids, field, value, annotator):
+    """One transaction per face (what a per-click UI loop does)."""
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    for f in face_ids:
+        con.execute("BEGIN IMMEDIATE")
+        cur = con.execute(
+            "INSERT INTO events(ts, annotator, kind, field, value, source, n_faces) "
+            "VALUES (?, ?, 'assign', ?, ?, 'single', 1)",
+            (time.time(), annotator, field, value),
+        )
+        con.execute("INSERT INTO event_faces VALUES (?, ?)", (cur.lastrowid, f))
+        con.execute(
+            "INSERT INTO current VALUES (?, ?, ?, ?) ON CONFLICT(field, face_id) DO UPDATE "
+            "SET value = excluded.value, event_id = excluded.event_id",
+            (field, f, value, cur.lastrowid),
+        )
+        con.execute("COMMIT")
+    con.close()
+
+
+WINDOW_QUERY = """
+SELECT face_id, value FROM (
+  SELECT ef.face_id, e.value, ROW_NUMBER() OVER (
+      PARTITION BY ef.face_id ORDER BY e.event_id DESC) AS rn
+  FROM event_faces ef JOIN events e ON e.event_id = ef.event_id
+  WHERE e.field = ? AND e.kind = 'assign' AND e.undone = 0)
+WHERE rn = 1 AND value IS NOT NULL
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--faces", type=int, default=133_000)
+    ap.add_argument("--clusters", type=int, default=200)
+    ap.add_argument("--keep", type=Path, default=None, help="build the workspace here")
+    args = ap.parse_args()
+
+    from streamlit.testing.v1 import AppTest
+
+    from labeler.cluster import store as cluster_store
+    from labeler.labels import MASK_STATES, LabelStore
+    from labeler.ui import data
+    from labeler.ui.state import ENV_WORKSPACE, K
+    from labeler.ui.synthetic import synthetic_workspace
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench_app_")) / "ws"
+    ws, t_build = timed(
+        synthetic_workspace,
+        root,
+        n_faces=args.faces,
+        n_clusters=args.clusters,
+        crops_per_cluster=48,
+        write_images=False,
+        big_cluster=10_000,
+    )
+    run = cluster_store.load_run(ws)
+    rows: list[tuple[str, str, str]] = [("build synthetic workspace", f"{t_build:.1f} s", "")]
+
+    store = LabelStore(ws.labels_db)
+    rng = np.random.default_rng(0)
+    half = rng.permutation(run.face_ids[10_000:])[: args.faces // 2]
+    t = time.perf_counter()
+    for i, chunk in enumerate(np.array_split(half, 2000)):
+        store.assign(
+            chunk, "mask_state", MASK_STATES[i % 5], annotator=f"a{i % 3}", source="selection"
+        )
+    rows.append(("pre-label 50% in 2,000 events", f"{time.perf_counter() - t:.1f} s", ""))
+
+    big = [str(f) for f in run.face_ids[run.labels == 0]]
+    assert len(big) >= 10_000
+    times = []
+    for i in range(5):
+        _, dt = timed(
+            store.assign, big, "mask_state", MASK_STATES[i % 5], annotator="bench", source="cluster"
+        )
+        times.append(dt)
+    rows.append(
+        (
+            f"bulk assign {len(big):,}-face cluster (LabelStore.assign)",
+            f"{np.median(times) * 1e3:.0f} ms",
+            "median of 5, target <= 200 ms",
+        )
+    )
+    _, dt = timed(store.undo, "bench")
+    rows.append(("undo that assign", f"{dt * 1e3:.0f} ms", ""))
+    _, dt = timed(store.redo, "bench")
+    rows.append(("redo it", f"{dt * 1e3:.0f} ms", ""))
+    _, dt = timed(naive_assign, ws.labels_db, big[:1000], "mask_state", "correct", "naive")
+    rows.append(
+        (
+            "naive: 1 transaction per face, 1,000 faces",
+            f"{dt * 1e3:.0f} ms",
+            f"~{dt * 10:.1f} s for 10k",
+        )
+    )
+
+    cur, dt = timed(store.current_values, "mask_state")
+    rows.append((f"current labels ({len(cur):,}) from maintained table", f"{dt * 1e3:.0f} ms", ""))
+    con = sqlite3.connect(ws.labels_db)
+    win, dt = timed(lambda: dict(con.execute(WINDOW_QUERY, ("mask_state",)).fetchall()))
+    rows.append(
+        (
+            "naive: window query over all events",
+            f"{dt * 1e3:.0f} ms",
+            "same answer" if win == cur else "DIFFERENT",
+        )
+    )
+    con.close()
+    full, dt = timed(store.current)
+    rows.append(("LabelStore.current() DataFrame", f"{dt * 1e3:.0f} ms", ""))
+
+    os.environ[ENV_WORKSPACE] = str(ws.root)
+    at = AppTest.from_file(APP, default_timeout=120)
+    _, dt = timed(at.run)
+    rows.append(("app start (overview, cold)", f"{dt * 1e3:.0f} ms", ""))
+    for label in ("cold", "warm"):
+        for page in PAGES:
+            at.switch_page(page)
+            _, dt = timed(at.run)
+            assert not at.exception, (page, [e.value for e in at.exception])
+            rows.append(
+                (
+                    f"page switch {label}: {page.split('/')[1][:-3]}",
+                    f"{dt * 1e3:.0f} ms",
+                    "target <= 1 s" if label == "warm" else "",
+                )
+            )
+    at.switch_page("views/cluster_view.py").run()
+    at.selectbox(key=K.cluster_pick).set_value(0).run()
+    at.button(key=K.assign_btn).click()
+    _, dt = timed(at.run)
+    rows.append(("app: click assign on the 10k cluster (rerun incl.)", f"{dt * 1e3:.0f} ms", ""))
+
+    fig = data.map_figure(ws, "mask_state", "label")
+    sample_bytes = len(json.dumps(fig))
+    n_drawn = sum(len(t["x"]) for t in fig["data"])
+    xy = run.xy
+    full_bytes = len(
+        json.dumps(
+            {
+                "x": np.round(xy[:, 0], 4).tolist(),
+                "y": np.round(xy[:, 1], 4).tolist(),
+                "customdata": list(range(len(xy))),
+            }
+        )
+    )
+    rows.append((f"map payload: {n_drawn:,} sampled points", f"{sample_bytes / 1e6:.2f} MB", ""))
+    rows.append((f"naive: all {len(xy):,} points", f"{full_bytes / 1e6:.2f} MB", ""))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\nlabeling app at {args.faces:,} faces, {args.clusters} clusters ({ws.root})\n")
+    print(f"| {'what'.ljust(width)} | {'time / size':>12} | note |")
+    print(f"|{'-' * (width + 2)}|{'-' * 14}|------|")
+    for what, value, note in rows:
+        print(f"| {what.ljust(width)} | {value:>12} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

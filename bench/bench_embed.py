@@ -1,0 +1,243 @@
+"""Embedding throughput: crops/s of each runtime and decode path, printed as a table.
+
+    python bench/bench_embed.py [--data DIR] [--n 64] [--batch-size 32] [--repeats 3]
+
+Real face photos (default ``../shared/data/maskedfacenet_1024/images``, 1024 px JPEGs) are
+resized to 256 px aligned-crop stand-ins in memory and re-encoded as JPEG, then timed:
+
+* CPU model: torch eager fp32 (NCHW, the naive baseline), torch channels_last,
+  labeler's torch backbone, onnxruntime (labeler's CPU default);
+* CUDA model (when a GPU is present): torch fp32 vs bf16 autocast + channels_last;
+* decode: PIL/libjpeg on CPU threads vs batched nvJPEG on the GPU (crop + resize included),
+  and end-to-end (decode + model) with each.
+
+Skips cleanly (exit 0) when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "maskedfacenet_1024" / "images"
+
+
+def load_crops(data: Path, n: int) -> tuple[list[np.ndarray], list[bytes]]:
+    """``n`` photos -> 256 px RGB crops and their JPEG bytes (quality 90)."""
+    import cv2
+    from PIL import Image
+
+    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+    crops, blobs = [], []
+    for p in files:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        side = min(rgb.shape[:2])
+        crop = cv2.resize(rgb[:side, :side], (256, 256), interpolation=cv2.INTER_AREA)
+        crops.append(crop)
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    return crops, blobs
+
+
+def timeit(fn, *, repeats: int, sync=None) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    if sync:
+        sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--n", type=int, default=64, help="crops to use")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--gpu-batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--region", default="face")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skip: {args.data} not found (pass --data DIR with face photos)")
+        return 0
+
+    import torch
+
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.backbones import resolve_spec
+    from labeler.embeddings.embed import prepare_crop
+    from labeler.embeddings.weights import build_timm_model, data_config
+
+    torch.set_num_threads(args.threads)
+    crops, blobs = load_crops(args.data, args.n)
+    if not crops:
+        print(f"skip: no images in {args.data}")
+        return 0
+    spec = resolve_spec("timm:efficientnet_lite0")
+    size = spec.input_size or 224
+    region = args.region
+    pixels = np.stack([prepare_crop(c, region=region, size=size) for c in crops])
+    bs = min(args.batch_size, len(pixels))
+    batch = pixels[:bs]
+    rows: list[tuple[str, int, float]] = []  # (what, batch, seconds per batch)
+
+    def decode_cpu(blob: bytes) -> np.ndarray:
+        from PIL import Image
+
+        return prepare_crop(
+            np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")), region=region, size=size
+        )
+
+    # -- CPU decode -----------------------------------------------------------------------
+    for workers in sorted({1, args.threads}):
+        with ThreadPoolExecutor(workers) as pool:
+            t = timeit(
+                lambda pool=pool: list(pool.map(decode_cpu, blobs[:bs])), repeats=args.repeats
+            )
+        rows.append((f"decode+crop+resize CPU, PIL, {workers} thread(s)", bs, t))
+
+    # -- CPU models -----------------------------------------------------------------------
+    model, _, _ = build_timm_model(spec)
+    _, mean, std = data_config(spec, model)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    x = ((torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - m) / s).contiguous()
+
+    def eager(mod, inp):
+        with torch.inference_mode():
+            return mod.forward_head(mod.forward_features(inp), pre_logits=True)
+
+    rows.append(
+        ("torch eager fp32 CPU (NCHW)", bs, timeit(lambda: eager(model, x), repeats=args.repeats))
+    )
+    model_cl = model.to(memory_format=torch.channels_last)
+    x_cl = x.to(memory_format=torch.channels_last)
+    rows.append(
+        (
+            "torch channels_last fp32 CPU",
+            bs,
+            timeit(lambda: eager(model_cl, x_cl), repeats=args.repeats),
+        )
+    )
+    tb = get_backbone(device="cpu", runtime="torch")
+    rows.append(
+        (
+            "labeler torch backbone CPU (uint8 in)",
+            bs,
+            timeit(lambda: tb.embed(batch), repeats=args.repeats),
+        )
+    )
+    ob = get_backbone(device="cpu", runtime="onnx", num_threads=args.threads)
+    rows.append(
+        (
+            "onnxruntime CPU (labeler default on CPU)",
+            bs,
+            timeit(lambda: ob.embed(batch), repeats=args.repeats),
+        )
+    )
+    diff = float(np.abs(tb.embed(batch) - ob.embed(batch)).max())
+
+    # -- CUDA -----------------------------------------------------------------------------
+    if torch.cuda.is_available():
+        from labeler.embeddings.gpu import decode_crops_cuda
+
+        sync = torch.cuda.synchronize
+        gbs = min(args.gpu_batch_size, len(pixels))
+        reps = max(1, -(-gbs // len(pixels)))
+        gpix = np.concatenate([pixels] * reps)[:gbs]
+        gblobs = (blobs * reps)[:gbs]
+        dev_model = build_timm_model(spec)[0].cuda().eval()
+        xg = (
+            (torch.from_numpy(gpix).cuda().permute(0, 3, 1, 2).float() / 255 - m.cuda()) / s.cuda()
+        ).contiguous()
+        rows.append(
+            (
+                "torch CUDA fp32 (NCHW)",
+                gbs,
+                timeit(lambda: eager(dev_model, xg), repeats=args.repeats, sync=sync),
+            )
+        )
+        fp32 = get_backbone(device="cuda", runtime="torch", precision="fp32", channels_last=False)
+        rows.append(
+            (
+                "labeler CUDA fp32, uint8 in, pinned copy",
+                gbs,
+                timeit(lambda: fp32.embed(gpix), repeats=args.repeats, sync=sync),
+            )
+        )
+        bf16 = get_backbone(device="cuda", runtime="torch", precision="bf16", channels_last=True)
+        rows.append(
+            (
+                "labeler CUDA bf16 + channels_last",
+                gbs,
+                timeit(lambda: bf16.embed(gpix), repeats=args.repeats, sync=sync),
+            )
+        )
+        with ThreadPoolExecutor(args.threads) as pool:
+            t_cpu_dec = timeit(
+                lambda: np.stack(list(pool.map(decode_cpu, gblobs))), repeats=args.repeats
+            )
+            rows.append((f"decode CPU ({args.threads} threads)", gbs, t_cpu_dec))
+            rows.append(
+                (
+                    "end-to-end: CPU decode + CUDA bf16",
+                    gbs,
+                    timeit(
+                        lambda: bf16.embed(np.stack(list(pool.map(decode_cpu, gblobs)))),
+                        repeats=args.repeats,
+                        sync=sync,
+                    ),
+                )
+            )
+        dec = lambda: decode_crops_cuda(gblobs, region=region, size=size)  # noqa: E731
+        rows.append(
+            ("decode GPU (nvJPEG, batched)", gbs, timeit(dec, repeats=args.repeats, sync=sync))
+        )
+        rows.append(
+            (
+                "end-to-end: GPU decode + CUDA bf16",
+                gbs,
+                timeit(lambda: bf16.embed(dec()), repeats=args.repeats, sync=sync),
+            )
+        )
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = "no CUDA device: GPU rows skipped"
+
+    # -- table ----------------------------------------------------------------------------
+    print(
+        f"# embed throughput: EfficientNet-Lite0 @ {size}px, region={region}, {len(crops)} crops from {args.data}"
+    )
+    print(
+        f"# CPU threads {args.threads} (os.cpu_count {os.cpu_count()}); {device}; torch {torch.__version__}"
+    )
+    base = next(t / b for w, b, t in rows if w.startswith("torch eager fp32 CPU"))
+    print(f"| {'path':<44} | batch | crops/s | ms/batch | vs torch eager CPU |")
+    print(f"|{'-' * 46}|------:|--------:|---------:|-------------------:|")
+    for what, b, t in rows:
+        vs = "-" if what.startswith("decode") else f"{base / (t / b):.1f}x"
+        print(f"| {what:<44} | {b:5d} | {b / t:7.1f} | {t * 1000:8.1f} | {vs:>18} |")
+    print(f"# max |torch - onnxruntime| feature difference: {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""End-to-end throughput: labeler's pipeline vs the naive path, on 1024x1024 JPEG photos.
+
+Stages, each measured on the same images in one run:
+  decode   full cv2.imread                      vs  DCT-scaled decode (labeler.imageio)
+  detect   MediaPipe BlazeFace on the decoded image (per image)
+  embed    torch eager fp32 (batch 32)          vs  labeler's backbone (ONNX Runtime on CPU,
+                                                    bf16 + channels_last on CUDA)
+  e2e      naive: cv2.imread + detect + align + torch eager, one thread
+           labeler: `labeler run --no-cluster` (ingest + detect + align + embed) on a fresh
+           workspace, threads overlapping decode/detect with the model
+
+Usage: python bench/bench_pipeline.py [--data DIR] [--repeat K] [--device auto]
+(default data: ../shared/data/maskedfacenet_1024/images). Prints a table; --json writes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "maskedfacenet_1024" / "images"
+
+
+def _images(data: Path, repeat: int, workdir: Path) -> Path:
+    """A folder with the images of ``data`` copied ``repeat`` times (distinct bytes per copy)."""
+    files = sorted(p for p in data.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    out = workdir / "images"
+    out.mkdir(parents=True)
+    for r in range(repeat):
+        for p in files:
+            # append r bytes after the JPEG end marker: same pixels, a new content hash
+            (out / f"r{r:02d}_{p.name}").write_bytes(p.read_bytes() + b"\0" * r)
+    return out
+
+
+def bench_decode(files: list[Path]) -> dict[str, float]:
+    import cv2
+
+    from labeler.imageio import decode_image
+
+    t = time.perf_counter()
+    for f in files:
+        cv2.imread(str(f))
+    full = time.perf_counter() - t
+    t = time.perf_counter()
+    for f in files:
+        decode_image(f, max_side=640)
+    draft = time.perf_counter() - t
+    return {"decode_full_ms": 1e3 * full / len(files), "decode_draft_ms": 1e3 * draft / len(files)}
+
+
+def bench_detect(files: list[Path]) -> dict[str, float]:
+    from labeler.detect import get_detector
+    from labeler.imageio import decode_image
+
+    det = get_detector("mediapipe")
+    decoded = [decode_image(f, max_side=640).rgb for f in files]
+    t = time.perf_counter()
+    n = sum(len(det.detect(rgb)) for rgb in decoded)
+    dt = time.perf_counter() - t
+    return {"detect_ms": 1e3 * dt / len(files), "detect_faces": n}
+
+
+def bench_embed(crops: np.ndarray, device: str) -> dict[str, float]:
+    from labeler.embeddings import get_backbone
+
+    out: dict[str, float] = {}
+    eager = get_backbone("timm:efficientnet_lite0", device=device, runtime="torch", precision="fp32", channels_last=False)
+    fast = get_backbone("timm:efficientnet_lite0", device=device)
+    for name, bb in (("eager", eager), ("labeler", fast)):
+        bb.embed(crops[:32])  # warm-up (ONNX export / CUDA init)
+        t = time.perf_counter()
+        for i in range(0, len(crops), 32 if name == "eager" else 64):
+            bb.embed(crops[i : i + (32 if name == "eager" else 64)])
+        out[f"embed_{name}_crops_s"] = len(crops) / (time.perf_counter() - t)
+    out["embed_runtime"] = f"{fast.config.runtime}/{fast.config.device}"  # type: ignore[assignment]
+    return out
+
+
+def naive_e2e(files: list[Path], device: str) -> float:
+    """Full cv2.imread, detect on a downscale, align from full res, torch eager batch 32."""
+    import cv2
+
+    from labeler.align import align_face
+    from labeler.detect import get_detector
+    from labeler.embeddings import get_backbone
+
+    det = get_detector("mediapipe")
+    bb = get_backbone("timm:efficientnet_lite0", device=device, runtime="torch", precision="fp32", channels_last=False)
+    t = time.perf_counter()
+    batch: list[np.ndarray] = []
+    n = 0
+    for f in files:
+        rgb = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
+        h, w = rgb.shape[:2]
+        s = 640 / max(h, w)
+        small = cv2.resize(rgb, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
+        for d in det.detect(small):
+            crop = align_face(rgb, d.landmarks / s)
+            batch.append(cv2.resize(crop, (224, 224), interpolation=cv2.INTER_AREA))
+            n += 1
+        if len(batch) >= 32:
+            bb.embed(np.stack(batch))
+            batch = []
+    if batch:
+        bb.embed(np.stack(batch))
+    return n / (time.perf_counter() - t)
+
+
+def labeler_e2e(images: Path, workdir: Path, device: str) -> tuple[float, dict[str, float], int]:
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.workspace import Workspace
+
+    ws = Workspace.open(workdir / "ws", create=True)
+    t = time.perf_counter()
+    res = run_pipeline(images, ws, config=RunConfig(device=device, cluster=False, features="face"))
+    dt = time.perf_counter() - t
+    return res.faces / dt, res.timings, res.faces
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--repeat", type=int, default=1, help="copies of the image set (for big machines)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if not args.data.is_dir():
+        print(f"no data at {args.data}; pass --data DIR of face photos", file=sys.stderr)
+        return 0
+    import cv2
+
+    from labeler.detect.pipeline import detect_and_align
+    from labeler.detect import get_detector
+
+    workdir = Path(tempfile.mkdtemp(prefix="labeler-bench-"))
+    try:
+        images = _images(args.data, args.repeat, workdir)
+        files = sorted(images.iterdir())
+        rows: dict[str, object] = {"images": len(files), "cores": os.cpu_count()}
+        rows.update(bench_decode(files[:100]))
+        rows.update(bench_detect(files[:100]))
+        det = get_detector("mediapipe")
+        crops = [c for f in files[:64] for _, c in detect_and_align(f, det)]
+        crops224 = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_AREA) for c in crops])
+        reps = max(1, 256 // len(crops224))
+        rows.update(bench_embed(np.concatenate([crops224] * reps), args.device))
+        rows["e2e_naive_faces_s"] = naive_e2e(files, args.device)
+        fps, timings, n = labeler_e2e(images, workdir, args.device)
+        rows["e2e_labeler_faces_s"] = fps
+        rows["e2e_faces"] = n
+        rows.update({f"labeler_{k}_s": v for k, v in timings.items()})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ratio = rows["e2e_labeler_faces_s"] / rows["e2e_naive_faces_s"]  # type: ignore[operator]
+    table = [
+        ("decode 1024 JPEG, ms/img", f"{rows['decode_full_ms']:.1f} (cv2 full)", f"{rows['decode_draft_ms']:.1f} (DCT-scaled)"),
+        ("detect, ms/img", "", f"{rows['detect_ms']:.1f}"),
+        ("embed, crops/s", f"{rows['embed_eager_crops_s']:.0f} (torch eager)", f"{rows['embed_labeler_crops_s']:.0f} ({rows['embed_runtime']})"),
+        ("end-to-end, faces/s", f"{rows['e2e_naive_faces_s']:.1f} (naive)", f"{rows['e2e_labeler_faces_s']:.1f} (labeler run)"),
+        ("labeler vs naive", "", f"{ratio:.2f}x"),
+    ]
+    print(f"\n{rows['images']} images, {rows['e2e_faces']} faces, {rows['cores']} cores")
+    print(f"{'stage':<26}{'naive':<28}{'labeler':<28}")
+    for name, a, b in table:
+        print(f"{name:<26}{a:<28}{b:<28}")
+    print("labeler step seconds: " + ", ".join(f"{k[8:-2]} {v:.2f}" for k, v in rows.items() if k.startswith("labeler_")))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

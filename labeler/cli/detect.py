@@ -1,0 +1,79 @@
+"""``labeler detect -w WS``: find faces, landmarks and aligned crops (resumable)."""
+
+from __future__ import annotations
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+DETECTOR_NAMES = ("mediapipe", "mtcnn", "haar", "none")
+
+
+@click.command("detect")
+@workspace_option()
+@click.option(
+    "--detector",
+    type=click.Choice(DETECTOR_NAMES),
+    default="mediapipe",
+    show_default=True,
+    help="'none': the images already are face crops.",
+)
+@click.option(
+    "--min-size",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="Smallest face side kept, in original image pixels.",
+)
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Detector threads.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Images per committed chunk (a crash loses at most one).",
+)
+@click.option(
+    "--fallback/--no-fallback",
+    default=True,
+    show_default=True,
+    help="Use the whole image as the face when none is found in a crop-like image.",
+)
+@click.option("--redo", is_flag=True, help="Forget earlier results and detect everything again.")
+def command(
+    ws: object,
+    detector: str,
+    min_size: float,
+    score_threshold: float,
+    workers: int | None,
+    chunk_size: int,
+    fallback: bool,
+    redo: bool,
+) -> None:
+    """Detect faces in the ingested images and cache 256x256 aligned crops.
+
+    Only images without a result are processed, so an interrupted run continues where it
+    stopped and new images added by 'labeler ingest' are picked up.
+    """
+    from labeler.detect.pipeline import detect_workspace
+
+    try:
+        res = detect_workspace(
+            ws,  # type: ignore[arg-type]
+            detector=detector,
+            min_size=min_size,
+            score_threshold=score_threshold,
+            workers=workers,
+            chunk_size=chunk_size,
+            fallback=fallback,
+            redo=redo,
+            progress=True,
+        )
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{res.processed} images processed ({res.skipped_done} already done): {res.faces} faces, "
+        f"{res.whole_image} whole-image fallbacks, {res.no_face} without a face, "
+        f"{res.errors} errors; {res.total_faces} faces in the workspace"
+    )

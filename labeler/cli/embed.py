@@ -1,0 +1,135 @@
+"""``labeler embed``: backbone features of every face crop (or a region of it)."""
+
+from __future__ import annotations
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes")
+
+
+@click.command("embed")
+@workspace_option()
+@click.option(
+    "--backbone",
+    default="timm:efficientnet_lite0",
+    show_default=True,
+    help="Registered name or 'timm:<model>' (the default runs offline).",
+)
+@click.option(
+    "--region",
+    type=click.Choice(REGION_NAMES),
+    default="face",
+    show_default=True,
+    help="Part of the aligned crop to embed.",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="auto: onnxruntime on CPU, torch (bf16, channels_last) on CUDA.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Local checkpoint (torch.save(model.state_dict(), FILE)) instead of the default weights.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: a Ray Data pipeline (needs 'labeler[ray]').",
+)
+@click.option("--address", default=None, help="Ray cluster address (--engine ray); default: local.")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1),
+    default=2048,
+    show_default=True,
+    help="Faces per stored shard; a killed run loses at most this many.",
+)
+@click.option(
+    "--workers", type=click.IntRange(0), default=2, show_default=True, help="Crop decode threads."
+)
+@click.option(
+    "--decode",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: nvJPEG decode on the GPU (torch on CUDA only).",
+)
+@click.option("--overwrite", is_flag=True, help="Recompute vectors already stored for this key.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+def command(
+    ws: object,
+    backbone: str,
+    region: str,
+    batch_size: int,
+    device: str,
+    runtime: str,
+    weights: str | None,
+    engine: str,
+    address: str | None,
+    shard_size: int,
+    workers: int,
+    decode: str,
+    overwrite: bool,
+    progress: bool | None,
+) -> None:
+    """Embed the aligned face crops of workspace WS with a pretrained backbone.
+
+    Resumable and incremental: re-running skips faces already embedded. Vectors go to
+    WS/embeddings/<backbone>__<region>/ (face_id, vector) Parquet shards.
+    """
+    if address and engine != "ray":
+        raise click.BadParameter("--address needs --engine ray", param_hint="--address")
+    try:
+        if engine == "ray":
+            from labeler.embeddings.ray_engine import embed_faces_ray
+
+            result = embed_faces_ray(
+                ws,  # type: ignore[arg-type]
+                backbone=backbone,
+                region=region,
+                weights=weights,
+                device=device,
+                runtime=runtime,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                overwrite=overwrite,
+                address=address,
+                progress=progress,
+            )
+        else:
+            from labeler.embeddings import get_backbone
+            from labeler.embeddings.embed import embed_faces
+
+            model = get_backbone(backbone, weights=weights, device=device, runtime=runtime)
+            result = embed_faces(
+                ws,  # type: ignore[arg-type]
+                model,
+                region=region,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                workers=workers,
+                decode=decode,
+                overwrite=overwrite,
+                progress=progress,
+            )
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    rate = result.n_new / result.seconds if result.seconds > 0 else 0.0
+    click.echo(
+        f"{result.key}: embedded {result.n_new} faces ({result.n_before} already stored, "
+        f"{result.n_faces} in total) in {result.seconds:.1f} s ({rate:.1f} faces/s) -> {result.path}"
+    )

@@ -1,0 +1,108 @@
+"""``labeler export``: labels with leak-free splits (ImageFolder / CSV / Parquet) or clusters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
+
+@click.command("export")
+@workspace_option()
+@click.option(
+    "--out", required=True, type=click.Path(), help="Output folder (or .csv/.parquet file)."
+)
+@click.option(
+    "--what", type=click.Choice(["labels", "clusters"]), default="labels", show_default=True
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["imagefolder", "csv", "parquet"]),
+    default=None,
+    help="Default: imagefolder for labels, csv for clusters.",
+)
+@click.option(
+    "--field",
+    default="mask_state",
+    show_default=True,
+    help="Label field that names the class folders and stratifies the splits.",
+)
+@click.option(
+    "--ratios", default="8:1:1", show_default=True, help="train:val:test (or train:test)."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--human-only",
+    is_flag=True,
+    help="Only human labels (no machine suggestions for unlabeled faces).",
+)
+@click.option(
+    "--source-images", is_flag=True, help="Copy the source photos instead of the aligned crops."
+)
+@click.option(
+    "--persons",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "embedding", "pattern", "column", "image"]),
+    help="How persons are grouped so no person is in two splits.",
+)
+@click.option(
+    "--person-pattern",
+    default=None,
+    help="Regex on the source path; group 1 is the person, e.g. '^([^/]+)/'.",
+)
+@click.option(
+    "--person-csv",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with person and face_id or path.",
+)
+@click.option("--force", is_flag=True, help="Overwrite a previous export at --out.")
+def command(
+    ws: Workspace,
+    out: str,
+    what: str,
+    fmt: str | None,
+    field: str,
+    ratios: str,
+    seed: int,
+    human_only: bool,
+    source_images: bool,
+    persons: str,
+    person_pattern: str | None,
+    person_csv: str | None,
+    force: bool,
+) -> None:
+    """Export labeled faces (train/val/test stratified by class, grouped by person) or the
+    cluster assignments of every face."""
+    from labeler.export import ExportConfig, export
+    from labeler.splits import parse_ratios
+
+    try:
+        config = ExportConfig(
+            what=what,
+            format=fmt or ("imagefolder" if what == "labels" else "csv"),
+            field=field,
+            ratios=parse_ratios(ratios),
+            seed=seed,
+            human_only=human_only,
+            source_images=source_images,
+            persons=persons,
+            person_pattern=person_pattern,
+            person_csv=person_csv,
+            force=force,
+        )
+        res = export(ws, out, config)
+    except (*user_errors(), FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{res.rows} faces -> {res.manifest}")
+    for split, counts in res.counts.items():
+        click.echo(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if res.leaks:
+        click.echo(f"warning: {len(res.leaks)} source images span two splits", err=True)

@@ -1,0 +1,71 @@
+"""``labeler predict``: classify the faces of new photos with a trained model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@workspace_option()
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Run id (repeat for several fields); default: the latest run of --field.",
+)
+@click.option(
+    "--field",
+    default="mask_state",
+    show_default=True,
+    help="Field whose latest model is used when --model is not given.",
+)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option(
+    "--detector",
+    default="mediapipe",
+    show_default=True,
+    help="Face detector (mediapipe, mtcnn, haar, none).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu or cuda (fine-tuned models)."
+)
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def command(
+    ws: Workspace,
+    images: tuple[str, ...],
+    models: tuple[str, ...],
+    field: str,
+    out: str,
+    detector: str,
+    device: str,
+    force: bool,
+) -> None:
+    """Detect, align and classify the faces in IMAGES (files or folders); write a CSV with
+    path, face_index, box, the predicted label and confidence per field."""
+    from pathlib import Path
+
+    from labeler.detect import get_detector
+    from labeler.predict import predict_files
+    from labeler.train import load_model
+    from labeler.workspace import atomic_write_bytes
+
+    out_path = Path(out)
+    if out_path.exists() and not force:
+        raise click.ClickException(f"{out_path} exists; pass --force to overwrite it")
+    try:
+        loaded = [load_model(ws, m, device=device) for m in models] or [
+            load_model(ws, field=field, device=device)
+        ]
+        df = predict_files(images, loaded, get_detector(detector))
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    atomic_write_bytes(out_path, df.to_csv(index=False, lineterminator="\n").encode())
+    click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")

@@ -1,0 +1,135 @@
+"""``labeler train``: a head on stored features, or a fine-tuned backbone on the crops."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
+
+@click.command("train")
+@workspace_option()
+@click.option("--field", default="mask_state", show_default=True)
+@click.option("--mode", type=click.Choice(["head", "finetune"]), default="head", show_default=True)
+@click.option(
+    "--folds",
+    default=5,
+    show_default=True,
+    type=int,
+    help="K of the person-grouped K-fold (1: one model with a validation split).",
+)
+@click.option(
+    "--head", "head_kind", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True
+)
+@click.option(
+    "--features",
+    "feature_spec",
+    default="auto",
+    show_default=True,
+    help="Feature spec for --mode head.",
+)
+@click.option(
+    "--backbone",
+    default="efficientnet_lite0",
+    show_default=True,
+    help="timm backbone for --mode finetune.",
+)
+@click.option("--epochs", default=20, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--image-size", default=224, show_default=True, type=int)
+@click.option("--lr", default=3e-4, show_default=True, type=float)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers.")
+@click.option(
+    "--persons",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "embedding", "pattern", "column", "image"]),
+)
+@click.option("--person-pattern", default=None)
+@click.option("--person-csv", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--label-errors/--no-label-errors",
+    default=True,
+    show_default=True,
+    help="Also find likely label errors (head mode) for the Review page.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--run",
+    "run_id",
+    default=None,
+    help="Run id (default: time-stamped); an existing finetune run resumes.",
+)
+def command(
+    ws: Workspace,
+    field: str,
+    mode: str,
+    folds: int,
+    head_kind: str,
+    feature_spec: str,
+    backbone: str,
+    epochs: int,
+    batch_size: int,
+    image_size: int,
+    lr: float,
+    device: str,
+    workers: int,
+    persons: str,
+    person_pattern: str | None,
+    person_csv: str | None,
+    label_errors: bool,
+    seed: int,
+    run_id: str | None,
+) -> None:
+    """Train a classifier for FIELD on the human labels; report macro-F1, per-class
+    precision/recall and a confusion matrix; save it under the workspace's models/."""
+    from labeler.train import TrainConfig, train
+
+    config = TrainConfig(
+        field=field,
+        mode=mode,
+        folds=folds,
+        head=head_kind,
+        feature_spec=feature_spec,
+        persons=persons,
+        person_pattern=person_pattern,
+        person_csv=person_csv,
+        seed=seed,
+        run_id=run_id,
+        finetune={
+            "backbone": backbone,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "lr": lr,
+            "device": device,
+            "num_workers": workers,
+        },
+    )
+    try:
+        res = train(ws, config)
+        for line in res.report.lines():
+            click.echo(line)
+        click.echo(f"evaluated on {res.config['evaluated_on']}")
+        click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
+        if label_errors and mode == "head":
+            from labeler.label_errors import find_label_errors
+
+            sus = find_label_errors(
+                ws,
+                field=field,
+                feature_spec=feature_spec,
+                folds=folds,
+                head=head_kind,
+                persons=persons,
+                seed=seed,
+            )
+            click.echo(f"{len(sus)} likely label errors written for review")
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from None

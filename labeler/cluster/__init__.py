@@ -1,0 +1,60 @@
+"""Clustering: FAISS kNN graph, UMAP map, HDBSCAN / k-means, saved runs, edits, placement.
+
+Functional core on arrays (``fit_clusters``, ``knn_graph``, ``split_labels``...) and the
+workspace-level helpers the CLI and the app call (``save_run``, ``load_run``,
+``split_cluster``, ``merge_clusters``, ``place_new_faces``, ``knn_search``). Importing this
+package imports numpy/pandas only; faiss, umap and hdbscan load on first use.
+"""
+
+from __future__ import annotations
+
+from labeler.cluster.store import (
+    ClusterResult,
+    cluster_table,
+    current_run_id,
+    list_runs,
+    load_artifacts,
+    load_run,
+    save_run,
+    set_current,
+)
+
+__all__ = [
+    "ClusterResult",
+    "cluster_table",
+    "current_run_id",
+    "list_runs",
+    "load_artifacts",
+    "load_run",
+    "save_run",
+    "set_current",
+    "ClusterConfig",
+    "cluster_embeddings",
+    "fit_clusters",
+    "knn_search",
+    "KnnIndex",
+    "split_cluster",
+    "merge_clusters",
+    "place_new_faces",
+    "suggest_labels",
+]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy access to the heavier modules' public names."""
+    import importlib
+
+    homes = {
+        "ClusterConfig": "run",
+        "cluster_embeddings": "run",
+        "fit_clusters": "run",
+        "knn_search": "knn",
+        "KnnIndex": "knn",
+        "split_cluster": "edit",
+        "merge_clusters": "edit",
+        "place_new_faces": "place",
+        "suggest_labels": "place",
+    }
+    if name in homes:
+        return getattr(importlib.import_module(f"labeler.cluster.{homes[name]}"), name)
+    raise AttributeError(f"module 'labeler.cluster' has no attribute {name!r}")

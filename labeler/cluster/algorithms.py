@@ -1,0 +1,239 @@
+"""Clustering algorithms on arrays, plus the per-face and per-cluster summaries.
+
+* :func:`hdbscan_cluster` - HDBSCAN (hdbscan; fast_hdbscan for very large inputs) with
+  GLOSH outlier scores computed from the condensed tree.
+* :func:`kmeans_cluster` - spherical FAISS k-means with a distance-based outlier score.
+* :func:`suggest_clusters` - for noise points, the nearest real cluster (kNN vote, else
+  nearest centroid).
+* :func:`cluster_summary` - size, medoids and cohesion of each cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from labeler._deps import available
+
+log = logging.getLogger(__name__)
+
+N_MEDOIDS = 8
+
+
+def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
+    """GLOSH outlier scores (N,) in [0, 1] from an HDBSCAN condensed tree.
+
+    ``tree`` is the record array (parent, child, lambda_val, child_size) used by hdbscan and
+    fast_hdbscan. Score = (lambda_max of the point's cluster subtree - lambda at which the
+    point left) / lambda_max (Campello et al. 2015). Infinite lambdas (exact duplicates) and
+    empty trees give 0.
+    """
+    scores = np.zeros(n_points, dtype=np.float64)
+    if len(tree) == 0:
+        return scores.astype(np.float32)
+    parent = np.asarray(tree["parent"], dtype=np.int64)
+    child = np.asarray(tree["child"], dtype=np.int64)
+    lam = np.asarray(tree["lambda_val"], dtype=np.float64)
+    root = int(parent.min())
+    deaths = np.zeros(int(max(parent.max(), child.max())) + 1, dtype=np.float64)
+    np.maximum.at(deaths, parent, lam)
+    for row in np.flatnonzero(child >= root)[::-1]:  # children of a cluster come after it
+        if deaths[child[row]] > deaths[parent[row]]:
+            deaths[parent[row]] = deaths[child[row]]
+    points = child < root
+    lam_max = deaths[parent[points]]
+    lam_pt = lam[points]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (lam_max - lam_pt) / lam_max
+    s[~np.isfinite(s) | (lam_max == 0) | ~np.isfinite(lam_pt)] = 0.0
+    scores[child[points]] = np.clip(s, 0.0, 1.0)
+    return scores.astype(np.float32)
+
+
+#: From this many points on, fast_hdbscan (parallel Boruvka, numba) replaces hdbscan.
+FAST_HDBSCAN_MIN_N = 50_000
+
+
+def hdbscan_cluster(
+    E: np.ndarray, *, min_cluster_size: int, min_samples: int, allow_single_cluster: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """HDBSCAN of ``E`` (N, c) in euclidean space: ``(labels (N,) int32, outlier (N,) f32)``.
+
+    Labels are renumbered by decreasing cluster size (0 = biggest), -1 = noise; outlier
+    scores are GLOSH. Below :data:`FAST_HDBSCAN_MIN_N` points the Cython ``hdbscan`` runs
+    (no JIT: fast_hdbscan compiles for ~10-20 s in every new process, more than the whole
+    fit of 20k points); above it ``fast_hdbscan`` when installed. Both are deterministic.
+    """
+    E = np.ascontiguousarray(E, dtype=np.float64)
+    n = E.shape[0]
+    min_cluster_size = int(max(2, min(min_cluster_size, n)))
+    min_samples = int(max(1, min(min_samples, n - 1)))
+    if n >= FAST_HDBSCAN_MIN_N and available("fast_hdbscan") or not available("hdbscan"):
+        from fast_hdbscan.hdbscan import fast_hdbscan, to_numpy_rec_array
+
+        labels, _probs, _slt, tree, *_ = fast_hdbscan(
+            E.astype(np.float32),
+            min_samples=min_samples,
+            min_cluster_size=min_cluster_size,
+            allow_single_cluster=allow_single_cluster,
+            return_trees=True,
+        )
+        return relabel_by_size(np.asarray(labels)), glosh_scores(to_numpy_rec_array(tree), n)
+    import hdbscan
+
+    model = hdbscan.HDBSCAN(
+        min_cluster_size=min_cluster_size,
+        min_samples=min_samples,
+        allow_single_cluster=allow_single_cluster,
+    ).fit(E)
+    return relabel_by_size(model.labels_), glosh_scores(model.condensed_tree_.to_numpy(), n)
+
+
+def relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters 0..C-1 by decreasing size (ties by old id); -1 stays -1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(labels.shape, -1, dtype=np.int32)
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    order = ids[np.lexsort((ids, -counts))]
+    lut = {int(old): new for new, old in enumerate(order)}
+    for old, new in lut.items():
+        out[labels == old] = new
+    return out
+
+
+def distance_outlier_scores(V: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Distance-based outlier score in [0, 1) for centroid clusterings.
+
+    ``d`` = cosine distance of a face to its cluster centroid, ``m`` = the cluster's median
+    ``d``; score = ``max(0, 1 - m / d)``: 0 for the closer half of each cluster, 0.5 at twice
+    the median distance, towards 1 far away. Noise rows (label -1) score 1.
+    """
+    scores = np.ones(V.shape[0], dtype=np.float32)
+    ok = labels >= 0
+    if not ok.any():
+        return scores
+    C = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    d = 1.0 - np.einsum("ij,ij->i", V[ok], C[labels[ok]])
+    d = np.maximum(d, 0.0)
+    med = np.zeros(len(C))
+    for c in np.unique(labels[ok]):
+        med[c] = np.median(d[labels[ok] == c])
+    m = med[labels[ok]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(d > m, 1.0 - m / d, 0.0)
+    scores[ok] = np.nan_to_num(s, nan=0.0)
+    return scores
+
+
+def kmeans_cluster(
+    V: np.ndarray, *, n_clusters: int, seed: int = 0, niter: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical FAISS k-means of unit vectors ``V`` (N, d): ``(labels, outlier)``.
+
+    ``n_clusters`` is capped at N. Labels renumbered by decreasing size; outlier scores from
+    :func:`distance_outlier_scores`. Deterministic for a seed.
+    """
+    from labeler._deps import require
+
+    faiss = require("faiss", purpose="k-means (pip install faiss-cpu)")
+    V = np.ascontiguousarray(V, dtype=np.float32)
+    n, d = V.shape
+    k = int(max(1, min(n_clusters, n)))
+    if k == 1:
+        labels = np.zeros(n, dtype=np.int32)
+        return labels, distance_outlier_scores(V, labels, V.mean(axis=0, keepdims=True))
+    km = faiss.Kmeans(
+        d, k, niter=niter, seed=int(seed), spherical=True, verbose=False, min_points_per_centroid=1
+    )
+    km.cp.max_points_per_centroid = max(256, int(np.ceil(n / k)))  # no subsampling surprises
+    km.train(V)
+    _, assign = km.index.search(V, 1)
+    labels = relabel_by_size(assign[:, 0])
+    cents = np.zeros((int(labels.max()) + 1, d), dtype=np.float32)
+    np.add.at(cents, labels, V)
+    return labels, distance_outlier_scores(V, labels, cents)
+
+
+def centroids_of(E: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean of ``E`` (N, c) per cluster 0..max(labels): (C, c) float32."""
+    n_c = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    cents = np.zeros((n_c, E.shape[1]), dtype=np.float64)
+    counts = np.zeros(n_c)
+    ok = labels >= 0
+    np.add.at(cents, labels[ok], E[ok])
+    np.add.at(counts, labels[ok], 1)
+    return (cents / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def suggest_clusters(
+    labels: np.ndarray, neighbors: np.ndarray, sims: np.ndarray | None, E: np.ndarray
+) -> np.ndarray:
+    """The nearest real cluster of every face: ``suggested`` (N,) int32.
+
+    Clustered faces keep their cluster. A noise face takes the cluster with the largest
+    similarity-weighted vote among its kNN ``neighbors`` (N, k) (``sims`` (N, k) weights, or
+    equal weights); when none of its neighbours is clustered, the cluster whose centroid in
+    ``E`` (N, c) is nearest. With no clusters at all, -1.
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    out = labels.copy()
+    noise = np.flatnonzero(labels < 0)
+    if noise.size == 0 or not (labels >= 0).any():
+        return out
+    nb = neighbors[noise]
+    w = (
+        np.ones(nb.shape, dtype=np.float64)
+        if sims is None
+        else np.maximum(np.asarray(sims[noise], np.float64), 1e-6)
+    )
+    nb_lab = np.where(nb >= 0, labels[np.maximum(nb, 0)], -1)
+    n_c = int(labels.max()) + 1
+    votes = np.zeros((noise.size, n_c))
+    rows, cols = np.nonzero(nb_lab >= 0)
+    np.add.at(votes, (rows, nb_lab[rows, cols]), w[rows, cols])
+    has = votes.sum(axis=1) > 0
+    out[noise[has]] = votes[has].argmax(axis=1)
+    if (~has).any():
+        cents = centroids_of(E, labels)
+        q = E[noise[~has]]
+        d2 = ((q[:, None, :] - cents[None, :, :]) ** 2).sum(-1)
+        out[noise[~has]] = d2.argmin(axis=1)
+    return out
+
+
+def cluster_summary(
+    face_ids: Sequence[str], V: np.ndarray | None, labels: np.ndarray, xy: np.ndarray
+) -> dict:
+    """Per-cluster ``cluster, size, medoids, cohesion`` as columns (see store.CLUSTERS_SCHEMA).
+
+    With unit vectors ``V`` (N, d): centroid ``c`` = mean of the members' vectors;
+    ``cohesion`` = mean cosine similarity of members to ``c / |c|`` (equals ``|c|``; 1 = all
+    identical, near 0 = unrelated); ``medoids`` = up to 8 face ids most similar to it, most
+    central first. Without ``V`` the 2-D map is used for medoids and cohesion is NaN. The
+    noise group (-1) gets a row too (size, no medoids, its cohesion) when present.
+    """
+    face_ids = np.asarray(face_ids, dtype=object)
+    out: dict[str, list] = {"cluster": [], "size": [], "medoids": [], "cohesion": []}
+    if len(labels) == 0:
+        return out
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    for members in np.split(order, bounds):
+        c = int(labels[members[0]])
+        if V is not None:
+            cent = V[members].astype(np.float64).mean(axis=0)
+            norm = float(np.linalg.norm(cent))
+            sim = V[members] @ (cent / max(norm, 1e-12))
+            cohesion = float(sim.mean())
+            central = members[np.argsort(-sim, kind="stable")]
+        else:
+            cent2 = xy[members].mean(axis=0)
+            central = members[np.argsort(((xy[members] - cent2) ** 2).sum(1), kind="stable")]
+            cohesion = float("nan")
+        out["cluster"].append(c)
+        out["size"].append(len(members))
+        out["medoids"].append([] if c < 0 else [str(f) for f in face_ids[central[:N_MEDOIDS]]])
+        out["cohesion"].append(cohesion)
+    return out

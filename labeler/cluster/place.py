@@ -1,0 +1,205 @@
+"""Place faces embedded after a run into its clusters and map, without re-running it.
+
+New faces are projected with the run's PCA, normalised, and searched among the run's faces
+(FAISS). Cluster = similarity-weighted vote of the ``k`` nearest old faces (noise votes
+too, so a face among outliers stays an outlier); 2-D position = similarity-weighted mean of
+their map positions; outlier score = weighted mean of theirs. The same neighbours give label
+suggestions (:func:`suggest_labels`). A full re-cluster is ``labeler cluster``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from labeler.cluster.store import ClusterResult
+    from labeler.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Placement of M new faces. labels/suggested (M,) int32, xy (M, 2) f32,
+    outlier_score (M,) f32, confidence (M,) f32 = winning vote share in [0, 1]."""
+
+    labels: np.ndarray
+    suggested: np.ndarray
+    xy: np.ndarray
+    outlier_score: np.ndarray
+    confidence: np.ndarray
+
+
+def place_by_neighbors(
+    ref_labels: np.ndarray,
+    ref_xy: np.ndarray,
+    ref_score: np.ndarray,
+    neighbors: np.ndarray,
+    sims: np.ndarray,
+) -> Placement:
+    """Place M faces from their ``neighbors`` (M, k) row numbers into the reference faces and
+    cosine ``sims`` (M, k) (id -1 = missing). Weights are ``max(sim, 0) + 1e-3``.
+
+    ``suggested`` is the best real cluster among the votes (-1 when no neighbour is clustered).
+    """
+    ref_labels = np.asarray(ref_labels, dtype=np.int32)
+    m, k = neighbors.shape
+    valid = neighbors >= 0
+    nb = np.where(valid, neighbors, 0)
+    w = np.where(valid, np.maximum(np.nan_to_num(sims, neginf=0.0), 0.0) + 1e-3, 0.0)
+    wsum = np.maximum(w.sum(axis=1), 1e-12)
+    lab = ref_labels[nb]
+    n_c = int(ref_labels.max()) + 1 if ref_labels.size and (ref_labels >= 0).any() else 0
+    votes = np.zeros((m, n_c + 1))  # column 0 = noise, c + 1 = cluster c
+    np.add.at(votes, (np.repeat(np.arange(m), k), (lab + 1).ravel()), w.ravel())
+    win = votes.argmax(axis=1)
+    labels = (win - 1).astype(np.int32)
+    confidence = (votes[np.arange(m), win] / wsum).astype(np.float32)
+    if n_c:
+        real = votes[:, 1:]
+        suggested = np.where(real.sum(axis=1) > 0, real.argmax(axis=1), -1).astype(np.int32)
+    else:
+        suggested = np.full(m, -1, np.int32)
+    suggested = np.where(labels >= 0, labels, suggested).astype(np.int32)
+    xy = (np.einsum("mk,mkc->mc", w, ref_xy[nb]) / wsum[:, None]).astype(np.float32)
+    score = ((w * ref_score[nb]).sum(axis=1) / wsum).astype(np.float32)
+    return Placement(
+        labels=labels, suggested=suggested, xy=xy, outlier_score=score, confidence=confidence
+    )
+
+
+def suggest_labels(
+    neighbor_ids: np.ndarray,
+    sims: np.ndarray,
+    labels: pd.DataFrame,
+    *,
+    query_ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Label suggestions from labeled neighbours.
+
+    neighbor_ids: (M, k) face ids of each query's neighbours (may hold None); sims: (M, k)
+    cosine similarities; labels: DataFrame with ``face_id`` and ``value`` (one field's
+    current labels). Vote weight = ``max(sim, 0)``; confidence = winning weight /
+    (labeled weight + 1), i.e. one imaginary dissenting neighbour of similarity 1, so one
+    labeled neighbour never gives more than 0.5 and unanimous close neighbours approach 1.
+
+    Returns ``query_index, face_id (if query_ids), value, confidence, n_labeled`` for the
+    queries with at least one labeled neighbour.
+    """
+    import pandas as pd
+
+    lab = dict(zip(labels["face_id"].astype(str), labels["value"], strict=False))
+    rows = []
+    for q in range(neighbor_ids.shape[0]):
+        tally: dict[str, float] = {}
+        n_lab = 0
+        for fid, s in zip(neighbor_ids[q], sims[q], strict=False):
+            value = lab.get(str(fid)) if fid is not None else None
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            n_lab += 1
+            tally[value] = tally.get(value, 0.0) + max(float(s), 0.0)
+        if not n_lab:
+            continue
+        value, wwin = max(tally.items(), key=lambda kv: (kv[1], str(kv[0])))
+        conf = wwin / (sum(tally.values()) + 1.0)
+        rows.append(
+            {"query_index": q, "value": value, "confidence": np.float32(conf), "n_labeled": n_lab}
+        )
+    out = pd.DataFrame(rows, columns=["query_index", "value", "confidence", "n_labeled"])
+    if query_ids is not None:
+        out.insert(
+            1,
+            "face_id",
+            np.asarray(list(query_ids), dtype=object)[out["query_index"].to_numpy(int)],
+        )
+    return out
+
+
+def place_faces(
+    result: ClusterResult,
+    ref_vectors: np.ndarray,
+    new_ids: Sequence[str],
+    new_vectors: np.ndarray,
+    *,
+    k: int = 15,
+    pca: object | None = None,
+) -> tuple[ClusterResult, Placement]:
+    """Append new faces to ``result``: a new :class:`ClusterResult` with M more rows.
+
+    ref_vectors: (N, d) unit vectors of ``result``'s faces (the run's artifacts);
+    new_vectors: (M, D) raw features, projected with ``pca`` (a PcaModel) when given.
+    New faces already in ``result`` are refused.
+    """
+    from labeler.cluster.knn import build_index, l2_normalize, search
+    from labeler.cluster.store import ClusterResult
+
+    new_ids = np.asarray(list(new_ids), dtype=object).astype(str)
+    dup = np.isin(new_ids, result.face_ids)
+    if dup.any():
+        raise ValueError(f"face {new_ids[dup][0]!r} is already in the run; place only new faces")
+    Q = pca.transform(new_vectors) if pca is not None else np.asarray(new_vectors, np.float32)  # type: ignore[attr-defined]
+    Q = l2_normalize(Q)
+    if Q.shape[1] != ref_vectors.shape[1]:
+        raise ValueError(
+            f"new features have {Q.shape[1]} dims, the run's vectors {ref_vectors.shape[1]}; "
+            "embed the new faces with the run's feature spec"
+        )
+    index = build_index(ref_vectors, kind="auto", k=k)
+    sims, nbrs = search(index, Q, k)
+    placed = place_by_neighbors(result.labels, result.xy, result.outlier_score, nbrs, sims)
+    params = dict(result.params)
+    params["placed"] = {
+        "n_new": int(len(new_ids)),
+        "k": int(k),
+        "parent": result.params.get("run_id"),
+    }
+    merged = ClusterResult(
+        face_ids=np.concatenate([result.face_ids, new_ids]),
+        labels=np.concatenate([result.labels, placed.labels]).astype(np.int32),
+        outlier_score=np.concatenate([result.outlier_score, placed.outlier_score]).astype(
+            np.float32
+        ),
+        xy=np.concatenate([result.xy, placed.xy]).astype(np.float32),
+        suggested=np.concatenate([result.suggested, placed.suggested]).astype(np.int32),
+        params=params,
+    )
+    return merged, placed
+
+
+def place_new_faces(
+    ws: Workspace, *, feature_spec: str | None = None, run_id: str | None = None, k: int = 15
+) -> tuple[str | None, int]:
+    """``labeler place``: add faces with features but not in the run; save a new run.
+
+    Returns ``(new_run_id or None when nothing to place, number placed)``.
+    """
+    from labeler.cluster.knn import l2_normalize
+    from labeler.cluster.run import ClusterArtifacts, load_cluster_features
+    from labeler.cluster.store import load_artifacts, load_run, save_run
+
+    result = load_run(ws, run_id)
+    art = load_artifacts(ws, run_id)
+    spec = feature_spec or result.params.get("feature_spec") or "auto"
+    fids, X, _ = load_cluster_features(ws, spec)
+    new = ~np.isin(fids, result.face_ids)
+    if not new.any():
+        return None, 0
+    merged, _ = place_faces(result, art.vectors, fids[new], X[new], k=k, pca=art.pca)
+    newV = l2_normalize(art.pca.transform(X[new]) if art.pca is not None else X[new])
+    artifacts = ClusterArtifacts(
+        face_ids=merged.face_ids,
+        vectors=np.concatenate([art.vectors, newV]),
+        graph=art.graph,
+        graph_rows=art.graph_rows,
+        pca=art.pca,
+    )
+    new_id = save_run(ws, merged, artifacts=artifacts, parent=result.params.get("run_id"))
+    return new_id, int(new.sum())

@@ -1,0 +1,400 @@
+"""One clustering run: PCA -> FAISS kNN graph -> UMAP (cluster space + 2-D map) -> HDBSCAN.
+
+:func:`fit_clusters` is the functional core (arrays in, :class:`ClusterFit` out);
+:func:`cluster_embeddings` returns only the :class:`ClusterResult`. ``labeler cluster``
+calls these and :func:`labeler.cluster.store.save_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from labeler.cluster.algorithms import hdbscan_cluster, kmeans_cluster, suggest_clusters
+from labeler.cluster.knn import (
+    INDEX_KINDS,
+    KnnGraph,
+    build_index,
+    knn_graph,
+    l2_normalize,
+    search,
+)
+from labeler.cluster.place import place_by_neighbors
+from labeler.cluster.reduce import PcaModel, fit_pca, pca_map, umap_embed
+from labeler.cluster.store import ClusterResult
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("auto", "hdbscan", "kmeans")
+#: Below this many faces UMAP is skipped (PCA map; clustering on the unit vectors).
+SMALL_N = 20
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Options of a clustering run; ``None`` means "choose from the data" (:func:`resolve_config`).
+
+    algorithm:        auto | hdbscan | kmeans
+    min_cluster_size: HDBSCAN's smallest cluster
+    min_samples:      HDBSCAN's density smoothing (core-distance neighbours)
+    n_clusters:       k for k-means
+    pca_dims:         PCA dims before the graph (0 = no PCA)
+    n_neighbors:      kNN graph size / UMAP's n_neighbors (counting the face itself)
+    umap_dims:        dims of the UMAP space HDBSCAN runs in (the map is always 2-D)
+    umap_max_points:  UMAP and HDBSCAN run on a seeded sample of at most this many faces;
+                      the rest are placed by kNN vote among the sample (0 = no limit)
+    umap_epochs:      UMAP optimisation epochs (None = UMAP's default: 500 small, 200 large)
+    map_min_dist:     UMAP min_dist of the 2-D map (the cluster space uses 0.0)
+    index:            auto | flat | ivf | hnsw (see labeler.cluster.knn)
+    seed:             every random choice derives from it; same seed => same labels
+    """
+
+    algorithm: str = "auto"
+    min_cluster_size: int | None = None
+    min_samples: int | None = None
+    n_clusters: int | None = None
+    pca_dims: int | None = None
+    n_neighbors: int | None = None
+    umap_dims: int | None = None
+    umap_max_points: int | None = None
+    umap_epochs: int | None = None
+    map_min_dist: float = 0.1
+    index: str = "auto"
+    seed: int = 0
+
+
+def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> ClusterConfig:
+    """Fill every ``None``/``auto`` of ``config`` from N faces of D dims. The rules:
+
+    * ``algorithm``: ``hdbscan`` (density clusters, noise kept as outliers); a fixed k only
+      when asked (``kmeans``).
+    * ``min_cluster_size = clip(round(N / 200), 5, 1000)``: 5 up to 1,000 faces, 665 at
+      133k, 1,000 from 200k on (so at most ~200 clusters; sub-clusters come from splitting).
+      ``min_samples = min(10, min_cluster_size)`` (few faces pushed to noise).
+    * ``n_clusters`` (k-means) = ``clip(round(sqrt(N / 2)), 2, 200)``.
+    * ``pca_dims = 64`` when D > 64 and N > 64, else 0 (off); PCA is fitted on <= 20k rows.
+    * ``n_neighbors = min(15, N - 1)`` (UMAP's default; includes the face itself).
+    * ``umap_dims = min(10, N - 2)`` for the cluster space (2 for the map).
+    * ``umap_max_points = 20,000``: seeded UMAP is single-threaded (~1.5 s per 1,000 faces
+      per embedding at 200 epochs on one core); beyond that a seeded sample is embedded and
+      clustered and the other faces are placed by a kNN vote among the sample (keeps 133k
+      within two minutes on 2 cores and a million faces bounded in time and memory).
+    * ``umap_epochs``: UMAP's own default (500) up to 2,000 faces, 200 above.
+    * ``index`` stays ``auto`` = per search: exact ``flat`` over fewer than 50,000 faces,
+      ``ivf`` above (deterministic); the kind used is saved as ``index_used``.
+    """
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm {config.algorithm!r} is not one of {ALGORITHMS}")
+    if config.index not in INDEX_KINDS:
+        raise ValueError(f"index {config.index!r} is not one of {INDEX_KINDS}")
+    mcs = config.min_cluster_size or int(np.clip(round(n / 200), 5, 1000))
+    return replace(
+        config,
+        algorithm="hdbscan" if config.algorithm == "auto" else config.algorithm,
+        min_cluster_size=int(mcs),
+        min_samples=int(config.min_samples or min(10, mcs)),
+        n_clusters=int(config.n_clusters or np.clip(round(np.sqrt(max(n, 1) / 2)), 2, 200)),
+        pca_dims=int(
+            (64 if d > 64 and n > 64 else 0) if config.pca_dims is None else config.pca_dims
+        ),
+        n_neighbors=int(max(1, min(config.n_neighbors or 15, n - 1))),
+        umap_dims=int(max(2, min(config.umap_dims or 10, n - 2))),
+        umap_max_points=int(20_000 if config.umap_max_points is None else config.umap_max_points),
+        umap_epochs=int(config.umap_epochs or (500 if n <= 2000 else 200)),
+    )
+
+
+@dataclass(frozen=True)
+class ClusterArtifacts:
+    """What a run keeps beside its result, for placement, search and edits.
+
+    face_ids: (N,) str, the result's order; vectors: (N, d) float32 unit vectors the graph
+    was built on (PCA-reduced when ``pca`` is set); graph: the kNN graph of the faces UMAP
+    saw (``graph_rows`` (M,) their row numbers, all rows unless sampled); pca: the fitted
+    projection or None.
+    """
+
+    face_ids: np.ndarray
+    vectors: np.ndarray
+    graph: KnnGraph
+    graph_rows: np.ndarray
+    pca: PcaModel | None = None
+
+
+@dataclass(frozen=True)
+class ClusterFit:
+    result: ClusterResult
+    artifacts: ClusterArtifacts
+    timings: dict = field(default_factory=dict)
+
+
+def _single_group(
+    face_ids: np.ndarray, V: np.ndarray, params: dict, note: str
+) -> tuple[np.ndarray, ...]:
+    n = len(face_ids)
+    labels = np.zeros(n, dtype=np.int32)
+    if n:
+        cent = V.mean(axis=0)
+        d = 1.0 - V @ (cent / max(float(np.linalg.norm(cent)), 1e-12))
+        med = float(np.median(d))
+        score = np.where(d > med + 1e-6, 1.0 - med / np.maximum(d, 1e-12), 0.0).astype(np.float32)
+    else:
+        score = np.zeros(0, np.float32)
+    params.setdefault("notes", []).append(note)
+    log.info(note)
+    return labels, score
+
+
+def fit_clusters(
+    face_ids: Sequence[str],
+    X: np.ndarray,
+    *,
+    config: ClusterConfig = ClusterConfig(),
+    feature_spec: str = "",
+) -> ClusterFit:
+    """Cluster faces ``X`` (N, D) (any float dtype, memmap ok) into a :class:`ClusterFit`.
+
+    Steps: PCA (``config.pca_dims``) -> L2-normalise -> FAISS cosine kNN graph (once) ->
+    UMAP to ``umap_dims`` (min_dist 0) and to 2-D (``map_min_dist``) on that graph ->
+    HDBSCAN in the UMAP space (or spherical k-means on the unit vectors) -> GLOSH outlier
+    scores -> a nearest-cluster suggestion for noise. Beyond ``umap_max_points`` faces the
+    UMAP/HDBSCAN part runs on a seeded sample and the rest are placed by kNN vote.
+
+    Degenerate inputs never raise: 0 faces give an empty result; fewer than
+    ``max(SMALL_N, min_cluster_size)`` faces (for HDBSCAN) or all-identical vectors give one
+    group (cluster 0) with distance-based outlier scores; HDBSCAN finding no cluster is
+    retried with ``allow_single_cluster``.
+
+    >>> from sklearn.datasets import make_blobs
+    >>> X, _ = make_blobs(300, n_features=32, centers=3, random_state=0)
+    >>> fit = fit_clusters([str(i) for i in range(300)], X)
+    >>> int(fit.result.labels.max()) + 1
+    3
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def tick(name: str) -> None:
+        nonlocal t0
+        now = time.perf_counter()
+        timings[name] = round(now - t0, 3)
+        t0 = now
+
+    face_ids = np.asarray(list(face_ids), dtype=object)
+    if X.ndim != 2 or X.shape[0] != len(face_ids):
+        raise ValueError(
+            f"X has shape {X.shape} but there are {len(face_ids)} face ids; pass (N, D) features, one row per face"
+        )
+    n, d = X.shape
+    cfg = resolve_config(n, d, config)
+    params: dict = {
+        "config": asdict(cfg),
+        "feature_spec": feature_spec,
+        "n_faces": int(n),
+        "dims_in": int(d),
+        "notes": [],
+    }
+    seed = cfg.seed
+
+    pca = None
+    if cfg.pca_dims and cfg.pca_dims < d:
+        pca = fit_pca(X, n_components=cfg.pca_dims, seed=seed)
+        V = l2_normalize(pca.transform(X))
+        params["pca_explained"] = round(float(pca.explained.sum()), 4)
+    else:
+        V = l2_normalize(X)
+    tick("pca")
+
+    rng = np.random.default_rng(seed)
+    identical = n > 0 and bool(np.abs(V - V[:1]).max() < 1e-6)
+    small = n < SMALL_N or (cfg.algorithm == "hdbscan" and n < cfg.min_cluster_size)
+    if cfg.umap_max_points and n > cfg.umap_max_points:
+        fit_rows = np.sort(rng.choice(n, cfg.umap_max_points, replace=False))
+    else:
+        fit_rows = np.arange(n)
+    Vf = V[fit_rows]
+    graph = knn_graph(Vf, k=max(cfg.n_neighbors + 1, 2) if n > 1 else 1, kind=cfg.index, seed=seed)
+    params["index_used"] = graph.kind
+    tick("knn_graph")
+
+    m = len(fit_rows)
+    xy_f = np.zeros((m, 2), np.float32)
+    if identical or small:
+        E = Vf
+        if cfg.algorithm == "kmeans" and not identical and n >= 2:
+            labels_f, score_f = kmeans_cluster(Vf, n_clusters=cfg.n_clusters, seed=seed)
+        else:
+            why = (
+                "all vectors are identical"
+                if identical
+                else f"only {n} faces (< {max(SMALL_N, cfg.min_cluster_size) if cfg.algorithm == 'hdbscan' else SMALL_N})"
+            )
+            labels_f, score_f = _single_group(face_ids, Vf, params, f"one group: {why}")
+        if not identical:
+            xy_f = pca_map(Vf, seed=seed)
+        tick("cluster")
+    else:
+        if cfg.algorithm == "hdbscan":
+            E = umap_embed(
+                Vf,
+                graph,
+                n_components=cfg.umap_dims,
+                n_neighbors=cfg.n_neighbors,
+                min_dist=0.0,
+                seed=seed,
+                n_epochs=cfg.umap_epochs,
+            )
+            tick("umap_cluster_space")
+            labels_f, score_f = hdbscan_cluster(
+                E, min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples
+            )
+            if not (labels_f >= 0).any():
+                labels_f, score_f = hdbscan_cluster(
+                    E,
+                    min_cluster_size=cfg.min_cluster_size,
+                    min_samples=cfg.min_samples,
+                    allow_single_cluster=True,
+                )
+                params["notes"].append(
+                    "HDBSCAN found no clusters; retried with allow_single_cluster"
+                )
+            if not (labels_f >= 0).any():
+                labels_f, score_f = _single_group(
+                    face_ids, Vf, params, "one group: HDBSCAN found no structure"
+                )
+        else:
+            E = Vf
+            labels_f, score_f = kmeans_cluster(Vf, n_clusters=cfg.n_clusters, seed=seed)
+        tick("cluster")
+        xy_f = umap_embed(
+            Vf,
+            graph,
+            n_components=2,
+            n_neighbors=cfg.n_neighbors,
+            min_dist=cfg.map_min_dist,
+            seed=seed,
+            n_epochs=cfg.umap_epochs,
+        )
+        tick("umap_map")
+
+    nb_sims = 1.0 - graph.distances[:, 1:]
+    sugg_f = suggest_clusters(labels_f, graph.indices[:, 1:], nb_sims, E)
+
+    labels = np.empty(n, np.int32)
+    score = np.empty(n, np.float32)
+    xy = np.empty((n, 2), np.float32)
+    sugg = np.empty(n, np.int32)
+    labels[fit_rows], score[fit_rows], xy[fit_rows], sugg[fit_rows] = (
+        labels_f,
+        score_f,
+        xy_f,
+        sugg_f,
+    )
+    rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
+    if rest.size:
+        if cfg.algorithm == "kmeans" and not (identical or small):
+            # k-means is cheap on everything: assign the rest to the nearest centroid
+            from labeler.cluster.algorithms import centroids_of
+
+            cents = l2_normalize(centroids_of(Vf, labels_f))
+            sims_c = np.empty(rest.size, np.float32)
+            ids_c = np.empty(rest.size, np.int64)
+            for s in range(0, rest.size, 65_536):
+                blk = V[rest[s : s + 65_536]] @ cents.T
+                ids_c[s : s + 65_536] = blk.argmax(1)
+                sims_c[s : s + 65_536] = blk.max(1)
+        index = build_index(
+            Vf,
+            kind=cfg.index if cfg.index != "auto" else ("ivf" if rest.size * m > 2e9 else "flat"),
+            seed=seed,
+            k=cfg.n_neighbors,
+        )
+        sims, nbrs = search(index, V[rest], cfg.n_neighbors)
+        placed = place_by_neighbors(labels_f, xy_f, score_f, nbrs, sims)
+        labels[rest], score[rest], xy[rest] = placed.labels, placed.outlier_score, placed.xy
+        if cfg.algorithm == "kmeans" and not (identical or small):
+            labels[rest] = ids_c.astype(np.int32)
+        sugg[rest] = np.where(labels[rest] >= 0, labels[rest], placed.suggested)
+        params["n_placed_by_knn"] = int(rest.size)
+        tick("place_rest")
+
+    n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    params.update(
+        {
+            "algorithm": cfg.algorithm,
+            "n_clusters": n_clusters,
+            "noise_fraction": round(float((labels < 0).mean()), 4) if n else 0.0,
+            "n_umap_points": int(m),
+            "timings": timings,
+        }
+    )
+    result = ClusterResult(
+        face_ids=face_ids.astype(str),
+        labels=labels,
+        outlier_score=score,
+        xy=xy,
+        suggested=sugg,
+        params=params,
+    )
+    artifacts = ClusterArtifacts(
+        face_ids=result.face_ids, vectors=V, graph=graph, graph_rows=fit_rows, pca=pca
+    )
+    log.info(
+        "clustered %d faces into %d clusters (%.1f%% noise) in %.1f s",
+        n,
+        n_clusters,
+        100 * params["noise_fraction"],
+        sum(timings.values()),
+    )
+    return ClusterFit(result=result, artifacts=artifacts, timings=timings)
+
+
+def cluster_embeddings(
+    face_ids: Sequence[str],
+    X: np.ndarray,
+    *,
+    config: ClusterConfig = ClusterConfig(),
+    **overrides: object,
+) -> ClusterResult:
+    """:func:`fit_clusters` returning only the :class:`ClusterResult`; keyword overrides
+    replace fields of ``config`` (``cluster_embeddings(ids, X, algorithm="kmeans", n_clusters=8)``).
+    """
+    return fit_clusters(face_ids, X, config=replace(config, **overrides)).result
+
+
+def load_cluster_features(ws: object, spec: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """Features for clustering: ``(face_ids (N,), X (N, D) float32, spec used)``.
+
+    Uses ``labeler.features.load_features(ws, spec)`` when that module exists; otherwise
+    (or for a plain stored key as ``spec``) the stored embedding named by ``spec``, and for
+    ``auto`` the first stored embedding (logged).
+    """
+    from labeler._deps import available
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+    from labeler.workspace import WorkspaceError
+
+    stored = list_embeddings(ws)  # type: ignore[arg-type]
+    if spec in stored:
+        fids, X = load_embeddings(ws, spec)  # type: ignore[arg-type]
+        return np.asarray(fids, dtype=object).astype(str), X, spec
+    if available("labeler.features"):
+        from labeler.features import load_features
+
+        fids, X = load_features(ws, spec=spec)
+        return np.asarray(fids, dtype=object).astype(str), np.asarray(X, dtype=np.float32), spec
+    if not stored:
+        raise WorkspaceError(
+            f"{getattr(ws, 'root', ws)} has no embeddings; run 'labeler embed -w WS' first"
+        )
+    if spec != "auto":
+        raise WorkspaceError(
+            f"feature spec {spec!r} is not a stored embedding ({', '.join(stored)}); run 'labeler embed'"
+        )
+    key = next(iter(stored))
+    log.warning("labeler.features is not available; clustering the stored embedding %s", key)
+    fids, X = load_embeddings(ws, key)  # type: ignore[arg-type]
+    return np.asarray(fids, dtype=object).astype(str), X, key

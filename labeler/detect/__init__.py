@@ -1,0 +1,229 @@
+"""Face detectors behind one registry, all reporting 4 landmarks in ``LANDMARK_NAMES`` order.
+
+>>> det = get_detector("mediapipe", score_threshold=0.5)  # doctest: +SKIP
+>>> [d.box for d in det.detect(rgb)]  # doctest: +SKIP
+
+Registering a detector imports nothing: :data:`DETECTORS` maps a name to
+``"module:Class"`` and :func:`get_detector` imports the module on first use. A detector is
+any object with ``name: str`` and ``detect(rgb) -> list[Detection]``; ``rgb`` is
+``(H, W, 3)`` uint8. Detectors are not thread-safe: make one per worker thread.
+
+Conventions shared by every detector (enforced by :func:`finalize`):
+
+* ``left_eye`` is the eye with the smaller x in the image, ``right_eye`` the other one.
+* Faces narrower or shorter than ``min_size`` pixels, or scoring below ``score_threshold``,
+  are dropped; overlapping boxes (IoU > 0.45) keep the higher score.
+* Faces are ordered by box centre x, then y (left to right), which fixes ``face_index``.
+
+The per-image pipeline (decode at reduced size, detect, align, crop) and the workspace step
+live in :mod:`labeler.detect.pipeline`; ``detect_and_align``, ``detect_workspace`` and
+``iter_crops`` are importable from here too (loaded on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from labeler.regions import TEMPLATE
+
+N_LANDMARKS = len(TEMPLATE)  # == len(labeler.workspace.LANDMARK_NAMES); no pandas import here
+
+#: name -> "module:Class"; add entries with :func:`register_detector`.
+DETECTORS: dict[str, str] = {
+    "mediapipe": "labeler.detect.mediapipe:MediaPipeDetector",
+    "mtcnn": "labeler.detect.mtcnn:MtcnnDetector",
+    "haar": "labeler.detect.haar:HaarDetector",
+    "none": "labeler.detect:WholeImageDetector",
+}
+
+DEFAULT_DETECTOR = "mediapipe"
+
+#: Images whose longest side is at most this, or whose sides are within this ratio, may be
+#: face crops already; see :func:`looks_like_face_crop`.
+CROP_LIKE_MAX_SIDE = 256
+CROP_LIKE_MAX_ASPECT = 1.5
+CROP_LIKE_MAX_SQUARE_SIDE = 640
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One face in source-image pixels.
+
+    ``landmarks`` is ``(4, 2)`` float32 in ``LANDMARK_NAMES`` order (left eye = smaller x,
+    right eye, nose tip, mouth centre). ``whole_image`` marks the fallback where no face was
+    found and the whole (crop-like) image stands in for one.
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+    landmarks: np.ndarray
+    whole_image: bool = False
+
+    def __post_init__(self) -> None:
+        lm = np.array(self.landmarks, dtype=np.float32).reshape(N_LANDMARKS, 2)
+        lm.setflags(write=False)
+        object.__setattr__(self, "landmarks", lm)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.landmarks[1] - self.landmarks[0]))
+
+    def scaled(self, sx: float, sy: float) -> Detection:
+        """The same detection in an image scaled by ``(sx, sy)`` (new = old * s)."""
+        return Detection(
+            self.x0 * sx,
+            self.y0 * sy,
+            self.x1 * sx,
+            self.y1 * sy,
+            self.score,
+            self.landmarks * np.array([sx, sy], dtype=np.float32),
+            self.whole_image,
+        )
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+def register_detector(name: str, target: str) -> None:
+    """Register ``"module:Class"`` under ``name`` (nothing is imported now)."""
+    if ":" not in target:
+        raise ValueError(f"detector target must look like 'package.module:Class', got {target!r}")
+    DETECTORS[name] = target
+
+
+def available_detectors() -> list[str]:
+    """Registered detector names (whether or not their dependencies are installed)."""
+    return list(DETECTORS)
+
+
+def get_detector(name: str = DEFAULT_DETECTOR, **options: object) -> Detector:
+    """Build the detector registered as ``name`` with ``options`` (e.g. ``min_size``,
+    ``score_threshold``). Raises ``ValueError`` for an unknown name and
+    ``labeler._deps.MissingDependency`` when its package is not installed."""
+    try:
+        target = DETECTORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}"
+        ) from None
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    return cls(**options)
+
+
+_PIPELINE_EXPORTS = ("detect_and_align", "detect_workspace", "iter_crops", "DetectResult")
+
+
+def __getattr__(name: str) -> object:
+    """``from labeler.detect import detect_and_align`` without importing the pipeline (and
+    pandas) when only the registry is needed."""
+    if name in _PIPELINE_EXPORTS:
+        from labeler.detect import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'labeler.detect' has no attribute {name!r}")
+
+
+# --- helpers shared by the detectors ---------------------------------------------------------
+
+
+def template_landmarks(box: tuple[float, float, float, float]) -> np.ndarray:
+    """The template's 4 landmarks placed in a square ``box`` ``(x0, y0, x1, y1)``: ``(4, 2)``."""
+    x0, y0, x1, y1 = box
+    return (TEMPLATE * np.array([x1 - x0, y1 - y0], dtype=np.float32) + [x0, y0]).astype(np.float32)
+
+
+def whole_image_detection(width: int, height: int) -> Detection:
+    """The whole image as one face: template landmarks on the centred square of side
+    ``min(width, height)`` (a portrait face crop loses a little forehead and chin, a
+    landscape one a little of the sides)."""
+    side = float(min(width, height))
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    box = (x0, y0, x0 + side, y0 + side)
+    return Detection(0.0, 0.0, float(width), float(height), 0.0, template_landmarks(box), True)
+
+
+def looks_like_face_crop(width: int, height: int) -> bool:
+    """Whether an image with no detected face may itself be a face crop.
+
+    Rule: small (longest side <= ``CROP_LIKE_MAX_SIDE`` = 256 px), or roughly square (long
+    side / short side <= ``CROP_LIKE_MAX_ASPECT`` = 1.5) and at most
+    ``CROP_LIKE_MAX_SQUARE_SIDE`` = 640 px. Photos of scenes come from cameras at 1000+ px;
+    crops cut around a face are small, and square to 2:3 portrait.
+    """
+    long_side, short_side = max(width, height), max(1, min(width, height))
+    if long_side <= CROP_LIKE_MAX_SIDE:
+        return True
+    return long_side / short_side <= CROP_LIKE_MAX_ASPECT and long_side <= CROP_LIKE_MAX_SQUARE_SIDE
+
+
+def order_eyes(landmarks: np.ndarray) -> np.ndarray:
+    """Swap the first two points so that ``left_eye`` has the smaller x: ``(4, 2)``."""
+    lm = np.array(landmarks, dtype=np.float32).reshape(N_LANDMARKS, 2)
+    if lm[0, 0] > lm[1, 0]:
+        lm[[0, 1]] = lm[[1, 0]]
+    return lm
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def finalize(
+    detections: list[Detection],
+    *,
+    min_size: float = 0.0,
+    score_threshold: float = 0.0,
+    iou_threshold: float = 0.45,
+) -> list[Detection]:
+    """Apply the shared conventions: order eyes, drop small/weak faces, suppress overlaps
+    (greedy NMS by score), sort left to right."""
+    kept: list[Detection] = []
+    cands = [
+        Detection(d.x0, d.y0, d.x1, d.y1, d.score, order_eyes(d.landmarks), d.whole_image)
+        for d in detections
+        if d.score >= score_threshold and min(d.width, d.height) >= min_size
+    ]
+    for d in sorted(cands, key=lambda d: -d.score):
+        if all(box_iou(d.box, k.box) <= iou_threshold for k in kept):
+            kept.append(d)
+    return sorted(kept, key=lambda d: (round((d.x0 + d.x1) / 2, 1), round((d.y0 + d.y1) / 2, 1)))
+
+
+class WholeImageDetector:
+    """``none``: the folder already holds face crops; every image is one face."""
+
+    name = "none"
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        return [whole_image_detection(w, h)]

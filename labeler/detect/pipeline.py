@@ -1,0 +1,539 @@
+"""Decode -> detect -> align for one image, and the resumable ``labeler detect`` step.
+
+Speed comes from decoding no larger than needed: detection runs on a JPEG decoded at a
+reduced DCT scale (longest side >= ``detect_side``, 512 by default; BlazeFace looks at
+128-192 px anyway), and each crop is warped from that same decode when the face's eye
+distance there is at least the crop's (74 px in a 256 crop). Only images whose faces are too
+small for that are decoded again, at the scale the smallest face needs.
+
+Small faces in big photos: when an image is at least ``SCENE_MIN_SIDE`` (768) px and the
+whole-frame passes found no face of at least ``BIG_FACE_FRACTION`` (1/5) of its short side,
+a detector that has ``detect_small_faces`` (MediaPipe: tiled short-range passes) also runs
+on a decode of about ``SCENE_SIDE`` (1024) px. ``min_size`` is in original pixels.
+
+The workspace step is resumable and incremental. ``detect_log.parquet`` holds one row per
+processed image (``n_faces`` may be 0, ``error`` says why an image failed to decode), so
+images with no face are recorded and never re-run. Both tables are rewritten atomically
+every ``chunk_size`` images, faces first: a crash (even ``kill -9``) loses at most the chunk
+in flight, and faces of images missing from the log (a crash between the two writes) are
+dropped and redone on the next run. ``faces.parquet`` rows are sorted by the image's
+position in ``images.parquet`` and then ``face_index``, whatever the worker count or chunk
+size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labeler.align import CROP_EYE_DISTANCE, align_face
+from labeler.detect import (
+    DEFAULT_DETECTOR,
+    Detection,
+    Detector,
+    finalize,
+    get_detector,
+    looks_like_face_crop,
+    whole_image_detection,
+)
+from labeler.imageio import DecodedImage, ImageDecodeError, decode_image, load_rgb, write_jpeg
+from labeler.regions import CROP_SIZE
+from labeler.workspace import (
+    FACES_SCHEMA,
+    Workspace,
+    empty_table,
+    face_id_for,
+    iter_batches,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+
+#: Detection decodes JPEGs at the cheapest DCT scale keeping the longest side >= this.
+DETECT_SIDE = 512
+#: Images at least this large (original px) with no big face found get a small-face pass
+#: (tiled detection) on a decode of about ``SCENE_SIDE`` px.
+SCENE_MIN_SIDE = 768
+SCENE_SIDE = 1024
+#: A face whose box side is at least this fraction of the image's short side is "big".
+BIG_FACE_FRACTION = 0.2
+JPEG_QUALITY = 92
+
+DETECT_LOG_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("n_faces", pa.int32()),  # 0: no face found (and no whole-image fallback)
+        ("whole_image", pa.bool_()),  # the whole image stood in as the face
+        ("error", pa.string()),  # one-line reason when the image could not be decoded
+    ]
+)
+
+
+# --- one image -------------------------------------------------------------------------------
+
+
+def _detection_input(dec: DecodedImage, detect_side: int) -> tuple[np.ndarray, float]:
+    """The decode, shrunk when it is over twice ``detect_side`` (big non-JPEG files)."""
+    rgb = dec.rgb
+    long_side = max(rgb.shape[:2])
+    if long_side <= 2 * detect_side:
+        return rgb, 1.0
+    import cv2
+
+    f = detect_side / long_side
+    size = (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, rgb.shape[1] / size[0]
+
+
+def detect_and_align(
+    source: str | os.PathLike[str] | np.ndarray,
+    detector: Detector,
+    *,
+    size: int = CROP_SIZE,
+    detect_side: int = DETECT_SIDE,
+    fallback: bool = True,
+    min_size: float = 0.0,
+    small_faces: bool = True,
+) -> list[tuple[Detection, np.ndarray]]:
+    """Detect faces in one image and align each to a ``(size, size, 3)`` uint8 crop.
+
+    ``source``: an image path or an ``(H, W, 3)`` uint8 RGB array. Detections come back in
+    original-image pixels, left to right. With ``fallback`` and no face found, an image that
+    :func:`labeler.detect.looks_like_face_crop` is returned whole as one face
+    (``whole_image=True``, template landmarks). Raises ``ImageDecodeError`` for undecodable
+    files.
+
+    >>> pairs = detect_and_align("photo.jpg", get_detector("mediapipe"))  # doctest: +SKIP
+    >>> [(d.box, crop.shape) for d, crop in pairs]  # doctest: +SKIP
+    """
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB array, got {source.shape} {source.dtype}"
+            )
+        h, w = source.shape[:2]
+        dec, path = DecodedImage(source, (1.0, 1.0), w, h, "array"), None
+    else:
+        path = Path(source)
+        dec = decode_image(path, min_side=detect_side)
+    return _align_from(
+        path,
+        dec,
+        detector,
+        size=size,
+        detect_side=detect_side,
+        fallback=fallback,
+        min_size=min_size,
+        small_faces=small_faces,
+    )
+
+
+# --- the workspace step ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """The resolved options of a ``labeler detect`` run (saved as ``steps/detect.json``)."""
+
+    detector: str = DEFAULT_DETECTOR
+    min_size: float = 20.0
+    score_threshold: float = 0.5
+    detect_side: int = DETECT_SIDE
+    crop_size: int = CROP_SIZE
+    jpeg_quality: int = JPEG_QUALITY
+    fallback: bool = True
+    small_faces: bool = True
+    detector_options: dict[str, object] = field(default_factory=dict)
+
+    def build_detector(self) -> Detector:
+        # min_size is applied by the pipeline in original pixels, not by the detector
+        opts: dict[str, object] = dict(self.detector_options)
+        if self.detector != "none":
+            opts.setdefault("score_threshold", self.score_threshold)
+        return get_detector(self.detector, **opts)
+
+    def same_faces_as(self, other: dict[str, object]) -> bool:
+        mine = asdict(self)
+        return all(mine[k] == other.get(k) for k in mine)
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """What a ``labeler detect`` run did. Times are per processed image, one worker's view."""
+
+    processed: int  # images detected in this run
+    skipped_done: int  # images already in detect_log from earlier runs
+    faces: int  # faces found in this run (whole-image fallbacks included)
+    no_face: int  # processed images with no face and no fallback
+    whole_image: int  # processed images where the whole image stood in as the face
+    errors: int  # images that failed to decode
+    total_faces: int  # rows of faces.parquet after the run
+    seconds: float
+    decode_ms: float  # mean per processed image
+    detect_ms: float  # mean per processed image (detector + crop warp + JPEG write)
+    config: DetectConfig
+
+
+def detect_log_path(ws: Workspace) -> Path:
+    return ws.root / "detect_log.parquet"
+
+
+def read_detect_log(ws: Workspace) -> pd.DataFrame:
+    """One row per image ``labeler detect`` has processed (``DETECT_LOG_SCHEMA``)."""
+    path = detect_log_path(ws)
+    if not path.exists():
+        return empty_table(DETECT_LOG_SCHEMA)
+    return pq.read_table(path, schema=DETECT_LOG_SCHEMA).to_pandas()
+
+
+@dataclass
+class _Outcome:
+    image_id: str
+    rows: list[dict[str, object]]
+    whole_image: bool
+    error: str | None
+    decode_s: float
+    detect_s: float
+
+
+def _process_image(
+    ws: Workspace, image_id: str, path: Path, detector: Detector, cfg: DetectConfig
+) -> _Outcome:
+    t0 = time.perf_counter()
+    try:
+        dec = decode_image(path, min_side=cfg.detect_side)
+    except ImageDecodeError as exc:
+        return _Outcome(image_id, [], False, str(exc), time.perf_counter() - t0, 0.0)
+    t1 = time.perf_counter()
+    try:
+        pairs = _align_from(
+            path,
+            dec,
+            detector,
+            size=cfg.crop_size,
+            detect_side=cfg.detect_side,
+            fallback=cfg.fallback,
+            min_size=cfg.min_size,
+            small_faces=cfg.small_faces,
+        )
+    except ImageDecodeError as exc:  # the re-decode at a larger size failed
+        return _Outcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
+    rows = []
+    for index, (d, crop) in enumerate(pairs):
+        fid = face_id_for(image_id, index)
+        crop_path = ws.crop_path(fid)
+        write_jpeg(crop_path, crop, quality=cfg.jpeg_quality)
+        rows.append(
+            {
+                "face_id": fid,
+                "image_id": image_id,
+                "face_index": index,
+                "x0": d.x0,
+                "y0": d.y0,
+                "x1": d.x1,
+                "y1": d.y1,
+                "score": d.score,
+                "landmarks": d.landmarks.reshape(-1).astype(np.float32).tolist(),
+                "detector": detector.name,
+                "whole_image": d.whole_image,
+                "crop_path": crop_path.relative_to(ws.root).as_posix(),
+            }
+        )
+    whole = any(d.whole_image for d, _ in pairs)
+    return _Outcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
+
+
+def _has_big_face(dets: list[Detection], shape: tuple[int, ...]) -> bool:
+    return any(min(d.width, d.height) >= BIG_FACE_FRACTION * min(shape[:2]) for d in dets)
+
+
+def _align_from(
+    path: Path | None,
+    dec: DecodedImage,
+    detector: Detector,
+    *,
+    size: int,
+    detect_side: int,
+    fallback: bool,
+    min_size: float = 0.0,
+    small_faces: bool = True,
+) -> list[tuple[Detection, np.ndarray]]:
+    """Detect on ``dec`` (decoded from ``path``, or an array when ``path`` is None) and warp
+    each face from ``dec`` or, when a face is too small there, from a larger decode.
+
+    Detections are kept in ``dec`` pixels until the end, then mapped to original pixels.
+    """
+    det_rgb, det_scale = _detection_input(dec, detect_side)
+    dets = [d.scaled(det_scale, det_scale) for d in detector.detect(det_rgb)]
+    larger: np.ndarray | None = None  # a second, larger decode of ``path`` when one is made
+    small_pass = getattr(detector, "detect_small_faces", None)
+    if (
+        small_faces
+        and small_pass is not None
+        and max(dec.width, dec.height) >= SCENE_MIN_SIDE
+        and not _has_big_face(dets, dec.rgb.shape)
+    ):
+        scene = dec.rgb
+        want = min(SCENE_SIDE, max(dec.width, dec.height))
+        if path is not None and max(dec.rgb.shape[:2]) < want:
+            larger = scene = decode_image(path, min_side=want).rgb
+        small, shrink = _detection_input(DecodedImage(scene, (1.0, 1.0), 0, 0, ""), SCENE_SIDE)
+        fx = shrink * dec.rgb.shape[1] / scene.shape[1]
+        fy = shrink * dec.rgb.shape[0] / scene.shape[0]
+        dets = finalize(dets + [d.scaled(fx, fy) for d in small_pass(small)])
+    sx0, sy0 = dec.scale
+    dets = [d for d in dets if min(d.width * sx0, d.height * sy0) >= min_size]
+    if not dets and fallback and looks_like_face_crop(dec.width, dec.height):
+        dets = [whole_image_detection(dec.rgb.shape[1], dec.rgb.shape[0])]
+    if not dets:
+        return []
+    # Warp from a larger decode only when a face is too small in this one for a sharp crop.
+    src = dec.rgb
+    need = max(CROP_EYE_DISTANCE * size / CROP_SIZE / max(d.eye_distance, 1e-3) for d in dets)
+    if path is not None and need > 1.05 and max(dec.scale) > 1.0:
+        target = min(math.ceil(max(dec.rgb.shape[:2]) * need), max(dec.width, dec.height))
+        if larger is None or max(larger.shape[:2]) < target:
+            larger = decode_image(path, min_side=target).rgb
+        src = larger
+    sx, sy = src.shape[1] / dec.rgb.shape[1], src.shape[0] / dec.rgb.shape[0]
+    return [
+        (d.scaled(sx0, sy0), align_face(src, d.landmarks * np.float32([sx, sy]), size=size))
+        for d in dets
+    ]
+
+
+def _sorted_faces(faces: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    """Faces ordered by (image position in images.parquet, face_index); unknown images last."""
+    if faces.empty:
+        return faces.reset_index(drop=True)
+    pos = faces["image_id"].map(order).fillna(len(order)).astype(np.int64)
+    key = pd.DataFrame({"pos": pos, "image_id": faces["image_id"], "fi": faces["face_index"]})
+    idx = key.sort_values(["pos", "image_id", "fi"], kind="stable").index
+    return faces.loc[idx].reset_index(drop=True)
+
+
+def _sorted_log(log_df: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    if log_df.empty:
+        return log_df.reset_index(drop=True)
+    pos = log_df["image_id"].map(order).fillna(len(order)).astype(np.int64)
+    key = pd.DataFrame({"pos": pos, "image_id": log_df["image_id"]})
+    return log_df.loc[key.sort_values(["pos", "image_id"], kind="stable").index].reset_index(
+        drop=True
+    )
+
+
+def detect_workspace(
+    ws: Workspace,
+    *,
+    detector: str = DEFAULT_DETECTOR,
+    min_size: float = 20.0,
+    score_threshold: float = 0.5,
+    workers: int | None = None,
+    chunk_size: int = 500,
+    detect_side: int = DETECT_SIDE,
+    fallback: bool = True,
+    small_faces: bool = True,
+    redo: bool = False,
+    detector_options: dict[str, object] | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> DetectResult:
+    """Detect and align the faces of every ingested image that has no detect record yet.
+
+    Writes ``faces.parquet`` (``FACES_SCHEMA``), ``detect_log.parquet`` (one row per image,
+    ``n_faces`` 0 for images without a face), crops at ``ws.crop_path(face_id)`` (256x256
+    JPEG) and ``steps/detect.json``. ``workers`` threads (default ``min(4, cpu count)``)
+    decode and detect, one detector per thread. ``chunk_size`` images are committed at a
+    time; ``on_chunk(done, total)`` is called after each commit. ``redo`` forgets earlier
+    results (and crops) and detects everything again.
+
+    >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
+    >>> res.faces, res.no_face  # doctest: +SKIP
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cfg = DetectConfig(
+        detector=detector,
+        min_size=float(min_size),
+        score_threshold=float(score_threshold),
+        detect_side=int(detect_side),
+        fallback=bool(fallback),
+        small_faces=bool(small_faces),
+        detector_options=dict(detector_options or {}),
+    )
+    cfg.build_detector()  # fail fast on an unknown name / missing package, before any work
+    t_start = time.perf_counter()
+    images = ws.images()
+    ok = images[images["status"] == "ok"].drop_duplicates("image_id")
+    order = {iid: i for i, iid in enumerate(ok["image_id"])}
+    roots = ws.roots()
+
+    cfg_path = ws.step_config_path("detect")
+    if redo:
+        detect_log_path(ws).unlink(missing_ok=True)
+        ws.faces_path.unlink(missing_ok=True)
+        shutil.rmtree(ws.crops_dir, ignore_errors=True)
+    elif cfg_path.exists() and detect_log_path(ws).exists():
+        from labeler.workspace import read_json
+
+        previous = read_json(cfg_path).get("config", {})
+        if not cfg.same_faces_as(previous):
+            log.warning(
+                "earlier faces in %s were detected with other options (%s); only new images "
+                "use the new ones. Pass --redo to detect everything again.",
+                ws.root,
+                {k: previous.get(k) for k in ("detector", "min_size", "score_threshold")},
+            )
+    done_log = read_detect_log(ws)
+    faces = ws.faces()
+    stale = ~done_log["image_id"].isin(order)
+    dirty = bool(stale.any())
+    if dirty:  # images whose file changed (new image_id) or became errors/duplicates
+        log.info("forgetting %d images no longer in the images table", int(stale.sum()))
+        done_log = done_log[~stale]
+        faces = faces[faces["image_id"].isin(order)]
+    done = set(done_log["image_id"])
+    orphans = ~faces["image_id"].isin(done)
+    dirty = dirty or bool(orphans.any())
+    if orphans.any():  # a crash between writing faces and the log: redo those images
+        log.info("dropping %d faces of images missing from the detect log", int(orphans.sum()))
+        faces = faces[~orphans]
+    todo = [r for r in ok.itertuples(index=False) if r.image_id not in done]
+    log.info("detect: %d images to process, %d already done", len(todo), len(done))
+
+    local = threading.local()
+    made: list[Detector] = []
+    lock = threading.Lock()
+
+    def work(row: object) -> _Outcome:
+        det = getattr(local, "detector", None)
+        if det is None:
+            det = local.detector = cfg.build_detector()
+            with lock:
+                made.append(det)
+        path = roots[int(row.root)] / row.path  # type: ignore[attr-defined]
+        return _process_image(ws, row.image_id, path, det, cfg)  # type: ignore[attr-defined]
+
+    n_workers = workers or min(4, os.cpu_count() or 1)
+    outcomes: list[_Outcome] = []
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="detect")
+    faces_parts = [faces]
+    log_parts = [done_log]
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="detect") as pool:
+            for chunk in iter_batches(todo, chunk_size):
+                got = list(pool.map(work, chunk))
+                outcomes.extend(got)
+                rows = [row for o in got for row in o.rows]
+                if rows:
+                    faces_parts.append(pd.DataFrame(rows, columns=FACES_SCHEMA.names))
+                log_parts.append(
+                    pd.DataFrame(
+                        {
+                            "image_id": [o.image_id for o in got],
+                            "n_faces": [len(o.rows) for o in got],
+                            "whole_image": [o.whole_image for o in got],
+                            "error": [o.error for o in got],
+                        }
+                    )
+                )
+                faces = _sorted_faces(_concat(faces_parts, FACES_SCHEMA), order)
+                log_df = _sorted_log(_concat(log_parts, DETECT_LOG_SCHEMA), order)
+                faces_parts, log_parts = [faces], [log_df]
+                ws.write_faces(faces)  # faces first: see the module docstring
+                write_table(detect_log_path(ws), log_df, DETECT_LOG_SCHEMA)
+                if bar is not None:
+                    bar.update(len(got))
+                if on_chunk is not None:
+                    on_chunk(len(outcomes), len(todo))
+    finally:
+        if bar is not None:
+            bar.close()
+        for det in made:
+            close = getattr(det, "close", None)
+            if close is not None:
+                close()
+
+    if not todo and (dirty or not ws.faces_path.exists()):
+        ws.write_faces(faces)
+        write_table(detect_log_path(ws), _sorted_log(done_log, order), DETECT_LOG_SCHEMA)
+    n = len(outcomes)
+    result = DetectResult(
+        processed=n,
+        skipped_done=len(ok) - len(todo),
+        faces=sum(len(o.rows) for o in outcomes),
+        no_face=sum(1 for o in outcomes if not o.rows and o.error is None),
+        whole_image=sum(o.whole_image for o in outcomes),
+        errors=sum(o.error is not None for o in outcomes),
+        total_faces=len(faces),
+        seconds=time.perf_counter() - t_start,
+        decode_ms=1000 * sum(o.decode_s for o in outcomes) / max(n, 1),
+        detect_ms=1000 * sum(o.detect_s for o in outcomes) / max(n, 1),
+        config=cfg,
+    )
+    final_log = read_detect_log(ws)
+    ws.save_step_config(
+        "detect",
+        {
+            "config": cfg,
+            "workers": n_workers,
+            "chunk_size": chunk_size,
+            "last_run": {k: v for k, v in asdict(result).items() if k != "config"},
+            "images_logged": len(final_log),
+            "no_face_image_ids": final_log.loc[
+                (final_log["n_faces"] == 0) & final_log["error"].isna(), "image_id"
+            ].tolist(),
+            "error_image_ids": final_log.loc[final_log["error"].notna(), "image_id"].tolist(),
+        },
+    )
+    log.info(
+        "detect: %d images, %d faces, %d without a face, %d whole-image, %d errors (%.1fs)",
+        result.processed,
+        result.faces,
+        result.no_face,
+        result.whole_image,
+        result.errors,
+        result.seconds,
+    )
+    return result
+
+
+def _concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return empty_table(schema)
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def iter_crops(
+    ws: Workspace, faces: pd.DataFrame | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(face_id, crop)`` (``(256, 256, 3)`` uint8) in ``faces`` order (default: all)."""
+    faces = ws.require_faces() if faces is None else faces
+    for fid in faces["face_id"]:
+        path = ws.crop_path(fid)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --redo'"
+            )
+        yield fid, load_rgb(path)

@@ -1,0 +1,315 @@
+"""``labeler ingest``: register a folder of photos in the workspace's ``images`` table.
+
+One row per file found (recursively; extensions in ``labeler.imageio.IMAGE_EXTENSIONS``,
+any case), following ``IMAGES_SCHEMA``. ``image_id`` is the first 16 hex digits of the
+SHA-1 of the file's bytes; width/height are after EXIF orientation.
+
+What happens to each kind of file (one rule for all: accept whatever decodes to a
+sensible RGB picture, refuse the rest with a one-line reason, and carry on):
+
+=============================================  ==============================================
+file                                            outcome
+=============================================  ==============================================
+JPEG/PNG/WebP/BMP/TIFF that decodes             ``ok``
+CMYK JPEG, 16-bit PNG, grayscale, palette       ``ok``: converted to 8-bit RGB when read
+RGBA / LA / transparent palette                 ``ok``: alpha composited on white when read
+the same bytes as an earlier file               ``duplicate``, ``duplicate_of`` = first path
+empty file                                      ``error``: "empty file (0 bytes)"
+truncated or corrupt image                      ``error``: the decoder's message
+not an image (e.g. text named .jpg)             ``error``: "not an image ..."
+more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` ``error``: refused before decoding (bomb guard)
+unreadable (permissions, broken symlink)        ``error``: the OS error; ``image_id`` is
+                                                ``path:<sha1 of the path>``
+not a regular file (FIFO, socket, device)       ``error``: never opened (a FIFO would block)
+file name that is not valid UTF-8               ``error``: "rename it"; every later step must
+                                                reopen files by the stored UTF-8 ``path``, so
+                                                such names are refused, shown with ``\\xNN``
+=============================================  ==============================================
+
+Decodability is checked with the same decoder the later steps use
+(:func:`labeler.imageio.decode_image`), at a reduced DCT scale for JPEGs, so a file that
+passes here decodes in ``detect``.
+
+Re-running is incremental: files whose ``(size, mtime)`` are unchanged are skipped, changed
+files are re-read in place, new files are appended (sorted by path). Duplicates are
+re-derived over the whole table each run (the first ``ok`` copy in table order keeps
+``ok``). Rows of files that have disappeared are kept (their faces may be labeled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from labeler.imageio import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, display_path
+from labeler.workspace import IMAGES_SCHEMA, Workspace
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_MARKER = "workspace.json"
+
+#: Decode size used to check that a file is usable (JPEG: 1/8 DCT scale of a 1024 image).
+VERIFY_SIDE = 128
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The resolved options of an ingest run (saved as ``steps/ingest.json``)."""
+
+    folder: str
+    root: int
+    extensions: tuple[str, ...]
+    workers: int
+    verify_side: int = VERIFY_SIDE
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Counts of one ingest run. ``new + changed == ok + errors + duplicates``."""
+
+    scanned: int  # image files found under the folder
+    new: int  # files not in the table before
+    changed: int  # files whose size or mtime changed since the last run
+    ok: int  # processed files that are usable images
+    errors: int  # processed files refused (reason in the ``error`` column)
+    duplicates: int  # processed files whose bytes equal an earlier file's
+    skipped_unchanged: int  # files with the same (size, mtime) as last run
+    missing: int  # rows of this root whose file has disappeared (kept)
+    root: int  # index of the folder in workspace.json "roots"
+
+
+def scan_images(folder: Path) -> Iterator[str]:
+    """Relative paths (``os.sep`` separated, surrogate-escaped if not UTF-8) of the image
+    files under ``folder``, recursively, sorted by their bytes. Symlinked directories are
+    not followed; hidden files and folders (leading ``.``) and labeler workspaces (folders
+    holding ``workspace.json``) are skipped."""
+    found: list[str] = []
+
+    def on_error(exc: OSError) -> None:
+        log.warning("cannot list %s: %s", display_path(exc.filename or ""), exc.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
+        if WORKSPACE_MARKER in filenames:  # a labeler workspace (its crops) inside the folder
+            log.info("skipping the labeler workspace %s", display_path(dirpath))
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):  # hidden files, macOS "._x.jpg" resource forks
+                continue
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(os.path.relpath(os.path.join(dirpath, name), folder))
+    yield from sorted(found, key=os.fsencode)
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _posix(rel: str) -> str:
+    return display_path(rel).replace(os.sep, "/")
+
+
+def _error_row(root: int, rel: str, size: int, mtime: float, reason: str, image_id: str) -> dict:
+    return {
+        "image_id": image_id,
+        "root": root,
+        "path": _posix(rel),
+        "size_bytes": size,
+        "mtime": mtime,
+        "width": 0,
+        "height": 0,
+        "status": "error",
+        "error": reason,
+        "duplicate_of": None,
+    }
+
+
+def _path_id(root: int, rel: str) -> str:
+    return "path:" + hashlib.sha1(f"{root}/{_posix(rel)}".encode()).hexdigest()[:16]
+
+
+def _read_one(folder: Path, root: int, rel: str, verify_side: int) -> dict:
+    """The images-table row of one file (never raises for a bad file)."""
+    full = os.path.join(folder, rel)
+    shown = _posix(rel)
+    try:
+        st = os.stat(full)
+    except OSError as exc:
+        try:
+            lst = os.lstat(full)
+            size, mtime = lst.st_size, lst.st_mtime
+        except OSError:
+            size, mtime = 0, 0.0
+        why = "broken symlink" if os.path.islink(full) else "cannot stat"
+        reason = f"{shown}: {why} ({exc.strerror})"
+        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
+    size, mtime = int(st.st_size), float(st.st_mtime)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "special file"
+        reason = f"{shown}: not a regular file ({kind}); skipped without opening it"
+        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
+    if not _utf8_ok(rel):
+        reason = f"{shown}: file name is not valid UTF-8; rename the file and ingest again"
+        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
+    try:
+        with open(full, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        reason = f"{shown}: cannot read ({exc.strerror})"
+        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
+    image_id = hashlib.sha1(data).hexdigest()[:16]
+    if not data:
+        return _error_row(root, rel, size, mtime, f"{shown}: empty file (0 bytes)", image_id)
+    try:
+        dec = decode_image(data, max_side=verify_side, name=shown)
+    except ImageDecodeError as exc:
+        return _error_row(root, rel, size, mtime, str(exc), image_id)
+    return {
+        "image_id": image_id,
+        "root": root,
+        "path": shown,
+        "size_bytes": size,
+        "mtime": mtime,
+        "width": dec.width,
+        "height": dec.height,
+        "status": "ok",
+        "error": None,
+        "duplicate_of": None,
+    }
+
+
+def mark_duplicates(images: pd.DataFrame) -> pd.DataFrame:
+    """Re-derive ``duplicate`` status over the whole table: among rows that decode
+    (``ok`` or ``duplicate``) with one ``image_id``, the first in table order is ``ok``, the
+    others ``duplicate`` with ``duplicate_of`` = its path."""
+    df = images.copy()
+    df["status"] = df["status"].astype(object)
+    df["duplicate_of"] = df["duplicate_of"].astype(object)
+    usable = df["status"].isin(["ok", "duplicate"])
+    first_path = df[usable].drop_duplicates("image_id").set_index("image_id")["path"]
+    dup = df.index.isin(df.index[usable][df[usable].duplicated("image_id").to_numpy()])
+    df.loc[usable, "status"] = "ok"
+    df.loc[usable, "duplicate_of"] = None
+    df.loc[dup, "status"] = "duplicate"
+    if dup.any():
+        df.loc[dup, "duplicate_of"] = df.loc[dup, "image_id"].map(first_path).to_numpy(object)
+    return df
+
+
+def ingest_folder(
+    ws: Workspace, folder: str | os.PathLike[str], *, workers: int | None = None
+) -> IngestResult:
+    """Add the images under ``folder`` to ``ws``'s images table (see the module docstring).
+
+    ``workers`` threads (default ``min(8, cpu count + 2)``) read, hash and verify files.
+
+    >>> ws = Workspace.open("ws", create=True)  # doctest: +SKIP
+    >>> ingest_folder(ws, "photos").ok  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
+    t0 = time.perf_counter()
+    root = ws.add_root(folder)
+    folder = ws.roots()[root]
+    n_workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    ws.save_step_config(
+        "ingest",
+        IngestConfig(str(folder), root, tuple(sorted(IMAGE_EXTENSIONS)), n_workers),
+    )
+
+    images = ws.images()
+    mine = images["root"] == root
+    known = {
+        p: (i, int(s), float(m))
+        for i, p, s, m in zip(
+            images.index[mine],
+            images.loc[mine, "path"],
+            images.loc[mine, "size_bytes"],
+            images.loc[mine, "mtime"],
+            strict=True,
+        )
+    }
+    scanned = list(scan_images(folder))
+    todo: list[str] = []
+    skipped = 0
+    for rel in scanned:
+        prev = known.get(_posix(rel))
+        if prev is not None:
+            full = os.path.join(folder, rel)
+            try:
+                st = os.stat(full)
+            except OSError:  # e.g. a broken symlink: _read_one recorded its lstat
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    st = None
+            if st is not None and (int(st.st_size), float(st.st_mtime)) == prev[1:]:
+                skipped += 1
+                continue
+        todo.append(rel)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
+        rows = list(pool.map(lambda rel: _read_one(folder, root, rel, VERIFY_SIDE), todo))
+
+    changed_idx, changed_rows, new_rows = [], [], []
+    for rel, row in zip(todo, rows, strict=True):
+        prev = known.get(_posix(rel))
+        if prev is None:
+            new_rows.append(row)
+        else:
+            changed_idx.append(prev[0])
+            changed_rows.append(row)
+    if changed_rows:  # replace in place: rows keep their position in the table
+        records = images.to_dict("records")
+        for i, row in zip(changed_idx, changed_rows, strict=True):
+            records[images.index.get_loc(i)] = row
+        images = pd.DataFrame(records, columns=IMAGES_SCHEMA.names)
+    if new_rows:
+        new_df = pd.DataFrame(new_rows, columns=IMAGES_SCHEMA.names)
+        images = new_df if images.empty else pd.concat([images, new_df], ignore_index=True)
+    images = mark_duplicates(images.reset_index(drop=True))
+    if todo or not ws.images_path.exists():
+        ws.write_images(images)
+
+    processed = set(_posix(r) for r in todo)
+    done = images[(images["root"] == root) & images["path"].isin(processed)]
+    present = set(_posix(r) for r in scanned)
+    result = IngestResult(
+        scanned=len(scanned),
+        new=len(new_rows),
+        changed=len(changed_rows),
+        ok=int((done["status"] == "ok").sum()),
+        errors=int((done["status"] == "error").sum()),
+        duplicates=int((done["status"] == "duplicate").sum()),
+        skipped_unchanged=skipped,
+        missing=sum(1 for p in known if p not in present),
+        root=root,
+    )
+    log.info(
+        "ingest %s: %d files, %d new, %d changed, %d ok, %d errors, %d duplicates, "
+        "%d unchanged (%.1fs)",
+        folder,
+        result.scanned,
+        result.new,
+        result.changed,
+        result.ok,
+        result.errors,
+        result.duplicates,
+        result.skipped_unchanged,
+        time.perf_counter() - t0,
+    )
+    return result

@@ -1,0 +1,132 @@
+"""``labeler run``: ingest + detect + embed + cues + cluster, the one command for the common case.
+
+Each step is incremental: re-running on the same folder is a no-op, and images added to the
+folder since the last run are the only ones processed (then the grouping is refreshed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labeler.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "timm:efficientnet_lite0"
+# Used only when labeler.features cannot say which stored embeddings its spec needs.
+FALLBACK_REGIONS = ("face", "lower")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of :func:`run_pipeline` (saved to ``steps/run.json``)."""
+
+    detector: str = "mediapipe"
+    backbone: str = DEFAULT_BACKBONE
+    features: str = "auto"
+    device: str = "auto"
+    batch_size: int = 64
+    cluster: bool = True
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one ``labeler run`` did, with the seconds each step took."""
+
+    images_ok: int
+    image_errors: int
+    faces: int
+    embedded: dict[str, int]
+    clusters: int | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def feature_inputs(spec: str, backbone: str) -> tuple[list[str], bool]:
+    """Regions to embed with ``backbone`` and whether colour cues are needed for ``spec``."""
+    try:
+        from labeler.features import required_inputs
+    except ImportError:
+        return list(FALLBACK_REGIONS), True
+    return required_inputs(spec, backbone=backbone)
+
+
+def run_pipeline(folder: str | Path, ws: Workspace, *, config: RunConfig = RunConfig()) -> RunResult:
+    """Run every step on ``folder`` into ``ws``; returns a :class:`RunResult`.
+
+    >>> run_pipeline("photos", Workspace.open("ws", create=True))  # doctest: +SKIP
+    """
+    from labeler.detect.pipeline import detect_workspace
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import embed_faces
+    from labeler.ingest import ingest_folder
+
+    timings: dict[str, float] = {}
+    ws.save_step_config("run", config)
+
+    t = time.perf_counter()
+    ingested = ingest_folder(ws, folder, workers=config.workers)
+    timings["ingest"] = time.perf_counter() - t
+    log.info("ingest: %s", ingested)
+
+    t = time.perf_counter()
+    detected = detect_workspace(ws, detector=config.detector, workers=config.workers, progress=True)
+    timings["detect"] = time.perf_counter() - t
+    log.info("detect: %s", detected)
+
+    faces = ws.faces()
+    embedded: dict[str, int] = {}
+    n_clusters: int | None = None
+    if len(faces):
+        regions, need_cues = feature_inputs(config.features, config.backbone)
+        if regions:
+            t = time.perf_counter()
+            backbone = get_backbone(config.backbone, device=config.device)
+            for region in regions:
+                res = embed_faces(ws, backbone, region=region, batch_size=config.batch_size, progress=True)
+                embedded[res.key] = res.n_new
+            timings["embed"] = time.perf_counter() - t
+        if need_cues:
+            from labeler.cues import cues_workspace
+
+            t = time.perf_counter()
+            new, _ = cues_workspace(ws)
+            embedded["cues__face"] = new
+            timings["cues"] = time.perf_counter() - t
+        if config.cluster:
+            n_clusters, timings["cluster"] = _refresh_clusters(ws, config, changed=any(embedded.values()))
+    else:
+        log.warning("no faces found in %s; nothing to embed or cluster", folder)
+
+    result = RunResult(
+        images_ok=int(ingested.ok),
+        image_errors=int(ingested.errors),
+        faces=len(faces),
+        embedded=embedded,
+        clusters=n_clusters,
+        timings=timings,
+    )
+    ws.save_step_config("run_result", result)
+    return result
+
+
+def _refresh_clusters(ws: Workspace, config: RunConfig, *, changed: bool) -> tuple[int, float]:
+    """Re-cluster when features changed or no run exists; otherwise keep the current run."""
+    from labeler.cluster.run import cluster_workspace
+    from labeler.cluster.store import load_run
+
+    t = time.perf_counter()
+    try:
+        current = load_run(ws)
+    except (FileNotFoundError, ValueError):
+        current = None
+    if current is not None and not changed:
+        n = len(set(current.labels.tolist()) - {-1})
+        log.info("cluster: features unchanged, keeping the current run (%d clusters)", n)
+        return n, time.perf_counter() - t
+    result = cluster_workspace(ws, features=config.features)
+    n = len(set(result.labels.tolist()) - {-1})
+    return n, time.perf_counter() - t

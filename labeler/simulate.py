@@ -1,0 +1,374 @@
+"""The oracle annotator: how many actions a grouping (and the tool's guided steps) costs.
+
+Everything is a plain function on arrays. ``truth`` is only ever read the way a human
+annotator would read it: the majority true label of a group the annotator looks at and
+bulk-labels (what they would type for that group), and the true label of one face they
+correct. Truth never chooses groups, features, orders or splits.
+
+Effort metric (shared/README.md, "Measuring labeling effort")
+--------------------------------------------------------------
+One **action** bulk-assigns one label to one group (every face of the group receives the
+group's majority true label; ties go to the alphabetically first label), or corrects one
+face. Noise points (group -1) are groups of one. A face counts as labeled correctly when its
+current label equals its true label; unlabeled faces count as wrong. ``effN`` = correct
+faces / actions at the first action after which accuracy >= N %. Labeling one by one gives
+``effN = 1``; a perfect grouping of C equal classes gives ``N_faces / C``.
+
+Protocols
+---------
+``strategy="plain"``: bulk-label every group, biggest first (ties by group id), then correct
+the wrong faces one by one (an oracle order: only wrong faces are touched).
+
+``strategy="interactive"`` (needs ``features``): the session the tool offers, every step an
+action as above.
+
+1. *Seed.* Take the ``seed_groups`` biggest real groups (size >= ``min_group``). The
+   annotator looks at each; if it is visibly mixed (its majority share is below
+   ``split_purity``) they press *split* (1 action; the tool sub-clusters the group with
+   k-means on ``features`` into ``split_parts`` parts) and bulk-label each part (1 action
+   each); otherwise they bulk-label the group (1 action).
+2. *Rounds* (up to ``max_rounds``):
+
+   a. The guided model (:func:`labeler.guided.fit_predict`, ``method``) is trained on the
+      current labels (bulk labels weight 1, faces corrected one by one weight
+      ``checked_weight``) and predicts every face.
+   b. *Suggestions.* Faces not corrected individually whose prediction differs from their
+      current label (or that are unlabeled) are grouped by (current label, predicted label);
+      groups of at least ``min_group`` faces are shown biggest first. Accepting one is 1 bulk
+      action and gives every face of the group the group's majority true label. The annotator
+      accepts when that raises the number of correct faces in the group, else dismisses it;
+      a dismissal also costs 1 action (and the same suggestion is not shown again). Suggestion groups smaller than ``min_group`` are left to
+      the review queue, except in the first round, when unlabeled faces are all offered.
+   c. *Review queue.* Faces not yet corrected individually, ordered by disagreement (prediction
+      differs from the current label first) then by ascending prediction margin. The
+      annotator walks the queue and corrects each wrong face (1 action; the face becomes
+      checked), stopping after ``review_batch`` corrections. Faces seen and found right cost
+      nothing and are counted in ``reviewed`` only.
+   d. The round ends; the loop stops early when a round changes nothing.
+
+3. *Finish.* Any faces still wrong are corrected one by one (oracle order), so the curve
+   always reaches 100 %.
+
+Example::
+
+    res = simulate(groups, truth)                              # plain
+    res = simulate(groups, truth, strategy="interactive", features=X)
+    res.eff98, res.actions98
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LEVELS = (95, 98, 99)
+STRATEGIES = ("plain", "interactive")
+
+
+@dataclass(frozen=True)
+class InteractiveConfig:
+    """Options of the interactive session (see the module docstring for the protocol)."""
+
+    seed_groups: int = 8
+    min_group: int = 3
+    split_purity: float = 0.8
+    split_parts: int = 3
+    method: str = "ensemble"
+    review_batch: int = 5
+    max_rounds: int = 40
+    checked_weight: float = 3.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EffortResult:
+    """What a labeling session cost.
+
+    ``nmi``/``ari``/``purity`` describe the starting grouping against the truth (noise points
+    as singletons). ``effN`` / ``actionsN`` for N in :data:`LEVELS`. ``curve`` (A,) holds the
+    number of correct faces after each action; ``kinds`` counts actions by kind; ``reviewed``
+    is the number of faces the annotator looked at in review queues without changing them.
+    """
+
+    strategy: str
+    n_faces: int
+    n_classes: int
+    n_groups: int
+    nmi: float
+    ari: float
+    purity: float
+    eff95: float
+    eff98: float
+    eff99: float
+    actions95: int
+    actions98: int
+    actions99: int
+    actions_total: int
+    reviewed: int = 0
+    kinds: dict[str, int] = field(default_factory=dict, compare=False)
+    curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready dict (the curve is left out)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "curve"}
+        out["kinds"] = dict(self.kinds)
+        return out
+
+    def accuracy_curve(self) -> np.ndarray:
+        """(A,) accuracy after each action."""
+        return self.curve / max(self.n_faces, 1)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def noise_as_singletons(groups: np.ndarray) -> np.ndarray:
+    """(N,) int groups with every ``-1`` replaced by a fresh id of its own."""
+    g = np.asarray(groups).astype(np.int64).copy()
+    noise = g < 0
+    start = (g.max() + 1) if (~noise).any() else 0
+    g[noise] = start + np.arange(int(noise.sum()))
+    return g
+
+
+def _encode_truth(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.asarray(truth).astype(str)
+    classes, y = np.unique(truth, return_inverse=True)
+    return classes, y.astype(np.int64)
+
+
+def grouping_scores(groups: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """NMI, ARI and purity of ``groups`` (noise as singletons) against ``truth``."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    g = noise_as_singletons(groups)
+    _, y = _encode_truth(truth)
+    _, gi = np.unique(g, return_inverse=True)
+    table = np.zeros((gi.max() + 1, y.max() + 1), np.int64)
+    np.add.at(table, (gi, y), 1)
+    return {
+        "nmi": float(normalized_mutual_info_score(y, g)),
+        "ari": float(adjusted_rand_score(y, g)),
+        "purity": float(table.max(1).sum() / len(y)),
+    }
+
+
+def effort_from_curve(curve: np.ndarray, n_faces: int, level: float) -> tuple[float, int]:
+    """``(effN, actionsN)`` from ``curve`` (A,) correct faces after each action."""
+    curve = np.asarray(curve, dtype=np.float64)
+    need = level / 100.0 * n_faces - 1e-9
+    hit = np.flatnonzero(curve >= need)
+    if len(hit) == 0:
+        return 0.0, -1
+    a = int(hit[0])
+    return float(curve[a] / (a + 1)), a + 1
+
+
+def _majority(y: np.ndarray, n_classes: int) -> int:
+    return int(np.bincount(y, minlength=n_classes).argmax())
+
+
+class _Session:
+    """Mutable bookkeeping of one simulated session (private; results are frozen)."""
+
+    def __init__(self, y: np.ndarray, n_classes: int) -> None:
+        self.y = y
+        self.C = n_classes
+        self.cur = np.full(len(y), -1, np.int64)
+        self.checked = np.zeros(len(y), bool)
+        self.curve: list[int] = []
+        self.kinds: Counter[str] = Counter()
+        self.reviewed = 0
+
+    @property
+    def correct(self) -> int:
+        return int((self.cur == self.y).sum())
+
+    def act(self, kind: str) -> None:
+        self.kinds[kind] += 1
+        self.curve.append(self.correct)
+
+    def bulk(self, members: np.ndarray, kind: str = "bulk") -> int:
+        m = _majority(self.y[members], self.C)
+        self.cur[members] = m
+        self.act(kind)
+        return m
+
+    def fix(self, i: int) -> None:
+        self.cur[i] = self.y[i]
+        self.checked[i] = True
+        self.act("correct")
+
+    def finish(self) -> None:
+        for i in np.flatnonzero(self.cur != self.y):
+            self.fix(int(i))
+
+
+def _result(
+    strategy: str, s: _Session, groups: np.ndarray, truth: np.ndarray, n_groups: int
+) -> EffortResult:
+    n = len(s.y)
+    curve = np.asarray(s.curve, dtype=np.int64)
+    effs = {lv: effort_from_curve(curve, n, lv) for lv in LEVELS}
+    return EffortResult(
+        strategy=strategy,
+        n_faces=n,
+        n_classes=s.C,
+        n_groups=n_groups,
+        **grouping_scores(groups, truth),
+        eff95=effs[95][0],
+        eff98=effs[98][0],
+        eff99=effs[99][0],
+        actions95=effs[95][1],
+        actions98=effs[98][1],
+        actions99=effs[99][1],
+        actions_total=len(curve),
+        reviewed=s.reviewed,
+        kinds=dict(s.kinds),
+        curve=curve,
+    )
+
+
+def _groups_by_size(g: np.ndarray) -> list[np.ndarray]:
+    ids, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    order = np.lexsort((ids, -counts))
+    members = np.argsort(inv, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [members[bounds[j] : bounds[j + 1]] for j in order]
+
+
+# --- protocols -------------------------------------------------------------------------------
+
+
+def _plain(g: np.ndarray, s: _Session) -> None:
+    for members in _groups_by_size(g):
+        s.bulk(members)
+    s.finish()
+
+
+def _split(X: np.ndarray, members: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
+    from sklearn.cluster import KMeans
+
+    parts = min(parts, len(members))
+    Z = X[members]
+    lab = KMeans(n_clusters=parts, n_init=3, random_state=seed).fit_predict(Z)
+    return [members[lab == j] for j in range(parts) if (lab == j).any()]
+
+
+def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConfig) -> None:
+    from labeler.guided import fit_predict
+
+    # 1. seed: biggest real groups (noise excluded), split when visibly mixed
+    real = [m for m in _groups_by_size(g) if len(m) >= cfg.min_group]
+    for members in real[: cfg.seed_groups]:
+        share = np.bincount(s.y[members], minlength=s.C).max() / len(members)
+        if share < cfg.split_purity and len(members) >= 2 * cfg.split_parts:
+            s.act("split")
+            for part in _split(X, members, cfg.split_parts, cfg.seed):
+                s.bulk(part, "bulk")
+        else:
+            s.bulk(members, "bulk")
+    if not (s.cur >= 0).any():  # no group big enough: label the biggest one anyway
+        s.bulk(_groups_by_size(g)[0])
+
+    # 2. rounds of suggestions + review
+    dismissed = np.full(len(s.y), -2, np.int64)  # the suggestion last dismissed per face
+    for rnd in range(cfg.max_rounds):
+        if s.correct == len(s.y):
+            break
+        before = s.cur.copy()
+        w = np.where(s.checked, cfg.checked_weight, 1.0)
+        pred = fit_predict(X, s.cur, method=cfg.method, weights=w)
+        cand = np.flatnonzero(~s.checked & (pred.labels != s.cur) & (pred.labels != dismissed))
+        if len(cand):
+            key = s.cur[cand] * (s.C + 1) + pred.labels[cand]
+            kid, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+            for j in np.lexsort((kid, -cnt)):
+                members = cand[inv == j]
+                unlabeled = s.cur[members[0]] < 0
+                if len(members) < cfg.min_group and not (rnd == 0 and unlabeled):
+                    continue
+                m = _majority(s.y[members], s.C)
+                gain = int((s.y[members] == m).sum() - (s.y[members] == s.cur[members]).sum())
+                if gain > 0:
+                    s.cur[members] = m
+                    s.act("accept")
+                else:
+                    dismissed[members] = pred.labels[members]
+                    s.act("dismiss")
+        # review queue: disagreement first, then low margin
+        pred = fit_predict(
+            X, s.cur, method=cfg.method, weights=np.where(s.checked, cfg.checked_weight, 1.0)
+        )
+        disagree = (pred.labels != s.cur).astype(np.float64)
+        order = np.lexsort((pred.margin, -disagree))
+        fixed = 0
+        for i in order:
+            if s.checked[i]:
+                continue
+            if s.cur[i] != s.y[i]:
+                s.fix(int(i))
+                fixed += 1
+                if fixed >= cfg.review_batch:
+                    break
+            else:
+                s.reviewed += 1
+        log.debug(
+            "round %d: %d correct of %d after %d actions", rnd, s.correct, len(s.y), len(s.curve)
+        )
+        if np.array_equal(before, s.cur):
+            break
+    s.finish()
+
+
+def simulate(
+    groups: np.ndarray,
+    truth: np.ndarray,
+    *,
+    strategy: str = "plain",
+    features: np.ndarray | None = None,
+    config: InteractiveConfig | None = None,
+) -> EffortResult:
+    """Simulate an annotator labeling ``truth`` with the tool's ``groups``.
+
+    groups: (N,) int group per face, -1 = noise (a group of one). truth: (N,) str/int true
+    label per face (read only as an annotator would, see the module docstring).
+    strategy: ``"plain"`` or ``"interactive"`` (then ``features`` (N, D) is required: what the
+    tool's guided steps learn on). config: :class:`InteractiveConfig` for the interactive
+    session. Returns an :class:`EffortResult`.
+    """
+    groups = np.asarray(groups)
+    truth = np.asarray(truth)
+    if groups.ndim != 1 or len(groups) != len(truth):
+        raise ValueError(
+            f"groups has shape {groups.shape} but truth has {len(truth)} rows; pass one of each per face"
+        )
+    if len(groups) == 0:
+        raise ValueError("no faces to simulate (groups is empty)")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    classes, y = _encode_truth(truth)
+    g = noise_as_singletons(groups)
+    s = _Session(y, len(classes))
+    n_groups = len(np.unique(g))
+    if strategy == "plain":
+        _plain(g, s)
+    else:
+        if features is None or len(features) != len(groups):
+            got = None if features is None else np.shape(features)
+            raise ValueError(
+                f"interactive simulation needs features (N={len(groups)}, D); got {got}"
+            )
+        _interactive(g, np.asarray(features, dtype=np.float32), s, config or InteractiveConfig())
+    return _result(strategy, s, groups, truth, n_groups)
+
+
+def with_strategy(config: InteractiveConfig, **changes: Any) -> InteractiveConfig:
+    """A copy of ``config`` with ``changes`` (for benchmark sweeps)."""
+    return replace(config, **changes)

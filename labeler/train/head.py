@@ -1,0 +1,235 @@
+"""Heads on stored features: logistic regression or a small MLP, fit in seconds on CPU.
+
+A :class:`Head` is plain arrays (standardisation + dense layers), saved as ``.npz`` without
+pickle and evaluated with numpy, so a saved model loads anywhere and cannot run code.
+
+>>> head = fit_head(X, y, kind="logreg")            # doctest: +SKIP
+>>> probs = head.predict_proba(X_new)               # (M, C), columns head.classes
+>>> oof = cross_val_proba(X, y, groups=persons, folds=5)   # out-of-fold (N, C)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HEAD_KINDS = ("logreg", "mlp")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How to fit a head. ``C``: inverse L2 strength of the logistic regression (0.01-10);
+    ``alpha``: L2 of the MLP; ``hidden``: MLP width; class weights are always balanced."""
+
+    kind: str = "logreg"
+    C: float = 1.0
+    hidden: int = 256
+    alpha: float = 1e-3
+    max_iter: int = 2000
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Head:
+    """A fitted head: ``x -> softmax(layers((x - mean) / std))``, relu between layers.
+
+    classes: (C,) str. mean, std: (D,). weights/biases: per layer (D_in, D_out) / (D_out,).
+    """
+
+    classes: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    kind: str = "logreg"
+    meta: dict = field(default_factory=dict)
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        """Logits (N, C) for features (N, D)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.mean):
+            raise ValueError(
+                f"features have shape {X.shape} but the head was trained on {len(self.mean)} dims; "
+                "use the same feature spec as in training"
+            )
+        h = (X - self.mean) / self.std
+        for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = h @ W + b
+            if i < len(self.weights) - 1:
+                h = np.maximum(h, 0.0)
+        if h.shape[1] == 1:  # binary logistic regression: one logit for classes[1]
+            h = np.concatenate([np.zeros_like(h), h], axis=1)
+        return h
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C), columns in ``classes`` order."""
+        return softmax(self.decision(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes[self.predict_proba(X).argmax(1)]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def balanced_weights(y_codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-sample weights n / (C * count[class]) (sklearn's "balanced"), (N,) float."""
+    counts = np.bincount(y_codes, minlength=n_classes).astype(float)
+    w = len(y_codes) / (max((counts > 0).sum(), 1) * np.maximum(counts, 1))
+    return w[y_codes]
+
+
+def fit_head(
+    X: np.ndarray,
+    y: Sequence[str] | np.ndarray,
+    *,
+    kind: str = "logreg",
+    config: HeadConfig | None = None,
+    classes: Sequence[str] | None = None,
+) -> Head:
+    """Fit a head on features ``X`` (N, D) and string labels ``y`` (N,).
+
+    ``classes`` fixes the column order (default: sorted labels present). A class with no
+    example gets a column of (near) zero probability. Balanced class weights.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    config = config or HeadConfig(kind=kind)
+    kind = config.kind
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(str)
+    if len(X) != len(y):
+        raise ValueError(f"features have {len(X)} rows but labels {len(y)}")
+    all_classes = np.asarray(sorted(set(y)) if classes is None else list(classes), dtype=object)
+    present = np.asarray(sorted(set(y)), dtype=object)
+    if len(present) < 2:
+        raise ValueError(
+            f"training needs at least 2 classes with labels, got {list(present)}; label more faces"
+        )
+    code = {c: i for i, c in enumerate(present)}
+    yc = np.array([code[v] for v in y])
+    mean = X.mean(0)
+    std = X.std(0) + 1e-6
+    Z = (X - mean) / std
+    sw = balanced_weights(yc, len(present))
+    if kind == "logreg":
+        clf = LogisticRegression(C=config.C, max_iter=config.max_iter)
+        clf.fit(Z, yc, sample_weight=sw)
+        W = clf.coef_.T.copy()
+        b = clf.intercept_.copy()
+        weights, biases = [W], [b]
+    else:
+        clf = MLPClassifier(
+            hidden_layer_sizes=(config.hidden,),
+            alpha=config.alpha,
+            max_iter=config.max_iter,
+            early_stopping=False,
+            random_state=config.seed,
+        )
+        clf.fit(Z, yc, sample_weight=sw)
+        weights = [w.copy() for w in clf.coefs_]
+        biases = [b.copy() for b in clf.intercepts_]
+    # expand the output layer to all classes (missing classes get a very low logit)
+    W, b = weights[-1], biases[-1]
+    if W.shape[1] == 1:  # binary: sklearn keeps one logit for present[1]
+        W = np.concatenate([np.zeros_like(W), W], axis=1)
+        b = np.concatenate([np.zeros_like(b), b])
+    full_W = np.zeros((W.shape[0], len(all_classes)))
+    full_b = np.full(len(all_classes), -30.0)
+    index = {c: i for i, c in enumerate(all_classes)}
+    for j, c in enumerate(present):
+        if c not in index:
+            raise ValueError(f"label {c!r} is not among the classes {list(all_classes)}")
+        full_W[:, index[c]] = W[:, j]
+        full_b[index[c]] = b[j]
+    weights[-1], biases[-1] = full_W, full_b
+    return Head(
+        classes=all_classes,
+        mean=mean,
+        std=std,
+        weights=tuple(weights),
+        biases=tuple(biases),
+        kind=kind,
+        meta={"config": config.__dict__ | {"kind": kind}, "n_train": int(len(y))},
+    )
+
+
+def cross_val_proba(
+    X: np.ndarray,
+    y: Sequence[str] | np.ndarray,
+    *,
+    groups: Sequence | np.ndarray | None = None,
+    folds: int = 5,
+    kind: str = "logreg",
+    config: HeadConfig | None = None,
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold class probabilities (N, C) from a K-fold grouped by ``groups``.
+
+    Stratified by label (sklearn ``StratifiedGroupKFold``); folds are capped by the size of
+    the rarest class (at least 2). Each row is predicted by the head that never saw it (nor
+    anyone of its group), which is what confident learning and honest metrics need.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    X = np.asarray(X)
+    y = np.asarray(y).astype(str)
+    classes = np.asarray(sorted(set(y)) if classes is None else list(classes), dtype=object)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    counts = np.unique(y, return_counts=True)[1]
+    k = int(max(2, min(folds, counts.min() if len(counts) else 2, len(np.unique(groups)))))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    out = np.zeros((len(y), len(classes)))
+    for train_idx, test_idx in splitter.split(X, y, groups):
+        if len(set(y[train_idx])) < 2:
+            out[test_idx] = 1.0 / len(classes)
+            continue
+        head = fit_head(X[train_idx], y[train_idx], kind=kind, config=config, classes=classes)
+        out[test_idx] = head.predict_proba(X[test_idx])
+    return out
+
+
+def save_head(head: Head, path: str | Path) -> None:
+    """Save as ``.npz`` (no pickle): classes, mean, std, W0.., b0.., kind."""
+    import io
+
+    from labeler.workspace import atomic_write_bytes
+
+    arrays = {
+        "classes": np.asarray(head.classes, dtype=str),
+        "mean": head.mean,
+        "std": head.std,
+        "kind": np.asarray(head.kind),
+    }
+    for i, (W, b) in enumerate(zip(head.weights, head.biases, strict=True)):
+        arrays[f"W{i}"] = W
+        arrays[f"b{i}"] = b
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_head(path: str | Path) -> Head:
+    with np.load(Path(path), allow_pickle=False) as z:
+        n = sum(1 for k in z.files if k.startswith("W"))
+        return Head(
+            classes=z["classes"].astype(object),
+            mean=z["mean"],
+            std=z["std"],
+            weights=tuple(z[f"W{i}"] for i in range(n)),
+            biases=tuple(z[f"b{i}"] for i in range(n)),
+            kind=str(z["kind"]),
+        )

@@ -1,0 +1,206 @@
+"""The one module that reads and writes ``st.session_state`` (typed accessors, named keys).
+
+Widget keys used by pages are listed in :class:`Keys` so tests can drive them by name.
+The workspace comes from ``--workspace`` after ``--`` on the streamlit command line (what
+``labeler app`` passes) or the ``LABELER_WORKSPACE`` environment variable (AppTest, scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from labeler.workspace import Workspace
+
+ENV_WORKSPACE = "LABELER_WORKSPACE"
+ENV_ANNOTATOR = "LABELER_ANNOTATOR"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Session-state keys (widgets and internal state)."""
+
+    # internal (never bound to a widget: survive page switches)
+    annotator: str = "_annotator"
+    cluster: str = "_cluster"
+    deselected: str = "_deselected"  # dict[cluster, set[face_id]]
+    knn_query: str = "_knn_query"
+    map_selection: str = "_map_selection"  # np.ndarray of row indices into the run
+    flash: str = "_flash"
+    field: str = "_field"
+    # widgets
+    settings_annotator: str = "settings_annotator"
+    cluster_pick: str = "cluster_pick"
+    grid_page: str = "grid_page"
+    assign_field: str = "assign_field"
+    assign_value: str = "assign_value"
+    assign_btn: str = "assign_btn"
+    select_all_btn: str = "select_all_btn"
+    select_none_btn: str = "select_none_btn"
+    undo_btn: str = "undo_btn"
+    redo_btn: str = "redo_btn"
+    split_out_btn: str = "split_out_btn"
+    split_k: str = "split_k"
+    split_k_btn: str = "split_k_btn"
+    merge_target: str = "merge_target"
+    merge_btn: str = "merge_btn"
+    revert_btn: str = "revert_btn"
+    knn_face: str = "knn_face"
+    knn_k: str = "knn_k"
+    knn_btn: str = "knn_btn"
+    knn_assign_btn: str = "knn_assign_btn"
+    clusters_sort: str = "clusters_sort"
+    clusters_page: str = "clusters_page"
+    clusters_field: str = "clusters_field"
+    map_color: str = "map_color"
+    map_chart: str = "map_chart"
+    map_assign_btn: str = "map_assign_btn"
+    map_clear_btn: str = "map_clear_btn"
+    review_field: str = "review_field"
+    review_kind: str = "review_kind"
+    review_min: str = "review_min"
+    review_accept_btn: str = "review_accept_btn"
+    review_reject_btn: str = "review_reject_btn"
+    review_accept_all_btn: str = "review_accept_all_btn"
+    new_field_name: str = "new_field_name"
+    new_field_values: str = "new_field_values"
+    new_field_btn: str = "new_field_btn"
+    try_upload: str = "try_upload"
+    try_camera_on: str = "try_camera_on"
+    try_camera: str = "try_camera"
+
+
+K = Keys()
+
+# per-face widget keys
+SELECT_PREFIX = "sel_"  # cluster grid checkbox: selected for the bulk action
+KNN_PREFIX = "near_"  # neighbours grid checkbox
+REVIEW_PREFIX = "rv_"  # review grid checkbox
+
+
+def workspace_path() -> str | None:
+    """``--workspace`` from the script arguments, else ``$LABELER_WORKSPACE``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workspace", "-w")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.workspace or os.environ.get(ENV_WORKSPACE)
+
+
+def workspace() -> Workspace:
+    """The open workspace; stops the page with a clear message when there is none."""
+    path = workspace_path()
+    if not path:
+        st.error("No workspace given: start the app with 'labeler app -w WORKSPACE'.")
+        st.stop()
+    try:
+        return Workspace.open(path)
+    except Exception as exc:  # WorkspaceError / permissions: show one line, not a traceback
+        st.error(str(exc))
+        st.stop()
+        raise  # unreachable; st.stop raises
+
+
+def annotator() -> str:
+    name = st.session_state.get(K.annotator)
+    if not name:
+        name = os.environ.get(ENV_ANNOTATOR) or _user()
+        st.session_state[K.annotator] = name
+    return str(name)
+
+
+def set_annotator(name: str) -> None:
+    st.session_state[K.annotator] = name.strip()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "annotator"
+
+
+def field(default: str) -> str:
+    """The label field the annotator works on (shared across pages)."""
+    return str(st.session_state.get(K.field) or default)
+
+
+def set_field(name: str) -> None:
+    st.session_state[K.field] = name
+
+
+def cluster() -> int | None:
+    value = st.session_state.get(K.cluster)
+    return None if value is None else int(value)
+
+
+def set_cluster(value: int | None) -> None:
+    st.session_state[K.cluster] = value
+    st.session_state.pop(K.knn_query, None)
+
+
+def deselected(cluster_id: int) -> set[str]:
+    """Faces of ``cluster_id`` the annotator clicked out of the selection (mutable set)."""
+    table: dict[int, set[str]] = st.session_state.setdefault(K.deselected, {})
+    return table.setdefault(int(cluster_id), set())
+
+
+def reset_selection(cluster_id: int, *, none_of: list[str] | None = None) -> None:
+    """Select all faces of the cluster (``none_of=None``) or none of ``none_of``."""
+    table: dict[int, set[str]] = st.session_state.setdefault(K.deselected, {})
+    table[int(cluster_id)] = set(none_of or [])
+    clear_widget_keys(SELECT_PREFIX)
+
+
+def clear_widget_keys(prefix: str) -> None:
+    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
+        del st.session_state[key]
+
+
+def knn_query() -> str | None:
+    return st.session_state.get(K.knn_query)
+
+
+def set_knn_query(face_id: str | None) -> None:
+    st.session_state[K.knn_query] = face_id
+    clear_widget_keys(KNN_PREFIX)
+
+
+def map_selection() -> np.ndarray:
+    """Row indices (into the current run) selected on the map; empty when none."""
+    sel = st.session_state.get(K.map_selection)
+    return np.zeros(0, dtype=np.int64) if sel is None else sel
+
+
+def set_map_selection(rows: np.ndarray | None) -> None:
+    st.session_state[K.map_selection] = None if rows is None else np.asarray(rows, np.int64)
+
+
+def flash(message: str, kind: str = "success") -> None:
+    """Queue a message shown once at the top of the next run."""
+    st.session_state[K.flash] = (kind, message)
+
+
+def show_flash() -> None:
+    item = st.session_state.pop(K.flash, None)
+    if item:
+        kind, message = item
+        getattr(st, kind, st.info)(message)
+
+
+def is_new_map_event(selection: dict) -> bool:
+    """True once per new non-empty chart selection (the chart keeps re-reporting the last one)."""
+    import json
+
+    if not any(selection.get(k) for k in ("points", "box", "lasso")):
+        return False
+    sig = json.dumps(selection, sort_keys=True, default=str)
+    if st.session_state.get("_map_event") == sig:
+        return False
+    st.session_state["_map_event"] = sig
+    return True

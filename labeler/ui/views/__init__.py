@@ -1,0 +1,1 @@
+"""Thin Streamlit pages; each calls library functions through ``labeler.ui.data``."""

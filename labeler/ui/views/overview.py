@@ -1,0 +1,64 @@
+"""Overview: faces, labels per field and value, progress, latest activity per annotator."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from labeler.ui import data, state
+
+ws = state.workspace()
+st.header("Overview", divider="gray")
+state.show_flash()
+
+faces = data.faces(ws)
+view = data.run_view(ws)
+store = data.store(ws)
+schema = store.schema()
+counts = store.counts()
+act = store.activity()
+
+n = len(faces)
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Faces", f"{n:,}")
+c2.metric("Clusters", "—" if view is None else f"{int((view.sizes.index >= 0).sum()):,}")
+c3.metric("Labels given", f"{int(counts['faces'].sum()):,}")
+c4.metric("Annotators", f"{len(act):,}")
+if view is None:
+    st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}` to group the faces.")
+
+st.subheader("Progress")
+for f in schema.fields:
+    done = int(counts.loc[counts["field"] == f.name, "faces"].sum())
+    frac = done / n if n else 0.0
+    st.progress(min(frac, 1.0), text=f"{f.name}: {done:,} of {n:,} faces ({frac:.0%})")
+
+st.subheader("Labels per field and value")
+cols = st.columns(max(1, len(schema.fields)))
+for col, f in zip(cols, schema.fields, strict=True):
+    per_value = counts[counts["field"] == f.name].set_index("value")["faces"]
+    table = pd.DataFrame({"value": list(f.values)})
+    table["faces"] = table["value"].map(per_value).fillna(0).astype(int)
+    with col:
+        st.markdown(f"**{f.name}**" + (" (optional)" if f.optional else ""))
+        st.dataframe(table, hide_index=True, key=f"overview_counts_{f.name}")
+
+st.subheader("Latest activity per annotator")
+if act.empty:
+    st.caption("No labels yet.")
+else:
+    act["last"] = [
+        dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") for t in act["last_ts"]
+    ]
+    st.dataframe(
+        act[["annotator", "faces", "events", "last"]], hide_index=True, key="overview_activity"
+    )
+    hist = store.history(limit=20)
+    hist["time"] = [dt.datetime.fromtimestamp(t).strftime("%H:%M:%S") for t in hist["ts"]]
+    st.dataframe(
+        hist[["time", "annotator", "kind", "field", "value", "n_faces", "source", "undone"]],
+        hide_index=True,
+        key="overview_history",
+    )

@@ -1,0 +1,59 @@
+"""Settings: the annotator's name and the label schema (fields and their values)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from labeler.ui import data, state
+from labeler.ui.state import K
+
+ws = state.workspace()
+st.header("Settings", divider="gray")
+state.show_flash()
+store = data.store(ws)
+
+st.subheader("Annotator")
+if K.settings_annotator not in st.session_state:
+    st.session_state[K.settings_annotator] = state.annotator()
+name = st.text_input("Your name (stored with every label you give)", key=K.settings_annotator)
+if name.strip() and name.strip() != state.annotator():
+    state.set_annotator(name)
+    st.success(f"Labels are now given as {name.strip()!r}.")
+
+
+def _add_value(field_name: str) -> None:
+    key = f"new_value_{field_name}"
+    new = str(st.session_state.get(key, "")).strip()
+    if not new:
+        return
+    try:
+        store.add_value(field_name, new)
+        state.flash(f"Added {new!r} to {field_name}.")
+        st.session_state[key] = ""
+    except ValueError as exc:
+        state.flash(str(exc), "error")
+
+
+st.subheader("Label schema")
+schema = store.schema()
+for f in schema.fields:
+    with st.container(border=True):
+        st.markdown(f"**{f.name}**" + (" (optional)" if f.optional else "") + f" — {f.description}")
+        st.caption(", ".join(f.values) or "no values yet")
+        c1, c2 = st.columns([3, 1])
+        c1.text_input("New value", key=f"new_value_{f.name}", label_visibility="collapsed",
+                      placeholder=f"new value for {f.name}")  # fmt: skip
+        c2.button("Add value", key=f"add_value_{f.name}", on_click=_add_value, args=(f.name,))
+
+with st.container(border=True):
+    st.markdown("**Add a field**")
+    c1, c2, c3 = st.columns([1, 2, 1])
+    fname = c1.text_input("Field name", key=K.new_field_name)
+    fvalues = c2.text_input("Values, comma separated", key=K.new_field_values)
+    if c3.button("Add field", key=K.new_field_btn, disabled=not fname.strip()):
+        try:
+            store.add_field(fname, [v for v in fvalues.split(",") if v.strip()])
+            state.flash(f"Added field {fname.strip()!r}.")
+            st.rerun()
+        except ValueError as exc:
+            st.error(str(exc))

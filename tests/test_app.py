@@ -1,0 +1,359 @@
+"""The Streamlit app driven through AppTest by widget keys, on a workspace the test writes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from streamlit.testing.v1 import AppTest
+
+from labeler.cluster import store as cluster_store
+from labeler.labels import LabelStore
+from labeler.ui import data
+from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, KNN_PREFIX, SELECT_PREFIX, K
+from labeler.ui.synthetic import synthetic_workspace
+
+APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
+PAGES = [
+    "views/overview.py",
+    "views/clusters.py",
+    "views/cluster_view.py",
+    "views/map.py",
+    "views/review.py",
+    "views/settings.py",
+    "views/try_it.py",
+]
+FIELD = "mask_state"
+
+
+@pytest.fixture(scope="module")
+def ws_template(tmp_path_factory):
+    return synthetic_workspace(tmp_path_factory.mktemp("tmpl") / "ws", n_faces=60, n_clusters=3)
+
+
+@pytest.fixture
+def ws(tmp_path, ws_template, monkeypatch):
+    """A fresh copy of the synthetic workspace per test (labels and runs change)."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(ws_template.root, root)
+    from labeler.workspace import Workspace, write_json
+
+    meta = Workspace(root).meta()
+    meta["roots"] = [str(root / "photos")]
+    write_json(root / "workspace.json", meta)
+    monkeypatch.setenv(ENV_WORKSPACE, str(root))
+    monkeypatch.setenv(ENV_ANNOTATOR, "tester")
+    return Workspace.open(root)
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def members(ws, cluster: int) -> list[str]:
+    run = cluster_store.load_run(ws)
+    return [str(f) for f in run.face_ids[run.labels == cluster]]
+
+
+def biggest_cluster(ws) -> int:
+    run = cluster_store.load_run(ws)
+    ids, counts = np.unique(run.labels[run.labels >= 0], return_counts=True)
+    return int(ids[np.argmax(counts)])
+
+
+def labels_now(ws, field: str = FIELD) -> dict[str, str]:
+    return LabelStore(ws.labels_db).current_values(field)
+
+
+def test_every_page_renders(ws):
+    at = open_page(PAGES[0])
+    titles = []
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        titles.append(at.header[0].value)
+    assert titles == ["Overview", "Clusters", "Cluster view", "Map", "Review", "Settings", "Try it"]
+
+
+def test_pages_without_a_cluster_run_say_what_to_run(ws):
+    (ws.clusters_dir / "current.json").unlink()
+    for page in ["views/clusters.py", "views/cluster_view.py", "views/map.py"]:
+        at = open_page(page)
+        assert "labeler cluster" in at.info[0].value
+
+
+def test_bulk_assign_a_cluster(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.selectbox(key=K.assign_value).set_value("nose_exposed").run()
+    at.button(key=K.assign_btn).click().run()
+    assert not at.exception
+    got = labels_now(ws)
+    assert got == {f: "nose_exposed" for f in members(ws, c)}
+    cur = LabelStore(ws.labels_db).current(FIELD)
+    assert set(cur["source"]) == {"cluster"} and set(cur["annotator"]) == {"tester"}
+    assert "Labeled" in at.success[0].value
+
+
+def test_exclude_outliers_then_assign_undo_redo(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = members(ws, c)
+    out = [f for f in ids if at.checkbox(key=SELECT_PREFIX + f).value][-2:]  # two shown faces
+    for f in out:
+        at.checkbox(key=SELECT_PREFIX + f).uncheck().run()
+    at.button(key=K.assign_btn).click().run()
+    got = labels_now(ws)
+    assert set(got) == set(ids) - set(out)
+    assert set(LabelStore(ws.labels_db).current(FIELD)["source"]) == {"selection"}
+
+    at.button(key=K.undo_btn).click().run()
+    assert labels_now(ws) == {}
+    at.button(key=K.redo_btn).click().run()
+    assert labels_now(ws) == got
+    kinds = LabelStore(ws.labels_db).history(limit=None)["kind"].tolist()
+    assert kinds == ["redo", "undo", "assign"]
+
+
+def test_select_none_and_all(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.button(key=K.select_none_btn).click().run()
+    assert at.button(key=K.assign_btn).disabled
+    shown = [cb for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX)]
+    assert shown and not any(cb.value for cb in shown)
+    shown[0].check().run()
+    at.button(key=K.assign_btn).click().run()
+    assert list(labels_now(ws)) == [shown[0].key[len(SELECT_PREFIX) :]]
+    at.button(key=K.select_all_btn).click().run()
+    assert all(cb.value for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX))
+
+
+def test_split_out_unselected_then_revert(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    before = cluster_store.current_run_id(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = members(ws, c)
+    out = ids[:3]
+    for f in out:
+        at.checkbox(key=SELECT_PREFIX + f).uncheck().run()
+    at.button(key=K.split_out_btn).click().run()
+    assert not at.exception
+    after = cluster_store.current_run_id(ws)
+    assert after != before
+    run = cluster_store.load_run(ws)
+    moved = run.labels[np.isin(run.face_ids, out)]
+    assert len(set(moved)) == 1 and moved[0] not in (c, -1)
+    assert set(members(ws, c)) == set(ids) - set(out)
+    at.button(key=K.revert_btn).click().run()
+    assert cluster_store.current_run_id(ws) == before
+
+
+def test_split_by_similarity_and_merge(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    n_before = len(members(ws, c))
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.button(key=K.split_k_btn).click().run()
+    assert not at.exception
+    run = cluster_store.load_run(ws)
+    new = int(run.labels.max())
+    assert (
+        0 < len(members(ws, c)) < n_before
+        and len(members(ws, new)) + len(members(ws, c)) == n_before
+    )
+    # merge the new part back
+    at.selectbox(key=K.cluster_pick).set_value(new).run()
+    at.selectbox(key=f"{K.merge_target}_{new}").set_value(c).run()
+    at.button(key=K.merge_btn).click().run()
+    assert not at.exception
+    assert len(members(ws, c)) == n_before and members(ws, new) == []
+
+
+def test_more_like_this_labels_neighbours(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    query = at.selectbox(key=K.knn_face).value
+    at.number_input(key=K.knn_k).set_value(8).run()
+    at.button(key=K.knn_btn).click().run()
+    knn_boxes = [cb for cb in at.checkbox if cb.key.startswith(KNN_PREFIX)]
+    assert len(knn_boxes) == 8
+    knn_boxes[0].uncheck().run()
+    at.button(key=K.knn_assign_btn).click().run()
+    got = labels_now(ws)
+    assert query in got and len(got) == 8  # query + 7 ticked neighbours
+    assert knn_boxes[0].key[len(KNN_PREFIX) :] not in got
+
+
+def test_clusters_page_sorts_and_opens_a_cluster(ws):
+    c = biggest_cluster(ws)
+    some = members(ws, c)[:5]
+    LabelStore(ws.labels_db).assign(some, FIELD, "correct", annotator="x", source="selection")
+    at = open_page("views/clusters.py")
+    at.radio(key=K.clusters_sort).set_value("unlabeled").run()
+    assert not at.exception
+    summary = data.cluster_summary(ws, FIELD)
+    assert summary.set_index("cluster").loc[c, "labeled"] == 5
+    at.button(key=f"open_{c}").click().run()
+    assert not at.exception
+    assert at.session_state[K.cluster] == c
+    assert at.header[0].value == "Cluster view"
+
+
+def test_accept_and_reject_suggestions(ws):
+    ids = members(ws, biggest_cluster(ws))[:6]
+    store = LabelStore(ws.labels_db)
+    conf = [0.99, 0.95, 0.9, 0.85, 0.7, 0.2]
+    vals = ["correct", "no_mask", "correct", "on_chin", "correct", "no_mask"]
+    store.write_suggestions(
+        pd.DataFrame({"face_id": ids, "field": FIELD, "value": vals, "confidence": conf}), "knn"
+    )
+    at = open_page("views/review.py")
+    boxes = [cb for cb in at.checkbox if cb.key.startswith("rv_")]
+    assert [cb.key[3:] for cb in boxes] == ids[:5]  # conf >= 0.5, most confident first
+    boxes[1].uncheck().run()
+    at.button(key=K.review_accept_btn).click().run()
+    assert labels_now(ws) == {ids[i]: vals[i] for i in (0, 2, 3, 4)}
+    # the unticked one is left; reject it
+    left = [cb.key[3:] for cb in at.checkbox if cb.key.startswith("rv_")]
+    assert left == [ids[1]]
+    at.button(key=K.review_reject_btn).click().run()
+    assert store.suggestions(FIELD, pending=True)["face_id"].tolist() == [ids[5]]
+    at.slider(key=K.review_min).set_value(0.0).run()
+    at.button(key=K.review_accept_all_btn).click().run()
+    assert labels_now(ws)[ids[5]] == "no_mask"
+    assert set(store.current(FIELD)["source"]) == {"suggestion"}
+
+
+def test_review_suspects_accept(ws):
+    ids = members(ws, biggest_cluster(ws))[:2]
+    store = LabelStore(ws.labels_db)
+    store.assign(ids, FIELD, "correct", annotator="x", source="cluster")
+    store.write_suspects(
+        pd.DataFrame(
+            {"face_id": ids, "field": FIELD, "given": "correct", "suggested": "no_mask"}
+            | {"score": [0.9, 0.8]}
+        ),
+        "cleanlab",
+    )
+    at = open_page("views/review.py")
+    at.radio(key=K.review_kind).set_value("Suspected errors").run()
+    at.button(key=K.review_accept_btn).click().run()
+    assert labels_now(ws) == {f: "no_mask" for f in ids}
+
+
+def test_settings_annotator_and_schema(ws):
+    at = open_page("views/settings.py")
+    at.text_input(key=K.settings_annotator).set_value("alice").run()
+    at.text_input(key=f"new_value_{FIELD}").set_value("on_forehead").run()
+    at.button(key=f"add_value_{FIELD}").click().run()
+    assert LabelStore(ws.labels_db).schema().values(FIELD)[-1] == "on_forehead"
+    at.text_input(key=K.new_field_name).set_value("glasses").run()
+    at.text_input(key=K.new_field_values).set_value("none, clear, sun").run()
+    at.button(key=K.new_field_btn).click().run()
+    assert LabelStore(ws.labels_db).schema().values("glasses") == ("none", "clear", "sun")
+    # the name is used for labels given on other pages
+    at.switch_page("views/cluster_view.py").run()
+    at.selectbox(key=K.assign_value).set_value("on_forehead").run()
+    at.button(key=K.assign_btn).click().run()
+    cur = LabelStore(ws.labels_db).current(FIELD)
+    assert set(cur["annotator"]) == {"alice"} and set(cur["value"]) == {"on_forehead"}
+
+
+def test_map_selection_labels_every_face_inside(ws):
+    run = cluster_store.load_run(ws)
+    at = open_page("views/map.py")
+    rows = np.flatnonzero(run.labels == biggest_cluster(ws))
+    at.session_state[K.map_selection] = rows
+    at.run()
+    at.button(key=K.map_assign_btn).click().run()
+    assert not at.exception
+    assert set(labels_now(ws)) == {str(f) for f in run.face_ids[rows]}
+    for colour in ["label", "suggestion"]:
+        at.radio(key=K.map_color).set_value(colour).run()
+        assert not at.exception
+
+
+def test_rows_in_selection_box_lasso_points():
+    xy = np.array([[0, 0], [1, 1], [2, 2], [5, 5], [0.5, 1.5]], np.float32)
+    box = {"box": [{"x": [2.5, -0.1], "y": [-0.1, 2.5]}]}
+    assert data.rows_in_selection(xy, box).tolist() == [0, 1, 2, 4]
+    tri = {"lasso": [{"x": [-1, 3, -1], "y": [-1, -1, 3]}]}  # lower-left triangle
+    assert data.rows_in_selection(xy, tri).tolist() == [0, 1, 4]
+    pts = {"points": [{"customdata": [3]}, {"customdata": 99}]}
+    assert data.rows_in_selection(xy, pts).tolist() == [3]
+    assert data.rows_in_selection(xy, {}).tolist() == []
+
+
+def test_map_sample_is_bounded_and_keeps_every_cluster():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 300, 133_000)
+    labels[:3] = 999  # a tiny cluster
+    rows = data.map_sample(labels, max_points=20_000)
+    assert len(rows) <= 20_000 and len(np.unique(rows)) == len(rows)
+    assert set(np.unique(labels[rows])) == set(np.unique(labels))
+    assert data.map_sample(labels[:100], max_points=20_000).tolist() == list(range(100))
+
+
+def test_try_it_with_an_upload_and_a_broken_file(ws):
+    from PIL import Image
+
+    at = open_page("views/try_it.py")
+    img = Image.open(io.BytesIO(data.crop_bytes(ws, members(ws, biggest_cluster(ws))[0])))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    at.file_uploader(key=K.try_upload).set_value(("face.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception
+    assert len(at.image) >= 2  # the photo and at least one face crop
+    assert len(at.dataframe) == 1
+    at.file_uploader(key=K.try_upload).set_value(("broken.jpg", b"not a jpeg", "image/jpeg")).run()
+    assert not at.exception and "Could not read" in at.error[0].value
+
+
+def test_images_are_served_only_from_the_workspace(ws, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"secret")
+    assert data.image_bytes(ws, secret) is None
+    assert data.image_bytes(ws, ws.root / "photos" / ".." / ".." / "secret.jpg") is None
+    assert data.crop_bytes(ws, "../../../../secret") is None
+    photo = next((ws.root / "photos").iterdir())
+    assert data.image_bytes(ws, photo) == photo.read_bytes()
+
+
+def test_no_workspace_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv(ENV_WORKSPACE, raising=False)
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    assert "labeler app -w WORKSPACE" in at.error[0].value
+
+
+def test_cli_app_command(ws, tmp_path):
+    from labeler.cli import cli
+    from labeler.cli.app import streamlit_command
+
+    cmd = streamlit_command(str(ws.root), host="0.0.0.0", port=9999)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("labeler/ui/app.py")
+    assert cmd[cmd.index("--server.port") + 1] == "9999"
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    assert cmd[-2:] == ["--workspace", str(ws.root)]
+    res = CliRunner().invoke(cli, ["app", "--help"])
+    assert res.exit_code == 0 and "--port" in res.output
+    res = CliRunner().invoke(cli, ["app", "-w", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and "not a labeler workspace" in res.output

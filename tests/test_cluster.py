@@ -1,0 +1,477 @@
+"""Clustering: FAISS kNN vs numpy oracle, runs on Gaussian clusters in 1280-d, degenerate
+inputs, saved runs, split/merge, placement of new faces, and the CLI commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from labeler.cluster.algorithms import glosh_scores, relabel_by_size
+from labeler.cluster.edit import merge_clusters, split_cluster
+from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, l2_normalize, search
+from labeler.cluster.place import place_by_neighbors, place_faces, suggest_labels
+from labeler.cluster.run import ClusterConfig, cluster_embeddings, fit_clusters, resolve_config
+from labeler.cluster.store import (
+    ASSIGNMENTS_SCHEMA,
+    ClusterResult,
+    cluster_table,
+    current_run_id,
+    list_runs,
+    load_artifacts,
+    load_run,
+    save_run,
+    set_current,
+)
+from labeler.workspace import FACES_SCHEMA, Workspace, WorkspaceError, empty_table
+
+D = 1280
+
+
+def blobs(n: int = 600, centers: int = 4, *, seed: int = 0, d: int = D, std: float = 1.0):
+    """Gaussian clusters in d dims with well separated random centres."""
+    X, y = make_blobs(
+        n, n_features=d, centers=centers, cluster_std=std, center_box=(-2, 2), random_state=seed
+    )
+    return [f"f{i:05d}" for i in range(n)], X.astype(np.float32), y
+
+
+def brute_knn(V: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Oracle: exact cosine top-k with numpy (self included)."""
+    V = V / np.linalg.norm(V, axis=1, keepdims=True)
+    S = V @ V.T
+    idx = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, idx, axis=1), idx
+
+
+def make_ws(tmp_path, face_ids) -> Workspace:
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    faces = empty_table(FACES_SCHEMA)
+    faces = pd.DataFrame(
+        {
+            "face_id": list(face_ids),
+            "image_id": [f.split("_")[0] for f in face_ids],
+            "face_index": 0,
+            "x0": 0.0,
+            "y0": 0.0,
+            "x1": 1.0,
+            "y1": 1.0,
+            "score": 1.0,
+            "landmarks": [np.zeros(8, np.float32)] * len(face_ids),
+            "detector": "test",
+            "whole_image": True,
+            "crop_path": "",
+        },
+        columns=faces.columns,
+    )
+    ws.write_faces(faces)
+    return ws
+
+
+# --- kNN -------------------------------------------------------------------------------------
+
+
+class TestKnn:
+    def test_flat_equals_numpy_bruteforce(self):
+        rng = np.random.default_rng(0)
+        V = l2_normalize(rng.normal(size=(500, 32)))
+        g = knn_graph(V, k=10, kind="flat")
+        sims, idx = brute_knn(V, 10)
+        assert g.kind == "flat"
+        np.testing.assert_array_equal(g.indices, idx)
+        np.testing.assert_allclose(g.distances, 1 - sims, atol=1e-5)
+
+    @pytest.mark.parametrize("kind, min_recall", [("hnsw", 0.95), ("ivf", 0.9)])
+    def test_approximate_recall(self, kind, min_recall):
+        _, X, _ = blobs(3000, 10, d=48, std=2.0)
+        V = l2_normalize(X)
+        g = knn_graph(V, k=10, kind=kind)
+        _, idx = brute_knn(V, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.indices, idx, strict=True)])
+        assert g.kind == kind
+        assert recall >= min_recall
+
+    def test_self_first_with_duplicates(self):
+        V = l2_normalize(np.repeat(np.eye(4, dtype=np.float32), 5, axis=0))  # 4 groups of 5 copies
+        g = knn_graph(V, k=5)
+        np.testing.assert_array_equal(g.indices[:, 0], np.arange(20))
+        assert (g.distances[:, 0] == 0).all()
+        assert np.allclose(g.distances, 0, atol=1e-6)  # all neighbours are copies
+        assert (g.indices // 5 == np.arange(20)[:, None] // 5).all()
+
+    def test_k_capped_and_search_shapes(self):
+        V = l2_normalize(np.random.default_rng(1).normal(size=(3, 8)))
+        g = knn_graph(V, k=15)
+        assert g.indices.shape == (3, 3)
+        sims, ids = search(build_index(V), V[:1], 5)
+        assert sims.shape == (1, 3) and ids[0, 0] == 0
+
+    def test_more_like_this(self):
+        ids, X, y = blobs(300, 3, d=64)
+        index = KnnIndex.build(ids, X)
+        res = knn_search(index, [ids[0]], k=20)
+        assert list(res.columns) == ["face_id", "similarity", "rank"]
+        assert ids[0] not in set(res["face_id"])
+        assert len(res) == 20 and (np.diff(res["similarity"]) <= 1e-6).all()
+        pos = {f: i for i, f in enumerate(ids)}
+        assert all(y[pos[f]] == y[0] for f in res["face_id"])  # same blob
+        multi = knn_search(index, ids[:3], k=5)
+        assert not set(ids[:3]) & set(multi["face_id"])
+        with pytest.raises(KeyError, match="nope"):
+            knn_search(index, ["nope"], k=5)
+
+
+# --- fitting ----------------------------------------------------------------------------------
+
+
+class TestFit:
+    def test_recovers_gaussian_clusters_in_1280d(self):
+        ids, X, y = blobs(600, 4)
+        fit = fit_clusters(ids, X)
+        r = fit.result
+        assert adjusted_rand_score(y, r.labels) > 0.95
+        assert r.labels.dtype == np.int32 and r.suggested.dtype == np.int32
+        assert r.xy.shape == (600, 2) and np.isfinite(r.xy).all()
+        assert ((r.outlier_score >= 0) & (r.outlier_score <= 1)).all()
+        assert r.params["config"]["pca_dims"] == 64 and r.params["index_used"] == "flat"
+        assert fit.artifacts.vectors.shape == (600, 64)
+        # the 2-D map keeps the clusters apart: each cluster's centroid is nearest its own points
+        cents = np.stack([r.xy[r.labels == c].mean(0) for c in range(r.n_clusters)])
+        near = ((r.xy[:, None] - cents[None]) ** 2).sum(-1).argmin(1)
+        assert (near[r.labels >= 0] == r.labels[r.labels >= 0]).mean() > 0.95
+
+    def test_same_seed_same_labels(self):
+        ids, X, _ = blobs(400, 5, std=1.6)
+        a = cluster_embeddings(ids, X, seed=3)
+        b = cluster_embeddings(ids, X, seed=3)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.xy, b.xy)
+        np.testing.assert_array_equal(a.outlier_score, b.outlier_score)
+
+    def test_noise_points_are_outliers_with_suggestions(self):
+        ids, X, y = blobs(500, 3, std=0.8)
+        rng = np.random.default_rng(0)
+        far = rng.normal(scale=6.0, size=(15, D)).astype(np.float32)  # scattered outliers
+        r = cluster_embeddings([*ids, *[f"o{i}" for i in range(15)]], np.vstack([X, far]))
+        noise = r.labels < 0
+        assert noise[-15:].mean() > 0.8
+        assert (r.suggested[noise] >= 0).all() and (r.suggested[~noise] == r.labels[~noise]).all()
+        assert r.outlier_score[-15:].mean() > r.outlier_score[:500].mean() + 0.3
+
+    def test_kmeans(self):
+        ids, X, y = blobs(400, 4)
+        r = cluster_embeddings(ids, X, algorithm="kmeans", n_clusters=4)
+        assert adjusted_rand_score(y, r.labels) > 0.95
+        assert (r.labels >= 0).all() and r.n_clusters == 4
+        assert np.bincount(r.labels).tolist() == sorted(
+            np.bincount(r.labels).tolist(), reverse=True
+        )
+
+    def test_sampled_umap_places_the_rest(self):
+        ids, X, y = blobs(900, 4)
+        fit = fit_clusters(ids, X, config=ClusterConfig(umap_max_points=300))
+        r = fit.result
+        assert r.params["n_umap_points"] == 300 and r.params["n_placed_by_knn"] == 600
+        assert adjusted_rand_score(y, r.labels) > 0.95
+        assert len(fit.artifacts.graph_rows) == 300
+
+    def test_auto_rules(self):
+        small, big = resolve_config(30, D), resolve_config(133_000, D)
+        assert small.min_cluster_size == 5 and small.pca_dims == 0 and small.n_neighbors == 15
+        assert big.min_cluster_size == 665 and big.pca_dims == 64 and big.umap_max_points == 20_000
+        assert resolve_config(10, 8).n_neighbors == 9 and resolve_config(10, 8).umap_dims == 8
+        with pytest.raises(ValueError, match="algorithm"):
+            resolve_config(10, 8, ClusterConfig(algorithm="dbscan"))
+
+    def test_rejects_misaligned_ids(self):
+        with pytest.raises(ValueError, match="face ids"):
+            fit_clusters(["a", "b"], np.zeros((3, 4)))
+
+
+class TestDegenerate:
+    """Inputs that must give a sensible result, never a crash."""
+
+    def _check(self, r: ClusterResult, n: int) -> None:
+        assert len(r.labels) == len(r.xy) == len(r.outlier_score) == len(r.suggested) == n
+        assert np.isfinite(r.xy).all() and np.isfinite(r.outlier_score).all()
+        assert ((r.outlier_score >= 0) & (r.outlier_score <= 1)).all()
+        assert (r.labels >= -1).all()
+
+    def test_no_faces(self):
+        r = cluster_embeddings([], np.zeros((0, D), np.float32))
+        self._check(r, 0)
+        assert r.n_clusters == 0
+
+    def test_one_face(self):
+        r = cluster_embeddings(["a"], np.ones((1, D), np.float32))
+        self._check(r, 1)
+        assert r.labels.tolist() == [0] and r.suggested.tolist() == [0]
+
+    def test_two_faces(self):
+        r = cluster_embeddings(["a", "b"], np.random.default_rng(0).normal(size=(2, D)))
+        self._check(r, 2)
+        assert r.labels.tolist() == [0, 0]
+
+    def test_all_identical(self):
+        X = np.tile(np.random.default_rng(0).normal(size=(1, D)), (50, 1))
+        r = cluster_embeddings([f"f{i}" for i in range(50)], X)
+        self._check(r, 50)
+        assert set(r.labels.tolist()) == {0} and (r.outlier_score == 0).all()
+        assert "identical" in r.params["notes"][0]
+
+    def test_zero_vectors(self):
+        r = cluster_embeddings([f"f{i}" for i in range(30)], np.zeros((30, 16)))
+        self._check(r, 30)
+
+    def test_fewer_faces_than_min_cluster_size(self):
+        ids, X, _ = blobs(40, 2)
+        r = cluster_embeddings(ids, X, min_cluster_size=50)
+        self._check(r, 40)
+        assert set(r.labels.tolist()) == {0}
+
+    def test_fewer_faces_than_neighbors(self):
+        ids, X, _ = blobs(25, 2)
+        r = cluster_embeddings(ids, X, n_neighbors=40)
+        self._check(r, 25)
+        assert r.params["config"]["n_neighbors"] == 24
+
+    def test_kmeans_more_clusters_than_faces(self):
+        ids, X, _ = blobs(25, 2)
+        r = cluster_embeddings(ids, X, algorithm="kmeans", n_clusters=100)
+        self._check(r, 25)
+        assert (r.labels >= 0).all()
+
+    def test_uniform_noise_gives_groups_not_a_crash(self):
+        X = np.random.default_rng(0).uniform(size=(60, D))
+        r = cluster_embeddings([f"f{i}" for i in range(60)], X)
+        self._check(r, 60)
+        assert r.n_clusters >= 1
+        assert (r.suggested >= 0).all()
+
+
+class TestAlgorithms:
+    def test_relabel_by_size(self):
+        assert relabel_by_size(np.array([5, 5, 2, -1, 2, 2, 9])).tolist() == [1, 1, 0, -1, 0, 0, 2]
+
+    def test_glosh_matches_hdbscan(self):
+        hdbscan = pytest.importorskip("hdbscan")
+        X, _ = make_blobs(300, n_features=4, centers=3, random_state=1)
+        X = np.vstack([X, np.random.default_rng(0).uniform(-15, 15, size=(20, 4))])
+        m = hdbscan.HDBSCAN(min_cluster_size=10).fit(X)
+        np.testing.assert_allclose(
+            glosh_scores(m.condensed_tree_.to_numpy(), len(X)), m.outlier_scores_, atol=1e-6
+        )
+
+    def test_place_by_neighbors_votes_and_averages(self):
+        ref_labels = np.array([0, 0, 1, -1], np.int32)
+        ref_xy = np.array([[0, 0], [2, 0], [10, 10], [5, 5]], np.float32)
+        p = place_by_neighbors(
+            ref_labels,
+            ref_xy,
+            np.zeros(4, np.float32),
+            np.array([[0, 1, 2], [3, 3, 2]]),
+            np.ones((2, 3)),
+        )
+        assert p.labels.tolist() == [0, -1] and p.suggested.tolist() == [0, 1]
+        np.testing.assert_allclose(p.xy[0], [4, 10 / 3], atol=1e-2)
+        assert p.confidence[0] == pytest.approx(2 / 3, abs=1e-3)
+
+
+# --- store, edits, placement ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    ids, X, y = blobs(500, 4)
+    ws = make_ws(tmp_path, ids[::-1])  # faces.parquet in another order than the features
+    fit = fit_clusters(ids, X, config=ClusterConfig(seed=1), feature_spec="test__face")
+    run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
+    return ws, run_id, ids, X, y, fit
+
+
+class TestStore:
+    def test_round_trip_in_faces_order(self, saved):
+        ws, run_id, ids, X, y, fit = saved
+        assert current_run_id(ws) == run_id
+        r = load_run(ws)
+        assert r.face_ids.tolist() == ids[::-1]
+        pos = {f: i for i, f in enumerate(ids)}
+        back = np.array([pos[f] for f in r.face_ids])
+        np.testing.assert_array_equal(r.labels, fit.result.labels[back])
+        np.testing.assert_array_equal(r.xy, fit.result.xy[back])
+        assert r.params["feature_spec"] == "test__face" and r.params["config"]["seed"] == 1
+        import pyarrow.parquet as pq
+
+        assert pq.read_schema(ws.clusters_dir / run_id / "assignments.parquet").equals(
+            ASSIGNMENTS_SCHEMA, check_metadata=False
+        )
+        art = load_artifacts(ws)
+        assert art.vectors.shape == (500, 64) and art.pca is not None
+        np.testing.assert_allclose(art.vectors, fit.artifacts.vectors[back], atol=2e-3)
+
+    def test_cluster_table(self, saved):
+        ws, run_id, ids, X, y, fit = saved
+        t = cluster_table(ws)
+        assert list(t.columns) == ["cluster", "size", "medoids", "cohesion"]
+        r = load_run(ws)
+        for row in t.itertuples():
+            members = set(r.face_ids[r.labels == row.cluster])
+            assert row.size == len(members)
+            if row.cluster >= 0:
+                assert 1 <= len(row.medoids) <= 8 and set(row.medoids) <= members
+                assert 0.5 < row.cohesion <= 1.0 + 1e-6
+
+    def test_refuses_unknown_faces(self, saved):
+        ws, *_ = saved
+        r = ClusterResult(
+            np.array(["zz"]),
+            np.zeros(1, np.int32),
+            np.zeros(1, np.float32),
+            np.zeros((1, 2), np.float32),
+            np.zeros(1, np.int32),
+            {},
+        )
+        with pytest.raises(WorkspaceError, match="zz"):
+            save_run(ws, r)
+
+    def test_no_run_yet(self, tmp_path):
+        ws = make_ws(tmp_path, ["a_0"])
+        with pytest.raises(WorkspaceError, match="labeler cluster"):
+            load_run(ws)
+
+
+class TestEdit:
+    def test_split_makes_new_current_run(self, saved):
+        ws, run_id, ids, X, y, fit = saved
+        before = load_run(ws)
+        big = int(np.bincount(before.labels[before.labels >= 0]).argmax())
+        after = split_cluster(ws, None, big, n_parts=3)
+        assert current_run_id(ws) == after.params["run_id"] != run_id
+        top = int(before.labels.max())
+        members = before.labels == big
+        assert set(after.labels[members].tolist()) == {top + 1, top + 2, top + 3}
+        np.testing.assert_array_equal(after.labels[~members], before.labels[~members])
+        assert after.params["parent"] == run_id and after.params["edit"]["op"] == "split"
+        assert load_artifacts(ws).vectors.shape == (500, 64)  # search still works on the new run
+        assert len(cluster_table(ws)) == len(cluster_table(ws, run_id)) + 2
+        set_current(ws, run_id)  # undo
+        np.testing.assert_array_equal(load_run(ws).labels, before.labels)
+
+    def test_split_auto_separates_merged_blobs(self):
+        ids, X, y = blobs(400, 2)
+        r = ClusterResult(
+            np.array(ids),
+            np.zeros(400, np.int32),
+            np.zeros(400, np.float32),
+            np.zeros((400, 2), np.float32),
+            np.zeros(400, np.int32),
+            {},
+        )
+        out = split_cluster(r, X, 0)
+        assert adjusted_rand_score(y, out.labels) > 0.95 and set(out.labels.tolist()) == {1, 2}
+
+    def test_split_errors(self, saved):
+        ws, *_ = saved
+        r = load_run(ws)
+        with pytest.raises(ValueError, match="nothing to split"):
+            split_cluster(r, np.zeros((500, 4)), 99)
+        with pytest.raises(ValueError, match="needs X"):
+            split_cluster(r, None, 0)
+
+    def test_merge(self, saved):
+        ws, run_id, *_ = saved
+        before = load_run(ws)
+        after = merge_clusters(ws, [1, 2])
+        assert set(after.labels[np.isin(before.labels, [1, 2])].tolist()) == {1}
+        assert 2 not in set(after.labels.tolist()) and after.n_clusters == before.n_clusters
+        assert after.params["edit"] == {"op": "merge", "clusters": [1, 2], "into": 1}
+        assert list_runs(ws)["current"].sum() == 1
+        with pytest.raises(ValueError, match="not in this run"):
+            merge_clusters(ws, [0, 77])
+
+
+class TestPlace:
+    def test_new_faces_join_their_blob(self, saved):
+        ws, run_id, ids, X, y, fit = saved
+        new_ids, newX, newy = blobs(60, 4, seed=0)  # same centres (same seed), new draws
+        newX = newX + np.random.default_rng(5).normal(scale=0.05, size=newX.shape).astype(
+            np.float32
+        )
+        r = load_run(ws)
+        art = load_artifacts(ws)
+        merged, placed = place_faces(
+            r, art.vectors, [f"n{i}" for i in range(60)], newX, pca=art.pca
+        )
+        assert len(merged.labels) == 560
+        # a new face lands in the cluster holding most old faces of its generating blob
+        pos = {f: i for i, f in enumerate(ids)}
+        old_y = y[[pos[f] for f in r.face_ids]]
+        blob_to_cluster = {
+            b: np.bincount(r.labels[(old_y == b) & (r.labels >= 0)]).argmax() for b in range(4)
+        }
+        expect = np.array([blob_to_cluster[b] for b in newy])
+        assert (placed.labels == expect).mean() > 0.95
+        with pytest.raises(ValueError, match="already in the run"):
+            place_faces(r, art.vectors, [r.face_ids[0]], newX[:1], pca=art.pca)
+
+    def test_suggest_labels(self):
+        labels = pd.DataFrame(
+            {"face_id": ["a", "b", "c"], "value": ["correct", "correct", "no_mask"]}
+        )
+        nb = np.array([["a", "b", "c"], ["x", "y", "z"], ["c", "x", None]], dtype=object)
+        sims = np.array([[0.9, 0.9, 0.5], [1, 1, 1], [0.8, 0.9, 0.1]])
+        out = suggest_labels(nb, sims, labels, query_ids=["q0", "q1", "q2"])
+        assert out["face_id"].tolist() == ["q0", "q2"]
+        assert out["value"].tolist() == ["correct", "no_mask"]
+        assert out["confidence"].iloc[0] == pytest.approx(1.8 / 3.3, abs=1e-4)
+        assert out["confidence"].iloc[1] < 0.5  # one labeled neighbour is weak evidence
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+class TestCli:
+    def test_cluster_place_list_use(self, tmp_path):
+        from labeler.cli import cli
+        from labeler.embeddings.store import save_vectors
+
+        ids, X, y = blobs(330, 3, d=96)
+        ids = [f"{i[1:]}_0" for i in ids]
+        ws = make_ws(tmp_path, ids)
+        save_vectors(ws, "test__face", ids[:300], X[:300], {"producer": "test"})
+        runner = CliRunner()
+        res = runner.invoke(
+            cli, ["cluster", "-w", str(ws.root), "--features", "test__face", "--seed", "2"]
+        )
+        assert res.exit_code == 0, res.output
+        assert "300 faces -> 3 clusters" in res.output
+        first = current_run_id(ws)
+        # faces embedded later join without re-clustering
+        save_vectors(ws, "test__face", ids, X, {"producer": "test"})
+        res = runner.invoke(cli, ["place", "-w", str(ws.root)])
+        assert res.exit_code == 0, res.output
+        assert "placed 30 new faces" in res.output
+        r = load_run(ws)
+        assert len(r.face_ids) == 330 and r.params["parent"] == first
+        assert adjusted_rand_score(y, r.labels) > 0.95
+        res = runner.invoke(cli, ["place", "-w", str(ws.root)])
+        assert "no new faces" in res.output
+        res = runner.invoke(cli, ["cluster", "-w", str(ws.root), "--list"])
+        assert first in res.output
+        res = runner.invoke(cli, ["cluster", "-w", str(ws.root), "--use", first])
+        assert res.exit_code == 0 and current_run_id(ws) == first
+        res = runner.invoke(cli, ["cluster", "-w", str(ws.root), "--use", "nope"])
+        assert res.exit_code != 0 and "nope" in res.output
+        more = knn_search(ws, [ids[0]], k=5)
+        assert len(more) == 5
+
+    def test_cluster_without_embeddings_is_one_clean_line(self, tmp_path):
+        from labeler.cli import cli
+
+        ws = make_ws(tmp_path, ["a_0"])
+        res = CliRunner().invoke(cli, ["cluster", "-w", str(ws.root), "--features", "none__face"])
+        assert res.exit_code != 0
+        assert "Traceback" not in res.output and "labeler embed" in res.output

@@ -1,0 +1,194 @@
+"""labeler train (head + finetune), reports, label-error detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tinyws
+from click.testing import CliRunner
+
+from labeler.cli import cli
+from labeler.label_errors import find_label_errors, rank_label_issues
+from labeler.labels import LabelStore
+from labeler.train import TrainConfig, cross_val_proba, fit_head, load_model, train
+from labeler.train.head import load_head, save_head
+from labeler.train.report import classification_report
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def blobs(n_per: int, classes: list[str], *, dim: int = 8, spread: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(classes), dim)) * 4
+    X = np.concatenate(
+        [centres[i] + rng.normal(size=(n_per, dim)) * spread for i in range(len(classes))]
+    )
+    y = np.repeat(classes, n_per)
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_head_learns_and_roundtrips(tmp_path, kind):
+    X, y = blobs(40, ["a", "b", "c"])
+    head = fit_head(X, y, kind=kind, classes=["a", "b", "c", "d"])
+    P = head.predict_proba(X)
+    assert P.shape == (120, 4) and np.allclose(P.sum(1), 1)
+    assert (head.predict(X) == y).mean() > 0.95
+    assert P[:, 3].max() < 1e-6  # a class with no example is never predicted
+    save_head(head, tmp_path / "h.npz")
+    again = load_head(tmp_path / "h.npz")
+    assert np.allclose(again.predict_proba(X), P)
+    with pytest.raises(ValueError, match="same feature spec"):
+        head.predict_proba(X[:, :3])
+
+
+def test_binary_head_and_oof_probs_are_out_of_sample():
+    X, y = blobs(30, ["masked", "no_mask"], spread=3.0)
+    oof = cross_val_proba(X, y, folds=5)
+    fit = fit_head(X, y).predict_proba(X)
+    # in-sample confidence is at least as high as out-of-fold on average
+    idx = (y == "no_mask").astype(int)
+    assert fit[np.arange(len(y)), idx].mean() >= oof[np.arange(len(y)), idx].mean()
+    assert classification_report(y, np.array(["masked", "no_mask"])[oof.argmax(1)]).macro_f1 > 0.8
+
+
+def test_report_counts_and_macro_f1():
+    rep = classification_report(["a", "a", "b", "b"], ["a", "b", "b", "b"], classes=["a", "b", "c"])
+    assert rep.confusion == ((1, 1, 0), (0, 2, 0), (0, 0, 0))
+    assert rep.per_class["a"]["recall"] == 0.5 and rep.per_class["b"]["precision"] == pytest.approx(
+        2 / 3
+    )
+    assert rep.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)  # class c (absent) does not count
+
+
+def test_flipped_label_is_among_top_suspects():
+    X, y = blobs(40, ["correct", "nose_exposed", "no_mask"], spread=1.0, seed=2)
+    flipped = 17
+    y_noisy = y.copy()
+    y_noisy[flipped] = "no_mask"  # truly "correct"
+    oof = cross_val_proba(X, y_noisy, folds=5, classes=["correct", "no_mask", "nose_exposed"])
+    issues = rank_label_issues(y_noisy, oof, classes=["correct", "no_mask", "nose_exposed"])
+    top = issues["index"].head(3).tolist()
+    assert flipped in top
+    row = issues[issues["index"] == flipped].iloc[0]
+    assert row["given"] == "no_mask" and row["suggested"] == "correct" and row["score"] > 0.5
+
+
+def test_train_cli_head_saves_model_report_and_suspects(tmp_path):
+    t = tinyws.build(
+        tmp_path, {"correct": 25, "nose_exposed": 25, "no_mask": 25}, faces_per_person=1
+    )
+    wrong = t.truth.index[3]  # a "correct" face labeled no_mask on purpose
+    tinyws.label_all(t, flip={wrong: "no_mask"})
+    res = run("train", "-w", str(t.ws.root), "--features", tinyws.FEATURE_KEY, "--folds", "5")
+    assert res.exit_code == 0, res.output
+    assert "macro-F1" in res.output
+    current = json.loads((t.ws.models_dir / "current.json").read_text())
+    run_dir = t.ws.models_dir / current["mask_state"]
+    assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["report"]["macro_f1"] > 0.9 and cfg["feature_spec"] == tinyws.FEATURE_KEY
+    sus = LabelStore(t.ws.labels_db).suspects("mask_state")
+    assert wrong in sus["face_id"].head(3).tolist()
+    model = load_model(t.ws)
+    assert model.mode == "head" and "correct" in model.classes
+
+
+def test_train_errors_are_clean(tmp_path):
+    t = tinyws.build(tmp_path, {"correct": 4, "no_mask": 4})
+    res = run("train", "-w", str(t.ws.root), "--features", tinyws.FEATURE_KEY)
+    assert res.exit_code != 0 and "no human labels" in res.output and "Traceback" not in res.output
+    LabelStore(t.ws.labels_db).assign(
+        t.truth.index[:3], "mask_state", "correct", annotator="a", source="single"
+    )
+    res = run("train", "-w", str(t.ws.root), "--features", tinyws.FEATURE_KEY)
+    assert res.exit_code != 0 and "one class" in res.output
+
+
+def test_find_label_errors_workspace_writes_suspects(tmp_path):
+    t = tinyws.build(tmp_path, {"correct": 20, "no_mask": 20}, faces_per_person=2)
+    wrong = t.truth.index[25]  # a no_mask face labeled correct
+    tinyws.label_all(t, flip={wrong: "correct"})
+    out = find_label_errors(t.ws, feature_spec=tinyws.FEATURE_KEY, folds=4)
+    assert out["face_id"].iloc[0] == wrong
+    assert (
+        LabelStore(t.ws.labels_db).suspects("mask_state", pending=True)["face_id"].iloc[0] == wrong
+    )
+
+
+@pytest.mark.slow
+def test_finetune_cpu_resume_equals_uninterrupted(tmp_path):
+    """Fine-tune the real EfficientNet-Lite0 on tiny crops on CPU; an interrupted run resumed
+    from last.pt ends with exactly the weights of an uninterrupted one."""
+    import torch
+
+    from labeler.train.finetune import FinetuneConfig, finetune, load_finetuned, predict_crops
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    classes = ["correct", "no_mask"]
+    crops = np.stack([tinyws.face_image(classes[i % 2], rng) for i in range(16)])
+    y = np.arange(16) % 2
+    tr, va = np.arange(12), np.arange(12, 16)
+    cfg = FinetuneConfig(image_size=64, epochs=3, batch_size=8, device="cpu", patience=10)
+    full = finetune(
+        crops, y, classes=classes, train_idx=tr, val_idx=va, out_dir=tmp_path / "full", config=cfg
+    )
+    part = finetune(
+        crops,
+        y,
+        classes=classes,
+        train_idx=tr,
+        val_idx=va,
+        out_dir=tmp_path / "part",
+        config=cfg,
+        stop_after_epoch=0,
+    )
+    assert len(part.history) == 1
+    resumed = finetune(
+        crops, y, classes=classes, train_idx=tr, val_idx=va, out_dir=tmp_path / "part", config=cfg
+    )
+    assert [h["loss"] for h in resumed.history] == pytest.approx(
+        [h["loss"] for h in full.history], rel=1e-5
+    )
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    probs = predict_crops(load_finetuned(full.best_path), crops[va])
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_cli_finetune_two_folds_on_cpu(tmp_path):
+    t = tinyws.build(tmp_path, {"correct": 8, "no_mask": 8}, faces_per_person=1)
+    tinyws.label_all(t)
+    res = run(
+        "train",
+        "-w",
+        str(t.ws.root),
+        "--mode",
+        "finetune",
+        "--folds",
+        "2",
+        "--epochs",
+        "2",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--persons",
+        "image",
+    )
+    assert res.exit_code == 0, res.output
+    model = load_model(t.ws)
+    assert model.mode == "finetune" and len(model.members) == 2
+    crops = np.stack([tinyws.face_image("correct", np.random.default_rng(1))])
+    assert model.predict_proba(crops).shape == (1, 2)
+    assert TrainConfig().mode == "head"
+    _ = train  # public API
