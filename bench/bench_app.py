@@ -36,9 +36,13 @@ PAGES = [
 APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
 
 
+CPU: list[float] = []  # process CPU seconds of the last timed() call
+
+
 def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
+    CPU[:] = [time.process_time() - c]
     return out, time.perf_counter() - t
 
 
@@ -162,18 +166,21 @@ def main() -> None:
             at.switch_page(page)
             _, dt = timed(at.run)
             assert not at.exception, (page, [e.value for e in at.exception])
+            note = f"CPU {CPU[0] * 1e3:.0f} ms" + ("; target <= 1 s" if label == "warm" else "")
             rows.append(
-                (
-                    f"page switch {label}: {page.split('/')[1][:-3]}",
-                    f"{dt * 1e3:.0f} ms",
-                    "target <= 1 s" if label == "warm" else "",
-                )
+                (f"page switch {label}: {page.split('/')[1][:-3]}", f"{dt * 1e3:.0f} ms", note)
             )
     at.switch_page("views/cluster_view.py").run()
     at.selectbox(key=K.cluster_pick).set_value(0).run()
     at.button(key=K.assign_btn).click()
     _, dt = timed(at.run)
-    rows.append(("app: click assign on the 10k cluster (rerun incl.)", f"{dt * 1e3:.0f} ms", ""))
+    rows.append(
+        (
+            "app: click assign on the 10k cluster (rerun incl.)",
+            f"{dt * 1e3:.0f} ms",
+            f"CPU {CPU[0] * 1e3:.0f} ms",
+        )
+    )
 
     fig = data.map_figure(ws, "mask_state", "label")
     sample_bytes = len(json.dumps(fig))
@@ -192,7 +199,9 @@ def main() -> None:
     rows.append((f"naive: all {len(xy):,} points", f"{full_bytes / 1e6:.2f} MB", ""))
 
     width = max(len(r[0]) for r in rows)
-    print(f"\nlabeling app at {args.faces:,} faces, {args.clusters} clusters ({ws.root})\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nlabeling app at {args.faces:,} faces, {args.clusters} clusters ({ws.root})")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} (wall times grow with load)\n")
     print(f"| {'what'.ljust(width)} | {'time / size':>12} | note |")
     print(f"|{'-' * (width + 2)}|{'-' * 14}|------|")
     for what, value, note in rows:

@@ -63,6 +63,51 @@ def timeit(fn, *, repeats: int, sync=None) -> float:
     return best
 
 
+def end_to_end(
+    blobs: list[bytes], backbone, *, region: str, batch_size: int, decode: str, workers: int
+) -> float:
+    """Seconds for ``embed_faces`` over a temporary workspace holding ``blobs`` as crops."""
+    import tempfile
+
+    import pandas as pd
+
+    from labeler.embeddings.embed import embed_faces
+    from labeler.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as d:
+        ws = Workspace.open(d, create=True)
+        rows = []
+        for i, blob in enumerate(blobs):
+            fid = f"{i:016x}_0"
+            path = ws.crop_path(fid)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
+            rows.append(
+                {
+                    "face_id": fid,
+                    "image_id": fid[:16],
+                    "face_index": 0,
+                    **dict.fromkeys(("x0", "y0", "x1", "y1", "score"), 0.0),
+                    "landmarks": [0.0] * 8,
+                    "detector": "bench",
+                    "whole_image": True,
+                    "crop_path": "",
+                }
+            )
+        ws.write_faces(pd.DataFrame(rows))
+        t = time.perf_counter()
+        embed_faces(
+            ws,
+            backbone,
+            region=region,
+            batch_size=batch_size,
+            decode=decode,
+            workers=workers,
+            progress=False,
+        )
+        return time.perf_counter() - t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,6 +199,8 @@ def main() -> int:
         )
     )
     diff = float(np.abs(tb.embed(batch) - ob.embed(batch)).max())
+    t = end_to_end(blobs, ob, region=region, batch_size=bs, decode="cpu", workers=args.threads)
+    rows.append((f"labeler embed end-to-end, ORT ({len(blobs)} crops)", len(blobs), t))
 
     # -- CUDA -----------------------------------------------------------------------------
     if torch.cuda.is_available():
@@ -218,6 +265,11 @@ def main() -> int:
                 timeit(lambda: bf16.embed(dec()), repeats=args.repeats, sync=sync),
             )
         )
+        for dec_kind in ("cpu", "cuda"):
+            t = end_to_end(
+                gblobs, bf16, region=region, batch_size=gbs, decode=dec_kind, workers=args.threads
+            )
+            rows.append((f"labeler embed end-to-end, bf16, {dec_kind} decode", len(gblobs), t))
         device = torch.cuda.get_device_name(0)
     else:
         device = "no CUDA device: GPU rows skipped"

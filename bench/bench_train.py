@@ -63,16 +63,13 @@ def load_truth(ws: Workspace, data: Path) -> pd.DataFrame:
 
 
 def bench_features(ws: Workspace, face_ids: np.ndarray, spec: str) -> tuple[np.ndarray, str]:
-    """The tool's default features when ``labeler.features`` exists; otherwise the colour cues
-    plus 32 PCA dims of each stored CNN embedding (standardised)."""
-    from labeler.train import load_feature_matrix
+    """Features named by ``spec`` (``labeler.features``), or for ``"bench"`` the colour cues
+    plus 32 PCA dims of each stored region CNN embedding (standardised; the global face
+    embedding is left out: it follows identity)."""
+    if spec != "bench":
+        from labeler.train import load_feature_matrix
 
-    try:
         return load_feature_matrix(ws, spec, face_ids)
-    except (ImportError, ValueError) as exc:
-        if spec != "auto":
-            raise
-        log.info("features %r unavailable (%s); using cues + PCA of CNN embeddings", spec, exc)
     from sklearn.decomposition import PCA
 
     from labeler.embeddings.store import list_embeddings, load_embeddings
@@ -110,14 +107,28 @@ def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def session(
-    X: np.ndarray, truth: np.ndarray, *, actions: int, strategy: str, seed_clusters: int, seed: int
+    X: np.ndarray,
+    truth: np.ndarray,
+    *,
+    actions: int,
+    strategy: str,
+    seed_clusters: int,
+    seed: int,
+    review_batch: int = 3,
+    review_depth: int = 40,
+    checked_weight: float = 3.0,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels after at most ``actions`` simulated actions (see module doc); "" = unlabeled.
 
-    ``truth`` is read only as an annotator reads it: the majority of a shown group.
+    ``truth`` is read only as an annotator reads it: the majority of a shown group, or the
+    true label of one face they look at. Guided rounds: accept/dismiss the biggest
+    (label -> prediction) group (1 action), then walk the review queue (disagreements first,
+    then smallest margin; at most ``review_depth`` faces looked at) correcting up to
+    ``review_batch`` wrong faces (1 action each; corrected faces weigh ``checked_weight``).
     """
     cur = np.full(len(truth), "", dtype=object)
-    log_ = []
+    checked = np.zeros(len(truth), bool)
+    log_: list[str] = []
     k = actions if strategy == "plain" else min(seed_clusters, actions)
     groups = _kmeans(X, k, seed)
     ids, counts = np.unique(groups, return_counts=True)
@@ -133,28 +144,52 @@ def session(
         classes = sorted(set(cur[lab]))
         if len(classes) < 2:
             break
-        oof = cross_val_proba(X[lab], cur[lab], folds=5, classes=classes, seed=seed)
-        pred = cur.copy()
-        pred[lab] = np.asarray(classes, dtype=object)[oof.argmax(1)]
+        n_before = len(log_)
+        P = np.zeros((len(cur), len(classes)))
+        # out-of-fold for labeled faces (corrected faces count several times), fit for the rest
+        Xl, yl = X[lab], cur[lab]
+        rep = np.where(checked[lab], int(checked_weight), 1)
+        P[lab] = cross_val_proba(
+            np.repeat(Xl, rep, 0), np.repeat(yl, rep), folds=5, classes=classes, seed=seed
+        )[np.cumsum(rep) - rep]
         if (~lab).any():
-            pred[~lab] = fit_head(X[lab], cur[lab], classes=classes).predict(X[~lab])
-        diff = pred != cur
+            P[~lab] = fit_head(
+                np.repeat(Xl, rep, 0), np.repeat(yl, rep), classes=classes
+            ).predict_proba(X[~lab])
+        pred = np.asarray(classes, dtype=object)[P.argmax(1)]
+        srt = np.sort(P, 1)
+        margin = srt[:, -1] - srt[:, -2]
+        diff = (pred != cur) & ~checked
         keys = pd.Series(list(zip(cur[diff], pred[diff], strict=True)), index=np.flatnonzero(diff))
         options = [
-            (key, idx) for key, idx in keys.groupby(keys).groups.items() if key not in dismissed
+            (key, idx)
+            for key, idx in keys.groupby(keys).groups.items()
+            if key not in dismissed and len(idx) >= 3
         ]
-        if not options:
+        if options:
+            key, idx = max(options, key=lambda kv: (len(kv[1]), kv[0]))
+            idx = np.asarray(idx)
+            majority = _majority(truth[idx])
+            gain = int((truth[idx] == majority).sum() - (truth[idx] == cur[idx]).sum())
+            if gain > 0:
+                cur[idx] = majority
+                log_.append(f"accept {key[0] or '-'}->{key[1]} ({len(idx)} faces) -> {majority}")
+            else:
+                log_.append(f"dismiss {key[0] or '-'}->{key[1]} ({len(idx)} faces)")
+            dismissed.add(key)
+        queue = np.flatnonzero(~checked)
+        queue = queue[np.lexsort((margin[queue], ~diff[queue]))][:review_depth]
+        fixed = 0
+        for i in queue:
+            if len(log_) >= actions or fixed >= review_batch:
+                break
+            checked[i] = True
+            if cur[i] != truth[i]:
+                log_.append(f"correct face {i}: {cur[i] or '-'} -> {truth[i]}")
+                cur[i] = truth[i]
+                fixed += 1
+        if len(log_) == n_before:
             break
-        key, idx = max(options, key=lambda kv: (len(kv[1]), kv[0]))
-        idx = np.asarray(idx)
-        majority = _majority(truth[idx])
-        gain = int((truth[idx] == majority).sum() - (truth[idx] == cur[idx]).sum())
-        if gain > 0:
-            cur[idx] = majority
-            log_.append(f"accept {key[0] or '-'}->{key[1]} ({len(idx)} faces) -> {majority}")
-        else:
-            log_.append(f"dismiss {key[0] or '-'}->{key[1]} ({len(idx)} faces)")
-        dismissed.add(key)
     return cur, log_
 
 
@@ -231,9 +266,13 @@ def main() -> None:
     )
     ap.add_argument("--ws", required=True, type=Path, help="workspace built from --data/images")
     ap.add_argument("--data", required=True, type=Path, help="folder with labels.csv (file, state)")
-    ap.add_argument("--features", default="auto")
+    ap.add_argument(
+        "--features",
+        default="bench",
+        help="'bench' (cues + PCA of region CNN features) or a labeler.features spec",
+    )
     ap.add_argument("--actions", type=int, default=30)
-    ap.add_argument("--seed-clusters", type=int, default=15)
+    ap.add_argument("--seed-clusters", type=int, default=20)
     ap.add_argument("--sessions", default="plain,guided")
     ap.add_argument("--models", default="head,mlp", help="head, mlp, finetune")
     ap.add_argument("--oracle", action="store_true", help="also train on the pool's true labels")

@@ -59,7 +59,9 @@ def collect_info() -> dict[str, str]:
         **{k: v for k, v in info.items() if k != "labeler"},
     }
     info["device"] = _device()
-    info["backbones"] = ", ".join(available_backbones())
+    info["backbones"] = ", ".join(
+        [*available_backbones(), "timm:<any timm model> (hub download or --weights FILE)"]
+    )
     info["detectors"] = _detectors()
     info["regions"] = ", ".join(REGIONS)
     return info

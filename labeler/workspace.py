@@ -5,6 +5,7 @@ Layout (all paths relative to the workspace root)::
     workspace.json                 roots of the ingested folders, format version
     images.parquet                 one row per file seen (IMAGES_SCHEMA)
     faces.parquet                  one row per face, keyed by ``face_id`` (FACES_SCHEMA)
+    detect_log.parquet             one row per processed image (n_faces, error): resume state
     crops/<ab>/<face_id>.jpg       aligned face crops, sharded by the first 2 hex of face_id
     embeddings/<backbone>__<region>/part-*.parquet   (face_id, vector) shards + config.json
     clusters/<run_id>/...          cluster runs (see labeler.cluster)

@@ -357,3 +357,26 @@ def test_cli_app_command(ws, tmp_path):
     assert res.exit_code == 0 and "--port" in res.output
     res = CliRunner().invoke(cli, ["app", "-w", str(tmp_path / "nope")])
     assert res.exit_code != 0 and "not a labeler workspace" in res.output
+
+
+def test_two_annotators_see_each_others_labels_on_rerun(ws, monkeypatch):
+    c = biggest_cluster(ws)
+    ids = members(ws, c)
+    monkeypatch.setenv(ENV_ANNOTATOR, "ann")
+    a = open_page("views/cluster_view.py")
+    monkeypatch.setenv(ENV_ANNOTATOR, "bob")
+    b = open_page("views/cluster_view.py")
+    # ann labels the whole cluster; bob (overlapping) re-labels the first face a moment later
+    a.button(key=K.assign_btn).click().run()
+    b.button(key=K.select_none_btn).click().run()
+    b.checkbox(key=SELECT_PREFIX + ids[0]).check().run()
+    b.selectbox(key=K.assign_value).set_value("no_mask").run()
+    b.button(key=K.assign_btn).click().run()
+    a.run()  # ann's next rerun shows bob's label
+    assert a.checkbox(key=SELECT_PREFIX + ids[0]).label == "no_mask"
+    assert a.checkbox(key=SELECT_PREFIX + ids[1]).label == "correct"
+    cur = LabelStore(ws.labels_db).current(FIELD).set_index("face_id")
+    assert cur.loc[ids[0], "annotator"] == "bob" and cur.loc[ids[1], "annotator"] == "ann"
+    # undo is per annotator: ann's undo keeps bob's later label
+    a.button(key=K.undo_btn).click().run()
+    assert labels_now(ws) == {ids[0]: "no_mask"}

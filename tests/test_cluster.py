@@ -440,7 +440,7 @@ class TestCli:
 
         ids, X, y = blobs(330, 3, d=96)
         ids = [f"{i[1:]}_0" for i in ids]
-        ws = make_ws(tmp_path, ids)
+        ws = make_ws(tmp_path, ids[:300])
         save_vectors(ws, "test__face", ids[:300], X[:300], {"producer": "test"})
         runner = CliRunner()
         res = runner.invoke(
@@ -449,7 +449,8 @@ class TestCli:
         assert res.exit_code == 0, res.output
         assert "300 faces -> 3 clusters" in res.output
         first = current_run_id(ws)
-        # faces embedded later join without re-clustering
+        # faces detected and embedded later join without re-clustering
+        make_ws(tmp_path, ids)
         save_vectors(ws, "test__face", ids, X, {"producer": "test"})
         res = runner.invoke(cli, ["place", "-w", str(ws.root)])
         assert res.exit_code == 0, res.output

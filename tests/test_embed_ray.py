@@ -16,12 +16,15 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One local Ray session (2 CPUs) for all Ray tests; workers share a private ONNX cache."""
+def ray_session(request, tmp_path_factory):
+    """One local Ray session (2 CPUs) for all Ray tests; workers share the tests' ONNX cache
+    (pytest's cache dir, as in test_embeddings.py, else a temp dir)."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
     old = os.environ.get("LABELER_CACHE")
-    os.environ["LABELER_CACHE"] = str(tmp_path_factory.mktemp("ray_cache"))
+    plugin = getattr(request.config, "cache", None)
+    cache = plugin.mkdir("labeler_cache") if plugin else tmp_path_factory.mktemp("ray_cache")
+    os.environ["LABELER_CACHE"] = str(cache)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -502,6 +502,32 @@ def test_draft_decode_is_close_to_full_decode(tmp_path):
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
 
 
+def test_batched_decode_path_matches_the_cpu_decode(tmp_path, torch_bb):
+    """The --decode cuda code (run here with device='cpu') gives the CPU path's pixels."""
+    import torch
+
+    from labeler.embeddings.embed import load_crops
+    from labeler.embeddings.gpu import decode_crops_cuda
+
+    ws = make_ws(tmp_path / "ws", 4)
+    paths = [ws.crop_path(f) for f in ws.faces()["face_id"]]
+    blobs = [p.read_bytes() for p in paths]
+    for region in ("face", "nose"):
+        want = load_crops(paths, region=region, size=224).astype(int)
+        got = decode_crops_cuda(blobs, region=region, size=224, device="cpu").numpy()
+        assert got.shape == want.shape and got.dtype == np.uint8
+        assert np.abs(got - want).mean() < 1.5, region
+    png = tmp_path / "c.png"  # a non-JPEG crop falls back to PIL
+    from PIL import Image
+
+    Image.open(paths[0]).save(png)
+    got = decode_crops_cuda([png.read_bytes()], region="face", size=224, device="cpu")
+    assert tuple(got.shape) == (1, 224, 224, 3)
+    # tensors are accepted as well as arrays
+    x = load_crops(paths[:2], region="face", size=224)
+    np.testing.assert_allclose(torch_bb.embed(torch.from_numpy(x)), torch_bb.embed(x), atol=1e-6)
+
+
 def test_cli_embed(tmp_path, onnx_cache):
     from labeler.cli import cli
 

@@ -158,7 +158,6 @@ def test_zoo_every_file_recorded_with_reason(zoo, tmp_path):
     good_sha = hashlib.sha1((folder / "good.jpg").read_bytes()).hexdigest()[:16]
     assert ok.loc["good.jpg", "image_id"] == good_sha
     assert (images["root"] == 0).all() and ws.roots() == [folder.resolve()]
-    assert not images["path"].str.contains("\\\\").any() or "caf\\xe9.jpg" in set(images["path"])
     assert ws.step_config_path("ingest").exists()
     # the table is valid against the schema (write_images validated it); ids are unique per path
     assert list(images.columns) == IMAGES_SCHEMA.names

@@ -237,3 +237,30 @@ def cluster_summary(
         out["medoids"].append([] if c < 0 else [str(f) for f in face_ids[central[:N_MEDOIDS]]])
         out["cohesion"].append(cohesion)
     return out
+
+
+#: A face whose mean kNN distance exceeds this multiple of its neighbours' is an outlier.
+OUTLIER_RATIO = 2.0
+
+
+def knn_outlier_scores(
+    own_dist: np.ndarray, neighbors: np.ndarray, ref_dist: np.ndarray
+) -> np.ndarray:
+    """LOF-like outlier score in [0, 1) from kNN distances in the feature space.
+
+    own_dist: (M,) mean cosine distance of each face to its k nearest neighbours;
+    neighbors: (M, k) their row numbers in the reference set (-1 = missing); ref_dist: (N,)
+    the same mean distance of every reference face. ``r = own / median(neighbours' own)``
+    (a small floor keeps exact duplicates finite); score = ``max(0, 1 - 1 / r)``: 0 when a
+    face is as close to its neighbours as they are to theirs, 0.5 at twice as far
+    (:data:`OUTLIER_RATIO`), towards 1 for isolated faces. UMAP pulls isolated faces into
+    some cluster, so this catches the outliers HDBSCAN in UMAP space cannot see.
+    """
+    if own_dist.size == 0:
+        return np.zeros(0, np.float32)
+    nb = np.where(neighbors >= 0, neighbors, 0)
+    ref = np.where(neighbors >= 0, ref_dist[nb], np.nan)
+    med = np.nanmedian(ref, axis=1) if ref.shape[1] else np.full(len(own_dist), np.nan)
+    floor = 0.01 * float(np.median(ref_dist)) + 1e-6
+    r = (own_dist + floor) / (np.nan_to_num(med, nan=float(np.median(ref_dist))) + floor)
+    return np.clip(1.0 - 1.0 / np.maximum(r, 1e-12), 0.0, 1.0).astype(np.float32)

@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from labeler.cluster.algorithms import hdbscan_cluster, kmeans_cluster, suggest_clusters
+from labeler.cluster.algorithms import (
+    OUTLIER_RATIO,
+    hdbscan_cluster,
+    kmeans_cluster,
+    knn_outlier_scores,
+    suggest_clusters,
+)
 from labeler.cluster.knn import (
     INDEX_KINDS,
     KnnGraph,
@@ -281,6 +287,16 @@ def fit_clusters(
         )
         tick("umap_map")
 
+    # LOF-like kNN-distance outliers in the feature space (UMAP hides isolated faces)
+    own_f = graph.distances[:, 1:].mean(axis=1) if graph.k > 1 else np.zeros(m, np.float32)
+    knn_score_f = (
+        knn_outlier_scores(own_f, graph.indices[:, 1:], own_f) if m > 2 else np.zeros(m, np.float32)
+    )
+    score_f = np.maximum(score_f, knn_score_f)
+    if cfg.algorithm == "hdbscan" and not (identical or small):
+        isolated = knn_score_f > 1.0 - 1.0 / OUTLIER_RATIO
+        params["n_knn_outliers"] = int((isolated & (labels_f >= 0)).sum())
+        labels_f = np.where(isolated, -1, labels_f).astype(np.int32)
     nb_sims = 1.0 - graph.distances[:, 1:]
     sugg_f = suggest_clusters(labels_f, graph.indices[:, 1:], nb_sims, E)
 
@@ -315,7 +331,13 @@ def fit_clusters(
         )
         sims, nbrs = search(index, V[rest], cfg.n_neighbors)
         placed = place_by_neighbors(labels_f, xy_f, score_f, nbrs, sims)
-        labels[rest], score[rest], xy[rest] = placed.labels, placed.outlier_score, placed.xy
+        own_r = np.clip(1.0 - np.nan_to_num(sims, neginf=0.0), 0.0, 2.0)
+        own_r = own_r.mean(axis=1)
+        knn_score_r = knn_outlier_scores(own_r, nbrs, own_f)
+        labels[rest], xy[rest] = placed.labels, placed.xy
+        score[rest] = np.maximum(placed.outlier_score, knn_score_r)
+        if cfg.algorithm == "hdbscan" and not (identical or small):
+            labels[rest] = np.where(knn_score_r > 1.0 - 1.0 / OUTLIER_RATIO, -1, labels[rest])
         if cfg.algorithm == "kmeans" and not (identical or small):
             labels[rest] = ids_c.astype(np.int32)
         sugg[rest] = np.where(labels[rest] >= 0, labels[rest], placed.suggested)

@@ -18,6 +18,7 @@ from labeler.embeddings.backbones import (
     get_backbone,
     register_backbone,
 )
+from labeler.embeddings.embed import EmbedConfig, EmbedResult, embed_crops, embed_faces
 from labeler.embeddings.store import (
     EmbeddingInfo,
     embedding_key,
@@ -33,8 +34,12 @@ __all__ = [
     "BackboneConfig",
     "BackboneError",
     "BackboneSpec",
+    "EmbedConfig",
+    "EmbedResult",
     "EmbeddingInfo",
     "available_backbones",
+    "embed_crops",
+    "embed_faces",
     "embedding_key",
     "get_backbone",
     "l2_normalize",

@@ -163,7 +163,10 @@ class TorchBackbone(_BackboneBase):
         import torch
 
         self.config = config
-        self._device = torch.device(config.device)
+        device = torch.device(config.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._device = device
         module = module.to(self._device).eval()
         if config.channels_last:
             module = module.to(memory_format=torch.channels_last)
@@ -177,13 +180,12 @@ class TorchBackbone(_BackboneBase):
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         x = torch.as_tensor(batch)
-        if x.device != self._device:
-            if self._device.type == "cuda":
-                if not x.is_pinned():  # the embed step pins in its prefetch threads
-                    x = x.pin_memory()
-                x = x.to(self._device, non_blocking=True)
-            else:
-                x = x.to(self._device)
+        if x.device.type == "cpu" and self._device.type == "cuda":
+            if not x.is_pinned():  # the embed step pins in its prefetch threads
+                x = x.pin_memory()
+            x = x.to(self._device, non_blocking=True)
+        elif x.device != self._device:
+            x = x.to(self._device)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         with (
             torch.inference_mode(),
@@ -216,8 +218,9 @@ def canonical_name(name: str) -> str:
 
 
 def available_backbones() -> list[str]:
-    """Registered names (usable offline) followed by the generic ``timm:<model>`` pattern."""
-    return [*sorted(_REGISTRY), "timm:<any timm model> (hub download or --weights FILE)"]
+    """Registered names (they run offline). Any other ``timm:<model>`` works too, with hub
+    weights or ``weights=FILE``."""
+    return sorted(_REGISTRY)
 
 
 def resolve_spec(name: str) -> BackboneSpec:

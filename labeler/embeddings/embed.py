@@ -17,6 +17,7 @@ decoded at 1/2, 1/4 or 1/8 size by libjpeg (``PIL.Image.draft``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -406,6 +407,10 @@ def embed_faces(
             writer.add(ids, backbone.embed(pixels))
             bar.update(len(ids))
         writer.close()
+    except BaseException:  # keep what is finished (Ctrl-C, a broken crop): the re-run resumes
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

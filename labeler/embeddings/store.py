@@ -156,7 +156,7 @@ def _table_vectors(table: pa.Table, *, source: str) -> tuple[np.ndarray, np.ndar
         )
     dim = col.type.list_size
     arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    values = arr.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     X = values.reshape(len(arr), dim)
     ids = np.asarray(table.column("face_id").to_pylist(), dtype=object)
     return ids, X

@@ -15,7 +15,7 @@ from labeler.workspace import Workspace
 
 
 @st.cache_data(show_spinner=False)
-def _placeholder() -> bytes:
+def placeholder() -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -46,7 +46,7 @@ def thumb_grid(
             if key not in st.session_state:
                 st.session_state[key] = bool(checked(fid))
             with col:
-                st.image(data.crop_bytes(ws, fid) or _placeholder(), width="stretch")
+                st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
                 label = captions(fid) if captions else fid[:8]
                 value = st.checkbox(
                     label,
@@ -86,17 +86,18 @@ def label_picker(
 
 def undo_redo(ws: Workspace) -> None:
     """Undo / redo buttons for the current annotator (logged as events)."""
-    store = LabelStore(ws.labels_db)
-    who = state.annotator()
     c1, c2 = st.columns(2)
-    if c1.button("Undo", key=K.undo_btn, icon=":material/undo:", width="stretch"):
-        eid = store.undo(who)
-        state.flash(f"Undid event {eid}." if eid else "Nothing to undo.", "info")
-        st.rerun()
-    if c2.button("Redo", key=K.redo_btn, icon=":material/redo:", width="stretch"):
-        eid = store.redo(who)
-        state.flash(f"Redid event {eid}." if eid else "Nothing to redo.", "info")
-        st.rerun()
+    c1.button("Undo", key=K.undo_btn, icon=":material/undo:", width="stretch",
+              on_click=_undo_redo, args=(str(ws.labels_db), "undo"))  # fmt: skip
+    c2.button("Redo", key=K.redo_btn, icon=":material/redo:", width="stretch",
+              on_click=_undo_redo, args=(str(ws.labels_db), "redo"))  # fmt: skip
+
+
+def _undo_redo(db: str, what: str) -> None:
+    store = LabelStore(db)
+    eid = store.undo(state.annotator()) if what == "undo" else store.redo(state.annotator())
+    done = "Undid" if what == "undo" else "Redid"
+    state.flash(f"{done} event {eid}." if eid else f"Nothing to {what}.", "info")
 
 
 def caption_for(labels: dict[str, str]) -> Callable[[str], str]:

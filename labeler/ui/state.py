@@ -38,6 +38,7 @@ class Keys:
     settings_annotator: str = "settings_annotator"
     cluster_pick: str = "cluster_pick"
     grid_page: str = "grid_page"
+    outliers_first: str = "outliers_first"
     assign_field: str = "assign_field"
     assign_value: str = "assign_value"
     assign_btn: str = "assign_btn"

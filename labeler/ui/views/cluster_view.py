@@ -1,5 +1,8 @@
 """Cluster view: a paged grid of one cluster's faces. Click faces out of the selection
-(outliers), assign one label to the selection, undo/redo, split, merge, "more like this"."""
+(outliers), assign one label to the selection, undo/redo, split, merge, "more like this".
+
+Actions run in button callbacks (before the page renders), so one click = one rerun.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ PAGE_SIZE = 48
 
 ws = state.workspace()
 st.header("Cluster view", divider="gray")
-state.show_flash()
 view = data.run_view(ws)
 if view is None:
     st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}`.")
@@ -22,7 +24,45 @@ if view is None:
 run = view.run
 store = data.store(ws)
 schema = data.schema(ws)
-who = state.annotator()
+state.show_flash()
+
+
+# --- actions (callbacks) ---------------------------------------------------------------------
+def assign(face_ids: list[str], fld: str, value: str, source: str) -> None:
+    eid = store.assign(face_ids, fld, value, annotator=state.annotator(), source=source)
+    state.flash(f"Labeled {len(face_ids):,} faces {fld}={value} (event {eid}).")
+
+
+def split_out(cluster: int, faces: list[str]) -> None:
+    new = runs.split_out(ws, run, faces, cluster=cluster)
+    state.reset_selection(cluster)
+    state.flash(f"Moved {len(faces):,} faces out of cluster {cluster} (run {new}).")
+
+
+def split_k(cluster: int) -> None:
+    k = int(st.session_state[K.split_k])
+    X = runs.run_vectors(ws, run)  # None: split on the 2-D map
+    new = runs.split_kmeans(ws, run, X, cluster=cluster, k=k)
+    state.reset_selection(cluster)
+    state.flash(f"Split cluster {cluster} into {k} (run {new}).")
+
+
+def merge(cluster: int, key: str) -> None:
+    target = int(st.session_state[key])
+    new = runs.merge(ws, run, source=cluster, target=target)
+    state.set_cluster(target)
+    state.flash(f"Merged cluster {cluster} into {target} (run {new}).")
+
+
+def revert() -> None:
+    back = runs.revert_run(ws, run)
+    state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
+
+
+def knn_assign(face_ids: list[str], fld: str, value: str) -> None:
+    assign(face_ids, fld, value, "selection")
+    state.set_knn_query(None)
+
 
 # --- which cluster -------------------------------------------------------------------------
 options = sorted(view.members, key=lambda c: (c < 0, -len(view.members[c]), c))
@@ -45,8 +85,7 @@ with top[0]:
 if cluster != state.cluster():
     state.set_cluster(cluster)
 
-rows = view.members[cluster]
-members = [str(f) for f in run.face_ids[rows]]
+members = [str(f) for f in run.face_ids[view.members[cluster]]]
 desel = state.deselected(cluster)
 desel &= set(members)
 selected = [f for f in members if f not in desel]
@@ -57,23 +96,23 @@ fld, value = components.label_picker(
 )
 labels = data.labels(ws, fld)
 b1, b2, b3, b4 = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-if b1.button(
+b1.button(
     f"Assign '{value}' to {len(selected):,} selected",
     key=K.assign_btn,
     type="primary",
     disabled=not selected,
     width="stretch",
-):
-    source = "cluster" if not desel else "selection"
-    eid = store.assign(selected, fld, value, annotator=who, source=source)
-    state.flash(f"Labeled {len(selected):,} faces {fld}={value} (event {eid}).")
-    st.rerun()
-if b2.button("Select all", key=K.select_all_btn, width="stretch"):
-    state.reset_selection(cluster)
-    st.rerun()
-if b3.button("Select none", key=K.select_none_btn, width="stretch"):
-    state.reset_selection(cluster, none_of=members)
-    st.rerun()
+    on_click=assign,
+    args=(selected, fld, value, "cluster" if not desel else "selection"),
+)
+b2.button(
+    "Select all", key=K.select_all_btn, width="stretch",
+    on_click=state.reset_selection, args=(cluster,),
+)  # fmt: skip
+b3.button(
+    "Select none", key=K.select_none_btn, width="stretch",
+    on_click=state.reset_selection, args=(cluster,), kwargs={"none_of": members},
+)  # fmt: skip
 with b4:
     components.undo_redo(ws)
 
@@ -84,7 +123,7 @@ g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
     "Untick a face to leave it out (outliers)."
 )
-outliers_first = g2.toggle("Most outlying first", key="outliers_first")
+outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
 page = g3.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=K.grid_page)
 ordered = members[::-1] if outliers_first else members
 shown = ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
@@ -108,53 +147,44 @@ with st.expander("Split or merge this cluster", expanded=False):
     noise = cluster < 0
     s1, s2 = st.columns(2)
     with s1:
-        if st.button(
+        st.button(
             f"Move the {len(desel):,} unselected faces to a new cluster",
             key=K.split_out_btn,
             disabled=noise or not desel or not selected,
-        ):
-            new = runs.split_out(ws, run, desel, cluster=cluster)
-            state.reset_selection(cluster)
-            state.flash(f"Split cluster {cluster}: new run {new}.")
-            st.rerun()
+            on_click=split_out,
+            args=(cluster, sorted(desel)),
+        )
         k = st.number_input("Parts", 2, 8, 2, key=K.split_k)
-        if st.button(f"Split into {k} by similarity", key=K.split_k_btn, disabled=noise):
-            X = runs.run_vectors(ws, run)  # None: split on the 2-D map
-            new = runs.split_kmeans(ws, run, X, cluster=cluster, k=int(k))
-            state.reset_selection(cluster)
-            state.flash(f"Split cluster {cluster} into {k}: new run {new}.")
-            st.rerun()
+        st.button(
+            f"Split into {k} by similarity", key=K.split_k_btn, disabled=noise,
+            on_click=split_k, args=(cluster,),
+        )  # fmt: skip
     with s2:
         targets = [c for c in options if c >= 0 and c != cluster]
-        target = (
-            st.selectbox("Merge into", targets, key=f"{K.merge_target}_{cluster}")
-            if targets
-            else None
-        )
-        if st.button("Merge", key=K.merge_btn, disabled=noise or target is None):
-            new = runs.merge(ws, run, source=cluster, target=int(target))
-            state.set_cluster(int(target))
-            state.flash(f"Merged cluster {cluster} into {target}: new run {new}.")
-            st.rerun()
-        parent = run.params.get("parent")
-        if st.button("Revert last split/merge", key=K.revert_btn, disabled=not parent):
-            back = runs.revert_run(ws, run)
-            state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
-            st.rerun()
+        merge_key = f"{K.merge_target}_{cluster}"
+        if targets:
+            st.selectbox("Merge into", targets, key=merge_key)
+        st.button(
+            "Merge", key=K.merge_btn, disabled=noise or not targets,
+            on_click=merge, args=(cluster, merge_key),
+        )  # fmt: skip
+        st.button(
+            "Revert last split/merge", key=K.revert_btn,
+            disabled=not run.params.get("parent"), on_click=revert,
+        )  # fmt: skip
 
 # --- more like this --------------------------------------------------------------------------
 with st.expander("More like this", expanded=state.knn_query() is not None):
-    q1, q2, q3 = st.columns([3, 1, 1])
+    q1, q2, q3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     query = q1.selectbox(
         "Face", shown, key=K.knn_face, format_func=lambda f: f"{f} ({labels.get(f, '—')})"
     )
     k = q2.number_input("Neighbours", 4, 200, 24, step=4, key=K.knn_k)
-    if q3.button("Find similar", key=K.knn_btn) and query:
-        state.set_knn_query(query)
-    if state.knn_query():
-        q = state.knn_query()
+    q3.button("Find similar", key=K.knn_btn, on_click=state.set_knn_query, args=(query,))
+    q = state.knn_query()
+    if q:
         st.image(
-            data.crop_bytes(ws, q) or components._placeholder(), caption=f"query {q}", width=128
+            data.crop_bytes(ws, q) or components.placeholder(), caption=f"query {q}", width=128
         )
         near = data.more_like_this(ws, view, q, k=int(k))
         picked = components.thumb_grid(
@@ -164,11 +194,9 @@ with st.expander("More like this", expanded=state.knn_query() is not None):
             checked=lambda f: True,
             captions=components.caption_for(labels),
         )
-        if st.button(
+        st.button(
             f"Assign '{value}' to the query and {len(picked)} ticked neighbours",
             key=K.knn_assign_btn,
-        ):
-            eid = store.assign([q, *picked], fld, value, annotator=who, source="selection")
-            state.set_knn_query(None)
-            state.flash(f"Labeled {len(picked) + 1} faces {fld}={value} (event {eid}).")
-            st.rerun()
+            on_click=knn_assign,
+            args=([q, *picked], fld, value),
+        )

@@ -26,6 +26,13 @@ run = view.run
 store = data.store(ws)
 schema = data.schema(ws)
 
+
+def assign(face_ids: list[str], fld: str, value: str) -> None:
+    eid = store.assign(face_ids, fld, value, annotator=state.annotator(), source="selection")
+    state.set_map_selection(None)
+    state.flash(f"Labeled {len(face_ids):,} faces {fld}={value} (event {eid}).")
+
+
 fld, value = components.label_picker(schema, key_field=K.assign_field, key_value=K.assign_value)
 color_by = st.radio(
     "Colour by", ["cluster", "label", "suggestion"], horizontal=True, key=K.map_color
@@ -55,19 +62,13 @@ if len(rows):
         f"**{len(rows):,} faces selected** · " + ", ".join(f"{k} {v}" for k, v in mix.items())
     )
     b1, b2 = st.columns([3, 1])
-    if b1.button(
-        f"Assign '{value}' to the {len(rows):,} selected faces",
-        key=K.map_assign_btn,
-        type="primary",
-    ):
-        ids = run.face_ids[rows].tolist()
-        eid = store.assign(ids, fld, value, annotator=state.annotator(), source="selection")
-        state.set_map_selection(None)
-        state.flash(f"Labeled {len(ids):,} faces {fld}={value} (event {eid}).")
-        st.rerun()
-    if b2.button("Clear selection", key=K.map_clear_btn):
-        state.set_map_selection(None)
-        st.rerun()
+    b1.button(
+        f"Assign '{value}' to the {len(rows):,} selected faces", key=K.map_assign_btn,
+        type="primary", on_click=assign, args=(run.face_ids[rows].tolist(), fld, value),
+    )  # fmt: skip
+    b2.button(
+        "Clear selection", key=K.map_clear_btn, on_click=state.set_map_selection, args=(None,)
+    )
     preview = [str(f) for f in run.face_ids[rows[np.argsort(run.outlier_score[rows])][:16]]]
     st.caption("Most central selected faces")
     cols = st.columns(8)

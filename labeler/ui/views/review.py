@@ -3,6 +3,7 @@ reject in bulk."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from labeler.ui import components, data, state
@@ -12,11 +13,10 @@ PAGE_SIZE = 48
 
 ws = state.workspace()
 st.header("Review", divider="gray")
-state.show_flash()
 store = data.store(ws)
 schema = store.schema()
 names = schema.names
-who = state.annotator()
+state.show_flash()
 
 c1, c2, c3 = st.columns([1, 2, 2])
 with c1:
@@ -66,22 +66,32 @@ ticked = components.thumb_grid(
 )  # fmt: skip
 chosen = page[page["face_id"].isin(ticked)]
 
-b1, b2, b3 = st.columns(3)
-if b1.button(
-    f"Accept {len(chosen)} ticked", key=K.review_accept_btn, type="primary", disabled=chosen.empty
-):
-    events = store.accept(chosen, fld, annotator=who, value_column=value_col)
-    state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Accepted {len(chosen)} ({len(events)} events).")
-    st.rerun()
-if b2.button(f"Reject {len(chosen)} ticked", key=K.review_reject_btn, disabled=chosen.empty):
-    store.reject(chosen, fld, annotator=who, kind="suspect" if suspects else "suggestion")
-    state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Rejected {len(chosen)}.", "info")
-    st.rerun()
-if b3.button(f"Accept all {len(items):,} ≥ {min_conf:.2f}", key=K.review_accept_all_btn):
-    events = store.accept(items, fld, annotator=who, value_column=value_col)
+
+def accept(items: pd.DataFrame) -> None:
+    events = store.accept(items, fld, annotator=state.annotator(), value_column=value_col)
     state.clear_widget_keys(REVIEW_PREFIX)
     state.flash(f"Accepted {len(items):,} ({len(events)} events).")
-    st.rerun()
+
+
+def reject(items: pd.DataFrame) -> None:
+    store.reject(
+        items, fld, annotator=state.annotator(), kind="suspect" if suspects else "suggestion"
+    )
+    state.clear_widget_keys(REVIEW_PREFIX)
+    state.flash(f"Rejected {len(items):,}.", "info")
+
+
+b1, b2, b3 = st.columns(3)
+b1.button(
+    f"Accept {len(chosen)} ticked", key=K.review_accept_btn, type="primary",
+    disabled=chosen.empty, on_click=accept, args=(chosen,),
+)  # fmt: skip
+b2.button(
+    f"Reject {len(chosen)} ticked", key=K.review_reject_btn,
+    disabled=chosen.empty, on_click=reject, args=(chosen,),
+)  # fmt: skip
+b3.button(
+    f"Accept all {len(items):,} ≥ {min_conf:.2f}", key=K.review_accept_all_btn,
+    on_click=accept, args=(items,),
+)  # fmt: skip
 components.undo_redo(ws)

@@ -34,6 +34,18 @@ def _add_value(field_name: str) -> None:
         state.flash(str(exc), "error")
 
 
+def _add_field() -> None:
+    name = str(st.session_state.get(K.new_field_name, "")).strip()
+    values = str(st.session_state.get(K.new_field_values, ""))
+    try:
+        store.add_field(name, [v for v in values.split(",") if v.strip()])
+        state.flash(f"Added field {name!r}.")
+        st.session_state[K.new_field_name] = ""
+        st.session_state[K.new_field_values] = ""
+    except ValueError as exc:
+        state.flash(str(exc), "error")
+
+
 st.subheader("Label schema")
 schema = store.schema()
 for f in schema.fields:
@@ -48,12 +60,6 @@ for f in schema.fields:
 with st.container(border=True):
     st.markdown("**Add a field**")
     c1, c2, c3 = st.columns([1, 2, 1])
-    fname = c1.text_input("Field name", key=K.new_field_name)
-    fvalues = c2.text_input("Values, comma separated", key=K.new_field_values)
-    if c3.button("Add field", key=K.new_field_btn, disabled=not fname.strip()):
-        try:
-            store.add_field(fname, [v for v in fvalues.split(",") if v.strip()])
-            state.flash(f"Added field {fname.strip()!r}.")
-            st.rerun()
-        except ValueError as exc:
-            st.error(str(exc))
+    c1.text_input("Field name", key=K.new_field_name)
+    c2.text_input("Values, comma separated", key=K.new_field_values)
+    c3.button("Add field", key=K.new_field_btn, on_click=_add_field)

@@ -1,0 +1,169 @@
+"""The feature set the tool clusters on: stored blocks combined into one matrix.
+
+A *spec* names stored feature sets (``labeler.embeddings.store`` keys) joined by ``+``, each
+optionally weighted with ``*w``::
+
+    "cues__face"                                        colour-invariant mask cues only
+    "cues__face+timm-efficientnet_lite0__lower*0.5"     cues plus half-weight CNN lower face
+    "auto"                                              the default (see AUTO_BLOCKS)
+
+Each block is standardised per column, reduced by PCA to at most ``dims`` components
+(fitted on that block only), scaled so its total variance equals its weight (so a 1280-d CNN
+block cannot drown 80 cue columns), then the blocks are concatenated and every row is
+L2-normalised. :func:`combine_blocks` is the pure function; :func:`load_features` reads the
+workspace.
+
+Example::
+
+    face_ids, X = load_features(ws)            # (N,), (N, D) float32, rows unit length
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# "auto": the blocks tried in order, with their weights; missing ones are skipped (logged).
+# Chosen from bench/bench_effort.py (see bench/EFFORT.md): the mask cues carry the state, the
+# lower-face CNN regions add shape detail the cues miss.
+AUTO_BLOCKS: tuple[tuple[str, float], ...] = (
+    ("cues__face", 1.0),
+    ("{backbone}__nose", 0.35),
+    ("{backbone}__mouth_chin", 0.35),
+)
+# used for "auto" when no block of AUTO_BLOCKS is stored
+AUTO_FALLBACK_REGIONS = ("lower", "face")
+DEFAULT_DIMS = 32
+
+
+def parse_spec(spec: str) -> list[tuple[str, float]]:
+    """``"a+b*0.5"`` -> ``[("a", 1.0), ("b", 0.5)]``."""
+    out: list[tuple[str, float]] = []
+    for part in spec.split("+"):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"empty block in feature spec {spec!r}; write e.g. 'cues__face+KEY*0.5'")
+        key, _, w = part.partition("*")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {w!r} in feature spec {spec!r}; write KEY*0.5") from None
+        if weight <= 0:
+            raise ValueError(f"weight of {key!r} must be > 0 in feature spec {spec!r}")
+        out.append((key.strip(), weight))
+    return out
+
+
+def _pca(Z: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    n, d = Z.shape
+    k = min(dims, d, max(n - 1, 1))
+    if k >= d:
+        return Z
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=k, random_state=seed, svd_solver="auto").fit_transform(Z).astype(np.float32)
+
+
+def combine_blocks(
+    blocks: Sequence[np.ndarray],
+    *,
+    weights: Sequence[float] | None = None,
+    dims: int = DEFAULT_DIMS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Combine feature blocks (each (N, D_i)) into one (N, D) float32 matrix of unit rows.
+
+    weights: relative weight per block (default 1 each): the share of the total variance a
+    block gets. dims: PCA components kept per block (typical 16-64; a block with fewer
+    columns is kept whole).
+    """
+    if not blocks:
+        raise ValueError("no feature blocks to combine; run 'labeler embed' first")
+    n = len(blocks[0])
+    weights = [1.0] * len(blocks) if weights is None else list(weights)
+    if len(weights) != len(blocks):
+        raise ValueError(f"{len(blocks)} blocks but {len(weights)} weights")
+    parts = []
+    for B, w in zip(blocks, weights):
+        B = np.asarray(B, dtype=np.float32)
+        if B.ndim != 2 or len(B) != n:
+            raise ValueError(f"every block needs {n} rows (N, D); got shape {B.shape}")
+        Z = (B - B.mean(0)) / (B.std(0) + 1e-6)
+        Z = _pca(Z, dims, seed)
+        total = float((Z**2).sum() / max(n, 1))
+        parts.append(Z * np.sqrt(w / max(total, 1e-12)))
+    X = np.concatenate(parts, axis=1)
+    X /= np.clip(np.linalg.norm(X, axis=1, keepdims=True), 1e-12, None)
+    return X.astype(np.float32)
+
+
+def _default_backbone() -> str:
+    try:
+        from labeler.embeddings.backbones import DEFAULT_BACKBONE
+        from labeler.embeddings.store import embedding_key
+
+        return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
+    except Exception:  # an older embeddings module: the documented default key prefix
+        return "timm-efficientnet_lite0"
+
+
+def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
+    """The blocks ``spec`` means for a workspace holding the ``stored`` keys.
+
+    ``auto`` keeps the present blocks of :data:`AUTO_BLOCKS` (logging the missing ones); with
+    none present it falls back to one stored CNN block (lower face, then whole face, then any).
+    """
+    stored = list(stored)
+    if spec != "auto":
+        blocks = parse_spec(spec)
+        missing = [k for k, _ in blocks if k not in stored]
+        if missing:
+            hint = "labeler embed --cues" if any(k.startswith("cues") for k in missing) else "labeler embed"
+            raise ValueError(
+                f"feature spec {spec!r} names {', '.join(missing)}, not stored "
+                f"(stored: {', '.join(stored) or 'none'}); run '{hint}'"
+            )
+        return blocks
+    backbone = _default_backbone()
+    wanted = [(k.format(backbone=backbone), w) for k, w in AUTO_BLOCKS]
+    blocks = [(k, w) for k, w in wanted if k in stored]
+    missing = [k for k, _ in wanted if k not in stored]
+    if missing:
+        log.warning("features 'auto': %s not stored; using %s", ", ".join(missing), ", ".join(k for k, _ in blocks) or "a fallback")
+    if blocks:
+        return blocks
+    for region in AUTO_FALLBACK_REGIONS:
+        key = f"{backbone}__{region}"
+        if key in stored:
+            return [(key, 1.0)]
+    if stored:
+        return [(stored[0], 1.0)]
+    raise ValueError("the workspace has no stored features; run 'labeler embed' first")
+
+
+def load_features(
+    ws: Any, spec: str = "auto", *, dims: int = DEFAULT_DIMS, face_ids: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(face_ids (N,), X (N, D) float32)`` for ``spec`` in faces.parquet order.
+
+    See the module docstring for the spec syntax and the combination. Raises ``ValueError``
+    naming the command to run when a named block is not stored.
+    """
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+
+    stored = list(list_embeddings(ws))
+    blocks = resolve_spec(spec, stored)
+    if face_ids is None:
+        face_ids = ws.require_faces()["face_id"].to_numpy(dtype=object)
+    mats = []
+    for key, _ in blocks:
+        _, B = load_embeddings(ws, key, face_ids=face_ids)
+        mats.append(B)
+    log.info("features %s -> %s", spec, " + ".join(f"{k}*{w:g}" for k, w in blocks))
+    X = combine_blocks(mats, weights=[w for _, w in blocks], dims=dims)
+    return np.asarray(face_ids, dtype=object), X

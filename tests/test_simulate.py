@@ -1,0 +1,134 @@
+"""The labeling-effort metric and the simulated annotator, on hand-made cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labeler.simulate import (
+    InteractiveConfig,
+    effort_from_curve,
+    grouping_scores,
+    noise_as_singletons,
+    simulate,
+)
+
+
+def test_perfect_grouping_gives_n_over_classes():
+    truth = np.repeat(["a", "b", "c", "d"], 25)
+    groups = np.repeat([3, 1, 0, 2], 25)
+    res = simulate(groups, truth)
+    assert res.actions98 == 4 and res.eff98 == pytest.approx(100 / 4)
+    assert res.eff95 == res.eff99 == pytest.approx(25.0)
+    assert res.nmi == pytest.approx(1.0) and res.purity == pytest.approx(1.0)
+    assert res.actions_total == 4 and res.kinds == {"bulk": 4}
+
+
+def test_one_by_one_is_one():
+    truth = np.array(list("aabbbcccc"))
+    res = simulate(np.full(len(truth), -1), truth)
+    assert res.eff95 == res.eff98 == res.eff99 == pytest.approx(1.0)
+    assert res.actions_total == len(truth)
+
+
+def test_noise_points_are_groups_of_one():
+    # group 0: six "a"; four noise faces b, b, b, a. Noise as ONE group would take 1 action
+    # (majority b) and leave the a wrong; as singletons it takes 4 actions, all right.
+    truth = np.array(["a"] * 6 + ["b", "b", "b", "a"])
+    groups = np.array([0] * 6 + [-1] * 4)
+    res = simulate(groups, truth)
+    assert res.kinds == {"bulk": 5}
+    assert res.actions95 == 5 and res.eff95 == pytest.approx(10 / 5)
+    assert list(res.curve) == [6, 7, 8, 9, 10]
+    assert noise_as_singletons(groups).tolist() == [0] * 6 + [1, 2, 3, 4]
+
+
+def test_mixed_group_then_corrections():
+    truth = np.array(["a"] * 7 + ["b"] * 3)
+    res = simulate(np.zeros(10, int), truth)
+    assert list(res.curve) == [7, 8, 9, 10]
+    assert res.actions95 == 4 and res.eff95 == pytest.approx(2.5)
+    assert res.kinds == {"bulk": 1, "correct": 3}
+    assert res.purity == pytest.approx(0.7)
+
+
+def test_biggest_groups_first_and_threshold_crossing():
+    # a 90-face pure group, then ten singletons: 95 % is first reached after 6 actions
+    truth = np.array(["a"] * 90 + ["b"] * 10)
+    groups = np.array([5] * 90 + list(range(10)))
+    res = simulate(groups, truth)
+    assert res.curve[0] == 90
+    assert res.actions95 == 6 and res.eff95 == pytest.approx(95 / 6)
+    assert res.actions99 == 10 and res.eff99 == pytest.approx(99 / 10)
+
+
+def test_effort_from_curve_unreached():
+    assert effort_from_curve(np.array([1, 2]), 10, 95) == (0.0, -1)
+    assert effort_from_curve(np.array([5, 10]), 10, 95) == (5.0, 2)
+
+
+def test_scores_of_random_grouping_are_low():
+    rng = np.random.default_rng(0)
+    truth = rng.choice(["a", "b"], 500)
+    s = grouping_scores(rng.integers(0, 4, 500), truth)
+    assert s["nmi"] < 0.05 and abs(s["ari"]) < 0.05
+
+
+def test_bad_inputs_say_what_was_received():
+    with pytest.raises(ValueError, match="groups has shape"):
+        simulate(np.zeros(3), np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="needs features"):
+        simulate(np.zeros(3), np.array(["a", "b", "a"]), strategy="interactive")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        simulate(np.zeros(3), np.array(["a", "b", "a"]), strategy="magic")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-1, 5), st.sampled_from("abc")), min_size=1, max_size=60)
+)
+def test_plain_curve_laws(rows):
+    groups = np.array([g for g, _ in rows])
+    truth = np.array([t for _, t in rows])
+    res = simulate(groups, truth)
+    curve = res.curve
+    assert curve[-1] == len(truth)  # always ends with everything right
+    assert (np.diff(curve) >= 0).all()  # plain never makes things worse
+    assert (curve >= np.arange(1, len(curve) + 1)).all()  # each action gains >= 1 face
+    for lv in (95, 98, 99):
+        assert getattr(res, f"eff{lv}") >= 1.0
+
+
+def _blobs(n_per: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, 8) * 6.0
+    X = np.concatenate([c + rng.normal(size=(n_per, 8)) for c in centres]).astype(np.float32)
+    truth = np.repeat(["no_mask", "correct", "on_chin"], n_per)
+    return X, truth
+
+
+def test_interactive_beats_plain_on_a_poor_grouping():
+    X, truth = _blobs()
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, 6, len(truth))  # a grouping that ignores the mask entirely
+    plain = simulate(groups, truth)
+    inter = simulate(groups, truth, strategy="interactive", features=X)
+    assert inter.curve[-1] == len(truth)
+    assert plain.eff98 < 3.0
+    assert inter.eff98 > 3 * plain.eff98
+    assert inter.actions_total == sum(inter.kinds.values())
+    assert set(inter.kinds) <= {"bulk", "split", "accept", "dismiss", "correct"}
+
+
+def test_interactive_ignores_label_names_and_is_deterministic():
+    X, truth = _blobs(seed=2)
+    groups = np.random.default_rng(3).integers(0, 5, len(truth))
+    renamed = np.array([{"no_mask": "x1", "correct": "x2", "on_chin": "x3"}[t] for t in truth])
+    cfg = InteractiveConfig(method="probe")
+    a = simulate(groups, truth, strategy="interactive", features=X, config=cfg)
+    b = simulate(groups, renamed, strategy="interactive", features=X, config=cfg)
+    c = simulate(groups, truth, strategy="interactive", features=X, config=cfg)
+    assert a.actions98 == c.actions98 and np.array_equal(a.curve, c.curve)
+    assert a.kinds["bulk"] == b.kinds["bulk"]
