@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "maskedfacenet_1024" / "images"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "maskedfacenet_1024" / "images"
+)
 
 
 def _images(data: Path, repeat: int, workdir: Path) -> Path:
@@ -74,7 +76,13 @@ def bench_embed(crops: np.ndarray, device: str) -> dict[str, float]:
     from labeler.embeddings import get_backbone
 
     out: dict[str, float] = {}
-    eager = get_backbone("timm:efficientnet_lite0", device=device, runtime="torch", precision="fp32", channels_last=False)
+    eager = get_backbone(
+        "timm:efficientnet_lite0",
+        device=device,
+        runtime="torch",
+        precision="fp32",
+        channels_last=False,
+    )
     fast = get_backbone("timm:efficientnet_lite0", device=device)
     for name, bb in (("eager", eager), ("labeler", fast)):
         bb.embed(crops[:32])  # warm-up (ONNX export / CUDA init)
@@ -95,7 +103,13 @@ def naive_e2e(files: list[Path], device: str) -> float:
     from labeler.embeddings import get_backbone
 
     det = get_detector("mediapipe")
-    bb = get_backbone("timm:efficientnet_lite0", device=device, runtime="torch", precision="fp32", channels_last=False)
+    bb = get_backbone(
+        "timm:efficientnet_lite0",
+        device=device,
+        runtime="torch",
+        precision="fp32",
+        channels_last=False,
+    )
     t = time.perf_counter()
     batch: list[np.ndarray] = []
     n = 0
@@ -122,15 +136,29 @@ def labeler_e2e(images: Path, workdir: Path, device: str) -> tuple[float, dict[s
 
     ws = Workspace.open(workdir / "ws", create=True)
     t = time.perf_counter()
-    res = run_pipeline(images, ws, config=RunConfig(device=device, cluster=False, features="face"))
+    res = run_pipeline(
+        images,
+        ws,
+        config=RunConfig(
+            device=device,
+            cluster=False,
+            features="face",
+            workers=os.cpu_count(),
+            batch_size=256 if device == "cuda" else 64,
+        ),
+    )
     dt = time.perf_counter() - t
     return res.faces / dt, res.timings, res.faces
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--repeat", type=int, default=1, help="copies of the image set (for big machines)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="copies of the image set (for big machines)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -152,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.update(bench_detect(files[:100]))
         det = get_detector("mediapipe")
         crops = [c for f in files[:64] for _, c in detect_and_align(f, det)]
-        crops224 = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_AREA) for c in crops])
+        crops224 = np.stack(
+            [cv2.resize(c, (224, 224), interpolation=cv2.INTER_AREA) for c in crops]
+        )
         reps = max(1, 256 // len(crops224))
         rows.update(bench_embed(np.concatenate([crops224] * reps), args.device))
         rows["e2e_naive_faces_s"] = naive_e2e(files, args.device)
@@ -165,17 +195,32 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = rows["e2e_labeler_faces_s"] / rows["e2e_naive_faces_s"]  # type: ignore[operator]
     table = [
-        ("decode 1024 JPEG, ms/img", f"{rows['decode_full_ms']:.1f} (cv2 full)", f"{rows['decode_draft_ms']:.1f} (DCT-scaled)"),
+        (
+            "decode 1024 JPEG, ms/img",
+            f"{rows['decode_full_ms']:.1f} (cv2 full)",
+            f"{rows['decode_draft_ms']:.1f} (DCT-scaled)",
+        ),
         ("detect, ms/img", "", f"{rows['detect_ms']:.1f}"),
-        ("embed, crops/s", f"{rows['embed_eager_crops_s']:.0f} (torch eager)", f"{rows['embed_labeler_crops_s']:.0f} ({rows['embed_runtime']})"),
-        ("end-to-end, faces/s", f"{rows['e2e_naive_faces_s']:.1f} (naive)", f"{rows['e2e_labeler_faces_s']:.1f} (labeler run)"),
+        (
+            "embed, crops/s",
+            f"{rows['embed_eager_crops_s']:.0f} (torch eager)",
+            f"{rows['embed_labeler_crops_s']:.0f} ({rows['embed_runtime']})",
+        ),
+        (
+            "end-to-end, faces/s",
+            f"{rows['e2e_naive_faces_s']:.1f} (naive)",
+            f"{rows['e2e_labeler_faces_s']:.1f} (labeler run)",
+        ),
         ("labeler vs naive", "", f"{ratio:.2f}x"),
     ]
     print(f"\n{rows['images']} images, {rows['e2e_faces']} faces, {rows['cores']} cores")
     print(f"{'stage':<26}{'naive':<28}{'labeler':<28}")
     for name, a, b in table:
         print(f"{name:<26}{a:<28}{b:<28}")
-    print("labeler step seconds: " + ", ".join(f"{k[8:-2]} {v:.2f}" for k, v in rows.items() if k.startswith("labeler_")))
+    print(
+        "labeler step seconds: "
+        + ", ".join(f"{k[8:-2]} {v:.2f}" for k, v in rows.items() if k.startswith("labeler_"))
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
     return 0

@@ -117,6 +117,7 @@ def session(
     review_batch: int = 3,
     review_depth: int = 40,
     checked_weight: float = 3.0,
+    predictor: object = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels after at most ``actions`` simulated actions (see module doc); "" = unlabeled.
 
@@ -125,6 +126,8 @@ def session(
     (label -> prediction) group (1 action), then walk the review queue (disagreements first,
     then smallest margin; at most ``review_depth`` faces looked at) correcting up to
     ``review_batch`` wrong faces (1 action each; corrected faces weigh ``checked_weight``).
+    ``predictor(labels, checked) -> (N, C) probs over sorted classes`` replaces the head on
+    ``X`` (e.g. cross-fitted fine-tuned CNNs on the crops).
     """
     cur = np.full(len(truth), "", dtype=object)
     checked = np.zeros(len(truth), bool)
@@ -139,23 +142,25 @@ def session(
         cur[m] = _majority(truth[m])
         log_.append(f"bulk cluster {g} ({m.sum()} faces) -> {cur[m][0]}")
     dismissed: set[tuple[str, str]] = set()
-    while strategy == "guided" and len(log_) < actions:
+    while strategy.startswith("guided") and len(log_) < actions:
         lab = cur != ""
         classes = sorted(set(cur[lab]))
         if len(classes) < 2:
             break
         n_before = len(log_)
-        P = np.zeros((len(cur), len(classes)))
-        # out-of-fold for labeled faces (corrected faces count several times), fit for the rest
-        Xl, yl = X[lab], cur[lab]
-        rep = np.where(checked[lab], int(checked_weight), 1)
-        P[lab] = cross_val_proba(
-            np.repeat(Xl, rep, 0), np.repeat(yl, rep), folds=5, classes=classes, seed=seed
-        )[np.cumsum(rep) - rep]
-        if (~lab).any():
-            P[~lab] = fit_head(
-                np.repeat(Xl, rep, 0), np.repeat(yl, rep), classes=classes
-            ).predict_proba(X[~lab])
+        if predictor is not None:
+            P = predictor(cur, checked, classes)
+        else:
+            # out-of-fold for labeled faces (corrected faces count several times), fit for the rest
+            P = np.zeros((len(cur), len(classes)))
+            Xl, yl = X[lab], cur[lab]
+            rep = np.where(checked[lab], int(checked_weight), 1)
+            Xr, yr = np.repeat(Xl, rep, 0), np.repeat(yl, rep)
+            P[lab] = cross_val_proba(Xr, yr, folds=5, classes=classes, seed=seed)[
+                np.cumsum(rep) - rep
+            ]
+            if (~lab).any():
+                P[~lab] = fit_head(Xr, yr, classes=classes).predict_proba(X[~lab])
         pred = np.asarray(classes, dtype=object)[P.argmax(1)]
         srt = np.sort(P, 1)
         margin = srt[:, -1] - srt[:, -2]
@@ -260,6 +265,55 @@ def run_finetune(
     return np.asarray(classes, dtype=object)[probs.argmax(1)]
 
 
+def cnn_predictor(ws: Workspace, face_ids: np.ndarray, args: argparse.Namespace, folds: int = 2):
+    """Cross-fitted fine-tuned CNNs as the session's guide: ``folds`` models, each trained on
+    the other folds' current labels, predict the faces they did not see -> (N, C) probs."""
+    import tempfile
+
+    from labeler.train.finetune import FinetuneConfig, finetune
+
+    paths = [ws.crop_path(f) for f in face_ids]
+    cfg = FinetuneConfig(
+        epochs=args.guide_epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.workers,
+        patience=100,
+        seed=args.seed,
+        weights=args.weights,
+    )
+
+    def predict(cur: np.ndarray, checked: np.ndarray, classes: list[str]) -> np.ndarray:
+        from sklearn.model_selection import StratifiedKFold
+
+        code = {c: i for i, c in enumerate(classes)}
+        lab = np.flatnonzero(cur != "")
+        y = np.full(len(cur), 0)
+        y[lab] = [code[v] for v in cur[lab]]
+        P = np.full((len(cur), len(classes)), 1.0 / len(classes))
+        skf = StratifiedKFold(folds, shuffle=True, random_state=args.seed)
+        for tr, te in skf.split(lab, y[lab]):
+            # the held-out fold (and the unlabeled faces) are predicted by the last epoch
+            rest = np.setdiff1d(np.arange(len(cur)), lab[tr])
+            out = Path(tempfile.mkdtemp(prefix="bench_guide_"))
+            tr_idx = np.concatenate([lab[tr], np.repeat(lab[tr][checked[lab[tr]]], 2)])
+            res = finetune(
+                [paths[i] for i in range(len(cur))],
+                y,
+                classes=classes,
+                train_idx=tr_idx,
+                val_idx=rest,
+                out_dir=out,
+                config=cfg,
+                resume=False,
+            )
+            P[rest] = res.val_probs if len(te) else P[rest]
+        return P
+
+    return predict
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -273,7 +327,9 @@ def main() -> None:
     )
     ap.add_argument("--actions", type=int, default=30)
     ap.add_argument("--seed-clusters", type=int, default=20)
-    ap.add_argument("--sessions", default="plain,guided")
+    ap.add_argument(
+        "--sessions", default="plain,guided", help="plain, guided, guided-ft (CNN-guided, GPU)"
+    )
     ap.add_argument("--models", default="head,mlp", help="head, mlp, finetune")
     ap.add_argument("--oracle", action="store_true", help="also train on the pool's true labels")
     ap.add_argument("--device", default="auto")
@@ -282,6 +338,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument(
+        "--guide-epochs", type=int, default=6, help="epochs of the guiding CNNs (guided-ft)"
+    )
     ap.add_argument("--weights", default=None, help="ImageNet .pth (default: the weights package)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
@@ -310,6 +369,7 @@ def main() -> None:
     label_sets = {}
     for strategy in args.sessions.split(","):
         t0 = time.time()
+        guide = cnn_predictor(ws, face_ids[pool], args) if strategy == "guided-ft" else None
         cur, steps = session(
             X[pool],
             truth[pool],
@@ -317,6 +377,7 @@ def main() -> None:
             strategy=strategy,
             seed_clusters=args.seed_clusters,
             seed=args.seed,
+            predictor=guide,
         )
         labels = np.full(len(truth), "", dtype=object)
         labels[pool] = cur

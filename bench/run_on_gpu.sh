@@ -8,8 +8,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $(ls .gpu/whl/*.whl | grep -v protobuf) || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# mediapipe 0.10.21 wants protobuf<5; add it only if the image's protobuf cannot load it
+python3 -c "from mediapipe.python.solutions import face_detection" 2>/dev/null || \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/protobuf-*.whl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, timm, onnxruntime, numpy; print('torch', torch.__version__, 'timm', timm.__version__, 'ort', onnxruntime.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
 REPEAT=${REPEAT:-40}

@@ -194,7 +194,7 @@ def _cues_batch(crops: np.ndarray) -> np.ndarray:
     centres = 0.5 * (edges[1:] + edges[:-1])
     rows = [
         (int(round(a * S)), max(int(round(b * S)), int(round(a * S)) + 1))
-        for a, b in zip(edges[:-1], edges[1:])
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
     ]
     for xa, xb in PROFILE_COLUMNS.values():
         x0, x1 = int(round(xa * S)), int(round(xb * S))
@@ -244,20 +244,24 @@ def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tu
     Incremental by face_id: faces whose cues are already stored (same cue version) are kept;
     only new faces are computed (all of them with ``force``). Returns ``(computed, total)``.
     """
-    from labeler.embeddings.store import list_embeddings, load_embeddings, save_vectors
+    from labeler.embeddings.store import read_config, read_vectors, save_vectors
 
     faces = ws.require_faces()
     face_ids = faces["face_id"].to_numpy().astype(str)
     have_ids = np.zeros(0, str)
     have_X = np.zeros((0, len(cue_names())), np.float32)
-    if not force and CUES_KEY in set(_keys(list_embeddings(ws))):
+    cfg = read_config(ws, CUES_KEY) or {}
+    stored_cfg = cfg.get("config", cfg)
+    if not force and stored_cfg.get("version") == VERSION:
         try:
-            ids, X = load_embeddings(ws, CUES_KEY)
-            if X.shape[1] == len(cue_names()):
+            ids, X = read_vectors(ws, CUES_KEY)
+            if len(ids) and X.shape[1] == len(cue_names()):
                 have_ids, have_X = np.asarray(ids).astype(str), np.asarray(X, np.float32)
-        except Exception as exc:  # a broken or stale store: recompute everything
+        except Exception as exc:  # a broken store: recompute everything
             log.warning("ignoring stored cues (%s); recomputing", exc)
-    known = dict(zip(have_ids, range(len(have_ids))))
+    keep = np.isin(have_ids, face_ids)
+    have_ids, have_X = have_ids[keep], have_X[keep]
+    known = dict(zip(have_ids, range(len(have_ids)), strict=True))
     todo = [f for f in face_ids if f not in known]
     new_X = []
     for i in range(0, len(todo), batch_size):
@@ -277,17 +281,7 @@ def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tu
         "names": cue_names(),
         "work_size": WORK_SIZE,
     }
-    save_vectors(ws, CUES_KEY, face_ids, all_X[order], config)
+    save_vectors(
+        ws, CUES_KEY, face_ids, all_X[order], config, rerun=f"labeler embed --cues -w {ws.root}"
+    )
     return len(todo), len(face_ids)
-
-
-def _keys(listing: Any) -> list[str]:
-    """Embedding keys from whatever ``list_embeddings`` returns (list, dict or DataFrame)."""
-    if listing is None:
-        return []
-    if hasattr(listing, "columns"):
-        col = "key" if "key" in listing.columns else listing.columns[0]
-        return [str(k) for k in listing[col]]
-    if isinstance(listing, dict):
-        return [str(k) for k in listing]
-    return [str(k) if not isinstance(k, dict) else str(k.get("key")) for k in listing]

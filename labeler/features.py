@@ -47,7 +47,9 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     for part in spec.split("+"):
         part = part.strip()
         if not part:
-            raise ValueError(f"empty block in feature spec {spec!r}; write e.g. 'cues__face+KEY*0.5'")
+            raise ValueError(
+                f"empty block in feature spec {spec!r}; write e.g. 'cues__face+KEY*0.5'"
+            )
         key, _, w = part.partition("*")
         try:
             weight = float(w) if w else 1.0
@@ -61,12 +63,18 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
 
 def _pca(Z: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
     n, d = Z.shape
+    if dims <= 0:
+        return Z
     k = min(dims, d, max(n - 1, 1))
     if k >= d:
         return Z
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=k, random_state=seed, svd_solver="auto").fit_transform(Z).astype(np.float32)
+    return (
+        PCA(n_components=k, random_state=seed, svd_solver="auto")
+        .fit_transform(Z)
+        .astype(np.float32)
+    )
 
 
 def combine_blocks(
@@ -80,7 +88,7 @@ def combine_blocks(
 
     weights: relative weight per block (default 1 each): the share of the total variance a
     block gets. dims: PCA components kept per block (typical 16-64; a block with fewer
-    columns is kept whole).
+    columns is kept whole; 0 = no PCA).
     """
     if not blocks:
         raise ValueError("no feature blocks to combine; run 'labeler embed' first")
@@ -89,7 +97,7 @@ def combine_blocks(
     if len(weights) != len(blocks):
         raise ValueError(f"{len(blocks)} blocks but {len(weights)} weights")
     parts = []
-    for B, w in zip(blocks, weights):
+    for B, w in zip(blocks, weights, strict=True):
         B = np.asarray(B, dtype=np.float32)
         if B.ndim != 2 or len(B) != n:
             raise ValueError(f"every block needs {n} rows (N, D); got shape {B.shape}")
@@ -123,7 +131,11 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
         blocks = parse_spec(spec)
         missing = [k for k, _ in blocks if k not in stored]
         if missing:
-            hint = "labeler embed --cues" if any(k.startswith("cues") for k in missing) else "labeler embed"
+            hint = (
+                "labeler embed --cues"
+                if any(k.startswith("cues") for k in missing)
+                else "labeler embed"
+            )
             raise ValueError(
                 f"feature spec {spec!r} names {', '.join(missing)}, not stored "
                 f"(stored: {', '.join(stored) or 'none'}); run '{hint}'"
@@ -134,7 +146,11 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     blocks = [(k, w) for k, w in wanted if k in stored]
     missing = [k for k, _ in wanted if k not in stored]
     if missing:
-        log.warning("features 'auto': %s not stored; using %s", ", ".join(missing), ", ".join(k for k, _ in blocks) or "a fallback")
+        log.warning(
+            "features 'auto': %s not stored; using %s",
+            ", ".join(missing),
+            ", ".join(k for k, _ in blocks) or "a fallback",
+        )
     if blocks:
         return blocks
     for region in AUTO_FALLBACK_REGIONS:

@@ -73,7 +73,10 @@ def _probe(
         return np.ones((len(Xs), 1), np.float32)
     # class-balanced sample weights (the minority states are what the annotator hunts for)
     counts = np.array([w[lab][y[lab] == c].sum() for c in classes])
-    cw = {c: w[lab].sum() / (len(classes) * max(n, 1e-6)) for c, n in zip(classes, counts)}
+    cw = {
+        c: w[lab].sum() / (len(classes) * max(n, 1e-6))
+        for c, n in zip(classes, counts, strict=True)
+    }
     sw = w[lab] * np.array([cw[c] for c in y[lab]])
     clf = LogisticRegression(C=C, max_iter=2000)
     clf.fit(Xs[lab], y[lab], sample_weight=sw)

@@ -232,6 +232,12 @@ class LabelStore:
         return con
 
     def _init(self, con: sqlite3.Connection) -> None:
+        have = con.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()[0]
+        if have:  # created before (by anyone): no write lock needed
+            self._ready = True
+            return
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("%s: could not switch to WAL (journal_mode=%s)", self.db_path, mode)

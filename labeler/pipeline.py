@@ -16,8 +16,6 @@ from labeler.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "timm:efficientnet_lite0"
-# Used only when labeler.features cannot say which stored embeddings its spec needs.
-FALLBACK_REGIONS = ("face", "lower")
 
 
 @dataclass(frozen=True)
@@ -46,15 +44,29 @@ class RunResult:
 
 
 def feature_inputs(spec: str, backbone: str) -> tuple[list[str], bool]:
-    """Regions to embed with ``backbone`` and whether colour cues are needed for ``spec``."""
-    try:
-        from labeler.features import required_inputs
-    except ImportError:
-        return list(FALLBACK_REGIONS), True
-    return required_inputs(spec, backbone=backbone)
+    """Regions to embed with ``backbone`` and whether colour cues are needed for ``spec``.
+
+    ``spec`` is a :mod:`labeler.features` spec (``auto``, or stored keys joined by ``+``); a
+    bare region name (``face``, ``lower``...) means that one CNN block.
+    """
+    from labeler.embeddings.store import embedding_key
+    from labeler.features import AUTO_BLOCKS, parse_spec
+    from labeler.regions import REGIONS
+
+    if spec in REGIONS:
+        return [spec], False
+    prefix = embedding_key(backbone, "face").rsplit("__", 1)[0]
+    if spec == "auto":
+        keys = [k.format(backbone=prefix) for k, _ in AUTO_BLOCKS]
+    else:
+        keys = [k for k, _ in parse_spec(spec)]
+    regions = [k.rsplit("__", 1)[1] for k in keys if k.startswith(prefix + "__")]
+    return regions, any(k.startswith("cues__") for k in keys)
 
 
-def run_pipeline(folder: str | Path, ws: Workspace, *, config: RunConfig = RunConfig()) -> RunResult:
+def run_pipeline(
+    folder: str | Path, ws: Workspace, *, config: RunConfig = RunConfig()
+) -> RunResult:
     """Run every step on ``folder`` into ``ws``; returns a :class:`RunResult`.
 
     >>> run_pipeline("photos", Workspace.open("ws", create=True))  # doctest: +SKIP
@@ -86,7 +98,14 @@ def run_pipeline(folder: str | Path, ws: Workspace, *, config: RunConfig = RunCo
             t = time.perf_counter()
             backbone = get_backbone(config.backbone, device=config.device)
             for region in regions:
-                res = embed_faces(ws, backbone, region=region, batch_size=config.batch_size, progress=True)
+                res = embed_faces(
+                    ws,
+                    backbone,
+                    region=region,
+                    batch_size=config.batch_size,
+                    workers=config.workers or 2,
+                    progress=True,
+                )
                 embedded[res.key] = res.n_new
             timings["embed"] = time.perf_counter() - t
         if need_cues:
@@ -97,7 +116,9 @@ def run_pipeline(folder: str | Path, ws: Workspace, *, config: RunConfig = RunCo
             embedded["cues__face"] = new
             timings["cues"] = time.perf_counter() - t
         if config.cluster:
-            n_clusters, timings["cluster"] = _refresh_clusters(ws, config, changed=any(embedded.values()))
+            n_clusters, timings["cluster"] = _refresh_clusters(
+                ws, config, changed=any(embedded.values())
+            )
     else:
         log.warning("no faces found in %s; nothing to embed or cluster", folder)
 

@@ -372,3 +372,123 @@ def simulate(
 def with_strategy(config: InteractiveConfig, **changes: Any) -> InteractiveConfig:
     """A copy of ``config`` with ``changes`` (for benchmark sweeps)."""
     return replace(config, **changes)
+
+
+# --- workspace shell -------------------------------------------------------------------------
+
+
+def join_truth(
+    ws: Any, truth_csv: str, *, truth_column: str = "state", file_column: str = "file"
+) -> Any:
+    """faces.parquet rows with a ``truth`` column joined from a CSV by source image path.
+
+    A CSV ``file`` value matches an image whose path (relative to its ingested root) equals
+    it, or ends with it after whole path components (``images/a.jpg`` matches ``a.jpg``
+    entries and vice versa), or, last, has the same file name. Faces of images with no
+    truth row are dropped (logged). Every face of an image gets the image's label.
+    Returns a DataFrame with ``face_id`` and ``truth`` in faces.parquet order.
+    """
+    import pandas as pd
+
+    table = pd.read_csv(truth_csv)
+    for col in (truth_column, file_column):
+        if col not in table.columns:
+            raise ValueError(
+                f"{truth_csv} has no column {col!r} (columns: {', '.join(map(str, table.columns))}); "
+                "pass --truth-column/--file-column"
+            )
+    keys = table[file_column].astype(str).str.replace("\\", "/", regex=False).str.lstrip("./")
+    lookup = dict(zip(keys, table[truth_column].astype(str), strict=True))
+    by_name: dict[str, str | None] = {}
+    for k, v in lookup.items():
+        name = k.rsplit("/", 1)[-1]
+        by_name[name] = v if name not in by_name or by_name[name] == v else None
+
+    faces = ws.require_faces()
+    images = ws.images()
+    paths = dict(zip(images["image_id"], images["path"].astype(str), strict=True))
+
+    def find(path: str | None) -> str | None:
+        if path is None:
+            return None
+        parts = path.replace("\\", "/").split("/")
+        for i in range(len(parts)):
+            hit = lookup.get("/".join(parts[i:]))
+            if hit is not None:
+                return hit
+        for k, v in lookup.items():  # a CSV path longer than the ingested relative path
+            if k.endswith("/" + path):
+                return v
+        return by_name.get(parts[-1])
+
+    cache: dict[str, str | None] = {}
+    truth = []
+    for image_id in faces["image_id"]:
+        if image_id not in cache:
+            cache[image_id] = find(paths.get(image_id))
+        truth.append(cache[image_id])
+    out = pd.DataFrame({"face_id": faces["face_id"].astype(str), "truth": truth})
+    missing = int(out["truth"].isna().sum())
+    if missing == len(out):
+        raise ValueError(
+            f"no face of the workspace matched a row of {truth_csv} by {file_column!r}; "
+            "check --file-column (it must hold image paths relative to the ingested folder)"
+        )
+    if missing:
+        log.warning(
+            "%d of %d faces have no truth row in %s; left out", missing, len(out), truth_csv
+        )
+    return out.dropna(subset=["truth"]).reset_index(drop=True)
+
+
+def simulate_workspace(
+    ws: Any,
+    truth_csv: str,
+    *,
+    truth_column: str = "state",
+    file_column: str = "file",
+    run_id: str | None = None,
+    features: str = "auto",
+    config: InteractiveConfig | None = None,
+) -> tuple[dict[str, EffortResult], dict[str, Any]]:
+    """Plain and interactive effort for the workspace's cluster run ``run_id`` (None = current).
+
+    Returns ``({"plain": ..., "interactive": ...}, info)`` where ``info`` names the run, the
+    feature spec and the face counts; the summaries are also written to
+    ``clusters/<run_id>/simulation.json``.
+    """
+    from labeler.cluster.store import load_run
+    from labeler.features import load_features
+    from labeler.workspace import align_to_faces, write_json
+
+    truth = join_truth(ws, truth_csv, truth_column=truth_column, file_column=file_column)
+    run = load_run(ws, run_id)
+    ids = truth["face_id"].to_numpy(dtype=str)
+    fix = f"re-run 'labeler cluster -w {ws.root}'"
+    groups = align_to_faces(ids, run.face_ids, run.labels, what="the cluster run", fix=fix)
+    fids, X = load_features(ws, features)
+    X = align_to_faces(
+        ids,
+        np.asarray(fids).astype(str),
+        X,
+        what=f"features {features!r}",
+        fix="re-run 'labeler embed'",
+    )
+    y = truth["truth"].to_numpy(dtype=str)
+    results = {
+        "plain": simulate(groups, y),
+        "interactive": simulate(groups, y, strategy="interactive", features=X, config=config),
+    }
+    rid = run.params.get("run_id", run_id or "current")
+    info = {
+        "run_id": rid,
+        "features": features,
+        "faces_with_truth": len(ids),
+        "faces_total": len(ws.faces()),
+        "truth_csv": str(truth_csv),
+        "truth_column": truth_column,
+        "config": config or InteractiveConfig(),
+    }
+    out = {"info": info, **{k: r.summary() for k, r in results.items()}}
+    write_json(ws.clusters_dir / str(rid) / "simulation.json", out)
+    return results, info

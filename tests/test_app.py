@@ -299,6 +299,11 @@ def test_rows_in_selection_box_lasso_points():
     assert data.rows_in_selection(xy, tri).tolist() == [0, 1, 4]
     pts = {"points": [{"customdata": [3]}, {"customdata": 99}]}
     assert data.rows_in_selection(xy, pts).tolist() == [3]
+    clicked = {
+        "points": [{"curve_number": 1, "point_index": 0}, {"curve_number": 5, "point_index": 0}]
+    }
+    trace_rows = (np.array([0, 1]), np.array([4, 2]))
+    assert data.rows_in_selection(xy, clicked, trace_rows).tolist() == [4]
     assert data.rows_in_selection(xy, {}).tolist() == []
 
 

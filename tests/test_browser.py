@@ -122,7 +122,27 @@ def test_bulk_label_a_cluster_in_chromium(app_server, tmp_path):
         expect(page.get_by_text(re.compile(rf"mask_state: {n - 1} of 72 faces"))).to_be_visible(
             timeout=30_000
         )
+        # the map: lasso the right half of the plot, label every face inside
+        page.goto(url + "/map", wait_until="domcontentloaded")
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        b = plot.bounding_box()
+        pts = [(0.5, 0.02), (0.98, 0.02), (0.98, 0.98), (0.5, 0.98), (0.5, 0.02)]
+        page.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] * 0.02)
+        page.mouse.down()
+        for fx, fy in pts[1:]:
+            page.mouse.move(b["x"] + b["width"] * fx, b["y"] + b["height"] * fy, steps=6)
+        page.mouse.up()
+        chosen = page.get_by_text(re.compile(r"^\d+ faces selected"))
+        expect(chosen).to_be_visible(timeout=30_000)
+        k = int(chosen.inner_text().split()[0])
+        page.get_by_role("button", name=re.compile(r"^Assign 'correct' to the")).click()
+        expect(page.get_by_text(re.compile(rf"Labeled {k} faces"))).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "map.png"))
         browser.close()
+    events = LabelStore(ws.labels_db).history(limit=None)
+    assert events["n_faces"].tolist()[0] == k and 0 < k < 72
     assert shot.stat().st_size > 10_000
     DOCS.mkdir(exist_ok=True)
     shutil.copyfile(shot, DOCS / "screenshot.png")

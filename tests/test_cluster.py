@@ -283,11 +283,17 @@ class TestAlgorithms:
 # --- store, edits, placement ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def saved(tmp_path):
+@pytest.fixture(scope="module")
+def fitted():
     ids, X, y = blobs(500, 4)
-    ws = make_ws(tmp_path, ids[::-1])  # faces.parquet in another order than the features
     fit = fit_clusters(ids, X, config=ClusterConfig(seed=1), feature_spec="test__face")
+    return ids, X, y, fit
+
+
+@pytest.fixture
+def saved(tmp_path, fitted):
+    ids, X, y, fit = fitted
+    ws = make_ws(tmp_path, ids[::-1])  # faces.parquet in another order than the features
     run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
     return ws, run_id, ids, X, y, fit
 

@@ -86,9 +86,7 @@ def test_bad_inputs_say_what_was_received():
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(-1, 5), st.sampled_from("abc")), min_size=1, max_size=60)
-)
+@given(st.lists(st.tuples(st.integers(-1, 5), st.sampled_from("abc")), min_size=1, max_size=60))
 def test_plain_curve_laws(rows):
     groups = np.array([g for g, _ in rows])
     truth = np.array([t for _, t in rows])

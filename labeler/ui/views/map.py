@@ -33,8 +33,11 @@ def assign(face_ids: list[str], fld: str, value: str) -> None:
     state.flash(f"Labeled {len(face_ids):,} faces {fld}={value} (event {eid}).")
 
 
-fld, value = components.label_picker(schema, key_field=K.assign_field, key_value=K.assign_value)
-color_by = st.radio(
+top = st.columns([1, 1.5, 1.5])
+fld, value = components.label_picker(
+    schema, key_field=K.assign_field, key_value=K.assign_value, cols=top[:2]
+)
+color_by = top[2].radio(
     "Colour by", ["cluster", "label", "suggestion"], horizontal=True, key=K.map_color
 )
 fig = data.map_figure(ws, fld, color_by)
@@ -43,8 +46,9 @@ st.caption(
     "a box or lasso selects every face inside it."
 )
 require("plotly", purpose="the map page")
+controls = st.container()  # filled below, once the chart reported its selection
 event = st.plotly_chart(
-    fig,
+    fig.figure,
     key=K.map_chart,
     on_select="rerun",
     selection_mode=("points", "box", "lasso"),
@@ -52,23 +56,27 @@ event = st.plotly_chart(
 )
 selection = dict(event.selection) if event is not None and hasattr(event, "selection") else {}
 if state.is_new_map_event(selection):
-    state.set_map_selection(data.rows_in_selection(run.xy, selection))
+    state.set_map_selection(data.rows_in_selection(run.xy, selection, fig.trace_rows))
 
 rows = state.map_selection()
-if len(rows):
-    lab = data.labels_by_row(ws, fld)[rows]
-    mix = pd.Series(lab).value_counts()
-    st.markdown(
-        f"**{len(rows):,} faces selected** · " + ", ".join(f"{k} {v}" for k, v in mix.items())
-    )
-    b1, b2 = st.columns([3, 1])
-    b1.button(
-        f"Assign '{value}' to the {len(rows):,} selected faces", key=K.map_assign_btn,
-        type="primary", on_click=assign, args=(run.face_ids[rows].tolist(), fld, value),
-    )  # fmt: skip
-    b2.button(
-        "Clear selection", key=K.map_clear_btn, on_click=state.set_map_selection, args=(None,)
-    )
+with controls:
+    if len(rows):
+        lab = data.labels_by_row(ws, fld)[rows]
+        mix = pd.Series(lab).value_counts()
+        st.markdown(
+            f"**{len(rows):,} faces selected** · " + ", ".join(f"{k} {v}" for k, v in mix.items())
+        )
+        b1, b2 = st.columns([3, 1])
+        b1.button(
+            f"Assign '{value}' to the {len(rows):,} selected faces", key=K.map_assign_btn,
+            type="primary", on_click=assign, args=(run.face_ids[rows].tolist(), fld, value),
+        )  # fmt: skip
+        b2.button(
+            "Clear selection", key=K.map_clear_btn, on_click=state.set_map_selection, args=(None,)
+        )
+    else:
+        st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces.")
+if len(rows):  # below the chart: a glimpse of what is selected
     preview = [str(f) for f in run.face_ids[rows[np.argsort(run.outlier_score[rows])][:16]]]
     st.caption("Most central selected faces")
     cols = st.columns(8)
@@ -76,5 +84,3 @@ if len(rows):
         img = data.crop_bytes(ws, fid)
         if img:
             cols[i % 8].image(img, width="stretch")
-else:
-    st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces.")

@@ -1,0 +1,87 @@
+"""``labeler simulate``: how many annotator actions the current grouping costs (needs truth)."""
+
+from __future__ import annotations
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+
+@click.command("simulate")
+@workspace_option()
+@click.option(
+    "--truth",
+    "truth_csv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with the true label per image file.",
+)
+@click.option(
+    "--truth-column", default="state", show_default=True, help="Column of the true label."
+)
+@click.option(
+    "--file-column",
+    default="file",
+    show_default=True,
+    help="Column of the image path (relative to the ingested folder).",
+)
+@click.option("--run", "run_id", default=None, help="Cluster run id (default: current).")
+@click.option(
+    "--features", default="auto", show_default=True, help="Feature spec the guided steps learn on."
+)
+@click.option(
+    "--seed-groups",
+    default=8,
+    show_default=True,
+    help="Groups bulk-labeled before the first suggestions.",
+)
+@click.option(
+    "--method",
+    default="ensemble",
+    show_default=True,
+    type=click.Choice(["probe", "spread", "knn", "ensemble"]),
+    help="Guided model of the interactive session.",
+)
+def command(
+    ws: object,
+    truth_csv: str,
+    truth_column: str,
+    file_column: str,
+    run_id: str | None,
+    features: str,
+    seed_groups: int,
+    method: str,
+) -> None:
+    """Simulate an annotator on the workspace with known labels; print the effort table.
+
+    Rows: 'plain' (bulk-label the groups of the cluster run, biggest first, then correct
+    faces one by one) and 'interactive' (seed groups, label-guided suggestions, review
+    queue). effN = faces labeled correctly per action when accuracy first reaches N %.
+    """
+    from labeler.simulate import InteractiveConfig, simulate_workspace
+
+    cfg = InteractiveConfig(seed_groups=seed_groups, method=method)
+    try:
+        results, info = simulate_workspace(
+            ws,
+            truth_csv,
+            truth_column=truth_column,
+            file_column=file_column,
+            run_id=run_id,
+            features=features,
+            config=cfg,
+        )
+    except user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"run {info['run_id']}: {info['faces_with_truth']} of {info['faces_total']} faces with truth; "
+        f"features {info['features']}"
+    )
+    click.echo(
+        f"{'session':<12} {'NMI':>6} {'ARI':>6} {'purity':>6} {'eff95':>7} {'eff98':>7} {'eff99':>7} {'actions98':>9}"
+    )
+    for name, r in results.items():
+        click.echo(
+            f"{name:<12} {r.nmi:6.3f} {r.ari:6.3f} {r.purity:6.3f} {r.eff95:7.1f} {r.eff98:7.1f} {r.eff99:7.1f} {r.actions98:9d}"
+        )
+    click.echo(f"written to {ws.clusters_dir / str(info['run_id']) / 'simulation.json'}")  # type: ignore[attr-defined]
