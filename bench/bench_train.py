@@ -69,7 +69,8 @@ def bench_features(ws: Workspace, face_ids: np.ndarray, spec: str) -> tuple[np.n
     if spec != "bench":
         from labeler.train import load_feature_matrix
 
-        return load_feature_matrix(ws, spec, face_ids)
+        raw = spec.startswith("raw:")
+        return load_feature_matrix(ws, spec.removeprefix("raw:"), face_ids, raw=raw)
     from sklearn.decomposition import PCA
 
     from labeler.embeddings.store import list_embeddings, load_embeddings
@@ -118,6 +119,7 @@ def session(
     review_depth: int = 40,
     checked_weight: float = 3.0,
     predictor: object = None,
+    X_cluster: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels after at most ``actions`` simulated actions (see module doc); "" = unlabeled.
 
@@ -133,7 +135,7 @@ def session(
     checked = np.zeros(len(truth), bool)
     log_: list[str] = []
     k = actions if strategy == "plain" else min(seed_clusters, actions)
-    groups = _kmeans(X, k, seed)
+    groups = _kmeans(X if X_cluster is None else X_cluster, k, seed)
     ids, counts = np.unique(groups, return_counts=True)
     for g in ids[np.argsort(-counts, kind="stable")]:
         if len(log_) >= actions:
@@ -321,12 +323,19 @@ def main() -> None:
     ap.add_argument("--ws", required=True, type=Path, help="workspace built from --data/images")
     ap.add_argument("--data", required=True, type=Path, help="folder with labels.csv (file, state)")
     ap.add_argument(
+        "--cluster-features", default="bench", help="features the session's k-means groups on"
+    )
+    ap.add_argument(
         "--features",
-        default="bench",
-        help="'bench' (cues + PCA of region CNN features) or a labeler.features spec",
+        default="raw:cues__face+efficientnet_lite0__lower",
+        help="features of the heads: 'raw:KEYS' (stored blocks as stored, what 'labeler train' uses), 'bench' (cues + PCA of region CNN features) or a labeler.features spec",
     )
     ap.add_argument("--actions", type=int, default=30)
-    ap.add_argument("--seed-clusters", type=int, default=20)
+    ap.add_argument("--seed-clusters", type=int, default=10)
+    ap.add_argument("--review-batch", type=int, default=5, help="corrections per guided round")
+    ap.add_argument(
+        "--review-depth", type=int, default=100, help="faces looked at per review round"
+    )
     ap.add_argument(
         "--sessions", default="plain,guided", help="plain, guided, guided-ft (CNN-guided, GPU)"
     )
@@ -354,6 +363,7 @@ def main() -> None:
     classes = sorted(set(truth))
     groups = faces["image_id"].to_numpy()
     X, spec = bench_features(ws, face_ids, args.features)
+    Xc, _ = bench_features(ws, face_ids, args.cluster_features)
     split = assign_splits(truth, groups, ratios=(0.8, 0.2), seed=args.seed)
     pool, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     log.info(
@@ -378,6 +388,9 @@ def main() -> None:
             seed_clusters=args.seed_clusters,
             seed=args.seed,
             predictor=guide,
+            X_cluster=Xc[pool],
+            review_batch=args.review_batch,
+            review_depth=args.review_depth,
         )
         labels = np.full(len(truth), "", dtype=object)
         labels[pool] = cur

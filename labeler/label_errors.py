@@ -1,6 +1,7 @@
 """Likely label errors by confident learning on cross-validated predicted probabilities.
 
-Out-of-fold probabilities come from a head on stored features (K-fold grouped by person, so
+Out-of-fold probabilities come from a head on the stored feature blocks (raw, as
+``labeler train --mode head`` uses them) (K-fold grouped by person, so
 a face is never judged by a model that saw it or its near-duplicates), then
 ``cleanlab.filter.find_label_issues`` flags the faces whose given label is confidently
 contradicted. Each suspect gets ``score = 1 - p(given label)`` (higher = more likely wrong)
@@ -106,7 +107,7 @@ def find_label_errors(
     face_ids = labels["face_id"].to_numpy()
     y = labels["value"].to_numpy().astype(str)
     classes = sorted(set(y))
-    X, _ = load_feature_matrix(ws, feature_spec, face_ids)
+    X, _ = load_feature_matrix(ws, feature_spec, face_ids, raw=True)
     sub = faces.set_index("face_id").loc[face_ids].reset_index()
     groups = person_ids(ws, sub, TrainConfig(field=field, persons=persons))
     oof = cross_val_proba(

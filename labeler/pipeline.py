@@ -135,19 +135,25 @@ def run_pipeline(
 
 
 def _refresh_clusters(ws: Workspace, config: RunConfig, *, changed: bool) -> tuple[int, float]:
-    """Re-cluster when features changed or no run exists; otherwise keep the current run."""
-    from labeler.cluster.run import cluster_workspace
-    from labeler.cluster.store import load_run
+    """Cluster when no run exists; otherwise place new faces into the current run.
+
+    New faces join the existing clusters and map by their nearest neighbours
+    (:func:`labeler.cluster.place.place_new_faces`), so labels and cluster ids stay stable;
+    ``labeler cluster`` re-clusters everything.
+    """
+    from labeler.cluster.place import place_new_faces
+    from labeler.cluster.run import ClusterConfig, fit_clusters, load_cluster_features
+    from labeler.cluster.store import current_run_id, load_run, save_run
 
     t = time.perf_counter()
-    try:
-        current = load_run(ws)
-    except (FileNotFoundError, ValueError):
-        current = None
-    if current is not None and not changed:
-        n = len(set(current.labels.tolist()) - {-1})
-        log.info("cluster: features unchanged, keeping the current run (%d clusters)", n)
-        return n, time.perf_counter() - t
-    result = cluster_workspace(ws, features=config.features)
-    n = len(set(result.labels.tolist()) - {-1})
+    if current_run_id(ws) is None:
+        face_ids, X, spec = load_cluster_features(ws, config.features)
+        fit = fit_clusters(face_ids, X, config=ClusterConfig(), feature_spec=spec)
+        save_run(ws, fit.result, artifacts=fit.artifacts)
+        labels = fit.result.labels
+    else:
+        run_id, n_new = place_new_faces(ws, feature_spec=config.features)
+        log.info("cluster: placed %d new faces into the current run", n_new)
+        labels = load_run(ws, run_id).labels
+    n = len(set(labels.tolist()) - {-1})
     return n, time.perf_counter() - t

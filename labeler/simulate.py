@@ -22,7 +22,9 @@ the wrong faces one by one (an oracle order: only wrong faces are touched).
 ``strategy="interactive"`` (needs ``features``): the session the tool offers, every step an
 action as above.
 
-1. *Seed.* Take the ``seed_groups`` biggest real groups (size >= ``min_group``). The
+1. *Seed.* Take the ``seed_groups`` biggest real groups (size >= ``min_group``); when the
+   grouping has fewer, the tool first splits its biggest group in two with k-means on
+   ``features`` (1 action per split) until it has ``seed_groups``. The
    annotator looks at each; if it is visibly mixed (its majority share is below
    ``split_purity``) they press *split* (1 action; the tool sub-clusters the group with
    k-means on ``features`` into ``split_parts`` parts) and bulk-label each part (1 action
@@ -30,15 +32,20 @@ action as above.
 2. *Rounds* (up to ``max_rounds``):
 
    a. The guided model (:func:`labeler.guided.fit_predict`, ``method``) is trained on the
-      current labels (bulk labels weight 1, faces corrected one by one weight
-      ``checked_weight``) and predicts every face.
+      current labels and predicts every face. Trust weights: a bulk label counts 1 for the
+      ``core_share`` of its group nearest the group's centre in ``features`` and
+      ``loose_weight`` for the rim (where groups are mixed); an accepted suggestion counts 1
+      where the model agreed with the label received, else ``loose_weight``; a face
+      corrected one by one counts ``checked_weight``.
    b. *Suggestions.* Faces not corrected individually whose prediction differs from their
       current label (or that are unlabeled) are grouped by (current label, predicted label);
-      groups of at least ``min_group`` faces are shown biggest first. Accepting one is 1 bulk
-      action and gives every face of the group the group's majority true label. The annotator
-      accepts when that raises the number of correct faces in the group, else dismisses it;
-      a dismissal also costs 1 action (and the same suggestion is not shown again). Suggestion groups smaller than ``min_group`` are left to
-      the review queue, except in the first round, when unlabeled faces are all offered.
+      groups of at least ``min_group`` faces are shown biggest first (with
+      ``confidence_split`` the sure and unsure halves by margin are shown apart). Accepting
+      one is 1 bulk action and gives every face of the group the group's majority true
+      label. The annotator accepts when that raises the number of correct faces in the
+      group, else dismisses it; a dismissal also costs 1 action (and the same suggestion is
+      not shown again). Suggestion groups smaller than ``min_group`` are left to the review
+      queue, except in the first round, when unlabeled faces are all offered.
    c. *Review queue.* Faces not yet corrected individually, ordered by disagreement (prediction
       differs from the current label first) then by ascending prediction margin. The
       annotator walks the queue and corrects each wrong face (1 action; the face becomes
@@ -79,8 +86,11 @@ class InteractiveConfig:
     min_group: int = 3
     split_purity: float = 0.8
     split_parts: int = 3
-    method: str = "ensemble"
+    method: str = "ridge"
+    core_share: float = 0.5
+    loose_weight: float = 0.2
     review_batch: int = 5
+    confidence_split: bool = False
     max_rounds: int = 40
     checked_weight: float = 3.0
     seed: int = 0
@@ -177,11 +187,13 @@ def _majority(y: np.ndarray, n_classes: int) -> int:
 class _Session:
     """Mutable bookkeeping of one simulated session (private; results are frozen)."""
 
-    def __init__(self, y: np.ndarray, n_classes: int) -> None:
+    def __init__(self, y: np.ndarray, n_classes: int, checked_weight: float = 3.0) -> None:
         self.y = y
+        self.checked_weight = checked_weight
         self.C = n_classes
         self.cur = np.full(len(y), -1, np.int64)
         self.checked = np.zeros(len(y), bool)
+        self.trust = np.zeros(len(y), np.float32)  # how much the guided model trusts a label
         self.curve: list[int] = []
         self.kinds: Counter[str] = Counter()
         self.reviewed = 0
@@ -203,6 +215,7 @@ class _Session:
     def fix(self, i: int) -> None:
         self.cur[i] = self.y[i]
         self.checked[i] = True
+        self.trust[i] = self.checked_weight
         self.act("correct")
 
     def finish(self) -> None:
@@ -261,21 +274,41 @@ def _split(X: np.ndarray, members: np.ndarray, parts: int, seed: int) -> list[np
     return [members[lab == j] for j in range(parts) if (lab == j).any()]
 
 
+def _core_trust(X: np.ndarray, members: np.ndarray, cfg: InteractiveConfig) -> np.ndarray:
+    """Trust of a bulk label per member: 1 for the ``core_share`` nearest the group's centre,
+    ``loose_weight`` for the rest (features only: the rim of a group is where it is mixed)."""
+    d = np.linalg.norm(X[members] - X[members].mean(0), axis=1)
+    core = np.argsort(d, kind="stable")[: max(1, int(round(cfg.core_share * len(members))))]
+    t = np.full(len(members), cfg.loose_weight, np.float32)
+    t[core] = 1.0
+    return t
+
+
 def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConfig) -> None:
     from labeler.guided import fit_predict
 
-    # 1. seed: biggest real groups (noise excluded), split when visibly mixed
+    def bulk(members: np.ndarray, kind: str) -> None:
+        s.bulk(members, kind)
+        s.trust[members] = _core_trust(X, members, cfg)
+
+    # 1. seed: biggest real groups (noise excluded), split when visibly mixed. A grouping
+    # coarser than seed_groups is refined first: the tool splits its biggest group in two
+    # (1 action each) until there are seed_groups groups to look at.
     real = [m for m in _groups_by_size(g) if len(m) >= cfg.min_group]
+    while 0 < len(real) < cfg.seed_groups and len(real[0]) >= 2 * cfg.min_group:
+        s.act("split")
+        parts = _split(X, real[0], 2, cfg.seed)
+        real = sorted(real[1:] + parts, key=len, reverse=True)
     for members in real[: cfg.seed_groups]:
         share = np.bincount(s.y[members], minlength=s.C).max() / len(members)
         if share < cfg.split_purity and len(members) >= 2 * cfg.split_parts:
             s.act("split")
             for part in _split(X, members, cfg.split_parts, cfg.seed):
-                s.bulk(part, "bulk")
+                bulk(part, "bulk")
         else:
-            s.bulk(members, "bulk")
+            bulk(members, "bulk")
     if not (s.cur >= 0).any():  # no group big enough: label the biggest one anyway
-        s.bulk(_groups_by_size(g)[0])
+        bulk(_groups_by_size(g)[0], "bulk")
 
     # 2. rounds of suggestions + review
     dismissed = np.full(len(s.y), -2, np.int64)  # the suggestion last dismissed per face
@@ -283,11 +316,13 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
         if s.correct == len(s.y):
             break
         before = s.cur.copy()
-        w = np.where(s.checked, cfg.checked_weight, 1.0)
-        pred = fit_predict(X, s.cur, method=cfg.method, weights=w)
+        pred = fit_predict(X, s.cur, method=cfg.method, weights=s.trust)
         cand = np.flatnonzero(~s.checked & (pred.labels != s.cur) & (pred.labels != dismissed))
         if len(cand):
             key = s.cur[cand] * (s.C + 1) + pred.labels[cand]
+            if cfg.confidence_split:  # sure and unsure suggestions are shown as separate groups
+                sure = pred.margin[cand] >= np.median(pred.margin[cand])
+                key = key * 2 + sure
             kid, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
             for j in np.lexsort((kid, -cnt)):
                 members = cand[inv == j]
@@ -298,14 +333,13 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
                 gain = int((s.y[members] == m).sum() - (s.y[members] == s.cur[members]).sum())
                 if gain > 0:
                     s.cur[members] = m
+                    s.trust[members] = np.where(pred.labels[members] == m, 1.0, cfg.loose_weight)
                     s.act("accept")
                 else:
                     dismissed[members] = pred.labels[members]
                     s.act("dismiss")
         # review queue: disagreement first, then low margin
-        pred = fit_predict(
-            X, s.cur, method=cfg.method, weights=np.where(s.checked, cfg.checked_weight, 1.0)
-        )
+        pred = fit_predict(X, s.cur, method=cfg.method, weights=s.trust)
         disagree = (pred.labels != s.cur).astype(np.float64)
         order = np.lexsort((pred.margin, -disagree))
         fixed = 0
@@ -355,7 +389,8 @@ def simulate(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     classes, y = _encode_truth(truth)
     g = noise_as_singletons(groups)
-    s = _Session(y, len(classes))
+    cfg = config or InteractiveConfig()
+    s = _Session(y, len(classes), cfg.checked_weight)
     n_groups = len(np.unique(g))
     if strategy == "plain":
         _plain(g, s)
@@ -365,7 +400,7 @@ def simulate(
             raise ValueError(
                 f"interactive simulation needs features (N={len(groups)}, D); got {got}"
             )
-        _interactive(g, np.asarray(features, dtype=np.float32), s, config or InteractiveConfig())
+        _interactive(g, np.asarray(features, dtype=np.float32), s, cfg)
     return _result(strategy, s, groups, truth, n_groups)
 
 

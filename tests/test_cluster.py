@@ -94,6 +94,15 @@ class TestKnn:
         assert g.kind == kind
         assert recall >= min_recall
 
+    @pytest.mark.gpu
+    def test_gpu_index_equals_numpy(self):
+        faiss = pytest.importorskip("faiss")
+        if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+            pytest.skip("no CUDA device / faiss-gpu")
+        V = l2_normalize(np.random.default_rng(2).normal(size=(2000, 32)))
+        _, idx = brute_knn(V, 10)
+        np.testing.assert_array_equal(knn_graph(V, k=10, kind="flat").indices, idx)
+
     def test_self_first_with_duplicates(self):
         V = l2_normalize(np.repeat(np.eye(4, dtype=np.float32), 5, axis=0))  # 4 groups of 5 copies
         g = knn_graph(V, k=5)
@@ -482,3 +491,24 @@ class TestCli:
         res = CliRunner().invoke(cli, ["cluster", "-w", str(ws.root), "--features", "none__face"])
         assert res.exit_code != 0
         assert "Traceback" not in res.output and "labeler embed" in res.output
+
+    def test_auto_features_then_place(self, tmp_path):
+        """Through labeler.features' 'auto' spec, whose per-block PCA depends on the face set."""
+        pytest.importorskip("labeler.features")
+        from labeler.cli import cli
+        from labeler.embeddings.store import save_vectors
+
+        ids, X, y = blobs(260, 2, d=40)
+        ids = [f"{i[1:]}_0" for i in ids]
+        ws = make_ws(tmp_path, ids[:240])
+        save_vectors(ws, "cues__face", ids[:240], X[:240], {"producer": "test"})
+        runner = CliRunner()
+        res = runner.invoke(cli, ["cluster", "-w", str(ws.root)])
+        assert res.exit_code == 0, res.output
+        make_ws(tmp_path, ids)
+        save_vectors(ws, "cues__face", ids, X, {"producer": "test"})
+        res = runner.invoke(cli, ["place", "-w", str(ws.root)])
+        assert res.exit_code == 0, res.output
+        r = load_run(ws)
+        assert len(r.face_ids) == 260
+        assert adjusted_rand_score(y[240:], r.labels[240:]) == 1.0

@@ -84,7 +84,17 @@ def test_train_cli_head_saves_model_report_and_suspects(tmp_path):
     )
     wrong = t.truth.index[3]  # a "correct" face labeled no_mask on purpose
     tinyws.label_all(t, flip={wrong: "no_mask"})
-    res = run("train", "-w", str(t.ws.root), "--features", tinyws.FEATURE_KEY, "--folds", "5")
+    res = run(
+        "train",
+        "-w",
+        str(t.ws.root),
+        "--features",
+        tinyws.FEATURE_KEY,
+        "--folds",
+        "5",
+        "--persons",
+        "image",
+    )
     assert res.exit_code == 0, res.output
     assert "macro-F1" in res.output
     current = json.loads((t.ws.models_dir / "current.json").read_text())

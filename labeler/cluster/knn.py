@@ -8,7 +8,7 @@ and, through :class:`KnnIndex`, by "more like this" search in the app.
 Index choice (``kind="auto"``, see :func:`choose_index_kind`):
 
 * ``flat``  exact ``IndexFlatIP``; used below 50,000 vectors, where it takes seconds.
-* ``ivf``   ``IndexIVFFlat`` with ``nlist = 4 * sqrt(N)`` lists trained on a seeded sample
+* ``ivf``   ``IndexIVFFlat`` with ``nlist = min(4 sqrt(N), N / 40)`` lists trained on a seeded sample
   and ``nprobe = 16``; used from 50,000 vectors. Deterministic for a seed (unlike a
   multi-threaded HNSW build), recall@15 about 0.97 on clustered data.
 * ``hnsw``  ``IndexHNSWFlat`` (M=32, efConstruction=64, efSearch=max(64, 2k)); higher
@@ -88,8 +88,8 @@ def _build(V: np.ndarray, *, kind: str, seed: int = 0, k: int = 15) -> tuple[Any
     n, d = V.shape
     kind = choose_index_kind(n) if kind == "auto" else kind
     if kind == "ivf":
-        nlist = int(4 * np.sqrt(n))
-        if n < 40 * nlist // 4 or nlist < 4:
+        nlist = int(min(4 * np.sqrt(n), n // 40))  # >= 40 training points per list
+        if nlist < 4:
             kind = "flat"
     if kind == "flat":
         index = _to_gpu(faiss, faiss.IndexFlatIP(d))

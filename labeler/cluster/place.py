@@ -179,11 +179,17 @@ def place_new_faces(
 ) -> tuple[str | None, int]:
     """``labeler place``: add faces with features but not in the run; save a new run.
 
+    Old and new faces are loaded together with the run's feature spec and reduced by one
+    PCA fitted now, so both sides of the search share one space even when the feature
+    pipeline (e.g. ``labeler.features``' per-block PCA) depends on the face set. The old
+    faces keep their clusters, map positions and scores; the new ones are voted in.
     Returns ``(new_run_id or None when nothing to place, number placed)``.
     """
     from labeler.cluster.knn import l2_normalize
+    from labeler.cluster.reduce import fit_pca
     from labeler.cluster.run import ClusterArtifacts, load_cluster_features
     from labeler.cluster.store import load_artifacts, load_run, save_run
+    from labeler.workspace import WorkspaceError
 
     result = load_run(ws, run_id)
     art = load_artifacts(ws, run_id)
@@ -192,14 +198,28 @@ def place_new_faces(
     new = ~np.isin(fids, result.face_ids)
     if not new.any():
         return None, 0
-    merged, _ = place_faces(result, art.vectors, fids[new], X[new], k=k, pca=art.pca)
-    newV = l2_normalize(art.pca.transform(X[new]) if art.pca is not None else X[new])
+    pos = _pd_index(fids).get_indexer(result.face_ids)
+    if (pos < 0).any():
+        raise WorkspaceError(
+            f"{int((pos < 0).sum())} faces of the run have no features any more; "
+            f"re-run 'labeler cluster -w {ws.root}'"
+        )
+    dims = art.pca.n_components if art.pca is not None else 0
+    pca = fit_pca(X, n_components=dims) if dims and dims < X.shape[1] else None
+    V = l2_normalize(pca.transform(X) if pca is not None else X)
+    merged, _ = place_faces(result, V[pos], fids[new], V[new], k=k)
     artifacts = ClusterArtifacts(
         face_ids=merged.face_ids,
-        vectors=np.concatenate([art.vectors, newV]),
+        vectors=np.concatenate([V[pos], V[new]]),
         graph=art.graph,
         graph_rows=art.graph_rows,
-        pca=art.pca,
+        pca=pca,
     )
     new_id = save_run(ws, merged, artifacts=artifacts, parent=result.params.get("run_id"))
     return new_id, int(new.sum())
+
+
+def _pd_index(values: np.ndarray) -> object:
+    import pandas as pd
+
+    return pd.Index(np.asarray(values).astype(str))

@@ -98,55 +98,73 @@ def human_labels(ws: Any, field: str, faces: pd.DataFrame | None = None) -> pd.D
     return cur.sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
 
 
-def load_feature_matrix(ws: Any, spec: str, face_ids: Sequence[str]) -> tuple[np.ndarray, str]:
+def load_feature_matrix(
+    ws: Any, spec: str, face_ids: Sequence[str], *, raw: bool = False
+) -> tuple[np.ndarray, str]:
     """Features (N, D) float32 for ``face_ids`` in that order, and the resolved spec.
 
-    Uses ``labeler.features.load_features``; without it, ``spec`` must name stored embedding
-    keys joined by '+'.
+    ``raw=False``: ``labeler.features.load_features`` (blocks standardised, PCA-reduced and
+    weighted on this workspace: good for propagation and label errors, but not reproducible
+    on new photos). ``raw=True``: the stored blocks named by the spec, concatenated as stored,
+    so the same features can be computed for new crops (:func:`features_for_crops`).
     """
+    from labeler.embeddings.store import list_embeddings, load_embeddings
     from labeler.workspace import align_to_faces
 
     try:
-        from labeler.features import load_features
+        import labeler.features as features_mod
     except ImportError:
-        load_features = None
-    if load_features is not None:
-        ids, X = load_features(ws, spec)
-        resolved = spec
-        try:
-            from labeler.features import resolve_spec  # type: ignore[attr-defined]
-
-            resolved = resolve_spec(ws, spec)
-        except (ImportError, AttributeError, TypeError):
-            pass
+        features_mod = None
+    if features_mod is not None and not raw:
+        ids, X = features_mod.load_features(ws, spec)
+        X = align_to_faces(
+            list(face_ids),
+            np.asarray(ids),
+            np.asarray(X),
+            what=f"features {spec!r}",
+            fix="re-run 'labeler embed'",
+        )
+        return np.asarray(X, dtype=np.float32), spec
+    stored = [str(k) for k in list_embeddings(ws)]
+    if features_mod is not None:
+        keys = [k for k, _ in features_mod.resolve_spec(spec, stored)]
+    elif spec == "auto":
+        raise ValueError(
+            "feature spec 'auto' needs labeler.features; name embedding keys with --features"
+        )
     else:
-        if spec == "auto":
-            raise ValueError(
-                "feature spec 'auto' needs labeler.features; name embedding keys with --features"
+        keys = [k.split("*")[0] for k in spec.split("+")]
+    parts = []
+    for key in keys:
+        kid, kx = load_embeddings(ws, key, face_ids=np.asarray(face_ids))
+        parts.append(
+            align_to_faces(
+                list(face_ids),
+                np.asarray(kid),
+                np.asarray(kx),
+                what=f"embedding {key}",
+                fix="re-run 'labeler embed'",
             )
-        from labeler.embeddings.store import load_embeddings
+        )
+    return np.concatenate(parts, 1).astype(np.float32), "+".join(keys)
 
-        parts = []
-        for key in spec.split("+"):
-            kid, kx = load_embeddings(ws, key, face_ids=np.asarray(face_ids))
-            parts.append(
-                align_to_faces(
-                    face_ids,
-                    np.asarray(kid),
-                    np.asarray(kx),
-                    what=f"embedding {key}",
-                    fix="re-run 'labeler embed'",
-                )
-            )
-        return np.concatenate(parts, 1).astype(np.float32), spec
-    X = align_to_faces(
-        list(face_ids),
-        np.asarray(ids),
-        np.asarray(X),
-        what=f"features {spec!r}",
-        fix="re-run 'labeler embed'",
-    )
-    return np.asarray(X, dtype=np.float32), resolved
+
+def feature_blocks(ws: Any, spec: str) -> list[dict]:
+    """How to recompute each block of a raw spec on new crops: key, backbone, region."""
+    from labeler.embeddings.store import read_config
+
+    out = []
+    for key in spec.split("+"):
+        cfg = (read_config(ws, key) or {}).get("config", {})
+        backbone = cfg.get("backbone", {})
+        out.append(
+            {
+                "key": key,
+                "backbone": backbone.get("name") if isinstance(backbone, dict) else backbone,
+                "region": cfg.get("region", key.rsplit("__", 1)[-1]),
+            }
+        )
+    return out
 
 
 def person_ids(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> np.ndarray:
@@ -209,7 +227,7 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
         "train_config": asdict(config),
     }
     if config.mode == "head":
-        X, spec = load_feature_matrix(ws, config.feature_spec, face_ids)
+        X, spec = load_feature_matrix(ws, config.feature_spec, face_ids, raw=True)
         hc = HeadConfig(kind=config.head, C=config.C, seed=config.seed)
         oof = cross_val_proba(
             X,
@@ -222,7 +240,12 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
         )
         head = fit_head(X, y, config=hc, classes=classes)
         save_head(head, run_dir / "head.npz")
-        meta |= {"feature_spec": spec, "head": config.head, "n_features": int(X.shape[1])}
+        meta |= {
+            "feature_spec": spec,
+            "feature_blocks": feature_blocks(ws, spec),
+            "head": config.head,
+            "n_features": int(X.shape[1]),
+        }
         pred = np.asarray(classes, dtype=object)[oof.argmax(1)]
         y_eval = y
         meta["evaluated_on"] = (
@@ -373,30 +396,33 @@ class LoadedModel:
             from labeler.train.finetune import predict_crops
 
             return predict_crops(list(self.members), crops, device=self.device)
-        X = features_for_crops(crops, self.meta["feature_spec"])
+        X = features_for_crops(crops, self.meta["feature_blocks"])
         return self.head.predict_proba(X)
 
 
-def features_for_crops(crops: np.ndarray, spec: str) -> np.ndarray:
-    """Compute the features named by ``spec`` for in-memory crops (new photos at predict time).
-
-    Delegates to ``labeler.features.features_for_crops``; falls back to the colour cues alone
-    (spec ``cues__face``) when that is not available.
+def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
+    """Recompute raw feature blocks (see :func:`feature_blocks`) for in-memory aligned crops
+    (N, 256, 256, 3) uint8: colour cues, or a backbone from the embeddings registry on a region.
     """
-    try:
-        from labeler.features import features_for_crops as compute  # type: ignore[attr-defined]
-    except ImportError:
-        compute = None
-    if compute is not None:
-        return np.asarray(compute(crops, spec), dtype=np.float32)
-    if spec == "cues__face":
-        from labeler.cues import compute_cues
+    parts = []
+    for block in blocks:
+        key = block["key"]
+        if key.startswith("cues"):
+            from labeler.cues import compute_cues
 
-        return compute_cues(crops)
-    raise ValueError(
-        f"this head model uses features {spec!r}, which cannot be computed for new photos here; "
-        "train with --mode finetune (or --features cues__face) to predict on new photos"
-    )
+            parts.append(compute_cues(crops))
+        elif block.get("backbone"):
+            from labeler.embeddings import get_backbone
+            from labeler.embeddings.embed import embed_crops
+
+            backbone = get_backbone(block["backbone"])
+            parts.append(embed_crops(backbone, crops, region=block["region"]))
+        else:
+            raise ValueError(
+                f"feature block {key!r} cannot be computed for new photos (no backbone recorded); "
+                "train with --mode finetune or on embeddings made by 'labeler embed'"
+            )
+    return np.concatenate(parts, 1).astype(np.float32)
 
 
 def load_model(

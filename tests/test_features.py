@@ -1,0 +1,105 @@
+"""Feature specs and block combination (labeler.features)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labeler.features import combine_blocks, load_features, parse_spec, resolve_spec
+
+
+def test_parse_spec():
+    assert parse_spec("cues__face") == [("cues__face", 1.0)]
+    assert parse_spec("a__x + b__y*0.25") == [("a__x", 1.0), ("b__y", 0.25)]
+    with pytest.raises(ValueError, match="bad weight"):
+        parse_spec("a__x*heavy")
+    with pytest.raises(ValueError, match="empty block"):
+        parse_spec("a__x++b__y")
+    with pytest.raises(ValueError, match="> 0"):
+        parse_spec("a__x*0")
+
+
+def test_combine_blocks_balances_a_wide_block_against_a_narrow_one():
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(300, 1280)) * 5.0  # a CNN block: many columns, big numbers
+    narrow = rng.normal(size=(300, 6))  # a few cue columns
+    X = combine_blocks([wide, narrow], dims=32)
+    assert X.shape == (300, 32 + 6) and X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-5)
+    share_narrow = float((X[:, 32:] ** 2).sum(1).mean())
+    assert 0.35 < share_narrow < 0.65  # equal weights -> about half the energy each
+    Xw = combine_blocks([wide, narrow], weights=[1.0, 3.0], dims=32)
+    assert float((Xw[:, 32:] ** 2).sum(1).mean()) > 0.65
+    assert combine_blocks([narrow], dims=0).shape == (300, 6)  # dims=0: no PCA
+
+
+def test_combine_blocks_refuses_mismatched_rows():
+    with pytest.raises(ValueError, match="300 rows"):
+        combine_blocks([np.zeros((300, 4)), np.zeros((299, 4))])
+    with pytest.raises(ValueError, match="no feature blocks"):
+        combine_blocks([])
+
+
+def test_resolve_auto_falls_back_and_says_so(caplog):
+    bb = "efficientnet_lite0"
+    full = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__lower"]
+    assert [k for k, _ in resolve_spec("auto", full)] == full[:3]
+    with caplog.at_level(logging.WARNING, logger="labeler.features"):
+        blocks = resolve_spec("auto", ["cues__face", f"{bb}__lower", f"{bb}__face"])
+    assert blocks == [("cues__face", 0.25), (f"{bb}__lower", 0.5)]
+    assert "not stored" in caplog.text
+    assert resolve_spec("auto", [f"{bb}__face"]) == [(f"{bb}__face", 1.0)]
+    with pytest.raises(ValueError, match="labeler embed"):
+        resolve_spec("auto", [])
+    with pytest.raises(ValueError, match="not stored"):
+        resolve_spec(f"cues__face+{bb}__nose", ["cues__face"])
+
+
+def _workspace_with_blocks(tmp_path, blocks: dict[str, np.ndarray]):
+    from labeler.embeddings.store import save_vectors
+    from labeler.workspace import FACES_SCHEMA, Workspace
+
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    n = len(next(iter(blocks.values())))
+    ids = [f"{i:016x}_0" for i in range(n)]
+    faces = pd.DataFrame(
+        {
+            "face_id": ids,
+            "image_id": [f[:16] for f in ids],
+            "face_index": 0,
+            "x0": 0.0,
+            "y0": 0.0,
+            "x1": 1.0,
+            "y1": 1.0,
+            "score": 1.0,
+            "landmarks": [[0.0] * 8] * n,
+            "detector": "none",
+            "whole_image": True,
+            "crop_path": "",
+        },
+        columns=FACES_SCHEMA.names,
+    )
+    ws.write_faces(faces)
+    for key, X in blocks.items():
+        # stored in reverse order: load_features must realign to faces.parquet
+        save_vectors(ws, key, ids[::-1], X[::-1], {"test": True})
+    return ws, ids
+
+
+def test_load_features_aligns_to_faces(tmp_path):
+    rng = np.random.default_rng(1)
+    cues = rng.normal(size=(40, 10)).astype(np.float32)
+    cnn = rng.normal(size=(40, 64)).astype(np.float32)
+    ws, ids = _workspace_with_blocks(
+        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
+    )
+    fids, X = load_features(ws, "cues__face+efficientnet_lite0__nose*0.5")
+    assert list(fids) == ids and X.shape == (40, 10 + 32)
+    np.testing.assert_allclose(X, combine_blocks([cues, cnn], weights=[1.0, 0.5]), atol=1e-5)
+    fids2, X2 = load_features(ws, "cues__face", face_ids=ids[5:10])
+    np.testing.assert_allclose(X2, combine_blocks([cues[5:10]]), atol=1e-5)
+    _, Xa = load_features(ws)  # auto: cues + nose present, mouth_chin missing
+    assert Xa.shape == (40, 42)
