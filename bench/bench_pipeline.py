@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import cv2
 
-    from labeler.detect.pipeline import detect_and_align
     from labeler.detect import get_detector
+    from labeler.detect.pipeline import detect_and_align
 
     workdir = Path(tempfile.mkdtemp(prefix="labeler-bench-"))
     try:

@@ -282,6 +282,6 @@ def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tu
         "work_size": WORK_SIZE,
     }
     save_vectors(
-        ws, CUES_KEY, face_ids, all_X[order], config, rerun=f"labeler embed --cues -w {ws.root}"
+        ws, CUES_KEY, face_ids, all_X[order], config, rerun=f"labeler run IMAGES -w {ws.root}"
     )
     return len(todo), len(face_ids)

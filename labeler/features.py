@@ -40,7 +40,7 @@ AUTO_BLOCKS: tuple[tuple[str, float], ...] = (
 )
 # used for "auto" when no block of AUTO_BLOCKS is stored
 AUTO_FALLBACK_REGIONS = ("lower", "face")
-DEFAULT_DIMS = 32
+DEFAULT_DIMS = 64
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
@@ -135,7 +135,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
         missing = [k for k, _ in blocks if k not in stored]
         if missing:
             hint = (
-                "labeler embed --cues"
+                "labeler run IMAGES -w WS (it computes the cues)"
                 if any(k.startswith("cues") for k in missing)
                 else "labeler embed"
             )

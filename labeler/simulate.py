@@ -23,8 +23,8 @@ the wrong faces one by one (an oracle order: only wrong faces are touched).
 action as above.
 
 1. *Seed.* Take the ``seed_groups`` biggest real groups (size >= ``min_group``); when the
-   grouping has fewer, the tool first splits its biggest group in two with k-means on
-   ``features`` (1 action per split) until it has ``seed_groups``. The
+   grouping has fewer, the tool first splits its biggest group into ``split_parts`` with
+   k-means on ``features`` (1 action per split) until it has ``seed_groups``. The
    annotator looks at each; if it is visibly mixed (its majority share is below
    ``split_purity``) they press *split* (1 action; the tool sub-clusters the group with
    k-means on ``features`` into ``split_parts`` parts) and bulk-label each part (1 action
@@ -292,12 +292,12 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
         s.trust[members] = _core_trust(X, members, cfg)
 
     # 1. seed: biggest real groups (noise excluded), split when visibly mixed. A grouping
-    # coarser than seed_groups is refined first: the tool splits its biggest group in two
-    # (1 action each) until there are seed_groups groups to look at.
+    # coarser than seed_groups is refined first: the tool splits its biggest group into
+    # split_parts (1 action each) until there are seed_groups groups to look at.
     real = [m for m in _groups_by_size(g) if len(m) >= cfg.min_group]
     while 0 < len(real) < cfg.seed_groups and len(real[0]) >= 2 * cfg.min_group:
         s.act("split")
-        parts = _split(X, real[0], 2, cfg.seed)
+        parts = _split(X, real[0], cfg.split_parts, cfg.seed)
         real = sorted(real[1:] + parts, key=len, reverse=True)
     for members in real[: cfg.seed_groups]:
         share = np.bincount(s.y[members], minlength=s.C).max() / len(members)

@@ -388,6 +388,21 @@ class TestEdit:
         out = split_cluster(r, X, 0)
         assert adjusted_rand_score(y, out.labels) > 0.95 and set(out.labels.tolist()) == {1, 2}
 
+    def test_split_noise_makes_new_clusters(self):
+        ids, X, y = blobs(200, 2, d=32)
+        labels = np.full(200, -1, np.int32)
+        r = ClusterResult(
+            np.array(ids),
+            labels,
+            np.zeros(200, np.float32),
+            np.zeros((200, 2), np.float32),
+            labels.copy(),
+            {},
+        )
+        out = split_cluster(r, X, -1, n_parts=2)
+        assert set(out.labels.tolist()) == {0, 1} and (out.suggested == out.labels).all()
+        assert adjusted_rand_score(y, out.labels) == 1.0
+
     def test_split_errors(self, saved):
         ws, *_ = saved
         r = load_run(ws)

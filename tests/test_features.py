@@ -96,10 +96,12 @@ def test_load_features_aligns_to_faces(tmp_path):
     ws, ids = _workspace_with_blocks(
         tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
     )
-    fids, X = load_features(ws, "cues__face+efficientnet_lite0__nose*0.5")
+    fids, X = load_features(ws, "cues__face+efficientnet_lite0__nose*0.5", dims=32)
     assert list(fids) == ids and X.shape == (40, 10 + 32)
-    np.testing.assert_allclose(X, combine_blocks([cues, cnn], weights=[1.0, 0.5]), atol=1e-5)
+    np.testing.assert_allclose(
+        X, combine_blocks([cues, cnn], weights=[1.0, 0.5], dims=32), atol=1e-5
+    )
     fids2, X2 = load_features(ws, "cues__face", face_ids=ids[5:10])
     np.testing.assert_allclose(X2, combine_blocks([cues[5:10]]), atol=1e-5)
-    _, Xa = load_features(ws)  # auto: cues + nose present, mouth_chin missing
+    _, Xa = load_features(ws, dims=32)  # auto: cues + nose present, mouth_chin missing
     assert Xa.shape == (40, 42)

@@ -110,7 +110,8 @@ def split_cluster(
 
     ws_or_result: a workspace (its current run) or a result; X: (N, D) vectors aligned to
     the result's rows, or None to use the run's saved vectors (workspace only). ``n_parts``:
-    k-means into that many parts; None: HDBSCAN decides (>= 2 parts). Noise faces whose
+    k-means into that many parts; None: HDBSCAN decides (>= 2 parts). ``cluster_id=-1``
+    re-clusters the outliers into new clusters. Noise faces whose
     suggestion was the split cluster are re-suggested to the nearest part.
     """
     result, ws = _source(ws_or_result, ws)
@@ -128,7 +129,7 @@ def split_cluster(
 
     V = l2_normalize(X)
     labels = split_labels(V, result.labels, int(cluster_id), n_parts=n_parts, seed=seed)
-    suggested = np.where(result.labels >= 0, labels, result.suggested)
+    suggested = np.where(labels >= 0, labels, result.suggested)
     parts = np.unique(labels[result.labels == cluster_id])
     redo = np.flatnonzero((result.labels < 0) & (result.suggested == cluster_id))
     if redo.size:

@@ -108,6 +108,12 @@ def create_model(
 
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if weights is None and offline_weights(name) is not None:
+        # the backbone registry builds the architecture the shipped weights were trained
+        # in (TF-ported EfficientNet-Lite: "same" padding, BN eps 1e-3)
+        from labeler.embeddings.weights import create_pretrained_model
+
+        return create_pretrained_model(f"timm:{name}", num_classes=num_classes)
     path = Path(weights) if weights else offline_weights(name)
     if path is None:
         raise ValueError(
