@@ -274,9 +274,10 @@ def test_guided_errors_and_recluster():
 # --- on the real data ---------------------------------------------------------------------------
 
 
-# floors a little under what bench/bench_effort.py measured on the default run (bench/EFFORT.md)
-NMI_FLOOR = 0.5
-INTERACTIVE_EFF98_FLOOR = 15.0
+# floors under what was measured on the default run (bench/EFFORT.md: NMI 0.729, interactive
+# eff98 37.9-42.5); the NMI floor is issue 3's target
+NMI_FLOOR = 0.6
+INTERACTIVE_EFF98_FLOOR = 25.0
 
 
 @pytest.mark.slow
@@ -295,6 +296,6 @@ def test_effort_on_maskedfacenet(maskedfacenet, tmp_path):
     results, info = simulate_workspace(ws, str(maskedfacenet / "labels.csv"))
     plain, inter = results["plain"], results["interactive"]
     assert info["faces_with_truth"] >= 1054
-    assert plain.nmi >= NMI_FLOOR
-    assert inter.eff98 >= INTERACTIVE_EFF98_FLOOR
+    assert plain.nmi >= NMI_FLOOR, plain.summary()
+    assert inter.eff98 >= INTERACTIVE_EFF98_FLOOR, inter.summary()
     assert inter.eff98 > plain.eff98

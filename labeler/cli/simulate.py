@@ -37,9 +37,9 @@ from labeler.cli._common import user_errors, workspace_option
 )
 @click.option(
     "--method",
-    default="ensemble",
+    default="ridge",
     show_default=True,
-    type=click.Choice(["probe", "spread", "knn", "ensemble"]),
+    type=click.Choice(["ridge", "probe", "spread", "knn", "ensemble"]),
     help="Guided model of the interactive session.",
 )
 def command(
