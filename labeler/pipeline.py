@@ -122,9 +122,10 @@ def run_pipeline(
     else:
         log.warning("no faces found in %s; nothing to embed or cluster", folder)
 
+    status = ws.images()["status"]
     result = RunResult(
-        images_ok=int(ingested.ok),
-        image_errors=int(ingested.errors),
+        images_ok=int((status == "ok").sum()),
+        image_errors=int((status == "error").sum()),
         faces=len(faces),
         embedded=embedded,
         clusters=n_clusters,

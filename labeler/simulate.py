@@ -413,15 +413,23 @@ def with_strategy(config: InteractiveConfig, **changes: Any) -> InteractiveConfi
 
 
 def join_truth(
-    ws: Any, truth_csv: str, *, truth_column: str = "state", file_column: str = "file"
+    ws: Any,
+    truth_csv: str,
+    *,
+    truth_column: str = "state",
+    file_column: str = "file",
+    all_faces: bool = False,
 ) -> Any:
     """faces.parquet rows with a ``truth`` column joined from a CSV by source image path.
 
     A CSV ``file`` value matches an image whose path (relative to its ingested root) equals
     it, or ends with it after whole path components (``images/a.jpg`` matches ``a.jpg``
     entries and vice versa), or, last, has the same file name. Faces of images with no
-    truth row are dropped (logged). Every face of an image gets the image's label.
-    Returns a DataFrame with ``face_id`` and ``truth`` in faces.parquet order.
+    truth row are dropped (logged). A per-image label describes one face: by default it goes
+    to the image's largest face and the image's other faces (bystanders, false detections)
+    are left out of the measurement (logged); ``all_faces=True`` gives every face of the
+    image the image's label. Returns a DataFrame with ``face_id`` and ``truth`` in
+    faces.parquet order.
     """
     import pandas as pd
 
@@ -463,6 +471,15 @@ def join_truth(
             cache[image_id] = find(paths.get(image_id))
         truth.append(cache[image_id])
     out = pd.DataFrame({"face_id": faces["face_id"].astype(str), "truth": truth})
+    if not all_faces:
+        area = (faces["x1"] - faces["x0"]) * (faces["y1"] - faces["y0"])
+        largest = area.groupby(faces["image_id"]).transform("max")
+        first = ~pd.DataFrame({"i": faces["image_id"], "a": area}).duplicated(["i", "a"])
+        keep = (area == largest) & first
+        others = int((~keep & out["truth"].notna()).sum())
+        if others:
+            log.info("%d faces besides each image's largest left out (use all_faces)", others)
+        out.loc[~keep.to_numpy(), "truth"] = None
     missing = int(out["truth"].isna().sum())
     if missing == len(out):
         raise ValueError(
@@ -471,7 +488,10 @@ def join_truth(
         )
     if missing:
         log.warning(
-            "%d of %d faces have no truth row in %s; left out", missing, len(out), truth_csv
+            "%d of %d faces have no truth in %s (no row, or not their image's largest face); left out",
+            missing,
+            len(out),
+            truth_csv,
         )
     return out.dropna(subset=["truth"]).reset_index(drop=True)
 
@@ -485,6 +505,7 @@ def simulate_workspace(
     run_id: str | None = None,
     features: str = "auto",
     config: InteractiveConfig | None = None,
+    all_faces: bool = False,
 ) -> tuple[dict[str, EffortResult], dict[str, Any]]:
     """Plain and interactive effort for the workspace's cluster run ``run_id`` (None = current).
 
@@ -496,7 +517,9 @@ def simulate_workspace(
     from labeler.features import load_features
     from labeler.workspace import align_to_faces, write_json
 
-    truth = join_truth(ws, truth_csv, truth_column=truth_column, file_column=file_column)
+    truth = join_truth(
+        ws, truth_csv, truth_column=truth_column, file_column=file_column, all_faces=all_faces
+    )
     run = load_run(ws, run_id)
     ids = truth["face_id"].to_numpy(dtype=str)
     fix = f"re-run 'labeler cluster -w {ws.root}'"

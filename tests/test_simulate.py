@@ -299,3 +299,31 @@ def test_effort_on_maskedfacenet(maskedfacenet, tmp_path):
     assert plain.nmi >= NMI_FLOOR, plain.summary()
     assert inter.eff98 >= INTERACTIVE_EFF98_FLOOR, inter.summary()
     assert inter.eff98 > plain.eff98
+
+
+def test_image_label_goes_to_the_largest_face_only(tmp_path):
+    """A per-image truth row describes one face: bystanders and false detections in the
+    same image are left out of the measurement unless all_faces is asked for."""
+    import pandas as pd
+
+    from labeler.simulate import join_truth
+    from labeler.workspace import face_id_for
+
+    ws, csv, _, _, truth = _tiny_workspace(tmp_path)
+    faces = ws.faces()
+    first = faces.iloc[0]
+    extra = first.copy()
+    extra["face_id"] = face_id_for(first["image_id"], 1)
+    extra["face_index"] = 1
+    extra["x1"], extra["y1"] = 0.5, 0.5  # a smaller second face in the first image
+    ws.write_faces(pd.concat([faces, extra.to_frame().T], ignore_index=True))
+
+    joined = join_truth(ws, str(csv))
+    assert len(joined) == len(truth)
+    assert extra["face_id"] not in set(joined["face_id"])
+    assert first["face_id"] in set(joined["face_id"])
+
+    every = join_truth(ws, str(csv), all_faces=True)
+    assert len(every) == len(truth) + 1
+    got = every.set_index("face_id")["truth"]
+    assert got[extra["face_id"]] == got[first["face_id"]]

@@ -42,6 +42,11 @@ from labeler.cli._common import user_errors, workspace_option
     type=click.Choice(["ridge", "probe", "spread", "knn", "ensemble"]),
     help="Guided model of the interactive session.",
 )
+@click.option(
+    "--all-faces",
+    is_flag=True,
+    help="Give every face of an image the image's label (default: its largest face only).",
+)
 def command(
     ws: object,
     truth_csv: str,
@@ -51,6 +56,7 @@ def command(
     features: str,
     seed_groups: int,
     method: str,
+    all_faces: bool,
 ) -> None:
     """Simulate an annotator on the workspace with known labels; print the effort table.
 
@@ -70,6 +76,7 @@ def command(
             run_id=run_id,
             features=features,
             config=cfg,
+            all_faces=all_faces,
         )
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
