@@ -132,6 +132,6 @@ def find_label_errors(
     )
     if write:
         store = LabelStore(ws.labels_db)
-        store.write_suspects(out, METHOD)
+        store.write_suspects(out, METHOD, fields=[field])
     log.info("%d suspected label errors among %d labels of %s", len(out), len(y), field)
     return out

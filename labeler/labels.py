@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -576,10 +576,13 @@ class LabelStore:
             rows = con.execute(sql, args).fetchall()
         return pd.DataFrame(rows, columns=SUGGESTION_COLUMNS)
 
-    def write_suspects(self, df: pd.DataFrame, method: str) -> int:
-        """Replace the suspects of ``method`` for the fields in ``df``.
+    def write_suspects(
+        self, df: pd.DataFrame, method: str, *, fields: Sequence[str] | None = None
+    ) -> int:
+        """Replace the suspects of ``method`` for ``fields`` (default: the fields in ``df``).
 
         ``df`` columns: face_id, field, given, suggested, score (higher = more likely wrong).
+        Pass ``fields`` so that a run finding no suspects clears that field's old ones.
         """
         need = {"face_id", "field", "given", "suggested", "score"}
         if missing := need - set(df.columns):
@@ -589,7 +592,8 @@ class LabelStore:
             for r in df.itertuples(index=False)
         ]
         with self._write() as con:
-            for f in df["field"].astype(str).unique():
+            clear = set(df["field"].astype(str)) | set(fields or ())
+            for f in sorted(clear):
                 con.execute("DELETE FROM suspects WHERE field = ? AND method = ?", (f, method))
             con.executemany(
                 "INSERT OR REPLACE INTO suspects(face_id, field, given, suggested, score, method) "

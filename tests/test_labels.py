@@ -155,6 +155,10 @@ def test_suggestions_and_suspects_review_queue(store):
     # re-writing a method's suggestions replaces them
     store.write_suggestions(sug.iloc[:1], "knn")
     assert len(store.suggestions(FIELD)) == 1
+    # a later run that finds no suspects for the field clears the old ones
+    assert len(store.suspects(FIELD)) == 2
+    store.write_suspects(sus.iloc[:0], "cleanlab", fields=[FIELD])
+    assert store.suspects(FIELD).empty
 
 
 def test_version_changes_on_every_write(store):
