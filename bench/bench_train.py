@@ -53,13 +53,35 @@ log = logging.getLogger("bench_train")
 
 
 def load_truth(ws: Workspace, data: Path) -> pd.DataFrame:
-    """faces with their true state (by source file name); faces of unknown files dropped."""
+    """faces with their true state: the image's label goes to its largest face
+    (``labeler.simulate.join_truth``); other faces and faces of unknown files are dropped."""
+    from labeler.simulate import join_truth
+
     faces = ws.require_faces()
-    images = ws.images().drop_duplicates("image_id").set_index("image_id")
-    truth = pd.read_csv(data / "labels.csv").set_index("file")["state"]
-    names = faces["image_id"].map(images["path"]).map(lambda p: Path(str(p)).name)
-    faces = faces.assign(truth=names.map(truth).to_numpy())
+    truth = join_truth(ws, str(data / "labels.csv")).set_index("face_id")["truth"]
+    faces = faces.assign(truth=faces["face_id"].map(truth).to_numpy())
     return faces[faces["truth"].notna()].reset_index(drop=True)
+
+
+def tool_session(
+    ws: Workspace, face_ids: np.ndarray, truth: np.ndarray, pool: np.ndarray, actions: int
+) -> tuple[np.ndarray, int]:
+    """The tool's own interactive session (``labeler simulate``'s protocol) on the pool faces:
+    the current cluster run's groups and the ``auto`` features, labels after ``actions``."""
+    from labeler.cluster.store import load_run
+    from labeler.features import load_features
+    from labeler.simulate import simulate
+    from labeler.workspace import align_to_faces
+
+    run = load_run(ws)
+    fix = "run 'labeler cluster' on the workspace"
+    groups = align_to_faces(face_ids, run.face_ids, run.labels, what="cluster run", fix=fix)
+    fids, F = load_features(ws, "auto")
+    F = align_to_faces(face_ids, np.asarray(fids), F, what="features", fix=fix)
+    res = simulate(
+        groups[pool], truth[pool], strategy="interactive", features=F[pool], snapshot_at=actions
+    )
+    return res.snapshot.astype(object), min(actions, res.actions_total)
 
 
 def bench_features(ws: Workspace, face_ids: np.ndarray, spec: str) -> tuple[np.ndarray, str]:
@@ -327,7 +349,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--features",
-        default="raw:cues__face+efficientnet_lite0__lower",
+        default="raw:auto",
         help="features of the heads: 'raw:KEYS' (stored blocks as stored, what 'labeler train' uses), 'bench' (cues + PCA of region CNN features) or a labeler.features spec",
     )
     ap.add_argument("--actions", type=int, default=30)
@@ -337,7 +359,9 @@ def main() -> None:
         "--review-depth", type=int, default=100, help="faces looked at per review round"
     )
     ap.add_argument(
-        "--sessions", default="plain,guided", help="plain, guided, guided-ft (CNN-guided, GPU)"
+        "--sessions",
+        default="plain,guided,tool",
+        help="plain, guided, guided-ft (CNN-guided, GPU), tool (labeler simulate's interactive session)",
     )
     ap.add_argument("--models", default="head,mlp", help="head, mlp, finetune")
     ap.add_argument("--oracle", action="store_true", help="also train on the pool's true labels")
@@ -379,6 +403,17 @@ def main() -> None:
     label_sets = {}
     for strategy in args.sessions.split(","):
         t0 = time.time()
+        if strategy == "tool":
+            cur, n_steps = tool_session(ws, face_ids, truth, pool, args.actions)
+            labels = np.full(len(truth), "", dtype=object)
+            labels[pool] = cur
+            label_sets[strategy] = (labels, n_steps, time.time() - t0)
+            log.info(
+                "tool session: %d actions, pool label accuracy %.3f",
+                n_steps,
+                (cur == truth[pool]).mean(),
+            )
+            continue
         guide = cnn_predictor(ws, face_ids[pool], args) if strategy == "guided-ft" else None
         cur, steps = session(
             X[pool],

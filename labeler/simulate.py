@@ -123,10 +123,14 @@ class EffortResult:
     reviewed: int = 0
     kinds: dict[str, int] = field(default_factory=dict, compare=False)
     curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    # labels (N,) str ('' = unlabeled) as they stood after ``snapshot_at`` actions, if asked
+    snapshot: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready dict (the curve is left out)."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "curve"}
+        """A JSON-ready dict (the curve and snapshot are left out)."""
+        out = {
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("curve", "snapshot")
+        }
         out["kinds"] = dict(self.kinds)
         return out
 
@@ -187,8 +191,16 @@ def _majority(y: np.ndarray, n_classes: int) -> int:
 class _Session:
     """Mutable bookkeeping of one simulated session (private; results are frozen)."""
 
-    def __init__(self, y: np.ndarray, n_classes: int, checked_weight: float = 3.0) -> None:
+    def __init__(
+        self,
+        y: np.ndarray,
+        n_classes: int,
+        checked_weight: float = 3.0,
+        snapshot_at: int | None = None,
+    ) -> None:
         self.y = y
+        self.snapshot_at = snapshot_at
+        self.snapshot: np.ndarray | None = None
         self.checked_weight = checked_weight
         self.C = n_classes
         self.cur = np.full(len(y), -1, np.int64)
@@ -205,6 +217,8 @@ class _Session:
     def act(self, kind: str) -> None:
         self.kinds[kind] += 1
         self.curve.append(self.correct)
+        if len(self.curve) == self.snapshot_at:
+            self.snapshot = self.cur.copy()
 
     def bulk(self, members: np.ndarray, kind: str = "bulk") -> int:
         m = _majority(self.y[members], self.C)
@@ -224,9 +238,18 @@ class _Session:
 
 
 def _result(
-    strategy: str, s: _Session, groups: np.ndarray, truth: np.ndarray, n_groups: int
+    strategy: str,
+    s: _Session,
+    groups: np.ndarray,
+    truth: np.ndarray,
+    n_groups: int,
+    classes: np.ndarray,
 ) -> EffortResult:
     n = len(s.y)
+    snapshot = None
+    if s.snapshot_at is not None:
+        cur = s.snapshot if s.snapshot is not None else s.cur  # session ended sooner: final
+        snapshot = np.where(cur >= 0, classes[np.maximum(cur, 0)], "")
     curve = np.asarray(s.curve, dtype=np.int64)
     effs = {lv: effort_from_curve(curve, n, lv) for lv in LEVELS}
     return EffortResult(
@@ -245,6 +268,7 @@ def _result(
         reviewed=s.reviewed,
         kinds=dict(s.kinds),
         curve=curve,
+        snapshot=snapshot,
     )
 
 
@@ -368,6 +392,7 @@ def simulate(
     strategy: str = "plain",
     features: np.ndarray | None = None,
     config: InteractiveConfig | None = None,
+    snapshot_at: int | None = None,
 ) -> EffortResult:
     """Simulate an annotator labeling ``truth`` with the tool's ``groups``.
 
@@ -375,7 +400,9 @@ def simulate(
     label per face (read only as an annotator would, see the module docstring).
     strategy: ``"plain"`` or ``"interactive"`` (then ``features`` (N, D) is required: what the
     tool's guided steps learn on). config: :class:`InteractiveConfig` for the interactive
-    session. Returns an :class:`EffortResult`.
+    session. snapshot_at: keep the labels as they stood after that many actions in
+    ``result.snapshot`` (what a session of at most that many actions hands to training).
+    Returns an :class:`EffortResult`.
     """
     groups = np.asarray(groups)
     truth = np.asarray(truth)
@@ -390,7 +417,7 @@ def simulate(
     classes, y = _encode_truth(truth)
     g = noise_as_singletons(groups)
     cfg = config or InteractiveConfig()
-    s = _Session(y, len(classes), cfg.checked_weight)
+    s = _Session(y, len(classes), cfg.checked_weight, snapshot_at)
     n_groups = len(np.unique(g))
     if strategy == "plain":
         _plain(g, s)
@@ -401,7 +428,7 @@ def simulate(
                 f"interactive simulation needs features (N={len(groups)}, D); got {got}"
             )
         _interactive(g, np.asarray(features, dtype=np.float32), s, cfg)
-    return _result(strategy, s, groups, truth, n_groups)
+    return _result(strategy, s, groups, truth, n_groups, classes)
 
 
 def with_strategy(config: InteractiveConfig, **changes: Any) -> InteractiveConfig:

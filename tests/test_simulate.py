@@ -327,3 +327,14 @@ def test_image_label_goes_to_the_largest_face_only(tmp_path):
     assert len(every) == len(truth) + 1
     got = every.set_index("face_id")["truth"]
     assert got[extra["face_id"]] == got[first["face_id"]]
+
+
+@pytest.mark.parametrize("strategy", ["plain", "interactive"])
+def test_snapshot_holds_the_labels_after_k_actions(strategy):
+    X, truth = _blobs(n_per=30, seed=2)
+    groups = np.random.default_rng(3).integers(0, 5, len(truth))
+    res = simulate(groups, truth, strategy=strategy, features=X, snapshot_at=4)
+    snap = res.snapshot
+    assert snap is not None and len(snap) == len(truth)
+    assert int((snap == np.asarray(truth).astype(str)).sum()) == res.curve[3]
+    assert simulate(groups, truth, strategy=strategy, features=X).snapshot is None
