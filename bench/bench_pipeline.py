@@ -130,10 +130,13 @@ def naive_e2e(files: list[Path], device: str) -> float:
     return n / (time.perf_counter() - t)
 
 
-def labeler_e2e(images: Path, workdir: Path, device: str) -> tuple[float, dict[str, float], int]:
+def labeler_e2e(
+    images: Path, workdir: Path, device: str, embed_threads: int | None = None
+) -> tuple[float, dict[str, float], int]:
     from labeler.pipeline import RunConfig, run_pipeline
     from labeler.workspace import Workspace
 
+    shutil.rmtree(workdir / "ws", ignore_errors=True)
     ws = Workspace.open(workdir / "ws", create=True)
     t = time.perf_counter()
     res = run_pipeline(
@@ -145,6 +148,7 @@ def labeler_e2e(images: Path, workdir: Path, device: str) -> tuple[float, dict[s
             features="face",
             workers=os.cpu_count(),
             batch_size=256 if device == "cuda" else 64,
+            embed_threads=embed_threads,
         ),
     )
     dt = time.perf_counter() - t

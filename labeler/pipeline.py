@@ -10,8 +10,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labeler.workspace import Workspace
+
+if TYPE_CHECKING:
+    from labeler.detect.pipeline import DetectResult
+    from labeler.embeddings import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ class RunConfig:
     batch_size: int = 64
     cluster: bool = True
     workers: int | None = None
+    embed_threads: int | None = None  # CPU threads of the model (default: all cores)
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,7 @@ def run_pipeline(
 
     >>> run_pipeline("photos", Workspace.open("ws", create=True))  # doctest: +SKIP
     """
-    from labeler.detect.pipeline import detect_workspace
     from labeler.embeddings import get_backbone
-    from labeler.embeddings.embed import embed_faces
     from labeler.ingest import ingest_folder
 
     timings: dict[str, float] = {}
@@ -84,30 +88,20 @@ def run_pipeline(
     timings["ingest"] = time.perf_counter() - t
     log.info("ingest: %s", ingested)
 
+    regions, need_cues = feature_inputs(config.features, config.backbone)
+    backbone = (
+        get_backbone(config.backbone, device=config.device, num_threads=config.embed_threads)
+        if regions
+        else None
+    )
     t = time.perf_counter()
-    detected = detect_workspace(ws, detector=config.detector, workers=config.workers, progress=True)
-    timings["detect"] = time.perf_counter() - t
+    detected, embedded = _detect_and_embed(ws, config, backbone, regions)
+    timings["detect+embed"] = time.perf_counter() - t
     log.info("detect: %s", detected)
 
     faces = ws.faces()
-    embedded: dict[str, int] = {}
     n_clusters: int | None = None
     if len(faces):
-        regions, need_cues = feature_inputs(config.features, config.backbone)
-        if regions:
-            t = time.perf_counter()
-            backbone = get_backbone(config.backbone, device=config.device)
-            for region in regions:
-                res = embed_faces(
-                    ws,
-                    backbone,
-                    region=region,
-                    batch_size=config.batch_size,
-                    workers=config.workers or 2,
-                    progress=True,
-                )
-                embedded[res.key] = res.n_new
-            timings["embed"] = time.perf_counter() - t
         if need_cues:
             from labeler.cues import cues_workspace
 
@@ -133,6 +127,71 @@ def run_pipeline(
     )
     ws.save_step_config("run_result", result)
     return result
+
+
+def _detect_and_embed(
+    ws: Workspace, config: RunConfig, backbone: Backbone | None, regions: list[str]
+) -> tuple[DetectResult, dict[str, int]]:
+    """Detect and embed at the same time: each committed detect chunk wakes an embedding
+    thread that embeds the faces written so far (ONNX Runtime and torch release the GIL, so
+    the model runs while decode and detection go on). Both steps stay resumable on their
+    own: an interrupted run leaves committed faces and embedded shards, and the next run
+    continues each step where it stopped.
+    """
+    import threading
+
+    from labeler.detect.pipeline import detect_workspace
+    from labeler.embeddings.embed import embed_faces
+
+    embedded: dict[str, int] = {}
+    wake, detecting_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def embed_ready_faces(*, progress: bool) -> None:
+        if backbone is None or not ws.faces_path.exists() or ws.faces().empty:
+            return
+        for region in regions:
+            res = embed_faces(
+                ws,
+                backbone,
+                region=region,
+                batch_size=config.batch_size,
+                workers=config.workers or 2,
+                progress=progress,
+            )
+            embedded[res.key] = embedded.get(res.key, 0) + res.n_new
+
+    def embedder() -> None:
+        try:
+            while not detecting_done.is_set():
+                wake.wait()
+                wake.clear()
+                if not detecting_done.is_set():
+                    embed_ready_faces(progress=False)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    n_images = int((ws.images()["status"] == "ok").sum())
+    chunk = min(500, max(32, n_images // 8))  # small commits early, bounded rewrites at scale
+    worker = threading.Thread(target=embedder, name="labeler-embed", daemon=True)
+    worker.start()
+    try:
+        detected = detect_workspace(
+            ws,
+            detector=config.detector,
+            workers=config.workers,
+            chunk_size=chunk,
+            progress=True,
+            on_chunk=lambda done, total: wake.set(),
+        )
+    finally:
+        detecting_done.set()
+        wake.set()
+        worker.join()
+    if errors:
+        raise errors[0]
+    embed_ready_faces(progress=True)  # what the last chunks added (and any earlier gap)
+    return detected, embedded
 
 
 def _refresh_clusters(ws: Workspace, config: RunConfig, *, changed: bool) -> tuple[int, float]:

@@ -11,6 +11,7 @@ model is used without building the torch model at all.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ from labeler.workspace import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 OPSET = 17
-EXPORT_VERSION = 1  # bump when the exported graph changes
+EXPORT_VERSION = 2  # bump when the exported graph changes  # bump when the exported graph changes
 
 
 def onnx_cache_dir(override: Path | None = None) -> Path:
@@ -72,6 +73,66 @@ def onnx_cache_path(
     return directory / f"{spec.arch}-{digest}.onnx"
 
 
+def freeze_same_padding(model: Any, input_size: int) -> Any:
+    """Replace timm's ``Conv2dSame`` (TF "same" padding computed from the input shape on every
+    call) by a constant pad + plain convolution for a fixed ``input_size`` square input.
+
+    The computed padding exports to ONNX as Shape/Gather/Ceil/Pad chains that ONNX Runtime
+    cannot fold into the convolutions; constant padding runs ~1.45x faster on CPU (measured:
+    78 -> 113 crops/s at 224 px on 2 threads) and gives the same numbers. Works in place;
+    returns ``model``.
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+    except ImportError:  # an older timm
+        return model
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, Conv2dSame):
+
+            def hook(_m: Any, inp: Any, name: str = name) -> None:
+                sizes[name] = tuple(int(v) for v in inp[0].shape[-2:])  # type: ignore[assignment]
+
+            hooks.append(mod.register_forward_pre_hook(hook))
+    if not hooks:
+        return model
+    first = next(model.parameters())
+    with torch.no_grad():
+        model(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8, device=first.device))
+    for h in hooks:
+        h.remove()
+    for name, (ih, iw) in sizes.items():
+        conv = model.get_submodule(name)
+        (kh, kw), (sh, sw), (dh, dw) = conv.weight.shape[-2:], conv.stride, conv.dilation
+        ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
+        symmetric = ph % 2 == 0 and pw % 2 == 0
+        plain = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            padding=(ph // 2, pw // 2) if symmetric else 0,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        ).to(first.device)
+        plain.load_state_dict(conv.state_dict())
+        new: nn.Module = plain
+        if not symmetric:
+            pad = nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            new = nn.Sequential(pad, plain)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model
+
+
 def export_onnx(feature_model: Any, path: Path, *, input_size: int) -> Path:
     """Export ``feature_model`` (uint8 NHWC in) to ``path`` atomically (opset 17, dynamic batch)."""
     import torch
@@ -80,6 +141,7 @@ def export_onnx(feature_model: Any, path: Path, *, input_size: int) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
+    feature_model = freeze_same_padding(copy.deepcopy(feature_model).cpu().eval(), input_size)
     kwargs: dict[str, Any] = {
         "input_names": ["images"],
         "output_names": ["features"],
