@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labeler.embeddings.store import l2_normalize  # noqa: F401  (re-exported)
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -35,20 +37,6 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_N = 50_000
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
-
-
-def l2_normalize(X: np.ndarray, *, batch: int = 65_536) -> np.ndarray:
-    """Return ``X`` (N, D) as float32 rows of unit length (all-zero rows stay zero).
-
-    Works in batches so a float16 memmap input never becomes one big float64 copy.
-    """
-    X = np.asarray(X) if not isinstance(X, np.memmap) else X
-    out = np.empty(X.shape, dtype=np.float32)
-    for start in range(0, X.shape[0], batch):
-        block = np.asarray(X[start : start + batch], dtype=np.float32)
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        np.divide(block, np.maximum(norms, 1e-12), out=out[start : start + batch])
-    return out
 
 
 def choose_index_kind(n: int) -> str:

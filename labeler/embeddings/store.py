@@ -85,11 +85,18 @@ def default_rerun(ws: Workspace, key: str) -> str:
     return f"labeler embed -w {ws.root} --backbone {name} --region {region}"
 
 
-def l2_normalize(X: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``X (N, D)`` scaled to unit length (zero rows stay zero), float32."""
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, eps)
+def l2_normalize(X: np.ndarray, *, eps: float = 1e-12, batch: int = 65_536) -> np.ndarray:
+    """Rows of ``X (N, D)`` scaled to unit length (zero rows stay zero), float32.
+
+    Works in batches of ``batch`` rows, so a float16 memmap never becomes one big float64 copy.
+    """
+    X = X if isinstance(X, np.memmap) else np.asarray(X)
+    out = np.empty(X.shape, dtype=np.float32)
+    for start in range(0, X.shape[0], batch):
+        block = np.asarray(X[start : start + batch], dtype=np.float32)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, np.maximum(norms, eps), out=out[start : start + batch])
+    return out
 
 
 @dataclass(frozen=True)
