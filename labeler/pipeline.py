@@ -110,9 +110,7 @@ def run_pipeline(
             embedded["cues__face"] = new
             timings["cues"] = time.perf_counter() - t
         if config.cluster:
-            n_clusters, timings["cluster"] = _refresh_clusters(
-                ws, config, changed=any(embedded.values())
-            )
+            n_clusters, timings["cluster"] = _refresh_clusters(ws, config)
     else:
         log.warning("no faces found in %s; nothing to embed or cluster", folder)
 
@@ -194,7 +192,7 @@ def _detect_and_embed(
     return detected, embedded
 
 
-def _refresh_clusters(ws: Workspace, config: RunConfig, *, changed: bool) -> tuple[int, float]:
+def _refresh_clusters(ws: Workspace, config: RunConfig) -> tuple[int, float]:
     """Cluster when no run exists; otherwise place new faces into the current run.
 
     New faces join the existing clusters and map by their nearest neighbours
