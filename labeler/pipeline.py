@@ -170,7 +170,9 @@ def _detect_and_embed(
             errors.append(exc)
 
     n_images = int((ws.images()["status"] == "ok").sum())
-    chunk = min(500, max(32, n_images // 8))  # small commits early, bounded rewrites at scale
+    # Commits are small on small folders (embedding starts early) and at most ~100 on big ones:
+    # each commit rewrites faces.parquet, so a fixed chunk would cost O(N^2) at a million images.
+    chunk = max(32, min(n_images // 8, max(500, n_images // 100)))
     worker = threading.Thread(target=embedder, name="labeler-embed", daemon=True)
     worker.start()
     try:
