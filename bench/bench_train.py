@@ -68,16 +68,9 @@ def tool_session(
 ) -> tuple[np.ndarray, int]:
     """The tool's own interactive session (``labeler simulate``'s protocol) on the pool faces:
     the current cluster run's groups and the ``auto`` features, labels after ``actions``."""
-    from labeler.cluster.store import load_run
-    from labeler.features import load_features
-    from labeler.simulate import simulate
-    from labeler.workspace import align_to_faces
+    from labeler.simulate import session_inputs, simulate
 
-    run = load_run(ws)
-    fix = "run 'labeler cluster' on the workspace"
-    groups = align_to_faces(face_ids, run.face_ids, run.labels, what="cluster run", fix=fix)
-    fids, F = load_features(ws, "auto")
-    F = align_to_faces(face_ids, np.asarray(fids), F, what="features", fix=fix)
+    groups, F, _ = session_inputs(ws, face_ids)
     res = simulate(
         groups[pool], truth[pool], strategy="interactive", features=F[pool], snapshot_at=actions
     )

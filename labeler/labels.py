@@ -557,24 +557,20 @@ class LabelStore:
         ``pending=True`` keeps only those that differ from the face's current human label and
         were not rejected.
         """
-        sql = f"SELECT {', '.join('s.' + c for c in SUGGESTION_COLUMNS)} FROM suggestions s"
-        where, args = [], []
-        if field is not None:
-            where.append("s.field = ?")
-            args.append(field)
-        if pending:
-            sql += (
+        return self._review_rows(
+            "suggestions",
+            SUGGESTION_COLUMNS,
+            field,
+            pending=(
                 " LEFT JOIN current c ON c.field = s.field AND c.face_id = s.face_id"
                 " LEFT JOIN decisions d ON d.field = s.field AND d.face_id = s.face_id"
-                " AND d.value = s.value AND d.kind = 'suggestion'"
+                " AND d.value = s.value AND d.kind = 'suggestion'",
+                "(c.value IS NULL OR c.value != s.value) AND d.face_id IS NULL",
             )
-            where.append("(c.value IS NULL OR c.value != s.value) AND d.face_id IS NULL")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY s.confidence DESC, s.face_id"
-        with self._read() as con:
-            rows = con.execute(sql, args).fetchall()
-        return pd.DataFrame(rows, columns=SUGGESTION_COLUMNS)
+            if pending
+            else None,
+            order="s.confidence DESC, s.face_id",
+        )
 
     def write_suspects(
         self, df: pd.DataFrame, method: str, *, fields: Sequence[str] | None = None
@@ -609,24 +605,46 @@ class LabelStore:
         ``pending=True`` keeps those whose face still carries the ``given`` label and that were
         not rejected ("the label is right").
         """
-        sql = f"SELECT {', '.join('s.' + c for c in SUSPECT_COLUMNS)} FROM suspects s"
+        return self._review_rows(
+            "suspects",
+            SUSPECT_COLUMNS,
+            field,
+            pending=(
+                " JOIN current c ON c.field = s.field AND c.face_id = s.face_id"
+                " LEFT JOIN decisions d ON d.field = s.field AND d.face_id = s.face_id"
+                " AND d.value = c.value AND d.kind = 'suspect'",
+                "c.value = s.given AND d.face_id IS NULL",
+            )
+            if pending
+            else None,
+            order="s.score DESC, s.face_id",
+        )
+
+    def _review_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        field: str | None,
+        *,
+        pending: tuple[str, str] | None,
+        order: str,
+    ) -> pd.DataFrame:
+        """Rows of the suggestions or suspects ``table`` (alias ``s``), optionally for one
+        ``field``; ``pending`` = (joins, condition) that keep the undecided ones."""
+        sql = f"SELECT {', '.join('s.' + c for c in columns)} FROM {table} s"
         where, args = [], []
         if field is not None:
             where.append("s.field = ?")
             args.append(field)
-        if pending:
-            sql += (
-                " JOIN current c ON c.field = s.field AND c.face_id = s.face_id"
-                " LEFT JOIN decisions d ON d.field = s.field AND d.face_id = s.face_id"
-                " AND d.value = c.value AND d.kind = 'suspect'"
-            )
-            where.append("c.value = s.given AND d.face_id IS NULL")
+        if pending is not None:
+            sql += pending[0]
+            where.append(pending[1])
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY s.score DESC, s.face_id"
+        sql += f" ORDER BY {order}"
         with self._read() as con:
             rows = con.execute(sql, args).fetchall()
-        return pd.DataFrame(rows, columns=SUSPECT_COLUMNS)
+        return pd.DataFrame(rows, columns=list(columns))
 
     def accept(
         self, items: pd.DataFrame, field: str, *, annotator: str, value_column: str = "value"

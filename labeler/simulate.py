@@ -523,6 +523,30 @@ def join_truth(
     return out.dropna(subset=["truth"]).reset_index(drop=True)
 
 
+def session_inputs(
+    ws: Any, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """What a simulated session on the workspace sees for ``face_ids`` (N,): the cluster run's
+    groups (N,), the feature matrix (N, D) of ``features`` and the run itself."""
+    from labeler.cluster.store import load_run
+    from labeler.features import load_features
+    from labeler.workspace import align_to_faces
+
+    ids = np.asarray(face_ids).astype(str)
+    run = load_run(ws, run_id)
+    fix = f"re-run 'labeler cluster -w {ws.root}'"
+    groups = align_to_faces(ids, run.face_ids, run.labels, what="the cluster run", fix=fix)
+    fids, X = load_features(ws, features)
+    X = align_to_faces(
+        ids,
+        np.asarray(fids).astype(str),
+        X,
+        what=f"features {features!r}",
+        fix="re-run 'labeler embed'",
+    )
+    return groups, X, run
+
+
 def simulate_workspace(
     ws: Any,
     truth_csv: str,
@@ -540,25 +564,13 @@ def simulate_workspace(
     feature spec and the face counts; the summaries are also written to
     ``clusters/<run_id>/simulation.json``.
     """
-    from labeler.cluster.store import load_run
-    from labeler.features import load_features
-    from labeler.workspace import align_to_faces, write_json
+    from labeler.workspace import write_json
 
     truth = join_truth(
         ws, truth_csv, truth_column=truth_column, file_column=file_column, all_faces=all_faces
     )
-    run = load_run(ws, run_id)
     ids = truth["face_id"].to_numpy(dtype=str)
-    fix = f"re-run 'labeler cluster -w {ws.root}'"
-    groups = align_to_faces(ids, run.face_ids, run.labels, what="the cluster run", fix=fix)
-    fids, X = load_features(ws, features)
-    X = align_to_faces(
-        ids,
-        np.asarray(fids).astype(str),
-        X,
-        what=f"features {features!r}",
-        fix="re-run 'labeler embed'",
-    )
+    groups, X, run = session_inputs(ws, ids, run_id=run_id, features=features)
     y = truth["truth"].to_numpy(dtype=str)
     results = {
         "plain": simulate(groups, y),
