@@ -7,7 +7,8 @@ Stages, each measured on the same images in one run:
                                                     bf16 + channels_last on CUDA)
   e2e      naive: cv2.imread + detect + align + torch eager, one thread
            labeler: `labeler run --no-cluster` (ingest + detect + align + embed) on a fresh
-           workspace, threads overlapping decode/detect with the model
+           workspace, threads overlapping decode/detect with the model; on CUDA the fused
+           GPU pass (labeler.fused), and the CPU-thread path on the same box for comparison
 
 Usage: python bench/bench_pipeline.py [--data DIR] [--repeat K] [--device auto]
 (default data: ../shared/data/maskedfacenet_1024/images). Prints a table; --json writes one.
@@ -131,7 +132,11 @@ def naive_e2e(files: list[Path], device: str) -> float:
 
 
 def labeler_e2e(
-    images: Path, workdir: Path, device: str, embed_threads: int | None = None
+    images: Path,
+    workdir: Path,
+    device: str,
+    embed_threads: int | None = None,
+    engine: str = "auto",
 ) -> tuple[float, dict[str, float], int]:
     from labeler.pipeline import RunConfig, run_pipeline
     from labeler.workspace import Workspace
@@ -149,10 +154,19 @@ def labeler_e2e(
             workers=os.cpu_count(),
             batch_size=256 if device == "cuda" else 64,
             embed_threads=embed_threads,
+            detect_engine=engine,
         ),
     )
     dt = time.perf_counter() - t
     return res.faces / dt, res.timings, res.faces
+
+
+def _cuda(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="copies of the image set (for big machines)"
     )
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--naive-limit", type=int, default=1000, help="images for the (slow) naive rate"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("labeler.pipeline").setLevel(logging.INFO)  # the fused pass's phases
     if not args.data.is_dir():
         print(f"no data at {args.data}; pass --data DIR of face photos", file=sys.stderr)
         return 0
@@ -189,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         reps = max(1, 256 // len(crops224))
         rows.update(bench_embed(np.concatenate([crops224] * reps), args.device))
-        rows["e2e_naive_faces_s"] = naive_e2e(files, args.device)
+        rows["e2e_naive_faces_s"] = naive_e2e(files[: args.naive_limit], args.device)
+        if _cuda(args.device):  # the CPU path on the GPU box, for comparison
+            fps, timings, _ = labeler_e2e(images, workdir, args.device, engine="threads")
+            rows["e2e_labeler_threads_faces_s"] = fps
+            rows.update({f"threads_{k}_s": v for k, v in timings.items()})
         fps, timings, n = labeler_e2e(images, workdir, args.device)
         rows["e2e_labeler_faces_s"] = fps
         rows["e2e_faces"] = n
@@ -217,14 +239,27 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("labeler vs naive", "", f"{ratio:.2f}x"),
     ]
+    if "e2e_labeler_threads_faces_s" in rows:
+        table.insert(
+            -1,
+            (
+                "end-to-end, faces/s",
+                "",
+                f"{rows['e2e_labeler_threads_faces_s']:.1f} (run, CPU detect threads)",
+            ),
+        )
     print(f"\n{rows['images']} images, {rows['e2e_faces']} faces, {rows['cores']} cores")
     print(f"{'stage':<26}{'naive':<28}{'labeler':<28}")
     for name, a, b in table:
         print(f"{name:<26}{a:<28}{b:<28}")
-    print(
-        "labeler step seconds: "
-        + ", ".join(f"{k[8:-2]} {v:.2f}" for k, v in rows.items() if k.startswith("labeler_"))
-    )
+    for prefix in ("labeler_", "threads_"):
+        steps = [
+            f"{k[len(prefix) : -2]} {v:.2f}"
+            for k, v in rows.items()
+            if k.startswith(prefix) and k.endswith("_s") and not k.endswith("faces_s")
+        ]
+        if steps:
+            print(f"{prefix[:-1]} step seconds: " + ", ".join(steps))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
     return 0

@@ -70,6 +70,7 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, *, size: int = CROP_SIZE)
     k = min(_MAX_SUPERSAMPLE, int(math.ceil(shrink))) if shrink > 1.5 else 1
     out_size = size * k
     mk = m * k
+    mk[:, 2] += (k - 1) / 2  # pixel centres: crop pixel i is the mean of k*i .. k*i + k-1
     crop = cv2.warpAffine(
         np.ascontiguousarray(rgb),
         mk,

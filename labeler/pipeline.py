@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labeler.workspace import Workspace
 
@@ -35,6 +35,10 @@ class RunConfig:
     cluster: bool = True
     workers: int | None = None
     embed_threads: int | None = None  # CPU threads of the model (default: all cores)
+    #: ``auto``: the fused GPU pass (:mod:`labeler.fused`) when the model runs on CUDA and the
+    #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
+    #: (also on CPU: slower there, for checking it).
+    detect_engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ def _detect_and_embed(
     from labeler.embeddings.embed import embed_faces
 
     embedded: dict[str, int] = {}
+    on_cuda = backbone is not None and backbone.config.device.startswith("cuda")
+    decode = "cuda" if on_cuda and backbone.config.runtime == "torch" else "cpu"  # type: ignore[union-attr]
     wake, detecting_done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -155,6 +161,7 @@ def _detect_and_embed(
                 region=region,
                 batch_size=config.batch_size,
                 workers=config.workers or 2,
+                decode=decode,
                 progress=progress,
             )
             embedded[res.key] = embedded.get(res.key, 0) + res.n_new
@@ -170,9 +177,23 @@ def _detect_and_embed(
             errors.append(exc)
 
     n_images = int((ws.images()["status"] == "ok").sum())
-    # Commits are small on small folders (embedding starts early) and at most ~100 on big ones:
-    # each commit rewrites faces.parquet, so a fixed chunk would cost O(N^2) at a million images.
-    chunk = max(32, min(n_images // 8, max(500, n_images // 100)))
+    chunk = default_chunk_size(n_images)
+    engine = _fused_engine(config, backbone, regions)
+    if engine is not None:
+        try:
+            detected = detect_workspace(
+                ws,
+                detector=config.detector,
+                workers=config.workers,
+                chunk_size=max(chunk, 1024),
+                progress=True,
+                engine=engine,
+            )
+        finally:
+            engine.close()
+        log.info("fused GPU pass: %s", engine.stats)
+        embed_ready_faces(progress=True)  # faces of the photos the CPU path took
+        return detected, embedded
     worker = threading.Thread(target=embedder, name="labeler-embed", daemon=True)
     worker.start()
     try:
@@ -192,6 +213,35 @@ def _detect_and_embed(
         raise errors[0]
     embed_ready_faces(progress=True)  # what the last chunks added (and any earlier gap)
     return detected, embedded
+
+
+def default_chunk_size(n_images: int) -> int:
+    """Images per detect commit: small on small folders (embedding starts early), at most
+    ~100 commits on big ones (each commit rewrites faces.parquet: a fixed chunk would cost
+    O(N^2) at a million images)."""
+    return max(32, min(n_images // 8, max(500, n_images // 100)))
+
+
+def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:
+    """The fused GPU pass when ``config.detect_engine`` asks for it (see :class:`RunConfig`)."""
+    if config.detect_engine not in ("auto", "threads", "fused"):
+        raise ValueError(
+            f"detect_engine must be auto, threads or fused, got {config.detect_engine!r}"
+        )
+    if config.detect_engine == "threads" or config.detector != "mediapipe":
+        return None
+    torch_rt = backbone is not None and backbone.config.runtime == "torch"
+    cuda = torch_rt and backbone.config.device.startswith("cuda")  # type: ignore[union-attr]
+    if config.detect_engine == "auto" and not cuda:
+        return None
+    from labeler.fused import FusedEngine
+
+    # on CPU with ONNX Runtime the engine writes crops only; the closing embed pass embeds them
+    return FusedEngine(
+        backbone if torch_rt else None,
+        regions=regions,
+        device=backbone.config.device if cuda else "cpu",  # type: ignore[union-attr]
+    )
 
 
 def _refresh_clusters(ws: Workspace, config: RunConfig) -> tuple[int, float]:

@@ -298,3 +298,21 @@ def test_cli_ingest(zoo, tmp_path):
     assert res.exit_code == 0 and f"0 new, 0 changed, {len(expect)} unchanged" in res.output
     res = runner.invoke(cli, ["ingest", str(tmp_path / "missing"), "-w", str(ws_dir)])
     assert res.exit_code != 0 and "does not exist" in res.output
+
+
+def test_process_pool_reads_like_threads(zoo, tmp_path, monkeypatch):
+    """Big machines read big folders in processes: same rows, same order, same reasons."""
+    import labeler.ingest as ingest_mod
+
+    folder, _ = zoo
+    threads = Workspace.open(tmp_path / "threads", create=True)
+    ingest_folder(threads, folder)
+    monkeypatch.setattr(ingest_mod, "PROCESS_MIN_CORES", 1)
+    monkeypatch.setattr(ingest_mod, "PROCESS_MIN_FILES", 1)
+    procs = Workspace.open(tmp_path / "procs", create=True)
+    ingest_folder(procs, folder)
+    a, b = threads.images(), procs.images()
+    cols = ["image_id", "path", "status", "error", "width", "height", "duplicate_of"]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(a[cols], b[cols])

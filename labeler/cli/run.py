@@ -19,6 +19,14 @@ from labeler.cli._common import user_errors, workspace_option
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--no-cluster", is_flag=True, help="Stop after embedding.")
 @click.option("--workers", type=int, default=None, help="Decode/detect threads (default: cores).")
+@click.option(
+    "--detect-engine",
+    type=click.Choice(["auto", "threads", "fused"]),
+    default="auto",
+    show_default=True,
+    help="auto: one fused GPU pass (decode, detect, align, embed) when the model runs on CUDA; "
+    "threads: the CPU path; fused: the GPU pass's code on whatever device (for checking).",
+)
 def command(
     images: str,
     ws: object,
@@ -29,6 +37,7 @@ def command(
     batch_size: int,
     no_cluster: bool,
     workers: int | None,
+    detect_engine: str,
 ) -> None:
     """Ingest IMAGES, detect and align faces, embed them and group them (all incremental)."""
     from labeler.pipeline import RunConfig, run_pipeline
@@ -41,6 +50,7 @@ def command(
         batch_size=batch_size,
         cluster=not no_cluster,
         workers=workers,
+        detect_engine=detect_engine,
     )
     try:
         res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]

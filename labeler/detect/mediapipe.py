@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _MODELS = {"short": 0, "full": 1}
 # A face whose box side is below this fraction of the image's shorter side counts as small:
 # then the full-range model also runs in "auto" mode.
-_SMALL_FACE_FRACTION = 0.25
+SMALL_FACE_FRACTION = 0.25
 _PAD_FRACTION = 0.4
 #: Tile side (pixels) of :meth:`MediaPipeDetector.detect_small_faces`.
 TILE_SIDE = 320
@@ -136,7 +136,7 @@ class MediaPipeDetector:
             dets = self._run(rgb, 0)
             short_side = min(rgb.shape[:2])
             if not dets or max(min(d.width, d.height) for d in dets) < (
-                _SMALL_FACE_FRACTION * short_side
+                SMALL_FACE_FRACTION * short_side
             ):
                 dets = dets + self._run(rgb, 1)
             if not dets and self.pad_retry:

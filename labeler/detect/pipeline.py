@@ -30,9 +30,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,23 @@ def detect_and_align(
 # --- the workspace step ----------------------------------------------------------------------
 
 
+class DetectEngine(Protocol):
+    """Processes one chunk of ``(image_id, path)`` for :func:`detect_workspace`.
+
+    Returns one :class:`ImageOutcome` per item, in item order, with the crops written.
+    ``cpu(item)`` submits an item to the step's thread pool (the plain CPU path) and returns
+    its future: an engine hands over whatever it cannot handle itself.
+    """
+
+    def __call__(
+        self,
+        ws: Workspace,
+        items: list[tuple[str, Path]],
+        cfg: DetectConfig,
+        cpu: Callable[[tuple[str, Path]], Future[ImageOutcome]],
+    ) -> list[ImageOutcome]: ...
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     """The resolved options of a ``labeler detect`` run (saved as ``steps/detect.json``)."""
@@ -201,7 +219,9 @@ def read_detect_log(ws: Workspace) -> pd.DataFrame:
 
 
 @dataclass
-class _Outcome:
+class ImageOutcome:
+    """What detection did with one image: its ``faces.parquet`` rows (crops written)."""
+
     image_id: str
     rows: list[dict[str, object]]
     whole_image: bool
@@ -212,12 +232,12 @@ class _Outcome:
 
 def _process_image(
     ws: Workspace, image_id: str, path: Path, detector: Detector, cfg: DetectConfig
-) -> _Outcome:
+) -> ImageOutcome:
     t0 = time.perf_counter()
     try:
         dec = decode_image(path, min_side=cfg.detect_side)
     except ImageDecodeError as exc:
-        return _Outcome(image_id, [], False, str(exc), time.perf_counter() - t0, 0.0)
+        return ImageOutcome(image_id, [], False, str(exc), time.perf_counter() - t0, 0.0)
     t1 = time.perf_counter()
     try:
         pairs = _align_from(
@@ -231,30 +251,35 @@ def _process_image(
             small_faces=cfg.small_faces,
         )
     except ImageDecodeError as exc:  # the re-decode at a larger size failed
-        return _Outcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
+        return ImageOutcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
     rows = []
     for index, (d, crop) in enumerate(pairs):
-        fid = face_id_for(image_id, index)
-        crop_path = ws.crop_path(fid)
-        write_jpeg(crop_path, crop, quality=cfg.jpeg_quality)
-        rows.append(
-            {
-                "face_id": fid,
-                "image_id": image_id,
-                "face_index": index,
-                "x0": d.x0,
-                "y0": d.y0,
-                "x1": d.x1,
-                "y1": d.y1,
-                "score": d.score,
-                "landmarks": d.landmarks.reshape(-1).astype(np.float32).tolist(),
-                "detector": detector.name,
-                "whole_image": d.whole_image,
-                "crop_path": crop_path.relative_to(ws.root).as_posix(),
-            }
-        )
+        row = face_row(ws, image_id, index, d, detector.name)
+        write_jpeg(ws.root / row["crop_path"], crop, quality=cfg.jpeg_quality)
+        rows.append(row)
     whole = any(d.whole_image for d, _ in pairs)
-    return _Outcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
+    return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
+
+
+def face_row(
+    ws: Workspace, image_id: str, index: int, d: Detection, detector: str
+) -> dict[str, object]:
+    """The ``faces.parquet`` row of face ``index`` of ``image_id`` (crop at ``ws.crop_path``)."""
+    fid = face_id_for(image_id, index)
+    return {
+        "face_id": fid,
+        "image_id": image_id,
+        "face_index": index,
+        "x0": d.x0,
+        "y0": d.y0,
+        "x1": d.x1,
+        "y1": d.y1,
+        "score": d.score,
+        "landmarks": d.landmarks.reshape(-1).astype(np.float32).tolist(),
+        "detector": detector,
+        "whole_image": d.whole_image,
+        "crop_path": ws.crop_path(fid).relative_to(ws.root).as_posix(),
+    }
 
 
 def _has_big_face(dets: list[Detection], shape: tuple[int, ...]) -> bool:
@@ -351,6 +376,7 @@ def detect_workspace(
     detector_options: dict[str, object] | None = None,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
+    engine: DetectEngine | None = None,
 ) -> DetectResult:
     """Detect and align the faces of every ingested image that has no detect record yet.
 
@@ -359,7 +385,9 @@ def detect_workspace(
     JPEG) and ``steps/detect.json``. ``workers`` threads (default ``min(4, cpu count)``)
     decode and detect, one detector per thread. ``chunk_size`` images are committed at a
     time; ``on_chunk(done, total)`` is called after each commit. ``redo`` forgets earlier
-    results (and crops) and detects everything again.
+    results (and crops) and detects everything again. ``engine`` replaces the thread pool for
+    whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
+    commits, the log and resuming stay the same.
 
     >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
     >>> res.faces, res.no_face  # doctest: +SKIP
@@ -419,17 +447,18 @@ def detect_workspace(
     made: list[Detector] = []
     lock = threading.Lock()
 
-    def work(row: object) -> _Outcome:
+    def work(item: tuple[str, Path]) -> ImageOutcome:
         det = getattr(local, "detector", None)
         if det is None:
             det = local.detector = cfg.build_detector()
             with lock:
                 made.append(det)
-        path = roots[int(row.root)] / row.path  # type: ignore[attr-defined]
-        return _process_image(ws, row.image_id, path, det, cfg)  # type: ignore[attr-defined]
+        return _process_image(ws, item[0], item[1], det, cfg)
+
+    items = [(r.image_id, roots[int(r.root)] / r.path) for r in todo]
 
     n_workers = workers or min(4, os.cpu_count() or 1)
-    outcomes: list[_Outcome] = []
+    outcomes: list[ImageOutcome] = []
     bar = None
     if progress and todo:
         from tqdm import tqdm
@@ -439,8 +468,11 @@ def detect_workspace(
     log_parts = [done_log]
     try:
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="detect") as pool:
-            for chunk in iter_batches(todo, chunk_size):
-                got = list(pool.map(work, chunk))
+            for chunk in iter_batches(items, chunk_size):
+                if engine is None:
+                    got = list(pool.map(work, chunk))
+                else:
+                    got = engine(ws, chunk, cfg, lambda item: pool.submit(work, item))
                 outcomes.extend(got)
                 rows = [row for o in got for row in o.rows]
                 if rows:

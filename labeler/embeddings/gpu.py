@@ -55,7 +55,6 @@ def decode_crops_cuda(
     ``device="cpu"`` runs the same code with libjpeg); non-JPEG inputs fall back to PIL.
     """
     import torch
-    import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
@@ -66,20 +65,30 @@ def decode_crops_cuda(
     except RuntimeError as exc:
         log.debug("GPU decode failed (%s); decoding this batch on the CPU", exc)
         images = [im.to(device, non_blocking=True) for im in _decode_cpu(datas)]
-    reg = get_region(region)
     out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(tuple(im.shape[1:]), []).append(i)
     for (h, w), idx in groups.items():
         side = min(h, w)
-        x0, y0, x1, y1 = reg.pixels(side)
-        batch = torch.stack([images[i][:, :side, :side][:, y0:y1, x0:x1] for i in idx]).float()
-        # antialiased bilinear is within ~0.3 grey levels of cv2.INTER_AREA when shrinking
-        # ("area" is not: non-integer ratios); plain bilinear equals INTER_LINEAR when enlarging
-        shrink = (y1 - y0) >= size and (x1 - x0) >= size
-        resized = F.interpolate(
-            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+        out[idx] = region_pixels(
+            torch.stack([images[i][:, :side, :side] for i in idx]), region=region, size=size
         )
-        out[idx] = resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     return out
+
+
+def region_pixels(crops: Any, *, region: str = "face", size: int = 224) -> Any:
+    """Square aligned crops ``(N, 3, S, S)`` (uint8 or float 0..255, any device) -> the
+    ``region`` of each resized to uint8 ``(N, size, size, 3)`` on the same device."""
+    import torch
+    import torch.nn.functional as F
+
+    x0, y0, x1, y1 = get_region(region).pixels(crops.shape[-1])
+    batch = crops[:, :, y0:y1, x0:x1].float()
+    # antialiased bilinear is within ~0.3 grey levels of cv2.INTER_AREA when shrinking
+    # ("area" is not: non-integer ratios); plain bilinear equals INTER_LINEAR when enlarging
+    shrink = (y1 - y0) >= size and (x1 - x0) >= size
+    resized = F.interpolate(
+        batch, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
