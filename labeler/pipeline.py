@@ -142,7 +142,7 @@ def _detect_and_embed(
     """
     import threading
 
-    from labeler.detect.pipeline import detect_workspace
+    from labeler.detect.pipeline import default_chunk_size, detect_workspace
     from labeler.embeddings.embed import embed_faces
 
     embedded: dict[str, int] = {}
@@ -213,13 +213,6 @@ def _detect_and_embed(
         raise errors[0]
     embed_ready_faces(progress=True)  # what the last chunks added (and any earlier gap)
     return detected, embedded
-
-
-def default_chunk_size(n_images: int) -> int:
-    """Images per detect commit: small on small folders (embedding starts early), at most
-    ~100 commits on big ones (each commit rewrites faces.parquet: a fixed chunk would cost
-    O(N^2) at a million images)."""
-    return max(32, min(n_images // 8, max(500, n_images // 100)))
 
 
 def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:

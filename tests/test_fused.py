@@ -259,7 +259,8 @@ def test_fused_pass_on_cuda_equals_cpu(tmp_path: Path) -> None:
     folder.mkdir()
     base = _astronaut(1024)
     for i, angle in enumerate(range(-20, 21, 5)):
-        m = cv2.getRotationMatrix2D((512, 512), angle, 1.0 + 0.05 * i)
+        # faces well above the quarter-of-the-frame line where the CPU path adds full-range
+        m = cv2.getRotationMatrix2D((452, 240), angle, 1.6 + 0.05 * i)  # about the face
         img = cv2.warpAffine(base, m, (1024, 1024), borderMode=cv2.BORDER_REFLECT)
         cv2.imwrite(str(folder / f"p{i}.jpg"), img[:, :, ::-1])
     from labeler.detect.blazeface import BlazeFaceTorch

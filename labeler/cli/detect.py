@@ -30,9 +30,9 @@ DETECTOR_NAMES = ("mediapipe", "mtcnn", "haar", "none")
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Images per committed chunk (a crash loses at most one).",
+    default=None,
+    help="Images per committed chunk (a crash loses at most one; default grows with the "
+    "folder: 32 to 500 images, then 1/100 of it).",
 )
 @click.option(
     "--fallback/--no-fallback",
@@ -47,7 +47,7 @@ def command(
     min_size: float,
     score_threshold: float,
     workers: int | None,
-    chunk_size: int,
+    chunk_size: int | None,
     fallback: bool,
     redo: bool,
 ) -> None:

@@ -206,6 +206,13 @@ class DetectResult:
     config: DetectConfig
 
 
+def default_chunk_size(n_images: int) -> int:
+    """Images per commit: small on small folders (later steps can start early), at most ~100
+    commits on big ones (each commit rewrites faces.parquet: a fixed chunk would cost
+    O(N^2) at a million images)."""
+    return max(32, min(n_images // 8, max(500, n_images // 100)))
+
+
 def detect_log_path(ws: Workspace) -> Path:
     return ws.root / "detect_log.parquet"
 
@@ -368,7 +375,7 @@ def detect_workspace(
     min_size: float = 20.0,
     score_threshold: float = 0.5,
     workers: int | None = None,
-    chunk_size: int = 500,
+    chunk_size: int | None = None,
     detect_side: int = DETECT_SIDE,
     fallback: bool = True,
     small_faces: bool = True,
@@ -384,15 +391,16 @@ def detect_workspace(
     ``n_faces`` 0 for images without a face), crops at ``ws.crop_path(face_id)`` (256x256
     JPEG) and ``steps/detect.json``. ``workers`` threads (default ``min(4, cpu count)``)
     decode and detect, one detector per thread. ``chunk_size`` images are committed at a
-    time; ``on_chunk(done, total)`` is called after each commit. ``redo`` forgets earlier
-    results (and crops) and detects everything again. ``engine`` replaces the thread pool for
+    time (default :func:`default_chunk_size`); ``on_chunk(done, total)`` is called after
+    each commit. ``redo`` forgets earlier results (and crops) and detects everything again.
+    ``engine`` replaces the thread pool for
     whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
     commits, the log and resuming stay the same.
 
     >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
     >>> res.faces, res.no_face  # doctest: +SKIP
     """
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cfg = DetectConfig(
         detector=detector,
@@ -442,6 +450,7 @@ def detect_workspace(
         faces = faces[~orphans]
     todo = [r for r in ok.itertuples(index=False) if r.image_id not in done]
     log.info("detect: %d images to process, %d already done", len(todo), len(done))
+    chunk_size = chunk_size or default_chunk_size(len(ok))
 
     local = threading.local()
     made: list[Detector] = []
