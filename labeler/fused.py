@@ -35,7 +35,6 @@ import io
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,7 +46,8 @@ import numpy as np
 
 from labeler.align import alignment_matrix
 from labeler.detect import Detection, finalize
-from labeler.detect.mediapipe import SMALL_FACE_FRACTION
+from labeler.detect.mediapipe import needs_full_range
+from labeler.imageio import write_bytes
 
 if TYPE_CHECKING:
     from labeler.detect.pipeline import DetectConfig, ImageOutcome
@@ -173,23 +173,14 @@ def align_batch(images: Any, faces: Sequence[tuple[int, np.ndarray]], *, size: i
     return out
 
 
-def detections_from(rows: np.ndarray, scale: float, left: float, top: float, side: int) -> list:
-    """BlazeFace rows ``(K, 17)`` (normalized letterbox coords) -> :class:`Detection` in
-    image pixels."""
-    out = []
-    for r in rows:
-        xy = (r[1:].reshape(-1, 2) * side - (left, top)) / scale
-        out.append(
-            Detection(
-                float(xy[0, 0]),
-                float(xy[0, 1]),
-                float(xy[1, 0]),
-                float(xy[1, 1]),
-                float(r[0]),
-                xy[2:6].astype(np.float32),
-            )
-        )
-    return out
+def detections_from(
+    rows: np.ndarray, scale: float, left: float, top: float, side: int
+) -> list[Detection]:
+    """BlazeFace rows ``(K, 17)`` of a :func:`letterbox` view -> :class:`Detection` in image
+    pixels (``scale``, ``left``, ``top`` as :func:`letterbox` returned them)."""
+    from labeler.detect.blazeface import rows_to_detections
+
+    return rows_to_detections(rows, side / scale, (-left / scale, -top / scale))
 
 
 class FusedEngine:
@@ -222,7 +213,6 @@ class FusedEngine:
         self._detector_threshold: float | None = None
         self._writers: dict[str, Any] = {}
         self._io = ThreadPoolExecutor(self.read_workers, thread_name_prefix="labeler-fused")
-        self._lock = threading.Lock()
         self._stats = {"images_gpu": 0, "images_cpu": 0, "faces_gpu": 0, "embedded": 0}
         self._seconds_gpu = 0.0
         self._phases: dict[str, float] = {}
@@ -387,7 +377,7 @@ class FusedEngine:
                 t = self._tick("encode", t)
                 paths = [ws.crop_path(f) for f in face_ids]
                 writes.extend(
-                    self._io.submit(_write_bytes, p, d) for p, d in zip(paths, datas, strict=True)
+                    self._io.submit(write_bytes, p, d) for p, d in zip(paths, datas, strict=True)
                 )
                 self._embed(datas, face_ids)
                 self._tick("embed", t)
@@ -400,8 +390,7 @@ class FusedEngine:
     ) -> list[Detection] | None:
         """The faces the CPU path would keep, or None when it would look further (full-range
         model, padded retry, tiles): only when short-range found a big face are both equal."""
-        short = min(h, w)
-        if not dets or max(min(d.width, d.height) for d in dets) < SMALL_FACE_FRACTION * short:
+        if needs_full_range(dets, min(h, w)):
             return None
         dets = finalize(dets, score_threshold=cfg.score_threshold)
         dets = [d for d in dets if min(d.width, d.height) >= cfg.min_size]
@@ -445,12 +434,3 @@ class FusedEngine:
                 X = self.backbone.embed(pixels)
                 self._writers[region].add(face_ids[s : s + self.embed_batch], X)
         self._stats["embedded"] += len(face_ids)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Like :func:`labeler.imageio.write_jpeg` for encoded bytes: all or nothing on a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

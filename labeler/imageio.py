@@ -232,9 +232,16 @@ def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
 
 def write_jpeg(path: Path, rgb: np.ndarray, *, quality: int = 92) -> None:
     """Write ``rgb`` as JPEG: a crash leaves either no file or a complete one (no fsync)."""
-    data = encode_jpeg(rgb, quality=quality)
+    write_bytes(path, encode_jpeg(rgb, quality=quality))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder: a crash
+    leaves either no file or a complete one (no fsync). Safe from several threads."""
+    import threading
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)

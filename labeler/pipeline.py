@@ -146,8 +146,7 @@ def _detect_and_embed(
     from labeler.embeddings.embed import embed_faces
 
     embedded: dict[str, int] = {}
-    on_cuda = backbone is not None and backbone.config.device.startswith("cuda")
-    decode = "cuda" if on_cuda and backbone.config.runtime == "torch" else "cpu"  # type: ignore[union-attr]
+    decode = "cuda" if _torch_on_cuda(backbone) else "cpu"
     wake, detecting_done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -215,6 +214,15 @@ def _detect_and_embed(
     return detected, embedded
 
 
+def _torch_on_cuda(backbone: Backbone | None) -> bool:
+    """The model runs in torch on a CUDA device (GPU decode and the fused pass apply)."""
+    return (
+        backbone is not None
+        and backbone.config.runtime == "torch"
+        and backbone.config.device.startswith("cuda")
+    )
+
+
 def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:
     """The fused GPU pass when ``config.detect_engine`` asks for it (see :class:`RunConfig`)."""
     if config.detect_engine not in ("auto", "threads", "fused"):
@@ -223,13 +231,13 @@ def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[st
         )
     if config.detect_engine == "threads" or config.detector != "mediapipe":
         return None
-    torch_rt = backbone is not None and backbone.config.runtime == "torch"
-    cuda = torch_rt and backbone.config.device.startswith("cuda")  # type: ignore[union-attr]
+    cuda = _torch_on_cuda(backbone)
     if config.detect_engine == "auto" and not cuda:
         return None
     from labeler.fused import FusedEngine
 
     # on CPU with ONNX Runtime the engine writes crops only; the closing embed pass embeds them
+    torch_rt = backbone is not None and backbone.config.runtime == "torch"
     return FusedEngine(
         backbone if torch_rt else None,
         regions=regions,

@@ -403,6 +403,20 @@ def weighted_nms(cands: np.ndarray, iou_threshold: float = _NMS_IOU) -> np.ndarr
     return np.asarray(out, dtype=np.float32).reshape(-1, cands.shape[1])
 
 
+def rows_to_detections(
+    rows: np.ndarray, scale: float, offset: tuple[float, float]
+) -> list[Detection]:
+    """:meth:`BlazeFaceTorch.detect_batch` rows of one image -> :class:`Detection` in image
+    pixels, where image pixel = normalised input coordinate * ``scale`` + ``offset``;
+    landmarks are the first 4 keypoints (eyes, nose tip, mouth)."""
+    dets = []
+    for row in rows:
+        pts = row[1:].reshape(-1, 2).astype(np.float64) * scale + offset
+        (x0, y0), (x1, y1) = pts[0], pts[1]
+        dets.append(Detection(float(x0), float(y0), float(x1), float(y1), float(row[0]), pts[2:6]))
+    return dets
+
+
 class BlazeFaceTorch:
     """BlazeFace short-range in PyTorch (CPU or CUDA), batched; not thread-safe.
 
@@ -523,11 +537,5 @@ class BlazeFaceTorch:
 
         x, (left, top, side) = self.preprocess(np.asarray(rgb)[..., :3])
         rows = self.detect_batch(torch.from_numpy(x)[None].to(self.device))[0]
-        dets = []
-        for row in rows:
-            pts = row[1:].reshape(-1, 2).astype(np.float64) * side + [left, top]
-            (x0, y0), (x1, y1) = pts[0], pts[1]
-            dets.append(
-                Detection(float(x0), float(y0), float(x1), float(y1), float(row[0]), pts[2:6])
-            )
+        dets = rows_to_detections(rows, side, (left, top))
         return finalize(dets, score_threshold=self.score_threshold)

@@ -49,6 +49,14 @@ def tile_origins(width: int, height: int, tile: int, overlap: float) -> list[tup
     return [(x, y) for y in starts(height) for x in starts(width)]
 
 
+def needs_full_range(short_range: list[Detection], short_side: float) -> bool:
+    """Whether "auto" mode adds the full-range model: short-range found no face, or only faces
+    smaller than ``SMALL_FACE_FRACTION`` of the image's shorter side."""
+    return not short_range or max(min(d.width, d.height) for d in short_range) < (
+        SMALL_FACE_FRACTION * short_side
+    )
+
+
 class MediaPipeDetector:
     """BlazeFace detector; not thread-safe (make one per thread).
 
@@ -134,10 +142,7 @@ class MediaPipeDetector:
             dets = self._run(rgb, _MODELS[self.model])
         else:
             dets = self._run(rgb, 0)
-            short_side = min(rgb.shape[:2])
-            if not dets or max(min(d.width, d.height) for d in dets) < (
-                SMALL_FACE_FRACTION * short_side
-            ):
+            if needs_full_range(dets, min(rgb.shape[:2])):
                 dets = dets + self._run(rgb, 1)
             if not dets and self.pad_retry:
                 dets = self._padded(rgb)
