@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tinyws
 from click.testing import CliRunner
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
@@ -26,7 +27,7 @@ from labeler.cluster.store import (
     save_run,
     set_current,
 )
-from labeler.workspace import FACES_SCHEMA, Workspace, WorkspaceError, empty_table
+from labeler.workspace import Workspace, WorkspaceError
 
 D = 1280
 
@@ -49,25 +50,7 @@ def brute_knn(V: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_ws(tmp_path, face_ids) -> Workspace:
     ws = Workspace.open(tmp_path / "ws", create=True)
-    faces = empty_table(FACES_SCHEMA)
-    faces = pd.DataFrame(
-        {
-            "face_id": list(face_ids),
-            "image_id": [f.split("_")[0] for f in face_ids],
-            "face_index": 0,
-            "x0": 0.0,
-            "y0": 0.0,
-            "x1": 1.0,
-            "y1": 1.0,
-            "score": 1.0,
-            "landmarks": [np.zeros(8, np.float32)] * len(face_ids),
-            "detector": "test",
-            "whole_image": True,
-            "crop_path": "",
-        },
-        columns=faces.columns,
-    )
-    ws.write_faces(faces)
+    ws.write_faces(tinyws.stub_faces(list(face_ids), detector="test"))
     return ws
 
 

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import tinyws
 
 from labeler.cues import CUES_KEY, compute_cues, cue_names, cues_workspace
 from labeler.regions import CROP_SIZE, TEMPLATE
@@ -121,33 +122,19 @@ def test_cues_follow_the_mask_position_not_its_colour():
 
 
 def _tiny_workspace(tmp_path, n: int):
-    from labeler.workspace import FACES_SCHEMA, Workspace
+    from labeler.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws", create=True)
-    rows = []
+    ids, paths = [], []
     for i in range(n):
         fid = f"{i:016x}_0"
         img = synthetic_face(mask=list(MASK_COLOURS.values())[i % 4] if i % 2 else None, seed=i)
         path = ws.crop_path(fid)
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        rows.append(
-            {
-                "face_id": fid,
-                "image_id": f"{i:016x}",
-                "face_index": 0,
-                "x0": 0.0,
-                "y0": 0.0,
-                "x1": 1.0,
-                "y1": 1.0,
-                "score": 1.0,
-                "landmarks": [0.0] * 8,
-                "detector": "none",
-                "whole_image": True,
-                "crop_path": str(path.relative_to(ws.root)),
-            }
-        )
-    ws.write_faces(pd.DataFrame(rows, columns=FACES_SCHEMA.names))
+        ids.append(fid)
+        paths.append(str(path.relative_to(ws.root)))
+    ws.write_faces(tinyws.stub_faces(ids, crop_paths=paths))
     return ws
 
 

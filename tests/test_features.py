@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import pytest
+import tinyws
 
 from labeler.features import combine_blocks, load_features, parse_spec, resolve_spec
 
@@ -60,29 +60,12 @@ def test_resolve_auto_falls_back_and_says_so(caplog):
 
 def _workspace_with_blocks(tmp_path, blocks: dict[str, np.ndarray]):
     from labeler.embeddings.store import save_vectors
-    from labeler.workspace import FACES_SCHEMA, Workspace
+    from labeler.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws", create=True)
     n = len(next(iter(blocks.values())))
     ids = [f"{i:016x}_0" for i in range(n)]
-    faces = pd.DataFrame(
-        {
-            "face_id": ids,
-            "image_id": [f[:16] for f in ids],
-            "face_index": 0,
-            "x0": 0.0,
-            "y0": 0.0,
-            "x1": 1.0,
-            "y1": 1.0,
-            "score": 1.0,
-            "landmarks": [[0.0] * 8] * n,
-            "detector": "none",
-            "whole_image": True,
-            "crop_path": "",
-        },
-        columns=FACES_SCHEMA.names,
-    )
-    ws.write_faces(faces)
+    ws.write_faces(tinyws.stub_faces(ids))
     for key, X in blocks.items():
         # stored in reverse order: load_features must realign to faces.parquet
         save_vectors(ws, key, ids[::-1], X[::-1], {"test": True})

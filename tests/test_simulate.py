@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tinyws
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,7 +141,7 @@ def _tiny_workspace(tmp_path):
 
     from labeler.cluster.store import ClusterResult, save_run
     from labeler.embeddings.store import save_vectors
-    from labeler.workspace import FACES_SCHEMA, IMAGES_SCHEMA, Workspace
+    from labeler.workspace import IMAGES_SCHEMA, Workspace
 
     X, truth = _blobs(n_per=20, seed=4)
     n = len(truth)
@@ -167,24 +168,7 @@ def _tiny_workspace(tmp_path):
     )
     ws.write_images(images)
     ids = [f"{i}_0" for i in image_ids]
-    faces = pd.DataFrame(
-        {
-            "face_id": ids,
-            "image_id": image_ids,
-            "face_index": 0,
-            "x0": 0.0,
-            "y0": 0.0,
-            "x1": 1.0,
-            "y1": 1.0,
-            "score": 1.0,
-            "landmarks": [[0.0] * 8] * n,
-            "detector": "none",
-            "whole_image": True,
-            "crop_path": "",
-        },
-        columns=FACES_SCHEMA.names,
-    )
-    ws.write_faces(faces)
+    ws.write_faces(tinyws.stub_faces(ids))
     save_vectors(ws, "cues__face", ids, X, {"test": True})
     groups = np.random.default_rng(5).integers(-1, 4, n).astype(np.int32)
     run_id = save_run(

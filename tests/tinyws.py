@@ -29,6 +29,33 @@ class TinyWorkspace:
     person: pd.Series  # face_id -> person name
 
 
+def stub_faces(
+    face_ids: list[str], *, detector: str = "none", crop_paths: list[str] | None = None
+) -> pd.DataFrame:
+    """A ``faces.parquet`` table for vectors a test makes: one whole-image face per image
+    (``image_id`` = the face id before ``_``), no geometry, crops at ``crop_paths`` if given."""
+    from labeler.workspace import FACES_SCHEMA
+
+    n = len(face_ids)
+    return pd.DataFrame(
+        {
+            "face_id": list(face_ids),
+            "image_id": [f.rsplit("_", 1)[0] for f in face_ids],
+            "face_index": 0,
+            "x0": 0.0,
+            "y0": 0.0,
+            "x1": 1.0,
+            "y1": 1.0,
+            "score": 1.0,
+            "landmarks": [[0.0] * 8] * n,
+            "detector": detector,
+            "whole_image": True,
+            "crop_path": crop_paths if crop_paths is not None else "",
+        },
+        columns=FACES_SCHEMA.names,
+    )
+
+
 def face_image(label: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
     """A face-like picture: skin disc, dark eyes, the lower face painted in the class colour."""
     img = np.full((size, size, 3), 235, np.uint8)
