@@ -12,11 +12,15 @@ import getpass
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
 from labeler.workspace import Workspace
+
+if TYPE_CHECKING:
+    from labeler.ui.data import RunView
 
 ENV_WORKSPACE = "LABELER_WORKSPACE"
 ENV_ANNOTATOR = "LABELER_ANNOTATOR"
@@ -185,6 +189,17 @@ def set_map_selection(rows: np.ndarray | None) -> None:
 def flash(message: str, kind: str = "success") -> None:
     """Queue a message shown once at the top of the next run."""
     st.session_state[K.flash] = (kind, message)
+
+
+def require_run_view(ws: Workspace) -> RunView:
+    """The current cluster run's view; without one, say how to make it and stop the page."""
+    from labeler.ui import data
+
+    view = data.run_view(ws)
+    if view is None:
+        st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}`.")
+        st.stop()
+    return view
 
 
 def show_flash() -> None:

@@ -17,10 +17,7 @@ PAGE_SIZE = 48
 
 ws = state.workspace()
 st.header("Cluster view", divider="gray")
-view = data.run_view(ws)
-if view is None:
-    st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}`.")
-    st.stop()
+view = state.require_run_view(ws)
 run = view.run
 store = data.store(ws)
 schema = data.schema(ws)

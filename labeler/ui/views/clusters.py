@@ -16,10 +16,7 @@ CARDS_PER_ROW = 3
 ws = state.workspace()
 st.header("Clusters", divider="gray")
 state.show_flash()
-view = data.run_view(ws)
-if view is None:
-    st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}`.")
-    st.stop()
+view = state.require_run_view(ws)
 
 schema = data.schema(ws)
 names = schema.names

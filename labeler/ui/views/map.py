@@ -18,10 +18,7 @@ from labeler.ui.state import K
 ws = state.workspace()
 st.header("Map", divider="gray")
 state.show_flash()
-view = data.run_view(ws)
-if view is None:
-    st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}`.")
-    st.stop()
+view = state.require_run_view(ws)
 run = view.run
 store = data.store(ws)
 schema = data.schema(ws)
