@@ -24,15 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-PAGES = [
-    "views/overview.py",
-    "views/clusters.py",
-    "views/cluster_view.py",
-    "views/map.py",
-    "views/review.py",
-    "views/settings.py",
-    "views/try_it.py",
-]
+from labeler import ui
+
+PAGES = [script for script, _, _ in ui.PAGES]
 APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
 
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
+from labeler import ui
 from labeler.cluster import store as cluster_store
 from labeler.labels import LabelStore
 from labeler.ui import data
@@ -18,15 +19,7 @@ from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, KNN_PREFIX, SELECT_PR
 from labeler.ui.synthetic import synthetic_workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
-PAGES = [
-    "views/overview.py",
-    "views/clusters.py",
-    "views/cluster_view.py",
-    "views/map.py",
-    "views/review.py",
-    "views/settings.py",
-    "views/try_it.py",
-]
+PAGES = [script for script, _, _ in ui.PAGES]
 FIELD = "mask_state"
 
 

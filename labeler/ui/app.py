@@ -10,21 +10,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeler.ui import state
+from labeler.ui import PAGES, state
 
 st.set_page_config(page_title="labeler", page_icon=":material/face:", layout="wide")
 
-PAGES = [
-    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("views/clusters.py", title="Clusters", icon=":material/grid_view:"),
-    st.Page("views/cluster_view.py", title="Cluster view", icon=":material/photo_library:"),
-    st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
-    st.Page("views/review.py", title="Review", icon=":material/fact_check:"),
-    st.Page("views/settings.py", title="Settings", icon=":material/settings:"),
-    st.Page("views/try_it.py", title="Try it", icon=":material/photo_camera:"),
-]
-
-page = st.navigation(PAGES)
+page = st.navigation(
+    [
+        st.Page(script, title=title, icon=icon, default=i == 0)
+        for i, (script, title, icon) in enumerate(PAGES)
+    ]
+)
 with st.sidebar:
     ws_path = state.workspace_path()
     st.caption(
