@@ -378,3 +378,24 @@ def test_two_annotators_see_each_others_labels_on_rerun(ws, monkeypatch):
     # undo is per annotator: ann's undo keeps bob's later label
     a.button(key=K.undo_btn).click().run()
     assert labels_now(ws) == {ids[0]: "no_mask"}
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stopping_labeler_app_stops_its_server(ws, sig):
+    """A supervisor's SIGTERM (or Ctrl+C) to `labeler app` leaves no Streamlit server behind."""
+    import os
+    import signal
+    import time
+
+    from appserver import answers, pids_mentioning, running_app
+
+    with running_app(ws.root) as (url, proc):
+        assert answers(url)
+        assert proc.pid in pids_mentioning(str(ws.root))
+        os.kill(proc.pid, getattr(signal, sig))
+        proc.wait(20)
+        end = time.time() + 10
+        while time.time() < end and (pids_mentioning(str(ws.root)) or answers(url)):
+            time.sleep(0.2)
+        assert pids_mentioning(str(ws.root)) == []
+        assert not answers(url)

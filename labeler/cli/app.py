@@ -30,6 +30,42 @@ def streamlit_command(
     ]  # fmt: skip
 
 
+def run_server(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the Streamlit server ``cmd`` so that it shares this process's fate.
+
+    On POSIX the process *becomes* the server (``exec``): a supervisor's SIGTERM, ``docker
+    stop`` or Ctrl+C reach Streamlit itself, which shuts down cleanly, and nothing is left
+    behind. Elsewhere the server runs as a child and SIGTERM/SIGINT are forwarded to it.
+    Returns the server's exit code (only on the non-POSIX path).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execve(cmd[0], cmd, env)  # no return
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:  # the wrapper is dying for another reason: take the server along
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
 @click.command("app")
 @workspace_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -37,16 +73,12 @@ def streamlit_command(
 def command(ws: object, host: str, port: int) -> None:
     """Open the labeling app in the browser (Streamlit) on WORKSPACE.
 
-    Only images inside the workspace and its ingested folders are ever served.
+    Only images inside the workspace and its ingested folders are ever served. The command
+    becomes the Streamlit server (POSIX), so stopping it (Ctrl+C, SIGTERM) stops the server.
     """
     import os
-    import subprocess
 
     cmd = streamlit_command(str(ws.root), host=host, port=port)
     env = {**os.environ, "LABELER_WORKSPACE": str(ws.root)}
     click.echo(f"labeler app on http://{host}:{port}  (workspace {ws.root}; Ctrl+C to stop)")
-    try:
-        code = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise SystemExit(code)
+    raise SystemExit(run_server(cmd, env))
