@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labeler.align import alignment_matrix
-from labeler.detect import Detection, finalize
+from labeler.detect import Detection, finalize, needs_rotation
 from labeler.detect.mediapipe import needs_full_range
 from labeler.imageio import write_bytes
 
@@ -394,6 +394,8 @@ class FusedEngine:
             return None
         dets = finalize(dets, score_threshold=cfg.score_threshold)
         dets = [d for d in dets if min(d.width, d.height) >= cfg.min_size]
+        if cfg.rotate and needs_rotation(dets, w, h):  # sideways photo: the CPU path turns it
+            return None
         return dets or None
 
     def _encode(self, crops: Any, quality: int) -> list[bytes]:

@@ -73,6 +73,9 @@ FACES_SCHEMA = pa.schema(
         ("detector", pa.string()),
         ("whole_image", pa.bool_()),  # no detection: the whole (crop-like) image stands in
         ("crop_path", pa.string()),  # relative to the workspace
+        # degrees clockwise the photo was turned to find the face upright (0/90/180/270;
+        # null in workspaces detected before rotations were tried)
+        ("rotation", pa.int16()),
     ]
 )
 

@@ -45,6 +45,7 @@ from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
     Detector,
+    detect_rotated,
     finalize,
     get_detector,
     looks_like_face_crop,
@@ -109,13 +110,16 @@ def detect_and_align(
     fallback: bool = True,
     min_size: float = 0.0,
     small_faces: bool = True,
+    rotate: bool = True,
 ) -> list[tuple[Detection, np.ndarray]]:
     """Detect faces in one image and align each to a ``(size, size, 3)`` uint8 crop.
 
     ``source``: an image path or an ``(H, W, 3)`` uint8 RGB array. Detections come back in
     original-image pixels, left to right. With ``fallback`` and no face found, an image that
     :func:`labeler.detect.looks_like_face_crop` is returned whole as one face
-    (``whole_image=True``, template landmarks). Raises ``ImageDecodeError`` for undecodable
+    (``whole_image=True``, template landmarks). With ``rotate``, photos stored sideways or
+    upside down are searched turned too (``Detection.rotation``; crops come out upright).
+    Raises ``ImageDecodeError`` for undecodable
     files.
 
     >>> pairs = detect_and_align("photo.jpg", get_detector("mediapipe"))  # doctest: +SKIP
@@ -140,6 +144,7 @@ def detect_and_align(
         fallback=fallback,
         min_size=min_size,
         small_faces=small_faces,
+        rotate=rotate,
     )
 
 
@@ -175,6 +180,7 @@ class DetectConfig:
     jpeg_quality: int = JPEG_QUALITY
     fallback: bool = True
     small_faces: bool = True
+    rotate: bool = True
     detector_options: dict[str, object] = field(default_factory=dict)
 
     def build_detector(self) -> Detector:
@@ -256,6 +262,7 @@ def _process_image(
             fallback=cfg.fallback,
             min_size=cfg.min_size,
             small_faces=cfg.small_faces,
+            rotate=cfg.rotate,
         )
     except ImageDecodeError as exc:  # the re-decode at a larger size failed
         return ImageOutcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
@@ -285,6 +292,7 @@ def face_row(
         "landmarks": d.landmarks.reshape(-1).astype(np.float32).tolist(),
         "detector": detector,
         "whole_image": d.whole_image,
+        "rotation": d.rotation,
         "crop_path": ws.crop_path(fid).relative_to(ws.root).as_posix(),
     }
 
@@ -303,11 +311,14 @@ def _align_from(
     fallback: bool,
     min_size: float = 0.0,
     small_faces: bool = True,
+    rotate: bool = True,
 ) -> list[tuple[Detection, np.ndarray]]:
     """Detect on ``dec`` (decoded from ``path``, or an array when ``path`` is None) and warp
     each face from ``dec`` or, when a face is too small there, from a larger decode.
 
     Detections are kept in ``dec`` pixels until the end, then mapped to original pixels.
+    With ``rotate``, an image with no convincing face is also searched turned by 90, 270 and
+    180 degrees (:func:`labeler.detect.detect_rotated`); faces found so keep ``rotation``.
     """
     det_rgb, det_scale = _detection_input(dec, detect_side)
     dets = [d.scaled(det_scale, det_scale) for d in detector.detect(det_rgb)]
@@ -329,6 +340,21 @@ def _align_from(
         dets = finalize(dets + [d.scaled(fx, fy) for d in small_pass(small)])
     sx0, sy0 = dec.scale
     dets = [d for d in dets if min(d.width * sx0, d.height * sy0) >= min_size]
+    if rotate and detector.name != "none":  # sideways / upside-down photos (no EXIF turn)
+        inv = 1.0 / det_scale
+        turned, extra = detect_rotated(
+            detector,
+            det_rgb,
+            [d.scaled(inv, inv) for d in dets],
+            crop_like=looks_like_face_crop(dec.width, dec.height),
+        )
+        if any(d.rotation for d in turned):
+            log.debug("%s: faces found turned by %d degrees", path, turned[0].rotation)
+            dets = [
+                d
+                for d in (t.scaled(det_scale, det_scale) for t in turned)
+                if min(d.width * sx0, d.height * sy0) >= min_size
+            ]
     if not dets and fallback and looks_like_face_crop(dec.width, dec.height):
         dets = [whole_image_detection(dec.rgb.shape[1], dec.rgb.shape[0])]
     if not dets:
@@ -379,6 +405,7 @@ def detect_workspace(
     detect_side: int = DETECT_SIDE,
     fallback: bool = True,
     small_faces: bool = True,
+    rotate: bool = True,
     redo: bool = False,
     detector_options: dict[str, object] | None = None,
     progress: bool = False,
@@ -392,7 +419,9 @@ def detect_workspace(
     JPEG) and ``steps/detect.json``. ``workers`` threads (default ``min(4, cpu count)``)
     decode and detect, one detector per thread. ``chunk_size`` images are committed at a
     time (default :func:`default_chunk_size`); ``on_chunk(done, total)`` is called after
-    each commit. ``redo`` forgets earlier results (and crops) and detects everything again.
+    each commit. ``rotate`` also searches photos with no convincing face turned by
+    90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
+    ``redo`` forgets earlier results (and crops) and detects everything again.
     ``engine`` replaces the thread pool for
     whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
     commits, the log and resuming stay the same.
@@ -409,6 +438,7 @@ def detect_workspace(
         detect_side=int(detect_side),
         fallback=bool(fallback),
         small_faces=bool(small_faces),
+        rotate=bool(rotate),
         detector_options=dict(detector_options or {}),
     )
     cfg.build_detector()  # fail fast on an unknown name / missing package, before any work

@@ -1,0 +1,113 @@
+"""Sideways photos: how often the rotation retry finds the face upright, and what it costs.
+
+For each image of a shared set, the photo as stored and copies turned 90/180/270 degrees
+clockwise (numpy, no EXIF) go through ``detect_and_align`` with the default MediaPipe
+detector. A turned copy counts as *found upright* when its largest face's landmarks, mapped
+back to the stored photo, lie within a quarter of an eye distance of the stored photo's own
+detection and the aligned crops agree (correlation >= 0.8). The cost is the detector calls
+beyond the first per stored photo (the retry runs only when no convincing face is found).
+
+    python bench/bench_rotation.py --sets maskedfacenet webfaces mfr2 realmasks --limit 200
+
+Prints one table row per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class CountingDetector:
+    """Delegates to a detector and counts its whole-frame ``detect`` calls."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[attr-defined]
+        self.calls = 0
+
+    def detect(self, rgb: np.ndarray) -> list:
+        self.calls += 1
+        return self.inner.detect(rgb)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def largest(pairs: list) -> tuple | None:
+    pairs = [p for p in pairs if not p[0].whole_image]
+    return max(pairs, key=lambda p: p[0].width * p[0].height) if pairs else None
+
+
+def upright_match(ref: tuple, got: tuple, turn: int, width: int, height: int) -> bool:
+    from labeler.detect import unrotate_points
+
+    d_ref, crop_ref = ref
+    d_got, crop_got = got
+    lm = unrotate_points(d_got.landmarks, turn, width, height)
+    err = np.linalg.norm(lm - d_ref.landmarks, axis=1).mean() / max(d_ref.eye_distance, 1e-3)
+    a = crop_ref.astype(np.float32).ravel()
+    b = crop_got.astype(np.float32).ravel()
+    corr = float(np.corrcoef(a, b)[0, 1])
+    return bool(err < 0.25 and corr >= 0.8)
+
+
+def run_set(name: str, limit: int) -> dict[str, object]:
+    from PIL import Image
+
+    from labeler.detect import get_detector, rotate_image
+    from labeler.detect.pipeline import detect_and_align
+
+    det = CountingDetector(get_detector("mediapipe"))
+    files = pd.read_csv(SHARED / name / "labels.csv")["file"].tolist()[:limit]
+    n = extra = turned_stored = no_face = 0
+    found = {90: 0, 180: 0, 270: 0}
+    t0 = time.perf_counter()
+    for f in files:
+        rgb = np.asarray(Image.open(SHARED / name / "images" / f).convert("RGB"))
+        h, w = rgb.shape[:2]
+        det.calls = 0
+        ref = largest(detect_and_align(rgb, det))
+        extra += det.calls - 1
+        n += 1
+        if ref is None:
+            no_face += 1
+            continue
+        turned_stored += ref[0].rotation != 0
+        for turn in found:
+            got = largest(detect_and_align(rotate_image(rgb, turn), det))
+            found[turn] += got is not None and upright_match(ref, got, turn, w, h)
+    with_face = n - no_face
+    return {
+        "set": name,
+        "photos": n,
+        "extra calls / photo (as stored)": round(extra / max(n, 1), 3),
+        "photos retried": f"{extra // 3}",
+        "stored photo turned": turned_stored,
+        "no face as stored": no_face,
+        **{f"upright at {t}": f"{found[t]}/{with_face}" for t in found},
+        "s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", default=["maskedfacenet", "webfaces", "mfr2"])
+    ap.add_argument("--limit", type=int, default=200, help="photos per set")
+    args = ap.parse_args()
+    rows = [run_set(s, args.limit) for s in args.sets if (SHARED / s).exists()]
+    table = pd.DataFrame(rows).astype(str)
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
