@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labeler.align import alignment_matrix
-from labeler.detect import Detection, finalize, needs_rotation
+from labeler.detect import Detection, face_is_upright, finalize
 from labeler.detect.mediapipe import needs_full_range
 from labeler.imageio import write_bytes
 
@@ -394,8 +394,9 @@ class FusedEngine:
             return None
         dets = finalize(dets, score_threshold=cfg.score_threshold)
         dets = [d for d in dets if min(d.width, d.height) >= cfg.min_size]
-        if cfg.rotate and needs_rotation(dets, w, h):  # sideways photo: the CPU path turns it
-            return None
+        if cfg.rotate and not any(face_is_upright(d) for d in dets):
+            return None  # looks sideways or upside down: the CPU path tries it turned
+
         return dets or None
 
     def _encode(self, crops: Any, quality: int) -> list[bytes]:
