@@ -20,20 +20,31 @@ byte-identical.
 ``clusters``: one row per face: path, root, face_id, face_index, box, ``cluster``,
 ``outlier_score``, ``suggested_cluster``, ``label`` (empty if none), ``label_source``.
 
+Persons come from :func:`labeler.persons.find_persons` (identity descriptors by default);
+``export.json`` records how they were found and how many. An export that would put a
+person or a source image into two splits is refused with an error, never written.
+
 Nothing is overwritten without ``force``; with it, only what an export writes (the split
-folders and the manifest/export.json) is replaced.
+folders and the manifest/export.json) is replaced. The folder is written in a hidden
+sibling ``.OUT.*.tmp`` and renamed into place at the end: a killed export leaves no
+half-written ImageFolder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from labeler.persons import Persons
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +74,7 @@ class ExportResult:
     manifest: Path
     rows: int
     counts: dict  # {split: {label: n}}
-    leaks: tuple[str, ...]
+    persons: dict  # how persons were found: method, detail, n_persons, n_faces
 
 
 def _iso(ts: Any) -> str:
@@ -124,10 +135,14 @@ def label_table(ws: Any, *, field: str, human_only: bool) -> pd.DataFrame:
     return out
 
 
-def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """The manifest of labeled faces with splits (see module doc) and the leaking persons."""
-    from labeler.persons import person_groups
-    from labeler.splits import assign_splits, leaking_groups
+def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Persons]:
+    """The manifest of labeled faces with splits (see module doc) and how persons were found.
+
+    Raises ``ValueError`` (naming the fix) if a person or a source image would land in two
+    splits: an export is leak-free or not written at all.
+    """
+    from labeler.persons import find_persons
+    from labeler.splits import assign_splits
 
     base = _face_frame(ws)
     labels = label_table(ws, field=config.field, human_only=config.human_only)
@@ -138,21 +153,33 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, tuple[
             f"no faces have a {config.field!r} label in {ws.labels_db}; label some in the app first"
         )
     faces = ws.require_faces().set_index("face_id").loc[df["face_id"]].reset_index()
-    df["person"] = person_groups(
+    persons = find_persons(
         ws,
         faces,
         method=config.persons,
         pattern=config.person_pattern,
         column_csv=config.person_csv,
     )
+    df["person"] = persons.ids
     df["split"] = assign_splits(
         df[config.field], df["person"], ratios=config.ratios, seed=config.seed
     )
-    # independent check against the source images (the one identity signal always present)
-    leaks = tuple(leaking_groups(df["split"], df["image_id"]))
-    if leaks:
-        log.warning("%d source images have faces in two splits (e.g. %s)", len(leaks), leaks[0])
-    return df.drop(columns="image_id"), leaks
+    check_no_leaks(df["split"], df["person"], df["image_id"])
+    return df.drop(columns="image_id"), persons
+
+
+def check_no_leaks(splits: Any, persons: Any, image_ids: Any) -> None:
+    """Raise ``ValueError`` when a person or a source image is in more than one split."""
+    from labeler.splits import leaking_groups
+
+    for what, groups in (("persons", persons), ("source images", image_ids)):
+        leaks = leaking_groups(splits, groups)
+        if leaks:
+            raise ValueError(
+                f"{len(leaks)} {what} would be in two splits (e.g. {leaks[0]}); nothing was "
+                "written. Give each person one id (--person-csv / --person-pattern) or use "
+                "--persons auto"
+            )
 
 
 def clusters_manifest(
@@ -229,37 +256,58 @@ def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> Expo
                 str(k): int(v) for k, v in df["cluster"].value_counts().sort_index().items()
             }
         }
-        return ExportResult(out, manifest, len(df), counts, ())
+        return ExportResult(out, manifest, len(df), counts, {})
 
-    df, leaks = labels_manifest(ws, config)
-    if file_out:
-        manifest = out
-        _check_target(manifest, is_dir=False, force=config.force)
-    else:
-        _check_target(out, is_dir=True, force=config.force)
-        manifest = out / f"manifest{ext}"
-        if config.force:
-            _clear_previous(out)
-        out.mkdir(parents=True, exist_ok=True)
-    if config.format == "imagefolder":
-        df["file"] = _write_tree(ws, df, out, config)
-    _write_manifest(df, manifest)
+    _check_target(out, is_dir=not file_out, force=config.force)
+    df, persons = labels_manifest(ws, config)
     counts = {
         split: {str(k): int(v) for k, v in g[config.field].value_counts().sort_index().items()}
         for split, g in df.groupby("split", sort=True)
     }
-    if not file_out:
+    if file_out:
+        _write_manifest(df, out)
+        log.info("exported %d faces to %s (%s)", len(df), out, persons.summary())
+        return ExportResult(out, out, len(df), counts, persons.as_dict())
+    # everything is written into a hidden sibling folder first and moved into place at the
+    # end, so a killed or failed export leaves --out as it was (and no half-written tree)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        if config.format == "imagefolder":
+            df["file"] = _write_tree(ws, df, stage, config)
+        _write_manifest(df, stage / f"manifest{ext}")
         write_json(
-            out / "export.json",
+            stage / "export.json",
             {
                 "config": asdict(config) | {"force": False},
                 "rows": len(df),
                 "counts": counts,
-                "leaks": list(leaks),
+                "persons": persons.as_dict(),
             },
         )
-    log.info("exported %d faces to %s", len(df), out)
-    return ExportResult(out, manifest, len(df), counts, leaks)
+        _move_into_place(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    log.info("exported %d faces to %s (%s)", len(df), out, persons.summary())
+    return ExportResult(out, out / f"manifest{ext}", len(df), counts, persons.as_dict())
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Replace what a previous export wrote at ``out`` by the finished ``stage`` folder.
+
+    A missing or empty ``out`` is replaced by one rename; otherwise (``--force``) the
+    previous export's own files are removed and the new ones renamed in (other files in
+    ``out`` are kept).
+    """
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+        return
+    _clear_previous(out)
+    for item in stage.iterdir():
+        os.replace(item, out / item.name)
 
 
 def _clear_previous(out: Path) -> None:

@@ -36,7 +36,30 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: File name extensions (lower case, with the dot) that ``labeler ingest`` looks at.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)  # GIF: the first frame
+
+#: Leading bytes of the formats above (``looks_like_image``): checked before a file is read.
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+    b"II+\x00",  # BigTIFF
+    b"MM\x00+",
+)
+
+
+def looks_like_image(head: bytes) -> bool:
+    """True when ``head`` (the first bytes of a file, >= 12) starts like a supported image."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(m) for m in _MAGIC)
+
 
 # EXIF orientation values that swap width and height.
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})

@@ -60,6 +60,9 @@ WORKSPACE_MARKER = "workspace.json"
 
 #: Decode size used to check that a file is usable (JPEG: 1/8 DCT scale of a 1024 image).
 VERIFY_SIDE = 128
+#: Largest photo read (MiB; env ``LABELER_MAX_FILE_MB``): bigger files get an error row unread.
+MAX_FILE_MB = 512
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -88,27 +91,40 @@ class IngestResult:
     root: int  # index of the folder in workspace.json "roots"
 
 
-def scan_images(folder: Path) -> Iterator[str]:
+def scan_images(folder: Path, *, skip: Path | None = None) -> Iterator[str]:
     """Relative paths (``os.sep`` separated, surrogate-escaped if not UTF-8) of the image
-    files under ``folder``, recursively, sorted by their bytes. Symlinked directories are
-    not followed; hidden files and folders (leading ``.``) and labeler workspaces (folders
-    holding ``workspace.json``) are skipped."""
+    files under ``folder``, recursively (an explicit stack: any depth), sorted by their
+    bytes. Symlinked directories are not followed; hidden files and folders (leading ``.``),
+    labeler workspaces (folders holding ``workspace.json``) and ``skip`` are skipped."""
     found: list[str] = []
-
-    def on_error(exc: OSError) -> None:
-        log.warning("cannot list %s: %s", display_path(exc.filename or ""), exc.strerror)
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
-        if WORKSPACE_MARKER in filenames:  # a labeler workspace (its crops) inside the folder
-            log.info("skipping the labeler workspace %s", display_path(dirpath))
-            dirnames[:] = []
+    skip_real = os.path.realpath(skip) if skip is not None else None
+    stack = [os.fspath(folder)]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", display_path(dirpath), exc.strerror)
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):  # hidden files, macOS "._x.jpg" resource forks
+        names = {e.name for e in entries}
+        if dirpath != os.fspath(folder) and WORKSPACE_MARKER in names:
+            log.info("skipping the labeler workspace %s", display_path(dirpath))
+            continue
+        for e in entries:
+            if e.name.startswith("."):  # hidden files, macOS "._x.jpg" resource forks
                 continue
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.relpath(os.path.join(dirpath, name), folder))
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if skip_real is None or os.path.realpath(e.path) != skip_real:
+                    stack.append(e.path)
+                else:
+                    log.info("skipping the workspace %s inside the photo folder", e.path)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(os.path.relpath(e.path, folder))
     yield from sorted(found, key=os.fsencode)
 
 
@@ -143,10 +159,48 @@ def _path_id(root: int, rel: str) -> str:
     return "path:" + hashlib.sha1(f"{root}/{_posix(rel)}".encode()).hexdigest()[:16]
 
 
-def _read_one(folder: Path, root: int, rel: str, verify_side: int) -> dict:
+def _max_file_bytes() -> int:
+    """Size limit of one photo: ``LABELER_MAX_FILE_MB`` (default 512 MiB)."""
+    try:
+        return int(float(os.environ.get("LABELER_MAX_FILE_MB", MAX_FILE_MB)) * 2**20)
+    except ValueError:
+        return MAX_FILE_MB * 2**20
+
+
+def _read_checked(path: str, max_bytes: int) -> tuple[str, bytes | None]:
+    """``(image_id, bytes)`` of a file, hashed in 1 MiB blocks while read.
+
+    The header is checked first: a file that does not start like an image is never read
+    further (bytes None, id from its first block). Reading stops at ``max_bytes`` (a file
+    that grows while read is cut there and fails to decode).
+    """
+    from labeler.imageio import looks_like_image
+
+    sha = hashlib.sha1()
+    with open(path, "rb") as fh:
+        head = fh.read(_BLOCK)
+        sha.update(head)
+        if head and not looks_like_image(head[:16]):
+            return "path:" + sha.hexdigest()[:16], None
+        parts = [head]
+        total = len(head)
+        while total < max_bytes:
+            block = fh.read(min(_BLOCK, max_bytes - total))
+            if not block:
+                break
+            sha.update(block)
+            parts.append(block)
+            total += len(block)
+    return sha.hexdigest()[:16], b"".join(parts)
+
+
+def _read_one(
+    folder: Path, root: int, rel: str, verify_side: int, max_bytes: int | None = None
+) -> dict:
     """The images-table row of one file (never raises for a bad file)."""
     full = os.path.join(folder, rel)
     shown = _posix(rel)
+    max_bytes = _max_file_bytes() if max_bytes is None else max_bytes
     try:
         st = os.stat(full)
     except OSError as exc:
@@ -166,13 +220,20 @@ def _read_one(folder: Path, root: int, rel: str, verify_side: int) -> dict:
     if not _utf8_ok(rel):
         reason = f"{shown}: file name is not valid UTF-8; rename the file and ingest again"
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
-    try:
-        with open(full, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        reason = f"{shown}: cannot read ({exc.strerror})"
+    if size > max_bytes:
+        reason = (
+            f"{shown}: {size / 2**20:,.0f} MiB is over the {max_bytes / 2**20:,.0f} MiB limit "
+            "for one photo; skipped without reading it (raise LABELER_MAX_FILE_MB if genuine)"
+        )
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
-    image_id = hashlib.sha1(data).hexdigest()[:16]
+    try:
+        image_id, data = _read_checked(full, max_bytes)
+    except OSError as exc:
+        reason = f"{shown}: cannot read ({exc.strerror or exc})"
+        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
+    if data is None:
+        reason = f"{shown}: not an image (the first bytes are no JPEG/PNG/WebP/BMP/TIFF/GIF header)"
+        return _error_row(root, rel, size, mtime, reason, image_id)
     if not data:
         return _error_row(root, rel, size, mtime, f"{shown}: empty file (0 bytes)", image_id)
     try:
@@ -244,6 +305,11 @@ def ingest_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
+    if folder.resolve() == ws.root.resolve():
+        raise ValueError(
+            f"the workspace {ws.root} is the photo folder itself; give -w a separate folder "
+            "(e.g. next to the photos)"
+        )
     t0 = time.perf_counter()
     root = ws.add_root(folder)
     folder = ws.roots()[root]
@@ -265,7 +331,7 @@ def ingest_folder(
             strict=True,
         )
     }
-    scanned = list(scan_images(folder))
+    scanned = list(scan_images(folder, skip=ws.root))
     todo: list[str] = []
     skipped = 0
     for rel in scanned:

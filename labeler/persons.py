@@ -1,6 +1,7 @@
 """Person grouping, so that no person ends up in two splits.
 
-Three sources of a person id per face, combined by :func:`person_groups`:
+Sources of a person id per face, chosen by :func:`find_persons` (``method="auto"`` takes the
+first that applies):
 
 - ``column``: a CSV the user supplies with a ``person`` column and either ``face_id`` or
   ``path`` (path of the source image relative to the ingested folder, or its file name).
@@ -8,15 +9,21 @@ Three sources of a person id per face, combined by :func:`person_groups`:
   folder; the first capture group (or the whole match) is the person, e.g.
   ``--person-pattern '^([^/]+)/'`` for one folder per person or ``'^(\\d+)_'`` for
   ``00042_Mask.jpg``-style names.
-- ``embedding``: near-duplicate grouping of face embeddings. **Limits:** no face-recognition
-  weights can be loaded offline, so this uses a generic (ImageNet) CNN embedding of the
-  aligned face with a tight cosine threshold. It reliably joins the same photo re-encoded,
-  resized, lightly cropped or flipped (the common leak in scraped sets), and bursts of
-  near-identical shots; it does NOT recognise the same person across different photos
-  (other clothes, light, pose). Supply a pattern or a column when identity matters.
+- ``identity``: dlib's ResNet face descriptor (128-d, trained for face recognition; the
+  weights ship in the ``face-recognition-models`` package, CC0) computed from labeler's own
+  aligned crops, never from dlib's detector. The crop is resampled to dlib's 150 px chip
+  (eyes where dlib's aligner puts them) and everything below the eyes is painted grey, for
+  masked and unmasked faces alike: a mask then cannot pull a face towards other masked
+  people, and the eyes and brows carry the identity. Faces are grouped by average-linkage
+  clustering at :data:`IDENTITY_THRESHOLD` (measured on MFR2, ``bench/bench_persons.py``).
+  Descriptors are cached in ``WORKSPACE/identity/`` (computed only for the faces asked for).
+- ``embedding``: near-duplicate grouping of a stored generic whole-face embedding with a
+  tight cosine threshold: joins the same photo re-encoded, resized, lightly cropped or
+  flipped, not the same person across different photos.
+- ``image``: the source image only.
 
 Faces of the same source image always share a group (one scene must not straddle splits).
-Groups are the connected components of all the links above (union-find).
+Groups are the connected components of all the links above.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +180,196 @@ def combine_groups(*groupings: Sequence | np.ndarray | None) -> np.ndarray:
     return connected_groups(n, np.concatenate(edges))
 
 
-def person_groups(
+METHODS = ("auto", "column", "pattern", "identity", "embedding", "image")
+
+#: dlib ResNet descriptor distance (Euclidean) under which average-linkage joins two groups;
+#: measured on MFR2 (32 people, masked and unmasked photos) by ``bench/bench_persons.py``.
+IDENTITY_THRESHOLD = 0.50
+IDENTITY_KEY = "dlib-resnet__eyes"
+#: the 150 px dlib chip: where its aligner puts the eye centres (measured by mapping labeler's
+#: eye landmarks into dlib.get_face_chip of shape_predictor_5 shapes on MFR2's bare faces)
+CHIP_SIZE = 150
+CHIP_EYES = np.array([[47.25, 48.0], [103.2, 48.0]], dtype=np.float64)
+#: chip rows from here down (a little below the eyes) are painted grey before describing
+OCCLUDE_FROM = 64
+#: above this many faces, average linkage (O(N^2) memory) gives way to kNN components
+_LINKAGE_MAX = 20_000
+
+
+@dataclass(frozen=True)
+class Persons:
+    """The person of each face and how it was found.
+
+    ids: (N,) str person ids ("p0", "p1", ...); method: the source used (column, pattern,
+    identity, embedding or image); detail: one line for reports.
+    """
+
+    ids: np.ndarray
+    method: str
+    detail: str
+
+    @property
+    def n_persons(self) -> int:
+        return int(len(set(self.ids.tolist())))
+
+    def summary(self) -> str:
+        return f"{self.n_persons} persons in {len(self.ids)} faces by {self.method} ({self.detail})"
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "detail": self.detail,
+            "n_persons": self.n_persons,
+            "n_faces": int(len(self.ids)),
+        }
+
+
+def _model_dir() -> Path:
+    import importlib.util
+
+    from labeler._deps import MissingDependency
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(
+            "face-recognition-models is needed for person grouping by identity but is not "
+            "installed; run: pip install face-recognition-models==0.3.0 "
+            "(or pass --persons embedding / --person-pattern / --person-csv)"
+        )
+    # the package's __init__ needs pkg_resources: locate the files without importing it
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+@lru_cache(maxsize=1)
+def _identity_model() -> object:
+    from labeler._deps import require
+
+    dlib = require("dlib", purpose="person grouping by identity (pip install dlib-bin)")
+    path = _model_dir() / "dlib_face_recognition_resnet_model_v1.dat"
+    return dlib.face_recognition_model_v1(str(path))
+
+
+def identity_available() -> bool:
+    """True when dlib and the face-recognition model files are installed."""
+    from labeler._deps import available
+
+    return available("dlib") and available("face_recognition_models")
+
+
+def identity_chips(crops: np.ndarray) -> np.ndarray:
+    """Aligned crops (N, S, S, 3) uint8 (``labeler.regions.TEMPLATE``) -> dlib chips
+    (N, 150, 150, 3) uint8 with the face below the eyes painted grey (see module doc)."""
+    import cv2
+
+    from labeler.align import similarity_transform
+    from labeler.regions import TEMPLATE
+
+    crops = np.asarray(crops, dtype=np.uint8)
+    out = np.empty((len(crops), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+    for i, crop in enumerate(crops):
+        m = similarity_transform(TEMPLATE[:2] * crop.shape[1], CHIP_EYES)
+        out[i] = cv2.warpAffine(
+            np.ascontiguousarray(crop),
+            m,
+            (CHIP_SIZE, CHIP_SIZE),
+            flags=cv2.INTER_AREA,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    out[:, OCCLUDE_FROM:] = 128
+    return out
+
+
+def identity_descriptors(crops: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    """dlib ResNet identity descriptors of aligned crops: (N, S, S, 3) -> (N, 128) float32.
+
+    ~10-20 faces/s per CPU core. Raises MissingDependency when dlib or the model is absent.
+    """
+    model = _identity_model()
+    out = np.zeros((len(crops), 128), dtype=np.float32)
+    for start in range(0, len(crops), batch):
+        chips = identity_chips(crops[start : start + batch])
+        vecs = model.compute_face_descriptor(list(chips))  # type: ignore[attr-defined]
+        out[start : start + len(chips)] = np.asarray([np.asarray(v) for v in vecs])
+    return out
+
+
+def cached_identity_descriptors(ws: object, face_ids: Sequence[str]) -> np.ndarray:
+    """Identity descriptors of ``face_ids`` (N, 128), computed from the aligned crops for the
+    faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there."""
+    from labeler.imageio import load_rgb
+    from labeler.workspace import write_table
+
+    face_ids = [str(f) for f in face_ids]
+    path = ws.root / "identity" / f"{IDENTITY_KEY}.parquet"  # type: ignore[attr-defined]
+    have: dict[str, np.ndarray] = {}
+    if path.is_file():
+        try:
+            table = pd.read_parquet(path)
+            have = dict(zip(table["face_id"], table["vector"], strict=True))
+        except Exception as exc:  # a damaged cache is recomputed, never trusted
+            log.warning("ignoring unreadable identity cache %s (%s); recomputing", path, exc)
+    todo = [f for f in dict.fromkeys(face_ids) if f not in have]
+    if todo:
+        log.info("computing identity descriptors of %d faces", len(todo))
+        for start in range(0, len(todo), 512):
+            part = todo[start : start + 512]
+            crops = []
+            for f in part:
+                crop_file = ws.crop_path(f)  # type: ignore[attr-defined]
+                if not crop_file.is_file():
+                    raise FileNotFoundError(
+                        f"aligned crop {crop_file} is missing; re-run 'labeler detect -w {ws.root}'"  # type: ignore[attr-defined]
+                    )
+                crops.append(load_rgb(crop_file))
+            X = identity_descriptors(np.stack(crops))
+            have.update(zip(part, X, strict=True))
+        table = pd.DataFrame(
+            {"face_id": list(have), "vector": [np.asarray(v).tolist() for v in have.values()]}
+        )
+        try:
+            write_table(path, table)
+        except OSError as exc:  # a read-only workspace still gets its persons
+            log.warning("could not cache identity descriptors in %s (%s)", path, exc)
+    return (
+        np.stack([np.asarray(have[f], dtype=np.float32) for f in face_ids])
+        if face_ids
+        else np.zeros((0, 128), np.float32)
+    )
+
+
+def persons_from_descriptors(X: np.ndarray, *, threshold: float = IDENTITY_THRESHOLD) -> np.ndarray:
+    """Group identity descriptors (N, D) -> (N,) int64 person ids.
+
+    Average linkage on Euclidean distances, cut at ``threshold`` (exact, O(N^2) memory; up
+    to 20,000 faces). Above that, connected components of pairs closer than 0.8 x threshold
+    (blockwise, exact). Ids are numbered by first appearance.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = len(X)
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    if n <= _LINKAGE_MAX:
+        from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.spatial.distance import pdist
+
+        labels = fcluster(linkage(pdist(X), "average"), threshold, criterion="distance")
+        return combine_groups(labels.astype(str))
+    log.warning(
+        "%d faces: persons by distance < %.2f links instead of average linkage", n, 0.8 * threshold
+    )
+    edges = []
+    Xf = X.astype(np.float32)
+    sq = (Xf**2).sum(1)
+    for start in range(0, n, 4096):
+        d2 = sq[start : start + 4096, None] + sq[None, :] - 2 * Xf[start : start + 4096] @ Xf.T
+        i, j = np.nonzero(d2 <= (0.8 * threshold) ** 2)
+        i = i + start
+        keep = i < j
+        edges.append(np.stack([i[keep], j[keep]], 1))
+    return connected_groups(n, np.concatenate(edges))
+
+
+def find_persons(
     ws: object,
     faces: pd.DataFrame | None = None,
     *,
@@ -179,61 +377,96 @@ def person_groups(
     pattern: str | None = None,
     column_csv: str | Path | None = None,
     embedding_key: str | None = None,
-    threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
-) -> np.ndarray:
-    """Person group of every face of ``faces`` (default: the workspace's faces), (N,) str.
+    threshold: float | None = None,
+) -> Persons:
+    """The person of every face of ``faces`` (default: the workspace's faces).
 
-    method: "auto" (column if given, else pattern if given, else embedding when stored, plus
-    source image), "column", "pattern", "embedding", or "image" (source image only).
-    Faces of one source image always share a group.
+    method: "auto" (column if ``column_csv``, else pattern if ``pattern``, else identity
+    descriptors when dlib is installed, else near-duplicates of a stored whole-face
+    embedding, else the source image), or one of "column", "pattern", "identity",
+    "embedding", "image". Faces of one source image always share a person.
     """
     from labeler.workspace import Workspace
 
     assert isinstance(ws, Workspace)
     faces = ws.require_faces() if faces is None else faces
+    if method not in METHODS:
+        raise ValueError(f"unknown person grouping {method!r}; choose one of {', '.join(METHODS)}")
     rel = relative_paths(ws, faces)
     links: list[np.ndarray] = [faces["image_id"].astype(str).to_numpy(dtype=object)]
     if method == "auto":
-        method = "column" if column_csv else "pattern" if pattern else "embedding"
+        if column_csv:
+            method = "column"
+        elif pattern:
+            method = "pattern"
+        elif identity_available():
+            method = "identity"
+        else:
+            log.warning(
+                "dlib / face-recognition-models not installed: persons are near-duplicates "
+                "only (pip install dlib-bin face-recognition-models, or pass --person-pattern)"
+            )
+            method = "embedding"
     if method == "column":
         if not column_csv:
             raise ValueError("person grouping by column needs --person-csv FILE")
         links.append(persons_from_csv(column_csv, face_ids=faces["face_id"], paths=rel))
+        detail = f"column 'person' of {column_csv}, joined with source images"
     elif method == "pattern":
         if not pattern:
             raise ValueError("person grouping by pattern needs --person-pattern REGEX")
         links.append(persons_from_pattern(rel, pattern))
-    elif method == "embedding":
-        X = _person_embedding(ws, faces, embedding_key)
-        if X is not None:
-            links.append(persons_from_embeddings(X, threshold=threshold).astype(str))
-    elif method != "image":
-        raise ValueError(
-            f"unknown person grouping {method!r}; choose auto, column, pattern, embedding or image"
+        detail = f"pattern {pattern!r} on the source paths, joined with source images"
+    elif method == "identity":
+        t = IDENTITY_THRESHOLD if threshold is None else float(threshold)
+        X = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist())
+        links.append(persons_from_descriptors(X, threshold=t).astype(str))
+        detail = (
+            f"dlib ResNet identity descriptors of the eye region, average linkage at {t:.2f} "
+            "(measured on MFR2), joined with source images"
         )
+    elif method == "embedding":
+        t = DEFAULT_DUPLICATE_THRESHOLD if threshold is None else float(threshold)
+        X, key = _person_embedding(ws, faces, embedding_key)
+        if X is not None:
+            links.append(persons_from_embeddings(X, threshold=t).astype(str))
+            detail = f"near-duplicates of {key} (cosine >= {t:.2f}) and source images"
+        else:
+            method = "image"
+            detail = "source images only (no whole-face embedding stored)"
+    else:
+        detail = "source images only"
     comp = combine_groups(*links)
-    return np.asarray([f"p{c}" for c in comp], dtype=object)
+    persons = Persons(np.asarray([f"p{c}" for c in comp], dtype=object), method, detail)
+    log.info("persons: %s", persons.summary())
+    return persons
 
 
-def _person_embedding(ws: object, faces: pd.DataFrame, key: str | None) -> np.ndarray | None:
+def person_groups(ws: object, faces: pd.DataFrame | None = None, **kwargs: object) -> np.ndarray:
+    """(N,) str person ids of :func:`find_persons` (same arguments)."""
+    return find_persons(ws, faces, **kwargs).ids  # type: ignore[arg-type]
+
+
+def _person_embedding(
+    ws: object, faces: pd.DataFrame, key: str | None
+) -> tuple[np.ndarray | None, str]:
     """The stored embedding used for near-duplicate grouping (global face), or None."""
     try:
         from labeler.embeddings.store import list_embeddings, load_embeddings
     except ImportError:
         log.warning("no embedding store; person grouping falls back to source images")
-        return None
+        return None, ""
     keys = [str(k) for k in list_embeddings(ws)] if key is None else [key]
     if key is None:
-        face_keys = [k for k in keys if k.endswith("__face") and not k.startswith("cues")]
-        keys = face_keys or []
+        keys = [k for k in keys if k.endswith("__face") and not k.startswith("cues")]
     if not keys:
         log.warning(
             "no whole-face embedding stored; person grouping uses source images only "
             "(run 'labeler embed' or pass --person-pattern / --person-csv)"
         )
-        return None
+        return None, ""
     ids, X = load_embeddings(ws, keys[0], face_ids=faces["face_id"].to_numpy())
-    return np.asarray(X, dtype=np.float32)
+    return np.asarray(X, dtype=np.float32), keys[0]
 
 
 def relative_paths(ws: object, faces: pd.DataFrame) -> list[str]:

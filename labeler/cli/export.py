@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     "--persons",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "embedding", "pattern", "column", "image"]),
-    help="How persons are grouped so no person is in two splits.",
+    type=click.Choice(["auto", "identity", "embedding", "pattern", "column", "image"]),
+    help="How persons are found so no person is in two splits: auto = --person-csv, else "
+    "--person-pattern, else face identity descriptors (dlib), else near-duplicates.",
 )
 @click.option(
     "--person-pattern",
@@ -102,7 +103,8 @@ def command(
     except (*user_errors(), FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{res.rows} faces -> {res.manifest}")
+    if res.persons:
+        p = res.persons
+        click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
     for split, counts in res.counts.items():
         click.echo(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if res.leaks:
-        click.echo(f"warning: {len(res.leaks)} source images span two splits", err=True)

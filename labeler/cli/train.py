@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     "--persons",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "embedding", "pattern", "column", "image"]),
+    type=click.Choice(["auto", "identity", "embedding", "pattern", "column", "image"]),
+    help="How persons are found (folds never split one): as in 'labeler export'.",
 )
 @click.option("--person-pattern", default=None)
 @click.option("--person-csv", default=None, type=click.Path(exists=True, dir_okay=False))
@@ -117,6 +118,9 @@ def command(
         for line in res.report.lines():
             click.echo(line)
         click.echo(f"evaluated on {res.config['evaluated_on']}")
+        if res.config.get("persons"):
+            p = res.config["persons"]
+            click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
         click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
         if label_errors and mode == "head":
             from labeler.label_errors import find_label_errors

@@ -168,9 +168,15 @@ def feature_blocks(ws: Any, spec: str) -> list[dict]:
 
 
 def person_ids(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> np.ndarray:
-    from labeler.persons import person_groups
+    return persons_for(ws, faces, config).ids
 
-    return person_groups(
+
+def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
+    """The persons of ``faces`` exactly as ``labeler export`` finds them
+    (:func:`labeler.persons.find_persons`)."""
+    from labeler.persons import find_persons
+
+    return find_persons(
         ws,
         faces,
         method=config.persons,
@@ -212,7 +218,8 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
     face_ids = labels["face_id"].to_numpy()
     y = labels["value"].to_numpy().astype(str)
     sub_faces = faces.set_index("face_id").loc[face_ids].reset_index()
-    groups = person_ids(ws, sub_faces, config)
+    persons = persons_for(ws, sub_faces, config)
+    groups = persons.ids
     run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
     run_dir = ws.models_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +231,7 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
         "classes": classes,
         "n_labels": int(len(y)),
         "label_counts": {str(k): int(v) for k, v in counts.items()},
+        "persons": persons.as_dict(),
         "train_config": asdict(config),
     }
     if config.mode == "head":

@@ -293,7 +293,7 @@ def finetune(
     start, best_f1, best_epoch, bad, history = 0, -1.0, -1, 0, []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = _load_resume_checkpoint(last_path)
         if ck.get("key") == config.key():
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
@@ -371,6 +371,27 @@ def finetune(
         history=tuple(history),
         device=device,
     )
+
+
+def _load_resume_checkpoint(path: Path) -> dict:
+    """``last.pt`` loaded with ``weights_only=True``: tensors, numbers, strings and plain
+    containers only, so a crafted file in a workspace cannot run code. Anything else is
+    refused with one line naming the file."""
+    import pickle
+
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path} is not a plain training checkpoint and was not loaded ({first[:160]}); "
+            "delete it to train from scratch"
+        ) from None
+    if not isinstance(ck, dict):
+        raise ValueError(f"{path} is not a training checkpoint; delete it to train from scratch")
+    return ck
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
