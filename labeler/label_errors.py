@@ -1,11 +1,19 @@
-"""Likely label errors by confident learning on cross-validated predicted probabilities.
+"""Likely label errors, raised only on out-of-fold evidence and never for many faces.
 
 Out-of-fold probabilities come from a head on the stored feature blocks (raw, as
-``labeler train --mode head`` uses them) (K-fold grouped by person, so
-a face is never judged by a model that saw it or its near-duplicates), then
-``cleanlab.filter.find_label_issues`` flags the faces whose given label is confidently
-contradicted. Each suspect gets ``score = 1 - p(given label)`` (higher = more likely wrong)
-and the model's ``suggested`` label. The Review page reads them from the suspects table.
+``labeler train --mode head`` uses them) (K-fold grouped by person, so a face is never judged
+by a model that saw it or its near-duplicates). :func:`select_suspects` (also used by the
+app's Suggest step, :mod:`labeler.suggest`) then keeps a face only when
+
+- its label's class and the contradicting class both have ``min_class`` labels or more (a
+  class with a handful of labels cannot be judged: that was 16 false alarms of 30 selfies);
+- the out-of-fold prediction is confident: the band it falls in was right at least
+  ``min_precision`` of the time in cross-validation, and p(given label) <= 1 - min_precision;
+- it is among the ``share`` (default 2 %) of labeled faces most strongly contradicted.
+
+Each suspect gets ``score = 1 - p(given label)`` (higher = more likely wrong) and the model's
+``suggested`` label. The Review page reads them from the suspects table and never pre-ticks
+them: how often a contradicted label is really wrong cannot be measured from the labels.
 
 >>> suspects = rank_label_issues(y, pred_probs, classes=classes)  # doctest: +SKIP
 """
@@ -21,7 +29,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-METHOD = "confident_learning"
+METHOD = "out_of_fold"
 
 
 def rank_label_issues(
@@ -76,6 +84,42 @@ def rank_label_issues(
     )
 
 
+def select_suspects(
+    yc: np.ndarray,
+    oof: np.ndarray,
+    *,
+    counts: np.ndarray,
+    band_precision: np.ndarray,
+    share: float = 0.02,
+    min_class: int = 10,
+    min_precision: float = 0.9,
+) -> np.ndarray:
+    """Rows (into ``yc``) whose label the out-of-fold evidence contradicts, most likely first.
+
+    yc: (L,) label codes. oof: (L, C) out-of-fold probabilities. counts: (C,) labels per
+    class. band_precision: (L,) measured precision of each row's predicted (value, band).
+    At most ``max(1, floor(share * L))`` rows; none when fewer than ``2 * min_class`` labels.
+    """
+    yc = np.asarray(yc, dtype=np.int64)
+    oof = np.asarray(oof, dtype=np.float64)
+    L = len(yc)
+    if L < 2 * min_class or oof.shape[1] < 2:
+        return np.zeros(0, np.int64)
+    pred = oof.argmax(1)
+    p_given = oof[np.arange(L), yc]
+    counts = np.asarray(counts)
+    ok = (
+        (pred != yc)
+        & (counts[yc] >= min_class)
+        & (counts[pred] >= min_class)
+        & (np.asarray(band_precision) >= min_precision)
+        & (p_given <= 1.0 - min_precision)
+    )
+    cand = np.flatnonzero(ok)
+    cand = cand[np.lexsort((cand, p_given[cand]))]
+    return cand[: max(1, int(share * L))]
+
+
 def find_label_errors(
     ws: Any,
     *,
@@ -85,10 +129,14 @@ def find_label_errors(
     head: str = "logreg",
     persons: str = "auto",
     seed: int = 0,
+    share: float = 0.02,
+    min_class: int = 10,
     write: bool = True,
 ) -> pd.DataFrame:
     """Suspected label errors of ``field`` in a workspace (columns face_id, field, given,
-    suggested, score), most likely first; written to the suspects table when ``write``."""
+    suggested, score), most likely first (:func:`select_suspects`: at most ``share`` of the
+    labels, classes with ``min_class`` labels or more); written to the suspects table when
+    ``write`` (replacing the field's earlier ones, also when none are found)."""
     from labeler.labels import LabelStore
     from labeler.train import (
         TrainConfig,
@@ -119,14 +167,28 @@ def find_label_errors(
         classes=classes,
         seed=seed,
     )
-    issues = rank_label_issues(y, oof, classes=classes)
+    from labeler.suggest import BANDS, band_of, band_precision
+
+    code = {c: i for i, c in enumerate(classes)}
+    yc = np.array([code[v] for v in y])
+    pred = oof.argmax(1)
+    band = band_of(oof.max(1))
+    _, prec, _, _ = band_precision(pred, band, yc, n_classes=len(classes))
+    rows = select_suspects(
+        yc,
+        oof,
+        counts=np.bincount(yc, minlength=len(classes)),
+        band_precision=prec[pred * len(BANDS) + band],
+        share=share,
+        min_class=min_class,
+    )
     out = pd.DataFrame(
         {
-            "face_id": face_ids[issues["index"].to_numpy(dtype=np.int64)],
+            "face_id": face_ids[rows],
             "field": field,
-            "given": issues["given"].to_numpy(),
-            "suggested": issues["suggested"].to_numpy(),
-            "score": issues["score"].to_numpy(dtype=float),
+            "given": y[rows],
+            "suggested": np.asarray(classes, dtype=object)[pred[rows]],
+            "score": 1.0 - oof[rows, yc[rows]],
         },
         columns=cols,
     )

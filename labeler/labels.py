@@ -47,6 +47,11 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+
+class LabelStoreError(ValueError):
+    """The label store cannot be opened or written; the message names the file and the fix."""
+
+
 SOURCES = ("cluster", "selection", "single", "suggestion", "import", "simulation")
 
 MASK_STATES = ("correct", "nose_exposed", "chin_exposed", "on_chin", "no_mask")
@@ -206,6 +211,68 @@ def _unique(face_ids: Iterable[str]) -> list[str]:
     return sorted({str(f) for f in face_ids})
 
 
+def _store_error(path: Path, exc: sqlite3.Error) -> LabelStoreError | None:
+    """One-line error for an SQLite failure on ``path``; None for a transient lock."""
+    msg = str(exc)
+    low = msg.lower()
+    if "locked" in low or "busy" in low:
+        return None
+    if "disk is full" in low or "disk i/o" in low:
+        return LabelStoreError(
+            f"cannot write {path}: {msg}; free disk space and retry (the change was not saved)"
+        )
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return LabelStoreError(
+            f"cannot write {path}: {msg}; make the workspace writable (the change was not saved)"
+        )
+    return LabelStoreError(
+        f"{path} is damaged ({msg}); restore a backup with "
+        f"'labeler labels restore -w {path.parent}'"
+    )
+
+
+def _create_store_file(path: Path) -> None:
+    """Create an empty store at ``path`` atomically (built aside, then linked into place), so
+    a 0-byte or half-made ``labels.db`` is never a legitimate state."""
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise LabelStoreError(
+            f"cannot create {path} ({exc.strerror or exc}); make the workspace writable"
+        ) from None
+    os.close(fd)
+    try:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("BEGIN IMMEDIATE")
+            for stmt in _DDL.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            _write_schema(con, DEFAULT_SCHEMA)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process created it meanwhile: use theirs
+            pass
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) or exc from None
+    except OSError as exc:
+        raise LabelStoreError(
+            f"cannot create {path} ({exc.strerror or exc}); free disk space or make the "
+            "workspace writable"
+        ) from None
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(tmp + suffix).unlink(missing_ok=True)
+
+
 class LabelStore:
     """Human labels of one workspace: ``LabelStore(ws.labels_db)``. Cheap to construct.
 
@@ -219,8 +286,24 @@ class LabelStore:
         self._ready = False
 
     # -- connections ----------------------------------------------------------------------
+    def _open_checks(self) -> None:
+        """Refuse a damaged store (never re-create it silently); create a missing one."""
+        from labeler.labels_backup import backup_dir, check_store
+
+        if not self.db_path.exists():
+            _create_store_file(self.db_path)
+            return
+        why = check_store(self.db_path, thorough=False)
+        if why is not None:
+            raise LabelStoreError(
+                f"{self.db_path}: {why}; the labels were not opened. Restore a backup with "
+                f"'labeler labels restore -w {self.db_path.parent}' (backups in "
+                f"{backup_dir(self.db_path)}), or move the file away to start an empty store"
+            )
+
     def _connect(self) -> sqlite3.Connection:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._ready:
+            self._open_checks()
         con = sqlite3.connect(
             self.db_path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
         )
@@ -256,25 +339,32 @@ class LabelStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
         try:
-            yield con
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                yield con
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise _store_error(self.db_path, exc) or exc from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
         try:
-            con.execute("BEGIN IMMEDIATE")
+            con = self._connect()
             try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            con.close()
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise _store_error(self.db_path, exc) or exc from None
 
     # -- labels ---------------------------------------------------------------------------
     def assign(
@@ -331,6 +421,9 @@ class LabelStore:
                     (field, value, eid),
                 )
         log.debug("event %d: %s=%s on %d faces by %s", eid, field, value, len(ids), annotator)
+        from labeler.labels_backup import maybe_backup
+
+        maybe_backup(self.db_path, eid)
         return eid
 
     def _toggle(self, con: sqlite3.Connection, target: int, *, annotator: str, kind: str) -> None:
@@ -527,10 +620,13 @@ class LabelStore:
         return new
 
     # -- suggestions and suspects ----------------------------------------------------------
-    def write_suggestions(self, df: pd.DataFrame, method: str) -> int:
-        """Replace the suggestions of ``method`` for the fields in ``df``.
+    def write_suggestions(
+        self, df: pd.DataFrame, method: str, *, fields: Sequence[str] | None = None
+    ) -> int:
+        """Replace the suggestions of ``method`` for ``fields`` (default: the fields in ``df``).
 
         ``df`` columns: face_id, field, value, confidence (0..1). Returns rows written.
+        Pass ``fields`` so that a run with no suggestions clears that field's old ones.
         """
         need = {"face_id", "field", "value", "confidence"}
         if missing := need - set(df.columns):
@@ -541,7 +637,7 @@ class LabelStore:
             for r in df.itertuples(index=False)
         ]
         with self._write() as con:
-            for f in df["field"].astype(str).unique():
+            for f in sorted(set(df["field"].astype(str)) | set(fields or ())):
                 con.execute("DELETE FROM suggestions WHERE field = ? AND method = ?", (f, method))
             con.executemany(
                 "INSERT OR REPLACE INTO suggestions(face_id, field, value, confidence, method, "

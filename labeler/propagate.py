@@ -1,276 +1,273 @@
-"""Suggestions for unlabeled faces from the labeled ones (never stored as human labels).
+"""The Suggest step on a workspace: ``labeler propagate`` and the app's *Suggest* button.
 
-Two methods, usable together:
+:func:`propagate` loads the features (``labeler.features.load_features``) and the human
+labels of one field, runs :func:`labeler.suggest.suggest` (out-of-fold calibrated
+predictions; folds keep the faces of one photo together), and writes
 
-- ``spreading``: label spreading (Zhou et al. 2004) on a symmetric kNN graph of the
-  features: ``F <- alpha * S F + (1 - alpha) * Y`` with ``S = D^-1/2 W D^-1/2``. Follows the
-  shape of the data (clusters, manifolds); good when labels are few.
-- ``probe``: a logistic-regression head on the features (balanced class weights).
-- ``both``: the mean of the two calibrated distributions.
+- the suggestions (unlabeled faces only, never human labels) and the suspected label errors
+  to ``labels.db`` (method ``suggest``), for the Map and the Review page;
+- ``suggest/<field>.parquet`` (one row per suggested face: group, value, confidence, the
+  measured precision of its band, its rank in the group) and ``suggest/<field>.json``
+  (the groups in display order, the per-band out-of-fold precision, the label count the run
+  saw and how long it took), which the Review page shows as suggestion groups.
 
-Confidence is calibrated by temperature scaling fitted on held-out *labeled* faces (K-fold:
-each fold's labels are hidden, the method predicts them, and one temperature per method
-minimises their negative log-likelihood). With too few labels to hold any out, T = 1.
+:func:`start_background` runs it in a thread and keeps ``suggest/<field>.status.json``
+(``running`` / ``done`` / ``error``) so a page can poll it without blocking.
 
->>> res = propagate_labels(X, labels, method="both")   # labels: (N,) str, "" = unlabeled
->>> res.value, res.confidence                          # (N,), (N,)
+>>> run = propagate(ws, field="mask_state")     # doctest: +SKIP
+>>> run.groups.head()                            # value, size, precision, ...
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from labeler.suggest import SuggestConfig
+
 log = logging.getLogger(__name__)
 
-METHODS = ("spreading", "probe", "both")
+METHOD = "suggest"
+FACE_COLUMNS = ["face_id", "group", "rank", "value", "confidence", "precision"]
+SUSPECT_COLUMNS = ["face_id", "field", "given", "suggested", "score"]
+#: A status older than this with state "running" is taken as a crashed run.
+STALE_S = 600.0
 
 
 @dataclass(frozen=True, eq=False)
-class PropagationResult:
-    """classes: (C,); probs: (N, C) calibrated; value: (N,) argmax class; confidence: (N,)
-    max prob; temperature: {method: T}; method: the method used."""
+class SuggestRun:
+    """A Suggest step on a workspace. ``groups``: one row per suggestion group in display
+    order (group, value, band, lo, hi, size, precision, lower, n_checked, expected, pretick);
+    ``faces``: FACE_COLUMNS (rank 0 = least confident in its group); ``suspects``:
+    SUSPECT_COLUMNS; ``bands``: out-of-fold precision per band; ``n_labeled``: human labels
+    the run learnt from; ``seconds``: wall time of the step (features loaded included)."""
 
-    classes: np.ndarray
-    probs: np.ndarray
-    value: np.ndarray
-    confidence: np.ndarray
-    temperature: dict
-    method: str
-
-
-def _standardize(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return (X - X.mean(0)) / (X.std(0) + 1e-6)
-
-
-def knn_graph(X: np.ndarray, *, k: int = 10) -> Any:
-    """Symmetric kNN affinity (N, N) scipy CSR on Euclidean distances of standardised X.
-
-    Weights ``exp(-d^2 / sigma^2)`` with sigma the median distance to the k-th neighbour
-    (a scale-free choice: no bandwidth to tune). Uses FAISS when installed (exact), else
-    scikit-learn.
-    """
-    from scipy.sparse import csr_matrix
-
-    Z = np.ascontiguousarray(_standardize(X))
-    n = len(Z)
-    k = int(min(k, n - 1))
-    if k < 1:
-        return csr_matrix((n, n))
-    try:
-        import faiss
-
-        index = faiss.IndexFlatL2(Z.shape[1])
-        index.add(Z)
-        d2, nbrs = index.search(Z, k + 1)
-        d2 = np.maximum(d2, 0.0)
-    except ImportError:
-        from sklearn.neighbors import NearestNeighbors
-
-        dist, nbrs = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z)
-        d2 = dist**2
-    rows = np.repeat(np.arange(n), k + 1)
-    cols, dd = nbrs.ravel(), d2.ravel()
-    keep = (cols != rows) & (cols >= 0)  # drop self matches
-    rows, cols, dd = rows[keep], cols[keep], dd[keep]
-    sigma2 = float(np.median(d2[:, -1])) + 1e-12
-    W = csr_matrix((np.exp(-dd / sigma2), (rows, cols)), shape=(n, n))
-    return W.maximum(W.T).tocsr()
+    field: str
+    classes: tuple[str, ...]
+    n_faces: int
+    n_labeled: int
+    seconds: float
+    temperature: float
+    groups: pd.DataFrame = field(repr=False)
+    faces: pd.DataFrame = field(repr=False)
+    suspects: pd.DataFrame = field(repr=False)
+    bands: pd.DataFrame = field(repr=False)
 
 
-def label_spreading(
-    W: Any, y: np.ndarray, n_classes: int, *, alpha: float = 0.9, iters: int = 50
-) -> np.ndarray:
-    """Spread integer labels ``y`` (N,) (-1 = unlabeled) over affinity ``W`` (N, N).
-
-    Returns (N, C) row-normalised scores; rows the graph cannot reach are uniform.
-    """
-    from scipy.sparse import diags
-
-    n = W.shape[0]
-    deg = np.asarray(W.sum(1)).ravel()
-    dinv = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
-    S = diags(dinv) @ W @ diags(dinv)
-    Y = np.zeros((n, n_classes))
-    lab = y >= 0
-    Y[np.flatnonzero(lab), y[lab]] = 1.0
-    # balance classes so a big class does not flood the graph
-    Y /= np.maximum(Y.sum(0, keepdims=True), 1.0)
-    F = Y.copy()
-    for _ in range(iters):
-        F = alpha * (S @ F) + (1 - alpha) * Y
-    total = F.sum(1, keepdims=True)
-    out = np.where(total > 1e-12, F / np.maximum(total, 1e-12), 1.0 / n_classes)
-    return out
+def suggest_dir(ws: Any) -> Path:
+    return Path(ws.root) / "suggest"
 
 
-def _probe(X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float = 1.0) -> np.ndarray:
-    from labeler.train.head import HeadConfig, fit_head
-
-    lab = y >= 0
-    head = fit_head(
-        X[lab],
-        y[lab].astype(str),
-        config=HeadConfig(C=C),
-        classes=[str(i) for i in range(n_classes)],
-    )
-    return head.predict_proba(X)
-
-
-def _raw(
-    method: str, X: np.ndarray, W: Any, y: np.ndarray, n_classes: int, *, alpha: float, C: float
-) -> np.ndarray:
-    if method == "spreading":
-        return label_spreading(W, y, n_classes, alpha=alpha)
-    return _probe(X, y, n_classes, C=C)
-
-
-def apply_temperature(P: np.ndarray, T: float) -> np.ndarray:
-    """softmax(log(P) / T) row-wise."""
-    z = np.log(np.clip(P, 1e-9, 1.0)) / T
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def fit_temperature(P: np.ndarray, y: np.ndarray) -> float:
-    """The T in [0.05, 20] minimising the NLL of ``apply_temperature(P, T)`` for labels y."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(logt: float) -> float:
-        Q = apply_temperature(P, float(np.exp(logt)))
-        return float(-np.log(np.clip(Q[np.arange(len(y)), y], 1e-12, 1)).mean())
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
-
-
-def propagate_labels(
-    X: np.ndarray,
-    labels: Sequence[str | None] | np.ndarray,
-    *,
-    method: str = "both",
-    classes: Sequence[str] | None = None,
-    k: int = 10,
-    alpha: float = 0.9,
-    C: float = 1.0,
-    folds: int = 5,
-    seed: int = 0,
-) -> PropagationResult:
-    """Calibrated class probabilities for every row from the labeled rows.
-
-    X: (N, D) features. labels: (N,) class name, or ""/None for unlabeled.
-    method: spreading | probe | both. k: neighbours of the graph (5-30). alpha: how far labels
-    spread (0.5-0.99). Returns a :class:`PropagationResult` over all N rows.
-    """
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    labels = np.asarray(
-        [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in labels],
-        dtype=object,
-    )
-    X = np.asarray(X, dtype=np.float32)
-    if len(X) != len(labels):
-        raise ValueError(f"features have {len(X)} rows but labels {len(labels)}")
-    present = sorted({v for v in labels if v})
-    classes = np.asarray(
-        present if classes is None else [c for c in classes if c in present], dtype=object
-    )
-    if len(classes) < 2:
-        raise ValueError(
-            f"propagation needs labels of at least 2 classes, got {list(classes)}; label more faces"
-        )
-    code = {c: i for i, c in enumerate(classes)}
-    y = np.array([code.get(v, -1) for v in labels])
-    nc = len(classes)
-    W = knn_graph(X, k=k) if method in ("spreading", "both") else None
-    parts = ("spreading", "probe") if method == "both" else (method,)
-
-    # calibration: hide folds of the labeled rows
-    lab_idx = np.flatnonzero(y >= 0)
-    counts = np.bincount(y[lab_idx], minlength=nc)
-    temps = {}
-    n_folds = int(min(folds, counts.min()))
-    for part in parts:
-        if n_folds < 2:
-            temps[part] = 1.0
-            continue
-        from sklearn.model_selection import StratifiedKFold
-
-        held = np.zeros((len(lab_idx), nc))
-        for _tr, te in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(
-            lab_idx, y[lab_idx]
-        ):
-            y_fold = y.copy()
-            y_fold[lab_idx[te]] = -1
-            if len(np.unique(y_fold[y_fold >= 0])) < 2:
-                held[te] = 1.0 / nc
-                continue
-            held[te] = _raw(part, X, W, y_fold, nc, alpha=alpha, C=C)[lab_idx[te]]
-        temps[part] = fit_temperature(held, y[lab_idx])
-    probs = np.mean(
-        [apply_temperature(_raw(p, X, W, y, nc, alpha=alpha, C=C), temps[p]) for p in parts], axis=0
-    )
-    return PropagationResult(
-        classes=classes,
-        probs=probs,
-        value=classes[probs.argmax(1)],
-        confidence=probs.max(1),
-        temperature=temps,
-        method=method,
-    )
+def status_path(ws: Any, field: str) -> Path:
+    return suggest_dir(ws) / f"{field}.status.json"
 
 
 def propagate(
     ws: Any,
     *,
     field: str = "mask_state",
-    method: str = "both",
     feature_spec: str = "auto",
-    k: int = 10,
-    alpha: float = 0.9,
+    config: SuggestConfig | None = None,
     min_confidence: float = 0.0,
     write: bool = True,
-) -> pd.DataFrame:
-    """Suggest ``field`` for every unlabeled face of the workspace.
+) -> SuggestRun:
+    """Run the Suggest step for ``field`` on workspace ``ws`` (see the module docstring).
 
-    Returns (and writes to the suggestions table, method ``propagate:<method>``) a DataFrame
-    face_id, field, value, confidence; human labels are never touched.
+    min_confidence: leave out suggestions whose group's measured precision is lower.
+    Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
+    from labeler.features import load_features
     from labeler.labels import LabelStore
-    from labeler.train import human_labels, load_feature_matrix
+    from labeler.suggest import suggest
+    from labeler.train import human_labels
+    from labeler.workspace import align_to_faces
 
+    t0 = time.perf_counter()
     faces = ws.require_faces()
-    face_ids = faces["face_id"].to_numpy()
+    face_ids = faces["face_id"].to_numpy().astype(str)
     labels = human_labels(ws, field, faces)
     if labels.empty:
-        raise ValueError(f"no human labels for field {field!r} yet; label a few clusters first")
-    given = (
-        pd.Series(face_ids)
-        .map(labels.set_index("face_id")["value"])
-        .fillna("")
-        .to_numpy(dtype=object)
-    )
-    X, _ = load_feature_matrix(ws, feature_spec, face_ids)
+        raise ValueError(
+            f"no human labels for field {field!r} in {ws.labels_db}; label a few groups in the app first"
+        )
     store = LabelStore(ws.labels_db)
-    schema = list(store.schema().values(field))
-    res = propagate_labels(X, given, method=method, classes=schema or None, k=k, alpha=alpha)
-    un = (given == "") & (res.confidence >= min_confidence)
-    out = pd.DataFrame(
+    schema = list(store.schema().values(field)) if field in store.schema().names else []
+    present = set(labels["value"].astype(str))
+    classes = [c for c in schema if c in present] + sorted(present - set(schema))
+    code = {c: i for i, c in enumerate(classes)}
+    given = pd.Series(face_ids).map(labels.set_index("face_id")["value"].astype(str))
+    y = given.map(code).fillna(-1).to_numpy(dtype=np.int64)
+    fids, X = load_features(ws, feature_spec)
+    X = align_to_faces(
+        list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
+        what=f"features {feature_spec!r}", fix=f"re-run 'labeler run {ws.root}'",
+    )  # fmt: skip
+    res = suggest(X, y, cv_groups=faces["image_id"].to_numpy(), config=config)
+    names = np.asarray(classes, dtype=object)
+
+    groups = res.groups.copy()
+    groups["value"] = names[groups["value"].to_numpy(dtype=np.int64)] if len(groups) else []
+    rows = np.flatnonzero(res.group >= 0)
+    rank = np.zeros(len(y), np.int64)
+    for g in range(len(groups)):
+        members = res.group_members(g)
+        rank[members] = np.arange(len(members))
+    face_tab = pd.DataFrame(
         {
-            "face_id": face_ids[un],
+            "face_id": face_ids[rows],
+            "group": res.group[rows],
+            "rank": rank[rows],
+            "value": names[np.searchsorted(res.classes, res.pred[rows])] if len(rows) else [],
+            "confidence": res.confidence[rows].astype(float),
+            "precision": res.precision[rows].astype(float),
+        },
+        columns=FACE_COLUMNS,
+    )
+    if min_confidence > 0:
+        keep = groups.loc[groups["precision"] >= min_confidence, "group"]
+        face_tab = face_tab[face_tab["group"].isin(keep)].reset_index(drop=True)
+        groups = groups[groups["group"].isin(keep)].reset_index(drop=True)
+    face_tab = face_tab.sort_values(["group", "rank"], kind="stable").reset_index(drop=True)
+    sus = res.suspects
+    suspects = pd.DataFrame(
+        {
+            "face_id": face_ids[sus],
             "field": field,
-            "value": res.value[un],
-            "confidence": res.confidence[un].astype(float),
-        }
+            "given": names[y[sus]] if len(sus) else [],
+            "suggested": names[np.searchsorted(res.classes, res.pred[sus])] if len(sus) else [],
+            "score": 1.0 - res.proba[sus, np.searchsorted(res.classes, y[sus])].astype(float)
+            if len(sus)
+            else [],
+        },
+        columns=SUSPECT_COLUMNS,
+    )
+    run = SuggestRun(
+        field=field,
+        classes=tuple(classes),
+        n_faces=len(face_ids),
+        n_labeled=int((y >= 0).sum()),
+        seconds=time.perf_counter() - t0,
+        temperature=res.temperature,
+        groups=groups,
+        faces=face_tab,
+        suspects=suspects,
+        bands=res.bands,
     )
     if write:
-        store.write_suggestions(out, f"propagate:{method}")
-    log.info("%d suggestions for %s (%s, T=%s)", len(out), field, method, res.temperature)
-    return out
+        save_run(ws, run)
+    log.info(
+        "%s: %d suggestions in %d groups, %d suspects, from %d labels in %.2fs",
+        field, len(face_tab), len(groups), len(suspects), run.n_labeled, run.seconds,
+    )  # fmt: skip
+    return run
+
+
+def save_run(ws: Any, run: SuggestRun) -> None:
+    """Write a run to labels.db (suggestions, suspects) and ``suggest/<field>.*``."""
+    import io
+
+    from labeler.labels import LabelStore
+    from labeler.workspace import atomic_write_bytes, write_json
+
+    store = LabelStore(ws.labels_db)
+    sug = run.faces.assign(field=run.field)[["face_id", "field", "value", "confidence"]]
+    store.write_suggestions(sug, METHOD, fields=[run.field])
+    store.write_suspects(run.suspects, METHOD, fields=[run.field])
+    out = suggest_dir(ws)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    run.faces.to_parquet(buf, index=False)
+    atomic_write_bytes(out / f"{run.field}.parquet", buf.getvalue())
+    write_json(
+        out / f"{run.field}.json",
+        {
+            "field": run.field,
+            "classes": list(run.classes),
+            "n_faces": run.n_faces,
+            "n_labeled": run.n_labeled,
+            "seconds": round(run.seconds, 3),
+            "temperature": run.temperature,
+            "created": time.time(),
+            "groups": run.groups.to_dict(orient="records"),
+            "bands": run.bands.to_dict(orient="records"),
+            "n_suspects": len(run.suspects),
+        },
+    )
+
+
+def load_run(ws: Any, field: str) -> tuple[dict, pd.DataFrame] | None:
+    """The last saved run of ``field``: (meta with groups and bands, faces table), or None."""
+    from labeler.workspace import read_json
+
+    meta_path = suggest_dir(ws) / f"{field}.json"
+    faces_path = suggest_dir(ws) / f"{field}.parquet"
+    if not meta_path.exists() or not faces_path.exists():
+        return None
+    return read_json(meta_path), pd.read_parquet(faces_path)
+
+
+# --- background runs -------------------------------------------------------------------------
+
+
+def read_status(ws: Any, field: str) -> dict:
+    """``{"state": "idle" | "running" | "done" | "error", ...}`` of the field's Suggest step;
+    a "running" status older than :data:`STALE_S` reads as "error" (the run died)."""
+    from labeler.workspace import read_json
+
+    path = status_path(ws, field)
+    if not path.exists():
+        return {"state": "idle"}
+    try:
+        status = dict(read_json(path))
+    except (OSError, ValueError):
+        return {"state": "idle"}
+    if status.get("state") == "running" and time.time() - status.get("started", 0) > STALE_S:
+        status |= {"state": "error", "message": "the last Suggest run stopped without finishing"}
+    return status
+
+
+def _write_status(ws: Any, field: str, **status: Any) -> None:
+    from labeler.workspace import write_json
+
+    suggest_dir(ws).mkdir(parents=True, exist_ok=True)
+    write_json(status_path(ws, field), status)
+
+
+_START_LOCK = threading.Lock()
+
+
+def start_background(
+    ws: Any, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
+) -> threading.Thread | None:
+    """Run :func:`propagate` in a daemon thread unless one is running for ``field`` already
+    (the status file is the lock, so several app sessions share one run). Returns the thread,
+    or None when a run was already in progress."""
+    with _START_LOCK:
+        if read_status(ws, field)["state"] == "running":
+            return None
+        started = time.time()
+        _write_status(ws, field, state="running", started=started)
+
+    def work() -> None:
+        try:
+            run = propagate(ws, field=field, feature_spec=feature_spec, config=config)
+        except Exception as exc:  # shown on the page as one line; details in the log
+            log.exception("Suggest step for %s failed", field)
+            _write_status(ws, field, state="error", started=started, finished=time.time(),
+                          message=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return
+        _write_status(ws, field, state="done", started=started, finished=time.time(),
+                      n_labeled=run.n_labeled, n_groups=len(run.groups),
+                      n_suggestions=len(run.faces), n_suspects=len(run.suspects),
+                      seconds=round(run.seconds, 3))  # fmt: skip
+
+    thread = threading.Thread(target=work, name=f"suggest-{field}", daemon=True)
+    thread.start()
+    return thread

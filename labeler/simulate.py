@@ -19,42 +19,36 @@ Protocols
 ``strategy="plain"``: bulk-label every group, biggest first (ties by group id), then correct
 the wrong faces one by one (an oracle order: only wrong faces are touched).
 
-``strategy="interactive"`` (needs ``features``): the session the tool offers, every step an
-action as above.
+``strategy="interactive"`` (needs ``features``): the session the app offers, driven by the
+app's own suggestion code (:func:`labeler.suggest.suggest`, no second implementation). Before
+every action the annotator retrains (the app's *Suggest* step) and takes the action with the
+largest number of faces it is **expected** to fix, estimated only from what an annotator can
+know:
 
-1. *Seed.* Take the ``seed_groups`` biggest real groups (size >= ``min_group``); when the
-   grouping has fewer, the tool first splits its biggest group into ``split_parts`` with
-   k-means on ``features`` (1 action per split) until it has ``seed_groups``. The
-   annotator looks at each; if it is visibly mixed (its majority share is below
-   ``split_purity``) they press *split* (1 action; the tool sub-clusters the group with
-   k-means on ``features`` into ``split_parts`` parts) and bulk-label each part (1 action
-   each); otherwise they bulk-label the group (1 action).
-2. *Rounds* (up to ``max_rounds``):
+- *bulk-label a group* of the grouping (its unlabeled faces): expected = unlabeled faces x
+  the mean majority share of the groups opened so far (1 before any: the first actions are
+  plain's). It receives the majority true label of those faces, as in plain. When the
+  opened group visibly holds more than ``2 * split_parts`` faces of a state nobody has
+  labeled yet, the annotator instead splits it by similarity (1 action, ``split``) and the
+  parts become groups of their own: the tool cannot learn a state it has never been shown.
+- *accept a suggestion group* (unlabeled faces, one predicted value and confidence band):
+  expected = size x the band's precision measured out-of-fold. The annotator opens it and
+  gives it its majority true label (``accept`` when that is the suggested value, ``assign``
+  otherwise).
+- *relabel a review group* (labeled faces not yet checked whose out-of-fold prediction
+  contradicts their label, by (label, prediction)): expected = the sum over its faces of the
+  band's out-of-fold precision, blended with the share of faces the review groups opened so
+  far really fixed (what the annotator saw; 10 faces' worth of weight on the former). It
+  receives its majority true label; the faces that
+  now hold their true label were seen right and count as checked (not offered again; the
+  model trusts them ``checked_weight`` times more).
+- *correct one face*: expected (and real) gain 1, in plain's oracle order.
 
-   a. The guided model (:func:`labeler.guided.fit_predict`, ``method``) is trained on the
-      current labels and predicts every face. Trust weights: a bulk label counts 1 for the
-      ``core_share`` of its group nearest the group's centre in ``features`` and
-      ``loose_weight`` for the rim (where groups are mixed); an accepted suggestion counts 1
-      where the model agreed with the label received, else ``loose_weight``; a face
-      corrected one by one counts ``checked_weight``.
-   b. *Suggestions.* Faces not corrected individually whose prediction differs from their
-      current label (or that are unlabeled) are grouped by (current label, predicted label);
-      groups of at least ``min_group`` faces are shown biggest first (with
-      ``confidence_split`` the sure and unsure halves by margin are shown apart). Accepting
-      one is 1 bulk action and gives every face of the group the group's majority true
-      label. The annotator accepts when that raises the number of correct faces in the
-      group, else dismisses it; a dismissal also costs 1 action (and the same suggestion is
-      not shown again). Suggestion groups smaller than ``min_group`` are left to the review
-      queue, except in the first round, when unlabeled faces are all offered.
-   c. *Review queue.* Faces not yet corrected individually, ordered by disagreement (prediction
-      differs from the current label first) then by ascending prediction margin. The
-      annotator walks the queue and corrects each wrong face (1 action; the face becomes
-      checked), stopping after ``review_batch`` corrections. Faces seen and found right cost
-      nothing and are counted in ``reviewed`` only.
-   d. The round ends; the loop stops early when a round changes nothing.
-
-3. *Finish.* Any faces still wrong are corrected one by one (oracle order), so the curve
-   always reaches 100 %.
+Group actions are taken while their expected gain exceeds ``min_gain`` (1); then the remaining faces are
+corrected one by one exactly as plain does. Truth is read only as the answer to an action
+taken (the majority of a group the annotator opened, the label of a face they correct).
+Each action also counts the app clicks it costs (``clicks``): open the group, assign or
+accept (2); a correction: open the face, assign (2).
 
 Example::
 
@@ -72,6 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.suggest import SuggestConfig
+
 log = logging.getLogger(__name__)
 
 LEVELS = (95, 98, 99)
@@ -80,20 +76,21 @@ STRATEGIES = ("plain", "interactive")
 
 @dataclass(frozen=True)
 class InteractiveConfig:
-    """Options of the interactive session (see the module docstring for the protocol)."""
+    """Options of the interactive session (see the module docstring for the protocol).
 
-    seed_groups: int = 8
-    min_group: int = 3
-    split_purity: float = 0.8
-    split_parts: int = 3
-    method: str = "ridge"
-    core_share: float = 0.5
-    loose_weight: float = 0.2
-    review_batch: int = 5
-    confidence_split: bool = False
-    max_rounds: int = 40
+    suggest: the app's :class:`~labeler.suggest.SuggestConfig`. split_parts: k of the app's
+    *split by similarity* (k-means on the features), used on a group that visibly holds more
+    faces of a state nobody has labeled yet than twice the extra actions a split costs. checked_weight: trust of a
+    face the annotator corrected or confirmed one by one (1 for bulk labels). min_gain:
+    group actions are taken while their expected gain is above this (1 = a correction).
+    max_group_actions: a safety cap on the number of group actions.
+    """
+
+    suggest: SuggestConfig = field(default_factory=SuggestConfig)
+    split_parts: int = 2
     checked_weight: float = 3.0
-    seed: int = 0
+    min_gain: float = 1.0
+    max_group_actions: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,9 @@ class EffortResult:
     ``nmi``/``ari``/``purity`` describe the starting grouping against the truth (noise points
     as singletons). ``effN`` / ``actionsN`` for N in :data:`LEVELS`. ``curve`` (A,) holds the
     number of correct faces after each action; ``kinds`` counts actions by kind; ``reviewed``
-    is the number of faces the annotator looked at in review queues without changing them.
+    is the number of faces the annotator looked at in review queues without changing them;
+    ``clicks`` the app clicks the session costs (see the module docstring), ``clicks98``
+    those up to ``actions98``.
     """
 
     strategy: str
@@ -121,6 +120,8 @@ class EffortResult:
     actions99: int
     actions_total: int
     reviewed: int = 0
+    clicks: int = 0
+    clicks98: int = 0
     kinds: dict[str, int] = field(default_factory=dict, compare=False)
     curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     # labels (N,) str ('' = unlabeled) as they stood after ``snapshot_at`` actions, if asked
@@ -205,31 +206,51 @@ class _Session:
         self.C = n_classes
         self.cur = np.full(len(y), -1, np.int64)
         self.checked = np.zeros(len(y), bool)
-        self.trust = np.zeros(len(y), np.float32)  # how much the guided model trusts a label
         self.curve: list[int] = []
         self.kinds: Counter[str] = Counter()
         self.reviewed = 0
+        self.clicks = 0
+        self.click_curve: list[int] = []
+        self.opened = 0  # faces in groups the annotator opened and labeled
+        self.opened_major = 0  # of those, faces holding the group's majority label
+        self.review_seen = 0  # faces in review groups opened so far
+        self.review_fixed = 0  # of those, faces the relabel fixed
 
     @property
     def correct(self) -> int:
         return int((self.cur == self.y).sum())
 
-    def act(self, kind: str) -> None:
+    def act(self, kind: str, clicks: int = 2) -> None:
         self.kinds[kind] += 1
+        self.clicks += clicks
+        self.click_curve.append(self.clicks)
         self.curve.append(self.correct)
         if len(self.curve) == self.snapshot_at:
             self.snapshot = self.cur.copy()
 
-    def bulk(self, members: np.ndarray, kind: str = "bulk") -> int:
+    def bulk(self, members: np.ndarray, kind: str = "bulk", suggested: int | None = None) -> int:
+        """Give ``members`` their majority true label (what the annotator types for the group
+        they see); ``suggested``: the value the app proposed (accepting it is ``accept``)."""
         m = _majority(self.y[members], self.C)
         self.cur[members] = m
+        self.opened += len(members)
+        self.opened_major += int((self.y[members] == m).sum())
+        self.reviewed += len(members)
+        if suggested is not None:
+            kind = "accept" if m == suggested else "assign"
         self.act(kind)
         return m
+
+    def purity(self) -> float:
+        """Mean majority share of the groups opened so far (1 before any)."""
+        return self.opened_major / self.opened if self.opened else 1.0
+
+    def trust(self) -> np.ndarray:
+        return np.where(self.checked, self.checked_weight, 1.0)
 
     def fix(self, i: int) -> None:
         self.cur[i] = self.y[i]
         self.checked[i] = True
-        self.trust[i] = self.checked_weight
         self.act("correct")
 
     def finish(self) -> None:
@@ -266,6 +287,8 @@ def _result(
         actions99=effs[99][1],
         actions_total=len(curve),
         reviewed=s.reviewed,
+        clicks=s.clicks,
+        clicks98=s.click_curve[effs[98][1] - 1] if effs[98][1] > 0 else -1,
         kinds=dict(s.kinds),
         curve=curve,
         snapshot=snapshot,
@@ -289,99 +312,90 @@ def _plain(g: np.ndarray, s: _Session) -> None:
     s.finish()
 
 
-def _split(X: np.ndarray, members: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
+def _review_groups(res: Any, s: _Session) -> tuple[np.ndarray, np.ndarray]:
+    """Labeled faces (not checked: corrected, or seen right in a review group) whose out-of-fold
+    prediction contradicts their label, grouped by (label, prediction): (N,) group id (-1 =
+    none) and the expected gain per group. A face's chance to be fixed is its band's measured
+    precision, blended with the share of faces that review groups opened so far really fixed
+    (the annotator saw those), ``prior`` faces' worth of weight on the former."""
+    n = len(s.y)
+    gid = np.full(n, -1, np.int64)
+    code = np.full(n, -1, np.int64)
+    lab = s.cur >= 0
+    code[lab] = np.searchsorted(res.classes, s.cur[lab])
+    pred_code = np.full(n, -1, np.int64)
+    known = np.isin(res.pred, res.classes)
+    pred_code[known] = np.searchsorted(res.classes, res.pred[known])
+    cand = np.flatnonzero(lab & ~s.checked & known & (pred_code != code))
+    if not len(cand):
+        return gid, np.zeros(0)
+    keys, inv = np.unique(code[cand] * len(res.classes) + pred_code[cand], return_inverse=True)
+    gid[cand] = inv
+    prior = 10.0
+    p = (s.review_fixed + prior * res.precision[cand].astype(np.float64)) / (s.review_seen + prior)
+    return gid, np.bincount(inv, weights=p, minlength=len(keys))
+
+
+def _kmeans_parts(Z: np.ndarray, k: int) -> np.ndarray:
+    """(n,) part 0..k-1 of each row: k-means as the app's *split by similarity* runs it."""
     from sklearn.cluster import KMeans
 
-    parts = min(parts, len(members))
-    Z = X[members]
-    lab = KMeans(n_clusters=parts, n_init=3, random_state=seed).fit_predict(Z)
-    return [members[lab == j] for j in range(parts) if (lab == j).any()]
-
-
-def _core_trust(X: np.ndarray, members: np.ndarray, cfg: InteractiveConfig) -> np.ndarray:
-    """Trust of a bulk label per member: 1 for the ``core_share`` nearest the group's centre,
-    ``loose_weight`` for the rest (features only: the rim of a group is where it is mixed)."""
-    d = np.linalg.norm(X[members] - X[members].mean(0), axis=1)
-    core = np.argsort(d, kind="stable")[: max(1, int(round(cfg.core_share * len(members))))]
-    t = np.full(len(members), cfg.loose_weight, np.float32)
-    t[core] = 1.0
-    return t
+    return KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(Z).astype(np.int64)
 
 
 def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConfig) -> None:
-    from labeler.guided import fit_predict
+    from labeler.suggest import suggest
 
-    def bulk(members: np.ndarray, kind: str) -> None:
-        s.bulk(members, kind)
-        s.trust[members] = _core_trust(X, members, cfg)
-
-    # 1. seed: biggest real groups (noise excluded), split when visibly mixed. A grouping
-    # coarser than seed_groups is refined first: the tool splits its biggest group into
-    # split_parts (1 action each) until there are seed_groups groups to look at.
-    real = [m for m in _groups_by_size(g) if len(m) >= cfg.min_group]
-    while 0 < len(real) < cfg.seed_groups and len(real[0]) >= 2 * cfg.min_group:
-        s.act("split")
-        parts = _split(X, real[0], cfg.split_parts, cfg.seed)
-        real = sorted(real[1:] + parts, key=len, reverse=True)
-    for members in real[: cfg.seed_groups]:
-        share = np.bincount(s.y[members], minlength=s.C).max() / len(members)
-        if share < cfg.split_purity and len(members) >= 2 * cfg.split_parts:
-            s.act("split")
-            for part in _split(X, members, cfg.split_parts, cfg.seed):
-                bulk(part, "bulk")
-        else:
-            bulk(members, "bulk")
-    if not (s.cur >= 0).any():  # no group big enough: label the biggest one anyway
-        bulk(_groups_by_size(g)[0], "bulk")
-
-    # 2. rounds of suggestions + review
-    dismissed = np.full(len(s.y), -2, np.int64)  # the suggestion last dismissed per face
-    for rnd in range(cfg.max_rounds):
-        if s.correct == len(s.y):
+    n = len(s.y)
+    gi = np.unique(g, return_inverse=True)[1].astype(np.int64)
+    for _step in range(cfg.max_group_actions):
+        if s.correct == n:
             break
-        before = s.cur.copy()
-        pred = fit_predict(X, s.cur, method=cfg.method, weights=s.trust)
-        cand = np.flatnonzero(~s.checked & (pred.labels != s.cur) & (pred.labels != dismissed))
-        if len(cand):
-            key = s.cur[cand] * (s.C + 1) + pred.labels[cand]
-            if cfg.confidence_split:  # sure and unsure suggestions are shown as separate groups
-                sure = pred.margin[cand] >= np.median(pred.margin[cand])
-                key = key * 2 + sure
-            kid, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-            for j in np.lexsort((kid, -cnt)):
-                members = cand[inv == j]
-                unlabeled = s.cur[members[0]] < 0
-                if len(members) < cfg.min_group and not (rnd == 0 and unlabeled):
-                    continue
-                m = _majority(s.y[members], s.C)
-                gain = int((s.y[members] == m).sum() - (s.y[members] == s.cur[members]).sum())
-                if gain > 0:
-                    s.cur[members] = m
-                    s.trust[members] = np.where(pred.labels[members] == m, 1.0, cfg.loose_weight)
-                    s.act("accept")
-                else:
-                    dismissed[members] = pred.labels[members]
-                    s.act("dismiss")
-        # review queue: disagreement first, then low margin
-        pred = fit_predict(X, s.cur, method=cfg.method, weights=s.trust)
-        disagree = (pred.labels != s.cur).astype(np.float64)
-        order = np.lexsort((pred.margin, -disagree))
-        fixed = 0
-        for i in order:
-            if s.checked[i]:
-                continue
-            if s.cur[i] != s.y[i]:
-                s.fix(int(i))
-                fixed += 1
-                if fixed >= cfg.review_batch:
-                    break
+        res = suggest(X, s.cur, weights=s.trust(), config=cfg.suggest)
+        unl = s.cur < 0
+        # 1. a group of the grouping: its unlabeled faces times the purity seen so far
+        open_size = np.bincount(gi[unl], minlength=gi.max() + 1)
+        j = int(np.argmax(open_size))  # biggest first, ties by group order (as plain)
+        best = [(open_size[j] * s.purity(), 0, "cluster", j)]
+        # 2. a suggestion group: size times its out-of-fold precision
+        if len(res.groups):
+            top = res.groups.iloc[0]
+            best.append((float(top["expected"]), 1, "suggestion", int(top["group"])))
+        # 3. a review group of contradicted labels
+        rg, rgain = _review_groups(res, s)
+        if len(rgain):
+            k = int(np.argmax(rgain))
+            best.append((float(rgain[k]), 2, "review", k))
+        gain, _, kind, which = max(best, key=lambda t: (t[0], -t[1]))
+        if gain <= cfg.min_gain:
+            break
+        if kind == "cluster":
+            members = np.flatnonzero((gi == which) & unl)
+            k = cfg.split_parts
+            # the faces of states nobody has labeled yet, which the annotator sees there
+            cnt = np.bincount(s.y[members], minlength=s.C)
+            cnt[cnt.argmax()] = 0
+            seen = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
+            minority = int(cnt[~seen].sum())
+            if k >= 2 and minority > 2 * k and len(members) >= 2 * k:
+                # it visibly holds a state the tool has not learnt: the annotator splits it
+                # by similarity (1 action) and looks at the parts as groups of their own
+                parts = _kmeans_parts(X[members], k)
+                gi[members[parts > 0]] = gi.max() + parts[parts > 0]
+                s.act("split", clicks=2)
             else:
-                s.reviewed += 1
-        log.debug(
-            "round %d: %d correct of %d after %d actions", rnd, s.correct, len(s.y), len(s.curve)
-        )
-        if np.array_equal(before, s.cur):
-            break
+                s.bulk(members, "bulk")
+        elif kind == "suggestion":
+            members = np.flatnonzero(res.group == which)
+            value = int(res.groups.iloc[which]["value"])
+            s.bulk(members, suggested=value)
+        else:
+            members = np.flatnonzero(rg == which)
+            before = s.cur[members].copy()
+            m = s.bulk(members, "relabel")
+            s.review_seen += len(members)
+            s.review_fixed += int((s.y[members] == m).sum() - (s.y[members] == before).sum())
+            s.checked[members[s.y[members] == m]] = True  # seen and left ticked: right
     s.finish()
 
 

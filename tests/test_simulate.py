@@ -118,14 +118,15 @@ def test_interactive_beats_plain_on_a_poor_grouping():
     assert plain.eff98 < 3.0
     assert inter.eff98 > 3 * plain.eff98
     assert inter.actions_total == sum(inter.kinds.values())
-    assert set(inter.kinds) <= {"bulk", "split", "accept", "dismiss", "correct"}
+    assert set(inter.kinds) <= {"bulk", "split", "accept", "assign", "relabel", "correct"}
+    assert inter.clicks == 2 * inter.actions_total
 
 
 def test_interactive_ignores_label_names_and_is_deterministic():
     X, truth = _blobs(seed=2)
     groups = np.random.default_rng(3).integers(0, 5, len(truth))
     renamed = np.array([{"no_mask": "x1", "correct": "x2", "on_chin": "x3"}[t] for t in truth])
-    cfg = InteractiveConfig(method="probe")
+    cfg = InteractiveConfig(split_parts=3)
     a = simulate(groups, truth, strategy="interactive", features=X, config=cfg)
     b = simulate(groups, renamed, strategy="interactive", features=X, config=cfg)
     c = simulate(groups, truth, strategy="interactive", features=X, config=cfg)

@@ -1,4 +1,4 @@
-"""``labeler propagate``: suggest labels for unlabeled faces from the labeled ones."""
+"""``labeler propagate``: the app's Suggest step from the command line."""
 
 from __future__ import annotations
 
@@ -16,55 +16,43 @@ if TYPE_CHECKING:
 @workspace_option()
 @click.option("--field", default="mask_state", show_default=True)
 @click.option(
-    "--method", type=click.Choice(["spreading", "probe", "both"]), default="both", show_default=True
-)
-@click.option(
     "--features",
     "feature_spec",
     default="auto",
     show_default=True,
-    help="Feature spec (stored embeddings joined by '+').",
-)
-@click.option(
-    "-k",
-    "--neighbors",
-    default=10,
-    show_default=True,
-    type=int,
-    help="kNN graph degree for spreading.",
+    help="Feature spec (see 'labeler cluster --features').",
 )
 @click.option(
     "--min-confidence",
     default=0.0,
     show_default=True,
     type=float,
-    help="Drop suggestions below this calibrated confidence.",
+    help="Leave out groups whose measured (out-of-fold) precision is lower.",
 )
-def command(
-    ws: Workspace,
-    field: str,
-    method: str,
-    feature_spec: str,
-    neighbors: int,
-    min_confidence: float,
-) -> None:
-    """Write calibrated suggestions (never human labels) for the unlabeled faces; review them
-    in the app."""
+@click.option("--show", default=15, show_default=True, help="Suggestion groups to list.")
+def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float, show: int) -> None:
+    """Suggest labels for the unlabeled faces in groups (predicted value x confidence band),
+    each with the precision measured out-of-fold on the labels so far; flag a few suspected
+    label errors. Writes suggestions, never human labels: review them in the app."""
     from labeler.propagate import propagate
 
     try:
-        df = propagate(
-            ws,
-            field=field,
-            method=method,
-            feature_spec=feature_spec,
-            k=neighbors,
-            min_confidence=min_confidence,
-        )
+        run = propagate(ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence)
     except user_errors() as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{len(df)} suggestions for {field} ({method})")
-    if len(df):
-        for value, n in df["value"].value_counts().items():
-            conf = df.loc[df["value"] == value, "confidence"].mean()
-            click.echo(f"  {value}: {n} (mean confidence {conf:.2f})")
+    click.echo(
+        f"{len(run.faces)} suggestions for {field} in {len(run.groups)} groups from "
+        f"{run.n_labeled} labels ({run.seconds:.2f} s); {len(run.suspects)} suspected label errors"
+    )
+    if len(run.groups):
+        click.echo(
+            f"{'group':>5} {'value':<16} {'confidence':>11} {'faces':>6} {'right in CV':>12}"
+        )
+        for g in run.groups.head(show).itertuples():
+            tick = "  pre-ticked" if g.pretick else ""
+            click.echo(
+                f"{g.group:>5} {g.value:<16} {g.lo:5.3f}-{g.hi:5.3f} {g.size:>6} "
+                f"{g.precision:11.1%}{tick}"
+            )
+        if len(run.groups) > show:
+            click.echo(f"... {len(run.groups) - show} more groups")

@@ -30,17 +30,10 @@ from labeler.cli._common import user_errors, workspace_option
     "--features", default="auto", show_default=True, help="Feature spec the guided steps learn on."
 )
 @click.option(
-    "--seed-groups",
-    default=8,
+    "--split-parts",
+    default=2,
     show_default=True,
-    help="Groups bulk-labeled before the first suggestions.",
-)
-@click.option(
-    "--method",
-    default="ridge",
-    show_default=True,
-    type=click.Choice(["ridge", "probe", "spread", "knn", "ensemble"]),
-    help="Guided model of the interactive session.",
+    help="k of 'split by similarity' when a group holds a state nobody labeled yet (0 = never).",
 )
 @click.option(
     "--all-faces",
@@ -54,19 +47,20 @@ def command(
     file_column: str,
     run_id: str | None,
     features: str,
-    seed_groups: int,
-    method: str,
+    split_parts: int,
     all_faces: bool,
 ) -> None:
     """Simulate an annotator on the workspace with known labels; print the effort table.
 
     Rows: 'plain' (bulk-label the groups of the cluster run, biggest first, then correct
-    faces one by one) and 'interactive' (seed groups, label-guided suggestions, review
-    queue). effN = faces labeled correctly per action when accuracy first reaches N %.
+    faces one by one) and 'interactive' (the app's Suggest step after every action; the
+    annotator takes the action expected to fix the most faces: a group, a suggestion group,
+    a review group or one face). effN = faces labeled correctly per action when accuracy
+    first reaches N %; clicks98 = the app clicks those actions cost.
     """
     from labeler.simulate import InteractiveConfig, simulate_workspace
 
-    cfg = InteractiveConfig(seed_groups=seed_groups, method=method)
+    cfg = InteractiveConfig(split_parts=split_parts)
     try:
         results, info = simulate_workspace(
             ws,
@@ -85,10 +79,10 @@ def command(
         f"features {info['features']}"
     )
     click.echo(
-        f"{'session':<12} {'NMI':>6} {'ARI':>6} {'purity':>6} {'eff95':>7} {'eff98':>7} {'eff99':>7} {'actions98':>9}"
+        f"{'session':<12} {'NMI':>6} {'ARI':>6} {'purity':>6} {'eff95':>7} {'eff98':>7} {'eff99':>7} {'actions98':>9} {'clicks98':>8}"
     )
     for name, r in results.items():
         click.echo(
-            f"{name:<12} {r.nmi:6.3f} {r.ari:6.3f} {r.purity:6.3f} {r.eff95:7.1f} {r.eff98:7.1f} {r.eff99:7.1f} {r.actions98:9d}"
+            f"{name:<12} {r.nmi:6.3f} {r.ari:6.3f} {r.purity:6.3f} {r.eff95:7.1f} {r.eff98:7.1f} {r.eff99:7.1f} {r.actions98:9d} {r.clicks98:8d}"
         )
     click.echo(f"written to {ws.clusters_dir / str(info['run_id']) / 'simulation.json'}")  # type: ignore[attr-defined]
