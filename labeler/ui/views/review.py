@@ -1,24 +1,23 @@
-"""Review: machine suggestions and suspected label errors, most confident first; accept or
-reject in bulk."""
+"""Review: the Suggest step and its suggestion groups, and the suspected label errors.
+
+Nothing here can wreck the labels: only groups whose out-of-fold precision holds up are
+pre-ticked, suspects never are, Accept is never the primary button, each accept is one
+event, Undo / Redo sit on the page and a banner says what the last click changed."""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
-from labeler.ui import components, data, state
-from labeler.ui.state import REVIEW_PREFIX, K
-
-PAGE_SIZE = 48
+from labeler.ui import components, data, state, suggest_panel
+from labeler.ui.state import K
 
 ws = state.workspace()
 st.header("Review", divider="gray")
 store = data.store(ws)
-schema = store.schema()
-names = schema.names
+names = store.schema().names
 state.show_flash()
 
-c1, c2, c3 = st.columns([1, 2, 2])
+c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
 with c1:
     current_field = state.field(names[0])
     fld = st.selectbox(
@@ -31,67 +30,14 @@ with c2:
         "Queue", ["Suggestions", "Suspected errors"], horizontal=True, key=K.review_kind
     )
 with c3:
-    min_conf = st.slider("Minimum confidence", 0.0, 1.0, 0.5, 0.05, key=K.review_min)
+    components.undo_redo(ws)
 
-suspects = kind == "Suspected errors"
-if suspects:
-    items = store.suspects(fld, pending=True).rename(columns={"score": "confidence"})
-    value_col = "suggested"
+suggest_panel.suggest_bar(ws, fld)
+if kind == "Suggestions":
+    min_precision = st.slider(
+        "Minimum measured precision", 0.0, 1.0, 0.0, 0.05, key=K.review_min,
+        help="Hide suggestion groups whose out-of-fold precision is lower.",
+    )  # fmt: skip
+    suggest_panel.groups_view(ws, store, fld, min_precision)
 else:
-    items = store.suggestions(fld, pending=True)
-    items = items.drop_duplicates("face_id")  # best method's suggestion per face
-    value_col = "value"
-items = items[items["confidence"] >= min_conf].reset_index(drop=True)
-
-if items.empty:
-    st.info(
-        "Nothing to review. Suggestions come from 'labeler propagate' / 'labeler train' "
-        "once some faces are labeled."
-    )
-    st.stop()
-
-st.caption(f"{len(items):,} pending {kind.lower()} for {fld} with confidence ≥ {min_conf:.2f}")
-page = items.iloc[:PAGE_SIZE]
-info = {
-    r.face_id: (
-        f"{r.given} → {r.suggested} {r.confidence:.2f}"
-        if suspects
-        else f"→ {r.value} {r.confidence:.2f}"
-    )
-    for r in page.itertuples()
-}
-ticked = components.thumb_grid(
-    ws, page["face_id"].tolist(), prefix=REVIEW_PREFIX, checked=lambda f: True,
-    captions=info.get,
-)  # fmt: skip
-chosen = page[page["face_id"].isin(ticked)]
-
-
-def accept(items: pd.DataFrame) -> None:
-    events = store.accept(items, fld, annotator=state.annotator(), value_column=value_col)
-    state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Accepted {len(items):,} ({len(events)} events).")
-
-
-def reject(items: pd.DataFrame) -> None:
-    store.reject(
-        items, fld, annotator=state.annotator(), kind="suspect" if suspects else "suggestion"
-    )
-    state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Rejected {len(items):,}.", "info")
-
-
-b1, b2, b3 = st.columns(3)
-b1.button(
-    f"Accept {len(chosen)} ticked", key=K.review_accept_btn, type="primary",
-    disabled=chosen.empty, on_click=accept, args=(chosen,),
-)  # fmt: skip
-b2.button(
-    f"Reject {len(chosen)} ticked", key=K.review_reject_btn,
-    disabled=chosen.empty, on_click=reject, args=(chosen,),
-)  # fmt: skip
-b3.button(
-    f"Accept all {len(items):,} ≥ {min_conf:.2f}", key=K.review_accept_all_btn,
-    on_click=accept, args=(items,),
-)  # fmt: skip
-components.undo_redo(ws)
+    suggest_panel.suspects_view(ws, store, fld)

@@ -1,0 +1,256 @@
+"""The Suggest step in the app: a button (and an automatic run after every
+:data:`AUTO_EVERY` new labels) that retrains in a background thread
+(:func:`labeler.propagate.start_background`) while the page stays usable, a status line that
+polls the run (``st.fragment(run_every=...)``), and the suggestion groups and suspects of
+the Review page. Everything it writes goes through :class:`labeler.labels.LabelStore`, one
+event per accept."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from labeler import propagate
+from labeler.labels import LabelStore
+from labeler.ui import components, data, state
+from labeler.ui.state import REVIEW_PREFIX, K
+from labeler.workspace import Workspace
+
+#: New human labels of a field after which the page starts a Suggest run by itself.
+AUTO_EVERY = 25
+#: Faces of a group shown at once (the least sure first).
+PAGE_SIZE = 48
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Widget and session keys of the Suggest panel (AppTest drives them by name)."""
+
+    suggest_btn: str = "suggest_btn"
+    group_pick: str = "suggest_group"
+    suspect_value: str = "suspect_value"
+    auto_started: str = "_suggest_auto_started"  # {field: labels count it started at}
+    seen_finish: str = "_suggest_seen_finish"  # {field: finished stamp shown}
+
+
+SK = Keys()
+
+
+def _labels_count(ws: Workspace, field: str) -> int:
+    return len(data.labels(ws, field))
+
+
+def _start(ws_root: str, field: str) -> None:
+    ws = Workspace.open(ws_root)
+    if propagate.start_background(ws, field) is None:
+        state.flash("A Suggest run for this field is already in progress.", "info")
+
+
+def suggest_bar(ws: Workspace, field: str) -> None:
+    """The Suggest button, the automatic start, and a status line that polls the run."""
+    status = propagate.read_status(ws, field)
+    saved = propagate.load_run(ws, field)
+    n_labels = _labels_count(ws, field)
+    seen_at = saved[0]["n_labeled"] if saved else 0
+    running = status["state"] == "running"
+    auto = st.session_state.setdefault(SK.auto_started, {})
+    if (
+        not running
+        and n_labels >= 2
+        and n_labels - seen_at >= AUTO_EVERY
+        and auto.get(field) != n_labels
+        and status["state"] != "error"
+    ):
+        auto[field] = n_labels
+        propagate.start_background(ws, field)
+        running = True
+    c1, c2 = st.columns([1, 5], vertical_alignment="center")
+    c1.button(
+        "Suggest", key=SK.suggest_btn, icon=":material/auto_awesome:", disabled=running,
+        help="Retrain on the labels so far (in the background) and suggest labels for the "
+        f"unlabeled faces; also runs by itself after every {AUTO_EVERY} new labels.",
+        on_click=_start, args=(str(ws.root), field),
+    )  # fmt: skip
+    with c2:
+        _status_line(ws, field, n_labels, running)
+
+
+def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> None:
+    @st.fragment(run_every=POLL_S if running else None)
+    def line() -> None:
+        status = propagate.read_status(ws, field)
+        seen = st.session_state.setdefault(SK.seen_finish, {})
+        if status["state"] == "running":
+            took = time.time() - status.get("started", time.time())
+            st.caption(f":material/hourglass_top: Suggesting for **{field}** in the "
+                       f"background ({took:.0f} s) - keep labeling.")  # fmt: skip
+            return
+        finished = status.get("finished")
+        if running and finished and seen.get(field) != finished:
+            seen[field] = finished
+            st.rerun()  # the run ended: redraw the page with its groups
+        if status["state"] == "error":
+            st.caption(f":material/error: Last Suggest run failed: {status.get('message', '')}")
+            return
+        saved = propagate.load_run(ws, field)
+        if saved is None:
+            st.caption("No suggestions yet: label faces of two values, then press Suggest.")
+            return
+        meta = saved[0]
+        new = n_labels - meta["n_labeled"]
+        ago = time.time() - meta.get("created", time.time())
+        st.caption(
+            f"Suggestions from {meta['n_labeled']:,} labels, {len(meta['groups'])} groups, "
+            f"made in {meta['seconds']:.1f} s, {_ago(ago)} ago"
+            + (f"; {new:,} new labels since" if new > 0 else "")
+        )
+
+    line()
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- suggestion groups -----------------------------------------------------------------------
+
+
+def open_groups(ws: Workspace, store: LabelStore, field: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The saved run's groups and faces, less the faces labeled or rejected since."""
+    saved = propagate.load_run(ws, field)
+    if saved is None:
+        return pd.DataFrame(), pd.DataFrame()
+    meta, faces = saved
+    labeled = set(data.labels(ws, field))
+    pending = store.suggestions(field, pending=True)
+    pending = set(pending.loc[pending["method"] == propagate.METHOD, "face_id"])
+    faces = faces[faces["face_id"].isin(pending) & ~faces["face_id"].isin(labeled)]
+    groups = pd.DataFrame(meta["groups"])
+    if groups.empty:
+        return groups, faces
+    left = faces.groupby("group").size()
+    groups = groups[groups["group"].isin(left.index)].copy()
+    groups["left"] = groups["group"].map(left).astype(int)
+    return groups.reset_index(drop=True), faces
+
+
+def group_title(g: pd.Series) -> str:
+    return (
+        f"→ {g['value']} · {g['left']:,} faces · confidence {g['lo']:.2f}-{g['hi']:.2f} · "
+        f"{g['precision']:.0%} right in cross-validation"
+    )
+
+
+def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: float) -> None:
+    groups, faces = open_groups(ws, store, field)
+    if not groups.empty:
+        groups = groups[groups["precision"] >= min_precision].reset_index(drop=True)
+    if groups.empty:
+        st.info("No suggestion groups to review. Press **Suggest** once faces of two values "
+                "are labeled (or lower the minimum precision).")  # fmt: skip
+        return
+    st.caption(f"{len(groups)} suggestion groups, {int(groups['left'].sum()):,} faces: biggest "
+               "and surest first; in each group the least sure faces come first.")  # fmt: skip
+    options = groups["group"].tolist()
+    if st.session_state.get(SK.group_pick) not in options:
+        st.session_state[SK.group_pick] = options[0]
+    titles = {int(r["group"]): group_title(r) for _, r in groups.iterrows()}
+    pick = st.selectbox("Suggestion group", options, key=SK.group_pick, format_func=titles.get)
+    g = groups.set_index("group").loc[pick]
+    members = faces[faces["group"] == pick].sort_values("rank")
+    ids = members["face_id"].tolist()
+    shown = ids[:PAGE_SIZE]
+    n_checked = int(g["n_checked"])
+    st.markdown(
+        f"**In cross-validation {g['precision']:.0%} of faces like these were right** "
+        f"(measured on {n_checked:,} labeled faces the model had not seen; at least "
+        f"{g['lower']:.0%} with 95 % confidence)."
+    )
+    if g["pretick"]:
+        st.caption("Pre-ticked: that precision holds up. Untick the faces that are not "
+                   f"'{g['value']}' (the least sure are first).")  # fmt: skip
+    else:
+        st.caption("Not pre-ticked: the measured precision is too low or too uncertain to "
+                   f"vouch for. Tick the faces that are '{g['value']}'.")  # fmt: skip
+    conf = dict(zip(members["face_id"], members["confidence"], strict=True))
+    ticked = components.thumb_grid(
+        ws, shown, prefix=f"{REVIEW_PREFIX}{pick}_", checked=lambda f: bool(g["pretick"]),
+        captions=lambda f: f"{conf[f]:.2f}",
+    )  # fmt: skip
+    value = str(g["value"])
+    b1, b2, b3 = st.columns(3)
+    b1.button(
+        f"Accept {len(ticked)} ticked as {value}", key=K.review_accept_btn,
+        disabled=not ticked, on_click=_accept, args=(str(ws.labels_db), field, value, ticked),
+    )  # fmt: skip
+    b2.button(
+        f"Reject {len(ticked)} ticked", key=K.review_reject_btn, disabled=not ticked,
+        on_click=_reject, args=(str(ws.labels_db), field, value, ticked),
+    )  # fmt: skip
+    if g["pretick"] and len(ids) > len(shown):
+        b3.button(
+            f"Accept all {len(ids):,} of this group", key=K.review_accept_all_btn,
+            on_click=_accept, args=(str(ws.labels_db), field, value, ids),
+        )  # fmt: skip
+
+
+def _accept(db: str, field: str, value: str, face_ids: list[str]) -> None:
+    store = LabelStore(db)
+    eid = store.assign(face_ids, field, value, annotator=state.require_annotator(),
+                       source="suggestion")  # fmt: skip
+    state.clear_widget_keys(REVIEW_PREFIX)
+    state.flash(f"Accepted {len(face_ids):,} faces as **{value}** ({field}), event {eid}. "
+                "Undo takes it back.")  # fmt: skip
+
+
+def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
+    items = pd.DataFrame({"face_id": face_ids, "value": value})
+    LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suggestion")
+    state.clear_widget_keys(REVIEW_PREFIX)
+    state.flash(f"Rejected {len(face_ids):,} suggestions of **{value}**; they stay unlabeled "
+                "and are not suggested again.", "info")  # fmt: skip
+
+
+# --- suspected label errors --------------------------------------------------------------------
+
+
+def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
+    items = store.suspects(field, pending=True)
+    if items.empty:
+        st.info("No suspected label errors. They are raised only on out-of-fold evidence, "
+                "for classes with enough labels, and for at most 2 % of the faces.")  # fmt: skip
+        return
+    values = sorted(items["suggested"].unique())
+    pick = st.selectbox("Suggested value", values, key=SK.suspect_value,
+                        format_func=lambda v: f"{v} ({(items['suggested'] == v).sum()})")  # fmt: skip
+    part = items[items["suggested"] == pick].iloc[:PAGE_SIZE]
+    st.caption("A model that never saw these faces contradicts their label. Nothing is "
+               "pre-ticked: how often such a doubt is right cannot be measured from the labels "
+               "themselves. Tick the ones that are really wrong.")  # fmt: skip
+    info = {r.face_id: f"{r.given} → {r.suggested} ({r.score:.2f})" for r in part.itertuples()}
+    ticked = components.thumb_grid(ws, part["face_id"].tolist(), prefix=f"{REVIEW_PREFIX}s_",
+                                   checked=lambda f: False, captions=info.get)  # fmt: skip
+    b1, b2 = st.columns(2)
+    b1.button(
+        f"Relabel {len(ticked)} ticked as {pick}", key=K.review_accept_btn, disabled=not ticked,
+        on_click=_accept, args=(str(ws.labels_db), field, str(pick), ticked),
+    )  # fmt: skip
+    chosen = part[part["face_id"].isin(ticked)]
+    b2.button(
+        f"Keep {len(ticked)} ticked as labeled", key=K.review_reject_btn, disabled=not ticked,
+        on_click=_keep, args=(str(ws.labels_db), field, chosen),
+    )  # fmt: skip
+
+
+def _keep(db: str, field: str, items: pd.DataFrame) -> None:
+    LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suspect")
+    state.clear_widget_keys(REVIEW_PREFIX)
+    state.flash(f"Kept {len(items):,} labels as they are; they are not flagged again.", "info")

@@ -1,0 +1,164 @@
+"""The Review page's Suggest step on real faces (mfr2, built by 'labeler run' in the test),
+driven through AppTest: background Suggest, groups pre-ticked only where the measured
+precision holds up, one event per accept, Undo on the page, a banner, automatic runs."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_dataset
+from streamlit.testing.v1 import AppTest
+
+from labeler import propagate
+from labeler.labels import LabelStore
+from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, REVIEW_PREFIX, K
+from labeler.ui.suggest_panel import AUTO_EVERY, SK
+
+APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
+FIELD = "state"
+
+
+@pytest.fixture(scope="module")
+def mfr2_template(tmp_path_factory):
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.simulate import join_truth
+    from labeler.workspace import Workspace
+
+    data = shared_dataset("mfr2")
+    ws = Workspace.open(tmp_path_factory.mktemp("mfr2") / "ws", create=True)
+    run_pipeline(data / "images", ws, config=RunConfig(device="cpu"))
+    LabelStore(ws.labels_db).add_field(FIELD, ["masked", "no_mask"])
+    return ws, join_truth(ws, str(data / "labels.csv"))
+
+
+@pytest.fixture
+def ws(tmp_path, mfr2_template, monkeypatch):
+    from labeler.workspace import Workspace
+
+    template, truth = mfr2_template
+    root = tmp_path / "ws"
+    shutil.copytree(template.root, root)
+    monkeypatch.setenv(ENV_WORKSPACE, str(root))
+    monkeypatch.setenv(ENV_ANNOTATOR, "tester")
+    return Workspace.open(root), truth
+
+
+def _label(ws, truth, n: int, seed: int = 0) -> None:
+    store = LabelStore(ws.labels_db)
+    for value, part in truth.sample(n, random_state=seed).groupby("truth"):
+        store.assign(part.face_id, FIELD, value, annotator="seed", source="selection")
+
+
+def _review(field: str = FIELD) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key=K.review_field).set_value(field).run()
+    return at
+
+
+def _wait_done(ws, field: str = FIELD, timeout: float = 120) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        status = propagate.read_status(ws, field)
+        if status["state"] in ("done", "error"):
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"Suggest did not finish in {timeout} s: {status}")
+
+
+def test_suggest_in_background_accept_a_group_then_undo(ws):
+    ws, truth = ws
+    _label(ws, truth, 24)
+    at = _review()
+    assert any("No suggestions yet" in c.value for c in at.caption)
+    at.button(key=SK.suggest_btn).click().run()
+    assert _wait_done(ws)["state"] == "done"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    meta, faces = propagate.load_run(ws, FIELD)
+    first = meta["groups"][0]
+    assert at.selectbox(key=SK.group_pick).value == first["group"]
+    assert any("right in cross-validation" in m.value.lower() or "cross-validation" in m.value
+               for m in at.markdown)  # fmt: skip
+    boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]
+    assert boxes and all(cb.value == first["pretick"] for cb in boxes)
+    # tick (or keep ticked) the first three, untick the rest, accept: one event
+    for i, cb in enumerate(boxes):
+        cb.set_value(i < 3)
+    at.run()
+    store = LabelStore(ws.labels_db)
+    events_before = len(store.history(limit=None))
+    accept = at.button(key=K.review_accept_btn)
+    assert accept.proto.type != "primary"
+    accept.click().run()
+    assert not at.exception
+    assert len(store.history(limit=None)) == events_before + 1
+    got = store.current(FIELD)
+    accepted = got[got["source"] == "suggestion"]
+    assert len(accepted) == 3 and set(accepted["value"]) == {first["value"]}
+    assert any("Accepted 3 faces" in s.value for s in at.success)
+    # Undo on the same page takes it back, and says so
+    at.button(key=K.undo_btn).click().run()
+    assert (LabelStore(ws.labels_db).current(FIELD)["source"] != "suggestion").all()
+    assert any("Undid" in i.value for i in at.info)
+
+
+def test_preticked_groups_are_right_on_real_faces(ws):
+    """Accepting everything the page pre-ticks never lowers accuracy against the truth."""
+    ws, truth = ws
+    _label(ws, truth, 60, seed=1)
+    run = propagate.propagate(ws, field=FIELD)
+    store = LabelStore(ws.labels_db)
+    t = truth.set_index("face_id")["truth"]
+
+    def accuracy() -> float:
+        cur = store.current_values(FIELD)
+        return float(np.mean([cur.get(f) == v for f, v in t.items()]))
+
+    before = accuracy()
+    for g in run.groups[run.groups["pretick"]].itertuples():
+        ids = run.faces.loc[run.faces["group"] == g.group, "face_id"]
+        store.assign(ids, FIELD, g.value, annotator="t", source="suggestion")
+        right = np.mean([t.get(f, g.value) == g.value for f in ids])
+        assert right >= 0.9, (g, right)
+    assert accuracy() >= before
+
+
+def test_new_labels_start_a_run_by_themselves(ws):
+    ws, truth = ws
+    _label(ws, truth, AUTO_EVERY + 5)
+    at = _review()
+    assert propagate.read_status(ws, FIELD)["state"] in ("running", "done")
+    _wait_done(ws)
+    at.run()
+    assert not at.exception
+    assert propagate.load_run(ws, FIELD)[0]["n_labeled"] == AUTO_EVERY + 5
+
+
+def test_suspects_are_never_preticked(ws):
+    ws, truth = ws
+    store = LabelStore(ws.labels_db)
+    ids = truth["face_id"].tolist()[:2]
+    store.assign(ids, FIELD, "masked", annotator="t", source="cluster")
+    import pandas as pd
+
+    store.write_suspects(
+        pd.DataFrame({"face_id": ids, "field": FIELD, "given": "masked",
+                      "suggested": "no_mask", "score": [0.9, 0.8]}),
+        "suggest",
+    )  # fmt: skip
+    at = _review()
+    at.radio(key=K.review_kind).set_value("Suspected errors").run()
+    boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]
+    assert len(boxes) == 2 and not any(cb.value for cb in boxes)
+    assert at.button(key=K.review_accept_btn).disabled
+    boxes[0].check().run()
+    at.button(key=K.review_accept_btn).click().run()
+    assert store.current_values(FIELD)[ids[0]] == "no_mask"
+    assert store.current_values(FIELD)[ids[1]] == "masked"
