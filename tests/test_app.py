@@ -399,3 +399,185 @@ def test_stopping_labeler_app_stops_its_server(ws, sig):
             time.sleep(0.2)
         assert pids_mentioning(str(ws.root)) == []
         assert not answers(url)
+
+
+# --- issue 15: what annotators need ----------------------------------------------------------
+
+
+def test_a_name_is_asked_first_and_never_the_os_user(ws, monkeypatch):
+    import getpass
+
+    from labeler.ui.state import QUERY_ANNOTATOR
+
+    monkeypatch.delenv(ENV_ANNOTATOR)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.header[0].value == "Who is labeling?"  # no page before a name
+    assert getpass.getuser() not in [t.value for t in at.text_input]
+    at.text_input(key=K.name_prompt).set_value("  Ann   Lee ").run()
+    at.button(key=K.name_prompt_btn).click().run()
+    assert not at.exception
+    assert at.query_params[QUERY_ANNOTATOR] == ["Ann Lee"]  # the URL keeps it across reloads
+    assert at.header[0].value == "Overview"
+    assert any("Labeling as **Ann Lee**" in c.value for c in at.caption)
+    at.switch_page("views/cluster_view.py").run()
+    assert at.query_params[QUERY_ANNOTATOR] == ["Ann Lee"]  # page links drop it: put back
+    at.button(key=K.assign_btn).click().run()
+    assert set(LabelStore(ws.labels_db).current(FIELD)["annotator"]) == {"Ann Lee"}
+    # a reload (new session) with the URL's name needs no prompt
+    again = AppTest.from_file(APP, default_timeout=60)
+    again.query_params[QUERY_ANNOTATOR] = "Ann Lee"
+    again.run()
+    assert again.header[0].value == "Overview"
+
+
+def test_source_photo_of_a_face(ws):
+    from PIL import Image
+
+    fid = members(ws, biggest_cluster(ws))[0]
+    sp = data.source_photo(ws, fid)
+    assert sp is not None and sp.path.endswith(".jpg") and Path(sp.path).exists()
+    assert sp.whole_image and sp.rotation == 0 and sp.detector == "synthetic"
+    img = np.asarray(Image.open(io.BytesIO(sp.jpeg)).convert("RGB"))
+    assert img.shape[:2] == (sp.height, sp.width)
+    # the box is drawn in green along the photo's border (the synthetic face is the whole image)
+    assert img[0, img.shape[1] // 2, 1] > 200 and img[0, img.shape[1] // 2, 0] < 80
+    assert data.source_photo(ws, "nope_0") is None
+    # drawing: box outline and landmark dots on a grey picture
+    out = data.draw_face(np.full((100, 200, 3), 128, np.uint8), (20, 10, 80, 90),
+                         np.array([[40, 40], [60, 40], [50, 55], [50, 70]]))  # fmt: skip
+    assert tuple(out[10, 50]) == (0, 255, 64) and tuple(out[50, 150]) == (128, 128, 128)
+    assert tuple(out[40, 40]) == (0, 255, 64)
+    # the grid's photo button opens it without an error
+    at = open_page("views/cluster_view.py")
+    at.selectbox(key=K.cluster_pick).set_value(biggest_cluster(ws)).run()
+    photo_btn = [b for b in at.button if b.key.startswith("photo_")][0]
+    photo_btn.click().run()
+    assert not at.exception  # (the dialog itself is checked in the browser test)
+    assert at.session_state[K.inspect] == photo_btn.key.rsplit(SELECT_PREFIX, 1)[1]
+
+
+def shown_faces(at: AppTest) -> list[str]:
+    """The cluster grid's faces in display order."""
+    return [cb.key[len(SELECT_PREFIX) :] for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX)]
+
+
+def test_keyboard_buttons_pick_label_tick_and_move(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = shown_faces(at)
+    assert set(ids) == set(members(ws, c))
+    at.button(key=f"{K.value_key_btn}5").click().run()  # key 5: the fifth value
+    assert at.selectbox(key=K.assign_value).value == "no_mask"
+    at.button(key=K.cursor_tick_btn).click().run()  # Space: untick the first face, move on
+    at.button(key=K.cursor_next_btn).click().run()  # Right: skip one
+    at.button(key=K.cursor_tick_btn).click().run()  # Space: untick the third face
+    at.button(key=K.cursor_prev_btn).click().run()  # Left, Left: on the second face
+    at.button(key=K.cursor_prev_btn).click().run()
+    at.button(key=K.cursor_tick_btn).click().run()  # Space: untick it
+    boxes = [at.checkbox(key=SELECT_PREFIX + f).value for f in ids[:4]]
+    assert boxes == [False, False, False, True]
+    for _ in range(3):
+        at.button(key=K.cursor_prev_btn).click().run()  # Left stops at the first face
+    at.button(key=K.cursor_tick_btn).click().run()  # Space: tick the first face again
+    assert at.checkbox(key=SELECT_PREFIX + ids[0]).value
+    at.button(key=K.assign_btn).click().run()  # Enter
+    got = labels_now(ws)
+    assert set(got) == set(members(ws, c)) - {ids[1], ids[2]}
+    assert set(got.values()) == {"no_mask"}
+
+
+def test_range_ticks_and_bigger_pages(ws):
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = shown_faces(at)
+    at.toggle(key=K.range_ticks).set_value(True).run()
+    at.checkbox(key=SELECT_PREFIX + ids[2]).uncheck().run()
+    at.checkbox(key=SELECT_PREFIX + ids[7]).uncheck().run()  # unticks 2..7 in two clicks
+    ticks = [at.checkbox(key=SELECT_PREFIX + f).value for f in ids[:10]]
+    assert ticks == [True, True] + [False] * 6 + [True, True]
+    at.checkbox(key=SELECT_PREFIX + ids[5]).check().run()  # ticks 5..7 back (from 7)
+    ticks = [at.checkbox(key=SELECT_PREFIX + f).value for f in ids[:10]]
+    assert ticks == [True, True, False, False, False, True, True, True, True, True]
+    at.button(key=K.assign_btn).click().run()
+    assert set(labels_now(ws)) == set(members(ws, c)) - set(ids[2:5])
+
+
+def test_page_size(tmp_path, monkeypatch):
+    big = synthetic_workspace(tmp_path / "big", n_faces=300, n_clusters=1, seed=3)
+    monkeypatch.setenv(ENV_WORKSPACE, str(big.root))
+    monkeypatch.setenv(ENV_ANNOTATOR, "tester")
+    at = open_page("views/cluster_view.py")
+    boxes = lambda: [cb for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX)]  # noqa: E731
+    assert len(boxes()) == 48
+    at.selectbox(key=K.page_size).set_value(192).run()
+    assert not at.exception and len(boxes()) == 192
+
+
+def test_more_like_this_hides_labeled_faces(ws):
+    c = biggest_cluster(ws)
+    ids = members(ws, c)
+    LabelStore(ws.labels_db).assign(ids[1:], FIELD, "correct", annotator="x", source="selection")
+    at = open_page("views/cluster_view.py")
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.selectbox(key=K.knn_face).set_value(ids[0]).run()
+    at.button(key=K.knn_btn).click().run()
+    near = [cb.key[len(KNN_PREFIX) :] for cb in at.checkbox if cb.key.startswith(KNN_PREFIX)]
+    assert near and not set(near) & set(ids[1:])  # none of the labeled ones
+    at.toggle(key=K.knn_show_labeled).set_value(True).run()
+    near = [cb.key[len(KNN_PREFIX) :] for cb in at.checkbox if cb.key.startswith(KNN_PREFIX)]
+    assert set(near) & set(ids[1:])
+
+
+def test_overview_counts_each_face_once(ws):
+    ids = members(ws, biggest_cluster(ws))
+    store = LabelStore(ws.labels_db)
+    for _ in range(3):  # the same faces labeled again and again
+        store.assign(ids, FIELD, "correct", annotator="ann", source="selection")
+    store.assign(ids[:2], FIELD, "no_mask", annotator="bob", source="selection")
+    store.assign(ids[:1], "gender", "female", annotator="ann", source="selection")
+    act = data.annotator_activity(store.activity(), store.current()).set_index("annotator")
+    assert act.loc["ann", "faces"] == len(ids) - 1  # the two bob relabeled... one back by gender
+    assert act.loc["bob", "faces"] == 2
+    assert act["faces"].sum() <= len(ids) + 1
+    at = open_page(PAGES[0])
+    table = next(d.value for d in at.dataframe if "annotator" in d.value.columns)
+    table = table.set_index("annotator")
+    assert table.loc["ann", "faces"] == len(ids) - 1
+
+
+def test_map_selection_summary_counts_faces_not_drawn():
+    clusters = np.array([0, 0, 0, -1, -1, 1])
+    labels = np.array(["a", "a", "(unlabeled)", "(unlabeled)", "b", "a"], dtype=object)
+    info = data.selection_summary(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2]), clusters, labels)
+    assert info["total"] == 5 and info["drawn"] == 3 and info["hidden"] == 2
+    assert info["by_cluster"] == {"cluster 0": 3, "noise": 2}
+    assert info["by_label"] == {"a": 2, "(unlabeled)": 2, "b": 1}
+
+
+def test_map_takes_only_the_clusters_kept(ws):
+    run = cluster_store.load_run(ws)
+    c = biggest_cluster(ws)
+    rows = np.flatnonzero((run.labels == c) | (run.labels != c))[:40]  # several clusters
+    at = open_page("views/map.py")
+    at.session_state[K.map_selection] = rows
+    at.run()
+    keep = [(cl, n) for cl, n in at.multiselect(key=K.map_clusters).value if cl == c]
+    at.multiselect(key=K.map_clusters).set_value(keep).run()
+    at.button(key=K.map_assign_btn).click().run()
+    assert not at.exception
+    want = {str(f) for f in run.face_ids[rows[run.labels[rows] == c]]}
+    assert set(labels_now(ws)) == want
+
+
+def test_settings_show_an_example_face_per_value(ws):
+    ids = members(ws, biggest_cluster(ws))
+    LabelStore(ws.labels_db).assign(ids, FIELD, "on_chin", annotator="x", source="selection")
+    assert data.examples(ws, FIELD) == {"on_chin": min(ids)}
+    at = open_page("views/settings.py")
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "mask pulled down below the mouth" in text
+    assert "optional — optional" not in text and "(optional)" in text

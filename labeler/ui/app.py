@@ -2,15 +2,15 @@
 
 Pages are thin scripts in ``views/`` (not ``pages/``: Streamlit would also serve a
 ``pages/`` folder as a second, router-less app); session state lives in :mod:`labeler.ui.state`.
+Before any page runs, the router makes sure the workspace opens and the annotator has a name
+(asked once per browser, kept in the URL and a cookie, shown at the top of every page).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from labeler.ui import PAGES, state
+from labeler.ui import PAGES, components, state
 
 st.set_page_config(page_title="labeler", page_icon=":material/face:", layout="wide")
 
@@ -20,11 +20,12 @@ page = st.navigation(
         for i, (script, title, icon) in enumerate(PAGES)
     ]
 )
-with st.sidebar:
-    ws_path = state.workspace_path()
-    st.caption(
-        f"Workspace: **{Path(ws_path).name}**" if ws_path else "No workspace",
-        help=ws_path,
-    )
-    st.caption(f"Annotator: **{state.annotator()}** (change in Settings)")
+ws = state.workspace()
+components.style()
+name = state.annotator()
+if not name:
+    components.name_prompt()
+    st.stop()
+state.keep_annotator_in_browser(name)
+components.who_bar(ws, name)
 page.run()

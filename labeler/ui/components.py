@@ -1,5 +1,6 @@
-"""Small reusable widgets: thumbnail grids with selection checkboxes, the label picker,
-undo/redo buttons. They render and report; they call the label store only on a button."""
+"""Small reusable widgets: thumbnail grids with selection checkboxes, the label picker and
+its number keys, undo/redo buttons, the source-photo dialog, the annotator's name prompt.
+They render and report; they call the label store only on a button."""
 
 from __future__ import annotations
 
@@ -10,8 +11,24 @@ import streamlit as st
 
 from labeler.labels import LabelSchema, LabelStore
 from labeler.ui import data, state
-from labeler.ui.state import K
+from labeler.ui.state import PHOTO_PREFIX, K
 from labeler.workspace import Workspace
+
+#: CSS for the whole app: thumbnail captions never break inside a word (they are cut with
+#: an ellipsis; the full text is in the tooltip), the keyboard cursor's face is outlined.
+_CSS = """
+<style>
+[data-testid="stCheckbox"] label p {
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; word-break: normal;
+}
+[class*="st-key-cursor_"] { outline: 3px solid #ff4b4b; outline-offset: 2px;
+  border-radius: 4px; }
+</style>
+"""
+
+
+def style() -> None:
+    st.html(_CSS)
 
 
 @st.cache_data(show_spinner=False)
@@ -23,6 +40,38 @@ def placeholder() -> bytes:
     return buf.getvalue()
 
 
+# --- who is labeling ---------------------------------------------------------------------------
+
+
+def name_prompt() -> None:
+    """Ask for the annotator's name (first visit of this browser); the router stops after."""
+    st.header("Who is labeling?")
+    st.markdown(
+        "Your name goes with every label you give, and **Undo** / **Redo** act on your own "
+        "labels only, so each person needs their own. This browser remembers it."
+    )
+    with st.form("name_form", border=False):
+        st.text_input("Your name", key=K.name_prompt, max_chars=state.MAX_NAME)
+        st.form_submit_button("Start labeling", type="primary", key=K.name_prompt_btn,
+                              on_click=_take_name)  # fmt: skip
+
+
+def _take_name() -> None:
+    name = state.clean_name(st.session_state.get(K.name_prompt, ""))
+    if name:
+        state.set_annotator(name)
+
+
+def who_bar(ws: Workspace, name: str) -> None:
+    """One line at the top of every page: who labels, in which workspace."""
+    c1, c2 = st.columns([6, 1], vertical_alignment="center")
+    c1.caption(f"Labeling as **{name}** · workspace **{ws.root.name}**", help=str(ws.root))
+    c2.page_link("views/settings.py", label="Change name", icon=":material/badge:")
+
+
+# --- the thumbnail grid --------------------------------------------------------------------------
+
+
 def thumb_grid(
     ws: Workspace,
     face_ids: Sequence[str],
@@ -32,11 +81,15 @@ def thumb_grid(
     captions: Callable[[str], str] | None = None,
     columns: int = 8,
     on_toggle: Callable[[str, bool], None] | None = None,
+    cursor: str | None = None,
+    photo_buttons: bool = True,
 ) -> list[str]:
-    """Show ``face_ids`` as a grid of crops, each with a checkbox keyed ``prefix + face_id``.
+    """Show ``face_ids`` as a grid of crops, each with a checkbox keyed ``prefix + face_id``
+    and a button that shows the face on its source photo.
 
     ``checked(face_id)`` gives the initial state of a box not yet in session state;
-    ``on_toggle(face_id, value)`` runs when the annotator clicks one. Returns the checked ids.
+    ``on_toggle(face_id, value)`` runs when the annotator clicks one; ``cursor`` is the face
+    the keyboard acts on (outlined). Returns the checked ids.
     """
     out: list[str] = []
     for start in range(0, len(face_ids), columns):
@@ -45,15 +98,25 @@ def thumb_grid(
             key = f"{prefix}{fid}"
             if key not in st.session_state:
                 st.session_state[key] = bool(checked(fid))
-            with col:
+            label = captions(fid) if captions else fid[:8]
+            box = col.container(key=f"cursor_{fid}") if fid == cursor else col.container()
+            with box:
                 st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
-                label = captions(fid) if captions else fid[:8]
-                value = st.checkbox(
+                if photo_buttons:
+                    c1, c2 = st.columns([4, 1], gap="small", vertical_alignment="center")
+                else:
+                    c1, c2 = st.container(), None
+                value = c1.checkbox(
                     label,
                     key=key,
+                    help=label,
                     on_change=_toggled if on_toggle else None,
                     args=(on_toggle, fid, key) if on_toggle else None,
                 )
+                if c2 is not None:
+                    c2.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
+                              help="Show the source photo", on_click=open_photo, args=(fid,),
+                              type="tertiary")  # fmt: skip
             if value:
                 out.append(fid)
     return out
@@ -61,6 +124,60 @@ def thumb_grid(
 
 def _toggled(callback: Callable[[str, bool], None], face_id: str, key: str) -> None:
     callback(face_id, bool(st.session_state[key]))
+
+
+# --- the source photo ----------------------------------------------------------------------------
+
+
+def open_photo(face_id: str) -> None:
+    """Button callback: show ``face_id``'s source photo in a dialog on this run."""
+    state.inspect(face_id)
+    st.session_state["_inspect_open"] = True
+
+
+def photo_dialog(ws: Workspace) -> None:
+    """Open the source-photo dialog if a photo button was clicked on this run."""
+    if st.session_state.pop("_inspect_open", False) and state.inspected():
+        _photo_dialog(ws, state.inspected())
+
+
+@st.dialog("Source photo", width="large")
+def _photo_dialog(ws: Workspace, face_id: str) -> None:
+    show_source(ws, face_id)
+
+
+def show_source(ws: Workspace, face_id: str) -> None:
+    """The face's source photo with its box, and where the face came from."""
+    sp = data.source_photo(ws, face_id)
+    if sp is None:
+        st.warning(f"Face {face_id} is not in this workspace's faces table.")
+        return
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        if sp.jpeg is None:
+            st.warning(f"The photo {sp.path} cannot be read any more (moved or deleted?).")
+        else:
+            st.image(sp.jpeg, width="stretch")
+    with c2:
+        st.image(data.crop_bytes(ws, face_id) or placeholder(), caption="aligned crop")
+    facts = {
+        "file": sp.path,
+        "face": face_id,
+        "detector": sp.detector,
+        "score": f"{sp.score:.2f}",
+        "whole-image fallback": "yes: no face was found, the whole image stands in"
+        if sp.whole_image
+        else "no",
+        "rotation": f"photo turned {sp.rotation}° clockwise to find the face"
+        if sp.rotation
+        else "none",
+        "box (x0, y0, x1, y1)": ", ".join(f"{v:.0f}" for v in sp.box),
+        "photo size": f"{sp.width} x {sp.height}",
+    }
+    st.markdown("\n".join(f"- **{k}**: `{v}`" for k, v in facts.items()))
+
+
+# --- labels ------------------------------------------------------------------------------------
 
 
 def label_picker(
@@ -79,9 +196,27 @@ def label_picker(
             key=key_field,
         )
     state.set_field(fld)
+    values = list(schema.values(fld))
+    if st.session_state.get(key_value) not in values:
+        st.session_state.pop(key_value, None)
     with col_v:
-        value = st.selectbox("Label", list(schema.values(fld)), key=key_value)
+        value = st.selectbox("Label", values, key=key_value)
     return fld, value
+
+
+def label_keys(schema: LabelSchema, fld: str, *, key_value: str) -> None:
+    """One button per value of ``fld``, with number keys 1-9 as shortcuts: pick the label."""
+    values = list(schema.values(fld))[:9]
+    cols = st.columns(max(1, len(values)))
+    current = st.session_state.get(key_value)
+    for i, (col, v) in enumerate(zip(cols, values, strict=False), start=1):
+        col.button(f"{i} · {v}", key=f"{K.value_key_btn}{i}", shortcut=str(i), width="stretch",
+                   type="primary" if v == current else "secondary",
+                   on_click=_pick_value, args=(key_value, v))  # fmt: skip
+
+
+def _pick_value(key_value: str, value: str) -> None:
+    st.session_state[key_value] = value
 
 
 def undo_redo(ws: Workspace) -> None:
@@ -95,13 +230,14 @@ def undo_redo(ws: Workspace) -> None:
 
 def _undo_redo(db: str, what: str) -> None:
     store = LabelStore(db)
-    eid = store.undo(state.annotator()) if what == "undo" else store.redo(state.annotator())
+    who = state.require_annotator()
+    eid = store.undo(who) if what == "undo" else store.redo(who)
     done = "Undid" if what == "undo" else "Redid"
     state.flash(f"{done} event {eid}." if eid else f"Nothing to {what}.", "info")
 
 
 def caption_for(labels: dict[str, str]) -> Callable[[str], str]:
-    """Checkbox caption: the face's current label, or a dash."""
+    """Checkbox caption: the face's current label, or "unlabeled"."""
 
     def caption(fid: str) -> str:
         return labels.get(fid, "unlabeled")

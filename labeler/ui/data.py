@@ -51,6 +51,104 @@ def faces(ws: Workspace) -> pd.DataFrame:
     return _faces(str(ws.root), _mtime(ws.faces_path))
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _face_details(root: str, faces_mtime: float, images_mtime: float) -> pd.DataFrame:
+    ws = Workspace(Path(root))
+    f = ws.faces()
+    images = ws.images()[["image_id", "root", "path", "width", "height"]]
+    images = images.drop_duplicates("image_id")
+    return f.merge(images, on="image_id", how="left").set_index("face_id")
+
+
+def face_details(ws: Workspace) -> pd.DataFrame:
+    """faces.parquet joined with each face's image (root, path, width, height), indexed by
+    face_id; read-only, cached per file mtimes."""
+    return _face_details(str(ws.root), _mtime(ws.faces_path), _mtime(ws.images_path))
+
+
+@dataclass(frozen=True)
+class SourcePhoto:
+    """A face shown on the photo it came from (what the annotator needs to judge a crop)."""
+
+    face_id: str
+    path: str  # the photo's file, as ingested
+    jpeg: bytes | None  # the photo (longest side <= max_side) with the face's box drawn
+    width: int  # the photo's size in pixels (after EXIF orientation)
+    height: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the photo's pixels
+    score: float
+    detector: str
+    whole_image: bool  # no face found: the whole image stands in for it
+    rotation: int  # degrees the photo was turned clockwise to find the face upright
+
+
+def draw_face(
+    rgb: np.ndarray,
+    box: tuple[float, float, float, float],
+    landmarks: np.ndarray,
+    *,
+    color: tuple[int, int, int] = (0, 255, 64),
+) -> np.ndarray:
+    """A copy of ``rgb`` (H, W, 3) uint8 with ``box`` (x0, y0, x1, y1) outlined and the 4
+    ``landmarks`` ((4, 2), same pixels) marked, line width ~1/150 of the longest side."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    lw = max(2, round(max(img.size) / 150))
+    draw.rectangle([float(v) for v in box], outline=color, width=lw)
+    for x, y in np.asarray(landmarks, dtype=np.float32).reshape(-1, 2):
+        r = lw * 1.5
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
+    return np.asarray(img)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _source_photo(root: str, face_id: str, stamp: float, max_side: int) -> SourcePhoto | None:
+    from labeler.imageio import ImageDecodeError, decode_image, encode_jpeg
+
+    ws = Workspace(Path(root))
+    details = _face_details(root, stamp, _mtime(ws.images_path))
+    if face_id not in details.index:
+        return None
+    row = details.loc[face_id]
+    roots = ws.roots()
+    path = str(ws.image_path(int(row["root"]), str(row["path"]))) if len(roots) else ""
+    box = (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
+    jpeg = None
+    raw = image_bytes(ws, path) if path else None
+    if raw is not None:
+        try:
+            dec = decode_image(raw, max_side=max_side)
+        except ImageDecodeError as exc:
+            log.warning("cannot show %s: %s", path, exc)
+        else:
+            sx, sy = dec.scale  # original pixels per decoded pixel
+            small = (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
+            lm = np.asarray(row["landmarks"], dtype=np.float32).reshape(-1, 2) / [sx, sy]
+            jpeg = encode_jpeg(draw_face(dec.rgb, small, lm), quality=88)
+    rotation = row.get("rotation")
+    return SourcePhoto(
+        face_id=face_id,
+        path=path,
+        jpeg=jpeg,
+        width=int(row["width"]) if pd.notna(row["width"]) else 0,
+        height=int(row["height"]) if pd.notna(row["height"]) else 0,
+        box=box,
+        score=float(row["score"]),
+        detector=str(row["detector"]),
+        whole_image=bool(row["whole_image"]),
+        rotation=int(rotation) if rotation is not None and pd.notna(rotation) else 0,
+    )
+
+
+def source_photo(ws: Workspace, face_id: str, *, max_side: int = 1000) -> SourcePhoto | None:
+    """The photo ``face_id`` was cut from, with its box and landmarks drawn (None for an
+    unknown face). The photo is read only through :func:`image_bytes` (workspace and
+    ingested folders only); ``jpeg`` is None when it cannot be read any more."""
+    return _source_photo(str(ws.root), str(face_id), _mtime(ws.faces_path), max_side)
+
+
 # --- cluster run -----------------------------------------------------------------------------
 
 
@@ -123,6 +221,65 @@ def labels(ws: Workspace, field: str) -> dict[str, str]:
 
 def schema(ws: Workspace) -> LabelSchema:
     return store(ws).schema()
+
+
+def annotator_activity(events: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """Per annotator: ``faces`` whose current label (any field) they gave, ``labels`` (current
+    (face, field) labels they gave), ``events`` and ``last_ts``; newest activity first.
+
+    ``events``: ``LabelStore.activity()`` (annotator, events, faces, last_ts); ``current``:
+    ``LabelStore.current()`` (one row per labeled face and field). A face labeled twice, or
+    relabeled by someone else, counts once, for whoever gave its current label: the sum of
+    ``faces`` never exceeds the faces labeled.
+    """
+    mine = current.groupby("annotator").agg(
+        faces=("face_id", "nunique"), labels=("face_id", "size")
+    )
+    out = events[["annotator", "events", "last_ts"]].set_index("annotator")
+    out = out.join(mine, how="outer").fillna({"faces": 0, "labels": 0, "events": 0})
+    out = out.astype({"faces": "int64", "labels": "int64", "events": "int64"})
+    return out.sort_values("last_ts", ascending=False).reset_index()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _activity(db: str, version: tuple[int, int]) -> pd.DataFrame:
+    s = LabelStore(db)
+    return annotator_activity(s.activity(), s.current())
+
+
+def activity(ws: Workspace) -> pd.DataFrame:
+    """:func:`annotator_activity` of the workspace's label store (cached per db version)."""
+    return _activity(str(ws.labels_db), label_version(ws))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 face"``, ``"2 faces"``, ``"1,186 faces"``."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+#: What the default label values mean (shown in Settings next to an example face).
+VALUE_HELP: dict[tuple[str, str], str] = {
+    ("mask_state", "correct"): "mask over the nose and the mouth (and chin)",
+    ("mask_state", "nose_exposed"): "mask under the nose: nostrils visible, mouth covered",
+    ("mask_state", "chin_exposed"): "mask over the nose and mouth, but the chin out below it",
+    ("mask_state", "on_chin"): "mask pulled down below the mouth: nose and mouth uncovered",
+    ("mask_state", "no_mask"): "no mask on the face",
+}
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _examples(db: str, field: str, version: tuple[int, int]) -> dict[str, str]:
+    cur = LabelStore(db).current(field)
+    if cur.empty:
+        return {}
+    # the earliest labels of each value: usually the first (central) faces of a bulk label
+    first = cur.sort_values(["event_id", "face_id"]).drop_duplicates("value")
+    return dict(zip(first["value"], first["face_id"], strict=True))
+
+
+def examples(ws: Workspace, field: str) -> dict[str, str]:
+    """``{value: face_id}``: one face labeled with each value of ``field`` (where any is)."""
+    return _examples(str(ws.labels_db), field, label_version(ws))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -209,20 +366,34 @@ def knn_index(ws: Workspace) -> object | None:
     return None if run_id is None else _knn_index(str(ws.root), run_id, mtime)
 
 
-def more_like_this(ws: Workspace, view: RunView, face_id: str, *, k: int = 24) -> list[str]:
-    """The ``k`` faces most similar to ``face_id`` (itself excluded): cosine on the run's
-    vectors (``labeler.cluster.knn.knn_search``), else Euclidean on the 2-D map."""
+def more_like_this(
+    ws: Workspace,
+    view: RunView,
+    face_id: str,
+    *,
+    k: int = 24,
+    exclude: set[str] | None = None,
+) -> list[str]:
+    """The ``k`` faces most similar to ``face_id`` (itself and ``exclude``, e.g. the faces
+    labeled already, left out), nearest first: cosine on the run's vectors
+    (``labeler.cluster.knn.knn_search``), else Euclidean on the 2-D map."""
+    skip = set(exclude or ()) | {face_id}
+    n = len(view.run.face_ids)
+    # enough candidates whatever is left out, within reason on big workspaces
+    want = max(1, min(n - 1, k + len(skip), max(10 * k, 500)))
     index = knn_index(ws)
     if index is not None:
         from labeler.cluster.knn import knn_search
 
-        return knn_search(index, [face_id], k)["face_id"].astype(str).tolist()
-    xy = view.run.xy
-    q = xy[view.row_of.get_loc(face_id)]
-    d = ((xy - q) ** 2).sum(1)
-    cand = np.argpartition(d, min(k + 1, len(d) - 1))[: k + 1]
-    cand = cand[np.argsort(d[cand], kind="stable")]
-    return [str(view.run.face_ids[i]) for i in cand if view.run.face_ids[i] != face_id][:k]
+        near = knn_search(index, [face_id], want)["face_id"].astype(str).tolist()
+    else:
+        xy = view.run.xy
+        q = xy[view.row_of.get_loc(face_id)]
+        d = ((xy - q) ** 2).sum(1)
+        cand = np.argpartition(d, min(want, n - 1))[: want + 1]
+        cand = cand[np.argsort(d[cand], kind="stable")]
+        near = [str(view.run.face_ids[i]) for i in cand]
+    return [f for f in near if f not in skip][:k]
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -308,6 +479,10 @@ def _suggested_by_row(ws: Workspace, view: RunView, field: str) -> np.ndarray:
     return out
 
 
+def cluster_name(c: int) -> str:
+    return "noise" if c < 0 else f"cluster {c}"
+
+
 @st.cache_resource(max_entries=8, show_spinner="Drawing the map…")
 def _map_figure(
     root: str, run_id: str, mtime: float, field: str, color_by: str, version: tuple[int, int]
@@ -316,43 +491,48 @@ def _map_figure(
     view = _run_view(root, run_id, mtime)
     rows = view.sample
     xy = np.round(view.run.xy[rows], 3)
+    clusters = view.run.labels[rows]
+    labels = _labels_by_row(root, run_id, mtime, field, version)[rows]
     traces, trace_rows = [], []
     size = 7 if len(rows) < 2_000 else 5 if len(rows) < 10_000 else 3
     if color_by == "cluster":
-        lab = view.run.labels[rows]
-        for name, mask, color in (
-            ("noise", lab < 0, "#c8c8c8"),
-            ("clustered", lab >= 0, None),
-        ):
-            if not mask.any():
-                continue
-            marker: dict = {"size": size, "opacity": 0.8}
-            if color is None:
-                n = len(PALETTE)  # discrete colourscale: small ints on the wire, not strings
-                scale = [x for i, c in enumerate(PALETTE) for x in ([i / n, c], [(i + 1) / n, c])]
-                marker |= {
-                    "color": (lab[mask] % n).tolist(),
-                    "colorscale": scale,
-                    "cmin": 0,
-                    "cmax": n - 1e-9,
-                }
-            else:
-                marker["color"] = color
-            traces.append(_trace(name, xy[mask], marker))
+        groups = [(c, clusters == c) for c in sorted(np.unique(clusters), key=lambda c: (c < 0, c))]
+        for i, (c, mask) in enumerate(groups):
+            color = "#c8c8c8" if c < 0 else PALETTE[i % len(PALETTE)]
+            name = f"{cluster_name(int(c))} ({int(view.sizes.get(int(c), mask.sum())):,})"
+            traces.append(_trace(name, xy[mask], {"size": size, "color": color, "opacity": 0.8}))
             trace_rows.append(rows[mask])
     else:
-        if color_by == "label":
-            values = _labels_by_row(root, run_id, mtime, field, version)[rows]
-        else:
-            values = _suggested_by_row(ws, view, field)[rows]
+        values = labels if color_by == "label" else _suggested_by_row(ws, view, field)[rows]
         cats = [c for c in pd.unique(values) if c != UNLABELED]
         for i, cat in enumerate([UNLABELED, *sorted(cats)]):
             mask = values == cat
             if mask.any():
                 color = "#c8c8c8" if cat == UNLABELED else PALETTE[i % len(PALETTE)]
+                n = int(mask.sum())
                 marker = {"size": size, "color": color, "opacity": 0.8}
-                traces.append(_trace(str(cat), xy[mask], marker))
+                traces.append(_trace(f"{cat} ({n:,})", xy[mask], marker))
                 trace_rows.append(rows[mask])
+    # hover: cluster and label of each point (short strings; the face itself shows on click)
+    for trace, tr in zip(traces, trace_rows, strict=True):
+        lab = view.run.labels[tr]
+        trace["text"] = [
+            f"{cluster_name(int(c))} · {v}"
+            for c, v in zip(lab, _labels_by_row(root, run_id, mtime, field, version)[tr],
+                            strict=True)
+        ]  # fmt: skip
+        trace["hovertemplate"] = "%{text}<extra></extra>"
+    # cluster numbers at their centres, so the legend and the map name the same groups
+    notes = []
+    for c in np.unique(clusters):
+        if c < 0:
+            continue
+        centre = np.median(view.run.xy[view.members[int(c)]], axis=0)
+        notes.append({
+            "x": round(float(centre[0]), 3), "y": round(float(centre[1]), 3),
+            "text": f"<b>{int(c)}</b>", "showarrow": False,
+            "font": {"size": 12, "color": "#222"}, "bgcolor": "rgba(255,255,255,0.6)",
+        })  # fmt: skip
     figure = {
         "data": traces,
         "layout": {
@@ -361,7 +541,9 @@ def _map_figure(
             "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
             "xaxis": {"visible": False},
             "yaxis": {"visible": False, "scaleanchor": "x"},
-            "legend": {"itemsizing": "constant", "orientation": "h", "y": -0.02},
+            "legend": {"itemsizing": "constant", "title": {"text": color_by}},
+            "annotations": notes[:300],
+            "hovermode": "closest",
             "uirevision": "keep",
         },
     }
@@ -376,7 +558,30 @@ def _trace(name: str, xy: np.ndarray, marker: dict) -> dict:
         "x": xy[:, 0].tolist(),
         "y": xy[:, 1].tolist(),
         "marker": marker,
-        "hoverinfo": "name",
+    }
+
+
+def selection_summary(
+    rows: np.ndarray, drawn: np.ndarray, clusters: np.ndarray, labels: np.ndarray
+) -> dict[str, object]:
+    """What a box or lasso takes, before anything is assigned.
+
+    ``rows``: every run row inside the shape (:func:`rows_in_selection`); ``drawn``: the rows
+    the browser reported as selected points (drawn and visible); ``clusters``/``labels``:
+    (N,) cluster and current label of every run row. Returns ``{"total", "drawn", "hidden",
+    "by_cluster": {name: n}, "by_label": {value: n}}``; ``hidden`` counts faces inside the
+    shape that were not drawn (sampled out) or sit in traces hidden from the legend.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    seen = np.intersect1d(rows, np.asarray(drawn, dtype=np.int64))
+    by_c = pd.Series(clusters[rows]).value_counts()
+    by_c = by_c.sort_index(key=lambda i: [(c < 0, c) for c in i])
+    return {
+        "total": len(rows),
+        "drawn": len(seen),
+        "hidden": len(rows) - len(seen),
+        "by_cluster": {cluster_name(int(c)): int(n) for c, n in by_c.items()},
+        "by_label": {str(k): int(v) for k, v in pd.Series(labels[rows]).value_counts().items()},
     }
 
 
@@ -390,9 +595,10 @@ class MapFigure:
 
 def map_figure(ws: Workspace, field: str, color_by: str) -> MapFigure:
     """The map sample (<= MAP_MAX_POINTS points) as a plotly figure, cached per run, field,
-    colouring and label version (3-decimal coordinates, no per-point extras: ~47 bytes a point)."""
+    colouring and label version: one trace (legend entry) per cluster or label value, each
+    point's hover text naming its cluster and label, cluster numbers at cluster centres."""
     run_id, mtime = runs.run_stamp(ws)
-    version = label_version(ws) if color_by != "cluster" else (0, 0)
+    version = label_version(ws)
     return _map_figure(str(ws.root), run_id, mtime, field, color_by, version)
 
 

@@ -8,7 +8,7 @@ The workspace comes from ``--workspace`` after ``--`` on the streamlit command l
 from __future__ import annotations
 
 import argparse
-import getpass
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 ENV_WORKSPACE = "LABELER_WORKSPACE"
 ENV_ANNOTATOR = "LABELER_ANNOTATOR"
+#: The annotator's name travels in the URL (``?annotator=NAME``: reloads and bookmarks keep
+#: it) and in a cookie of that name (a new tab in the same browser finds it).
+QUERY_ANNOTATOR = "annotator"
+COOKIE_ANNOTATOR = "labeler_annotator"
+MAX_NAME = 40
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class Keys:
 
     # internal (never bound to a widget: survive page switches)
     annotator: str = "_annotator"
+    cookie_written: str = "_cookie_written"  # the name last stored in the browser's cookie
+    cursor: str = "_cursor"  # dict[cluster, face_id]: the keyboard cursor in the grid
+    anchor: str = "_anchor"  # dict[cluster, face_id]: the last face ticked (range ticks)
+    inspect: str = "_inspect"  # face_id whose source photo is shown
     cluster: str = "_cluster"
     deselected: str = "_deselected"  # dict[cluster, set[face_id]]
     knn_query: str = "_knn_query"
@@ -39,7 +48,17 @@ class Keys:
     flash: str = "_flash"
     field: str = "_field"
     # widgets
+    name_prompt: str = "name_prompt"
+    name_prompt_btn: str = "name_prompt_btn"
     settings_annotator: str = "settings_annotator"
+    page_size: str = "page_size"
+    range_ticks: str = "range_ticks"
+    cursor_prev_btn: str = "cursor_prev_btn"
+    cursor_next_btn: str = "cursor_next_btn"
+    cursor_tick_btn: str = "cursor_tick_btn"
+    value_key_btn: str = "value_key_btn"  # + index: the number-key label buttons
+    knn_show_labeled: str = "knn_show_labeled"
+    map_clusters: str = "map_clusters"
     cluster_pick: str = "cluster_pick"
     grid_page: str = "grid_page"
     outliers_first: str = "outliers_first"
@@ -85,6 +104,7 @@ K = Keys()
 
 # per-face widget keys
 SELECT_PREFIX = "sel_"  # cluster grid checkbox: selected for the bulk action
+PHOTO_PREFIX = "photo_"  # button under a thumbnail: show the source photo
 KNN_PREFIX = "near_"  # neighbours grid checkbox
 REVIEW_PREFIX = "rv_"  # review grid checkbox
 
@@ -111,23 +131,73 @@ def workspace() -> Workspace:
         raise  # unreachable; st.stop raises
 
 
-def annotator() -> str:
+def clean_name(name: str) -> str:
+    """An annotator name as stored: trimmed, inner whitespace collapsed, at most 40 chars."""
+    return " ".join(str(name).split())[:MAX_NAME]
+
+
+def annotator() -> str | None:
+    """The annotator's name, or None when this browser never gave one.
+
+    Looked up in this session, then the URL (``?annotator=``), the browser's cookie and
+    ``$LABELER_ANNOTATOR`` (scripts, tests). Never the OS user: two people who never set a
+    name must not share one (undo is per name).
+    """
     name = st.session_state.get(K.annotator)
     if not name:
-        name = os.environ.get(ENV_ANNOTATOR) or _user()
-        st.session_state[K.annotator] = name
+        name = (
+            st.query_params.get(QUERY_ANNOTATOR)
+            or _cookie(COOKIE_ANNOTATOR)
+            or os.environ.get(ENV_ANNOTATOR)
+        )
+        name = clean_name(name) if name else None
+        if name:
+            st.session_state[K.annotator] = name
+    return str(name) if name else None
+
+
+def require_annotator() -> str:
+    """The annotator's name (the router asks for it before any page runs)."""
+    name = annotator()
+    if not name:
+        st.error("No annotator name yet: reload the page and enter your name.")
+        st.stop()
     return str(name)
 
 
 def set_annotator(name: str) -> None:
-    st.session_state[K.annotator] = name.strip()
+    """Label as ``name`` from now on, in this tab, its URL and (next run) the browser cookie."""
+    name = clean_name(name)
+    if not name:
+        return
+    st.session_state[K.annotator] = name
+    st.query_params[QUERY_ANNOTATOR] = name
 
 
-def _user() -> str:
+def keep_annotator_in_browser(name: str) -> None:
+    """Put ``name`` back into the URL (page links drop query parameters) and, once after a
+    change, into a cookie (a one-line script)."""
+    if st.query_params.get(QUERY_ANNOTATOR) != name:
+        st.query_params[QUERY_ANNOTATOR] = name
+    if st.session_state.get(K.cookie_written) != name and _cookie(COOKIE_ANNOTATOR) != name:
+        st.session_state[K.cookie_written] = name
+        value = json.dumps(name).replace("<", "\\u003c")  # a name cannot close the script
+        st.html(
+            "<script>document.cookie = "
+            f"'{COOKIE_ANNOTATOR}=' + encodeURIComponent({value}) + "
+            "'; path=/; max-age=31536000; SameSite=Lax';</script>",
+            unsafe_allow_javascript=True,
+        )
+
+
+def _cookie(name: str) -> str | None:
+    from urllib.parse import unquote
+
     try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "annotator"
+        value = st.context.cookies.get(name)
+    except Exception:  # no browser connection (AppTest, bare script)
+        return None
+    return unquote(value) if isinstance(value, str) and value else None
 
 
 def field(default: str) -> str:
@@ -147,6 +217,33 @@ def cluster() -> int | None:
 def set_cluster(value: int | None) -> None:
     st.session_state[K.cluster] = value
     st.session_state.pop(K.knn_query, None)
+
+
+def cursor(cluster_id: int) -> str | None:
+    """The face the keyboard cursor is on in ``cluster_id``'s grid (None: the first shown)."""
+    return st.session_state.setdefault(K.cursor, {}).get(int(cluster_id))
+
+
+def set_cursor(cluster_id: int, face_id: str | None) -> None:
+    st.session_state.setdefault(K.cursor, {})[int(cluster_id)] = face_id
+
+
+def anchor(cluster_id: int) -> str | None:
+    """The face last ticked or unticked in ``cluster_id``'s grid (start of a range)."""
+    return st.session_state.setdefault(K.anchor, {}).get(int(cluster_id))
+
+
+def set_anchor(cluster_id: int, face_id: str | None) -> None:
+    st.session_state.setdefault(K.anchor, {})[int(cluster_id)] = face_id
+
+
+def inspected() -> str | None:
+    """The face whose source photo is open, if any."""
+    return st.session_state.get(K.inspect)
+
+
+def inspect(face_id: str | None) -> None:
+    st.session_state[K.inspect] = face_id
 
 
 def deselected(cluster_id: int) -> set[str]:

@@ -88,7 +88,7 @@ def synthetic_workspace(
         image_rows.append((image_id, 0, f"img_{i:06d}.jpg", 0, 0.0, 96, 96, "ok", "", ""))
         face_rows.append(
             (fid, image_id, 0, 0.0, 0.0, 96.0, 96.0, 1.0, [0.0] * 8, "synthetic", True,
-             ws.crop_path(fid).relative_to(ws.root).as_posix())
+             ws.crop_path(fid).relative_to(ws.root).as_posix(), 0)
         )  # fmt: skip
     ws.write_images(pd.DataFrame(image_rows, columns=IMAGES_SCHEMA.names))
     faces = pd.DataFrame(face_rows, columns=FACES_SCHEMA.names)

@@ -2,6 +2,9 @@
 (outliers), assign one label to the selection, undo/redo, split, merge, "more like this".
 
 Actions run in button callbacks (before the page renders), so one click = one rerun.
+Keyboard: 1-9 pick a label, Enter assigns it, Left/Right move the cursor (outlined face),
+Space ticks or unticks the cursor's face and moves on. With *Range ticks* on, a click ticks
+or unticks every face between it and the previous click (what shift-click does elsewhere).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import streamlit as st
 from labeler.ui import components, data, runs, state
 from labeler.ui.state import KNN_PREFIX, SELECT_PREFIX, K
 
-PAGE_SIZE = 48
+PAGE_SIZES = (48, 96, 192, 480)
 
 ws = state.workspace()
 st.header("Cluster view", divider="gray")
@@ -26,14 +29,14 @@ state.show_flash()
 
 # --- actions (callbacks) ---------------------------------------------------------------------
 def assign(face_ids: list[str], fld: str, value: str, source: str) -> None:
-    eid = store.assign(face_ids, fld, value, annotator=state.annotator(), source=source)
-    state.flash(f"Labeled {len(face_ids):,} faces {fld}={value} (event {eid}).")
+    eid = store.assign(face_ids, fld, value, annotator=state.require_annotator(), source=source)
+    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value} (event {eid}).")
 
 
 def split_out(cluster: int, faces: list[str]) -> None:
     new = runs.split_out(ws, run, faces, cluster=cluster)
     state.reset_selection(cluster)
-    state.flash(f"Moved {len(faces):,} faces out of cluster {cluster} (run {new}).")
+    state.flash(f"Moved {data.plural(len(faces), 'face')} out of cluster {cluster} (run {new}).")
 
 
 def split_k(cluster: int) -> None:
@@ -91,12 +94,14 @@ selected = [f for f in members if f not in desel]
 fld, value = components.label_picker(
     schema, key_field=K.assign_field, key_value=K.assign_value, cols=top[1:]
 )
+components.label_keys(schema, fld, key_value=K.assign_value)
 labels = data.labels(ws, fld)
 b1, b2, b3, b4 = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
 b1.button(
     f"Assign '{value}' to {len(selected):,} selected",
     key=K.assign_btn,
     type="primary",
+    shortcut="Enter",
     disabled=not selected,
     width="stretch",
     on_click=assign,
@@ -114,21 +119,66 @@ with b4:
     components.undo_redo(ws)
 
 done = sum(1 for f in members if f in labels)
-n_pages = max(1, math.ceil(len(members) / PAGE_SIZE))
-g1, g2, g3 = st.columns([4, 1.2, 1], vertical_alignment="center")
+g1, g2, g3, g4, g5 = st.columns([3.2, 1.3, 1.1, 1, 1], vertical_alignment="center")
 g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
-    "Untick a face to leave it out (outliers)."
+    "Untick a face to leave it out (outliers). Keys: 1-9 label, Enter assign, "
+    "Left/Right move, Space tick."
 )
 outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
-page = g3.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=K.grid_page)
+range_ticks = g3.toggle("Range ticks", key=K.range_ticks,
+                        help="A click ticks or unticks every face since the previous click")  # fmt: skip
+page_size = int(g4.selectbox("Per page", PAGE_SIZES, key=K.page_size))
+n_pages = max(1, math.ceil(len(members) / page_size))
+page = g5.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=K.grid_page)
 ordered = members[::-1] if outliers_first else members
-shown = ordered[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+page = min(int(page), n_pages)
+shown = ordered[(page - 1) * page_size : page * page_size]
+
+
+def _set_box(fid: str, value: bool) -> None:
+    (desel.discard if value else desel.add)(fid)
+    st.session_state[f"{SELECT_PREFIX}{fid}"] = value
 
 
 def _toggle(fid: str, value: bool) -> None:
+    start = state.anchor(cluster)
+    if st.session_state.get(K.range_ticks) and start in shown and start != fid:
+        i, j = sorted((shown.index(start), shown.index(fid)))
+        for other in shown[i : j + 1]:
+            _set_box(other, value)
     (desel.discard if value else desel.add)(fid)
+    state.set_anchor(cluster, fid)
+    state.set_cursor(cluster, fid)
 
+
+cur = state.cursor(cluster)
+if cur not in shown:
+    cur = shown[0] if shown else None
+
+
+def _move(step: int) -> None:
+    if not shown:
+        return
+    i = shown.index(cur) if cur in shown else 0
+    state.set_cursor(cluster, shown[max(0, min(len(shown) - 1, i + step))])
+
+
+def _tick_cursor() -> None:
+    if cur is None:
+        return
+    _set_box(cur, cur in desel)  # flip
+    state.set_anchor(cluster, cur)
+    _move(+1)
+
+
+k1, k2, k3, _ = st.columns([1, 1, 1.4, 4.6])
+k1.button("Previous", key=K.cursor_prev_btn, icon=":material/arrow_back:", shortcut="Left",
+          on_click=_move, args=(-1,), width="stretch")  # fmt: skip
+k2.button("Next", key=K.cursor_next_btn, icon=":material/arrow_forward:", shortcut="Right",
+          on_click=_move, args=(+1,), width="stretch")  # fmt: skip
+k3.button("Tick / untick", key=K.cursor_tick_btn, icon=":material/check_box:",
+          shortcut="Space", on_click=_tick_cursor, width="stretch")  # fmt: skip
 
 components.thumb_grid(
     ws,
@@ -137,7 +187,9 @@ components.thumb_grid(
     checked=lambda f: f not in desel,
     captions=components.caption_for(labels),
     on_toggle=_toggle,
+    cursor=cur,
 )
+components.photo_dialog(ws)
 
 # --- structure: split / merge / revert -------------------------------------------------------
 with st.expander("Split or merge this cluster", expanded=False):
@@ -178,12 +230,17 @@ with st.expander("More like this", expanded=state.knn_query() is not None):
     )
     k = q2.number_input("Neighbours", 4, 200, 24, step=4, key=K.knn_k)
     q3.button("Find similar", key=K.knn_btn, on_click=state.set_knn_query, args=(query,))
+    show_labeled = st.toggle("Show faces already labeled too", key=K.knn_show_labeled)
     q = state.knn_query()
     if q:
         st.image(
             data.crop_bytes(ws, q) or components.placeholder(), caption=f"query {q}", width=128
         )
-        near = data.more_like_this(ws, view, q, k=int(k))
+        near = data.more_like_this(
+            ws, view, q, k=int(k), exclude=None if show_labeled else set(labels)
+        )
+        if not near:
+            st.caption("Every similar face is labeled already.")
         picked = components.thumb_grid(
             ws,
             near,

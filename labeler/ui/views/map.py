@@ -24,10 +24,16 @@ store = data.store(ws)
 schema = data.schema(ws)
 
 
-def assign(face_ids: list[str], fld: str, value: str) -> None:
-    eid = store.assign(face_ids, fld, value, annotator=state.annotator(), source="selection")
+def assign(rows: np.ndarray, fld: str, value: str) -> None:
+    keep = st.session_state.get(K.map_clusters)
+    if keep is not None:  # the annotator left some clusters of the shape out
+        rows = rows[np.isin(view.run.labels[rows], [c for c, _ in keep])]
+    face_ids = view.run.face_ids[rows].tolist()
+    eid = store.assign(face_ids, fld, value, annotator=state.require_annotator(),
+                       source="selection")  # fmt: skip
     state.set_map_selection(None)
-    state.flash(f"Labeled {len(face_ids):,} faces {fld}={value} (event {eid}).")
+    st.session_state.pop(K.map_clusters, None)
+    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value} (event {eid}).")
 
 
 top = st.columns([1, 1.5, 1.5])
@@ -39,8 +45,9 @@ color_by = top[2].radio(
 )
 fig = data.map_figure(ws, fld, color_by)
 st.caption(
-    f"Showing {len(view.sample):,} of {len(run.face_ids):,} faces; "
-    "a box or lasso selects every face inside it."
+    f"Showing {len(view.sample):,} of {len(run.face_ids):,} faces. Hover a point for its "
+    "cluster and label, click it to see the face; a box or lasso selects every face inside "
+    "it (the numbers on the map are cluster numbers)."
 )
 require("plotly", purpose="the map page")
 controls = st.container()  # filled below, once the chart reported its selection
@@ -54,19 +61,44 @@ event = st.plotly_chart(
 selection = dict(event.selection) if event is not None and hasattr(event, "selection") else {}
 if state.is_new_map_event(selection):
     state.set_map_selection(data.rows_in_selection(run.xy, selection, fig.trace_rows))
+    drawn = data.rows_in_selection(run.xy, {"points": selection.get("points") or []},
+                                   fig.trace_rows)  # fmt: skip
+    st.session_state["_map_drawn"] = drawn
+    st.session_state["_map_shape"] = bool(selection.get("box") or selection.get("lasso"))
+    st.session_state.pop(K.map_clusters, None)
 
 rows = state.map_selection()
+labels_now = data.labels_by_row(ws, fld)
 with controls:
     if len(rows):
-        lab = data.labels_by_row(ws, fld)[rows]
-        mix = pd.Series(lab).value_counts()
-        st.markdown(
-            f"**{len(rows):,} faces selected** · " + ", ".join(f"{k} {v}" for k, v in mix.items())
+        drawn = st.session_state.get("_map_drawn", rows)
+        info = data.selection_summary(rows, drawn, run.labels, labels_now)
+        hidden = (
+            f" — **{info['hidden']:,} of them not drawn** (sampled out, or in a group hidden "
+            "from the legend)"
+            if info["hidden"] and st.session_state.get("_map_shape")
+            else ""
         )
+        st.markdown(
+            f"**{data.plural(int(info['total']), 'face')} selected**{hidden}. "
+            "Clusters: " + ", ".join(f"{k} {v}" for k, v in info["by_cluster"].items())
+            + " · labels: " + ", ".join(f"{k} {v}" for k, v in info["by_label"].items())
+        )  # fmt: skip
+        present = [(int(c), int(n)) for c, n in pd.Series(run.labels[rows]).value_counts()
+                   .sort_index().items()]  # fmt: skip
+        if len(present) > 1:
+            keep = st.multiselect(
+                "Take the faces of", present, default=present, key=K.map_clusters,
+                format_func=lambda cn: f"{data.cluster_name(cn[0])} ({cn[1]})",
+            )  # fmt: skip
+            n_take = sum(n for _, n in keep)
+        else:
+            n_take = len(rows)
         b1, b2 = st.columns([3, 1])
         b1.button(
-            f"Assign '{value}' to the {len(rows):,} selected faces", key=K.map_assign_btn,
-            type="primary", on_click=assign, args=(run.face_ids[rows].tolist(), fld, value),
+            f"Assign '{value}' to {data.plural(n_take, 'face')}", key=K.map_assign_btn,
+            type="primary", on_click=assign, args=(rows, fld, value), disabled=n_take == 0,
+            shortcut="Enter",
         )  # fmt: skip
         b2.button(
             "Clear selection", key=K.map_clear_btn, on_click=state.set_map_selection, args=(None,)
@@ -75,9 +107,13 @@ with controls:
         st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces.")
 if len(rows):  # below the chart: a glimpse of what is selected
     preview = [str(f) for f in run.face_ids[rows[np.argsort(run.outlier_score[rows])][:16]]]
-    st.caption("Most central selected faces")
+    st.caption("Most central selected faces (the photo button shows where a face came from)")
     cols = st.columns(8)
     for i, fid in enumerate(preview):
-        img = data.crop_bytes(ws, fid)
-        if img:
-            cols[i % 8].image(img, width="stretch")
+        r = int(view.row_of.get_loc(fid))
+        with cols[i % 8]:
+            st.image(data.crop_bytes(ws, fid) or components.placeholder(), width="stretch",
+                     caption=f"{data.cluster_name(int(run.labels[r]))} · {labels_now[r]}")  # fmt: skip
+            st.button("Photo", key=f"map_photo_{fid}", icon=":material/image:",
+                      on_click=components.open_photo, args=(fid,), type="tertiary")  # fmt: skip
+components.photo_dialog(ws)

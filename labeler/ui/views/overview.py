@@ -18,7 +18,7 @@ view = data.run_view(ws)
 store = data.store(ws)
 schema = store.schema()
 counts = store.counts()
-act = store.activity()
+act = data.activity(ws)
 
 n = len(faces)
 c1, c2, c3, c4 = st.columns(4)
@@ -49,11 +49,18 @@ st.subheader("Latest activity per annotator")
 if act.empty:
     st.caption("No labels yet.")
 else:
+    act = act.copy()
     act["last"] = [
         dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") for t in act["last_ts"]
     ]
+    st.caption(
+        "faces: faces whose current label (any field) this annotator gave; a face relabeled "
+        "later counts for whoever labeled it last."
+    )
     st.dataframe(
-        act[["annotator", "faces", "events", "last"]], hide_index=True, key="overview_activity"
+        act[["annotator", "faces", "labels", "events", "last"]],
+        hide_index=True,
+        key="overview_activity",
     )
     hist = store.history(limit=20)
     hist["time"] = [dt.datetime.fromtimestamp(t).strftime("%H:%M:%S") for t in hist["ts"]]

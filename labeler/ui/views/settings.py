@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.ui import data, state
+from labeler.ui import components, data, state
 from labeler.ui.state import K
 
 ws = state.workspace()
@@ -14,11 +14,15 @@ store = data.store(ws)
 
 st.subheader("Annotator")
 if K.settings_annotator not in st.session_state:
-    st.session_state[K.settings_annotator] = state.annotator()
-name = st.text_input("Your name (stored with every label you give)", key=K.settings_annotator)
-if name.strip() and name.strip() != state.annotator():
+    st.session_state[K.settings_annotator] = state.annotator() or ""
+name = st.text_input(
+    "Your name (stored with every label you give; Undo acts on your own labels)",
+    key=K.settings_annotator,
+    max_chars=state.MAX_NAME,
+)
+if state.clean_name(name) and state.clean_name(name) != state.annotator():
     state.set_annotator(name)
-    st.success(f"Labels are now given as {name.strip()!r}.")
+    st.success(f"Labels are now given as {state.clean_name(name)!r}.")
 
 
 def _add_value(field_name: str) -> None:
@@ -47,11 +51,26 @@ def _add_field() -> None:
 
 
 st.subheader("Label schema")
+st.caption("Each value with one face labeled so (once there is one) and what it means.")
 schema = store.schema()
 for f in schema.fields:
     with st.container(border=True):
-        st.markdown(f"**{f.name}**" + (" (optional)" if f.optional else "") + f" — {f.description}")
-        st.caption(", ".join(f.values) or "no values yet")
+        desc = f.description if f.description and f.description != "optional" else ""
+        st.markdown(
+            f"**{f.name}**" + (" (optional)" if f.optional else "") + (f" — {desc}" if desc else "")
+        )
+        if not f.values:
+            st.caption("no values yet")
+        example = data.examples(ws, f.name)
+        cols = st.columns(max(5, len(f.values)))
+        for col, v in zip(cols, f.values, strict=False):
+            with col:
+                fid = example.get(v)
+                if fid:
+                    st.image(data.crop_bytes(ws, fid) or components.placeholder(), width=96)
+                st.markdown(f"**{v}**")
+                help_text = data.VALUE_HELP.get((f.name, v))
+                st.caption(help_text or ("no face labeled yet" if not fid else ""))
         c1, c2 = st.columns([3, 1])
         c1.text_input("New value", key=f"new_value_{f.name}", label_visibility="collapsed",
                       placeholder=f"new value for {f.name}")  # fmt: skip
