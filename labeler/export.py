@@ -271,6 +271,9 @@ def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> Expo
     # everything is written into a hidden sibling folder first and moved into place at the
     # end, so a killed or failed export leaves --out as it was (and no half-written tree)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed export
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         if config.format == "imagefolder":

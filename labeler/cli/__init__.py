@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "propagate": "labeler.cli.propagate",
     "train": "labeler.cli.train",
     "predict": "labeler.cli.predict",
+    "labels": "labeler.cli.labels",
     "demo-data": "labeler.cli.demo",
 }
 
@@ -90,4 +91,9 @@ def main() -> None:
         PermissionError,
     ) as exc:
         click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # disk full, read-only workspace, file-size limit...
+        from labeler.cli._common import os_error_message
+
+        click.echo(f"Error: {os_error_message(exc)}", err=True)
         sys.exit(1)

@@ -38,3 +38,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from labeler.workspace import WorkspaceError
 
     return (ValueError, WorkspaceError, MissingDependency, FileNotFoundError, PermissionError)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OS error: the file, what happened, and the fix."""
+    import errno
+
+    where = exc.filename or "a file"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        fix = "free disk space (or raise the file-size limit) and run the command again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make the workspace (or --out) writable, or use a copy of it somewhere writable"
+    else:
+        fix = "check the path and run the command again"
+    return f"cannot write or read {where} ({what}); {fix}"

@@ -78,6 +78,19 @@ def command(ws: object, host: str, port: int) -> None:
     """
     import os
 
+    from labeler.labels import LabelStore
+    from labeler.labels_backup import make_backup
+
+    if not os.access(ws.root, os.W_OK):
+        raise click.ClickException(
+            f"{ws.root} is read-only; the app saves labels in {ws.labels_db}: make the "
+            "workspace writable (or copy it somewhere writable)"
+        )
+    try:
+        LabelStore(ws.labels_db).version()  # refuses a damaged store before serving it
+        make_backup(ws.labels_db)  # a backup on each app start
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     cmd = streamlit_command(str(ws.root), host=host, port=port)
     env = {**os.environ, "LABELER_WORKSPACE": str(ws.root)}
     click.echo(f"labeler app on http://{host}:{port}  (workspace {ws.root}; Ctrl+C to stop)")

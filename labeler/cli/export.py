@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import os_error_message, user_errors, workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -100,7 +100,11 @@ def command(
             force=force,
         )
         res = export(ws, out, config)
-    except (*user_errors(), FileExistsError) as exc:
+    except (FileExistsError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # disk full, read-only --out or workspace
+        raise click.ClickException(os_error_message(exc)) from None
+    except user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{res.rows} faces -> {res.manifest}")
     if res.persons:

@@ -1,0 +1,77 @@
+"""``labeler labels``: back up, list and restore the label store (``labels.db``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from labeler.cli._common import user_errors, workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
+
+@click.group("labels")
+def command() -> None:
+    """Backups of the label store: 'backup', 'list', 'restore'.
+
+    Backups are taken automatically when 'labeler app' starts and every 50 label events.
+    """
+
+
+@command.command("backup")
+@workspace_option()
+def backup_cmd(ws: Workspace) -> None:
+    """Snapshot labels.db into WORKSPACE/backups now."""
+    from labeler.labels_backup import check_store, make_backup
+
+    why = check_store(ws.labels_db) if ws.labels_db.exists() else "it does not exist"
+    if why is not None:
+        raise click.ClickException(f"{ws.labels_db}: {why}; nothing to back up")
+    try:
+        out = make_backup(ws.labels_db)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write a backup in {ws.root / 'backups'} ({exc.strerror or exc}); "
+            "free disk space or make the workspace writable"
+        ) from None
+    click.echo(f"backed up to {out}")
+
+
+@command.command("list")
+@workspace_option()
+def list_cmd(ws: Workspace) -> None:
+    """The backups of labels.db, newest first."""
+    import time
+
+    from labeler.labels_backup import list_backups
+
+    backups = list_backups(ws.labels_db)
+    if not backups:
+        click.echo(f"no backups in {ws.root / 'backups'}")
+    for b in backups:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.created))
+        click.echo(f"{b.path}  {when}  up to event {b.last_event}  {b.size_bytes:,} bytes")
+
+
+@command.command("restore")
+@workspace_option()
+@click.option(
+    "--backup",
+    "backup",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The backup to restore (default: the newest sound one).",
+)
+def restore_cmd(ws: Workspace, backup: str | None) -> None:
+    """Replace labels.db by a backup. A damaged store is kept as labels.db.damaged-TIME;
+    a sound one is backed up first."""
+    from labeler.labels_backup import restore_backup
+
+    try:
+        used = restore_backup(ws.labels_db, Path(backup) if backup else None)
+    except (*user_errors(), OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored {ws.labels_db} from {used}")

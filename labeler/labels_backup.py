@@ -1,0 +1,201 @@
+"""Rotating backups of the label store (``labels.db``) and restoring one.
+
+Backups are consistent snapshots taken with SQLite's online backup API (safe while
+annotators write), stored as ``WORKSPACE/backups/labels-<UTC time>-e<last event>.db``; the
+newest :data:`KEEP` are kept. They are taken when ``labeler app`` starts and every
+:data:`EVERY_EVENTS` label events (``LabelStore.assign``), and before a restore replaces
+the store. ``labeler labels restore -w WS [--backup FILE]`` puts one back (default: the
+newest backup that opens as a sound label store).
+
+>>> make_backup(ws.labels_db)  # doctest: +SKIP
+PosixPath('ws/backups/labels-20261125T171500Z-e120.db')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KEEP = 10
+EVERY_EVENTS = 50
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    path: Path
+    created: float  # file mtime (seconds since the epoch)
+    last_event: int  # event_id of the newest event in the backup (0: none)
+    size_bytes: int
+
+
+def backup_dir(db_path: Path) -> Path:
+    return Path(db_path).parent / "backups"
+
+
+def check_store(path: Path, *, thorough: bool = True) -> str | None:
+    """Why ``path`` is not a sound label store (one phrase), or None when it is.
+
+    Always (microseconds): not empty, an SQLite header, not shorter than its header says
+    (a truncated copy). ``thorough``: also ``PRAGMA quick_check`` and the label tables.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(100)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if not head.startswith(SQLITE_HEADER) or len(head) < 100:
+        return "it is not an SQLite database"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    n_pages = int.from_bytes(head[28:32], "big")
+    valid = head[24:28] == head[92:96] and n_pages > 0
+    if valid and size < page * n_pages:
+        return f"it is truncated ({size:,} bytes, its header says {page * n_pages:,})"
+    if not thorough:
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it ({exc})"
+    if not row or row[0] != "ok":
+        return f"SQLite finds it damaged ({row[0] if row else 'no answer'})"
+    if not {"events", "meta"} <= tables:
+        return "it holds no label events table (not a labeler label store)"
+    return None
+
+
+def _last_event(path: Path) -> int:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT COALESCE(MAX(event_id), 0) FROM events").fetchone()[0])
+    finally:
+        con.close()
+
+
+def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
+    """Snapshot ``db_path`` into :func:`backup_dir` and drop all but the newest ``keep``.
+
+    Returns the new backup, or None when there is no store yet. The snapshot is written to
+    a temporary file and renamed, so a full disk leaves no partial backup behind.
+    """
+    db_path = Path(db_path)
+    if not db_path.is_file() or db_path.stat().st_size == 0:
+        return None
+    out_dir = backup_dir(db_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".labels-", suffix=".tmp")
+    os.close(fd)
+    out = None
+    try:
+        src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            dst.close()
+            src.close()
+        last = _last_event(Path(tmp))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = out_dir / f"labels-{stamp}-e{last}.db"
+        n = 1
+        while out.exists():
+            out = out_dir / f"labels-{stamp}-e{last}-{n}.db"
+            n += 1
+        os.replace(tmp, out)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(tmp + suffix).unlink(missing_ok=True)
+    for old in list_backups(db_path)[keep:]:
+        old.path.unlink(missing_ok=True)
+    log.info("label store backed up to %s", out)
+    return out
+
+
+def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> Path | None:
+    """Back up after every ``every``-th event; never raises for a full or read-only disk."""
+    if every <= 0 or event_id % every:
+        return None
+    try:
+        return make_backup(db_path)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("could not back up %s (%s)", db_path, exc)
+        return None
+
+
+def list_backups(db_path: Path) -> list[BackupInfo]:
+    """Backups of ``db_path``, newest first."""
+    out = []
+    for p in backup_dir(db_path).glob("labels-*.db"):
+        try:
+            st = p.stat()
+            last = int(p.stem.split("-e")[-1].split("-")[0])
+        except (OSError, ValueError):
+            continue
+        out.append(BackupInfo(p, st.st_mtime, last, st.st_size))
+    return sorted(out, key=lambda b: (b.created, b.path.name), reverse=True)
+
+
+def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
+    """Replace ``db_path`` by ``backup`` (default: the newest sound backup); returns it.
+
+    The current store, if it is sound, is backed up first; a damaged one is kept next to it
+    as ``labels.db.damaged-<time>``. Raises ``ValueError`` when no usable backup exists.
+    """
+    db_path = Path(db_path)
+    candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
+    if not candidates:
+        raise ValueError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
+    chosen = None
+    for c in candidates:
+        why = check_store(c)
+        if why is None:
+            chosen = c
+            break
+        log.warning("skipping backup %s: %s", c, why)
+        if backup:
+            raise ValueError(f"{c} cannot be restored: {why}; pick another with --backup")
+    if chosen is None:
+        raise ValueError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
+    if db_path.exists():
+        if check_store(db_path) is None:
+            make_backup(db_path)
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            os.replace(db_path, db_path.with_name(f"{db_path.name}.damaged-{stamp}"))
+    for suffix in ("-wal", "-shm"):  # stale WAL files of the old store must not be replayed
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=db_path.parent, prefix=f".{db_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        src = sqlite3.connect(f"file:{chosen}?mode=ro", uri=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            dst.close()
+            src.close()
+        os.replace(tmp, db_path)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(tmp + suffix).unlink(missing_ok=True)
+    log.info("restored %s from %s", db_path, chosen)
+    return chosen
