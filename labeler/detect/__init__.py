@@ -233,8 +233,12 @@ ROTATIONS = (90, 270, 180)
 MAX_TILT_DEG = 35.0
 #: BlazeFace also "finds" faces in sideways photos, at lower scores (0.5-0.78 on MFR2 turned
 #: by 90 degrees, against 0.7-0.95 upright): a best upright face below this score is checked
-#: against the turned photo too.
-ROTATION_RETRY_SCORE = 0.8
+#: against the turned photo too. (Real web photos score lower: median 0.71 on webfaces and
+#: 0.68 on realmasks upright, so a higher bar would retry most of them.)
+ROTATION_RETRY_SCORE = 0.7
+#: A turned pass must find a face scoring at least this (upright faces of the shared sets
+#: mostly score 0.8-0.95; false faces in turned photos and in blurred crops 0.5-0.75).
+ROTATION_MIN_SCORE = 0.75
 #: A pass on the photo turned by 90/270 degrees replaces the stored one only when its
 #: plausibility is higher by this much (masked upright faces score 0.55-0.7, and turned
 #: passes on them find false faces about as high).
@@ -321,7 +325,7 @@ def needs_rotation(
     ``ROTATION_RETRY_SCORE``, in a crop-like image only faces that are tiny for a portrait
     (``crop_like``: as in :func:`plausibility`), or, given the photo ``rgb``, its best face
     looks upside down (:func:`upright_cue`)."""
-    if plausibility(dets, width, height, crop_like=crop_like) < ROTATION_RETRY_SCORE:
+    if plausibility(dets, width, height, crop_like=False) < ROTATION_RETRY_SCORE:
         return True
     if rgb is None:
         return False
@@ -381,9 +385,11 @@ def detect_rotated(
     Runs only when :func:`needs_rotation` says the pass on the photo as stored is not
     convincing. Photos are mostly stored upright, so a turned pass must earn its place:
 
+    * any turn: its :func:`plausibility` is at least ``ROTATION_MIN_SCORE``;
     * turned by 90 or 270: its :func:`plausibility` beats the stored pass's by
       ``ROTATION_MARGIN`` and its face looks upright (:func:`upright_cue` > 0);
-    * turned by 180 (BlazeFace scores upside-down faces about as high as upright ones): its
+    * turned by 180 (tried only when no face was found or the stored one looks upside
+      down; BlazeFace scores upside-down faces about as high as upright ones): its
       face looks upright and ``plausibility + UPRIGHT_CUE_WEIGHT * tanh(upright_cue)`` beats
       the stored pass's by ``ROTATION_MARGIN_180``.
 
@@ -403,6 +409,8 @@ def detect_rotated(
     stored_cue = upright_cue(rgb, stored) if stored is not None else 0.0
     best, best_q, calls = first, -1.0, 0
     for rotation in ROTATIONS:
+        if rotation == 180 and first and stored_cue >= 0:
+            continue  # a face was found and looks upright: not upside down
         turned = rotate_image(rgb, rotation)
         found = detector.detect(turned)
         calls += 1
@@ -410,6 +418,8 @@ def detect_rotated(
         if face is None:
             continue
         q = plausibility(found, turned.shape[1], turned.shape[0], crop_like=crop_like)
+        if q < ROTATION_MIN_SCORE:
+            continue
         cue = upright_cue(turned, face)
         if rotation == 180:
             stored_total = stored_q + UPRIGHT_CUE_WEIGHT * float(np.tanh(stored_cue))
