@@ -334,7 +334,8 @@ def finetune(
             sched.step()
             losses.append(float(loss.detach()))
         probs = _evaluate(model, val_loader, device)
-        f1 = macro_f1(y[val_idx], probs) if len(val_idx) else 0.0
+        # plain floats: last.pt must load with weights_only (no numpy scalars in it)
+        f1 = float(macro_f1(y[val_idx], probs)) if len(val_idx) else 0.0
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_macro_f1": f1})
         log.info("epoch %d: loss %.4f val macro-F1 %.3f", epoch, history[-1]["loss"], f1)
         if f1 > best_f1:
@@ -355,7 +356,7 @@ def finetune(
             "bad": bad,
             "history": history,
         }
-        _atomic_torch_save(ck, last_path)
+        _atomic_torch_save(_plain(ck), last_path)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     best = load_finetuned(best_path, device=device)
@@ -373,6 +374,18 @@ def finetune(
     )
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars turned into Python numbers (containers walked), so that it
+    loads with ``torch.load(weights_only=True)``."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def _load_resume_checkpoint(path: Path) -> dict:
     """``last.pt`` loaded with ``weights_only=True``: tensors, numbers, strings and plain
     containers only, so a crafted file in a workspace cannot run code. Anything else is
@@ -384,7 +397,11 @@ def _load_resume_checkpoint(path: Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
+        first = (
+            (why or lines or [type(exc).__name__])[0].replace("\x1b[1m", "").replace("\x1b[0m", "")
+        )
         raise ValueError(
             f"{path} is not a plain training checkpoint and was not loaded ({first[:160]}); "
             "delete it to train from scratch"
