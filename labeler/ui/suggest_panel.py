@@ -33,11 +33,46 @@ class Keys:
     suggest_btn: str = "suggest_btn"
     group_pick: str = "suggest_group"
     suspect_value: str = "suspect_value"
+    banner: str = "_review_banner"  # (kind, message) of the last change, shown until the next
     auto_started: str = "_suggest_auto_started"  # {field: labels count it started at}
     seen_finish: str = "_suggest_seen_finish"  # {field: finished stamp shown}
 
 
 SK = Keys()
+
+
+def _say(message: str, kind: str = "success") -> None:
+    st.session_state[SK.banner] = (kind, message)
+
+
+def banner() -> None:
+    """What the last click on this page changed; stays until the next change."""
+    item = st.session_state.get(SK.banner)
+    if item:
+        kind, message = item
+        getattr(st, kind, st.info)(message)
+
+
+def undo_redo(ws: Workspace) -> None:
+    """Undo / Redo of this annotator's last label events, on the page, with a banner."""
+    c1, c2 = st.columns(2)
+    c1.button("Undo", key=K.undo_btn, icon=":material/undo:", width="stretch",
+              on_click=_undo_redo, args=(str(ws.labels_db), "undo"))  # fmt: skip
+    c2.button("Redo", key=K.redo_btn, icon=":material/redo:", width="stretch",
+              on_click=_undo_redo, args=(str(ws.labels_db), "redo"))  # fmt: skip
+
+
+def _undo_redo(db: str, what: str) -> None:
+    store = LabelStore(db)
+    eid = getattr(store, what)(state.require_annotator())
+    if eid is None:
+        _say(f"Nothing to {what}.", "info")
+        return
+    ev = store.history(limit=None).set_index("event_id").loc[eid]
+    gone = "no longer" if what == "undo" else "again"
+    _say(f"{'Undid' if what == 'undo' else 'Redid'} event {eid}: {int(ev['n_faces']):,} faces "
+         f"are {gone} {ev['field']}={ev['value']}.", "info")  # fmt: skip
+    state.clear_widget_keys(REVIEW_PREFIX)
 
 
 def _labels_count(ws: Workspace, field: str) -> int:
@@ -47,7 +82,7 @@ def _labels_count(ws: Workspace, field: str) -> int:
 def _start(ws_root: str, field: str) -> None:
     ws = Workspace.open(ws_root)
     if propagate.start_background(ws, field) is None:
-        state.flash("A Suggest run for this field is already in progress.", "info")
+        _say("A Suggest run for this field is already in progress.", "info")
 
 
 def suggest_bar(ws: Workspace, field: str) -> None:
@@ -207,16 +242,16 @@ def _accept(db: str, field: str, value: str, face_ids: list[str]) -> None:
     eid = store.assign(face_ids, field, value, annotator=state.require_annotator(),
                        source="suggestion")  # fmt: skip
     state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Accepted {len(face_ids):,} faces as **{value}** ({field}), event {eid}. "
-                "Undo takes it back.")  # fmt: skip
+    _say(f"Accepted {len(face_ids):,} faces as **{value}** ({field}), event {eid}. "
+         "Undo takes it back.")  # fmt: skip
 
 
 def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
     items = pd.DataFrame({"face_id": face_ids, "value": value})
     LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suggestion")
     state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Rejected {len(face_ids):,} suggestions of **{value}**; they stay unlabeled "
-                "and are not suggested again.", "info")  # fmt: skip
+    _say(f"Rejected {len(face_ids):,} suggestions of **{value}**; they stay unlabeled and "
+         "are not suggested again.", "info")  # fmt: skip
 
 
 # --- suspected label errors --------------------------------------------------------------------
@@ -253,4 +288,4 @@ def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
 def _keep(db: str, field: str, items: pd.DataFrame) -> None:
     LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suspect")
     state.clear_widget_keys(REVIEW_PREFIX)
-    state.flash(f"Kept {len(items):,} labels as they are; they are not flagged again.", "info")
+    _say(f"Kept {len(items):,} labels as they are; they are not flagged again.", "info")

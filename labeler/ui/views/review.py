@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.ui import components, data, state, suggest_panel
+from labeler.ui import data, state, suggest_panel
 from labeler.ui.state import K
 
 ws = state.workspace()
@@ -16,6 +16,7 @@ st.header("Review", divider="gray")
 store = data.store(ws)
 names = store.schema().names
 state.show_flash()
+suggest_panel.banner()
 
 c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
 with c1:
@@ -30,7 +31,7 @@ with c2:
         "Queue", ["Suggestions", "Suspected errors"], horizontal=True, key=K.review_kind
     )
 with c3:
-    components.undo_redo(ws)
+    suggest_panel.undo_redo(ws)
 
 suggest_panel.suggest_bar(ws, fld)
 if kind == "Suggestions":
