@@ -1,7 +1,16 @@
-"""Real-browser smoke test: `labeler app` in a subprocess, driven by headless Chromium.
+"""The app in a real browser: `labeler app` in a subprocess, driven by headless Chromium.
 
-Needs Debian's chromium (`make chromium`) and the playwright python package; skips cleanly
-otherwise (never downloads a browser). Saves the screenshot to docs/screenshot.png when LABELER_UPDATE_SCREENSHOT is set.
+Needs Debian's chromium (`apt-get install chromium`) and the playwright python package; skips
+cleanly otherwise (never downloads a browser). Every server is stopped by
+:func:`appserver.running_app`, also when a test fails. With LABELER_UPDATE_SCREENSHOT set,
+the screenshots are copied to docs/ (the README's and docs/APP.md's pictures).
+
+* ``test_bulk_label_a_cluster_in_chromium``: untick an outlier, assign, lasso on the map.
+* ``test_annotator_needs_in_chromium`` (issue 15, items 1-5): the name asked once per browser,
+  the source photo of a sideways selfie, keyboard labeling, range ticks, the map's hover,
+  legend and lasso summary.
+* ``test_scripted_annotator_labels_mfr2`` (slow): labels all of ../shared/data/mfr2 through
+  the UI and reports clicks per face.
 """
 
 from __future__ import annotations
@@ -9,14 +18,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from appserver import running_app
 
 from labeler.labels import LabelStore
 from labeler.ui.synthetic import synthetic_workspace
@@ -25,6 +30,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
+    "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -34,90 +40,70 @@ ARGS = [
     "--disable-sync",
 ]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+FIELD = "mask_state"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _need_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"labeler app exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"labeler app did not answer at {url} within {timeout} s")
+def _keep(shot: Path, name: str) -> None:
+    """Copy a screenshot to docs/ when asked (LABELER_UPDATE_SCREENSHOT)."""
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("LABELER_UPDATE_SCREENSHOT"):
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS / name)
+
+
+def _settle(page, ms: int = 400) -> None:
+    """Wait until Streamlit has finished the rerun a click started."""
+    page.wait_for_timeout(150)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
+    )
+    page.wait_for_timeout(ms)
 
 
 @pytest.fixture
-def app_server(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed (run 'make chromium')")
-    pytest.importorskip("playwright.sync_api")
+def synthetic_app(tmp_path):
+    _need_browser()
     ws = synthetic_workspace(tmp_path / "ws", n_faces=72, n_clusters=4, seed=1)
-    port = _free_port()
-    env = {**os.environ, "LABELER_ANNOTATOR": "browser"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from labeler.cli import main; main()",
-            "app",
-            "-w",
-            str(ws.root),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
+    with running_app(ws.root, env={"LABELER_ANNOTATOR": "browser"}) as (url, _proc):
         yield ws, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
-def test_bulk_label_a_cluster_in_chromium(app_server, tmp_path):
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+
+
+def test_bulk_label_a_cluster_in_chromium(synthetic_app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    ws, url = app_server
+    ws, url = synthetic_app
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/cluster_view", wait_until="domcontentloaded")
         assign = page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ selected"))
         expect(assign).to_be_visible(timeout=60_000)
         n = int(re.search(r"to (\d+) selected", assign.inner_text()).group(1))
         # click the last face out of the selection (an outlier), then label the rest
-        page.locator("[data-testid='stCheckbox']").last.click()
+        page.locator("[class*='st-key-sel_'] label").last.click()
         expect(page.get_by_text(f"{n - 1} of {n} faces selected")).to_be_visible(timeout=30_000)
         page.get_by_role("button", name=re.compile(r"^Assign 'correct' to")).click()
         expect(
             page.get_by_text(re.compile(rf"Labeled {n - 1} faces mask_state=correct"))
         ).to_be_visible(timeout=30_000)
-        cur = LabelStore(ws.labels_db).current("mask_state")
+        cur = LabelStore(ws.labels_db).current(FIELD)
         assert len(cur) == n - 1
         assert set(cur["value"]) == {"correct"} and set(cur["annotator"]) == {"browser"}
         assert set(cur["source"]) == {"selection"}
-        page.mouse.wheel(0, -5000)  # back to the top of the page
+        page.mouse.wheel(0, -5000)
         page.wait_for_timeout(1500)  # let the thumbnails settle
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot))
-        # the overview reflects the new labels too
         page.goto(url + "/", wait_until="domcontentloaded")
         expect(page.get_by_text(re.compile(rf"mask_state: {n - 1} of 72 faces"))).to_be_visible(
             timeout=30_000
@@ -127,23 +113,191 @@ def test_bulk_label_a_cluster_in_chromium(app_server, tmp_path):
         plot = page.locator(".js-plotly-plot .nsewdrag").first
         plot.wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
-        b = plot.bounding_box()
-        pts = [(0.5, 0.02), (0.98, 0.02), (0.98, 0.98), (0.5, 0.98), (0.5, 0.02)]
-        page.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] * 0.02)
-        page.mouse.down()
-        for fx, fy in pts[1:]:
-            page.mouse.move(b["x"] + b["width"] * fx, b["y"] + b["height"] * fy, steps=6)
-        page.mouse.up()
-        chosen = page.get_by_text(re.compile(r"^\d+ faces selected"))
+        _lasso(page, plot, [(0.5, 0.02), (0.98, 0.02), (0.98, 0.98), (0.5, 0.98)])
+        chosen = page.get_by_text(re.compile(r"^\d+ faces? selected"))
         expect(chosen).to_be_visible(timeout=30_000)
         k = int(chosen.inner_text().split()[0])
-        page.get_by_role("button", name=re.compile(r"^Assign 'correct' to the")).click()
-        expect(page.get_by_text(re.compile(rf"Labeled {k} faces"))).to_be_visible(timeout=30_000)
-        page.screenshot(path=str(tmp_path / "map.png"))
+        page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ face")).click()
+        expect(page.get_by_text(re.compile(rf"Labeled {k} faces?"))).to_be_visible(timeout=30_000)
         browser.close()
     events = LabelStore(ws.labels_db).history(limit=None)
     assert events["n_faces"].tolist()[0] == k and 0 < k < 72
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("LABELER_UPDATE_SCREENSHOT"):  # refresh the README's picture on request
-        DOCS.mkdir(exist_ok=True)
-        shutil.copyfile(shot, DOCS / "screenshot.png")
+    _keep(shot, "screenshot.png")
+
+
+def _lasso(page, plot, points: list[tuple[float, float]]) -> None:
+    """Draw a closed lasso through ``points`` (fractions of the plot area)."""
+    b = plot.bounding_box()
+    xy = [(b["x"] + b["width"] * fx, b["y"] + b["height"] * fy) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in [*xy[1:], xy[0]]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
+# --- issue 15: what annotators need (items 1-5), on real faces ----------------------------------
+
+
+def _real_workspace(root: Path, photos: Path):
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.workspace import Workspace
+
+    ws = Workspace.open(root, create=True)
+    run_pipeline(photos, ws, config=RunConfig(device="cpu"))
+    return ws
+
+
+@pytest.fixture
+def sideways_app(tmp_path):
+    """12 MFR2 photos plus two of them stored sideways (turned 90 / 270 degrees, no EXIF)."""
+    _need_browser()
+    from conftest import shared_dataset
+    from PIL import Image
+
+    data = shared_dataset("mfr2")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    files = sorted((data / "images").iterdir())[:12]
+    for f in files:
+        shutil.copy(f, photos / f.name)
+    sideways = []
+    for f, turn in ((files[0], 90), (files[2], 270)):  # two the rotation retry finds upright
+        name = f"sideways_{turn}_{f.name}"
+        Image.open(f).convert("RGB").rotate(-turn, expand=True).save(photos / name)
+        sideways.append(name)
+    ws = _real_workspace(tmp_path / "ws", photos)
+    with running_app(ws.root) as (url, _proc):  # no LABELER_ANNOTATOR: the app must ask
+        yield ws, url, sideways
+
+
+def _face_of(ws, name: str) -> tuple[str, int]:
+    """(face_id, rotation) of the largest face of the photo called ``name``."""
+    faces = ws.faces().merge(ws.images()[["image_id", "path"]], on="image_id")
+    faces = faces[faces["path"] == name]
+    row = faces.loc[((faces.x1 - faces.x0) * (faces.y1 - faces.y0)).idxmax()]
+    return str(row["face_id"]), int(row["rotation"])
+
+
+def _cluster_of(ws, face_id: str) -> int:
+    from labeler.cluster import store as cluster_store
+
+    run = cluster_store.load_run(ws)
+    return int(run.labels[list(run.face_ids).index(face_id)])
+
+
+def _open_cluster(page, url: str, cluster: int) -> None:
+    """Clusters page -> the cluster's Open button (the cards name noise 'Noise')."""
+    page.goto(url + "/clusters", wait_until="domcontentloaded")
+    page.locator("[class*='st-key-open_'] button").first.wait_for(timeout=60_000)
+    _settle(page, 1000)
+    button = page.locator(f".st-key-open_{cluster} button")
+    while not button.is_visible():  # later pages of cards
+        nxt = page.locator(".st-key-clusters_page button[data-testid='stNumberInputStepUp']")
+        nxt.click()
+        _settle(page, 1000)
+    button.click()
+    page.get_by_role("heading", name="Cluster view").wait_for(timeout=60_000)
+    _settle(page, 1500)
+
+
+def test_annotator_needs_in_chromium(sideways_app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ws, url, sideways = sideways_app
+    with sync_playwright() as p:
+        browser = _browser(p)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = ctx.new_page()
+
+        # 3. a name is asked on the first visit, kept in the URL and for new tabs (cookie)
+        page.goto(url + "/", wait_until="domcontentloaded")
+        expect(page.get_by_text("Who is labeling?")).to_be_visible(timeout=60_000)
+        _settle(page)
+        page.screenshot(path=str(tmp_path / "name.png"))
+        page.get_by_label("Your name").fill("Ann")
+        page.get_by_role("button", name="Start labeling").click()
+        expect(page.get_by_text(re.compile(r"Labeling as Ann"))).to_be_visible(timeout=30_000)
+        assert "annotator=Ann" in page.url
+        page.reload()
+        expect(page.get_by_text(re.compile(r"Labeling as Ann"))).to_be_visible(timeout=30_000)
+        tab = ctx.new_page()
+        tab.goto(url + "/settings", wait_until="domcontentloaded")  # no name in this URL
+        expect(tab.get_by_text(re.compile(r"Labeling as Ann"))).to_be_visible(timeout=30_000)
+        tab.close()
+        other = browser.new_context().new_page()  # another browser profile: asked again
+        other.goto(url + "/", wait_until="domcontentloaded")
+        expect(other.get_by_text("Who is labeling?")).to_be_visible(timeout=60_000)
+        other.context.close()
+
+        # 1 + 2. the sideways selfie: found upright, its source photo with box, path, score
+        assert _face_of(ws, sideways[1])[1] == 90  # stored turned 270: 90 more is upright
+        fid, rotation = _face_of(ws, sideways[0])
+        assert rotation == 270  # stored turned 90 clockwise: 270 more is upright
+        _open_cluster(page, url, _cluster_of(ws, fid))
+        page.locator(f".st-key-photo_sel_{fid} button:visible").first.click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("photo turned 270° clockwise")).to_be_visible(timeout=30_000)
+        expect(dialog.get_by_text(re.compile(r"sideways_.*\.png"))).to_be_visible()
+        expect(dialog.get_by_text("whole-image fallback")).to_be_visible()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(tmp_path / "source.png"))
+        page.keyboard.press("Escape")
+        _settle(page)
+
+        # 5. keyboard: 5 = no_mask, Space unticks the cursor's face, Right skips, Enter assigns
+        assign = page.get_by_role("button", name=re.compile(r"^Assign '.*' to \d+ selected"))
+        n = int(re.search(r"to (\d+) selected", assign.inner_text()).group(1))
+        for key in ["5", " ", "ArrowRight", " "]:
+            page.keyboard.press(key)
+            _settle(page, 300)
+        expect(page.get_by_text(f"{n - 2} of {n} faces selected")).to_be_visible(timeout=30_000)
+        page.mouse.wheel(0, 300)
+        page.screenshot(path=str(tmp_path / "keys.png"))
+        page.keyboard.press("Enter")
+        done = page.get_by_text(re.compile(rf"Labeled {n - 2} faces? mask_state=no_mask"))
+        expect(done).to_be_visible(timeout=30_000)
+        cur = LabelStore(ws.labels_db).current(FIELD)
+        assert len(cur) == n - 2 and set(cur["annotator"]) == {"Ann"}
+
+        # 5. range ticks: two clicks untick faces 2..5
+        page.locator(".st-key-select_all_btn button").click()
+        _settle(page)
+        page.locator(".st-key-range_ticks label").click()
+        _settle(page)
+        boxes = page.locator("[class*='st-key-sel_'] label")
+        boxes.nth(1).click()
+        _settle(page)
+        boxes.nth(4).click()
+        _settle(page)
+        expect(page.get_by_text(f"{n - 4} of {n} faces selected")).to_be_visible(timeout=30_000)
+
+        # 4. the map: legend names clusters, hover names cluster and label, lasso summary
+        page.goto(url + "/map", wait_until="domcontentloaded")
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for(timeout=60_000)
+        _settle(page, 1500)
+        legend = " ".join(page.locator(".js-plotly-plot .legendtext").all_text_contents())
+        assert re.search(r"cluster \d+ \(\d+\)", legend), legend
+        x, y = page.evaluate(
+            """() => { const gd = document.querySelector('.js-plotly-plot');
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+            const r = gd.getBoundingClientRect();
+            return [r.left + xa._offset + xa.l2p(gd.data[0].x[0]),
+                    r.top + ya._offset + ya.l2p(gd.data[0].y[0])]; }"""
+        )
+        page.mouse.move(x, y)
+        hover = page.locator(".hoverlayer .hovertext")
+        expect(hover).to_be_visible(timeout=10_000)
+        assert re.search(r"(cluster \d+|noise) · (no_mask|\(unlabeled\))", hover.text_content())
+        page.screenshot(path=str(tmp_path / "map_hover.png"))
+        _lasso(page, plot, [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98)])
+        chosen = page.get_by_text(re.compile(r"^\d+ faces? selected"))
+        expect(chosen).to_be_visible(timeout=30_000)
+        assert int(chosen.inner_text().split()[0]) == len(ws.faces())
+        expect(page.get_by_text(re.compile(r"Clusters: .*· labels: "))).to_be_visible()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(tmp_path / "map_lasso.png"))
+        browser.close()
+    for name in ["name", "source", "keys", "map_hover", "map_lasso"]:
+        _keep(tmp_path / f"{name}.png", f"app_{name}.png")

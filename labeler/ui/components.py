@@ -21,7 +21,7 @@ _CSS = """
 [data-testid="stCheckbox"] label p {
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; word-break: normal;
 }
-[class*="st-key-cursor_"] { outline: 3px solid #ff4b4b; outline-offset: 2px;
+[class*="st-key-kbcursor_"] { outline: 3px solid #ff4b4b; outline-offset: 2px;
   border-radius: 4px; }
 </style>
 """
@@ -99,7 +99,7 @@ def thumb_grid(
             if key not in st.session_state:
                 st.session_state[key] = bool(checked(fid))
             label = captions(fid) if captions else fid[:8]
-            box = col.container(key=f"cursor_{fid}") if fid == cursor else col.container()
+            box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col.container()
             with box:
                 st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
                 if photo_buttons:
@@ -157,7 +157,8 @@ def show_source(ws: Workspace, face_id: str) -> None:
         if sp.jpeg is None:
             st.warning(f"The photo {sp.path} cannot be read any more (moved or deleted?).")
         else:
-            st.image(sp.jpeg, width="stretch")
+            # small photos (web crops of 160 px) shown at 480 px at least, big ones fit
+            st.image(sp.jpeg, width=int(min(900, max(480, sp.width))))
     with c2:
         st.image(data.crop_bytes(ws, face_id) or placeholder(), caption="aligned crop")
     facts = {

@@ -541,6 +541,7 @@ def _map_figure(
             "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
             "xaxis": {"visible": False},
             "yaxis": {"visible": False, "scaleanchor": "x"},
+            "showlegend": True,  # also with one group: the legend names what colours mean
             "legend": {"itemsizing": "constant", "title": {"text": color_by}},
             "annotations": notes[:300],
             "hovermode": "closest",

@@ -172,7 +172,7 @@ def _tick_cursor() -> None:
     _move(+1)
 
 
-k1, k2, k3, _ = st.columns([1, 1, 1.4, 4.6])
+k1, k2, k3, _ = st.columns([1.3, 1.1, 1.6, 4])
 k1.button("Previous", key=K.cursor_prev_btn, icon=":material/arrow_back:", shortcut="Left",
           on_click=_move, args=(-1,), width="stretch")  # fmt: skip
 k2.button("Next", key=K.cursor_next_btn, icon=":material/arrow_forward:", shortcut="Right",
