@@ -269,11 +269,30 @@ def reliability(
     return pd.DataFrame(rows), float(ece)
 
 
-def _similar_chunks(Z: np.ndarray, parts: int, seed: int) -> np.ndarray:
-    """(n,) chunk 0..parts-1 of each row: k-means on the standardised features."""
-    from sklearn.cluster import KMeans
-
-    return KMeans(n_clusters=parts, n_init=1, random_state=seed).fit_predict(Z).astype(np.int64)
+def _similar_chunks(Z: np.ndarray, max_size: int) -> np.ndarray:
+    """(n,) chunk id of each row: split at the median of the rows' main direction of
+    variation (a few power iterations), recursively, until every chunk has at most
+    ``max_size`` rows. O(n d log(n / max_size)); deterministic."""
+    Z = np.asarray(Z, dtype=np.float32)
+    out = np.zeros(len(Z), np.int64)
+    stack = [np.arange(len(Z))]
+    next_id = 0
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= max_size:
+            out[idx] = next_id
+            next_id += 1
+            continue
+        C = Z[idx] - Z[idx].mean(0)
+        v = C[np.argmax(np.einsum("ij,ij->i", C, C))].copy()  # the farthest row: a start
+        for _ in range(8):
+            v = C.T @ (C @ v)
+            v /= max(float(np.linalg.norm(v)), 1e-12)
+        proj = C @ v
+        order = np.argsort(proj, kind="stable")
+        half = len(idx) // 2
+        stack += [idx[order[half:]], idx[order[:half]]]
+    return out
 
 
 def band_precision(
@@ -394,9 +413,8 @@ def suggest(
         if cfg.max_unsure_group:
             for key in np.unique(vb):
                 m = np.flatnonzero(vb == key)
-                parts = -(-len(m) // cfg.max_unsure_group)
-                if low[key] < cfg.pretick and parts > 1:
-                    chunk[m] = _similar_chunks(A[unl[m], :-1], parts, cfg.seed)
+                if low[key] < cfg.pretick and len(m) > cfg.max_unsure_group:
+                    chunk[m] = _similar_chunks(A[unl[m], :-1], cfg.max_unsure_group)
         key_u = vb * len(unl) + chunk
         keys, inv, size = np.unique(key_u, return_inverse=True, return_counts=True)
         kvb = keys // len(unl)

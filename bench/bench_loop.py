@@ -1,0 +1,193 @@
+"""The learning loop, measured: effort of the interactive session vs plain, calibration of
+the out-of-fold confidence, suspects with every true label entered, Suggest timings.
+
+Usage (workspaces built by ``labeler run`` on the shared sets, each with its labels.csv)::
+
+    python bench/bench_loop.py --set maskedfacenet=WS:LABELS.csv --set webfaces=WS:LABELS.csv \\
+        [--timing 10000,133000] [--out bench/results/loop.json]
+
+Prints markdown tables (pasted into bench/LOOP.md):
+
+1. effort: eff95/98/99 and actions to 98 % for plain and interactive (``labeler simulate``'s
+   protocols), app clicks to 98 %;
+2. calibration: the Suggest step's out-of-fold predictions with ALL true labels entered: a
+   10-bin reliability table per set and its expected calibration error (ECE), accuracy, and
+   how many suspects it raises (the Review page pre-ticks none);
+3. timing: :func:`labeler.suggest.suggest` on synthetic features (N x 192, 10 % labeled,
+   4 classes) in a background thread, with the label store read from the main thread
+   meanwhile (how long the page waits for its data while a Suggest run is going).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def effort_rows(name: str, ws_path: str, truth_csv: str) -> tuple[dict, dict]:
+    from labeler.simulate import join_truth, session_inputs, simulate
+    from labeler.suggest import reliability, suggest
+    from labeler.workspace import Workspace
+
+    ws = Workspace.open(ws_path)
+    truth = join_truth(ws, truth_csv)
+    ids = truth["face_id"].to_numpy(dtype=str)
+    groups, X, _ = session_inputs(ws, ids)
+    y = truth["truth"].to_numpy(dtype=str)
+    t0 = time.perf_counter()
+    plain = simulate(groups, y)
+    inter = simulate(groups, y, strategy="interactive", features=X)
+    sim_s = time.perf_counter() - t0
+    eff = {
+        "set": name,
+        "faces": len(y),
+        "groups": int(len(np.unique(groups[groups >= 0]))),
+        "noise": int((groups < 0).sum()),
+        "plain": {k: getattr(plain, k) for k in ("eff95", "eff98", "eff99", "actions98")},
+        "interactive": {
+            k: getattr(inter, k) for k in ("eff95", "eff98", "eff99", "actions98", "clicks98")
+        },
+        "kinds": dict(inter.kinds),
+        "seconds": round(sim_s, 1),
+    }
+    classes, yc = np.unique(y, return_inverse=True)
+    res = suggest(X, yc, cv_groups=None)
+    table, ece = reliability(res.confidence, res.pred == yc)
+    cal = {
+        "set": name,
+        "faces": len(y),
+        "accuracy": float((res.pred == yc).mean()),
+        "ece": ece,
+        "suspects": len(res.suspects),
+        "suspect_share": len(res.suspects) / len(y),
+        "temperature": res.temperature,
+        "table": table.to_dict(orient="records"),
+    }
+    return eff, cal
+
+
+def time_suggest(n: int, tmp: Path) -> dict:
+    """One timing row: Suggest on n synthetic faces in a thread, store reads meanwhile."""
+    from labeler.labels import LabelStore
+    from labeler.suggest import suggest
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 192)) * 0.12  # overlapping: every band is used
+    y_true = rng.integers(0, 4, n)
+    X = (centres[y_true] + rng.normal(size=(n, 192))).astype(np.float32)
+    y = np.where(rng.random(n) < 0.1, y_true, -1)
+    store = LabelStore(tmp / f"labels_{n}.db")
+    labeled = [f"f{i}" for i in np.flatnonzero(y >= 0)]
+    store.assign(labeled, "mask_state", "correct", annotator="bench", source="selection")
+
+    def read_ms(k: int) -> list[float]:
+        out = []
+        for _ in range(k):
+            t = time.perf_counter()
+            store.current("mask_state")
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    idle = read_ms(20)
+    done: dict = {}
+
+    def work() -> None:
+        t, t_cpu = time.perf_counter(), time.thread_time()
+        done["res"] = suggest(X, y)
+        done["wall"], done["cpu"] = time.perf_counter() - t, time.thread_time() - t_cpu
+
+    th = threading.Thread(target=work)
+    th.start()
+    busy: list[float] = []
+    while th.is_alive():
+        busy += read_ms(1)
+        time.sleep(0.05)
+    th.join()
+    return {
+        "faces": n,
+        "labeled": int((y >= 0).sum()),
+        "suggest_s": round(done["wall"], 2),
+        "cpu_s": round(done["cpu"], 2),
+        "groups": len(done["res"].groups),
+        "read_idle_ms": round(float(np.median(idle)), 1),
+        "read_during_ms_median": round(float(np.median(busy)), 1) if busy else None,
+        "read_during_ms_max": round(float(np.max(busy)), 1) if busy else None,
+        "reads_during": len(busy),
+    }
+
+
+def print_tables(effort: list[dict], calib: list[dict], timing: list[dict]) -> None:
+    print("\n| set | faces | groups (+noise) | plain eff95 / 98 / 99 | interactive eff95 / 98 / 99 "
+          "| actions to 98 %: plain / interactive | clicks to 98 % | interactive >= plain |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in effort:
+        p, i = r["plain"], r["interactive"]
+        ok = all(i[k] >= p[k] - 1e-9 for k in ("eff95", "eff98", "eff99"))
+        print(f"| {r['set']} | {r['faces']} | {r['groups']} (+{r['noise']}) | "
+              f"{p['eff95']:.1f} / {p['eff98']:.1f} / {p['eff99']:.1f} | "
+              f"{i['eff95']:.1f} / {i['eff98']:.1f} / {i['eff99']:.1f} | "
+              f"{p['actions98']} / {i['actions98']} | {i['clicks98']} | "
+              f"{'yes' if ok else '**no**'} |")  # fmt: skip
+    print("\nActions of the interactive sessions:")
+    for r in effort:
+        print(f"- {r['set']}: {r['kinds']} ({r['seconds']} s to simulate both)")
+    print("\n| set | faces | out-of-fold accuracy | ECE | suspects (all true labels) | T |")
+    print("|---|---|---|---|---|---|")
+    for c in calib:
+        print(f"| {c['set']} | {c['faces']} | {c['accuracy']:.3f} | {c['ece']:.3f} | "
+              f"{c['suspects']} ({c['suspect_share']:.1%}) | {c['temperature']:.3f} |")  # fmt: skip
+    for c in calib:
+        print(f"\nReliability, {c['set']} (confidence bin: faces, mean confidence, accuracy):\n")
+        print("| bin | faces | confidence | accuracy |")
+        print("|---|---|---|---|")
+        for b in c["table"]:
+            print(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['n']} | {b['confidence']:.3f} | "
+                  f"{b['accuracy']:.3f} |")  # fmt: skip
+    if timing:
+        print("\n| faces | labeled | Suggest wall s | CPU s | groups | store read idle ms "
+              "| store read during the run: median / max ms (reads) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for t in timing:
+            print(f"| {t['faces']:,} | {t['labeled']:,} | {t['suggest_s']} | {t['cpu_s']} | "
+                  f"{t['groups']} | {t['read_idle_ms']} | {t['read_during_ms_median']} / "
+                  f"{t['read_during_ms_max']} ({t['reads_during']}) |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--set", action="append", default=[], help="NAME=WORKSPACE:LABELS.csv")
+    ap.add_argument(
+        "--timing", default="10000,133000", help="faces for the timing rows ('' = none)"
+    )
+    ap.add_argument("--out", default=None, help="write all rows as JSON here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    effort, calib = [], []
+    for spec in args.set:
+        name, rest = spec.split("=", 1)
+        ws_path, csv = rest.rsplit(":", 1)
+        e, c = effort_rows(name, ws_path, csv)
+        effort.append(e)
+        calib.append(c)
+        print(f"{name}: done", file=sys.stderr)
+    sizes = [int(s) for s in args.timing.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        timing = [time_suggest(n, Path(tmp)) for n in sizes]
+    print_tables(effort, calib, timing)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"effort": effort, "calibration": calib,
+                                              "timing": timing}, indent=1, default=float))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
