@@ -190,3 +190,24 @@ def test_propagate_without_labels_is_one_clean_line(tmp_path):
     res = CliRunner().invoke(cli, ["propagate", "-w", str(ws.root)])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_trained_head_confidence_is_tempered_by_its_out_of_fold_errors(tmp_path):
+    """A logistic head on 300 noisy dims is ~100 % sure of its own training faces while
+    cross-validation is much weaker; the temperature fitted out-of-fold brings it down."""
+    from labeler.train.head import calibrate, cross_val_proba, fit_head, load_head, save_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(["masked", "no_mask"], 60)
+    X = rng.normal(size=(120, 300))
+    X[:, 0] += np.where(y == "masked", 1.0, -1.0)  # a weak real signal
+    oof = cross_val_proba(X, y, folds=5)
+    head = fit_head(X, y)
+    assert head.predict_proba(X).max(1).mean() > 0.97  # sure of its training faces
+    tempered, summary = calibrate(head, oof, y)
+    assert summary["temperature"] > 1.5
+    assert summary["oof_ece_after"] < summary["oof_ece_before"]
+    assert tempered.predict_proba(X).max(1).mean() < 0.9
+    save_head(tempered, tmp_path / "h.npz")
+    again = load_head(tmp_path / "h.npz")
+    np.testing.assert_allclose(again.predict_proba(X), tempered.predict_proba(X))

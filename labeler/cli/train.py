@@ -118,6 +118,9 @@ def command(
         for line in res.report.lines():
             click.echo(line)
         click.echo(f"evaluated on {res.config['evaluated_on']}")
+        if cal := res.config.get("calibration"):
+            click.echo(f"confidence tempered on out-of-fold predictions: T={cal['temperature']:.2f}, "
+                       f"calibration error {cal['oof_ece_before']:.3f} -> {cal['oof_ece_after']:.3f}")  # fmt: skip
         if res.config.get("persons"):
             p = res.config["persons"]
             click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")

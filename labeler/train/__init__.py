@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labeler.train.head import Head, HeadConfig, cross_val_proba, fit_head, load_head, save_head
+from labeler.train.head import (
+    Head,
+    HeadConfig,
+    calibrate,
+    cross_val_proba,
+    fit_head,
+    load_head,
+    save_head,
+)
 from labeler.train.report import ClassReport, classification_report, save_confusion_png
 
 log = logging.getLogger(__name__)
@@ -246,9 +254,10 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
             classes=classes,
             seed=config.seed,
         )
-        head = fit_head(X, y, config=hc, classes=classes)
+        head, calibration = calibrate(fit_head(X, y, config=hc, classes=classes), oof, y)
         save_head(head, run_dir / "head.npz")
         meta |= {
+            "calibration": calibration,
             "feature_spec": spec,
             "feature_blocks": feature_blocks(ws, spec),
             "head": config.head,

@@ -49,6 +49,7 @@ class Head:
     biases: tuple[np.ndarray, ...]
     kind: str = "logreg"
     meta: dict = field(default_factory=dict)
+    temperature: float = 1.0  # fitted on out-of-fold predictions (:func:`calibrate`)
 
     def decision(self, X: np.ndarray) -> np.ndarray:
         """Logits (N, C) for features (N, D)."""
@@ -68,8 +69,9 @@ class Head:
         return h
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C), columns in ``classes`` order."""
-        return softmax(self.decision(X))
+        """Class probabilities (N, C), columns in ``classes`` order, temperature-scaled so
+        they match out-of-fold accuracy (a head is sure of its own training faces)."""
+        return softmax(self.decision(X) / self.temperature)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes[self.predict_proba(X).argmax(1)]
@@ -202,6 +204,29 @@ def cross_val_proba(
     return out
 
 
+def calibrate(head: Head, oof: np.ndarray, y: Sequence[str] | np.ndarray) -> tuple[Head, dict]:
+    """``head`` with the temperature that makes out-of-fold probabilities ``oof`` (N, C,
+    columns ``head.classes``) honest for labels ``y`` (N,), and a summary: temperature and
+    the expected calibration error of the out-of-fold probabilities before and after.
+    The temperature only ever softens (T >= 1): a few labels all predicted right out-of-fold
+    are no reason to be surer than the head already is."""
+    from dataclasses import replace
+
+    from labeler.suggest import fit_temperature, reliability
+
+    y = np.asarray(y).astype(str)
+    index = {str(c): i for i, c in enumerate(head.classes)}
+    yc = np.array([index[v] for v in y])
+    logp = np.log(np.clip(np.asarray(oof, np.float64), 1e-12, 1.0))
+    T = max(1.0, fit_temperature(logp, yc))
+    scaled = softmax(logp / T)
+    right = oof.argmax(1) == yc
+    _, before = reliability(oof.max(1), right)
+    _, after = reliability(scaled.max(1), right)
+    summary = {"temperature": T, "oof_ece_before": before, "oof_ece_after": after}
+    return replace(head, temperature=T), summary
+
+
 def save_head(head: Head, path: str | Path) -> None:
     """Save as ``.npz`` (no pickle): classes, mean, std, W0.., b0.., kind."""
     import io
@@ -213,6 +238,7 @@ def save_head(head: Head, path: str | Path) -> None:
         "mean": head.mean,
         "std": head.std,
         "kind": np.asarray(head.kind),
+        "temperature": np.asarray(head.temperature),
     }
     for i, (W, b) in enumerate(zip(head.weights, head.biases, strict=True)):
         arrays[f"W{i}"] = W
@@ -232,4 +258,5 @@ def load_head(path: str | Path) -> Head:
             weights=tuple(z[f"W{i}"] for i in range(n)),
             biases=tuple(z[f"b{i}"] for i in range(n)),
             kind=str(z["kind"]),
+            temperature=float(z["temperature"]) if "temperature" in z.files else 1.0,
         )
