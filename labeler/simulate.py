@@ -32,7 +32,11 @@ know:
   labeled yet, the annotator instead splits it by similarity (1 action, ``split``) and the
   parts become groups of their own: the tool cannot learn a state it has never been shown.
 - *accept a suggestion group* (unlabeled faces, one predicted value and confidence band):
-  expected = size x the band's precision measured out-of-fold. The annotator opens it and
+  expected = size x the band's precision measured out-of-fold, where a face of a group of
+  the grouping nobody has opened counts only ``1 - novelty``: the share (Laplace-smoothed)
+  of opened groups whose majority was a state not labeled before. The model cannot know a
+  state it was never shown, so while opening groups keeps revealing new states, opening
+  groups wins. The annotator opens it and
   gives it its majority true label (``accept`` when that is the suggested value, ``assign``
   otherwise).
 - *relabel a review group* (labeled faces not yet checked whose out-of-fold prediction
@@ -348,6 +352,8 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
 
     n = len(s.y)
     gi = np.unique(g, return_inverse=True)[1].astype(np.int64)
+    opened = np.zeros(n, bool)  # faces of groups of the grouping the annotator has opened
+    opens = new_state = 0  # groups opened, and how many of them showed a state first
     for _step in range(cfg.max_group_actions):
         if s.correct == n:
             break
@@ -357,10 +363,17 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
         open_size = np.bincount(gi[unl], minlength=gi.max() + 1)
         j = int(np.argmax(open_size))  # biggest first, ties by group order (as plain)
         best = [(open_size[j] * s.purity(), 0, "cluster", j)]
-        # 2. a suggestion group: size times its out-of-fold precision
+        # 2. a suggestion group: size times its out-of-fold precision. Faces of groups nobody
+        # opened yet may hold a state the model has never seen (its precision cannot know):
+        # they count (1 - the share of opened groups that showed a new state), Laplace-smoothed
         if len(res.groups):
-            top = res.groups.iloc[0]
-            best.append((float(top["expected"]), 1, "suggestion", int(top["group"])))
+            novelty = (new_state + 1) / (opens + 2)
+            trust = np.where(opened, 1.0, 1.0 - novelty)[unl]
+            ug = res.group[unl]
+            exp = np.bincount(ug, weights=trust, minlength=len(res.groups))
+            exp *= res.groups.sort_values("group")["precision"].to_numpy()
+            top = int(np.argmax(exp))
+            best.append((float(exp[top]), 1, "suggestion", top))
         # 3. a review group of contradicted labels
         rg, rgain = _review_groups(res, s)
         if len(rgain):
@@ -384,10 +397,14 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
                 gi[members[parts > 0]] = gi.max() + parts[parts > 0]
                 s.act("split", clicks=2)
             else:
-                s.bulk(members, "bulk")
+                known = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
+                m = s.bulk(members, "bulk")
+                opens += 1
+                new_state += int(not known[m])
+                opened[gi == which] = True
         elif kind == "suggestion":
             members = np.flatnonzero(res.group == which)
-            value = int(res.groups.iloc[which]["value"])
+            value = int(res.groups.set_index("group").loc[which, "value"])
             s.bulk(members, suggested=value)
         else:
             members = np.flatnonzero(rg == which)

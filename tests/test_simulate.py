@@ -323,3 +323,43 @@ def test_snapshot_holds_the_labels_after_k_actions(strategy):
     assert snap is not None and len(snap) == len(truth)
     assert int((snap == np.asarray(truth).astype(str)).sum()) == res.curve[3]
     assert simulate(groups, truth, strategy=strategy, features=X).snapshot is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("grouping", ["random", "perfect", "merged", "noise"])
+def test_interactive_never_below_plain(seed, grouping):
+    """At every level the session the app offers costs no more actions than plain bulk
+    labeling, whatever the grouping: random, perfect, two classes merged, mostly noise."""
+    X, truth = _blobs(n_per=40, seed=seed)
+    rng = np.random.default_rng(seed)
+    codes = np.unique(truth, return_inverse=True)[1]
+    groups = {
+        "random": rng.integers(0, 6, len(truth)),
+        "perfect": codes,
+        "merged": np.minimum(codes, 1),
+        "noise": np.where(rng.random(len(truth)) < 0.7, -1, codes),
+    }[grouping]
+    plain = simulate(groups, truth)
+    inter = simulate(groups, truth, strategy="interactive", features=X)
+    for level in (95, 98, 99):
+        assert getattr(inter, f"eff{level}") >= getattr(plain, f"eff{level}") - 1e-9, (
+            level, plain.summary(), inter.summary())  # fmt: skip
+
+
+def test_the_annotator_uses_the_apps_suggest_step(monkeypatch):
+    """No second implementation: every retrain of the session is labeler.suggest.suggest."""
+    import labeler.suggest
+
+    calls = []
+    real = labeler.suggest.suggest
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(labeler.suggest, "suggest", counted)
+    X, truth = _blobs(seed=5)
+    res = simulate(np.random.default_rng(0).integers(0, 5, len(truth)), truth,
+                   strategy="interactive", features=X)  # fmt: skip
+    group_actions = res.actions_total - res.kinds.get("correct", 0)
+    assert len(calls) >= group_actions > 0
