@@ -162,3 +162,15 @@ def test_suspects_are_never_preticked(ws):
     at.button(key=K.review_accept_btn).click().run()
     assert store.current_values(FIELD)[ids[0]] == "no_mask"
     assert store.current_values(FIELD)[ids[1]] == "masked"
+
+
+def test_labeling_on_any_page_retrains_in_the_background(ws):
+    """The router starts the Suggest step after AUTO_EVERY new labels, whatever the page."""
+    ws, truth = ws
+    _label(ws, truth, AUTO_EVERY)
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.session_state[K.field] = FIELD
+    at.run()  # the Overview page
+    assert not at.exception, [e.value for e in at.exception]
+    assert _wait_done(ws)["state"] == "done"
+    assert propagate.read_status(ws, FIELD)["n_labeled"] == AUTO_EVERY

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.ui import PAGES, components, state
+from labeler.ui import PAGES, components, state, suggest_panel
 
 st.set_page_config(page_title="labeler", page_icon=":material/face:", layout="wide")
 
@@ -28,4 +28,5 @@ if not name:
     st.stop()
 state.keep_annotator_in_browser(name)
 components.who_bar(ws, name)
+suggest_panel.auto_suggest(ws)  # retrain in the background after every N new labels
 page.run()

@@ -85,24 +85,37 @@ def _start(ws_root: str, field: str) -> None:
         _say("A Suggest run for this field is already in progress.", "info")
 
 
-def suggest_bar(ws: Workspace, field: str) -> None:
-    """The Suggest button, the automatic start, and a status line that polls the run."""
+def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
+    """Start a background Suggest run for ``field`` (default: the field the annotator works
+    on) when :data:`AUTO_EVERY` labels were given since the last run. Cheap enough for every
+    page (a cached label count and one small status file). Returns whether a run is going."""
+    if field is None:
+        names = data.schema(ws).names
+        field = state.field(names[0]) if names else None
+        if field is None:
+            return False
     status = propagate.read_status(ws, field)
-    saved = propagate.load_run(ws, field)
+    if status["state"] == "running":
+        return True
     n_labels = _labels_count(ws, field)
-    seen_at = saved[0]["n_labeled"] if saved else 0
-    running = status["state"] == "running"
+    seen_at = int(status.get("n_labeled", 0)) if status["state"] == "done" else 0
     auto = st.session_state.setdefault(SK.auto_started, {})
     if (
-        not running
-        and n_labels >= 2
+        n_labels >= 2
         and n_labels - seen_at >= AUTO_EVERY
         and auto.get(field) != n_labels
         and status["state"] != "error"
     ):
         auto[field] = n_labels
         propagate.start_background(ws, field)
-        running = True
+        return True
+    return False
+
+
+def suggest_bar(ws: Workspace, field: str) -> None:
+    """The Suggest button, the automatic start, and a status line that polls the run."""
+    running = auto_suggest(ws, field)
+    n_labels = _labels_count(ws, field)
     c1, c2 = st.columns([1, 5], vertical_alignment="center")
     c1.button(
         "Suggest", key=SK.suggest_btn, icon=":material/auto_awesome:", disabled=running,
