@@ -259,10 +259,10 @@ def test_guided_errors_and_recluster():
 # --- on the real data ---------------------------------------------------------------------------
 
 
-# floors under what was measured on the default run (bench/EFFORT.md: NMI 0.729, interactive
-# eff98 37.9-42.5); the NMI floor is issue 3's target
+# floors under what was measured on the default run (bench/EFFORT.md: NMI 0.729-0.784;
+# bench/LOOP.md: interactive eff98 60.8); the NMI floor is issue 3's target
 NMI_FLOOR = 0.6
-INTERACTIVE_EFF98_FLOOR = 25.0
+INTERACTIVE_EFF98_FLOOR = 50.0
 
 
 @pytest.mark.slow
@@ -283,7 +283,8 @@ def test_effort_on_maskedfacenet(maskedfacenet, tmp_path):
     assert info["faces_with_truth"] >= 1054
     assert plain.nmi >= NMI_FLOOR, plain.summary()
     assert inter.eff98 >= INTERACTIVE_EFF98_FLOOR, inter.summary()
-    assert inter.eff98 > plain.eff98
+    for level in (95, 98, 99):
+        assert getattr(inter, f"eff{level}") >= getattr(plain, f"eff{level}")
 
 
 def test_image_label_goes_to_the_largest_face_only(tmp_path):
