@@ -29,14 +29,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # "auto": the blocks tried in order, with their weights; missing ones are skipped (logged).
-# Chosen from bench/bench_effort.py (see bench/EFFORT.md): the nose-band and mouth-chin CNN
-# crops carry most of the state on both test sets; the colour-invariant cues get a fifth of
-# the variance (more made HDBSCAN split by identity/light on webfaces, none loses the only
-# block that does not depend on what the masks look like).
+# Chosen from the feature lab (bench/bench_features.py, bench/FEATURES.md), on all shared sets
+# at once: the nose-band and mouth-chin crops of the landmark-aligned face carry the mask
+# state where landmarks are right (pasted masks: head accuracy 0.98); the box crop (the
+# detector's box + 20 %, not aligned by landmarks, labeler.boxcrops) keeps the face when
+# landmarks fail under masks, in profile or blur (real crowd photos: 0.884 -> 0.902, webfaces
+# 0.988 -> 0.992, maskedfacenet 0.982 -> 0.985); the colour-invariant cues get a fifth of the
+# variance (the only block that does not depend on what the masks look like).
 AUTO_BLOCKS: tuple[tuple[str, float], ...] = (
     ("cues__face", 0.25),
     ("{backbone}__nose", 0.5),
     ("{backbone}__mouth_chin", 0.5),
+    ("{backbone}__box", 0.5),
 )
 # used for "auto" when no block of AUTO_BLOCKS is stored
 AUTO_FALLBACK_REGIONS = ("lower", "face")

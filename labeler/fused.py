@@ -48,6 +48,7 @@ from labeler.align import alignment_matrix
 from labeler.detect import Detection, face_is_upright, finalize
 from labeler.detect.mediapipe import needs_full_range
 from labeler.imageio import write_bytes
+from labeler.regions import get_region
 
 if TYPE_CHECKING:
     from labeler.detect.pipeline import DetectConfig, ImageOutcome
@@ -204,7 +205,10 @@ class FusedEngine:
         from labeler.detect.blazeface import BlazeFaceTorch
 
         self.backbone = backbone
-        self.regions = list(regions) if backbone is not None else []
+        # regions of the aligned crop only; box-crop regions are embedded after the pass
+        self.regions = (
+            [r for r in regions if get_region(r).crop == "aligned"] if backbone is not None else []
+        )
         self.device = device or (backbone.config.device if backbone is not None else "cuda")
         self.batch_size = int(batch_size)
         self.embed_batch = int(embed_batch)

