@@ -2,7 +2,7 @@
 
 :func:`propagate` loads the features (``labeler.features.load_features``) and the human
 labels of one field, runs :func:`labeler.suggest.suggest` (out-of-fold calibrated
-predictions; folds keep the faces of one photo together), and writes
+predictions; the faces of one label event are held out together), and writes
 
 - the suggestions (unlabeled faces only, never human labels) and the suspected label errors
   to ``labels.db`` (method ``suggest``), for the Map and the Review page;
@@ -109,7 +109,10 @@ def propagate(
         list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
         what=f"features {feature_spec!r}", fix=f"re-run 'labeler run {ws.root}'",
     )  # fmt: skip
-    res = suggest(X, y, cv_groups=faces["image_id"].to_numpy(), config=config)
+    # faces labeled by one event (a bulk action) are held out together: the unlabeled faces
+    # the model is judged on come from other groups
+    event = pd.Series(face_ids).map(labels.set_index("face_id")["event_id"]).fillna(-1)
+    res = suggest(X, y, cv_groups=event.to_numpy(dtype=np.int64), config=config)
     names = np.asarray(classes, dtype=object)
 
     groups = res.groups.copy()

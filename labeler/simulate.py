@@ -209,6 +209,7 @@ class _Session:
         self.checked_weight = checked_weight
         self.C = n_classes
         self.cur = np.full(len(y), -1, np.int64)
+        self.event = np.full(len(y), -1, np.int64)  # the action that gave each face its label
         self.checked = np.zeros(len(y), bool)
         self.curve: list[int] = []
         self.kinds: Counter[str] = Counter()
@@ -237,6 +238,7 @@ class _Session:
         they see); ``suggested``: the value the app proposed (accepting it is ``accept``)."""
         m = _majority(self.y[members], self.C)
         self.cur[members] = m
+        self.event[members] = len(self.curve)
         self.opened += len(members)
         self.opened_major += int((self.y[members] == m).sum())
         self.reviewed += len(members)
@@ -254,6 +256,7 @@ class _Session:
 
     def fix(self, i: int) -> None:
         self.cur[i] = self.y[i]
+        self.event[i] = len(self.curve)
         self.checked[i] = True
         self.act("correct")
 
@@ -357,7 +360,7 @@ def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConf
     for _step in range(cfg.max_group_actions):
         if s.correct == n:
             break
-        res = suggest(X, s.cur, weights=s.trust(), config=cfg.suggest)
+        res = suggest(X, s.cur, weights=s.trust(), cv_groups=s.event, config=cfg.suggest)
         unl = s.cur < 0
         # 1. a group of the grouping: its unlabeled faces times the purity seen so far
         open_size = np.bincount(gi[unl], minlength=gi.max() + 1)

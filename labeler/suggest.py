@@ -222,6 +222,28 @@ def fit_temperature(S: np.ndarray, yc: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def _held_out_units(
+    Z: np.ndarray, cv_groups: np.ndarray | None, rows: np.ndarray, k: int
+) -> np.ndarray | None:
+    """Units held out together (L,): the labeled rows' ``cv_groups`` (e.g. the label event:
+    the faces of one bulk action are not independent, and the unlabeled faces the model will
+    be judged on come from other groups), each cut into 2K chunks of similar faces, so that
+    every fold holds out coherent parts of every event (a model judged on faces it saw the
+    neighbours of would overclaim) and no fold loses a whole class to one big event."""
+    if cv_groups is None:
+        return None
+    g = np.unique(np.asarray(cv_groups)[rows], return_inverse=True)[1]
+    out = np.empty(len(rows), np.int64)
+    nxt = 0
+    for u in range(g.max() + 1 if len(g) else 0):
+        m = np.flatnonzero(g == u)
+        cap = max(2, -(-len(m) // (2 * k)))
+        part = _similar_chunks(Z[m], cap) if len(m) > cap else np.zeros(len(m), np.int64)
+        out[m] = nxt + part
+        nxt += int(part.max()) + 1
+    return out
+
+
 def make_folds(n: int, k: int, groups: np.ndarray | None, seed: int) -> np.ndarray:
     """(n,) fold ids in 0..k-1; rows of one group share a fold (groups shuffled by ``seed``)."""
     g = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
@@ -355,8 +377,9 @@ def suggest(
     """Out-of-fold calibrated predictions, suggestion groups and suspects for every row.
 
     X: (N, D) features. y: (N,) int codes, -1 = unlabeled. weights: (N,) trust per labeled
-    row (default 1). cv_groups: (N,) rows that must share a fold (faces of one photo or
-    person; default each row alone). Returns a :class:`SuggestResult`; with fewer than
+    row (default 1). cv_groups: (N,) rows held out together (the label event that gave
+    each face its label, or its photo; default each row alone), cut into 2K chunks of
+    similar faces each. Returns a :class:`SuggestResult`; with fewer than
     ``config.min_labels`` labels or one class only, an empty one (nothing is guessed).
     """
     from labeler.label_errors import select_suspects
@@ -376,12 +399,10 @@ def suggest(
     w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     counts = np.bincount(yc, minlength=C)
     k = int(min(cfg.folds, max(2, len(rows) // 2)))
-    folds = make_folds(
-        len(rows), k, None if cv_groups is None else np.asarray(cv_groups)[rows], cfg.seed
-    )
+    A = _design(X)
+    folds = make_folds(len(rows), k, _held_out_units(A[rows, :-1], cv_groups, rows, k), cfg.seed)
     from threadpoolctl import threadpool_limits
 
-    A = _design(X)
     unl = np.flatnonzero(y < 0)
     # small dense solves: one BLAS thread is ~100x faster than several fighting for 2 cores
     with threadpool_limits(limits=1, user_api="blas"):

@@ -207,11 +207,13 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
         return
     st.caption(f"{len(groups)} suggestion groups, {int(groups['left'].sum()):,} faces: biggest "
                "and surest first; in each group the least sure faces come first.")  # fmt: skip
-    options = groups["group"].tolist()
+    options = [int(v) for v in groups["group"]]
     if st.session_state.get(SK.group_pick) not in options:
-        st.session_state[SK.group_pick] = options[0]
-    titles = {int(r["group"]): group_title(r) for _, r in groups.iterrows()}
-    pick = st.selectbox("Suggestion group", options, key=SK.group_pick, format_func=titles.get)
+        st.session_state.pop(SK.group_pick, None)  # a new run or an emptied group: the best
+    titles = {int(r["group"]): f"{i + 1}. {group_title(r)}"  # unique: chunks look alike
+              for i, (_, r) in enumerate(groups.iterrows())}  # fmt: skip
+    pick = st.selectbox("Suggestion group", options, index=0, key=SK.group_pick,
+                        format_func=titles.get)  # fmt: skip
     g = groups.set_index("group").loc[pick]
     members = faces[faces["group"] == pick].sort_values("rank")
     ids = members["face_id"].tolist()
