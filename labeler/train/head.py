@@ -191,6 +191,9 @@ def cross_val_proba(
     y = np.asarray(y).astype(str)
     classes = np.asarray(sorted(set(y)) if classes is None else list(classes), dtype=object)
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if len(np.unique(groups)) < 2:  # one person (or one photo) for everything: no grouping
+        log.warning("all %d faces are in one group; cross-validating face by face", len(y))
+        groups = np.arange(len(y))
     counts = np.unique(y, return_counts=True)[1]
     k = int(max(2, min(folds, counts.min() if len(counts) else 2, len(np.unique(groups)))))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
