@@ -148,11 +148,10 @@ def test_suspects_are_never_preticked(ws):
     store.assign(ids, FIELD, "masked", annotator="t", source="cluster")
     import pandas as pd
 
-    store.write_suspects(
-        pd.DataFrame({"face_id": ids, "field": FIELD, "given": "masked",
-                      "suggested": "no_mask", "score": [0.9, 0.8]}),
-        "suggest",
-    )  # fmt: skip
+    flagged = pd.DataFrame({"face_id": ids, "field": FIELD, "given": "masked",
+                            "suggested": "no_mask", "score": [0.9, 0.8]})  # fmt: skip
+    store.write_suspects(flagged, "suggest")
+    store.write_suspects(flagged, "out_of_fold")  # 'labeler train' flagged the same faces
     at = _review()
     at.radio(key=K.review_kind).set_value("Suspected errors").run()
     boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]

@@ -273,7 +273,8 @@ def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
 
 
 def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
-    items = store.suspects(field, pending=True)
+    # 'labeler train' and the Suggest step may both flag a face: show it once, surest first
+    items = store.suspects(field, pending=True).drop_duplicates("face_id")
     if items.empty:
         st.info("No suspected label errors. They are raised only on out-of-fold evidence, "
                 "for classes with enough labels, and for at most 2 % of the faces.")  # fmt: skip
