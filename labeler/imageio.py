@@ -259,12 +259,8 @@ def write_jpeg(path: Path, rgb: np.ndarray, *, quality: int = 92) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder: a crash
-    leaves either no file or a complete one (no fsync). Safe from several threads."""
-    import threading
+    """Write ``data`` to ``path`` atomically without fsync (:func:`labeler._io.atomic_write_bytes`):
+    a crash leaves either no file or a complete one. Safe from several threads."""
+    from labeler._io import atomic_write_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, fsync=False)

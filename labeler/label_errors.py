@@ -138,14 +138,8 @@ def find_label_errors(
     labels, classes with ``min_class`` labels or more); written to the suspects table when
     ``write`` (replacing the field's earlier ones, also when none are found)."""
     from labeler.labels import LabelStore
-    from labeler.train import (
-        TrainConfig,
-        cross_val_proba,
-        human_labels,
-        load_feature_matrix,
-        person_ids,
-    )
-    from labeler.train.head import HeadConfig
+    from labeler.train.data import TrainConfig, human_labels, load_feature_matrix, person_ids
+    from labeler.train.head import HeadConfig, cross_val_proba
 
     faces = ws.require_faces()
     labels = human_labels(ws, field, faces)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labeler.cluster.types import ClusterConfig
+from labeler.embeddings.types import DEFAULT_BACKBONE
 from labeler.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -20,25 +22,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "timm:efficientnet_lite0"
-
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Options of :func:`run_pipeline` (saved to ``steps/run.json``)."""
+    """Options of :func:`run_pipeline` (saved to ``steps/run.json``).
+
+    ``cluster``: the options of the clustering step (the same as ``labeler cluster``'s,
+    :class:`~labeler.cluster.types.ClusterConfig`), used when the workspace has no cluster
+    run yet; ``None`` stops after embedding (``labeler run --no-cluster``). ``True`` and
+    ``False`` are accepted for the defaults and for ``None``.
+    """
 
     detector: str = "mediapipe"
     backbone: str = DEFAULT_BACKBONE
     features: str = "auto"
     device: str = "auto"
     batch_size: int = 64
-    cluster: bool = True
+    cluster: ClusterConfig | None = ClusterConfig()
     workers: int | None = None
     embed_threads: int | None = None  # CPU threads of the model (default: all cores)
     #: ``auto``: the fused GPU pass (:mod:`labeler.fused`) when the model runs on CUDA and the
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
     #: (also on CPU: slower there, for checking it).
     detect_engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cluster, bool):  # the earlier on/off switch
+            object.__setattr__(self, "cluster", ClusterConfig() if self.cluster else None)
+        elif self.cluster is not None and not isinstance(self.cluster, ClusterConfig):
+            raise TypeError(
+                f"RunConfig.cluster must be a ClusterConfig or None, got {self.cluster!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,7 @@ def run_pipeline(
             new, _ = cues_workspace(ws)
             embedded["cues__face"] = new
             timings["cues"] = time.perf_counter() - t
-        if config.cluster:
+        if config.cluster is not None:
             n_clusters, timings["cluster"] = _refresh_clusters(ws, config)
     else:
         log.warning("no faces found in %s; nothing to embed or cluster", folder)
@@ -246,20 +260,27 @@ def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[st
 
 
 def _refresh_clusters(ws: Workspace, config: RunConfig) -> tuple[int, float]:
-    """Cluster when no run exists; otherwise place new faces into the current run.
+    """Cluster with ``config.cluster`` when no run exists, or when it sets an option the
+    current run was not made with (:func:`asks_for_new_clusters`); otherwise place the new
+    faces into the current run.
 
     New faces join the existing clusters and map by their nearest neighbours
     (:func:`labeler.cluster.place.place_new_faces`), so labels and cluster ids stay stable;
     ``labeler cluster`` re-clusters everything.
     """
+    from labeler.cluster.inputs import load_cluster_features
     from labeler.cluster.place import place_new_faces
-    from labeler.cluster.run import ClusterConfig, fit_clusters, load_cluster_features
+    from labeler.cluster.run import fit_clusters
     from labeler.cluster.store import current_run_id, load_run, save_run
 
     t = time.perf_counter()
-    if current_run_id(ws) is None:
+    cluster_config = config.cluster if config.cluster is not None else ClusterConfig()
+    current = current_run_id(ws)
+    if current is None or asks_for_new_clusters(
+        cluster_config, load_run(ws, current).params.get("config", {})
+    ):
         face_ids, X, spec = load_cluster_features(ws, config.features)
-        fit = fit_clusters(face_ids, X, config=ClusterConfig(), feature_spec=spec)
+        fit = fit_clusters(face_ids, X, config=cluster_config, feature_spec=spec)
         save_run(ws, fit.result, artifacts=fit.artifacts)
         labels = fit.result.labels
     else:
@@ -268,3 +289,25 @@ def _refresh_clusters(ws: Workspace, config: RunConfig) -> tuple[int, float]:
         labels = load_run(ws, run_id).labels
     n = len(set(labels.tolist()) - {-1})
     return n, time.perf_counter() - t
+
+
+def asks_for_new_clusters(config: ClusterConfig, run_config: dict[str, Any]) -> bool:
+    """True when ``config`` sets an option (a field that differs from ``ClusterConfig()``)
+    to another value than ``run_config``, the resolved config saved with a run: then
+    ``labeler run`` re-clusters instead of placing new faces into that run.
+
+    >>> asks_for_new_clusters(ClusterConfig(), {"algorithm": "hdbscan"})
+    False
+    >>> asks_for_new_clusters(ClusterConfig(algorithm="kmeans"), {"algorithm": "hdbscan"})
+    True
+    """
+    from dataclasses import fields
+
+    default = ClusterConfig()
+    for f in fields(ClusterConfig):
+        asked = getattr(config, f.name)
+        if asked == getattr(default, f.name):
+            continue
+        if run_config.get(f.name) != asked:
+            return True
+    return False

@@ -86,7 +86,7 @@ def propagate(
     from labeler.features import load_features
     from labeler.labels import LabelStore
     from labeler.suggest import suggest
-    from labeler.train import human_labels
+    from labeler.train.data import human_labels
     from labeler.workspace import align_to_faces
 
     t0 = time.perf_counter()
@@ -203,6 +203,14 @@ def save_run(ws: Any, run: SuggestRun) -> None:
             "n_suspects": len(run.suspects),
         },
     )
+
+
+def load_meta(ws: Any, field: str) -> dict | None:
+    """The last saved run's ``suggest/<field>.json`` (groups, bands, label count), or None."""
+    from labeler.workspace import read_json
+
+    path = suggest_dir(ws) / f"{field}.json"
+    return dict(read_json(path)) if path.exists() else None
 
 
 def load_run(ws: Any, field: str) -> tuple[dict, pd.DataFrame] | None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from labeler._io import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +91,16 @@ def face_id_for(image_id: str, face_index: int) -> str:
 # --- small IO helpers ------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types, exactly as :func:`write_json` stores it and ``json``
+    reads it back: dataclasses and dicts become dicts with str keys, tuples lists, paths
+    strings, numpy scalars Python numbers. Compare a config with a stored one through this."""
     if is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in asdict(obj).items()}
+        return {k: jsonable(v) for k, v in asdict(obj).items()}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
@@ -102,23 +108,16 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def new_run_id(suffix: str = "") -> str:
+    """A new run id, ``YYYYmmdd-HHMMSS-<6 hex>[-<suffix>]`` in UTC: sorts by creation time
+    and is unique across processes started in the same second (cluster runs, model runs)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    return f"{stamp}-{suffix}" if suffix else stamp
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True).encode())
+    """Write ``obj`` (see :func:`jsonable`) as indented, key-sorted JSON, atomically."""
+    atomic_write_bytes(path, json.dumps(jsonable(obj), indent=2, sort_keys=True).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -133,15 +132,8 @@ def write_table(
         table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     elif schema is not None:
         table = table.select(schema.names).cast(schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def empty_table(schema: pa.Schema) -> pd.DataFrame:
@@ -181,9 +173,24 @@ class WorkspaceError(ValueError):
 
 @dataclass(frozen=True)
 class Workspace:
-    """Paths and table access for one workspace directory. Cheap to construct."""
+    """Paths and table access for one workspace directory. Cheap to construct.
+
+    ``root`` may be a ``str`` or any path-like (stored as a :class:`~pathlib.Path`);
+    :meth:`open` also resolves it and checks that it is a workspace.
+    """
 
     root: Path
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root, Path):
+            try:
+                root = Path(os.fspath(self.root))
+            except TypeError:
+                raise TypeError(
+                    f"Workspace root must be a str or path, got {type(self.root).__name__} "
+                    f"{self.root!r}; pass the workspace directory, e.g. Workspace.open('ws')"
+                ) from None
+            object.__setattr__(self, "root", root)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, create: bool = False) -> Workspace:

@@ -38,6 +38,7 @@ def test_run_then_rerun_then_add_images(tmp_path):
     from labeler.embeddings.embed import load_crops
     from labeler.embeddings.store import list_embeddings, load_embeddings
     from labeler.pipeline import feature_inputs
+    from labeler.regions import get_region
     from labeler.workspace import Workspace
 
     demo = make_demo_set(tmp_path / "demo", per_state=3, seed=1)
@@ -65,7 +66,8 @@ def test_run_then_rerun_then_add_images(tmp_path):
         assert list(ids) == faces["face_id"].tolist()
         # the overlapped detect+embed run gives the model's own output for each crop
         bb = get_backbone("timm:efficientnet_lite0", device="cpu")
-        paths = [ws.crop_path(f) for f in ids]
+        on_box = get_region(region).crop == "box"  # the box region reads the box crops
+        paths = [ws.box_crop_path(f) if on_box else ws.crop_path(f) for f in ids]
         want = bb.embed(load_crops(paths, region=region, size=bb.input_size))
         np.testing.assert_allclose(X, want, atol=1e-3)
     first_run = current_run_id(ws)
@@ -92,3 +94,67 @@ def test_run_then_rerun_then_add_images(tmp_path):
     before = dict(zip(old.face_ids, old.labels, strict=True))
     after = dict(zip(run.face_ids, run.labels, strict=True))
     assert all(after[f] == before[f] for f in before)  # placing keeps the old assignments
+
+
+def test_run_config_composes_a_cluster_config():
+    from labeler.cluster.types import ClusterConfig
+    from labeler.pipeline import RunConfig, asks_for_new_clusters
+
+    assert RunConfig().cluster == ClusterConfig()
+    assert RunConfig(cluster=False).cluster is None  # the earlier on/off switch
+    assert RunConfig(cluster=True).cluster == ClusterConfig()
+    cfg = ClusterConfig(algorithm="kmeans", n_clusters=3)
+    assert RunConfig(cluster=cfg).cluster is cfg
+    with pytest.raises(TypeError, match="ClusterConfig or None"):
+        RunConfig(cluster={"algorithm": "kmeans"})
+    resolved = {"algorithm": "kmeans", "n_clusters": 3, "min_cluster_size": 5, "seed": 0}
+    assert not asks_for_new_clusters(ClusterConfig(), resolved)
+    assert not asks_for_new_clusters(cfg, resolved)
+    assert asks_for_new_clusters(ClusterConfig(algorithm="kmeans", n_clusters=4), resolved)
+    assert asks_for_new_clusters(ClusterConfig(seed=1), resolved)
+    assert asks_for_new_clusters(ClusterConfig(algorithm="hdbscan"), resolved)
+
+
+@pytest.mark.slow
+def test_run_passes_clustering_options(tmp_path):
+    from labeler.cluster.store import current_run_id, list_runs, load_run
+    from labeler.workspace import Workspace, read_json
+
+    demo = make_demo_set(tmp_path / "demo", per_state=2, seed=3)
+    ws_dir = tmp_path / "ws"
+    runner = CliRunner()
+    base = ["run", str(demo.images), "-w", str(ws_dir), "--device", "cpu"]
+
+    res = runner.invoke(cli, [*base, "--algorithm", "kmeans", "--n-clusters", "3"])
+    assert res.exit_code == 0, res.output
+    assert "clusters: 3" in res.output
+    ws = Workspace.open(ws_dir)
+    run = load_run(ws)
+    assert run.params["algorithm"] == "kmeans"
+    assert run.params["config"]["n_clusters"] == 3
+    assert sorted(set(run.labels.tolist())) == [0, 1, 2]
+    assert len(run.face_ids) == len(ws.faces()) >= 10
+    saved = read_json(ws.step_config_path("run"))
+    assert saved["cluster"]["algorithm"] == "kmeans" and saved["cluster"]["n_clusters"] == 3
+
+    # asking again for the same grouping keeps the run; another k re-clusters everything
+    first = current_run_id(ws)
+    res = runner.invoke(cli, [*base, "--algorithm", "kmeans", "--n-clusters", "3"])
+    assert res.exit_code == 0, res.output
+    assert current_run_id(ws) == first
+    res = runner.invoke(cli, [*base, "--algorithm", "kmeans", "--n-clusters", "4"])
+    assert res.exit_code == 0, res.output
+    assert current_run_id(ws) != first
+    run = load_run(ws)
+    assert run.params["config"]["n_clusters"] == 4
+    assert sorted(set(run.labels.tolist())) == [0, 1, 2, 3]
+    # plain 'labeler run' (default options) leaves the chosen grouping alone
+    res = runner.invoke(cli, base)
+    assert res.exit_code == 0, res.output
+    assert load_run(ws).params["config"]["n_clusters"] == 4
+    assert len(list_runs(ws)) == 2
+
+    # --no-cluster embeds and stops
+    res = runner.invoke(cli, ["run", str(demo.images), "-w", str(tmp_path / "ws2"), "--no-cluster"])
+    assert res.exit_code == 0, res.output
+    assert current_run_id(Workspace.open(tmp_path / "ws2")) is None

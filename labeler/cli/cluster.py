@@ -2,14 +2,97 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from labeler.cli._common import user_errors, workspace_option
 
 if TYPE_CHECKING:  # pragma: no cover
+    from labeler.cluster.types import ClusterConfig
     from labeler.workspace import Workspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: The options of a clustering run, shared by ``labeler cluster`` and ``labeler run``; each
+#: parameter is named like its :class:`labeler.cluster.types.ClusterConfig` field.
+CLUSTER_OPTIONS = (
+    click.option(
+        "--algorithm",
+        type=click.Choice(["auto", "hdbscan", "kmeans"]),
+        default="auto",
+        show_default=True,
+    ),
+    click.option(
+        "--min-cluster-size",
+        type=click.IntRange(2),
+        default=None,
+        help="HDBSCAN's smallest cluster [auto: N/200, 5..1000].",
+    ),
+    click.option(
+        "--min-samples",
+        type=click.IntRange(1),
+        default=None,
+        help="HDBSCAN density smoothing [auto: min(10, min-cluster-size)].",
+    ),
+    click.option(
+        "--n-clusters",
+        type=click.IntRange(1),
+        default=None,
+        help="k for k-means [auto: sqrt(N/2), 2..200].",
+    ),
+    click.option(
+        "--pca-dims",
+        type=click.IntRange(0),
+        default=None,
+        help="PCA dims before the graph, 0 = off [auto: 64 when D > 64].",
+    ),
+    click.option(
+        "--n-neighbors",
+        type=click.IntRange(2),
+        default=None,
+        help="kNN graph / UMAP neighbours [auto: 15].",
+    ),
+    click.option(
+        "--umap-dims",
+        type=click.IntRange(2),
+        default=None,
+        help="Dims of the space HDBSCAN runs in [auto: 10].",
+    ),
+    click.option(
+        "--max-umap-points",
+        "umap_max_points",
+        type=click.IntRange(0),
+        default=None,
+        help="Embed a sample this big, place the rest by kNN; 0 = all [auto: 20000].",
+    ),
+    click.option(
+        "--index",
+        type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
+        default="auto",
+        show_default=True,
+        help="FAISS index kind.",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of every random choice."
+    ),
+)
+
+
+def cluster_options(f: F) -> F:
+    """Add :data:`CLUSTER_OPTIONS` to a command (it receives them as keyword arguments)."""
+    for option in reversed(CLUSTER_OPTIONS):
+        f = option(f)
+    return f
+
+
+def cluster_config(options: dict[str, Any]) -> ClusterConfig:
+    """The :class:`~labeler.cluster.types.ClusterConfig` of a command's cluster options."""
+    from labeler.cluster.types import ClusterConfig
+
+    return ClusterConfig(**options)
 
 
 @click.command("cluster")
@@ -20,62 +103,7 @@ if TYPE_CHECKING:  # pragma: no cover
     show_default=True,
     help="Feature spec: 'auto', a stored embedding key, or keys joined by '+'.",
 )
-@click.option(
-    "--algorithm",
-    type=click.Choice(["auto", "hdbscan", "kmeans"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--min-cluster-size",
-    type=click.IntRange(2),
-    default=None,
-    help="HDBSCAN's smallest cluster [auto: N/200, 5..1000].",
-)
-@click.option(
-    "--min-samples",
-    type=click.IntRange(1),
-    default=None,
-    help="HDBSCAN density smoothing [auto: min(10, min-cluster-size)].",
-)
-@click.option(
-    "--n-clusters",
-    type=click.IntRange(1),
-    default=None,
-    help="k for k-means [auto: sqrt(N/2), 2..200].",
-)
-@click.option(
-    "--pca-dims",
-    type=click.IntRange(0),
-    default=None,
-    help="PCA dims before the graph, 0 = off [auto: 64 when D > 64].",
-)
-@click.option(
-    "--n-neighbors",
-    type=click.IntRange(2),
-    default=None,
-    help="kNN graph / UMAP neighbours [auto: 15].",
-)
-@click.option(
-    "--umap-dims",
-    type=click.IntRange(2),
-    default=None,
-    help="Dims of the space HDBSCAN runs in [auto: 10].",
-)
-@click.option(
-    "--max-umap-points",
-    type=click.IntRange(0),
-    default=None,
-    help="Embed a sample this big, place the rest by kNN; 0 = all [auto: 20000].",
-)
-@click.option(
-    "--index",
-    type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
-    default="auto",
-    show_default=True,
-    help="FAISS index kind.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
+@cluster_options
 @click.option("--list", "list_runs_", is_flag=True, help="List the saved runs and exit.")
 @click.option(
     "--use",
@@ -87,18 +115,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def command(
     ws: Workspace,
     features: str,
-    algorithm: str,
-    min_cluster_size: int | None,
-    min_samples: int | None,
-    n_clusters: int | None,
-    pca_dims: int | None,
-    n_neighbors: int | None,
-    umap_dims: int | None,
-    max_umap_points: int | None,
-    index: str,
-    seed: int,
     list_runs_: bool,
     use_run: str | None,
+    **options: Any,
 ) -> None:
     """Cluster the faces of a workspace and save the run (it becomes the current one).
 
@@ -119,22 +138,12 @@ def command(
             set_current(ws, use_run)
             click.echo(f"current run: {use_run}")
             return
-        from labeler.cluster.run import ClusterConfig, fit_clusters, load_cluster_features
+        from labeler.cluster.inputs import load_cluster_features
+        from labeler.cluster.run import fit_clusters
 
         face_ids, X, spec = load_cluster_features(ws, features)
         log.info("clustering %d faces x %d dims (%s)", X.shape[0], X.shape[1], spec)
-        config = ClusterConfig(
-            algorithm=algorithm,
-            min_cluster_size=min_cluster_size,
-            min_samples=min_samples,
-            n_clusters=n_clusters,
-            pca_dims=pca_dims,
-            n_neighbors=n_neighbors,
-            umap_dims=umap_dims,
-            umap_max_points=max_umap_points,
-            index=index,
-            seed=seed,
-        )
+        config = cluster_config(options)
         fit = fit_clusters(face_ids, X, config=config, feature_spec=spec)
         run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
     except user_errors() as exc:

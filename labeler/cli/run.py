@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from labeler.cli._common import user_errors, workspace_option
+from labeler.cli.cluster import cluster_config, cluster_options
 
 
 @click.command("run")
@@ -18,6 +21,7 @@ from labeler.cli._common import user_errors, workspace_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--no-cluster", is_flag=True, help="Stop after embedding.")
+@cluster_options
 @click.option("--workers", type=int, default=None, help="Decode/detect threads (default: cores).")
 @click.option(
     "--detect-engine",
@@ -38,8 +42,14 @@ def command(
     no_cluster: bool,
     workers: int | None,
     detect_engine: str,
+    **options: Any,
 ) -> None:
-    """Ingest IMAGES, detect and align faces, embed them and group them (all incremental)."""
+    """Ingest IMAGES, detect and align faces, embed them and group them (all incremental).
+
+    The clustering options are those of 'labeler cluster'. They apply when the workspace has
+    no cluster run yet, or when one of them differs from how the current run was made (then
+    everything is re-clustered); otherwise new faces are placed into the current run.
+    """
     from labeler.pipeline import RunConfig, run_pipeline
 
     config = RunConfig(
@@ -48,7 +58,7 @@ def command(
         features=features,
         device=device,
         batch_size=batch_size,
-        cluster=not no_cluster,
+        cluster=None if no_cluster else cluster_config(options),
         workers=workers,
         detect_engine=detect_engine,
     )

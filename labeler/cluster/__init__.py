@@ -3,13 +3,13 @@
 Functional core on arrays (``fit_clusters``, ``knn_graph``, ``split_labels``...) and the
 workspace-level helpers the CLI and the app call (``save_run``, ``load_run``,
 ``split_cluster``, ``merge_clusters``, ``place_new_faces``, ``knn_search``). Importing this
-package imports numpy/pandas only; faiss, umap and hdbscan load on first use.
+package imports numpy/pandas only; faiss, umap and hdbscan load on first use. The shared
+types are in :mod:`labeler.cluster.types` (the modules' layers are drawn there).
 """
 
 from __future__ import annotations
 
 from labeler.cluster.store import (
-    ClusterResult,
     cluster_table,
     current_run_id,
     list_runs,
@@ -18,8 +18,11 @@ from labeler.cluster.store import (
     save_run,
     set_current,
 )
+from labeler.cluster.types import ClusterArtifacts, ClusterConfig, ClusterResult
 
 __all__ = [
+    "ClusterArtifacts",
+    "ClusterConfig",
     "ClusterResult",
     "cluster_table",
     "current_run_id",
@@ -28,7 +31,6 @@ __all__ = [
     "load_run",
     "save_run",
     "set_current",
-    "ClusterConfig",
     "cluster_embeddings",
     "fit_clusters",
     "knn_search",
@@ -45,7 +47,6 @@ def __getattr__(name: str) -> object:
     import importlib
 
     homes = {
-        "ClusterConfig": "run",
         "cluster_embeddings": "run",
         "fit_clusters": "run",
         "knn_search": "knn",

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from labeler.cluster.store import ClusterResult
+from labeler.cluster.types import ClusterResult
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)

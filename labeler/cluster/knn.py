@@ -15,6 +15,8 @@ Index choice (``kind="auto"``, see :func:`choose_index_kind`):
   recall, slower to build, not bit-reproducible across thread counts.
 
 A GPU is used for ``flat`` and ``ivf`` when ``faiss.get_num_gpus() > 0`` (faiss-gpu).
+
+``KnnGraph`` and ``INDEX_KINDS`` live in :mod:`labeler.cluster.types` (re-exported here).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labeler.cluster.types import INDEX_KINDS, KnnGraph
 from labeler.embeddings.store import l2_normalize  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 EXACT_MAX_N = 50_000
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
 
 def choose_index_kind(n: int) -> str:
@@ -118,32 +120,6 @@ def search(
         ids[start : start + batch] = i
     sims[ids < 0] = -np.inf
     return sims, ids
-
-
-@dataclass(frozen=True)
-class KnnGraph:
-    """The k-nearest-neighbour graph of N unit vectors.
-
-    indices:   (N, k) int64; column 0 is the point itself, then neighbours by similarity.
-    distances: (N, k) float32 cosine distances ``1 - sim`` (0 for the point itself),
-               ascending along each row.
-    kind:      the FAISS index used (``flat``, ``ivf`` or ``hnsw``).
-    """
-
-    indices: np.ndarray
-    distances: np.ndarray
-    kind: str
-
-    @property
-    def k(self) -> int:
-        return int(self.indices.shape[1])
-
-    def for_umap(self, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(knn_indices, knn_dists)`` for ``umap.UMAP(precomputed_knn=...)``."""
-        return (
-            np.ascontiguousarray(self.indices[:, :n_neighbors]),
-            np.ascontiguousarray(self.distances[:, :n_neighbors]),
-        )
 
 
 def _self_first(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

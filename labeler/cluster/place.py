@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from labeler.cluster.types import ClusterResult
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from labeler.cluster.store import ClusterResult
     from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,6 @@ def place_faces(
     New faces already in ``result`` are refused.
     """
     from labeler.cluster.knn import build_index, l2_normalize, search
-    from labeler.cluster.store import ClusterResult
 
     new_ids = np.asarray(list(new_ids), dtype=object).astype(str)
     dup = np.isin(new_ids, result.face_ids)
@@ -185,10 +185,11 @@ def place_new_faces(
     faces keep their clusters, map positions and scores; the new ones are voted in.
     Returns ``(new_run_id or None when nothing to place, number placed)``.
     """
+    from labeler.cluster.inputs import load_cluster_features
     from labeler.cluster.knn import l2_normalize
     from labeler.cluster.reduce import fit_pca
-    from labeler.cluster.run import ClusterArtifacts, load_cluster_features
     from labeler.cluster.store import load_artifacts, load_run, save_run
+    from labeler.cluster.types import ClusterArtifacts
     from labeler.workspace import WorkspaceError
 
     result = load_run(ws, run_id)

@@ -9,43 +9,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
-from labeler.cluster.knn import KnnGraph
+from labeler.cluster.types import KnnGraph, PcaModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PcaModel:
-    """A linear projection ``(X - mean) @ components.T``.
-
-    mean: (D,) float32; components: (d, D) float32, rows by decreasing variance;
-    explained: (d,) float32 fraction of the sample's variance per component.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray
-    explained: np.ndarray
-
-    @property
-    def n_components(self) -> int:
-        return int(self.components.shape[0])
-
-    def transform(self, X: np.ndarray, *, batch: int = 65_536) -> np.ndarray:
-        """Project ``X`` (N, D) to (N, d) float32, batch by batch."""
-        if X.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"features have {X.shape[1]} dims but the PCA was fitted on {self.mean.shape[0]}; "
-                "use the same feature spec as the run, or re-run 'labeler cluster'"
-            )
-        out = np.empty((X.shape[0], self.n_components), dtype=np.float32)
-        for start in range(0, X.shape[0], batch):
-            block = np.asarray(X[start : start + batch], dtype=np.float32) - self.mean
-            out[start : start + batch] = block @ self.components.T
-        return out
 
 
 def fit_pca(

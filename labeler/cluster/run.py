@@ -2,7 +2,9 @@
 
 :func:`fit_clusters` is the functional core (arrays in, :class:`ClusterFit` out);
 :func:`cluster_embeddings` returns only the :class:`ClusterResult`. ``labeler cluster``
-calls these and :func:`labeler.cluster.store.save_run`.
+calls these and :func:`labeler.cluster.store.save_run`. The types (``ClusterConfig``,
+``ClusterArtifacts``, ``ClusterFit``...) live in :mod:`labeler.cluster.types` and
+:func:`load_cluster_features` in :mod:`labeler.cluster.inputs`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -21,56 +23,23 @@ from labeler.cluster.algorithms import (
     knn_outlier_scores,
     suggest_clusters,
 )
-from labeler.cluster.knn import (
-    INDEX_KINDS,
-    KnnGraph,
-    build_index,
-    knn_graph,
-    l2_normalize,
-    search,
-)
+from labeler.cluster.inputs import load_cluster_features
+from labeler.cluster.knn import build_index, knn_graph, l2_normalize, search
 from labeler.cluster.place import place_by_neighbors
-from labeler.cluster.reduce import PcaModel, fit_pca, pca_map, umap_embed
-from labeler.cluster.store import ClusterResult
+from labeler.cluster.reduce import fit_pca, pca_map, umap_embed
+from labeler.cluster.types import (
+    ALGORITHMS,
+    INDEX_KINDS,
+    ClusterArtifacts,
+    ClusterConfig,
+    ClusterFit,
+    ClusterResult,
+)
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("auto", "hdbscan", "kmeans")
 #: Below this many faces UMAP is skipped (PCA map; clustering on the unit vectors).
 SMALL_N = 20
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Options of a clustering run; ``None`` means "choose from the data" (:func:`resolve_config`).
-
-    algorithm:        auto | hdbscan | kmeans
-    min_cluster_size: HDBSCAN's smallest cluster
-    min_samples:      HDBSCAN's density smoothing (core-distance neighbours)
-    n_clusters:       k for k-means
-    pca_dims:         PCA dims before the graph (0 = no PCA)
-    n_neighbors:      kNN graph size / UMAP's n_neighbors (counting the face itself)
-    umap_dims:        dims of the UMAP space HDBSCAN runs in (the map is always 2-D)
-    umap_max_points:  UMAP and HDBSCAN run on a seeded sample of at most this many faces;
-                      the rest are placed by kNN vote among the sample (0 = no limit)
-    umap_epochs:      UMAP optimisation epochs (None = UMAP's default: 500 small, 200 large)
-    map_min_dist:     UMAP min_dist of the 2-D map (the cluster space uses 0.0)
-    index:            auto | flat | ivf | hnsw (see labeler.cluster.knn)
-    seed:             every random choice derives from it; same seed => same labels
-    """
-
-    algorithm: str = "auto"
-    min_cluster_size: int | None = None
-    min_samples: int | None = None
-    n_clusters: int | None = None
-    pca_dims: int | None = None
-    n_neighbors: int | None = None
-    umap_dims: int | None = None
-    umap_max_points: int | None = None
-    umap_epochs: int | None = None
-    map_min_dist: float = 0.1
-    index: str = "auto"
-    seed: int = 0
 
 
 def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> ClusterConfig:
@@ -112,30 +81,6 @@ def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> C
         umap_max_points=int(20_000 if config.umap_max_points is None else config.umap_max_points),
         umap_epochs=int(config.umap_epochs or (500 if n <= 2000 else 200)),
     )
-
-
-@dataclass(frozen=True)
-class ClusterArtifacts:
-    """What a run keeps beside its result, for placement, search and edits.
-
-    face_ids: (N,) str, the result's order; vectors: (N, d) float32 unit vectors the graph
-    was built on (PCA-reduced when ``pca`` is set); graph: the kNN graph of the faces UMAP
-    saw (``graph_rows`` (M,) their row numbers, all rows unless sampled); pca: the fitted
-    projection or None.
-    """
-
-    face_ids: np.ndarray
-    vectors: np.ndarray
-    graph: KnnGraph
-    graph_rows: np.ndarray
-    pca: PcaModel | None = None
-
-
-@dataclass(frozen=True)
-class ClusterFit:
-    result: ClusterResult
-    artifacts: ClusterArtifacts
-    timings: dict = field(default_factory=dict)
 
 
 def _single_group(
@@ -393,35 +338,15 @@ def cluster_embeddings(
     return fit_clusters(face_ids, X, config=replace(config, **overrides)).result
 
 
-def load_cluster_features(ws: object, spec: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
-    """Features for clustering: ``(face_ids (N,), X (N, D) float32, spec used)``.
-
-    Uses ``labeler.features.load_features(ws, spec)`` when that module exists; otherwise
-    (or for a plain stored key as ``spec``) the stored embedding named by ``spec``, and for
-    ``auto`` the first stored embedding (logged).
-    """
-    from labeler._deps import available
-    from labeler.embeddings.store import list_embeddings, load_embeddings
-    from labeler.workspace import WorkspaceError
-
-    stored = list_embeddings(ws)  # type: ignore[arg-type]
-    if spec in stored:
-        fids, X = load_embeddings(ws, spec)  # type: ignore[arg-type]
-        return np.asarray(fids, dtype=object).astype(str), X, spec
-    if available("labeler.features"):
-        from labeler.features import load_features
-
-        fids, X = load_features(ws, spec=spec)
-        return np.asarray(fids, dtype=object).astype(str), np.asarray(X, dtype=np.float32), spec
-    if not stored:
-        raise WorkspaceError(
-            f"{getattr(ws, 'root', ws)} has no embeddings; run 'labeler embed -w WS' first"
-        )
-    if spec != "auto":
-        raise WorkspaceError(
-            f"feature spec {spec!r} is not a stored embedding ({', '.join(stored)}); run 'labeler embed'"
-        )
-    key = next(iter(stored))
-    log.warning("labeler.features is not available; clustering the stored embedding %s", key)
-    fids, X = load_embeddings(ws, key)  # type: ignore[arg-type]
-    return np.asarray(fids, dtype=object).astype(str), X, key
+__all__ = [
+    "ALGORITHMS",
+    "SMALL_N",
+    "ClusterArtifacts",
+    "ClusterConfig",
+    "ClusterFit",
+    "ClusterResult",
+    "cluster_embeddings",
+    "fit_clusters",
+    "load_cluster_features",
+    "resolve_config",
+]

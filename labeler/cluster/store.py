@@ -1,6 +1,6 @@
-"""Cluster runs on disk (the contract in CONTRACTS.md).
+"""Cluster runs on disk. The contract (README, "The workspace": ``clusters/<run_id>/``):
 
-``ws.clusters_dir/<run_id>/``:
+``ws.clusters_dir/<run_id>/``, written to a hidden temporary folder and renamed into place:
 
 * ``assignments.parquet`` - one row per face in ``faces.parquet`` order (ASSIGNMENTS_SCHEMA)
 * ``clusters.parquet``    - one row per cluster, noise (-1) included when present (CLUSTERS_SCHEMA)
@@ -21,20 +21,24 @@ import logging
 import os
 import shutil
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.workspace import Workspace, WorkspaceError, read_json, write_json, write_table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from labeler.cluster.run import ClusterArtifacts
+from labeler.cluster.algorithms import cluster_summary
+from labeler.cluster.types import ClusterArtifacts, ClusterResult, KnnGraph, PcaModel
+from labeler.workspace import (
+    Workspace,
+    WorkspaceError,
+    new_run_id,
+    read_json,
+    write_json,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,46 +63,12 @@ CLUSTERS_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
-class ClusterResult:
-    """One clustering of N faces.
-
-    face_ids (N,) str; labels (N,) int32 (-1 noise); outlier_score (N,) float32 in [0, 1];
-    xy (N, 2) float32 map coordinates; suggested (N,) int32 (nearest real cluster for noise,
-    = labels otherwise, -1 when there is no cluster); params: resolved config, timings, notes.
-    """
-
-    face_ids: np.ndarray
-    labels: np.ndarray
-    outlier_score: np.ndarray
-    xy: np.ndarray
-    suggested: np.ndarray
-    params: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = len(self.face_ids)
-        for name in ("labels", "outlier_score", "xy", "suggested"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(
-                    f"ClusterResult.{name} has {len(getattr(self, name))} rows for {n} face ids"
-                )
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if len(self.labels) and (self.labels >= 0).any() else 0
-
-
 def _run_dir(ws: Workspace, run_id: str) -> Path:
     return ws.clusters_dir / run_id
 
 
 def _current_path(ws: Workspace) -> Path:
     return ws.clusters_dir / "current.json"
-
-
-def new_run_id() -> str:
-    """``YYYYmmdd-HHMMSS-<6 hex>``: sorts by creation time, unique across processes."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 def current_run_id(ws: Workspace) -> str | None:
@@ -160,8 +130,6 @@ def save_run(
     ``artifacts`` the vectors, graph and PCA of ``parent`` (same faces) are linked, so
     split/merge runs stay searchable and placeable. Makes the run current unless told not to.
     """
-    from labeler.cluster.algorithms import cluster_summary
-
     face_ids = np.asarray(result.face_ids).astype(str)
     if len(np.unique(face_ids)) != len(face_ids):
         raise ValueError("cluster result has duplicate face ids; one row per face")
@@ -263,10 +231,6 @@ def load_run(ws: Workspace, run_id: str | None = None) -> ClusterResult:
 
 def load_artifacts(ws: Workspace, run_id: str | None = None) -> ClusterArtifacts:
     """The vectors, kNN graph and PCA saved with a run (``labeler cluster`` runs have them)."""
-    from labeler.cluster.knn import KnnGraph
-    from labeler.cluster.reduce import PcaModel
-    from labeler.cluster.run import ClusterArtifacts
-
     run_id = _resolve(ws, run_id)
     d = _run_dir(ws, run_id)
     if not (d / "vectors.npy").exists():

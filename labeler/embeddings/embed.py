@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from labeler.embeddings import store
-from labeler.embeddings.backbones import Backbone, BackboneConfig, BackboneError
+from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
 from labeler.regions import CROP_SIZE, crop_region, get_region
-from labeler.workspace import Workspace, WorkspaceError, iter_batches
+from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +235,11 @@ def prepare_key(
     elif (
         old is not None
         and old.get("fingerprint")
-        and old["fingerprint"] != _jsonable(config.fingerprint())
+        and old["fingerprint"] != jsonable(config.fingerprint())
     ):
         raise ValueError(
             f"embeddings {key} in {ws.root} were made with another configuration "
-            f"({_diff(old['fingerprint'], _jsonable(config.fingerprint()))}); pass --overwrite to "
+            f"({_diff(old['fingerprint'], jsonable(config.fingerprint()))}); pass --overwrite to "
             "recompute them, or choose another --backbone/--region"
         )
     store.write_config(
@@ -250,12 +250,6 @@ def prepare_key(
         fingerprint=config.fingerprint(),
         rerun=rerun or _rerun(ws, config),
     )
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=list))
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:

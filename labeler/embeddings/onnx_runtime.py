@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, replace
 from importlib import metadata
@@ -25,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from labeler.embeddings.backbones import BackboneConfig, BackboneSpec, _BackboneBase
-from labeler.workspace import atomic_write_bytes
+from labeler._io import atomic_path, atomic_write_bytes
+from labeler.embeddings.types import BackboneBase, BackboneConfig, BackboneSpec
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-EXPORT_VERSION = 2  # bump when the exported graph changes  # bump when the exported graph changes
+EXPORT_VERSION = 2  # bump when the exported graph changes
 
 
 def onnx_cache_dir(override: Path | None = None) -> Path:
@@ -137,9 +136,6 @@ def export_onnx(feature_model: Any, path: Path, *, input_size: int) -> Path:
     """Export ``feature_model`` (uint8 NHWC in) to ``path`` atomically (opset 17, dynamic batch)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     feature_model = freeze_same_padding(copy.deepcopy(feature_model).cpu().eval(), input_size)
     kwargs: dict[str, Any] = {
@@ -148,17 +144,19 @@ def export_onnx(feature_model: Any, path: Path, *, input_size: int) -> Path:
         "dynamic_axes": {"images": {0: "batch"}, "features": {0: "batch"}},
         "opset_version": OPSET,
     }
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(feature_model.cpu().eval(), (dummy,), tmp, dynamo=False, **kwargs)
-            except TypeError:  # a torch without the dynamo switch
-                torch.onnx.export(feature_model.cpu().eval(), (dummy,), tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(path) as tmp,
+        warnings.catch_warnings(),
+        torch.inference_mode(False),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                feature_model.cpu().eval(), (dummy,), str(tmp), dynamo=False, **kwargs
+            )
+        except TypeError:  # a torch without the dynamo switch
+            torch.onnx.export(feature_model.cpu().eval(), (dummy,), str(tmp), **kwargs)
     log.info("exported %s", path)
     return path
 
@@ -182,7 +180,7 @@ def make_session(path: Path, *, num_threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class OnnxBackbone(_BackboneBase):
+class OnnxBackbone(BackboneBase):
     """onnxruntime (CPU) backbone: uint8 ``(N, S, S, 3)`` -> float32 ``(N, dim)``."""
 
     def __init__(self, session: Any, config: BackboneConfig, path: Path) -> None:

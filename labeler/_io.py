@@ -1,0 +1,67 @@
+"""Atomic file writes: the one implementation every module uses.
+
+A write goes to a temporary file in the destination's folder (``.<name>.<pid>.<thread>.<hex>.tmp``)
+and is renamed over the destination with :func:`os.replace`, so a crash or a full disk leaves
+either the old file or the complete new one, never half a file; the temporary file is removed
+when the write fails. Files get the permissions of an ordinary ``open`` (the umask applies).
+Safe from several threads and processes at once (each write has its own temporary name).
+
+* :func:`atomic_write_bytes` - bytes in memory (JSON, CSV, ``.npz``, crops, checkpoints).
+* :func:`atomic_path` - for writers that want a file name (Parquet, ONNX export).
+
+>>> atomic_write_bytes(Path("out/report.json"), b"{}")  # doctest: +SKIP
+>>> with atomic_path(Path("out/table.parquet")) as tmp:  # doctest: +SKIP
+...     pq.write_table(table, tmp)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_bytes"]
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(
+        f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp"
+    )
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an exception the
+    file written there replaces ``path`` (fsynced first when ``fsync``), otherwise it is
+    removed. The block must create the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically. ``fsync=True`` (default) also flushes the bytes
+    to disk before the rename, so a power cut cannot leave an empty file under the new name;
+    bulk writers that can redo their work (crops) pass ``fsync=False``."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())

@@ -1,0 +1,134 @@
+"""The inputs of training, label errors and suggestions: the human labels of a field,
+feature matrices in a given face order, and the persons of faces.
+
+Plain functions on a workspace; :mod:`labeler.train.runs` (``labeler train``),
+:mod:`labeler.label_errors`, :mod:`labeler.propagate` and :mod:`labeler.suggest` call them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``labeler train`` does. ``folds``: K of the person-grouped K-fold (1 = a single
+    model with a validation split); ``head``: logreg | mlp; ``feature_spec``: see
+    ``labeler.features.load_features``; finetune options in ``finetune``."""
+
+    field: str = "mask_state"
+    mode: str = "head"
+    folds: int = 5
+    head: str = "logreg"
+    C: float = 1.0
+    feature_spec: str = "auto"
+    persons: str = "auto"
+    person_pattern: str | None = None
+    person_csv: str | None = None
+    val_fraction: float = 0.15
+    seed: int = 0
+    run_id: str | None = None
+    finetune: dict = dataclasses.field(default_factory=dict)  # FinetuneConfig overrides
+
+
+def human_labels(ws: Any, field: str, faces: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Current human labels of ``field`` in faces order: face_id, value, source, annotator, ts.
+
+    Suggestions never appear here (they live in their own table). Faces no longer in the
+    faces table are dropped.
+    """
+    from labeler.labels import LabelStore
+
+    faces = ws.require_faces() if faces is None else faces
+    cur = LabelStore(ws.labels_db).current(field)
+    cur = cur[cur["value"].notna()]
+    order = pd.Series(np.arange(len(faces)), index=faces["face_id"].to_numpy())
+    cur = cur[cur["face_id"].isin(order.index)].copy()
+    cur["_pos"] = cur["face_id"].map(order)
+    return cur.sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
+
+
+def load_feature_matrix(
+    ws: Any, spec: str, face_ids: Sequence[str], *, raw: bool = False
+) -> tuple[np.ndarray, str]:
+    """Features (N, D) float32 for ``face_ids`` in that order, and the resolved spec.
+
+    ``raw=False``: ``labeler.features.load_features`` (blocks standardised, PCA-reduced and
+    weighted on this workspace: good for propagation and label errors, but not reproducible
+    on new photos). ``raw=True``: the stored blocks named by the spec, concatenated as stored,
+    so the same features can be computed for new crops (:func:`labeler.train.runs.features_for_crops`).
+    """
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+    from labeler.features import load_features, resolve_spec
+    from labeler.workspace import align_to_faces
+
+    if not raw:
+        ids, X = load_features(ws, spec)
+        X = align_to_faces(
+            list(face_ids),
+            np.asarray(ids),
+            np.asarray(X),
+            what=f"features {spec!r}",
+            fix="re-run 'labeler embed'",
+        )
+        return np.asarray(X, dtype=np.float32), spec
+    stored = [str(k) for k in list_embeddings(ws)]
+    keys = [k for k, _ in resolve_spec(spec, stored)]
+    parts = []
+    for key in keys:
+        kid, kx = load_embeddings(ws, key, face_ids=np.asarray(face_ids))
+        parts.append(
+            align_to_faces(
+                list(face_ids),
+                np.asarray(kid),
+                np.asarray(kx),
+                what=f"embedding {key}",
+                fix="re-run 'labeler embed'",
+            )
+        )
+    return np.concatenate(parts, 1).astype(np.float32), "+".join(keys)
+
+
+def feature_blocks(ws: Any, spec: str) -> list[dict]:
+    """How to recompute each block of a raw spec on new crops: key, backbone, region."""
+    from labeler.embeddings.store import read_config
+
+    out = []
+    for key in spec.split("+"):
+        cfg = (read_config(ws, key) or {}).get("config", {})
+        backbone = cfg.get("backbone", {})
+        out.append(
+            {
+                "key": key,
+                "backbone": backbone.get("name") if isinstance(backbone, dict) else backbone,
+                "region": cfg.get("region", key.rsplit("__", 1)[-1]),
+            }
+        )
+    return out
+
+
+def person_ids(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> np.ndarray:
+    return persons_for(ws, faces, config).ids
+
+
+def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
+    """The persons of ``faces`` exactly as ``labeler export`` finds them
+    (:func:`labeler.persons.find_persons`)."""
+    from labeler.persons import find_persons
+
+    return find_persons(
+        ws,
+        faces,
+        method=config.persons,
+        pattern=config.person_pattern,
+        column_csv=config.person_csv,
+    )

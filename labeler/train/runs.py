@@ -1,0 +1,332 @@
+"""``labeler train``: fit a classifier on the human labels, save it as a run, load it back.
+
+Two modes (``TrainConfig.mode``, see :mod:`labeler.train`); runs live under
+``ws.models_dir/<run_id>/`` and ``ws.models_dir/current.json`` maps each field to its latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labeler.train.data import (
+    TrainConfig,
+    feature_blocks,
+    human_labels,
+    load_feature_matrix,
+    persons_for,
+)
+from labeler.train.head import (
+    Head,
+    HeadConfig,
+    calibrate,
+    cross_val_proba,
+    fit_head,
+    load_head,
+    save_head,
+)
+from labeler.train.report import ClassReport, classification_report, save_confusion_png
+from labeler.workspace import new_run_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    report: ClassReport
+    config: dict
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
+    """Train a classifier for ``config.field`` on the human labels; save it as a new run."""
+    from labeler.labels import LabelStore
+    from labeler.workspace import write_json
+
+    config = config or TrainConfig()
+    if config.mode not in ("head", "finetune"):
+        raise ValueError(f"--mode {config.mode!r} is not head or finetune")
+    faces = ws.require_faces()
+    labels = human_labels(ws, config.field, faces)
+    if labels.empty:
+        raise ValueError(
+            f"no human labels for field {config.field!r} in {ws.labels_db}; label faces in the app first"
+        )
+    schema_classes = list(LabelStore(ws.labels_db).schema().values(config.field))
+    classes = [c for c in schema_classes if c in set(labels["value"])] or sorted(
+        set(labels["value"])
+    )
+    counts = labels["value"].value_counts()
+    if len(classes) < 2:
+        raise ValueError(
+            f"field {config.field!r} has labels of one class only ({counts.to_dict()}); label more classes"
+        )
+    face_ids = labels["face_id"].to_numpy()
+    y = labels["value"].to_numpy().astype(str)
+    sub_faces = faces.set_index("face_id").loc[face_ids].reset_index()
+    persons = persons_for(ws, sub_faces, config)
+    groups = persons.ids
+    run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
+    run_dir = ws.models_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "field": config.field,
+        "mode": config.mode,
+        "classes": classes,
+        "n_labels": int(len(y)),
+        "label_counts": {str(k): int(v) for k, v in counts.items()},
+        "persons": persons.as_dict(),
+        "train_config": asdict(config),
+    }
+    if config.mode == "head":
+        X, spec = load_feature_matrix(ws, config.feature_spec, face_ids, raw=True)
+        hc = HeadConfig(kind=config.head, C=config.C, seed=config.seed)
+        oof = cross_val_proba(
+            X,
+            y,
+            groups=groups,
+            folds=max(2, config.folds),
+            config=hc,
+            classes=classes,
+            seed=config.seed,
+        )
+        head, calibration = calibrate(fit_head(X, y, config=hc, classes=classes), oof, y)
+        save_head(head, run_dir / "head.npz")
+        meta |= {
+            "calibration": calibration,
+            "feature_spec": spec,
+            "feature_blocks": feature_blocks(ws, spec),
+            "head": config.head,
+            "n_features": int(X.shape[1]),
+        }
+        pred = np.asarray(classes, dtype=object)[oof.argmax(1)]
+        y_eval = y
+        meta["evaluated_on"] = (
+            f"out-of-fold predictions ({max(2, config.folds)}-fold, grouped by person)"
+        )
+    else:
+        pred, y_eval, fmeta = _train_finetune(ws, face_ids, y, groups, classes, run_dir, config)
+        meta |= fmeta
+    report = classification_report(y_eval, pred, classes=classes)
+    save_confusion_png(report, run_dir / "confusion.png", title=f"{config.field} ({config.mode})")
+    meta |= {
+        "report": asdict(report),
+        "train_seconds": round(time.time() - t0, 2),
+        "created": time.time(),
+    }
+    write_json(run_dir / "config.json", meta)
+    write_json(run_dir / "report.json", asdict(report))
+    current = _read_current(ws)
+    current[config.field] = run_id
+    write_json(ws.models_dir / "current.json", current)
+    ws.save_step_config("train", meta)
+    log.info("trained %s in %.1fs: macro-F1 %.3f", run_id, meta["train_seconds"], report.macro_f1)
+    return TrainResult(run_id=run_id, run_dir=run_dir, report=report, config=meta)
+
+
+def _train_finetune(
+    ws: Any,
+    face_ids: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    classes: list[str],
+    run_dir: Path,
+    config: TrainConfig,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from labeler.splits import assign_splits
+    from labeler.train.finetune import FinetuneConfig, finetune
+
+    fc = FinetuneConfig(**{"seed": config.seed, **config.finetune})
+    paths = [ws.crop_path(f) for f in face_ids]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} aligned crops are missing (e.g. {missing[0]}); re-run 'labeler detect'"
+        )
+    code = {c: i for i, c in enumerate(classes)}
+    yc = np.array([code[v] for v in y])
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    if config.folds >= 2:
+        k = int(min(config.folds, np.bincount(yc).min(), len(np.unique(groups))))
+        if k < 2:
+            raise ValueError(
+                f"{config.folds}-fold needs at least 2 labeled faces (persons) per class; got counts {np.bincount(yc).tolist()}"
+            )
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=config.seed)
+        folds = [(tr, te) for tr, te in splitter.split(yc, yc, groups)]
+    else:
+        split = assign_splits(
+            y, groups, ratios=(1 - config.val_fraction, config.val_fraction), seed=config.seed
+        )
+        folds = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "test"))]
+    oof = np.full((len(y), len(classes)), np.nan)
+    fold_meta = []
+    for i, (tr, va) in enumerate(folds):
+        res = finetune(
+            paths,
+            yc,
+            classes=classes,
+            train_idx=tr,
+            val_idx=va,
+            out_dir=run_dir / f"fold{i}",
+            config=fc,
+        )
+        oof[va] = res.val_probs
+        fold_meta.append(
+            {
+                "fold": i,
+                "best_epoch": res.best_epoch,
+                "val_macro_f1": res.best_f1,
+                "device": res.device,
+            }
+        )
+    seen = ~np.isnan(oof[:, 0])
+    pred = np.asarray(classes, dtype=object)[oof[seen].argmax(1)]
+    how = (
+        f"out-of-fold predictions ({len(folds)}-fold)" if len(folds) > 1 else "the validation split"
+    )
+    meta = {
+        "backbone": fc.backbone,
+        "finetune": asdict(fc),
+        "folds": fold_meta,
+        "members": [f"fold{i}/best.pt" for i in range(len(folds))],
+        "evaluated_on": how + " (used for early stopping too, so slightly optimistic)",
+    }
+    return pred, y[seen], meta
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _read_current(ws: Any) -> dict:
+    from labeler.workspace import read_json
+
+    path = ws.models_dir / "current.json"
+    return dict(read_json(path)) if path.exists() else {}
+
+
+def list_runs(ws: Any) -> pd.DataFrame:
+    """Saved model runs: run_id, field, mode, macro_f1, n_labels, created (newest first)."""
+    from labeler.workspace import read_json
+
+    rows = []
+    for cfg in sorted(ws.models_dir.glob("*/config.json")):
+        m = read_json(cfg)
+        rows.append(
+            {
+                "run_id": m["run_id"],
+                "field": m["field"],
+                "mode": m["mode"],
+                "macro_f1": m["report"]["macro_f1"],
+                "n_labels": m["n_labels"],
+                "created": m.get("created", 0.0),
+            }
+        )
+    df = pd.DataFrame(rows, columns=["run_id", "field", "mode", "macro_f1", "n_labels", "created"])
+    return df.sort_values("created", ascending=False).reset_index(drop=True)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A trained run ready to predict on aligned crops (N, 256, 256, 3) uint8."""
+
+    run_id: str
+    field: str
+    mode: str
+    classes: tuple[str, ...]
+    meta: dict
+    head: Head | None = None
+    members: tuple[dict, ...] = ()
+    device: str = "cpu"
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) for aligned crops (N, 256, 256, 3) uint8 RGB."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)))
+        if self.mode == "finetune":
+            from labeler.train.finetune import predict_crops
+
+            return predict_crops(list(self.members), crops, device=self.device)
+        X = features_for_crops(crops, self.meta["feature_blocks"])
+        return self.head.predict_proba(X)
+
+
+def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
+    """Recompute raw feature blocks (see :func:`feature_blocks`) for in-memory aligned crops
+    (N, 256, 256, 3) uint8: colour cues, or a backbone from the embeddings registry on a region.
+    """
+    parts = []
+    for block in blocks:
+        key = block["key"]
+        if key.startswith("cues"):
+            from labeler.cues import compute_cues
+
+            parts.append(compute_cues(crops))
+        elif block.get("backbone"):
+            from labeler.embeddings import get_backbone
+            from labeler.embeddings.embed import embed_crops
+
+            backbone = get_backbone(block["backbone"])
+            parts.append(embed_crops(backbone, crops, region=block["region"]))
+        else:
+            raise ValueError(
+                f"feature block {key!r} cannot be computed for new photos (no backbone recorded); "
+                "train with --mode finetune or on embeddings made by 'labeler embed'"
+            )
+    return np.concatenate(parts, 1).astype(np.float32)
+
+
+def load_model(
+    ws: Any, run: str | None = None, *, field: str = "mask_state", device: str = "cpu"
+) -> LoadedModel:
+    """Load run ``run`` (default: the current run of ``field``) from ``ws.models_dir``."""
+    from labeler.workspace import read_json
+
+    if run is None:
+        run = _read_current(ws).get(field)
+        if run is None:
+            raise FileNotFoundError(
+                f"no trained model for field {field!r} in {ws.models_dir}; run 'labeler train -w {ws.root}'"
+            )
+    run_dir = Path(run) if Path(run).is_dir() else ws.models_dir / run
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir}/config.json not found; list runs in {ws.models_dir}")
+    meta = read_json(run_dir / "config.json")
+    if meta["mode"] == "head":
+        return LoadedModel(
+            meta["run_id"],
+            meta["field"],
+            "head",
+            tuple(meta["classes"]),
+            meta,
+            head=load_head(run_dir / "head.npz"),
+        )
+    from labeler.embeddings.backbones import resolve_device
+    from labeler.train.finetune import load_finetuned
+
+    dev = resolve_device(device)
+    members = tuple(load_finetuned(run_dir / m, device=dev) for m in meta["members"])
+    return LoadedModel(
+        meta["run_id"],
+        meta["field"],
+        "finetune",
+        tuple(meta["classes"]),
+        meta,
+        members=members,
+        device=dev,
+    )
