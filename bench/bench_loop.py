@@ -122,7 +122,65 @@ def time_suggest(n: int, tmp: Path) -> dict:
     }
 
 
-def print_tables(effort: list[dict], calib: list[dict], timing: list[dict]) -> None:
+def time_app(n: int, tmp: Path, *, reruns: int = 5) -> dict:
+    """The Review page's rerun time (AppTest through the router) while the Suggest step the
+    router started by itself runs in the background, then after it ended, on a synthetic
+    workspace of n faces (64-d stored features, 10 % labeled in a few bulk events)."""
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    from labeler import propagate
+    from labeler.embeddings.store import save_vectors
+    from labeler.labels import LabelStore
+    from labeler.ui.synthetic import synthetic_workspace
+
+    ws = synthetic_workspace(tmp / f"app_{n}", n_faces=n, n_clusters=20, write_images=False,
+                             crops_per_cluster=48, seed=1)  # fmt: skip
+    faces = ws.require_faces()
+    rng = np.random.default_rng(1)
+    state = rng.integers(0, 3, n)
+    X = (np.eye(3, 64)[state] * 1.5 + rng.normal(size=(n, 64))).astype(np.float32)
+    save_vectors(ws, "cues__face", faces["face_id"].to_numpy(str), X, {"bench": True})
+    store = LabelStore(ws.labels_db)
+    values = ("correct", "nose_exposed", "no_mask")
+    pick = rng.random(n) < 0.1
+    for chunk in np.array_split(np.flatnonzero(pick), 10):  # 10 bulk events
+        for v in range(3):
+            ids = faces["face_id"].to_numpy(str)[chunk[state[chunk] == v]]
+            if len(ids):
+                store.assign(ids, "mask_state", values[v], annotator="bench", source="cluster")
+    os.environ["LABELER_WORKSPACE"] = str(ws.root)
+    os.environ["LABELER_ANNOTATOR"] = "bench"
+    app = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
+    at = AppTest.from_file(app, default_timeout=300)
+    t0 = time.perf_counter()
+    at.run()  # the router sees 10 % new labels and starts Suggest in the background
+    first = time.perf_counter() - t0
+    at.switch_page("views/review.py").run()
+    during, after = [], []
+    while propagate.read_status(ws, "mask_state")["state"] == "running":
+        t = time.perf_counter()
+        at.run()
+        during.append(time.perf_counter() - t)
+    status = propagate.read_status(ws, "mask_state")
+    for _ in range(reruns):
+        t = time.perf_counter()
+        at.run()
+        after.append(time.perf_counter() - t)
+    return {
+        "faces": n,
+        "labeled": int(pick.sum()),
+        "state": status["state"],
+        "suggest_s": round(status.get("finished", 0) - status.get("started", 0), 2),
+        "first_page_s": round(first, 2),
+        "rerun_during_ms": [round(1000 * v) for v in during],
+        "rerun_after_ms": round(1000 * float(np.median(after))),
+        "groups": status.get("n_groups"),
+    }
+
+
+def print_quality(effort: list[dict], calib: list[dict]) -> None:
     print("\n| set | faces | groups (+noise) | plain eff95 / 98 / 99 | interactive eff95 / 98 / 99 "
           "| actions to 98 %: plain / interactive | clicks to 98 % | interactive >= plain |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -149,6 +207,26 @@ def print_tables(effort: list[dict], calib: list[dict], timing: list[dict]) -> N
         for b in c["table"]:
             print(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['n']} | {b['confidence']:.3f} | "
                   f"{b['accuracy']:.3f} |")  # fmt: skip
+
+
+def print_tables(
+    effort: list[dict], calib: list[dict], timing: list[dict], app: list[dict]
+) -> None:
+    if effort:
+        print_quality(effort, calib)
+    if app:
+        print("\n| faces | labeled | Suggest in the background, s | Review page reruns while "
+              "it ran, ms | rerun after, ms (median) |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for a in app:
+            during = a["rerun_during_ms"]
+            txt = (
+                f"{len(during)}: median {int(np.median(during))}, max {max(during)}"
+                if during
+                else "none"
+            )
+            print(f"| {a['faces']:,} | {a['labeled']:,} | {a['suggest_s']} ({a['state']}) | "
+                  f"{txt} | {a['rerun_after_ms']} |")  # fmt: skip
     if timing:
         print("\n| faces | labeled | Suggest wall s | CPU s | groups | store read idle ms "
               "| store read during the run: median / max ms (reads) |")  # fmt: skip
@@ -168,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--timing", default="10000,133000", help="faces for the timing rows ('' = none)"
     )
+    ap.add_argument("--app", default="", help="faces for the app rows, e.g. 10000,133000")
     ap.add_argument("--out", default=None, help="write all rows as JSON here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -182,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.timing.split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         timing = [time_suggest(n, Path(tmp)) for n in sizes]
-    print_tables(effort, calib, timing)
+        app = [time_app(int(n), Path(tmp)) for n in args.app.split(",") if n.strip()]
+    print_tables(effort, calib, timing, app)
     if args.out:
         Path(args.out).write_text(json.dumps({"effort": effort, "calibration": calib,
-                                              "timing": timing}, indent=1, default=float))  # fmt: skip
+                                              "timing": timing, "app": app}, indent=1, default=float))  # fmt: skip
     return 0
 
 

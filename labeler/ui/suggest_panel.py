@@ -144,11 +144,10 @@ def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> Non
         if status["state"] == "error":
             st.caption(f":material/error: Last Suggest run failed: {status.get('message', '')}")
             return
-        saved = propagate.load_run(ws, field)
-        if saved is None:
+        meta = propagate.load_meta(ws, field)
+        if meta is None:
             st.caption("No suggestions yet: label faces of two values, then press Suggest.")
             return
-        meta = saved[0]
         new = n_labels - meta["n_labeled"]
         ago = time.time() - meta.get("created", time.time())
         st.caption(
@@ -172,13 +171,26 @@ def _ago(seconds: float) -> str:
 
 
 def open_groups(ws: Workspace, store: LabelStore, field: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The saved run's groups and faces, less the faces labeled or rejected since."""
+    """The saved run's groups and faces, less the faces labeled or rejected since (cached
+    per saved run and label-store version: a rerun at 133k faces costs no query)."""
+    meta_path = propagate.suggest_dir(ws) / f"{field}.json"
+    if not meta_path.exists():
+        return pd.DataFrame(), pd.DataFrame()
+    stamp = meta_path.stat().st_mtime_ns
+    return _open_groups(str(ws.root), field, stamp, data.label_version(ws))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _open_groups(
+    root: str, field: str, stamp: int, version: tuple[int, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ws = Workspace.open(root)
     saved = propagate.load_run(ws, field)
     if saved is None:
         return pd.DataFrame(), pd.DataFrame()
     meta, faces = saved
     labeled = set(data.labels(ws, field))
-    pending = store.suggestions(field, pending=True)
+    pending = LabelStore(ws.labels_db).suggestions(field, pending=True)
     pending = set(pending.loc[pending["method"] == propagate.METHOD, "face_id"])
     faces = faces[faces["face_id"].isin(pending) & ~faces["face_id"].isin(labeled)]
     groups = pd.DataFrame(meta["groups"])
