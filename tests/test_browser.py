@@ -15,11 +15,14 @@ the screenshots are copied to docs/ (the README's and docs/APP.md's pictures).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from appserver import running_app
 
@@ -58,11 +61,16 @@ def _keep(shot: Path, name: str) -> None:
 
 
 def _settle(page, ms: int = 400) -> None:
-    """Wait until Streamlit has finished the rerun a click started."""
-    page.wait_for_timeout(150)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
-    )
+    """Wait until Streamlit has finished the rerun a click started: no status widget and no
+    element marked stale, twice in a row 100 ms apart."""
+    page.wait_for_timeout(100)
+    for _ in range(2):
+        page.wait_for_function(
+            """() => !document.querySelector('[data-testid="stStatusWidget"]')
+                     && !document.querySelector('[data-stale="true"]')""",
+            timeout=60_000,
+        )
+        page.wait_for_timeout(100)
     page.wait_for_timeout(ms)
 
 
@@ -301,3 +309,187 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         browser.close()
     for name in ["name", "source", "keys", "map_hover", "map_lasso"]:
         _keep(tmp_path / f"{name}.png", f"app_{name}.png")
+
+
+# --- a scripted annotator labels MFR2 through the UI -------------------------------------------
+
+
+class Annotator:
+    """Drives the app like a person would and counts every mouse click and key press.
+
+    It sees the faces (truth from labels.csv stands in for the person's eyes) and reads the
+    app's state only from the page: which faces a grid shows, their captions (current label)
+    and whether their box is ticked.
+    """
+
+    def __init__(self, page, truth: dict[str, str]) -> None:
+        self.page = page
+        self.truth = truth
+        self.clicks = 0
+        self.keys = 0
+        self.settle_s: list[float] = []
+        self.misses = 0  # clicks on a select box that did not open it
+
+    def _done(self) -> None:
+        t0 = time.perf_counter()
+        _settle(self.page, 0)
+        self.settle_s.append(time.perf_counter() - t0)
+
+    def click(self, locator) -> None:
+        locator.click()
+        self.clicks += 1
+        self._done()
+
+    def key(self, name: str) -> None:
+        self.page.keyboard.press(name)
+        self.keys += 1
+        self._done()
+
+    def choose(self, widget_key: str, option: str) -> None:
+        """Open a select box and pick ``option`` (two clicks)."""
+        box = self.page.locator(f".st-key-{widget_key}")
+        box.wait_for(timeout=60_000)
+        item = self.page.get_by_role("option", name=option, exact=True)
+        for _ in range(3):  # a click sometimes only focuses the box: click again, counted
+            self.click(box)
+            try:
+                item.wait_for(timeout=3_000)
+                break
+            except Exception:
+                self.misses += 1
+        self.click(item)
+        self.page.wait_for_function(
+            "() => !document.querySelector('[role=combobox][aria-expanded=true]')"
+        )
+
+    def go(self, page_title: str) -> None:
+        """Open a page from the sidebar (one click)."""
+        self.click(self.page.get_by_role("link", name=page_title))
+        self.page.get_by_role("heading", name=page_title).wait_for(timeout=60_000)
+        _settle(self.page, 800)
+
+    def grid(self) -> list[tuple[str, str, bool]]:
+        """(face_id, caption, ticked) of the faces the cluster grid shows, in order."""
+        return self.page.evaluate(
+            """() => [...document.querySelectorAll("[class*='st-key-sel_']")].map(e => {
+                const k = [...e.classList].find(c => c.startsWith('st-key-sel_'));
+                return [k.slice('st-key-sel_'.length), e.textContent.trim(),
+                        e.querySelector('input').checked]; })"""
+        )
+
+    def label_cluster(self, values: list[str]) -> int:
+        """Label every unlabeled face of the open cluster; returns the assign actions."""
+        actions = 0
+        while True:
+            faces = self.grid()
+            todo = [(f, t) for f, cap, t in faces if cap == "unlabeled"]
+            if not todo:
+                return actions
+            counts = {v: sum(self.truth[f] == v for f, _ in todo) for v in values}
+            value = max(values, key=lambda v: counts[v])
+            # ticked must be: every unlabeled face of `value`; never a face whose true label
+            # differs (a labeled face of `value` may stay either way)
+            want = {f: self.truth[f] == value for f, _, _ in faces}
+            matters = [(f, t) for f, cap, t in faces if cap == "unlabeled" or not want[f]]
+            flips = [f for f, t in matters if t != want[f]]
+            from_none = [f for f, cap, _ in faces if cap == "unlabeled" and want[f]]
+            if len(from_none) + 1 < len(flips):
+                self.click(self.page.locator(".st-key-select_none_btn button"))
+                flips = from_none
+            for f in flips:
+                self.click(self.page.locator(f".st-key-sel_{f} label"))
+            self.key(str(values.index(value) + 1))
+            self.key("Enter")
+            actions += 1
+
+
+@pytest.fixture(scope="module")
+def mfr2_workspace(tmp_path_factory):
+    _need_browser()
+    from conftest import shared_dataset
+
+    data = shared_dataset("mfr2")
+    return _real_workspace(tmp_path_factory.mktemp("mfr2") / "ws", data / "images"), data
+
+
+@pytest.mark.slow
+def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
+    """All MFR2 faces labeled masked / no_mask through the browser; clicks per face reported
+    (docs/APP.md). The annotator adds the field in Settings, then works cluster by cluster
+    on the Cluster view with the number keys and Enter, unticking faces that differ."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from labeler.cluster import store as cluster_store
+    from labeler.simulate import join_truth
+
+    ws0, data = mfr2_workspace
+    root = tmp_path / "ws"
+    shutil.copytree(ws0.root, root)
+    from labeler.workspace import Workspace, write_json
+
+    meta = Workspace(root).meta()
+    write_json(root / "workspace.json", meta)
+    ws = Workspace.open(root)
+    truth = join_truth(ws, str(data / "labels.csv"), all_faces=True)
+    truth = dict(zip(truth["face_id"], truth["truth"], strict=True))
+    faces = ws.faces()["face_id"].tolist()
+    assert set(truth) == set(faces)
+    run = cluster_store.load_run(ws)
+    ids, counts = np.unique(run.labels, return_counts=True)
+    sizes = {int(c): int(n) for c, n in zip(ids, counts, strict=True)}
+    values = ["masked", "no_mask"]
+    t_start = time.perf_counter()
+    with running_app(ws.root) as (url, _proc), sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        ann = Annotator(page, truth)
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.get_by_label("Your name").fill("scripted")
+        ann.click(page.get_by_role("button", name="Start labeling"))
+        # the field, once: Settings -> Add a field
+        ann.go("Settings")
+        page.get_by_label("Field name").fill("mask")
+        page.get_by_label("Values, comma separated").fill(", ".join(values))
+        ann.click(page.locator(".st-key-new_field_btn button"))
+        expect(page.get_by_text("Added field 'mask'")).to_be_visible(timeout=30_000)
+        ann.go("Cluster view")
+        ann.choose("assign_field", "mask")
+        ann.choose("page_size", "480")
+        actions = 0
+        order = sorted(sizes, key=lambda c: (c < 0, -sizes[c]))
+        for i, c in enumerate(order):
+            if i:
+                name = "noise" if c < 0 else f"cluster {c}"
+                ann.choose("cluster_pick", f"{name} ({sizes[c]:,} faces)")
+            actions += ann.label_cluster(values)
+        page.screenshot(path=str(tmp_path / "done.png"), full_page=False)
+        # the map of the labeled set: coloured by label
+        ann.go("Map")
+        page.locator(".st-key-map_color label").filter(has_text="label").click()
+        _settle(page, 1500)
+        page.screenshot(path=str(tmp_path / "map_labels.png"))
+        browser.close()
+    minutes = (time.perf_counter() - t_start) / 60
+    got = LabelStore(ws.labels_db).current_values("mask")
+    assert got == truth  # every face, every label right
+    n = len(faces)
+    per_face = (ann.clicks + ann.keys) / n
+    report = {
+        "faces": n,
+        "clusters": len([c for c in sizes if c >= 0]),
+        "noise": sizes.get(-1, 0),
+        "assign actions": actions,
+        "clicks": ann.clicks,
+        "key presses": ann.keys,
+        "clicks + keys per face": round(per_face, 3),
+        "clicks per face": round(ann.clicks / n, 3),
+        "select-box clicks that only focused": ann.misses,
+        "median click-to-settle s": round(float(np.median(ann.settle_s)), 2),
+        "p90 click-to-settle s": round(float(np.percentile(ann.settle_s, 90)), 2),
+        "minutes": round(minutes, 1),
+    }
+    print("SCRIPTED ANNOTATOR", json.dumps(report))
+    (tmp_path / "report.json").write_text(json.dumps(report, indent=2))
+    assert per_face < 0.5, report  # one by one would be 2 per face (a tick and a key)
+    _keep(tmp_path / "done.png", "app_mfr2_done.png")
+    _keep(tmp_path / "map_labels.png", "app_mfr2_map.png")

@@ -312,25 +312,13 @@ def upright_cue(rgb: np.ndarray, d: Detection) -> float:
     return eye_contrast(g) - eye_contrast(g[::-1, ::-1])
 
 
-def needs_rotation(
-    dets: list[Detection],
-    width: int,
-    height: int,
-    *,
-    crop_like: bool | None = None,
-    rgb: np.ndarray | None = None,
-) -> bool:
-    """Whether to look for faces in the photo turned by 90/180/270 degrees: no face found,
-    none upright (eyes not level, mouth not below the eyes) with a score of at least
-    ``ROTATION_RETRY_SCORE``, in a crop-like image only faces that are tiny for a portrait
-    (``crop_like``: as in :func:`plausibility`), or, given the photo ``rgb``, its best face
-    looks upside down (:func:`upright_cue`)."""
-    if plausibility(dets, width, height, crop_like=False) < ROTATION_RETRY_SCORE:
-        return True
-    if rgb is None:
-        return False
-    best = max((d for d in dets if not d.whole_image), key=lambda d: d.score)
-    return upright_cue(rgb, best) < 0
+def needs_rotation(dets: list[Detection], width: int, height: int) -> bool:
+    """Whether to look for faces in the photo turned by 90/270 (and 180) degrees: no face
+    found, or none upright (eyes level, mouth below the eyes) with a score of at least
+    ``ROTATION_RETRY_SCORE``. (A face tiny for a portrait is not a reason on its own: on the
+    web photos it retried most scenes for nothing; it still counts half when turned passes
+    compete, see :func:`plausibility`.)"""
+    return plausibility(dets, width, height, crop_like=False) < ROTATION_RETRY_SCORE
 
 
 def rotate_image(rgb: np.ndarray, rotation: int) -> np.ndarray:
@@ -388,8 +376,8 @@ def detect_rotated(
     * any turn: its :func:`plausibility` is at least ``ROTATION_MIN_SCORE``;
     * turned by 90 or 270: its :func:`plausibility` beats the stored pass's by
       ``ROTATION_MARGIN`` and its face looks upright (:func:`upright_cue` > 0);
-    * turned by 180 (tried only when no face was found or the stored one looks upside
-      down; BlazeFace scores upside-down faces about as high as upright ones): its
+    * turned by 180 (tried only when no upright-looking face was found; BlazeFace scores
+      upside-down faces about as high as upright ones): its
       face looks upright and ``plausibility + UPRIGHT_CUE_WEIGHT * tanh(upright_cue)`` beats
       the stored pass's by ``ROTATION_MARGIN_180``.
 
@@ -402,15 +390,18 @@ def detect_rotated(
     h, w = rgb.shape[:2]
     if crop_like is None:
         crop_like = looks_like_face_crop(w, h)
-    if not needs_rotation(first, w, h, crop_like=crop_like, rgb=rgb):
+    if not needs_rotation(first, w, h):
         return first, 0
     stored_q = plausibility(first, w, h, crop_like=crop_like)
     stored = _best_upright(first)
     stored_cue = upright_cue(rgb, stored) if stored is not None else 0.0
     best, best_q, calls = first, -1.0, 0
     for rotation in ROTATIONS:
-        if rotation == 180 and first and stored_cue >= 0:
-            continue  # a face was found and looks upright: not upside down
+        if rotation == 180 and _best_upright(first) is not None:
+            # an upright-looking face was found: BlazeFace and the cue cannot tell upside
+            # down reliably (dark masks turned upright web photos upside down), so 180 is
+            # tried only when nothing upright was found
+            continue
         turned = rotate_image(rgb, rotation)
         found = detector.detect(turned)
         calls += 1

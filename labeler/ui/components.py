@@ -27,8 +27,33 @@ _CSS = """
 """
 
 
+#: After a pick from a select box, the focus stays in its (closed) text field, where the
+#: browser swallows the page's keyboard shortcuts: the number keys, Enter and Space would
+#: type into it. This capture listener moves such a key press to the page instead.
+_KEYS_JS = """
+<script>
+if (!window.__labelerKeys) {
+  window.__labelerKeys = true;
+  document.addEventListener("keydown", (e) => {
+    const a = document.activeElement;
+    const closedCombo = a && a.getAttribute("role") === "combobox" &&
+      a.getAttribute("aria-expanded") !== "true";
+    const ours = /^[1-9]$/.test(e.key) || ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(e.key);
+    if (!closedCombo || !ours || e.isTrusted === false) return;
+    e.preventDefault();
+    e.stopPropagation();
+    a.blur();
+    document.body.dispatchEvent(new KeyboardEvent("keydown", {
+      key: e.key, code: e.code, keyCode: e.keyCode, bubbles: true, cancelable: true}));
+  }, true);
+}
+</script>
+"""
+
+
 def style() -> None:
     st.html(_CSS)
+    st.html(_KEYS_JS, unsafe_allow_javascript=True)
 
 
 @st.cache_data(show_spinner=False)
