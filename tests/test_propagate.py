@@ -211,3 +211,38 @@ def test_trained_head_confidence_is_tempered_by_its_out_of_fold_errors(tmp_path)
     save_head(tempered, tmp_path / "h.npz")
     again = load_head(tmp_path / "h.npz")
     np.testing.assert_allclose(again.predict_proba(X), tempered.predict_proba(X))
+
+
+@pytest.mark.slow
+def test_all_true_labels_on_real_crowd_crops_flag_at_most_two_percent(tmp_path):
+    """realmasks (real crops, noisy labels): 500 photos built by 'labeler run', every true
+    label entered; the Suggest step flags <= 2 % and pre-ticks nothing that could be wrong."""
+    import shutil
+
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.propagate import propagate
+    from labeler.simulate import join_truth
+    from labeler.workspace import Workspace
+
+    data = shared_dataset("realmasks")
+    table = pd.read_csv(data / "labels.csv").sample(500, random_state=0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in table["file"]:
+        shutil.copyfile(data / "images" / name, photos / name)
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    run_pipeline(photos, ws, config=RunConfig(device="cpu"))
+    truth = join_truth(ws, str(tmp_path / "labels.csv"))
+    store = LabelStore(ws.labels_db)
+    store.add_field("state", sorted(truth["truth"].unique()))
+    for value, part in truth.groupby("truth"):
+        store.assign(part.face_id, "state", value, annotator="t", source="selection")
+    run = propagate(ws, field="state")
+    assert len(run.suspects) <= 0.02 * len(truth)
+    before = _accuracy(store, truth)
+    for g in run.groups[run.groups["pretick"]].itertuples():  # faces without a truth row only
+        ids = run.faces.loc[run.faces["group"] == g.group, "face_id"]
+        assert not ids.isin(truth.face_id).any()
+        store.assign(ids, "state", g.value, annotator="t", source="suggestion")
+    assert _accuracy(store, truth) == before == 1.0
