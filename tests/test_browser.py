@@ -380,7 +380,7 @@ class Annotator:
     def label_cluster(self, values: list[str]) -> int:
         """Label every unlabeled face of the open cluster; returns the assign actions."""
         actions = 0
-        while True:
+        for _ in range(20):
             faces = self.grid()
             todo = [(f, t) for f, cap, t in faces if cap == "unlabeled"]
             if not todo:
@@ -401,6 +401,7 @@ class Annotator:
             self.key(str(values.index(value) + 1))
             self.key("Enter")
             actions += 1
+        raise AssertionError(f"cluster not labeled after {actions} actions: {self.grid()}")
 
 
 @pytest.fixture(scope="module")

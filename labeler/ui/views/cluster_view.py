@@ -33,6 +33,19 @@ def assign(face_ids: list[str], fld: str, value: str, source: str) -> None:
     state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value} (event {eid}).")
 
 
+def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
+    """Assign the label picked now to the faces ticked now. Read at click time, not from the
+    last render: a key press (Enter) can arrive before the rerun of the previous one shows."""
+    out = state.deselected(cluster)
+    picked = [f for f in members if f not in out]
+    fld = str(st.session_state.get(K.assign_field) or schema.names[0])
+    value = st.session_state.get(K.assign_value)
+    if not picked or value not in schema.values(fld):
+        state.flash("Nothing to assign: tick faces and pick a label.", "info")
+        return
+    assign(picked, fld, str(value), "cluster" if not out & set(members) else "selection")
+
+
 def split_out(cluster: int, faces: list[str]) -> None:
     new = runs.split_out(ws, run, faces, cluster=cluster)
     state.reset_selection(cluster)
@@ -104,8 +117,8 @@ b1.button(
     shortcut="Enter",
     disabled=not selected,
     width="stretch",
-    on_click=assign,
-    args=(selected, fld, value, "cluster" if not desel else "selection"),
+    on_click=assign_selection,
+    args=(cluster, tuple(members)),
 )
 b2.button(
     "Select all", key=K.select_all_btn, width="stretch",
