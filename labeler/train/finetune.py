@@ -396,7 +396,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
     import torch
 
-    from labeler.workspace import atomic_write_bytes
+    from labeler._io import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(obj, buf)

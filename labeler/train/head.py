@@ -234,7 +234,7 @@ def save_head(head: Head, path: str | Path) -> None:
     """Save as ``.npz`` (no pickle): classes, mean, std, W0.., b0.., kind."""
     import io
 
-    from labeler.workspace import atomic_write_bytes
+    from labeler._io import atomic_write_bytes
 
     arrays = {
         "classes": np.asarray(head.classes, dtype=str),
