@@ -24,6 +24,9 @@ Prints one markdown table and writes it to ``bench/FEATURES.md`` between the mar
 
     python bench/bench_features.py --ws-root /tmp/featws              # all sets (~20 min, 2 cores)
     python bench/bench_features.py --ws-root /tmp/featws --sets realmasks --no-sim
+    python bench/bench_features.py --ws-root /tmp/featws --no-sim --table ceiling   # FEATURES.md
+    python bench/bench_features.py --ws-root /tmp/featws --table effort \
+        --only "v1 auto: cues*.25 + nose*.5 + mouth_chin*.5,v1 + box*.5"
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ CANDIDATES = {
     "v1 + box*1": f"{CUES}*0.25+{{bb}}__nose*0.5+{{bb}}__mouth_chin*0.5+{{bb}}__box",
     "v1 + box*.5 + face*.5": f"{CUES}*0.25+{{bb}}__nose*0.5+{{bb}}__mouth_chin*0.5+{{bb}}__box*0.5+{{bb}}__face*0.5",
 }
-BEGIN, END = "<!-- bench_features:begin -->", "<!-- bench_features:end -->"
 log = logging.getLogger("bench_features")
 
 
@@ -268,7 +270,14 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated candidate names (default all)")
     ap.add_argument("--no-sim", action="store_true", help="skip clustering and simulate")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "FEATURES.md")
+    ap.add_argument(
+        "--table", default="ceiling", help="which table of --out to replace (its markers)"
+    )
     args = ap.parse_args()
+    BEGIN, END = (
+        f"<!-- bench_features:{args.table}:begin -->",
+        f"<!-- bench_features:{args.table}:end -->",
+    )
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} not found: the feature lab needs the shared face sets")

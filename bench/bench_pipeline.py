@@ -12,6 +12,14 @@ Stages, each measured on the same images in one run:
 
 Usage: python bench/bench_pipeline.py [--data DIR] [--repeat K] [--device auto]
 (default data: ../shared/data/maskedfacenet_1024/images). Prints a table; --json writes one.
+
+``--shipped`` instead times whole processes, as users run them, each on a fresh workspace,
+median of ``--runs`` (3): the default ``labeler run --no-cluster`` as shipped (whatever
+``features=auto`` embeds), the same with clustering, the single-region path
+(``--features face``) and ``bench/naive_pipeline.py`` (the obvious implementation doing the
+same work as the default), interleaved run by run so drift hits all alike; faces/s, CPU ms
+per face, peak memory, the ratio to naive, and the wall ms per face of each step of the
+default run (its ``steps/run_result.json``).
 """
 
 from __future__ import annotations
@@ -161,6 +169,79 @@ def labeler_e2e(
     return res.faces / dt, res.timings, res.faces
 
 
+SHIPPED = {
+    "labeler run --no-cluster (default)": ["--no-cluster"],
+    "labeler run (default, with clustering)": [],
+    "labeler run --no-cluster --features face (one region)": ["--no-cluster", "--features", "face"],
+    "naive (bench/naive_pipeline.py)": None,
+}
+
+
+def shipped(images: Path, workdir: Path, runs: int) -> list[dict[str, object]]:
+    """Whole-process timings of the commands in :data:`SHIPPED` (see the module docstring)."""
+    import resource
+    import statistics
+    import subprocess
+
+    import pandas as pd
+
+    labeler = str(Path(sys.executable).with_name("labeler"))
+    naive = str(Path(__file__).with_name("naive_pipeline.py"))
+    results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in SHIPPED}
+    steps: dict[str, float] = {}
+    for r in range(runs):
+        for name, extra in SHIPPED.items():
+            ws = workdir / f"ws_{r}"
+            shutil.rmtree(ws, ignore_errors=True)
+            cmd = (
+                [sys.executable, naive, str(images)]
+                if extra is None
+                else [labeler, "run", str(images), "-w", str(ws), *extra]
+            )
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if proc.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            peak = after.ru_maxrss / 1e6  # GB; the largest child so far
+            if extra is None:
+                faces = int(proc.stdout.split()[1])
+            else:
+                faces = len(pd.read_parquet(ws / "faces.parquet"))
+                if name.endswith("(default)"):
+                    res = json.loads((ws / "steps" / "run_result.json").read_text())
+                    steps = {k: 1000 * v / faces for k, v in res.get("timings", {}).items()}
+            results[name].append((faces / wall, 1000 * cpu / faces, peak, faces))
+            print(
+                f"run {r} {name}: {faces} faces, {wall:.1f} s, {faces / wall:.1f} faces/s",
+                flush=True,
+            )
+            shutil.rmtree(ws, ignore_errors=True)
+    naive_rates = [x[0] for x in results["naive (bench/naive_pipeline.py)"]]
+    rows = []
+    for name, xs in results.items():
+        rates = [x[0] for x in xs]
+        rows.append(
+            {
+                "command": name,
+                "faces": xs[0][3],
+                "faces_s_median": statistics.median(rates),
+                "faces_s_min": min(rates),
+                "faces_s_max": max(rates),
+                "cpu_ms_per_face": statistics.median(x[1] for x in xs),
+                "peak_rss_gb": max(x[2] for x in xs),
+                "vs_naive": statistics.median(
+                    a / b for a, b in zip(rates, naive_rates, strict=True)
+                ),
+            }
+        )
+    rows.append({"command": "steps of the default run, wall ms/face", **steps})
+    return rows
+
+
 def _cuda(device: str) -> bool:
     if device == "cpu":
         return False
@@ -182,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "--naive-limit", type=int, default=1000, help="images for the (slow) naive rate"
     )
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--shipped", action="store_true", help="whole-process timings (see above)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per command with --shipped")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("labeler.pipeline").setLevel(logging.INFO)  # the fused pass's phases
@@ -192,6 +275,31 @@ def main(argv: list[str] | None = None) -> int:
 
     from labeler.detect import get_detector
     from labeler.detect.pipeline import detect_and_align
+
+    if args.shipped:
+        workdir = Path(tempfile.mkdtemp(prefix="labeler-bench-"))
+        try:
+            images = _images(args.data, args.repeat, workdir)
+            rows = shipped(images, workdir, args.runs)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        n = len(list(args.data.iterdir())) * args.repeat
+        print(f"\n{n} photos, {os.cpu_count()} cores, median of {args.runs} runs (min-max)")
+        print("| command | faces | faces/s | CPU ms/face | peak RSS GB | vs naive |")
+        print("|---|---|---|---|---|---|")
+        for r in rows[:-1]:
+            print(
+                f"| {r['command']} | {r['faces']} | {r['faces_s_median']:.1f} "
+                f"({r['faces_s_min']:.1f}-{r['faces_s_max']:.1f}) | {r['cpu_ms_per_face']:.1f} "
+                f"| {r['peak_rss_gb']:.2f} | {r['vs_naive']:.2f}x |"
+            )
+        print(
+            "steps of the default run, wall ms/face: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k != "command")
+        )
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2, default=str))
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="labeler-bench-"))
     try:

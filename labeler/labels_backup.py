@@ -47,22 +47,28 @@ def check_store(path: Path, *, thorough: bool = True) -> str | None:
     (a truncated copy). ``thorough``: also ``PRAGMA quick_check`` and the label tables.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(100)
-    except OSError as exc:
-        return f"cannot read it ({exc.strerror or exc})"
-    if size == 0:
-        return "it is empty (0 bytes)"
-    if not head.startswith(SQLITE_HEADER) or len(head) < 100:
-        return "it is not an SQLite database"
-    page = int.from_bytes(head[16:18], "big")
-    page = 65536 if page == 1 else page
-    n_pages = int.from_bytes(head[28:32], "big")
-    valid = head[24:28] == head[92:96] and n_pages > 0
-    if valid and size < page * n_pages:
-        return f"it is truncated ({size:,} bytes, its header says {page * n_pages:,})"
+    # A writer in another thread or process can grow the file between reading its header
+    # and its size: a truncation is only reported when three looks in a row agree.
+    for attempt in range(3):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(100)
+                size = os.fstat(fh.fileno()).st_size
+        except OSError as exc:
+            return f"cannot read it ({exc.strerror or exc})"
+        if size == 0:
+            return "it is empty (0 bytes)"
+        if not head.startswith(SQLITE_HEADER) or len(head) < 100:
+            return "it is not an SQLite database"
+        page = int.from_bytes(head[16:18], "big")
+        page = 65536 if page == 1 else page
+        n_pages = int.from_bytes(head[28:32], "big")
+        valid = head[24:28] == head[92:96] and n_pages > 0
+        if not (valid and size < page * n_pages):
+            break
+        if attempt == 2:
+            return f"it is truncated ({size:,} bytes, its header says {page * n_pages:,})"
+        time.sleep(0.05)
     if not thorough:
         return None
     try:
