@@ -49,30 +49,53 @@ def decode_side(
     return min(long_side, int(math.ceil(long_side * size / min(sides))))
 
 
-def photo_box_crops(
-    path: str | Path,
-    faces: Any,
+#: Box crops are cut from a decode whose longest side is at least this (the detect step's
+#: own decode, :data:`labeler.detect.pipeline.DETECT_SIDE`), so the crops ``labeler detect``
+#: writes from its decode and those written later from the file are the same pixels.
+MIN_DECODE_SIDE = 512
+
+
+def box_crops_from(
+    rgb: np.ndarray,
+    scale: tuple[float, float],
+    boxes: Sequence[tuple[float, float, float, float]],
+    landmarks: Sequence[np.ndarray],
     *,
     size: int = CROP_SIZE,
 ) -> list[np.ndarray]:
-    """Box crops ``(size, size, 3)`` uint8 of ``faces`` (rows with ``x0, y0, x1, y1`` and
-    ``landmarks`` in the photo's EXIF-upright pixels) of the photo at ``path``, in row order;
-    each turned upright by :func:`labeler.align.upright_turn` of its landmarks."""
+    """Box crops ``(size, size, 3)`` uint8 of faces with ``boxes`` / ``landmarks`` (original
+    EXIF-upright pixels) from a decode ``rgb`` of the photo with ``scale`` original pixels per
+    decoded pixel; each turned upright by :func:`labeler.align.upright_turn` of its landmarks
+    (set too for faces that were found turned)."""
+    fx, fy = scale
+    return [
+        box_crop(
+            rgb,
+            (x0 / fx, y0 / fy, x1 / fx, y1 / fy),
+            rotation=upright_turn(np.asarray(lm, np.float32)),
+            size=size,
+        )
+        for (x0, y0, x1, y1), lm in zip(boxes, landmarks, strict=True)
+    ]
+
+
+def needed_side(width: int, height: int, boxes: Sequence[tuple[float, ...]], size: int) -> int:
+    """The ``min_side`` to decode a photo at for the box crops of ``boxes``."""
+    return max(MIN_DECODE_SIDE, decode_side(width, height, boxes, size))
+
+
+def photo_box_crops(path: str | Path, faces: Any, *, size: int = CROP_SIZE) -> list[np.ndarray]:
+    """Box crops of ``faces`` (rows with ``x0, y0, x1, y1`` and ``landmarks``) of the photo
+    at ``path``, in row order (see :func:`box_crops_from`)."""
+    from PIL import Image
+
     from labeler.imageio import decode_image
 
     boxes = [(float(r.x0), float(r.y0), float(r.x1), float(r.y1)) for r in faces.itertuples()]
-    from PIL import Image
-
     with Image.open(path) as im:
         w, h = im.size
-    dec = decode_image(path, min_side=decode_side(w, h, boxes, size))
-    fx, fy = dec.scale  # original pixels per decoded pixel
-    # upright from the landmarks' eyes -> mouth direction (set too for faces found turned)
-    rotations = [upright_turn(np.asarray(lm, np.float32)) for lm in faces["landmarks"]]
-    return [
-        box_crop(dec.rgb, (x0 / fx, y0 / fy, x1 / fx, y1 / fy), rotation=int(rot), size=size)
-        for (x0, y0, x1, y1), rot in zip(boxes, rotations, strict=True)
-    ]
+    dec = decode_image(path, min_side=needed_side(w, h, boxes, size))
+    return box_crops_from(dec.rgb, dec.scale, boxes, list(faces["landmarks"]), size=size)
 
 
 def box_crops_workspace(

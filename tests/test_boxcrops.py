@@ -84,8 +84,15 @@ def test_workspace_box_crops_are_written_once_and_embedded(tmp_path):
     detect_workspace(ws, detector="mediapipe", progress=False)
     faces = ws.faces()
     assert len(faces) >= 3
+    # detect wrote the box crops from its own decode; the step that writes them from the
+    # files (old workspaces, the GPU pass) makes the same pixels
+    written = {f: ws.box_crop_path(f).read_bytes() for f in faces["face_id"]}
+    assert box_crops_workspace(ws) == 0  # nothing left to do
+    for f in faces["face_id"]:
+        ws.box_crop_path(f).unlink()
     assert box_crops_workspace(ws) == len(faces)
-    assert box_crops_workspace(ws) == 0  # resumable: nothing left to do
+    assert {f: ws.box_crop_path(f).read_bytes() for f in faces["face_id"]} == written
+    assert box_crops_workspace(ws) == 0  # resumable
     paths = crop_paths(ws, faces, crop="box")
     crops = load_crops(list(paths), region="box", size=128)
     assert crops.shape == (len(faces), 128, 128, 3)

@@ -271,8 +271,30 @@ def _process_image(
         row = face_row(ws, image_id, index, d, detector.name)
         write_jpeg(ws.root / row["crop_path"], crop, quality=cfg.jpeg_quality)
         rows.append(row)
+    _write_box_crops(ws, dec, rows, [d for d, _ in pairs], cfg)
     whole = any(d.whole_image for d, _ in pairs)
     return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
+
+
+def _write_box_crops(
+    ws: Workspace,
+    dec: DecodedImage,
+    rows: list[dict[str, object]],
+    dets: list[Detection],
+    cfg: DetectConfig,
+) -> None:
+    """Write the faces' box crops (:mod:`labeler.boxcrops`) from this decode when it is the one
+    the box-crop step would make (same pixels); otherwise that step decodes the file later."""
+    from labeler.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
+
+    if not dets or cfg.detect_side != MIN_DECODE_SIDE:
+        return
+    boxes = [(d.x0, d.y0, d.x1, d.y1) for d in dets]
+    if needed_side(dec.width, dec.height, boxes, CROP_SIZE) != MIN_DECODE_SIDE:
+        return
+    crops = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d in dets])
+    for row, crop in zip(rows, crops, strict=True):
+        write_jpeg(ws.box_crop_path(str(row["face_id"])), crop, quality=JPEG_QUALITY)
 
 
 def face_row(
