@@ -117,13 +117,10 @@ def combine_blocks(
 
 
 def _default_backbone() -> str:
-    try:
-        from labeler.embeddings.backbones import DEFAULT_BACKBONE
-        from labeler.embeddings.store import embedding_key
+    from labeler.embeddings.backbones import DEFAULT_BACKBONE
+    from labeler.embeddings.store import embedding_key
 
-        return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
-    except Exception:  # an older embeddings module: the documented default key prefix
-        return "timm-efficientnet_lite0"
+    return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
 
 
 def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:

@@ -39,11 +39,8 @@ def _device() -> str:
 
 
 def _detectors() -> str:
-    try:
-        from labeler.detect import available_detectors
-    except Exception as exc:  # the detect package is optional here; report why it is absent
-        log.debug("no detector registry: %s", exc)
-        return "none (labeler.detect unavailable)"
+    from labeler.detect import available_detectors
+
     return ", ".join(available_detectors()) or "none"
 
 

@@ -2,7 +2,7 @@
 
 Out-of-fold probabilities come from a head on the stored feature blocks (raw, as
 ``labeler train --mode head`` uses them) (K-fold grouped by person, so a face is never judged
-by a model that saw it or its near-duplicates). :func:`select_suspects` (also used by the
+by a model that saw it or its near-duplicates). :func:`labeler.suggest.select_suspects` (also used by the
 app's Suggest step, :mod:`labeler.suggest`) then keeps a face only when
 
 - its label's class and the contradicting class both have ``min_class`` labels or more (a
@@ -84,42 +84,6 @@ def rank_label_issues(
     )
 
 
-def select_suspects(
-    yc: np.ndarray,
-    oof: np.ndarray,
-    *,
-    counts: np.ndarray,
-    band_precision: np.ndarray,
-    share: float = 0.02,
-    min_class: int = 10,
-    min_precision: float = 0.9,
-) -> np.ndarray:
-    """Rows (into ``yc``) whose label the out-of-fold evidence contradicts, most likely first.
-
-    yc: (L,) label codes. oof: (L, C) out-of-fold probabilities. counts: (C,) labels per
-    class. band_precision: (L,) measured precision of each row's predicted (value, band).
-    At most ``max(1, floor(share * L))`` rows; none when fewer than ``2 * min_class`` labels.
-    """
-    yc = np.asarray(yc, dtype=np.int64)
-    oof = np.asarray(oof, dtype=np.float64)
-    L = len(yc)
-    if L < 2 * min_class or oof.shape[1] < 2:
-        return np.zeros(0, np.int64)
-    pred = oof.argmax(1)
-    p_given = oof[np.arange(L), yc]
-    counts = np.asarray(counts)
-    ok = (
-        (pred != yc)
-        & (counts[yc] >= min_class)
-        & (counts[pred] >= min_class)
-        & (np.asarray(band_precision) >= min_precision)
-        & (p_given <= 1.0 - min_precision)
-    )
-    cand = np.flatnonzero(ok)
-    cand = cand[np.lexsort((cand, p_given[cand]))]
-    return cand[: max(1, int(share * L))]
-
-
 def find_label_errors(
     ws: Any,
     *,
@@ -134,7 +98,7 @@ def find_label_errors(
     write: bool = True,
 ) -> pd.DataFrame:
     """Suspected label errors of ``field`` in a workspace (columns face_id, field, given,
-    suggested, score), most likely first (:func:`select_suspects`: at most ``share`` of the
+    suggested, score), most likely first (:func:`labeler.suggest.select_suspects`: at most ``share`` of the
     labels, classes with ``min_class`` labels or more); written to the suspects table when
     ``write`` (replacing the field's earlier ones, also when none are found)."""
     from labeler.labels import LabelStore
@@ -161,7 +125,7 @@ def find_label_errors(
         classes=classes,
         seed=seed,
     )
-    from labeler.suggest import BANDS, band_of, band_precision
+    from labeler.suggest import BANDS, band_of, band_precision, select_suspects
 
     code = {c: i for i, c in enumerate(classes)}
     yc = np.array([code[v] for v in y])

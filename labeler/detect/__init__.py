@@ -139,19 +139,6 @@ def get_detector(name: str = DEFAULT_DETECTOR, **options: object) -> Detector:
     return cls(**options)
 
 
-_PIPELINE_EXPORTS = ("detect_and_align", "detect_workspace", "iter_crops", "DetectResult")
-
-
-def __getattr__(name: str) -> object:
-    """``from labeler.detect import detect_and_align`` without importing the pipeline (and
-    pandas) when only the registry is needed."""
-    if name in _PIPELINE_EXPORTS:
-        from labeler.detect import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'labeler.detect' has no attribute {name!r}")
-
-
 # --- helpers shared by the detectors ---------------------------------------------------------
 
 
