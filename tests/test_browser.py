@@ -63,7 +63,7 @@ def _keep(shot: Path, name: str) -> None:
 def _settle(page, ms: int = 400) -> None:
     """Wait until Streamlit has finished the rerun a click started: no status widget and no
     element marked stale, twice in a row 100 ms apart."""
-    page.wait_for_timeout(100)
+    page.wait_for_timeout(250)
     for _ in range(2):
         page.wait_for_function(
             """() => !document.querySelector('[data-testid="stStatusWidget"]')
@@ -462,7 +462,14 @@ def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
             if i:
                 name = "noise" if c < 0 else f"cluster {c}"
                 ann.choose("cluster_pick", f"{name} ({sizes[c]:,} faces)")
+            shown = min(sizes[c], 480)  # the grid of this cluster is there
+            page.wait_for_function(
+                f"() => document.querySelectorAll(\"[class*='st-key-sel_']\").length == {shown}"
+            )
+            _settle(page, 300)
             actions += ann.label_cluster(values)
+        page.mouse.wheel(0, -20_000)
+        _settle(page, 800)
         page.screenshot(path=str(tmp_path / "done.png"), full_page=False)
         # the map of the labeled set: coloured by label
         ann.go("Map")

@@ -27,19 +27,26 @@ _CSS = """
 """
 
 
-#: After a pick from a select box, the focus stays in its (closed) text field, where the
-#: browser swallows the page's keyboard shortcuts: the number keys, Enter and Space would
-#: type into it. This capture listener moves such a key press to the page instead.
+#: The page's keyboard shortcuts (number keys, Enter, Space, Left/Right) must work wherever
+#: the last click left the focus: on a checkbox (Space would toggle it, and Streamlit ignores
+#: shortcuts on inputs), on a button (Enter / Space would click it again), or in a select box
+#: just closed. This capture listener hands such a key press to the page instead; text
+#: fields and open select boxes keep their keys.
 _KEYS_JS = """
 <script>
 if (!window.__labelerKeys) {
   window.__labelerKeys = true;
   document.addEventListener("keydown", (e) => {
+    if (e.isTrusted === false || e.ctrlKey || e.metaKey || e.altKey) return;
+    const ours = /^[1-9]$/.test(e.key) ||
+      ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(e.key);
     const a = document.activeElement;
-    const closedCombo = a && a.getAttribute("role") === "combobox" &&
-      a.getAttribute("aria-expanded") !== "true";
-    const ours = /^[1-9]$/.test(e.key) || ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(e.key);
-    if (!closedCombo || !ours || e.isTrusted === false) return;
+    if (!ours || !a || a === document.body) return;
+    const role = a.getAttribute("role");
+    const closedCombo = role === "combobox" && a.getAttribute("aria-expanded") !== "true";
+    const box = a.tagName === "INPUT" && ["checkbox", "radio"].includes(a.type);
+    const button = a.tagName === "BUTTON" && !a.closest("[role=dialog]");
+    if (!(closedCombo || box || button)) return;
     e.preventDefault();
     e.stopPropagation();
     a.blur();
@@ -134,7 +141,6 @@ def thumb_grid(
                 value = c1.checkbox(
                     label,
                     key=key,
-                    help=label,
                     on_change=_toggled if on_toggle else None,
                     args=(on_toggle, fid, key) if on_toggle else None,
                 )
