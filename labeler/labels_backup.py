@@ -40,6 +40,19 @@ def backup_dir(db_path: Path) -> Path:
     return Path(db_path).parent / "backups"
 
 
+def _sqlite_copy(src_path: Path | str, dst_path: Path | str) -> None:
+    """Copy the SQLite database ``src_path`` (read-only) into ``dst_path`` with SQLite's backup
+    API, as one self-contained file (no WAL)."""
+    src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
+    dst = sqlite3.connect(dst_path)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+        src.close()
+
+
 def check_store(path: Path, *, thorough: bool = True) -> str | None:
     """Why ``path`` is not a sound label store (one phrase), or None when it is.
 
@@ -110,14 +123,7 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
     os.close(fd)
     out = None
     try:
-        src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        dst = sqlite3.connect(tmp)
-        try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-        finally:
-            dst.close()
-            src.close()
+        _sqlite_copy(db_path, tmp)
         last = _last_event(Path(tmp))
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = out_dir / f"labels-{stamp}-e{last}.db"
@@ -191,14 +197,7 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=db_path.parent, prefix=f".{db_path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        src = sqlite3.connect(f"file:{chosen}?mode=ro", uri=True)
-        dst = sqlite3.connect(tmp)
-        try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-        finally:
-            dst.close()
-            src.close()
+        _sqlite_copy(chosen, tmp)
         os.replace(tmp, db_path)
     finally:
         for suffix in ("", "-wal", "-shm", "-journal"):

@@ -389,7 +389,11 @@ def test_redo_with_other_detector(reference, tmp_path):
     res = detect_workspace(ws, detector="mediapipe", redo=True)
     assert res.processed == 26 and set(ws.faces()["detector"]) == {"mediapipe"}
     assert ws.faces()["whole_image"].sum() == 1  # only the small crop-like noise image
-    assert len(list(ws.crops_dir.rglob("*.jpg"))) == len(ws.faces())
+    aligned = [p for p in ws.crops_dir.rglob("*.jpg") if not p.name.endswith(".box.jpg")]
+    assert len(aligned) == len(ws.faces())
+    # box crops written by detect belong to current faces only (the redo cleared the old ones)
+    boxes = {p.name.removesuffix(".box.jpg") for p in ws.crops_dir.rglob("*.box.jpg")}
+    assert boxes and boxes <= set(ws.faces()["face_id"])
 
 
 def test_cli_detect(tmp_path, maskedfacenet):

@@ -251,13 +251,15 @@ def _pick_value(key_value: str, value: str) -> None:
     st.session_state[key_value] = value
 
 
-def undo_redo(ws: Workspace) -> None:
-    """Undo / redo buttons for the current annotator (logged as events)."""
+def undo_redo(ws: Workspace, action: Callable[[str, str], None] | None = None) -> None:
+    """Undo / redo buttons for the current annotator (logged as events). ``action(db, what)``
+    runs on a click (``what`` is ``undo`` or ``redo``); the default flashes the event id."""
+    act = action or _undo_redo
     c1, c2 = st.columns(2)
     c1.button("Undo", key=K.undo_btn, icon=":material/undo:", width="stretch",
-              on_click=_undo_redo, args=(str(ws.labels_db), "undo"))  # fmt: skip
+              on_click=act, args=(str(ws.labels_db), "undo"))  # fmt: skip
     c2.button("Redo", key=K.redo_btn, icon=":material/redo:", width="stretch",
-              on_click=_undo_redo, args=(str(ws.labels_db), "redo"))  # fmt: skip
+              on_click=act, args=(str(ws.labels_db), "redo"))  # fmt: skip
 
 
 def _undo_redo(db: str, what: str) -> None:

@@ -55,11 +55,7 @@ def banner() -> None:
 
 def undo_redo(ws: Workspace) -> None:
     """Undo / Redo of this annotator's last label events, on the page, with a banner."""
-    c1, c2 = st.columns(2)
-    c1.button("Undo", key=K.undo_btn, icon=":material/undo:", width="stretch",
-              on_click=_undo_redo, args=(str(ws.labels_db), "undo"))  # fmt: skip
-    c2.button("Redo", key=K.redo_btn, icon=":material/redo:", width="stretch",
-              on_click=_undo_redo, args=(str(ws.labels_db), "redo"))  # fmt: skip
+    components.undo_redo(ws, _undo_redo)
 
 
 def _undo_redo(db: str, what: str) -> None:
