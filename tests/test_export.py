@@ -116,6 +116,8 @@ def test_csv_and_parquet_manifest_files(tiny, tmp_path):
             "csv",
             "--ratios",
             "8:2",
+            "--person-pattern",
+            r"^(person_\d+)/",
         ).exit_code
         == 0
     )
@@ -130,6 +132,8 @@ def test_csv_and_parquet_manifest_files(tiny, tmp_path):
             "parquet",
             "--ratios",
             "8:2",
+            "--person-pattern",
+            r"^(person_\d+)/",
         ).exit_code
         == 0
     )
