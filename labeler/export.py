@@ -164,8 +164,28 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
     df["split"] = assign_splits(
         df[config.field], df["person"], ratios=config.ratios, seed=config.seed
     )
+    check_no_empty_splits(df["split"], config.ratios, persons)
     check_no_leaks(df["split"], df["person"], df["image_id"])
     return df.drop(columns="image_id"), persons
+
+
+def check_no_empty_splits(splits: Any, ratios: Any, persons: Any) -> None:
+    """Raise ``ValueError`` when a split asked for (ratio > 0) would get no face: too few
+    persons for the ratios, e.g. a person grouping that put every face into one person."""
+    from labeler.splits import parse_ratios, split_names_for
+
+    r = parse_ratios(list(ratios) if not isinstance(ratios, str) else ratios)
+    got = set(np.asarray(splits).tolist())
+    empty = [
+        name for name, w in zip(split_names_for(r), r, strict=True) if w > 0 and name not in got
+    ]
+    if empty:
+        raise ValueError(
+            f"split {empty[0]!r} would be empty: the labeled faces form {persons.n_persons} "
+            f"person(s) ({persons.method}: {persons.detail}); nothing was written. Label faces of "
+            "more people, ask for fewer splits (--ratios 8:2), or give persons with "
+            "--person-csv / --person-pattern"
+        )
 
 
 def check_no_leaks(splits: Any, persons: Any, image_ids: Any) -> None:

@@ -29,8 +29,16 @@ def tiny(tmp_path):
     return t
 
 
+# The tiny workspace's faces are painted, one identity to a face-recognition model: its
+# persons come from the folder names, as a user with person folders would pass them.
+PERSONS = ("--person-pattern", r"^(person_\d+)/")
+
+
 def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    args = list(args)
+    if args[:1] == ["export"] and not any(a.startswith("--person") for a in args):
+        args += PERSONS
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def test_imagefolder_export_tree_manifest_and_no_person_leak(tiny, tmp_path):
@@ -234,3 +242,25 @@ def test_clusters_csv(tiny, tmp_path):
         assert col in df.columns
     assert len(df) == n and df["cluster"].tolist() == labels.tolist()
     assert (df["label"] == df["face_id"].map(tiny.truth.to_dict())).all()
+
+
+def test_one_person_for_every_face_is_refused_not_exported_into_train_only(tiny, tmp_path):
+    """A person grouping that makes every face one person cannot give a test split: refused
+    with the fix, nothing written (it used to put every face into train)."""
+    persons = tmp_path / "persons.csv"
+    pd.DataFrame({"face_id": tiny.truth.index, "person": "everyone"}).to_csv(persons, index=False)
+    out = tmp_path / "export"
+    res = run(
+        "export",
+        "-w",
+        str(tiny.ws.root),
+        "--out",
+        str(out),
+        "--person-csv",
+        str(persons),
+        "--persons",
+        "column",
+    )
+    assert res.exit_code != 0
+    assert "would be empty" in res.output and "--person-csv" in res.output
+    assert not out.exists()
