@@ -4,7 +4,7 @@ The aligned crop (``crops/<ab>/<face_id>.jpg``, written by ``labeler detect``) t
 landmarks. On real photos those are often wrong where it matters most: under a mask, in
 profile, in blur or at a crowd's edge, so an aligned crop can show an ear or a cheek. The box
 crop trusts only the detector's box (:func:`labeler.align.box_crop`: the box plus 20 % on each
-side, turned upright by the face's ``rotation``, grey beyond the photo's edge), so the
+side, turned upright by the right angle its landmarks point to, grey beyond the photo's edge), so the
 ``box`` region's embedding (:data:`labeler.regions.REGIONS`) still sees the whole face and the
 mask on it. On ``realmasks`` a linear head on the box crop alone reaches 0.90 accuracy where
 the whole aligned crop reaches 0.86 (``bench/FEATURES.md``).
@@ -37,18 +37,6 @@ log = logging.getLogger(__name__)
 JPEG_QUALITY = 92
 
 
-def decode_side(
-    width: int, height: int, boxes: Sequence[tuple[float, float, float, float]], size: int
-) -> int:
-    """Longest side (pixels) a photo ``width x height`` must be decoded at so that the box
-    crop of its smallest face in ``boxes`` (original pixels) still has ``size`` pixels."""
-    long_side = max(int(width), int(height), 1)
-    sides = [max(x1 - x0, y1 - y0, 1e-3) * (1 + 2 * BOX_MARGIN) for x0, y0, x1, y1 in boxes]
-    if not sides:
-        return long_side
-    return min(long_side, int(math.ceil(long_side * size / min(sides))))
-
-
 #: Box crops are cut from a decode whose longest side is at least this (the detect step's
 #: own decode, :data:`labeler.detect.pipeline.DETECT_SIDE`), so the crops ``labeler detect``
 #: writes from its decode and those written later from the file are the same pixels.
@@ -79,34 +67,39 @@ def box_crops_from(
     ]
 
 
-def needed_side(width: int, height: int, boxes: Sequence[tuple[float, ...]], size: int) -> int:
-    """The ``min_side`` to decode a photo at for the box crops of ``boxes``."""
-    return max(MIN_DECODE_SIDE, decode_side(width, height, boxes, size))
+def needed_side(
+    width: int, height: int, boxes: Sequence[tuple[float, float, float, float]], size: int
+) -> int:
+    """The ``min_side`` to decode a photo ``width x height`` at so that the box crop of its
+    smallest face in ``boxes`` (original pixels) still has ``size`` pixels; at least
+    :data:`MIN_DECODE_SIDE`, at most the photo's longest side."""
+    long_side = max(int(width), int(height), 1)
+    sides = [max(x1 - x0, y1 - y0, 1e-3) * (1 + 2 * BOX_MARGIN) for x0, y0, x1, y1 in boxes]
+    need = min(long_side, int(math.ceil(long_side * size / min(sides)))) if sides else long_side
+    return max(MIN_DECODE_SIDE, need)
 
 
-def photo_box_crops(path: str | Path, faces: Any, *, size: int = CROP_SIZE) -> list[np.ndarray]:
+def photo_box_crops(
+    path: str | Path, faces: Any, *, width: int, height: int, size: int = CROP_SIZE
+) -> list[np.ndarray]:
     """Box crops of ``faces`` (rows with ``x0, y0, x1, y1`` and ``landmarks``) of the photo
-    at ``path``, in row order (see :func:`box_crops_from`)."""
-    from PIL import Image
-
+    at ``path`` of ``width x height`` pixels, in row order (see :func:`box_crops_from`)."""
     from labeler.imageio import decode_image
 
     boxes = [(float(r.x0), float(r.y0), float(r.x1), float(r.y1)) for r in faces.itertuples()]
-    with Image.open(path) as im:
-        w, h = im.size
-    dec = decode_image(path, min_side=needed_side(w, h, boxes, size))
+    dec = decode_image(path, min_side=needed_side(width, height, boxes, size))
     return box_crops_from(dec.rgb, dec.scale, boxes, list(faces["landmarks"]), size=size)
 
 
 def box_crops_workspace(
     ws: Any,
     *,
-    face_ids: Sequence[str] | None = None,
+    faces: Any = None,
     workers: int | None = None,
     size: int = CROP_SIZE,
 ) -> int:
-    """Write the box crop of every face of ``ws`` (or of ``face_ids``) that has none; returns
-    how many were written.
+    """Write the box crop of every face of ``ws`` (or of the ``faces`` rows given, a slice of
+    ``faces.parquet``) that has none; returns how many were written.
 
     A photo that can no longer be read (moved, deleted) raises ``WorkspaceError`` naming it
     and the fix; the crops written before stay (the next run resumes).
@@ -116,22 +109,26 @@ def box_crops_workspace(
     from labeler.imageio import ImageDecodeError, write_jpeg
     from labeler.workspace import WorkspaceError
 
-    faces = ws.faces()
-    if face_ids is not None:
-        faces = faces[faces["face_id"].isin(set(face_ids))]
+    faces = ws.faces() if faces is None else faces
     if faces.empty:
         return 0
     missing = np.array([not ws.box_crop_path(f).is_file() for f in faces["face_id"]])
     if not missing.any():
         return 0
     todo = faces.loc[missing]
-    paths = ws.face_image_paths(todo)
-    groups = list(todo.assign(_path=paths.to_numpy()).groupby("_path", sort=False))
+    sizes = ws.images().drop_duplicates("image_id").set_index("image_id")[["width", "height"]]
+    todo = todo.assign(
+        _path=ws.face_image_paths(todo).to_numpy(),
+        _w=sizes["width"].reindex(todo["image_id"]).to_numpy(),
+        _h=sizes["height"].reindex(todo["image_id"]).to_numpy(),
+    )
+    groups = list(todo.groupby("_path", sort=False))
 
     def one(item: tuple[str, Any]) -> int:
         path, rows = item
+        w, h = int(rows["_w"].iloc[0]), int(rows["_h"].iloc[0])
         try:
-            crops = photo_box_crops(path, rows, size=size)
+            crops = photo_box_crops(path, rows, width=w, height=h, size=size)
         except (ImageDecodeError, OSError) as exc:
             raise WorkspaceError(
                 f"cannot read {path} for its box crops ({exc}); put the photo back where "

@@ -174,7 +174,7 @@ def check_no_empty_splits(splits: Any, ratios: Any, persons: Any) -> None:
     persons for the ratios, e.g. a person grouping that put every face into one person."""
     from labeler.splits import parse_ratios, split_names_for
 
-    r = parse_ratios(list(ratios) if not isinstance(ratios, str) else ratios)
+    r = parse_ratios(ratios)
     got = set(np.asarray(splits).tolist())
     empty = [
         name for name, w in zip(split_names_for(r), r, strict=True) if w > 0 and name not in got

@@ -212,7 +212,7 @@ def plan_todo(
     if crop == "box" and len(todo):
         from labeler.boxcrops import box_crops_workspace
 
-        box_crops_workspace(ws, face_ids=todo["face_id"].tolist())
+        box_crops_workspace(ws, faces=faces.loc[todo.index])
     todo["path"] = crop_paths(ws, faces.loc[todo.index], crop=crop)
     missing = [p for p in todo["path"] if not Path(p).is_file()]
     if missing:
