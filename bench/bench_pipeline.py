@@ -242,6 +242,79 @@ def shipped(images: Path, workdir: Path, runs: int) -> list[dict[str, object]]:
     return rows
 
 
+def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
+    """CPU ms per face of each stage of the default ``labeler run``, one thread, measured by
+    calling the stages' own functions in turn on ``n`` photos (in the real run they overlap
+    in threads; these are their costs, not their wall times)."""
+    import tempfile
+
+    import cv2
+
+    from labeler.boxcrops import JPEG_QUALITY, box_crops_from
+    from labeler.cues import compute_cues
+    from labeler.detect.pipeline import DETECT_SIDE, DetectConfig, _align_from
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import load_crop, prepare_crop
+    from labeler.features import AUTO_INPUT_SIZE
+    from labeler.imageio import decode_image, encode_jpeg
+    from labeler.ingest import _read_one
+    from labeler.pipeline import feature_inputs
+
+    cv2.setNumThreads(1)
+    regions = [r for r, _ in feature_inputs("auto", "timm:efficientnet_lite0")[0]]
+    det = DetectConfig().build_detector()
+    bb = get_backbone("timm:efficientnet_lite0", num_threads=1, input_size=AUTO_INPUT_SIZE)
+    cost = dict.fromkeys(
+        ["ingest (read, hash, header)", "decode", "detect + align", "crops: cut + JPEG",
+         "crops: decode + regions", "model (3 regions, one call)", "cues"],
+        0.0,
+    )  # fmt: skip
+    faces = 0
+    clock = time.process_time
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files[:n]:
+            t = clock()
+            _read_one(f.parent, 0, f.name, 0)
+            t1 = clock()
+            dec = decode_image(f, min_side=DETECT_SIDE)
+            t2 = clock()
+            pairs = _align_from(f, dec, det, size=256, detect_side=DETECT_SIDE, fallback=True)
+            t3 = clock()
+            boxes = [(d.x0, d.y0, d.x1, d.y1) for d, _ in pairs]
+            box = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d, _ in pairs])
+            data = [
+                (encode_jpeg(c, quality=92), encode_jpeg(b, quality=JPEG_QUALITY))
+                for (_, c), b in zip(pairs, box, strict=True)
+            ]
+            for i, (a, b) in enumerate(data):
+                Path(tmp, f"{i}.jpg").write_bytes(a)
+                Path(tmp, f"{i}.box.jpg").write_bytes(b)
+            t4 = clock()
+            crops = [(load_crop(a, size=256), load_crop(b, size=256)) for a, b in data]
+            pix = [
+                prepare_crop(c if r != "box" else b, region=r, size=AUTO_INPUT_SIZE)
+                for r in regions
+                for c, b in crops
+            ]
+            t5 = clock()
+            if pix:
+                bb.embed(np.stack(pix))
+            t6 = clock()
+            if crops:
+                compute_cues(np.stack([c for c, _ in crops]))
+            t7 = clock()
+            faces += len(pairs)
+            for k, (a, b) in zip(
+                cost,
+                ((t, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7)),
+                strict=True,
+            ):
+                cost[k] += b - a
+    out = {k: 1000 * v / max(faces, 1) for k, v in cost.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def _cuda(device: str) -> bool:
     if device == "cpu":
         return False
@@ -287,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{n} photos, {os.cpu_count()} cores, median of {args.runs} runs (min-max)")
         print("| command | faces | faces/s | CPU ms/face | peak RSS GB | vs naive |")
         print("|---|---|---|---|---|---|")
-        for r in rows[:-1]:
+        for r in rows[:-1]:  # the last row: steps of the default run
             print(
                 f"| {r['command']} | {r['faces']} | {r['faces_s_median']:.1f} "
                 f"({r['faces_s_min']:.1f}-{r['faces_s_max']:.1f}) | {r['cpu_ms_per_face']:.1f} "
@@ -297,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             "steps of the default run, wall ms/face: "
             + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k != "command")
         )
+        stages = stage_costs(sorted(args.data.iterdir()))
+        print("\nCPU ms per face of each stage of the default run (one thread, 120 photos):")
+        print("| stage | CPU ms/face |\n|---|---|")
+        for k, v in stages.items():
+            print(f"| {k} | {v:.1f} |")
+        rows.append({"command": "CPU ms/face per stage (one thread)", **stages})
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=str))
         return 0

@@ -238,11 +238,20 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
     return out
 
 
-def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tuple[int, int]:
+def cues_workspace(
+    ws: Any,
+    *,
+    batch_size: int = 256,
+    force: bool = False,
+    computed: dict[str, np.ndarray] | None = None,
+) -> tuple[int, int]:
     """Compute cues for every face of the workspace and store them as ``cues__face``.
 
     Incremental by face_id: faces whose cues are already stored (same cue version) are kept;
-    only new faces are computed (all of them with ``force``). Returns ``(computed, total)``.
+    only new faces are computed (all of them with ``force``). ``computed``: cues already
+    computed from the crops' pixels in memory (``labeler run`` does it in its embed pass,
+    :func:`labeler.embeddings.embed.embed_regions`), used instead of reading those crops.
+    Returns ``(computed, total)``.
     """
     from labeler.embeddings.store import read_config, read_vectors, save_vectors
 
@@ -263,10 +272,13 @@ def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tu
     have_ids, have_X = have_ids[keep], have_X[keep]
     known = dict(zip(have_ids, range(len(have_ids)), strict=True))
     todo = [f for f in face_ids if f not in known]
+    given = computed or {}
     new_X = []
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
-        new_X.append(compute_cues(read_crops(ws, chunk)))
+        read = [f for f in chunk if f not in given]
+        X = dict(zip(read, compute_cues(read_crops(ws, read)), strict=True)) if read else {}
+        new_X.append(np.stack([given[f] if f in given else X[f] for f in chunk]).astype(np.float32))
         log.info("cues: %d / %d faces", min(i + batch_size, len(todo)), len(todo))
     if not todo and len(have_ids) == len(face_ids):
         return 0, len(face_ids)
