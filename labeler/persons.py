@@ -451,11 +451,8 @@ def _person_embedding(
     ws: object, faces: pd.DataFrame, key: str | None
 ) -> tuple[np.ndarray | None, str]:
     """The stored embedding used for near-duplicate grouping (global face), or None."""
-    try:
-        from labeler.embeddings.store import list_embeddings, load_embeddings
-    except ImportError:
-        log.warning("no embedding store; person grouping falls back to source images")
-        return None, ""
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+
     keys = [str(k) for k in list_embeddings(ws)] if key is None else [key]
     if key is None:
         keys = [k for k in keys if k.endswith("__face") and not k.startswith("cues")]

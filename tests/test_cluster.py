@@ -492,7 +492,6 @@ class TestCli:
 
     def test_auto_features_then_place(self, tmp_path):
         """Through labeler.features' 'auto' spec, whose per-block PCA depends on the face set."""
-        pytest.importorskip("labeler.features")
         from labeler.cli import cli
         from labeler.embeddings.store import save_vectors
 

@@ -197,7 +197,7 @@ def test_no_labels_is_a_clean_error(tmp_path):
 
 
 def test_clusters_csv(tiny, tmp_path):
-    store = pytest.importorskip("labeler.cluster.store")
+    from labeler.cluster import store
     import numpy as np
 
     faces = tiny.ws.faces()

@@ -610,11 +610,8 @@ def map_figure(ws: Workspace, field: str, color_by: str) -> MapFigure:
 def _models(root: str, stamp: float, fields: tuple[str, ...]) -> tuple[list, list[str]]:
     ws = Workspace(Path(root))
     models, missing = [], []
-    try:
-        from labeler.train import load_model
-    except ImportError as exc:
-        log.info("training module unavailable: %s", exc)
-        return [], list(fields)
+    from labeler.train import load_model
+
     for f in fields:
         try:
             models.append(load_model(ws, field=f))
