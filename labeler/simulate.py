@@ -344,7 +344,9 @@ def _review_groups(res: Any, s: _Session) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kmeans_parts(Z: np.ndarray, k: int) -> np.ndarray:
-    """(n,) part 0..k-1 of each row: k-means as the app's *split by similarity* runs it."""
+    """(n,) part 0..k-1 of each row: k-means on the simulated features, the stand-in for the
+    app's *split by similarity* (:func:`labeler.cluster.edit.split_cluster`, spherical
+    k-means on the run's vectors). Kept as it was so simulated numbers stay comparable."""
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(Z).astype(np.int64)

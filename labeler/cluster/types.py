@@ -136,7 +136,9 @@ class ClusterResult:
 
     @property
     def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if len(self.labels) and (self.labels >= 0).any() else 0
+        """Distinct real clusters (noise not counted; ids may have gaps after a merge)."""
+        labels = np.asarray(self.labels)
+        return int(len(np.unique(labels[labels >= 0])))
 
 
 @dataclass(frozen=True)
