@@ -45,10 +45,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from labeler.errors import InputError, LabelerError, UnknownKeyError
+
 log = logging.getLogger(__name__)
 
 
-class LabelStoreError(ValueError):
+class LabelStoreError(LabelerError, ValueError):
     """The label store cannot be opened or written; the message names the file and the fix."""
 
 
@@ -100,7 +102,7 @@ class LabelSchema:
         for f in self.fields:
             if f.name == name:
                 return f
-        raise KeyError(
+        raise UnknownKeyError(
             f"label field {name!r} is not in the schema (fields: {', '.join(self.names)}); "
             "add it in the app's Settings page or with LabelStore.add_field"
         )
@@ -384,16 +386,16 @@ class LabelStore:
         """
         ids = _unique(face_ids)
         if not ids:
-            raise ValueError(f"assign({field!r}, {value!r}) got no face_ids; select faces first")
+            raise InputError(f"assign({field!r}, {value!r}) got no face_ids; select faces first")
         if source not in SOURCES:
             raise ValueError(f"source {source!r} is not one of {SOURCES}")
         if not annotator or not str(annotator).strip():
-            raise ValueError("annotator is empty; set your name in the app's Settings page")
+            raise InputError("annotator is empty; set your name in the app's Settings page")
         with self._write() as con:
             schema = _read_schema(con)
             allowed = schema.values(field)
             if value is not None and value not in allowed:
-                raise ValueError(
+                raise InputError(
                     f"value {value!r} is not allowed for field {field!r} (allowed: "
                     f"{', '.join(allowed)}); add it in Settings or with LabelStore.add_value"
                 )
@@ -598,7 +600,7 @@ class LabelStore:
         vals = tuple(dict.fromkeys(_clean_name(v, "value") for v in values))
         schema = self.schema()
         if name in schema.names:
-            raise ValueError(f"label field {name!r} already exists; add values to it instead")
+            raise InputError(f"label field {name!r} already exists; add values to it instead")
         new = LabelSchema((*schema.fields, LabelField(name, vals, optional, description)))
         self.set_schema(new)
         return new
@@ -794,7 +796,7 @@ def _bump(con: sqlite3.Connection) -> None:
 def _clean_name(name: str, what: str) -> str:
     name = str(name).strip()
     if not name or any(c in name for c in ",\n\t"):
-        raise ValueError(f"label {what} {name!r} must be non-empty, without commas or newlines")
+        raise InputError(f"label {what} {name!r} must be non-empty, without commas or newlines")
     return name
 
 

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from labeler.errors import InputError
+
 log = logging.getLogger(__name__)
 
 KEEP = 10
@@ -174,7 +176,7 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     db_path = Path(db_path)
     candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
     if not candidates:
-        raise ValueError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
+        raise InputError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
     chosen = None
     for c in candidates:
         why = check_store(c)
@@ -183,9 +185,9 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
             break
         log.warning("skipping backup %s: %s", c, why)
         if backup:
-            raise ValueError(f"{c} cannot be restored: {why}; pick another with --backup")
+            raise InputError(f"{c} cannot be restored: {why}; pick another with --backup")
     if chosen is None:
-        raise ValueError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
+        raise InputError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
     if db_path.exists():
         if check_store(db_path) is None:
             make_backup(db_path)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labeler.cluster.types import ClusterConfig
 from labeler.embeddings.types import DEFAULT_BACKBONE
+from labeler.errors import InputError
 from labeler.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def _torch_on_cuda(backbone: Backbone | None) -> bool:
 def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:
     """The fused GPU pass when ``config.detect_engine`` asks for it (see :class:`RunConfig`)."""
     if config.detect_engine not in ("auto", "threads", "fused"):
-        raise ValueError(
+        raise InputError(
             f"detect_engine must be auto, threads or fused, got {config.detect_engine!r}"
         )
     if config.detect_engine == "threads" or config.detector != "mediapipe":

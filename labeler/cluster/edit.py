@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from labeler.cluster.types import ClusterResult
+from labeler.errors import InputError
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def split_labels(
     labels = np.asarray(labels, dtype=np.int32)
     members = np.flatnonzero(labels == cluster_id)
     if members.size < 2:
-        raise ValueError(f"cluster {cluster_id} has {members.size} face(s); nothing to split")
+        raise InputError(f"cluster {cluster_id} has {members.size} face(s); nothing to split")
     if n_parts is not None and n_parts < 2:
-        raise ValueError(f"n_parts={n_parts}; a split needs at least 2 parts")
+        raise InputError(f"n_parts={n_parts}; a split needs at least 2 parts")
     S = l2_normalize(np.asarray(V)[members])
     if n_parts is not None:
         parts, _ = kmeans_cluster(S, n_clusters=int(n_parts), seed=seed)
@@ -179,17 +180,17 @@ def merge_clusters(
     present = set(np.unique(result.labels).tolist())
     unknown = [i for i in ids if i not in present]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"cluster(s) {unknown} are not in this run (it has {sorted(present)[:20]}...)"
         )
     if into is None:
         real = [i for i in ids if i >= 0]
         if not real:
-            raise ValueError("merging only noise: name a target cluster with into=")
+            raise InputError("merging only noise: name a target cluster with into=")
         into = real[0]
     into = int(into)
     if into < 0:
-        raise ValueError("cannot merge into noise (-1); pick a real cluster id")
+        raise InputError("cannot merge into noise (-1); pick a real cluster id")
     sel = np.isin(result.labels, ids)
     labels = result.labels.copy()
     labels[sel] = into
@@ -218,7 +219,7 @@ def move_faces(
     inside = result.labels == cluster_id
     move = np.isin(np.asarray(result.face_ids).astype(str), [str(f) for f in face_ids]) & inside
     if not move.any() or move.sum() == inside.sum():
-        raise ValueError(
+        raise InputError(
             f"moving faces out of cluster {cluster_id} needs some but not all of its "
             f"{int(inside.sum())} faces; got {int(move.sum())}: untick fewer faces"
         )

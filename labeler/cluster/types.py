@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from labeler.errors import InputError
+
 ALGORITHMS = ("auto", "hdbscan", "kmeans")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
@@ -99,7 +101,7 @@ class PcaModel:
     def transform(self, X: np.ndarray, *, batch: int = 65_536) -> np.ndarray:
         """Project ``X`` (N, D) to (N, d) float32, batch by batch."""
         if X.shape[1] != self.mean.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"features have {X.shape[1]} dims but the PCA was fitted on {self.mean.shape[0]}; "
                 "use the same feature spec as the run, or re-run 'labeler cluster'"
             )

@@ -27,6 +27,7 @@ import numpy as np
 
 from labeler._deps import require
 from labeler.detect import Detection, finalize
+from labeler.errors import InputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def short_range_model_path() -> Path:
         / "modules/face_detection/face_detection_short_range.tflite"
     )
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed mediapipe package")
+        raise NotFoundError(f"{path} is missing from the installed mediapipe package")
     return path
 
 
@@ -430,7 +431,7 @@ class BlazeFaceTorch:
 
     def __init__(self, *, device: str = "cpu", score_threshold: float = 0.5) -> None:
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in 0..1, got {score_threshold}")
+            raise InputError(f"score_threshold must be in 0..1, got {score_threshold}")
         torch = require("torch", purpose="the torch BlazeFace detector")
         self.score_threshold = float(score_threshold)
         self.input_size = SHORT_RANGE_INPUT

@@ -51,6 +51,7 @@ from labeler.detect import (
     looks_like_face_crop,
     whole_image_detection,
 )
+from labeler.errors import InputError, NotFoundError
 from labeler.imageio import DecodedImage, ImageDecodeError, decode_image, load_rgb, write_jpeg
 from labeler.regions import CROP_SIZE
 from labeler.workspace import (
@@ -452,7 +453,7 @@ def detect_workspace(
     >>> res.faces, res.no_face  # doctest: +SKIP
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     cfg = DetectConfig(
         detector=detector,
         min_size=float(min_size),
@@ -626,7 +627,7 @@ def iter_crops(
     for fid in faces["face_id"]:
         path = ws.crop_path(fid)
         if not path.exists():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --redo'"
             )
         yield fid, load_rgb(path)
