@@ -42,7 +42,7 @@ class RunConfig:
     cluster: ClusterConfig | None = ClusterConfig()
     workers: int | None = None
     embed_threads: int | None = None  # CPU threads of the model (default: all cores)
-    #: ``auto``: the fused GPU pass (:mod:`labeler.fused`) when the model runs on CUDA and the
+    #: ``auto``: the fused GPU pass (:mod:`labeler.detect.fused`) when the model runs on CUDA and the
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
     #: (also on CPU: slower there, for checking it).
     detect_engine: str = "auto"
@@ -249,7 +249,7 @@ def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[st
     cuda = _torch_on_cuda(backbone)
     if config.detect_engine == "auto" and not cuda:
         return None
-    from labeler.fused import FusedEngine
+    from labeler.detect.fused import FusedEngine
 
     # on CPU with ONNX Runtime the engine writes crops only; the closing embed pass embeds them
     torch_rt = backbone is not None and backbone.config.runtime == "torch"

@@ -446,7 +446,7 @@ def detect_workspace(
     90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
     ``redo`` forgets earlier results (and crops) and detects everything again.
     ``engine`` replaces the thread pool for
-    whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
+    whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.detect.fused`);
     commits, the log and resuming stay the same.
 
     >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
