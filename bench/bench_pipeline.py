@@ -8,7 +8,7 @@ Stages, each measured on the same images in one run:
   e2e      naive: cv2.imread + detect + align + torch eager, one thread
            labeler: `labeler run --no-cluster` (ingest + detect + align + embed) on a fresh
            workspace, threads overlapping decode/detect with the model; on CUDA the fused
-           GPU pass (labeler.fused), and the CPU-thread path on the same box for comparison
+           GPU pass (labeler.detect.fused), and the CPU-thread path on the same box for comparison
 
 Usage: python bench/bench_pipeline.py [--data DIR] [--repeat K] [--device auto]
 (default data: ../shared/data/maskedfacenet_1024/images). Prints a table; --json writes one.

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import NotFoundError
+
 log = logging.getLogger(__name__)
 
 CUES_KEY = "cues__face"
@@ -249,7 +251,7 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
         path = ws.crop_path(fid)
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"aligned crop {path} is missing or unreadable; re-run 'labeler detect -w {ws.root}'"
             )
         if img.shape[:2] != (CROP_SIZE, CROP_SIZE):

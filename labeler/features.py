@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import InputError, WorkspaceError
+
 log = logging.getLogger(__name__)
 
 # "auto": the blocks tried in order, with their weights; missing ones are skipped (logged).
@@ -57,16 +59,16 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     for part in spec.split("+"):
         part = part.strip()
         if not part:
-            raise ValueError(
+            raise InputError(
                 f"empty block in feature spec {spec!r}; write e.g. 'cues__face+KEY*0.5'"
             )
         key, _, w = part.partition("*")
         try:
             weight = float(w) if w else 1.0
         except ValueError:
-            raise ValueError(f"bad weight {w!r} in feature spec {spec!r}; write KEY*0.5") from None
+            raise InputError(f"bad weight {w!r} in feature spec {spec!r}; write KEY*0.5") from None
         if weight <= 0:
-            raise ValueError(f"weight of {key!r} must be > 0 in feature spec {spec!r}")
+            raise InputError(f"weight of {key!r} must be > 0 in feature spec {spec!r}")
         out.append((key.strip(), weight))
     return out
 
@@ -101,7 +103,7 @@ def combine_blocks(
     columns is kept whole; 0 = no PCA).
     """
     if not blocks:
-        raise ValueError("no feature blocks to combine; run 'labeler embed' first")
+        raise WorkspaceError("no feature blocks to combine; run 'labeler embed' first")
     n = len(blocks[0])
     weights = [1.0] * len(blocks) if weights is None else list(weights)
     if len(weights) != len(blocks):
@@ -163,7 +165,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
                 if any(k.startswith("cues") for k in missing)
                 else "labeler embed"
             )
-            raise ValueError(
+            raise WorkspaceError(
                 f"feature spec {spec!r} names {', '.join(missing)}, not stored "
                 f"(stored: {', '.join(stored) or 'none'}); run '{hint}'"
             )
@@ -193,7 +195,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
             return [(key, 1.0)]
     if stored:
         return [(stored[0], 1.0)]
-    raise ValueError("the workspace has no stored features; run 'labeler embed' first")
+    raise WorkspaceError("the workspace has no stored features; run 'labeler embed' first")
 
 
 def load_features(

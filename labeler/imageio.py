@@ -35,6 +35,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from labeler.errors import LabelerError
+
 log = logging.getLogger(__name__)
 
 #: File name extensions (lower case, with the dot) that ``labeler ingest`` looks at.
@@ -69,7 +71,7 @@ _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 Source = str | os.PathLike[str] | bytes | IO[bytes]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(LabelerError, ValueError):
     """A file could not be decoded into an RGB image (message: one line naming the file)."""
 
 

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from labeler.errors import InputError, NotFoundError
 from labeler.imageio import (
     IMAGE_EXTENSIONS,
     ImageDecodeError,
@@ -326,9 +327,9 @@ def ingest_folder(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
+        raise NotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
     if folder.resolve() == ws.root.resolve():
-        raise ValueError(
+        raise InputError(
             f"the workspace {ws.root} is the photo folder itself; give -w a separate folder "
             "(e.g. next to the photos)"
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labeler.cluster.types import ClusterConfig
 from labeler.embeddings.types import DEFAULT_BACKBONE
+from labeler.errors import InputError
 from labeler.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class RunConfig:
     #: as the two run at the same time (on 2 cores one model thread uses ~20 % less CPU
     #: per crop than two that wait on each other and on detection)
     embed_threads: int | None = None
-    #: ``auto``: the fused GPU pass (:mod:`labeler.fused`) when the model runs on CUDA and the
+    #: ``auto``: the fused GPU pass (:mod:`labeler.detect.fused`) when the model runs on CUDA and the
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
     #: (also on CPU: slower there, for checking it).
     detect_engine: str = "auto"
@@ -299,7 +300,7 @@ def _torch_on_cuda(backbone: Backbone | None) -> bool:
 def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:
     """The fused GPU pass when ``config.detect_engine`` asks for it (see :class:`RunConfig`)."""
     if config.detect_engine not in ("auto", "threads", "fused"):
-        raise ValueError(
+        raise InputError(
             f"detect_engine must be auto, threads or fused, got {config.detect_engine!r}"
         )
     if config.detect_engine == "threads" or config.detector != "mediapipe":
@@ -307,7 +308,7 @@ def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[st
     cuda = _torch_on_cuda(backbone)
     if config.detect_engine == "auto" and not cuda:
         return None
-    from labeler.fused import FusedEngine
+    from labeler.detect.fused import FusedEngine
 
     # on CPU with ONNX Runtime the engine writes crops only; the closing embed pass embeds them
     torch_rt = backbone is not None and backbone.config.runtime == "torch"

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 from labeler.cli.cluster import cluster_config, cluster_options
 
 
@@ -62,10 +62,7 @@ def command(
         workers=workers,
         detect_engine=detect_engine,
     )
-    try:
-        res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+    res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]
     total = sum(res.timings.values())
     click.echo(
         f"{res.images_ok} images ok, {res.image_errors} unreadable (see images.parquet), "

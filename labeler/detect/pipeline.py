@@ -52,6 +52,7 @@ from labeler.detect import (
     looks_like_face_crop,
     whole_image_detection,
 )
+from labeler.errors import InputError, NotFoundError
 from labeler.imageio import (
     DecodedImage,
     ImageDecodeError,
@@ -471,16 +472,16 @@ def detect_workspace(
     each commit. ``rotate`` also searches photos with no convincing face turned by
     90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
     ``redo`` forgets earlier results (and crops) and detects everything again.
-    ``crop_sink`` receives each written crop's pixels (``labeler run`` embeds them from
-    memory, :mod:`labeler.cropcache`). ``engine`` replaces the thread pool for
-    whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
+    ``crop_sink`` receives each written crop's JPEG bytes (``labeler run`` embeds them from
+    memory, :mod:`labeler.cropcache`). ``engine`` replaces the thread pool for whole chunks
+    (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.detect.fused`);
     commits, the log and resuming stay the same.
 
     >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
     >>> res.faces, res.no_face  # doctest: +SKIP
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     cfg = DetectConfig(
         detector=detector,
         min_size=float(min_size),
@@ -654,7 +655,7 @@ def iter_crops(
     for fid in faces["face_id"]:
         path = ws.crop_path(fid)
         if not path.exists():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --redo'"
             )
         yield fid, load_rgb(path)

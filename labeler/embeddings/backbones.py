@@ -49,6 +49,7 @@ from labeler.embeddings.types import (
     BackboneError,
     BackboneSpec,
 )
+from labeler.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def get_backbone(
     cl = True if channels_last is None else bool(channels_last)
     weights_path = None if weights is None else Path(weights).expanduser().resolve()
     if weights_path is not None and not weights_path.is_file():
-        raise FileNotFoundError(f"weights file {weights_path} does not exist; pass --weights FILE")
+        raise NotFoundError(f"weights file {weights_path} does not exist; pass --weights FILE")
 
     if rt == "onnx":
         from labeler.embeddings.onnx_runtime import onnx_backbone

@@ -35,6 +35,7 @@ import pandas as pd
 from labeler.cropcache import CropCache
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
+from labeler.errors import InputError
 from labeler.regions import CROP_SIZE, crop_region, get_region
 from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
 
@@ -234,7 +235,7 @@ def prepare_key(
         and old.get("fingerprint")
         and old["fingerprint"] != jsonable(config.fingerprint())
     ):
-        raise ValueError(
+        raise InputError(
             f"embeddings {key} in {ws.root} were made with another configuration "
             f"({_diff(old['fingerprint'], jsonable(config.fingerprint()))}); pass --overwrite to "
             "recompute them, or choose another --backbone/--region"
@@ -279,11 +280,11 @@ def make_config(
 ) -> EmbedConfig:
     get_region(region)
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(
+        raise InputError(
             f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}"
         )
     if decode not in DECODES:
-        raise ValueError(f"unknown decode {decode!r}; use one of {', '.join(DECODES)}")
+        raise InputError(f"unknown decode {decode!r}; use one of {', '.join(DECODES)}")
     bconf = backbone if isinstance(backbone, BackboneConfig) else backbone.config
     if decode == "cuda" and not (bconf.runtime == "torch" and bconf.device.startswith("cuda")):
         raise BackboneError(

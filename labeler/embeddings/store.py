@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import InputError
 from labeler.workspace import (
     Workspace,
     WorkspaceError,
@@ -88,7 +89,7 @@ def split_key(key: str) -> tuple[str, str]:
     """``"efficientnet_lite0__lower"`` -> ``("efficientnet_lite0", "lower")``."""
     name, sep, region = key.rpartition("__")
     if not sep or not name or not region:
-        raise ValueError(f"{key!r} is not an embedding key ('<backbone>__<region>')")
+        raise InputError(f"{key!r} is not an embedding key ('<backbone>__<region>')")
     return name, region
 
 

@@ -16,10 +16,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from labeler.errors import LabelerError
+
 DEFAULT_BACKBONE = "timm:efficientnet_lite0"
 
 
-class BackboneError(ValueError):
+class BackboneError(LabelerError, ValueError):
     """A backbone name, device or weights file cannot be used (message names the fix)."""
 
 
