@@ -95,6 +95,10 @@ class InteractiveConfig:
     split_parts: int = 2
     checked_weight: float = 3.0
     min_gain: float = 1.0
+    margin: float = 0.25
+    prior_faces: float = 10.0
+    split_rescue: float = 0.5
+    max_idle_corrections: int = 30
     max_group_actions: int = 10_000
 
 
@@ -131,11 +135,13 @@ class EffortResult:
     curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     # labels (N,) str ('' = unlabeled) as they stood after ``snapshot_at`` actions, if asked
     snapshot: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # the group actions of an interactive session: kind, expected gain, plain's, real gain
+    log: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (the curve and snapshot are left out)."""
         out = {
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("curve", "snapshot")
+            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("curve", "snapshot", "log")
         }
         out["kinds"] = dict(self.kinds)
         return out
@@ -219,8 +225,7 @@ class _Session:
         self.click_curve: list[int] = []
         self.opened = 0  # faces in groups the annotator opened and labeled
         self.opened_major = 0  # of those, faces holding the group's majority label
-        self.review_seen = 0  # faces in review groups opened so far
-        self.review_fixed = 0  # of those, faces the relabel fixed
+        self.log: list[dict[str, Any]] = []  # one row per group action (see ``note``)
 
     @property
     def correct(self) -> int:
@@ -234,22 +239,38 @@ class _Session:
         if len(self.curve) == self.snapshot_at:
             self.snapshot = self.cur.copy()
 
-    def bulk(self, members: np.ndarray, kind: str = "bulk", suggested: int | None = None) -> int:
+    def bulk(
+        self,
+        members: np.ndarray,
+        kind: str = "bulk",
+        suggested: int | None = None,
+        *,
+        grouping: bool = True,
+    ) -> int:
         """Give ``members`` their majority true label (what the annotator types for the group
-        they see); ``suggested``: the value the app proposed (accepting it is ``accept``)."""
+        they see); ``suggested``: the value the app proposed (accepting it is ``accept``).
+        ``grouping``: a group of the grouping (its majority share counts in ``purity``)."""
         m = _majority(self.y[members], self.C)
         self.cur[members] = m
         self.event[members] = len(self.curve)
-        self.opened += len(members)
-        self.opened_major += int((self.y[members] == m).sum())
+        if grouping:
+            self.opened += len(members)
+            self.opened_major += int((self.y[members] == m).sum())
         self.reviewed += len(members)
         if suggested is not None:
             kind = "accept" if m == suggested else "assign"
         self.act(kind)
         return m
 
+    def note(self, kind: str, expected: float, plain: float, before: int) -> None:
+        """Log the action just taken: its expected gain, plain's next action's, the real one."""
+        self.log.append(
+            {"action": len(self.curve), "kind": kind, "expected": round(expected, 2),
+             "plain_expected": round(plain, 2), "fixed": self.correct - before}
+        )  # fmt: skip
+
     def purity(self) -> float:
-        """Mean majority share of the groups opened so far (1 before any)."""
+        """Mean majority share of the groups of the grouping opened so far (1 before any)."""
         return self.opened_major / self.opened if self.opened else 1.0
 
     def trust(self) -> np.ndarray:
@@ -300,6 +321,7 @@ def _result(
         kinds=dict(s.kinds),
         curve=curve,
         snapshot=snapshot,
+        log=tuple(s.log),
     )
 
 
@@ -324,8 +346,7 @@ def _review_groups(res: Any, s: _Session) -> tuple[np.ndarray, np.ndarray]:
     """Labeled faces (not checked: corrected, or seen right in a review group) whose out-of-fold
     prediction contradicts their label, grouped by (label, prediction): (N,) group id (-1 =
     none) and the expected gain per group. A face's chance to be fixed is its band's measured
-    precision, blended with the share of faces that review groups opened so far really fixed
-    (the annotator saw those), ``prior`` faces' worth of weight on the former."""
+    precision (the session calibrates it on what review groups really fixed)."""
     n = len(s.y)
     gid = np.full(n, -1, np.int64)
     code = np.full(n, -1, np.int64)
@@ -339,86 +360,154 @@ def _review_groups(res: Any, s: _Session) -> tuple[np.ndarray, np.ndarray]:
         return gid, np.zeros(0)
     keys, inv = np.unique(code[cand] * len(res.classes) + pred_code[cand], return_inverse=True)
     gid[cand] = inv
-    prior = 10.0
-    p = (s.review_fixed + prior * res.precision[cand].astype(np.float64)) / (s.review_seen + prior)
+    p = res.precision[cand].astype(np.float64)
     return gid, np.bincount(inv, weights=p, minlength=len(keys))
 
 
-def _kmeans_parts(Z: np.ndarray, k: int) -> np.ndarray:
-    """(n,) part 0..k-1 of each row: k-means on the simulated features, the stand-in for the
-    app's *split by similarity* (:func:`labeler.cluster.edit.split_cluster`, spherical
-    k-means on the run's vectors). Kept as it was so simulated numbers stay comparable."""
-    from sklearn.cluster import KMeans
+def _split_parts(V: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(n,) part 0..k-1 of each row (0 = the biggest part): the app's *split by similarity*
+    itself (:func:`labeler.cluster.edit.split_labels`, spherical k-means on the run's
+    vectors ``V`` (n, d)), so that the simulation measures what the app's Split button does."""
+    from labeler.cluster.edit import split_labels
 
-    return KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(Z).astype(np.int64)
+    out = split_labels(V, np.zeros(len(V), np.int32), 0, n_parts=k, seed=seed)
+    return (out - 1).astype(np.int64)
 
 
-def _interactive(g: np.ndarray, X: np.ndarray, s: _Session, cfg: InteractiveConfig) -> None:
+class _Calibration:
+    """Faces an action kind really fixed vs what was expected of it, as the annotator saw it
+    (they open every group they act on). ``rate`` = (fixed + prior) / (expected + prior): 1
+    before any evidence, ``prior`` faces' worth of weight on it."""
+
+    def __init__(self, prior: float) -> None:
+        self.prior = prior
+        self.fixed: Counter[str] = Counter()
+        self.expected: Counter[str] = Counter()
+
+    def rate(self, kind: str) -> float:
+        return (self.fixed[kind] + self.prior) / (self.expected[kind] + self.prior)
+
+    def add(self, kind: str, expected: float, fixed: float) -> None:
+        self.expected[kind] += max(expected, 0.0)
+        self.fixed[kind] += max(fixed, 0.0)
+
+
+def _visible_minority(s: _Session, members: np.ndarray) -> tuple[int, np.ndarray]:
+    """Faces of ``members`` whose state nobody has labeled yet and is not the group's
+    majority (what the annotator sees when they open the group), and the seen states (C,)."""
+    cnt = np.bincount(s.y[members], minlength=s.C)
+    cnt[cnt.argmax()] = 0
+    seen = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
+    return int(cnt[~seen].sum()), seen
+
+
+def _interactive(
+    g: np.ndarray, X: np.ndarray, V: np.ndarray, s: _Session, cfg: InteractiveConfig
+) -> None:
     from labeler.suggest import suggest
 
     n = len(s.y)
     gi = np.unique(g, return_inverse=True)[1].astype(np.int64)
     opened = np.zeros(n, bool)  # faces of groups of the grouping the annotator has opened
     opens = new_state = 0  # groups opened, and how many of them showed a state first
+    cal = _Calibration(cfg.prior_faces)
+    split_minority = split_rescued = 0.0  # over the splits so far: visible minority, rescued
+    unsplittable: set[int] = set()
+    idle = 0  # corrections in a row since the last group action
     for _step in range(cfg.max_group_actions):
         if s.correct == n:
             break
         res = suggest(X, s.cur, weights=s.trust(), cv_groups=s.event, config=cfg.suggest)
         unl = s.cur < 0
-        # 1. a group of the grouping: its unlabeled faces times the purity seen so far
+        # plain's next action: bulk the biggest group of the grouping (its unlabeled faces),
+        # expected to fix its size times the purity seen so far; a correction (1) when the
+        # groups are done (a singleton is always right: 1 too)
         open_size = np.bincount(gi[unl], minlength=gi.max() + 1)
         j = int(np.argmax(open_size))  # biggest first, ties by group order (as plain)
-        best = [(open_size[j] * s.purity(), 0, "cluster", j)]
-        # 2. a suggestion group: size times its out-of-fold precision. Faces of groups nobody
-        # opened yet may hold a state the model has never seen (its precision cannot know):
-        # they count (1 - the share of opened groups that showed a new state), Laplace-smoothed
+        plain_gain = float(open_size[j]) * s.purity()
+        base = max(plain_gain, 1.0)
+        # the deviations, each expected gain calibrated on what that kind really fixed so far
+        devs: list[tuple[float, float, str, int]] = []
         if len(res.groups):
+            # a suggestion group: size times its out-of-fold precision. Faces of groups nobody
+            # opened yet may hold a state the model has never seen (its precision cannot
+            # know): they count (1 - the share of opened groups that showed a new state)
             novelty = (new_state + 1) / (opens + 2)
             trust = np.where(opened, 1.0, 1.0 - novelty)[unl]
-            ug = res.group[unl]
-            exp = np.bincount(ug, weights=trust, minlength=len(res.groups))
+            exp = np.bincount(res.group[unl], weights=trust, minlength=len(res.groups))
             exp *= res.groups.sort_values("group")["precision"].to_numpy()
             top = int(np.argmax(exp))
-            best.append((float(exp[top]), 1, "suggestion", top))
-        # 3. a review group of contradicted labels
+            devs.append((float(exp[top]) * cal.rate("suggestion"), float(exp[top]), "suggestion", top))
         rg, rgain = _review_groups(res, s)
         if len(rgain):
             k = int(np.argmax(rgain))
-            best.append((float(rgain[k]), 2, "review", k))
-        gain, _, kind, which = max(best, key=lambda t: (t[0], -t[1]))
-        if gain <= cfg.min_gain:
-            break
-        if kind == "cluster":
-            members = np.flatnonzero((gi == which) & unl)
-            k = cfg.split_parts
-            # the faces of states nobody has labeled yet, which the annotator sees there
-            cnt = np.bincount(s.y[members], minlength=s.C)
-            cnt[cnt.argmax()] = 0
-            seen = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
-            minority = int(cnt[~seen].sum())
-            if k >= 2 and minority > 2 * k and len(members) >= 2 * k:
-                # it visibly holds a state the tool has not learnt: the annotator splits it
-                # by similarity (1 action) and looks at the parts as groups of their own
-                parts = _kmeans_parts(X[members], k)
-                gi[members[parts > 0]] = gi.max() + parts[parts > 0]
-                s.act("split", clicks=2)
+            devs.append((float(rgain[k]) * cal.rate("review"), float(rgain[k]), "review", k))
+        dev = max(devs, key=lambda t: t[0]) if devs else None
+        before = s.correct
+        if dev is not None and dev[0] > (1.0 + cfg.margin) * base:
+            gain, raw, kind, which = dev
+            if kind == "suggestion":
+                members = np.flatnonzero(res.group == which)
+                value = int(res.groups.set_index("group").loc[which, "value"])
+                s.bulk(members, suggested=value, grouping=False)
             else:
-                known = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
-                m = s.bulk(members, "bulk")
-                opens += 1
-                new_state += int(not known[m])
-                opened[gi == which] = True
-        elif kind == "suggestion":
-            members = np.flatnonzero(res.group == which)
-            value = int(res.groups.set_index("group").loc[which, "value"])
-            s.bulk(members, suggested=value)
-        else:
-            members = np.flatnonzero(rg == which)
-            before = s.cur[members].copy()
-            m = s.bulk(members, "relabel")
-            s.review_seen += len(members)
-            s.review_fixed += int((s.y[members] == m).sum() - (s.y[members] == before).sum())
-            s.checked[members[s.y[members] == m]] = True  # seen and left ticked: right
+                members = np.flatnonzero(rg == which)
+                m = s.bulk(members, "relabel", grouping=False)
+                s.checked[members[s.y[members] == m]] = True  # seen and left ticked: right
+            cal.add(kind, raw, s.correct - before)
+            s.note(kind, gain, plain_gain, before)
+            idle = 0
+            continue
+        if open_size[j] == 0 or plain_gain <= cfg.min_gain:
+            # plain's next action is a correction (gain 1, as plain's): a face of a state
+            # nobody has labeled yet first (the annotator has seen it in a group they opened;
+            # the model can learn the state from it), then plain's order; the Suggest step
+            # reruns after it, until ``max_idle_corrections`` in a row found nothing better
+            wrong = np.flatnonzero(s.cur != s.y)
+            if not len(wrong) or idle >= cfg.max_idle_corrections:
+                break
+            known = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
+            new = wrong[~known[s.y[wrong]]]
+            s.fix(int(new[0] if len(new) else wrong[0]))
+            idle += 1
+            continue
+        idle = 0
+        members = np.flatnonzero((gi == j) & unl)
+        minority, seen = _visible_minority(s, members)
+        k = cfg.split_parts
+        rescue = (split_rescued + cfg.split_rescue * cfg.prior_faces) / (
+            split_minority + cfg.prior_faces
+        )
+        if (
+            k >= 2
+            and j not in unsplittable
+            and len(members) >= 2 * k
+            and rescue * minority > (1.0 + cfg.margin) * k
+        ):
+            # the opened group visibly holds faces of a state the tool has not learnt; a split
+            # (1 action, then k - 1 more bulk actions than labeling it whole) is expected to
+            # rescue ``rescue`` of them, calibrated on what earlier splits really separated
+            parts = _split_parts(V[members], k)
+            rescued = 0
+            for p in range(int(parts.max()) + 1):
+                yp = s.y[members[parts == p]]
+                top_state = _majority(yp, s.C)
+                if not seen[top_state] and top_state != _majority(s.y[members], s.C):
+                    rescued += int((yp == top_state).sum())
+            split_minority += minority
+            split_rescued += rescued
+            if parts.max() < 1:
+                unsplittable.add(j)
+            new_ids = gi.max() + parts[parts > 0]
+            gi[members[parts > 0]] = new_ids
+            s.act("split", clicks=2)
+            s.note("split", rescue * minority, plain_gain, before)
+            continue
+        m = s.bulk(members, "bulk")
+        opens += 1
+        new_state += int(not seen[m])
+        opened[gi == j] = True
+        s.note("bulk", plain_gain, plain_gain, before)
     s.finish()
 
 
@@ -428,6 +517,7 @@ def simulate(
     *,
     strategy: str = "plain",
     features: np.ndarray | None = None,
+    split_vectors: np.ndarray | None = None,
     config: InteractiveConfig | None = None,
     snapshot_at: int | None = None,
 ) -> EffortResult:
@@ -436,7 +526,8 @@ def simulate(
     groups: (N,) int group per face, -1 = noise (a group of one). truth: (N,) str/int true
     label per face (read only as an annotator would, see the module docstring).
     strategy: ``"plain"`` or ``"interactive"`` (then ``features`` (N, D) is required: what the
-    tool's guided steps learn on). config: :class:`InteractiveConfig` for the interactive
+    tool's guided steps learn on). split_vectors: (N, d) the vectors the app's *split by
+    similarity* works on (the cluster run's; default ``features``). config: :class:`InteractiveConfig` for the interactive
     session. snapshot_at: keep the labels as they stood after that many actions in
     ``result.snapshot`` (what a session of at most that many actions hands to training).
     Returns an :class:`EffortResult`.
@@ -464,7 +555,11 @@ def simulate(
             raise ValueError(
                 f"interactive simulation needs features (N={len(groups)}, D); got {got}"
             )
-        _interactive(g, np.asarray(features, dtype=np.float32), s, cfg)
+        X = np.asarray(features, dtype=np.float32)
+        V = X if split_vectors is None else np.asarray(split_vectors, dtype=np.float32)
+        if len(V) != len(X):
+            raise ValueError(f"split_vectors has {len(V)} rows but features has {len(X)}")
+        _interactive(g, X, V, s, cfg)
     return _result(strategy, s, groups, truth, n_groups, classes)
 
 
