@@ -31,18 +31,19 @@ import numpy as np
 
 
 def effort_rows(name: str, ws_path: str, truth_csv: str) -> tuple[dict, dict]:
-    from labeler.simulate import join_truth, session_inputs, simulate
+    from labeler.simulate import join_truth, session_inputs, simulate, split_vectors_of
     from labeler.suggest import reliability, suggest
     from labeler.workspace import Workspace
 
     ws = Workspace.open(ws_path)
     truth = join_truth(ws, truth_csv)
     ids = truth["face_id"].to_numpy(dtype=str)
-    groups, X, _ = session_inputs(ws, ids)
+    groups, X, run = session_inputs(ws, ids)
+    V = split_vectors_of(ws, run, ids)
     y = truth["truth"].to_numpy(dtype=str)
     t0 = time.perf_counter()
     plain = simulate(groups, y)
-    inter = simulate(groups, y, strategy="interactive", features=X)
+    inter = simulate(groups, y, strategy="interactive", features=X, split_vectors=V)
     sim_s = time.perf_counter() - t0
     eff = {
         "set": name,

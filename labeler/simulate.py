@@ -20,39 +20,50 @@ Protocols
 the wrong faces one by one (an oracle order: only wrong faces are touched).
 
 ``strategy="interactive"`` (needs ``features``): the session the app offers, driven by the
-app's own suggestion code (:func:`labeler.suggest.suggest`, no second implementation). Before
-every action the annotator retrains (the app's *Suggest* step) and takes the action with the
-largest number of faces it is **expected** to fix, estimated only from what an annotator can
-know:
+app's own code (:func:`labeler.suggest.suggest` for the *Suggest* step,
+:func:`labeler.cluster.edit.split_labels` for *split by similarity*; no second
+implementation). It is **plain with deviations that must earn their place**: before every
+action the annotator retrains (the app's *Suggest* step) and knows plain's next action (bulk
+the biggest group of the grouping, expected to fix its unlabeled faces x the majority share
+of the grouping's groups opened so far, 1 before any; once the groups are done, correct one
+face: 1). A deviation is taken only when its expected gain, **calibrated on what that kind of
+action really fixed so far in this session** (the annotator opens every group they act on and
+sees it: ``(fixed + prior) / (expected + prior)``, ``prior_faces`` faces' worth of weight on
+1), beats plain's next action by ``margin`` (25 %):
 
-- *bulk-label a group* of the grouping (its unlabeled faces): expected = unlabeled faces x
-  the mean majority share of the groups opened so far (1 before any: the first actions are
-  plain's). It receives the majority true label of those faces, as in plain. When the
-  opened group visibly holds more than ``2 * split_parts`` faces of a state nobody has
-  labeled yet, the annotator instead splits it by similarity (1 action, ``split``) and the
-  parts become groups of their own: the tool cannot learn a state it has never been shown.
 - *accept a suggestion group* (unlabeled faces, one predicted value and confidence band):
   expected = size x the band's precision measured out-of-fold, where a face of a group of
   the grouping nobody has opened counts only ``1 - novelty``: the share (Laplace-smoothed)
-  of opened groups whose majority was a state not labeled before. The model cannot know a
-  state it was never shown, so while opening groups keeps revealing new states, opening
-  groups wins. The annotator opens it and
-  gives it its majority true label (``accept`` when that is the suggested value, ``assign``
-  otherwise).
+  of opened groups whose majority was a state not labeled before (the model cannot know a
+  state it was never shown). The annotator opens it and gives it its majority true label
+  (``accept`` when that is the suggested value, ``assign`` otherwise).
 - *relabel a review group* (labeled faces not yet checked whose out-of-fold prediction
   contradicts their label, by (label, prediction)): expected = the sum over its faces of the
-  band's out-of-fold precision, blended with the share of faces the review groups opened so
-  far really fixed (what the annotator saw; 10 faces' worth of weight on the former). It
-  receives its majority true label; the faces that
-  now hold their true label were seen right and count as checked (not offered again; the
-  model trusts them ``checked_weight`` times more).
-- *correct one face*: expected (and real) gain 1, in plain's oracle order.
+  band's out-of-fold precision. It receives its majority true label; the faces that now hold
+  their true label were seen right and count as checked (not offered again; the model trusts
+  them ``checked_weight`` times more).
+- *split by similarity* instead of bulk-labeling plain's group, when the opened group visibly
+  holds ``m`` faces of states nobody has labeled yet: about ``chain = 1 + ceil(log_k(n / 2m))``
+  splits make them a part's majority, each keeping a share ``cohesion`` of them together
+  (measured on the splits seen so far, prior ``split_cohesion``) and costing ``k`` actions
+  (the split, k - 1 more bulk actions): split when ``m * cohesion**chain`` beats
+  ``(1 + margin) * k * chain``. The parts become groups of their own.
 
-Group actions are taken while their expected gain exceeds ``min_gain`` (1); then the remaining faces are
-corrected one by one exactly as plain does. Truth is read only as the answer to an action
-taken (the majority of a group the annotator opened, the label of a face they correct).
-Each action also counts the app clicks it costs (``clicks``): open the group, assign or
-accept (2); a correction: open the face, assign (2).
+Plain's corrections are also taken one at a time with the Suggest step rerun after each (until
+``max_idle_corrections`` in a row found no deviation worth it); the first faces corrected are
+those of a state nobody has labeled yet (the annotator saw them in groups they opened; the
+model can learn the state from them), then plain's order. A correction fixes exactly one face,
+as plain's does. Then the rest is corrected one by one exactly as plain does.
+
+Why this is never much worse than plain: every action is plain's own next action (the same
+group, the same correction gain) or a deviation whose expected gain, measured against what such
+deviations really fixed, beats it by a margin; a kind of deviation that overclaims is
+discounted by its own record within a few actions. Truth is read only as the answer to an
+action taken (the majority of a group the annotator opened, the parts of a group they split,
+the label of a face they correct). Each action also counts the app clicks it costs
+(``clicks``): open the group, assign or accept (2); a split: open, split (2); a correction:
+open the face, assign (2). ``result.log`` lists every group action with its expected gain,
+plain's, and the faces it really fixed.
 
 Example::
 
@@ -84,10 +95,13 @@ class InteractiveConfig:
     """Options of the interactive session (see the module docstring for the protocol).
 
     suggest: the app's :class:`~labeler.suggest.SuggestConfig`. split_parts: k of the app's
-    *split by similarity* (k-means on the features), used on a group that visibly holds more
-    faces of a state nobody has labeled yet than twice the extra actions a split costs. checked_weight: trust of a
-    face the annotator corrected or confirmed one by one (1 for bulk labels). min_gain:
-    group actions are taken while their expected gain is above this (1 = a correction).
+    *split by similarity* (0 = never split). checked_weight: trust of a face the annotator
+    corrected or confirmed one by one (1 for bulk labels). min_gain: plain's group action is
+    taken while its expected gain is above this (1 = a correction). margin: a deviation from
+    plain's next action must be expected to fix (1 + margin) times as many faces (0.1-0.5).
+    prior_faces: weight (in faces) of the prior of each calibration (5-30). split_cohesion:
+    prior share of a state's faces a split keeps together (0.6-0.9). max_idle_corrections:
+    corrections in a row after which the Suggest step is no longer rerun.
     max_group_actions: a safety cap on the number of group actions.
     """
 
@@ -97,7 +111,7 @@ class InteractiveConfig:
     min_gain: float = 1.0
     margin: float = 0.25
     prior_faces: float = 10.0
-    split_rescue: float = 0.5
+    split_cohesion: float = 0.8
     max_idle_corrections: int = 30
     max_group_actions: int = 10_000
 
@@ -141,7 +155,9 @@ class EffortResult:
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (the curve and snapshot are left out)."""
         out = {
-            k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("curve", "snapshot", "log")
+            k: getattr(self, k)
+            for k in self.__dataclass_fields__
+            if k not in ("curve", "snapshot", "log")
         }
         out["kinds"] = dict(self.kinds)
         return out
@@ -411,7 +427,7 @@ def _interactive(
     opened = np.zeros(n, bool)  # faces of groups of the grouping the annotator has opened
     opens = new_state = 0  # groups opened, and how many of them showed a state first
     cal = _Calibration(cfg.prior_faces)
-    split_minority = split_rescued = 0.0  # over the splits so far: visible minority, rescued
+    split_minority = split_kept = 0.0  # over the splits so far: visible minority, kept together
     unsplittable: set[int] = set()
     idle = 0  # corrections in a row since the last group action
     for _step in range(cfg.max_group_actions):
@@ -437,7 +453,9 @@ def _interactive(
             exp = np.bincount(res.group[unl], weights=trust, minlength=len(res.groups))
             exp *= res.groups.sort_values("group")["precision"].to_numpy()
             top = int(np.argmax(exp))
-            devs.append((float(exp[top]) * cal.rate("suggestion"), float(exp[top]), "suggestion", top))
+            devs.append(
+                (float(exp[top]) * cal.rate("suggestion"), float(exp[top]), "suggestion", top)
+            )
         rg, rgain = _review_groups(res, s)
         if len(rgain):
             k = int(np.argmax(rgain))
@@ -475,34 +493,28 @@ def _interactive(
         members = np.flatnonzero((gi == j) & unl)
         minority, seen = _visible_minority(s, members)
         k = cfg.split_parts
-        rescue = (split_rescued + cfg.split_rescue * cfg.prior_faces) / (
-            split_minority + cfg.prior_faces
-        )
-        if (
-            k >= 2
-            and j not in unsplittable
-            and len(members) >= 2 * k
-            and rescue * minority > (1.0 + cfg.margin) * k
-        ):
-            # the opened group visibly holds faces of a state the tool has not learnt; a split
-            # (1 action, then k - 1 more bulk actions than labeling it whole) is expected to
-            # rescue ``rescue`` of them, calibrated on what earlier splits really separated
-            parts = _split_parts(V[members], k)
-            rescued = 0
-            for p in range(int(parts.max()) + 1):
-                yp = s.y[members[parts == p]]
-                top_state = _majority(yp, s.C)
-                if not seen[top_state] and top_state != _majority(s.y[members], s.C):
-                    rescued += int((yp == top_state).sum())
-            split_minority += minority
-            split_rescued += rescued
-            if parts.max() < 1:
-                unsplittable.add(j)
-            new_ids = gi.max() + parts[parts > 0]
-            gi[members[parts > 0]] = new_ids
-            s.act("split", clicks=2)
-            s.note("split", rescue * minority, plain_gain, before)
-            continue
+        if k >= 2 and minority and j not in unsplittable and len(members) >= 2 * k:
+            # the opened group visibly holds ``minority`` faces of states the tool has not
+            # learnt. Splits until they are a part's majority: about ``chain`` of them, each
+            # keeping a share ``cohesion`` of those faces together (measured on the splits
+            # seen so far) and costing k actions (the split, k - 1 more bulk actions)
+            cohesion = (split_kept + cfg.split_cohesion * cfg.prior_faces) / (
+                split_minority + cfg.prior_faces
+            )
+            chain = 1 + max(0, int(np.ceil(np.log(len(members) / (2 * minority)) / np.log(k))))
+            expected = minority * cohesion**chain
+            if expected > (1.0 + cfg.margin) * k * chain:
+                parts = _split_parts(V[members], k)
+                unseen = ~seen[s.y[members]] & (s.y[members] != _majority(s.y[members], s.C))
+                kept = np.bincount(parts[unseen], minlength=k).max() if unseen.any() else 0
+                split_minority += minority
+                split_kept += int(kept)
+                if parts.max() < 1:
+                    unsplittable.add(j)
+                gi[members[parts > 0]] = gi.max() + parts[parts > 0]
+                s.act("split", clicks=2)
+                s.note("split", expected, plain_gain, before)
+                continue
         m = s.bulk(members, "bulk")
         opens += 1
         new_state += int(not seen[m])
@@ -655,6 +667,26 @@ def join_truth(
     return out.dropna(subset=["truth"]).reset_index(drop=True)
 
 
+def split_vectors_of(ws: Any, run: Any, face_ids: Any, run_id: str | None = None) -> np.ndarray:
+    """(N, d) the vectors the app's *split by similarity* uses for ``face_ids`` (the run's
+    saved vectors, as :func:`labeler.cluster.edit.split_cluster` with ``X=None``; its 2-D map
+    when it kept none)."""
+    from labeler.cluster.store import load_vectors
+    from labeler.workspace import align_to_faces
+
+    V = load_vectors(ws, run.params.get("run_id") or run_id)
+    if V is None:
+        V = run.xy
+    fix = f"re-run 'labeler cluster -w {ws.root}'"
+    return align_to_faces(
+        np.asarray(face_ids).astype(str),
+        np.asarray(run.face_ids).astype(str),
+        np.asarray(V, np.float32),
+        what="the cluster run's vectors",
+        fix=fix,
+    )
+
+
 def session_inputs(
     ws: Any, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -704,9 +736,12 @@ def simulate_workspace(
     ids = truth["face_id"].to_numpy(dtype=str)
     groups, X, run = session_inputs(ws, ids, run_id=run_id, features=features)
     y = truth["truth"].to_numpy(dtype=str)
+    V = split_vectors_of(ws, run, ids, run_id)
     results = {
         "plain": simulate(groups, y),
-        "interactive": simulate(groups, y, strategy="interactive", features=X, config=config),
+        "interactive": simulate(
+            groups, y, strategy="interactive", features=X, split_vectors=V, config=config
+        ),
     }
     rid = run.params.get("run_id", run_id or "current")
     info = {

@@ -369,3 +369,44 @@ def test_the_annotator_uses_the_apps_suggest_step(monkeypatch):
                    strategy="interactive", features=X)  # fmt: skip
     group_actions = res.actions_total - res.kinds.get("correct", 0)
     assert len(calls) >= group_actions > 0
+
+
+def test_the_annotator_splits_with_the_apps_split(monkeypatch):
+    """No second implementation of *split by similarity*: the session calls
+    labeler.cluster.edit.split_labels on the vectors the app splits (split_vectors)."""
+    import labeler.cluster.edit
+
+    calls = []
+    real = labeler.cluster.edit.split_labels
+
+    def counted(V, *args, **kwargs):
+        calls.append(V.shape)
+        return real(V, *args, **kwargs)
+
+    monkeypatch.setattr(labeler.cluster.edit, "split_labels", counted)
+    X, truth = _blobs(n_per=40, seed=1)
+    groups = np.minimum(np.unique(truth, return_inverse=True)[1], 1)  # two states in one group
+    V = X[:, :5] + 0.0  # the run's vectors: other columns than the features
+    res = simulate(groups, truth, strategy="interactive", features=X, split_vectors=V)
+    assert res.kinds.get("split", 0) == len(calls) > 0
+    assert all(shape[1] == 5 for shape in calls)
+    with pytest.raises(ValueError, match="split_vectors"):
+        simulate(groups, truth, strategy="interactive", features=X, split_vectors=V[:-1])
+
+
+def test_the_session_log_explains_every_group_action():
+    """Each group action is logged with its expected gain, plain's, and what it fixed; a
+    deviation is only taken when its calibrated expectation beats plain's by the margin."""
+    X, truth = _blobs(seed=3)
+    groups = np.random.default_rng(4).integers(0, 5, len(truth))
+    cfg = InteractiveConfig()
+    res = simulate(groups, truth, strategy="interactive", features=X, config=cfg)
+    kinds = [r["kind"] for r in res.log]
+    assert kinds and set(kinds) <= {"bulk", "split", "suggestion", "review"}
+    for r in res.log:
+        if r["kind"] in ("suggestion", "review"):
+            assert r["expected"] > (1 + cfg.margin) * max(r["plain_expected"], 1.0) - 0.01
+        assert r["fixed"] == res.curve[r["action"] - 1] - (
+            res.curve[r["action"] - 2] if r["action"] > 1 else 0
+        )
+    assert "log" not in res.summary()

@@ -33,7 +33,7 @@ from labeler.cli._common import workspace_option
     "--split-parts",
     default=2,
     show_default=True,
-    help="k of 'split by similarity' when a group holds a state nobody labeled yet (0 = never).",
+    help="k of the app's 'split by similarity' when a group holds a state nobody labeled yet (0 = never).",
 )
 @click.option(
     "--all-faces",
@@ -54,8 +54,9 @@ def command(
 
     Rows: 'plain' (bulk-label the groups of the cluster run, biggest first, then correct
     faces one by one) and 'interactive' (the app's Suggest step after every action; the
-    annotator takes the action expected to fix the most faces: a group, a suggestion group,
-    a review group or one face). effN = faces labeled correctly per action when accuracy
+    annotator takes plain's next action unless a suggestion group, a review group or a split
+    by similarity is expected, calibrated on what such actions really fixed so far, to beat
+    it by a margin). effN = faces labeled correctly per action when accuracy
     first reaches N %; clicks98 = the app clicks those actions cost.
     """
     from labeler.simulate import InteractiveConfig, simulate_workspace
