@@ -46,14 +46,17 @@ sees it: ``(fixed + prior) / (expected + prior)``, ``prior_faces`` faces' worth 
   holds ``m`` faces of states nobody has labeled yet: about ``chain = 1 + ceil(log_k(n / 2m))``
   splits make them a part's majority, each keeping a share ``cohesion`` of them together
   (measured on the splits seen so far, prior ``split_cohesion``) and costing ``k`` actions
-  (the split, k - 1 more bulk actions): split when ``m * cohesion**chain`` beats
-  ``(1 + margin) * k * chain``. The parts become groups of their own.
+  each (the split, k - 1 more bulk actions): split when ``m * cohesion**chain`` beats by the
+  margin what plain does with those ``k * chain`` actions (its next groups, size x purity,
+  then corrections, 1 each; ``split_horizon=False``: 1 each). The parts become groups of
+  their own.
 
 Plain's corrections are also taken one at a time with the Suggest step rerun after each (until
-``max_idle_corrections`` in a row found no deviation worth it); the first faces corrected are
-those of a state nobody has labeled yet (the annotator saw them in groups they opened; the
-model can learn the state from them), then plain's order. A correction fixes exactly one face,
-as plain's does. Then the rest is corrected one by one exactly as plain does.
+``max_idle_corrections`` in a row found no deviation worth it); the face corrected first is
+one of the state with the fewest right labels (the annotator saw the wrong faces in the groups
+they opened; the model learns a rare state from them: ``teach_rarest``; else a state nobody
+has labeled, then plain's order). A correction fixes exactly one face, as plain's does. Then
+the rest is corrected one by one exactly as plain does.
 
 Why this is never much worse than plain: every action is plain's own next action (the same
 group, the same correction gain) or a deviation whose expected gain, measured against what such
@@ -101,7 +104,9 @@ class InteractiveConfig:
     plain's next action must be expected to fix (1 + margin) times as many faces (0.1-0.5).
     prior_faces: weight (in faces) of the prior of each calibration (5-30). split_cohesion:
     prior share of a state's faces a split keeps together (0.6-0.9). max_idle_corrections:
-    corrections in a row after which the Suggest step is no longer rerun.
+    corrections in a row after which the Suggest step is no longer rerun. split_horizon:
+    weigh a split against plain's next groups (True) or against corrections only.
+    teach_rarest: correct the faces of the rarest state first.
     max_group_actions: a safety cap on the number of group actions.
     """
 
@@ -113,6 +118,8 @@ class InteractiveConfig:
     prior_faces: float = 10.0
     split_cohesion: float = 0.8
     max_idle_corrections: int = 30
+    split_horizon: bool = True
+    teach_rarest: bool = True
     max_group_actions: int = 10_000
 
 
@@ -484,9 +491,13 @@ def _interactive(
             wrong = np.flatnonzero(s.cur != s.y)
             if not len(wrong) or idle >= cfg.max_idle_corrections:
                 break
-            known = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
-            new = wrong[~known[s.y[wrong]]]
-            s.fix(int(new[0] if len(new) else wrong[0]))
+            if cfg.teach_rarest:
+                have = np.bincount(s.cur[s.cur == s.y], minlength=s.C)
+                s.fix(int(wrong[np.argmin(have[s.y[wrong]])]))
+            else:
+                known = np.bincount(s.cur[s.cur >= 0], minlength=s.C) > 0
+                new = wrong[~known[s.y[wrong]]]
+                s.fix(int(new[0] if len(new) else wrong[0]))
             idle += 1
             continue
         idle = 0
@@ -503,7 +514,15 @@ def _interactive(
             )
             chain = 1 + max(0, int(np.ceil(np.log(len(members) / (2 * minority)) / np.log(k))))
             expected = minority * cohesion**chain
-            if expected > (1.0 + cfg.margin) * k * chain:
+            # what plain does with those k * chain actions instead: its next groups (size x
+            # purity), then corrections (1 each)
+            extra = k * chain
+            if cfg.split_horizon:
+                queue = np.sort(np.delete(open_size, j))[::-1][:extra] * s.purity()
+                cost = float(np.maximum(queue, 1.0).sum()) + (extra - len(queue))
+            else:
+                cost = float(extra)
+            if expected > (1.0 + cfg.margin) * cost:
                 parts = _split_parts(V[members], k)
                 unseen = ~seen[s.y[members]] & (s.y[members] != _majority(s.y[members], s.C))
                 kept = np.bincount(parts[unseen], minlength=k).max() if unseen.any() else 0
