@@ -23,9 +23,9 @@ upright-looking and scores at least :data:`SURE_SCORE`; otherwise it looks at th
 turns and keeps the turn with the highest evidence, the stored one given a head start of
 :data:`STORED_MARGIN` (photos are mostly stored upright: a turn must clearly win).
 
-Cost (2-core machine): one view's evidence is ~8-15 ms (HOG ~80 %, on a 96 px square),
-each turned view adds one detector call; photos whose face is convincing as stored cost
-nothing extra.
+Cost: photos whose face is convincing as stored cost nothing extra; the others one or three
+detector calls, plus the evidence (a few ms a view, mostly HOG on a 96 px square) of the
+stored view and of turns that found an upright-looking face of ``TURN_MIN_SCORE``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ LIKELY_SCORE = 0.7
 #: The stored view's head start (in logit units of :func:`upright_logit`) over the photo
 #: turned 180 degrees (``FLIP_MARGIN``) and over all three turns (``STORED_MARGIN``). Photos
 #: are mostly stored upright: a turn must clearly win. Chosen on images 200-400 of the
-#: shared sets (:mod:`bench/bench_rotation.py` reads images 0-200) as the smallest margins
-#: that turned at most ~1 % of the photos stored upright there.
+#: shared sets (``bench/bench_rotation.py`` reads images 0-200), trading photos found
+#: upright against photos stored upright that get turned (2 of ~580 there).
 FLIP_MARGIN = 3.0
 STORED_MARGIN = 3.0
+#: A turn can win only with an upright-looking face scoring at least this (HOG and Haar
+#: alone turned blurred profile faces of the web sets that were stored upright).
+TURN_MIN_SCORE = 0.7
 #: The square around a face that the HOG and Haar detectors look at: the box side times
 #: this, resized to ``REGION_SIDE`` px (faces of ~60 px: both detectors need >= 24-80 px).
 REGION_EXPAND = 1.6
@@ -123,7 +126,9 @@ def _models() -> tuple[object, object]:
         import cv2
         import dlib
 
-        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        cascade = cv2.CascadeClassifier(
+            cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        )
         if cascade.empty():
             raise FileNotFoundError(
                 "OpenCV's haarcascade_frontalface_default.xml is missing from "
@@ -156,10 +161,9 @@ def upright_evidence(rgb: np.ndarray, dets: list[Detection]) -> UprightEvidence:
     (one view), :data:`NO_FACE` when there is none."""
     import cv2
 
-    faces = [d for d in dets if not d.whole_image]
-    if not faces:
+    d = _best(dets)
+    if d is None:
         return NO_FACE
-    d = max(faces, key=lambda d: d.score)
     hog, cascade = _models()
     square = face_square(rgb, d)
     _, scores, _ = hog.run(square, 0, HOG_NONE)  # type: ignore[attr-defined]
@@ -179,11 +183,8 @@ def upright_evidence(rgb: np.ndarray, dets: list[Detection]) -> UprightEvidence:
 def is_sure(dets: list[Detection]) -> bool:
     """Whether the photo as stored needs no upright check: its best face looks upright and
     scores at least :data:`SURE_SCORE`."""
-    faces = [d for d in dets if not d.whole_image]
-    if not faces:
-        return False
-    best = max(faces, key=lambda d: d.score)
-    return bool(best.score >= SURE_SCORE and face_is_upright(best))
+    best = _best(dets)
+    return bool(best is not None and best.score >= SURE_SCORE and face_is_upright(best))
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,7 @@ class Orientation:
     extra_calls: int
 
 
-def choose_orientation(
-    detector: Detector, rgb: np.ndarray, first: list[Detection]
-) -> Orientation:
+def choose_orientation(detector: Detector, rgb: np.ndarray, first: list[Detection]) -> Orientation:
     """Which turn of ``rgb`` (H, W, 3) shows its faces upright, given the pass ``first`` on
     the photo as stored.
 
@@ -213,6 +212,8 @@ def choose_orientation(
     * Otherwise the photo turned 90, 180 and 270 degrees is tried (3 calls) and the turn with
       the highest :func:`upright_logit` wins, the stored turn counting ``STORED_MARGIN`` more.
 
+    A turn can only win with an upright-looking face scoring >= ``TURN_MIN_SCORE``.
+
     Faces of a winning turn keep only those whose landmarks look upright, mapped back to
     ``rgb``'s pixels (``Detection.rotation`` records the turn).
 
@@ -222,19 +223,31 @@ def choose_orientation(
     if is_sure(first):
         return Orientation(0, first, {}, 0)
     h, w = rgb.shape[:2]
-    found = {0: first}
-    evidence = {0: upright_evidence(rgb, first)}
-    stored = evidence[0]
-    likely = stored.landmarks_upright and stored.score >= LIKELY_SCORE
+    stored = _best(first)
+    likely = stored is not None and face_is_upright(stored) and stored.score >= LIKELY_SCORE
     turns = (180,) if likely else (90, 180, 270)
+    views: dict[int, tuple[np.ndarray, list[Detection]]] = {}
     for rotation in turns:
         turned = rotate_image(rgb, rotation)
-        found[rotation] = detector.detect(turned)
-        evidence[rotation] = upright_evidence(turned, found[rotation])
+        found = detector.detect(turned)
+        best = _best(found)
+        # a turn can only win with an upright-looking face of TURN_MIN_SCORE: look no further
+        if best is not None and face_is_upright(best) and best.score >= TURN_MIN_SCORE:
+            views[rotation] = (turned, found)
+    if not views:
+        return Orientation(0, first, {}, len(turns))
+    evidence = {0: upright_evidence(rgb, first)}
+    evidence.update({r: upright_evidence(img, found) for r, (img, found) in views.items()})
     margin = FLIP_MARGIN if likely else STORED_MARGIN
     logits = {r: ev.logit + (margin if r == 0 else 0.0) for r, ev in evidence.items()}
-    best = max(logits, key=lambda r: logits[r])
-    dets = [unrotate_detection(d, best, w, h) for d in found[best] if face_is_upright(d)]
-    if best == 0 or not dets:
+    win = max(logits, key=lambda r: logits[r])
+    dets = [] if win == 0 else [unrotate_detection(d, win, w, h) for d in views[win][1]
+                                if face_is_upright(d)]  # fmt: skip
+    if not dets:
         return Orientation(0, first, evidence, len(turns))
-    return Orientation(best, dets, evidence, len(turns))
+    return Orientation(win, dets, evidence, len(turns))
+
+
+def _best(dets: list[Detection]) -> Detection | None:
+    faces = [d for d in dets if not d.whole_image]
+    return max(faces, key=lambda d: d.score) if faces else None

@@ -283,7 +283,7 @@ def caption_for(labels: dict[str, str]) -> Callable[[str], str]:
 
 #: Shows the hovered point's face next to the pointer. Plotly's hover label cannot hold an
 #: image, so this listens to the chart's ``plotly_hover`` events: each point's ``customdata``
-#: is its place in the map sample, i.e. a cell of the thumbnail sheets that
+#: is ``[run row, place in the map sample]``, the latter a cell of the thumbnail sheets that
 #: :func:`map_hover_thumbnails` puts (hidden) on the page. Installed once per page; it
 #: re-attaches when Streamlit draws a new chart and reads the sheet layout from ``cfg``.
 _THUMB_JS = """
@@ -316,8 +316,8 @@ _THUMB_JS = """
     gd.on("plotly_hover", (ev) => {
       const c = window.__labelerThumbCfg;
       const p = ev && ev.points && ev.points[0];
-      if (!c || !p || p.customdata === undefined || p.customdata === null) return;
-      const k = Number(p.customdata);
+      if (!c || !p || !Array.isArray(p.customdata)) return;
+      const k = Number(p.customdata[1]);  // [run row, place in the map sample]
       const img = document.querySelector(".st-key-map_thumbs_" + Math.floor(k / c.per) + " img");
       if (!img || !img.src) return;
       const j = k % c.per, z = c.size / c.cell;

@@ -522,8 +522,8 @@ def _map_figure(
                             strict=True)
         ]  # fmt: skip
         trace["hovertemplate"] = "%{text}<extra></extra>"
-        # the point's place in the map sample: its cell in the thumbnail sheets (map_thumbs)
-        trace["customdata"] = np.searchsorted(rows, tr).tolist()
+        # [run row (what a click selects), place in the map sample (its thumbnail: map_thumbs)]
+        trace["customdata"] = np.column_stack([tr, np.searchsorted(rows, tr)]).tolist()
     # cluster numbers at their centres, so the legend and the map name the same groups
     notes = []
     for c in np.unique(clusters):
