@@ -317,10 +317,14 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         # the hovered point's face: its thumbnail cell, from a sheet the browser could load
         thumb = page.locator("#labeler-map-thumb")
         expect(thumb).to_be_visible(timeout=10_000)
-        cell = page.evaluate(
-            "() => document.querySelector('.js-plotly-plot').data[0].customdata[0]"
+        k = int(thumb.get_attribute("data-point"))  # the hovered point's place in the sample
+        text = page.evaluate(
+            """(k) => { for (const t of document.querySelector('.js-plotly-plot').data) {
+                 const i = t.customdata.findIndex((c) => c[1] === k);
+                 if (i >= 0) return t.text[i]; } }""",
+            k,
         )
-        assert thumb.get_attribute("data-point") == str(cell[1])
+        assert text == hover.text_content()  # the face shown is the point plotly names
         sheet = re.search(r'url\("?([^")]+)', thumb.evaluate("e => e.style.backgroundImage"))
         assert page.request.get(sheet.group(1)).headers["content-type"] == "image/jpeg"
         page.wait_for_timeout(500)

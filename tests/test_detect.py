@@ -509,12 +509,19 @@ def test_sideways_photos_are_found_upright(tmp_path):
             found[turn] += ok
             if not ok:
                 missed.append(name)
-    # measured on these 22 photos: 58 of 66 turned copies found upright (bench_rotation.py
-    # on 200 photos a set: docs/APP.md); before the upright check 180 was found ~never
-    assert sum(found.values()) >= 0.75 * 3 * total, f"found upright of {total}: {found}"
-    assert found[180] >= 0.6 * total, f"found upright of {total}: {found}"
+    # measured (bench/bench_rotation.py, 200 photos a set, docs/APP.md): 84-91 % of the
+    # turned aligned faces (MFR2, MaskedFace-Net) found upright, 50-55 % of the small web
+    # crops (webfaces, realmasks); before the upright check 180 degrees was found ~never
+    aligned = [m for m in missed if m.rsplit("_r", 1)[0] in {f.stem for f in files[:14]}]
+    assert len(aligned) <= 0.2 * 3 * 14, f"{found} of {total}; missed {missed}"
+    assert sum(found.values()) >= 0.6 * 3 * total, f"{found} of {total}; missed {missed}"
+    assert found[180] >= 0.45 * total, f"{found} of {total}; missed {missed}"
     if missed:
-        pytest.xfail(f"not every turned face found upright: {found} of {total}; missed {missed}")
+        pytest.xfail(
+            f"not every turned face found upright: {found} of {total} photos; missed "
+            f"{len(aligned)} of 42 aligned and {len(missed) - len(aligned)} of 24 web copies: "
+            f"{missed}"
+        )
 
 
 def test_upright_check_costs_nothing_on_a_convincing_face(monkeypatch):
