@@ -239,7 +239,7 @@ def upright_cue(rgb: np.ndarray, d: Detection) -> float:
     the cheeks below them and the forehead above, compared with the same crop turned 180
     degrees. Positive: upright. Typical range -3..3. Weak alone (BlazeFace's keypoints on an
     upside-down face put the forehead where the cheeks should be: the cue is positive on
-    about a third of those); one of the inputs of :mod:`labeler.detect.upright`.
+    about two thirds of those); one of the inputs of :mod:`labeler.detect.upright`.
     """
     from labeler.align import align_face
 
