@@ -18,7 +18,7 @@ crops of ``labeler.boxcrops``), combines them exactly as the tool does
   its data-chosen defaults, then :func:`labeler.simulate.simulate` plain and interactive
   (the tool's own annotator model), as ``labeler run`` + ``labeler simulate`` would.
 - ``ms/face``: CPU milliseconds per face to compute the candidate's blocks (measured here on
-  256 faces per block, one process, the default 224 px ONNX model; cues included).
+  256 faces per block, one process, the ONNX model at each block's input size; cues included).
 
 Prints one markdown table and writes it to ``bench/FEATURES.md`` between the markers.
 
@@ -62,6 +62,22 @@ CANDIDATES = {
     "v1 + box*1": f"{CUES}*0.25+{{bb}}__nose*0.5+{{bb}}__mouth_chin*0.5+{{bb}}__box",
     "v1 + box*.5 + face*.5": f"{CUES}*0.25+{{bb}}__nose*0.5+{{bb}}__mouth_chin*0.5+{{bb}}__box*0.5+{{bb}}__face*0.5",
 }
+# input size per region (issue #13): the v2 default's blocks at 96/128/160/224 px, and mixes
+for _name, _n, _m, _b in (
+    ("v2 @224 (224/224/224)", 224, 224, 224),
+    ("v2 @160", 160, 160, 160),
+    ("v2 @128 (default)", 128, 128, 128),
+    ("v2 @96", 96, 96, 96),
+    ("v2 nose@96 mc@128 box@128", 96, 128, 128),
+    ("v2 nose@128 mc@160 box@160", 128, 160, 160),
+):
+    CANDIDATES[_name] = "+".join(
+        [f"{CUES}*0.25"]
+        + [
+            f"{{bb}}{'' if n == 224 else f'-{n}px'}__{r}*0.5"
+            for r, n in (("nose", _n), ("mouth_chin", _m), ("box", _b))
+        ]
+    )
 log = logging.getLogger("bench_features")
 
 
@@ -87,17 +103,20 @@ def blocks_needed(specs: list[str]) -> set[str]:
 def ensure_blocks(ws: object, keys: set[str]) -> None:
     from labeler.cues import cues_workspace
     from labeler.embeddings import get_backbone
-    from labeler.embeddings.embed import embed_faces
-    from labeler.embeddings.store import list_embeddings
+    from labeler.embeddings.embed import embed_regions
+    from labeler.embeddings.store import list_embeddings, parse_key
 
     stored = set(list_embeddings(ws))
-    backbone = None
+    by_size: dict[int | None, list[str]] = {}
     for key in sorted(keys - stored):
         if key == CUES:
             cues_workspace(ws)
             continue
-        backbone = backbone or get_backbone(f"timm:{BB}")
-        embed_faces(ws, backbone, region=key.split("__", 1)[1], progress=False)
+        _, size, region = parse_key(key)
+        by_size.setdefault(size, []).append(region)
+    for size, regions in by_size.items():
+        backbone = get_backbone(f"timm:{BB}", input_size=size)
+        embed_regions(ws, backbone, regions, progress=False)
 
 
 def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
@@ -107,10 +126,11 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
     from labeler.cues import compute_cues
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import crop_paths, load_crops
+    from labeler.embeddings.store import parse_key
     from labeler.regions import get_region
 
     faces = ws.faces().iloc[:n]
-    backbone = get_backbone(f"timm:{BB}")
+    backbones: dict[int | None, object] = {}
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -119,6 +139,11 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
     out = {}
     for key in sorted(keys):
         region = key.split("__", 1)[1]
+        if key != CUES:
+            size = parse_key(key)[1]
+            if size not in backbones:
+                backbones[size] = get_backbone(f"timm:{BB}", input_size=size)
+            backbone = backbones[size]
         if key == CUES:
             paths = crop_paths(ws, faces)
             t = cpu()
@@ -127,7 +152,9 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
             paths = crop_paths(ws, faces, crop=get_region(region).crop)
             t = cpu()
             for i in range(0, len(paths), 64):
-                backbone.embed(load_crops(list(paths[i : i + 64]), region=region, size=224))
+                backbone.embed(
+                    load_crops(list(paths[i : i + 64]), region=region, size=backbone.input_size)
+                )
         out[key] = 1000 * (cpu() - t) / max(len(faces), 1)
     return out
 

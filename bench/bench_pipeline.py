@@ -8,7 +8,7 @@ Stages, each measured on the same images in one run:
   e2e      naive: cv2.imread + detect + align + torch eager, one thread
            labeler: `labeler run --no-cluster` (ingest + detect + align + embed) on a fresh
            workspace, threads overlapping decode/detect with the model; on CUDA the fused
-           GPU pass (labeler.fused), and the CPU-thread path on the same box for comparison
+           GPU pass (labeler.detect.fused), and the CPU-thread path on the same box for comparison
 
 Usage: python bench/bench_pipeline.py [--data DIR] [--repeat K] [--device auto]
 (default data: ../shared/data/maskedfacenet_1024/images). Prints a table; --json writes one.
@@ -242,6 +242,81 @@ def shipped(images: Path, workdir: Path, runs: int) -> list[dict[str, object]]:
     return rows
 
 
+def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
+    """CPU ms per face of each stage of the default ``labeler run``, one thread, measured by
+    calling the stages' own functions in turn on ``n`` photos (in the real run they overlap
+    in threads; these are their costs, not their wall times)."""
+    import tempfile
+
+    import cv2
+
+    from labeler.boxcrops import JPEG_QUALITY, box_crops_from
+    from labeler.cues import compute_cues
+    from labeler.detect.pipeline import DETECT_SIDE, DetectConfig, _align_from
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import load_crop, prepare_crop
+    from labeler.features import AUTO_INPUT_SIZE
+    from labeler.imageio import decode_image, encode_jpeg
+    from labeler.ingest import _read_one
+    from labeler.pipeline import feature_inputs
+
+    cv2.setNumThreads(1)
+    regions = [r for r, _ in feature_inputs("auto", "timm:efficientnet_lite0")[0]]
+    det = DetectConfig().build_detector()
+    bb = get_backbone("timm:efficientnet_lite0", num_threads=1, input_size=AUTO_INPUT_SIZE)
+    cost = dict.fromkeys(
+        ["ingest (read, hash, header)", "decode", "detect + align", "crops: cut + JPEG",
+         "crops: decode + regions", "model (3 regions, one call)", "cues"],
+        0.0,
+    )  # fmt: skip
+    faces = 0
+    clock = time.process_time
+    data: list[tuple[bytes, bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, f in enumerate([files[0], *files[:n]]):  # the first: warm-up, not counted
+            if i == 1:
+                cost, data = dict.fromkeys(cost, 0.0), []
+            t = clock()
+            _read_one(f.parent, 0, f.name, 0)
+            t1 = clock()
+            dec = decode_image(f, min_side=DETECT_SIDE)
+            t2 = clock()
+            pairs = _align_from(f, dec, det, size=256, detect_side=DETECT_SIDE, fallback=True)
+            t3 = clock()
+            boxes = [(d.x0, d.y0, d.x1, d.y1) for d, _ in pairs]
+            box = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d, _ in pairs])
+            for j, ((_, c), b) in enumerate(zip(pairs, box, strict=True)):
+                data.append((encode_jpeg(c, quality=92), encode_jpeg(b, quality=JPEG_QUALITY)))
+                Path(tmp, f"{j}.jpg").write_bytes(data[-1][0])
+                Path(tmp, f"{j}.box.jpg").write_bytes(data[-1][1])
+            t4 = clock()
+            for k, (a, b) in zip(
+                list(cost)[:4], ((t, t1), (t1, t2), (t2, t3), (t3, t4)), strict=True
+            ):
+                cost[k] += b - a
+    faces = len(data)
+    for start in range(0, faces, 64):  # the embed pass: batches of 64 faces, as in the run
+        t = clock()
+        crops = [
+            (load_crop(a, size=256), load_crop(b, size=256)) for a, b in data[start : start + 64]
+        ]
+        pix = [
+            prepare_crop(c if r != "box" else b, region=r, size=AUTO_INPUT_SIZE)
+            for r in regions
+            for c, b in crops
+        ]
+        t1 = clock()
+        bb.embed(np.stack(pix))
+        t2 = clock()
+        compute_cues(np.stack([c for c, _ in crops]))
+        t3 = clock()
+        for k, (a, b) in zip(list(cost)[4:], ((t, t1), (t1, t2), (t2, t3)), strict=True):
+            cost[k] += b - a
+    out = {k: 1000 * v / max(faces, 1) for k, v in cost.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def _cuda(device: str) -> bool:
     if device == "cpu":
         return False
@@ -287,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{n} photos, {os.cpu_count()} cores, median of {args.runs} runs (min-max)")
         print("| command | faces | faces/s | CPU ms/face | peak RSS GB | vs naive |")
         print("|---|---|---|---|---|---|")
-        for r in rows[:-1]:
+        for r in rows[:-1]:  # the last row: steps of the default run
             print(
                 f"| {r['command']} | {r['faces']} | {r['faces_s_median']:.1f} "
                 f"({r['faces_s_min']:.1f}-{r['faces_s_max']:.1f}) | {r['cpu_ms_per_face']:.1f} "
@@ -297,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             "steps of the default run, wall ms/face: "
             + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items() if k != "command")
         )
+        stages = stage_costs(sorted(args.data.iterdir()))
+        print("\nCPU ms per face of each stage of the default run (one thread, 120 photos):")
+        print("| stage | CPU ms/face |\n|---|---|")
+        for k, v in stages.items():
+            print(f"| {k} | {v:.1f} |")
+        rows.append({"command": "CPU ms/face per stage (one thread)", **stages})
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=str))
         return 0

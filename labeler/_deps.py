@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from labeler.errors import LabelerError
 
-class MissingDependency(ImportError):
-    """An optional dependency is not installed."""
+
+class MissingDependency(LabelerError, ImportError):
+    """An optional dependency is not installed (the message names what to install)."""
 
 
 def require(module: str, *, extra: str | None = None, purpose: str = "") -> ModuleType:

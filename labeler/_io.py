@@ -8,6 +8,9 @@ Safe from several threads and processes at once (each write has its own temporar
 
 * :func:`atomic_write_bytes` - bytes in memory (JSON, CSV, ``.npz``, crops, checkpoints).
 * :func:`atomic_path` - for writers that want a file name (Parquet, ONNX export).
+* :func:`temp_path` - a temporary name beside a file, always cleaned up, for writers that
+  publish it themselves (the label store links a new db into place, a backup is renamed
+  after the snapshot names its last event); SQLite's side files are removed with it.
 
 >>> atomic_write_bytes(Path("out/report.json"), b"{}")  # doctest: +SKIP
 >>> with atomic_path(Path("out/table.parquet")) as tmp:  # doctest: +SKIP
@@ -23,7 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes"]
+__all__ = ["SQLITE_SIDE_FILES", "atomic_path", "atomic_write_bytes", "temp_path"]
+
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite may leave beside a database
 
 
 def _temp_name(path: Path) -> Path:
@@ -65,3 +70,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+
+
+@contextmanager
+def temp_path(path: str | os.PathLike[str], *, side_files: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a fresh temporary name beside ``path`` (no file is created). When the block
+    ends, however it ends, whatever is still at that name is removed, and so are the
+    ``name + suffix`` files for each of ``side_files`` (e.g. SQLite's ``-wal``, ``-shm``).
+    The block publishes the file itself (``os.replace`` / ``os.link``) when it succeeds."""
+    tmp = _temp_name(Path(path))
+    try:
+        yield tmp
+    finally:
+        for suffix in ("", *side_files):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)

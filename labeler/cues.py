@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import NotFoundError
+
 log = logging.getLogger(__name__)
 
 CUES_KEY = "cues__face"
@@ -132,6 +134,21 @@ def compute_cues(crops: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
+def _window(size: int) -> tuple[int, int, int]:
+    """``(y0, x0, x1)`` pixels of the smallest lower-face window holding every patch, the mask
+    probe and the profile columns (they reach from y0 to the bottom)."""
+    boxes = [*PATCHES.values(), MASK_PROBE_BOX]
+    boxes += [(xa, PROFILE_Y0, xb, PROFILE_Y1) for xa, xb in PROFILE_COLUMNS.values()]
+    px = [_px(b, size) for b in boxes]
+    return min(p[1] for p in px), min(p[0] for p in px), max(p[2] for p in px)
+
+
+def _dist(a: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Euclidean distance over the last axis of ``a`` (N, H, W, C) to ``centre`` (N, C)."""
+    d = a - centre[:, None, None, :]
+    return np.sqrt(np.einsum("nhwc,nhwc->nhw", d, d))
+
+
 def _cues_batch(crops: np.ndarray) -> np.ndarray:
     n = len(crops)
     S = WORK_SIZE
@@ -164,30 +181,34 @@ def _cues_batch(crops: np.ndarray) -> np.ndarray:
     sd_L = np.maximum(sd[:, 0], LIGHT_FLOOR)
     ref_tex = np.log1p(np.median(ref_g, axis=1))
 
-    # per-pixel normalised distances and skin likelihood
-    dab = np.linalg.norm(lab[..., 1:] - mu[:, None, None, 1:], axis=-1) / sd_ab[:, None, None]
-    dL = (lab[..., 0] - mu[:, None, None, 0]) / sd_L[:, None, None]
+    # per-pixel normalised distances and skin likelihood, on the lower-face window that the
+    # patches, the mask probe and the profiles read (wy, wx: its offset in the crop)
+    wy, wx, wx1 = _window(S)
+    low = lab[:, wy:, wx:wx1]
+    dab = _dist(low[..., 1:], mu[:, 1:]) / sd_ab[:, None, None]
+    dL = (low[..., 0] - mu[:, None, None, 0]) / sd_L[:, None, None]
     skin = np.exp(-0.5 * (dab**2 + 0.25 * dL**2))
 
     cols: list[np.ndarray] = []
     for box in PATCHES.values():
         x0, y0, x1, y1 = _px(box, S)
-        sk = skin[:, y0:y1, x0:x1].reshape(n, -1)
+        win = (slice(None), slice(y0 - wy, y1 - wy), slice(x0 - wx, x1 - wx))
+        sk = skin[win].reshape(n, -1)
         cols.append(sk.mean(1))
         cols.append((sk > 0.3).mean(1))
-        cols.append(np.log1p(np.median(dab[:, y0:y1, x0:x1].reshape(n, -1), axis=1)))
-        cols.append(np.median(dL[:, y0:y1, x0:x1].reshape(n, -1), axis=1))
+        cols.append(np.log1p(np.median(dab[win].reshape(n, -1), axis=1)))
+        cols.append(np.median(dL[win].reshape(n, -1), axis=1))
         cols.append(np.log1p(np.median(grad[:, y0:y1, x0:x1].reshape(n, -1), axis=1)) - ref_tex)
     # the face's own mask colour: median Lab of the clearly non-skin pixels of the lower face
     x0, y0, x1, y1 = _px(MASK_PROBE_BOX, S)
     probe = lab[:, y0:y1, x0:x1].reshape(n, -1, 3)
-    nonskin = skin[:, y0:y1, x0:x1].reshape(n, -1) < 0.05
+    nonskin = skin[:, y0 - wy : y1 - wy, x0 - wx : x1 - wx].reshape(n, -1) < 0.05
     found = nonskin.mean(1)
     mask_mu = np.empty((n, 3), np.float32)
     for i in range(n):
         px = probe[i][nonskin[i]] if nonskin[i].sum() >= 10 else probe[i]
         mask_mu[i] = np.median(px, axis=0)
-    dmask = np.linalg.norm(lab - mask_mu[:, None, None, :], axis=-1) / MASK_SIGMA
+    dmask = _dist(low, mask_mu) / MASK_SIGMA
     maskish = (dmask < 1.0) & (skin < 0.3)
 
     edges = np.linspace(PROFILE_Y0, PROFILE_Y1, PROFILE_BANDS + 1)
@@ -196,8 +217,9 @@ def _cues_batch(crops: np.ndarray) -> np.ndarray:
         (int(round(a * S)), max(int(round(b * S)), int(round(a * S)) + 1))
         for a, b in zip(edges[:-1], edges[1:], strict=True)
     ]
+    rows = [(a - wy, b - wy) for a, b in rows]
     for xa, xb in PROFILE_COLUMNS.values():
-        x0, x1 = int(round(xa * S)), int(round(xb * S))
+        x0, x1 = int(round(xa * S)) - wx, int(round(xb * S)) - wx
         sk = np.stack([(skin[:, a:b, x0:x1] > 0.3).reshape(n, -1).mean(1) for a, b in rows], 1)
         mk = np.stack([maskish[:, a:b, x0:x1].reshape(n, -1).mean(1) for a, b in rows], 1)
         cols.extend(sk.T)
@@ -229,7 +251,7 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
         path = ws.crop_path(fid)
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"aligned crop {path} is missing or unreadable; re-run 'labeler detect -w {ws.root}'"
             )
         if img.shape[:2] != (CROP_SIZE, CROP_SIZE):
@@ -238,11 +260,20 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
     return out
 
 
-def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tuple[int, int]:
+def cues_workspace(
+    ws: Any,
+    *,
+    batch_size: int = 256,
+    force: bool = False,
+    computed: dict[str, np.ndarray] | None = None,
+) -> tuple[int, int]:
     """Compute cues for every face of the workspace and store them as ``cues__face``.
 
     Incremental by face_id: faces whose cues are already stored (same cue version) are kept;
-    only new faces are computed (all of them with ``force``). Returns ``(computed, total)``.
+    only new faces are computed (all of them with ``force``). ``computed``: cues already
+    computed from the crops' pixels in memory (``labeler run`` does it in its embed pass,
+    :func:`labeler.embeddings.embed.embed_regions`), used instead of reading those crops.
+    Returns ``(computed, total)``.
     """
     from labeler.embeddings.store import read_config, read_vectors, save_vectors
 
@@ -263,10 +294,13 @@ def cues_workspace(ws: Any, *, batch_size: int = 256, force: bool = False) -> tu
     have_ids, have_X = have_ids[keep], have_X[keep]
     known = dict(zip(have_ids, range(len(have_ids)), strict=True))
     todo = [f for f in face_ids if f not in known]
+    given = computed or {}
     new_X = []
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
-        new_X.append(compute_cues(read_crops(ws, chunk)))
+        read = [f for f in chunk if f not in given]
+        X = dict(zip(read, compute_cues(read_crops(ws, read)), strict=True)) if read else {}
+        new_X.append(np.stack([given[f] if f in given else X[f] for f in chunk]).astype(np.float32))
         log.info("cues: %d / %d faces", min(i + batch_size, len(todo)), len(todo))
     if not todo and len(have_ids) == len(face_ids):
         return 0, len(face_ids)

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from labeler.errors import ExistsError, InputError, NotFoundError
+
 if TYPE_CHECKING:
     from labeler.persons import Persons
 
@@ -149,7 +151,7 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
     df = base.merge(labels, on="face_id", how="left", validate="one_to_one")
     df = df[df[config.field] != ""].reset_index(drop=True)
     if df.empty:
-        raise ValueError(
+        raise InputError(
             f"no faces have a {config.field!r} label in {ws.labels_db}; label some in the app first"
         )
     faces = ws.require_faces().set_index("face_id").loc[df["face_id"]].reset_index()
@@ -180,7 +182,7 @@ def check_no_empty_splits(splits: Any, ratios: Any, persons: Any) -> None:
         name for name, w in zip(split_names_for(r), r, strict=True) if w > 0 and name not in got
     ]
     if empty:
-        raise ValueError(
+        raise InputError(
             f"split {empty[0]!r} would be empty: the labeled faces form {persons.n_persons} "
             f"person(s) ({persons.method}: {persons.detail}); nothing was written. Label faces of "
             "more people, ask for fewer splits (--ratios 8:2), or give persons with "
@@ -195,7 +197,7 @@ def check_no_leaks(splits: Any, persons: Any, image_ids: Any) -> None:
     for what, groups in (("persons", persons), ("source images", image_ids)):
         leaks = leaking_groups(splits, groups)
         if leaks:
-            raise ValueError(
+            raise InputError(
                 f"{len(leaks)} {what} would be in two splits (e.g. {leaks[0]}); nothing was "
                 "written. Give each person one id (--person-csv / --person-pattern) or use "
                 "--persons auto"
@@ -236,11 +238,11 @@ def clusters_manifest(
 def _check_target(path: Path, *, is_dir: bool, force: bool) -> None:
     if is_dir:
         if path.exists() and not path.is_dir():
-            raise FileExistsError(f"{path} is a file; give --out a folder for this format")
+            raise ExistsError(f"{path} is a file; give --out a folder for this format")
         if path.is_dir() and any(path.iterdir()) and not force:
-            raise FileExistsError(f"{path} exists and is not empty; pass --force to overwrite it")
+            raise ExistsError(f"{path} exists and is not empty; pass --force to overwrite it")
     elif path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+        raise ExistsError(f"{path} exists; pass --force to overwrite it")
 
 
 def _write_manifest(df: pd.DataFrame, path: Path) -> None:
@@ -258,15 +260,15 @@ def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> Expo
 
     config = config or ExportConfig()
     if config.what not in WHAT:
-        raise ValueError(f"--what {config.what!r} is not one of {', '.join(WHAT)}")
+        raise InputError(f"--what {config.what!r} is not one of {', '.join(WHAT)}")
     if config.format not in FORMATS:
-        raise ValueError(f"--format {config.format!r} is not one of {', '.join(FORMATS)}")
+        raise InputError(f"--format {config.format!r} is not one of {', '.join(FORMATS)}")
     out = Path(out)
     file_out = config.format != "imagefolder" and out.suffix.lower() in (".csv", ".parquet")
     ext = ".parquet" if config.format == "parquet" else ".csv"
     if config.what == "clusters":
         if config.format == "imagefolder":
-            raise ValueError("--what clusters writes a table; use --format csv or parquet")
+            raise InputError("--what clusters writes a table; use --format csv or parquet")
         manifest = out if file_out else out / f"clusters{ext}"
         _check_target(manifest, is_dir=False, force=config.force)
         df = clusters_manifest(ws, field=config.field)
@@ -362,12 +364,12 @@ def _write_tree(ws: Any, df: pd.DataFrame, out: Path, config: ExportConfig) -> l
         if sources is not None:
             src = Path(sources[i]) if isinstance(sources[i], str) else None
             if src is None or not src.exists():
-                raise FileNotFoundError(f"source image of face {row.face_id} ({src}) is missing")
+                raise NotFoundError(f"source image of face {row.face_id} ({src}) is missing")
             name = f"{row.face_id}{src.suffix.lower()}"
         else:
             src = ws.crop_path(row.face_id)
             if not src.exists():
-                raise FileNotFoundError(
+                raise NotFoundError(
                     f"aligned crop {src} is missing; re-run 'labeler detect -w {ws.root}'"
                 )
             name = f"{row.face_id}.jpg"

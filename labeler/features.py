@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import InputError, WorkspaceError
+
 log = logging.getLogger(__name__)
 
 # "auto": the blocks tried in order, with their weights; missing ones are skipped (logged).
@@ -36,11 +38,15 @@ log = logging.getLogger(__name__)
 # landmarks fail under masks, in profile or blur (real crowd photos: 0.884 -> 0.902, webfaces
 # 0.988 -> 0.992, maskedfacenet 0.982 -> 0.985); the colour-invariant cues get a fifth of the
 # variance (the only block that does not depend on what the masks look like).
+# Each CNN block runs at AUTO_INPUT_SIZE px, about the pixels the region has (the nose band
+# is ~123x56 px of the 256 px aligned crop, the mouth-chin ~154x97): 224 px upsampled them
+# and cost 3.9x the model time for no gain in effort (bench/FEATURES.md, "input size").
+AUTO_INPUT_SIZE = 128
 AUTO_BLOCKS: tuple[tuple[str, float], ...] = (
     ("cues__face", 0.25),
-    ("{backbone}__nose", 0.5),
-    ("{backbone}__mouth_chin", 0.5),
-    ("{backbone}__box", 0.5),
+    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__nose", 0.5),
+    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__mouth_chin", 0.5),
+    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__box", 0.5),
 )
 # used for "auto" when no block of AUTO_BLOCKS is stored
 AUTO_FALLBACK_REGIONS = ("lower", "face")
@@ -53,16 +59,16 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
     for part in spec.split("+"):
         part = part.strip()
         if not part:
-            raise ValueError(
+            raise InputError(
                 f"empty block in feature spec {spec!r}; write e.g. 'cues__face+KEY*0.5'"
             )
         key, _, w = part.partition("*")
         try:
             weight = float(w) if w else 1.0
         except ValueError:
-            raise ValueError(f"bad weight {w!r} in feature spec {spec!r}; write KEY*0.5") from None
+            raise InputError(f"bad weight {w!r} in feature spec {spec!r}; write KEY*0.5") from None
         if weight <= 0:
-            raise ValueError(f"weight of {key!r} must be > 0 in feature spec {spec!r}")
+            raise InputError(f"weight of {key!r} must be > 0 in feature spec {spec!r}")
         out.append((key.strip(), weight))
     return out
 
@@ -97,7 +103,7 @@ def combine_blocks(
     columns is kept whole; 0 = no PCA).
     """
     if not blocks:
-        raise ValueError("no feature blocks to combine; run 'labeler embed' first")
+        raise WorkspaceError("no feature blocks to combine; run 'labeler embed' first")
     n = len(blocks[0])
     weights = [1.0] * len(blocks) if weights is None else list(weights)
     if len(weights) != len(blocks):
@@ -123,6 +129,25 @@ def _default_backbone() -> str:
     return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
 
 
+def _stored_size(key: str, stored: Sequence[str]) -> str:
+    """``key``, or the stored block of the same backbone and region at another input size
+    when ``key`` itself is not stored (a workspace embedded before the sizes changed)."""
+    from labeler.embeddings.store import parse_key
+
+    if key in stored or key.startswith("cues__"):
+        return key
+    name, _, region = parse_key(key)
+    for other in stored:
+        try:
+            o_name, _, o_region = parse_key(other)
+        except ValueError:
+            continue
+        if (o_name, o_region) == (name, region):
+            log.info("features 'auto': %s not stored; using %s", key, other)
+            return other
+    return key
+
+
 def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     """The blocks ``spec`` means for a workspace holding the ``stored`` keys.
 
@@ -140,13 +165,13 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
                 if any(k.startswith("cues") for k in missing)
                 else "labeler embed"
             )
-            raise ValueError(
+            raise WorkspaceError(
                 f"feature spec {spec!r} names {', '.join(missing)}, not stored "
                 f"(stored: {', '.join(stored) or 'none'}); run '{hint}'"
             )
         return blocks
     backbone = _default_backbone()
-    wanted = [(k.format(backbone=backbone), w) for k, w in AUTO_BLOCKS]
+    wanted = [(_stored_size(k.format(backbone=backbone), stored), w) for k, w in AUTO_BLOCKS]
     blocks = [(k, w) for k, w in wanted if k in stored]
     missing = [k for k, _ in wanted if k not in stored]
     lower = f"{backbone}__{AUTO_FALLBACK_REGIONS[0]}"
@@ -170,7 +195,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
             return [(key, 1.0)]
     if stored:
         return [(stored[0], 1.0)]
-    raise ValueError("the workspace has no stored features; run 'labeler embed' first")
+    raise WorkspaceError("the workspace has no stored features; run 'labeler embed' first")
 
 
 def load_features(

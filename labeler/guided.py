@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from labeler.errors import InputError
+
 log = logging.getLogger(__name__)
 
 METHODS = ("ridge", "probe", "spread", "knn", "ensemble")
@@ -196,13 +198,13 @@ def fit_predict(
     lam: L2 strength of the ridge head (1-100). k: neighbours for the graph methods (5-30). alpha: spreading strength (0.5-0.99).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown guided method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown guided method {method!r}; choose one of {', '.join(METHODS)}")
     X = np.asarray(X)
     y = np.asarray(y, dtype=np.int64)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X has shape {X.shape} but y has {len(y)} rows; pass (N, D) and (N,)")
     if not (y >= 0).any():
-        raise ValueError("no labeled rows (all y == -1); label at least one group first")
+        raise InputError("no labeled rows (all y == -1); label at least one group first")
     w = np.ones(len(y), np.float32) if weights is None else np.asarray(weights, np.float32)
     classes = np.unique(y[y >= 0])
     Xs = _standardise(X)

@@ -22,16 +22,20 @@ line naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
+
+from labeler.errors import LabelerError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 Source = str | os.PathLike[str] | bytes | IO[bytes]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(LabelerError, ValueError):
     """A file could not be decoded into an RGB image (message: one line naming the file)."""
 
 
@@ -167,7 +171,7 @@ def decode_image(
 
     Raises :class:`ImageDecodeError` (one line naming the file) for anything undecodable.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     label = _name(source, name)
     for what, value in (("max_side", max_side), ("min_side", min_side)):
@@ -176,38 +180,76 @@ def decode_image(
     if max_side is not None and min_side is not None:
         raise ValueError("give max_side or min_side, not both")
     target = max_side if max_side is not None else min_side
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    fp: object = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    try:
+    with _decode_errors(label), _open_checked(source, label, max_pixels) as img:
+        raw_w, raw_h = img.size
+        width, height = _oriented_size(img, raw_w, raw_h)
+        fmt = img.format or "?"
+        if target is not None and fmt == "JPEG" and max(raw_w, raw_h) > target:
+            r = target / max(raw_w, raw_h)
+            img.draft("RGB", (max(1, math.ceil(raw_w * r)), max(1, math.ceil(raw_h * r))))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)  # type: ignore[arg-type]
-        with img:
-            raw_w, raw_h = img.size
-            if limit and raw_w * raw_h > limit:
-                raise ImageDecodeError(
-                    f"{label}: refused, {raw_w}x{raw_h} = {raw_w * raw_h:,} pixels is over the "
-                    f"limit of {limit:,} (decompression-bomb guard; raise "
-                    "PIL.Image.MAX_IMAGE_PIXELS if the file is genuine)"
-                )
-            width, height = _oriented_size(img, raw_w, raw_h)
-            fmt = img.format or "?"
-            if target is not None and fmt == "JPEG" and max(raw_w, raw_h) > target:
-                r = target / max(raw_w, raw_h)
-                img.draft("RGB", (max(1, math.ceil(raw_w * r)), max(1, math.ceil(raw_h * r))))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img.load()
-            out = ImageOps.exif_transpose(img) or img
-            if max_side is not None and max(out.size) > max_side:
-                r = max_side / max(out.size)
-                size = (max(1, round(out.size[0] * r)), max(1, round(out.size[1] * r)))
-                if out.mode not in ("RGB", "L", "RGBA", "LA", "CMYK", "P", "1"):
-                    out = Image.fromarray(_to_rgb(out))
-                if out.mode in ("P", "1"):
-                    out = out.convert("RGBA" if "transparency" in out.info else "RGB")
-                out = out.resize(size, Image.BILINEAR, reducing_gap=2.0)
-            rgb = np.ascontiguousarray(_to_rgb(out))
+            img.load()
+        out = ImageOps.exif_transpose(img) or img
+        if max_side is not None and max(out.size) > max_side:
+            r = max_side / max(out.size)
+            size = (max(1, round(out.size[0] * r)), max(1, round(out.size[1] * r)))
+            if out.mode not in ("RGB", "L", "RGBA", "LA", "CMYK", "P", "1"):
+                out = Image.fromarray(_to_rgb(out))
+            if out.mode in ("P", "1"):
+                out = out.convert("RGBA" if "transparency" in out.info else "RGB")
+            out = out.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        rgb = np.ascontiguousarray(_to_rgb(out))
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ImageDecodeError(f"{label}: decoded to an unusable array of shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    return DecodedImage(
+        rgb=rgb, scale=(width / w, height / h), width=width, height=height, format=fmt
+    )
+
+
+def image_size(
+    source: Source, *, max_pixels: int | None = None, name: str | None = None
+) -> tuple[int, int, str]:
+    """``(width, height, format)`` of ``source`` after EXIF orientation, from the header only:
+    no pixel is decoded (a file whose pixels are damaged passes; :func:`decode_image` finds
+    it). Raises :class:`ImageDecodeError` like :func:`decode_image` for everything the
+    header shows (not an image, a decompression bomb, a truncated header)."""
+    label = _name(source, name)
+    with _decode_errors(label), _open_checked(source, label, max_pixels) as img:
+        width, height = _oriented_size(img, *img.size)
+        return width, height, img.format or "?"
+
+
+@contextlib.contextmanager
+def _open_checked(source: Source, label: str, max_pixels: int | None) -> Iterator[Any]:
+    """``PIL.Image.open`` of ``source``, refusing images over ``max_pixels`` (default
+    ``PIL.Image.MAX_IMAGE_PIXELS``) before any pixel is decoded."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    fp: object = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(fp)  # type: ignore[arg-type]
+    with img:
+        raw_w, raw_h = img.size
+        if limit and raw_w * raw_h > limit:
+            raise ImageDecodeError(
+                f"{label}: refused, {raw_w}x{raw_h} = {raw_w * raw_h:,} pixels is over the "
+                f"limit of {limit:,} (decompression-bomb guard; raise "
+                "PIL.Image.MAX_IMAGE_PIXELS if the file is genuine)"
+            )
+        yield img
+
+
+@contextlib.contextmanager
+def _decode_errors(label: str) -> Iterator[None]:
+    """Turn what PIL raises for a bad file into one-line :class:`ImageDecodeError` s."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -224,12 +266,6 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageDecodeError(f"{label}: cannot decode ({msg})") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
-        raise ImageDecodeError(f"{label}: decoded to an unusable array of shape {rgb.shape}")
-    h, w = rgb.shape[:2]
-    return DecodedImage(
-        rgb=rgb, scale=(width / w, height / h), width=width, height=height, format=fmt
-    )
 
 
 def load_rgb(path: str | os.PathLike[str], *, max_side: int | None = None) -> np.ndarray:

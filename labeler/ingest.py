@@ -28,7 +28,10 @@ file name that is not valid UTF-8               ``error``: "rename it"; every la
 
 Decodability is checked with the same decoder the later steps use
 (:func:`labeler.imageio.decode_image`), at a reduced DCT scale for JPEGs, so a file that
-passes here decodes in ``detect``.
+passes here decodes in ``detect``. ``labeler run`` skips that decode (``verify_side=0``:
+header only) because its detect step decodes every photo anyway: a photo whose pixels turn
+out damaged there gets its ``error`` row then (:func:`record_unreadable`), one decode
+instead of two per photo.
 
 Re-running is incremental: files whose ``(size, mtime)`` are unchanged are skipped, changed
 files are re-read in place, new files are appended (sorted by path). Duplicates are
@@ -51,14 +54,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from labeler.imageio import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, display_path
+from labeler.errors import InputError, NotFoundError
+from labeler.imageio import (
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    decode_image,
+    display_path,
+    image_size,
+)
 from labeler.workspace import IMAGES_SCHEMA, Workspace
 
 log = logging.getLogger(__name__)
 
 WORKSPACE_MARKER = "workspace.json"
 
-#: Decode size used to check that a file is usable (JPEG: 1/8 DCT scale of a 1024 image).
+#: Decode size used to check that a file is usable (JPEG: 1/8 DCT scale of a 1024 image);
+#: 0: read the header only (the caller decodes every photo next, see record_unreadable).
 VERIFY_SIDE = 128
 #: Largest photo read (MiB; env ``LABELER_MAX_FILE_MB``): bigger files get an error row unread.
 MAX_FILE_MB = 512
@@ -237,7 +248,11 @@ def _read_one(
     if not data:
         return _error_row(root, rel, size, mtime, f"{shown}: empty file (0 bytes)", image_id)
     try:
-        dec = decode_image(data, max_side=verify_side, name=shown)
+        if verify_side:
+            dec = decode_image(data, max_side=verify_side, name=shown)
+            width, height = dec.width, dec.height
+        else:
+            width, height, _ = image_size(data, name=shown)
     except ImageDecodeError as exc:
         return _error_row(root, rel, size, mtime, str(exc), image_id)
     return {
@@ -246,8 +261,8 @@ def _read_one(
         "path": shown,
         "size_bytes": size,
         "mtime": mtime,
-        "width": dec.width,
-        "height": dec.height,
+        "width": width,
+        "height": height,
         "status": "ok",
         "error": None,
         "duplicate_of": None,
@@ -260,18 +275,20 @@ PROCESS_MIN_CORES = 8
 PROCESS_MIN_FILES = 2000
 
 
-def _read_all(folder: Path, root: int, todo: list[str], n_workers: int) -> list[dict]:
+def _read_all(
+    folder: Path, root: int, todo: list[str], n_workers: int, verify_side: int = VERIFY_SIDE
+) -> list[dict]:
     """Rows of ``todo`` in order: threads, or processes on big machines and big folders."""
     cores = os.cpu_count() or 1
     if cores >= PROCESS_MIN_CORES and len(todo) >= PROCESS_MIN_FILES:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
-        work = functools.partial(_read_one, folder, root, verify_side=VERIFY_SIDE)
+        work = functools.partial(_read_one, folder, root, verify_side=verify_side)
         with ProcessPoolExecutor(max_workers=cores, mp_context=ctx) as procs:
             return list(procs.map(work, todo, chunksize=64))
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
-        return list(pool.map(lambda rel: _read_one(folder, root, rel, VERIFY_SIDE), todo))
+        return list(pool.map(lambda rel: _read_one(folder, root, rel, verify_side), todo))
 
 
 def mark_duplicates(images: pd.DataFrame) -> pd.DataFrame:
@@ -293,20 +310,26 @@ def mark_duplicates(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def ingest_folder(
-    ws: Workspace, folder: str | os.PathLike[str], *, workers: int | None = None
+    ws: Workspace,
+    folder: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    verify_side: int = VERIFY_SIDE,
 ) -> IngestResult:
     """Add the images under ``folder`` to ``ws``'s images table (see the module docstring).
 
     ``workers`` threads (default ``min(8, cpu count + 2)``) read, hash and verify files.
+    ``verify_side``: the decode that checks each file (0: header only, for a caller that
+    decodes every photo next and calls :func:`record_unreadable`).
 
     >>> ws = Workspace.open("ws", create=True)  # doctest: +SKIP
     >>> ingest_folder(ws, "photos").ok  # doctest: +SKIP
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
+        raise NotFoundError(f"{folder} is not a folder; give the folder of images to ingest")
     if folder.resolve() == ws.root.resolve():
-        raise ValueError(
+        raise InputError(
             f"the workspace {ws.root} is the photo folder itself; give -w a separate folder "
             "(e.g. next to the photos)"
         )
@@ -316,7 +339,9 @@ def ingest_folder(
     n_workers = workers or min(8, (os.cpu_count() or 1) + 2)
     ws.save_step_config(
         "ingest",
-        IngestConfig(str(folder), root, tuple(sorted(IMAGE_EXTENSIONS)), n_workers),
+        IngestConfig(
+            str(folder), root, tuple(sorted(IMAGE_EXTENSIONS)), n_workers, int(verify_side)
+        ),
     )
 
     images = ws.images()
@@ -349,7 +374,7 @@ def ingest_folder(
                 skipped += 1
                 continue
         todo.append(rel)
-    rows = _read_all(folder, root, todo, n_workers)
+    rows = _read_all(folder, root, todo, n_workers, int(verify_side))
 
     changed_idx, changed_rows, new_rows = [], [], []
     for rel, row in zip(todo, rows, strict=True):
@@ -399,3 +424,26 @@ def ingest_folder(
         time.perf_counter() - t0,
     )
     return result
+
+
+def record_unreadable(ws: Workspace, errors: dict[str, str]) -> int:
+    """Mark the ``ok`` images ``errors`` names (``image_id -> one-line reason``, e.g. photos
+    whose pixels failed to decode in ``detect`` after a header-only ingest) as ``error`` rows
+    with that reason; returns how many changed. Duplicates of such a photo (same bytes) are
+    marked too."""
+    if not errors:
+        return 0
+    images = ws.images()
+    hit = images["image_id"].isin(list(errors)) & images["status"].isin(["ok", "duplicate"])
+    if not hit.any():
+        return 0
+    images = images.copy()
+    images["status"] = images["status"].astype(object)
+    images["error"] = images["error"].astype(object)
+    images.loc[hit, "status"] = "error"
+    images.loc[hit, "error"] = images.loc[hit, "image_id"].map(errors).to_numpy(object)
+    images.loc[hit, "duplicate_of"] = None
+    ws.write_images(images)
+    for iid in images.loc[hit, "image_id"].unique():
+        log.warning("%s", errors[iid])
+    return int(hit.sum())

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from labeler._io import SQLITE_SIDE_FILES, temp_path
+from labeler.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +121,9 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
         return None
     out_dir = backup_dir(db_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".labels-", suffix=".tmp")
-    os.close(fd)
-    out = None
-    try:
+    with temp_path(out_dir / "labels.db", side_files=SQLITE_SIDE_FILES) as tmp:
         _sqlite_copy(db_path, tmp)
-        last = _last_event(Path(tmp))
+        last = _last_event(tmp)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = out_dir / f"labels-{stamp}-e{last}.db"
         n = 1
@@ -132,9 +131,6 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
             out = out_dir / f"labels-{stamp}-e{last}-{n}.db"
             n += 1
         os.replace(tmp, out)
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(tmp + suffix).unlink(missing_ok=True)
     for old in list_backups(db_path)[keep:]:
         old.path.unlink(missing_ok=True)
     log.info("label store backed up to %s", out)
@@ -174,7 +170,7 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     db_path = Path(db_path)
     candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
     if not candidates:
-        raise ValueError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
+        raise InputError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
     chosen = None
     for c in candidates:
         why = check_store(c)
@@ -183,9 +179,9 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
             break
         log.warning("skipping backup %s: %s", c, why)
         if backup:
-            raise ValueError(f"{c} cannot be restored: {why}; pick another with --backup")
+            raise InputError(f"{c} cannot be restored: {why}; pick another with --backup")
     if chosen is None:
-        raise ValueError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
+        raise InputError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
     if db_path.exists():
         if check_store(db_path) is None:
             make_backup(db_path)
@@ -194,13 +190,8 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
             os.replace(db_path, db_path.with_name(f"{db_path.name}.damaged-{stamp}"))
     for suffix in ("-wal", "-shm"):  # stale WAL files of the old store must not be replayed
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=db_path.parent, prefix=f".{db_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with temp_path(db_path, side_files=SQLITE_SIDE_FILES) as tmp:
         _sqlite_copy(chosen, tmp)
         os.replace(tmp, db_path)
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(tmp + suffix).unlink(missing_ok=True)
     log.info("restored %s from %s", db_path, chosen)
     return chosen

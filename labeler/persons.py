@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labeler.errors import InputError, NotFoundError
+
 log = logging.getLogger(__name__)
 
 # cosine similarity above which two faces count as the same photo / same person (generic CNN)
@@ -97,7 +99,7 @@ def persons_from_pattern(paths: Sequence[str], pattern: str) -> np.ndarray:
     try:
         rx = re.compile(pattern)
     except re.error as exc:
-        raise ValueError(f"--person-pattern {pattern!r} is not a valid regex: {exc}") from None
+        raise InputError(f"--person-pattern {pattern!r} is not a valid regex: {exc}") from None
     out = []
     misses = 0
     for p in paths:
@@ -128,7 +130,7 @@ def persons_from_csv(
     csv_path = Path(csv_path)
     table = pd.read_csv(csv_path, dtype=str)
     if "person" not in table.columns or not ({"face_id", "path"} & set(table.columns)):
-        raise ValueError(
+        raise InputError(
             f"{csv_path} has columns {list(table.columns)}; it needs 'person' and 'face_id' or 'path'"
         )
     face_ids = [str(f) for f in face_ids]
@@ -317,7 +319,7 @@ def cached_identity_descriptors(ws: object, face_ids: Sequence[str]) -> np.ndarr
             for f in part:
                 crop_file = ws.crop_path(f)  # type: ignore[attr-defined]
                 if not crop_file.is_file():
-                    raise FileNotFoundError(
+                    raise NotFoundError(
                         f"aligned crop {crop_file} is missing; re-run 'labeler detect -w {ws.root}'"  # type: ignore[attr-defined]
                     )
                 crops.append(load_rgb(crop_file))
@@ -391,7 +393,7 @@ def find_persons(
     assert isinstance(ws, Workspace)
     faces = ws.require_faces() if faces is None else faces
     if method not in METHODS:
-        raise ValueError(f"unknown person grouping {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown person grouping {method!r}; choose one of {', '.join(METHODS)}")
     rel = relative_paths(ws, faces)
     links: list[np.ndarray] = [faces["image_id"].astype(str).to_numpy(dtype=object)]
     if method == "auto":
@@ -409,12 +411,12 @@ def find_persons(
             method = "embedding"
     if method == "column":
         if not column_csv:
-            raise ValueError("person grouping by column needs --person-csv FILE")
+            raise InputError("person grouping by column needs --person-csv FILE")
         links.append(persons_from_csv(column_csv, face_ids=faces["face_id"], paths=rel))
         detail = f"column 'person' of {column_csv}, joined with source images"
     elif method == "pattern":
         if not pattern:
-            raise ValueError("person grouping by pattern needs --person-pattern REGEX")
+            raise InputError("person grouping by pattern needs --person-pattern REGEX")
         links.append(persons_from_pattern(rel, pattern))
         detail = f"pattern {pattern!r} on the source paths, joined with source images"
     elif method == "identity":
@@ -451,11 +453,8 @@ def _person_embedding(
     ws: object, faces: pd.DataFrame, key: str | None
 ) -> tuple[np.ndarray | None, str]:
     """The stored embedding used for near-duplicate grouping (global face), or None."""
-    try:
-        from labeler.embeddings.store import list_embeddings, load_embeddings
-    except ImportError:
-        log.warning("no embedding store; person grouping falls back to source images")
-        return None, ""
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+
     keys = [str(k) for k in list_embeddings(ws)] if key is None else [key]
     if key is None:
         keys = [k for k in keys if k.endswith("__face") and not k.startswith("cues")]

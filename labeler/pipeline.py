@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labeler.cluster.types import ClusterConfig
 from labeler.embeddings.types import DEFAULT_BACKBONE
+from labeler.errors import InputError
 from labeler.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ class RunConfig:
     batch_size: int = 64
     cluster: ClusterConfig | None = ClusterConfig()
     workers: int | None = None
-    embed_threads: int | None = None  # CPU threads of the model (default: all cores)
-    #: ``auto``: the fused GPU pass (:mod:`labeler.fused`) when the model runs on CUDA and the
+    #: CPU threads of the model (default: all cores; its idle threads sleep, so while the
+    #: detect threads run they share the cores, and the last batches get all of them)
+    embed_threads: int | None = None
+    #: ``auto``: the fused GPU pass (:mod:`labeler.detect.fused`) when the model runs on CUDA and the
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
     #: (also on CPU: slower there, for checking it).
     detect_engine: str = "auto"
@@ -67,24 +70,34 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def feature_inputs(spec: str, backbone: str) -> tuple[list[str], bool]:
-    """Regions to embed with ``backbone`` and whether colour cues are needed for ``spec``.
+def feature_inputs(spec: str, backbone: str) -> tuple[list[tuple[str, int | None]], bool]:
+    """``(region, input size)`` pairs to embed with ``backbone`` (size ``None``: the model's
+    own) and whether colour cues are needed for ``spec``.
 
     ``spec`` is a :mod:`labeler.features` spec (``auto``, or stored keys joined by ``+``); a
-    bare region name (``face``, ``lower``...) means that one CNN block.
+    bare region name (``face``, ``lower``...) means that one CNN block at the model's size.
+
+    >>> feature_inputs("cues__face+efficientnet_lite0-96px__nose", "timm:efficientnet_lite0")
+    ([('nose', 96)], True)
     """
-    from labeler.embeddings.store import embedding_key
+    from labeler.embeddings.store import embedding_key, parse_key
     from labeler.features import AUTO_BLOCKS, parse_spec
     from labeler.regions import REGIONS
 
     if spec in REGIONS:
-        return [spec], False
+        return [(spec, None)], False
     prefix = embedding_key(backbone, "face").rsplit("__", 1)[0]
     if spec == "auto":
         keys = [k.format(backbone=prefix) for k, _ in AUTO_BLOCKS]
     else:
         keys = [k for k, _ in parse_spec(spec)]
-    regions = [k.rsplit("__", 1)[1] for k in keys if k.startswith(prefix + "__")]
+    regions = []
+    for k in keys:
+        if k.startswith("cues__"):
+            continue
+        name, size, region = parse_key(k)
+        if name == prefix:
+            regions.append((region, size))
     return regions, any(k.startswith("cues__") for k in keys)
 
 
@@ -102,20 +115,27 @@ def run_pipeline(
     ws.save_step_config("run", config)
 
     t = time.perf_counter()
-    ingested = ingest_folder(ws, folder, workers=config.workers)
+    # header only: detection decodes every photo next and records the damaged ones
+    ingested = ingest_folder(ws, folder, workers=config.workers, verify_side=0)
     timings["ingest"] = time.perf_counter() - t
     log.info("ingest: %s", ingested)
 
     regions, need_cues = feature_inputs(config.features, config.backbone)
-    backbone = (
-        get_backbone(config.backbone, device=config.device, num_threads=config.embed_threads)
-        if regions
-        else None
-    )
+    groups: list[tuple[Backbone, list[str]]] = []  # one model per input size
+    for size in dict.fromkeys(s for _, s in regions):
+        bb = get_backbone(
+            config.backbone,
+            device=config.device,
+            num_threads=config.embed_threads,
+            input_size=size,
+        )
+        groups.append((bb, [r for r, s in regions if s == size]))
+    cues: dict[str, Any] | None = {} if need_cues else None
     t = time.perf_counter()
-    detected, embedded = _detect_and_embed(ws, config, backbone, regions)
+    detected, embedded = _detect_and_embed(ws, config, groups, cues)
     timings["detect+embed"] = time.perf_counter() - t
     log.info("detect: %s", detected)
+    _record_decode_errors(ws)
 
     faces = ws.faces()
     n_clusters: int | None = None
@@ -124,7 +144,7 @@ def run_pipeline(
             from labeler.cues import cues_workspace
 
             t = time.perf_counter()
-            new, _ = cues_workspace(ws)
+            new, _ = cues_workspace(ws, computed=cues)
             embedded["cues__face"] = new
             timings["cues"] = time.perf_counter() - t
         if config.cluster is not None:
@@ -145,39 +165,62 @@ def run_pipeline(
     return result
 
 
+def _record_decode_errors(ws: Workspace) -> None:
+    """Photos that passed the header-only ingest but failed to decode in detect become
+    ``error`` rows of the images table, with the decoder's one-line reason."""
+    from labeler.detect.pipeline import read_detect_log
+    from labeler.ingest import record_unreadable
+
+    dl = read_detect_log(ws)
+    bad = dl[dl["error"].notna()]
+    record_unreadable(ws, dict(zip(bad["image_id"], bad["error"], strict=True)))
+
+
 def _detect_and_embed(
-    ws: Workspace, config: RunConfig, backbone: Backbone | None, regions: list[str]
+    ws: Workspace,
+    config: RunConfig,
+    groups: list[tuple[Backbone, list[str]]],
+    cues: dict[str, Any] | None,
 ) -> tuple[DetectResult, dict[str, int]]:
     """Detect and embed at the same time: each committed detect chunk wakes an embedding
     thread that embeds the faces written so far (ONNX Runtime and torch release the GIL, so
-    the model runs while decode and detection go on). Both steps stay resumable on their
-    own: an interrupted run leaves committed faces and embedded shards, and the next run
-    continues each step where it stopped.
+    the model runs while decode and detection go on). The detect threads hand each crop's
+    pixels over in memory (:mod:`labeler.cropcache`); the embed pass runs all regions of one
+    input size in one model call per batch and computes the colour cues into ``cues`` from
+    the same pixels. Both steps stay resumable on their own: an interrupted run leaves
+    committed faces and embedded shards, and the next run continues each step where it
+    stopped.
     """
     import threading
 
+    from labeler.cropcache import CropCache
     from labeler.detect.pipeline import default_chunk_size, detect_workspace
-    from labeler.embeddings.embed import embed_faces
+    from labeler.embeddings.embed import embed_regions
+    from labeler.regions import get_region
 
     embedded: dict[str, int] = {}
-    decode = "cuda" if _torch_on_cuda(backbone) else "cpu"
     wake, detecting_done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
+    kinds = {get_region(r).crop for _, regions in groups for r in regions}
+    if groups and cues is not None:
+        kinds.add("aligned")
+    cache = CropCache(CROP_CACHE_SIZE, kinds=tuple(sorted(kinds))) if groups else None
 
     def embed_ready_faces(*, progress: bool) -> None:
-        if backbone is None or not ws.faces_path.exists() or ws.faces().empty:
+        if not groups or not ws.faces_path.exists() or ws.faces().empty:
             return
-        for region in regions:
-            res = embed_faces(
+        for i, (backbone, regions) in enumerate(groups):
+            for res in embed_regions(
                 ws,
                 backbone,
-                region=region,
+                regions,
                 batch_size=config.batch_size,
                 workers=config.workers or 2,
-                decode=decode,
+                cache=cache,
+                cues_out=cues if i == 0 else None,
                 progress=progress,
-            )
-            embedded[res.key] = embedded.get(res.key, 0) + res.n_new
+            ):
+                embedded[res.key] = embedded.get(res.key, 0) + res.n_new
 
     def embedder() -> None:
         try:
@@ -191,7 +234,7 @@ def _detect_and_embed(
 
     n_images = int((ws.images()["status"] == "ok").sum())
     chunk = default_chunk_size(n_images)
-    engine = _fused_engine(config, backbone, regions)
+    engine = _fused_engine(config, *(groups[0] if groups else (None, [])))
     if engine is not None:
         try:
             detected = detect_workspace(
@@ -217,6 +260,7 @@ def _detect_and_embed(
             chunk_size=chunk,
             progress=True,
             on_chunk=lambda done, total: wake.set(),
+            crop_sink=cache,
         )
     finally:
         detecting_done.set()
@@ -225,7 +269,13 @@ def _detect_and_embed(
     if errors:
         raise errors[0]
     embed_ready_faces(progress=True)  # what the last chunks added (and any earlier gap)
+    if cache is not None:
+        log.info("crops handed over in memory: %s", cache.stats())
     return detected, embedded
+
+
+#: Crops (aligned + box, JPEG bytes, ~20 KB each) detection may hold for the embed thread.
+CROP_CACHE_SIZE = 8192
 
 
 def _torch_on_cuda(backbone: Backbone | None) -> bool:
@@ -240,7 +290,7 @@ def _torch_on_cuda(backbone: Backbone | None) -> bool:
 def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[str]) -> Any:
     """The fused GPU pass when ``config.detect_engine`` asks for it (see :class:`RunConfig`)."""
     if config.detect_engine not in ("auto", "threads", "fused"):
-        raise ValueError(
+        raise InputError(
             f"detect_engine must be auto, threads or fused, got {config.detect_engine!r}"
         )
     if config.detect_engine == "threads" or config.detector != "mediapipe":
@@ -248,7 +298,7 @@ def _fused_engine(config: RunConfig, backbone: Backbone | None, regions: list[st
     cuda = _torch_on_cuda(backbone)
     if config.detect_engine == "auto" and not cuda:
         return None
-    from labeler.fused import FusedEngine
+    from labeler.detect.fused import FusedEngine
 
     # on CPU with ONNX Runtime the engine writes crops only; the closing embed pass embeds them
     torch_rt = backbone is not None and backbone.config.runtime == "torch"

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labeler.errors import NotFoundError
+
 log = logging.getLogger(__name__)
 
 
@@ -120,7 +122,7 @@ def list_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, st
         elif p.is_file():
             out.append((p, str(item)))
         else:
-            raise FileNotFoundError(f"{p} is neither an image file nor a folder")
+            raise NotFoundError(f"{p} is neither an image file nor a folder")
     return out
 
 

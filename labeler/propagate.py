@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labeler.errors import InputError
 from labeler.suggest import SuggestConfig
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def propagate(
     face_ids = faces["face_id"].to_numpy().astype(str)
     labels = human_labels(ws, field, faces)
     if labels.empty:
-        raise ValueError(
+        raise InputError(
             f"no human labels for field {field!r} in {ws.labels_db}; label a few groups in the app first"
         )
     store = LabelStore(ws.labels_db)

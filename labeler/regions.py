@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labeler.errors import InputError
+
 CROP_SIZE = 256  # pixels of the cached aligned crop (square)
 
 # Canonical positions (x, y) as fractions of the crop side, in LANDMARK_NAMES order.
@@ -74,7 +76,7 @@ def get_region(name: str) -> Region:
     try:
         return REGIONS[name]
     except KeyError:
-        raise ValueError(f"unknown region {name!r}; choose one of {', '.join(REGIONS)}") from None
+        raise InputError(f"unknown region {name!r}; choose one of {', '.join(REGIONS)}") from None
 
 
 def crop_region(crop: np.ndarray, name: str) -> np.ndarray:

@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import InputError
 from labeler.suggest import SuggestConfig
 
 log = logging.getLogger(__name__)
@@ -344,7 +345,9 @@ def _review_groups(res: Any, s: _Session) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kmeans_parts(Z: np.ndarray, k: int) -> np.ndarray:
-    """(n,) part 0..k-1 of each row: k-means as the app's *split by similarity* runs it."""
+    """(n,) part 0..k-1 of each row: k-means on the simulated features, the stand-in for the
+    app's *split by similarity* (:func:`labeler.cluster.edit.split_cluster`, spherical
+    k-means on the run's vectors). Kept as it was so simulated numbers stay comparable."""
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(Z).astype(np.int64)
@@ -445,9 +448,9 @@ def simulate(
             f"groups has shape {groups.shape} but truth has {len(truth)} rows; pass one of each per face"
         )
     if len(groups) == 0:
-        raise ValueError("no faces to simulate (groups is empty)")
+        raise InputError("no faces to simulate (groups is empty)")
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     classes, y = _encode_truth(truth)
     g = noise_as_singletons(groups)
     cfg = config or InteractiveConfig()
@@ -497,7 +500,7 @@ def join_truth(
     table = pd.read_csv(truth_csv)
     for col in (truth_column, file_column):
         if col not in table.columns:
-            raise ValueError(
+            raise InputError(
                 f"{truth_csv} has no column {col!r} (columns: {', '.join(map(str, table.columns))}); "
                 "pass --truth-column/--file-column"
             )
@@ -543,7 +546,7 @@ def join_truth(
         out.loc[~keep.to_numpy(), "truth"] = None
     missing = int(out["truth"].isna().sum())
     if missing == len(out):
-        raise ValueError(
+        raise InputError(
             f"no face of the workspace matched a row of {truth_csv} by {file_column!r}; "
             "check --file-column (it must hold image paths relative to the ingested folder)"
         )

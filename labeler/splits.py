@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from labeler.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -36,13 +38,13 @@ def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
         try:
             values = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"ratios {text!r} are not numbers; write them like 8:1:1 (train:val:test)"
             ) from None
     else:
         values = [float(v) for v in text]
     if not 1 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(
+        raise InputError(
             f"ratios {text!r} must be 1 to 3 non-negative numbers with a positive sum, e.g. 8:1:1"
         )
     total = sum(values)

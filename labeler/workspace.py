@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler._io import atomic_path, atomic_write_bytes
+from labeler.errors import WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +153,21 @@ def align_to_faces(
     ``row_ids`` and ``values`` disagree in length.
     """
     if len(row_ids) != len(values):
-        raise ValueError(f"{what} has {len(values)} rows but {len(row_ids)} ids; {fix}")
+        raise WorkspaceError(f"{what} has {len(values)} rows but {len(row_ids)} ids; {fix}")
     index = pd.Index(row_ids)
     if not index.is_unique:
         dup = index[index.duplicated()][0]
-        raise ValueError(f"{what} has duplicate face_id {dup!r}; {fix}")
+        raise WorkspaceError(f"{what} has duplicate face_id {dup!r}; {fix}")
     pos = index.get_indexer(pd.Index(face_ids))
     missing = int((pos < 0).sum())
     if missing:
-        raise ValueError(f"{what} covers {len(face_ids) - missing} of {len(face_ids)} faces; {fix}")
+        raise WorkspaceError(
+            f"{what} covers {len(face_ids) - missing} of {len(face_ids)} faces; {fix}"
+        )
     return values[pos]
 
 
 # --- the workspace object --------------------------------------------------------------------
-
-
-class WorkspaceError(ValueError):
-    """A workspace is missing a step's output, or its tables disagree."""
 
 
 @dataclass(frozen=True)

@@ -153,29 +153,118 @@ def test_split_out_unselected_then_revert(ws):
     moved = run.labels[np.isin(run.face_ids, out)]
     assert len(set(moved)) == 1 and moved[0] not in (c, -1)
     assert set(members(ws, c)) == set(ids) - set(out)
+    assert run.params["n_clusters"] == 4 and run.params["edit"]["op"] == "move"
     at.button(key=K.revert_btn).click().run()
     assert cluster_store.current_run_id(ws) == before
 
 
 def test_split_by_similarity_and_merge(ws):
+    """Split (the cluster's faces become new clusters), then merge a part into another
+    cluster: noise faces that suggested the merged-away part now suggest the target."""
     at = open_page("views/cluster_view.py")
     c = biggest_cluster(ws)
-    n_before = len(members(ws, c))
+    ids = members(ws, c)
     at.selectbox(key=K.cluster_pick).set_value(c).run()
     at.button(key=K.split_k_btn).click().run()
     assert not at.exception
     run = cluster_store.load_run(ws)
-    new = int(run.labels.max())
-    assert (
-        0 < len(members(ws, c)) < n_before
-        and len(members(ws, new)) + len(members(ws, c)) == n_before
-    )
-    # merge the new part back
-    at.selectbox(key=K.cluster_pick).set_value(new).run()
-    at.selectbox(key=f"{K.merge_target}_{new}").set_value(c).run()
+    parts = run.params["edit"]["into"]
+    assert run.params["edit"]["op"] == "split" and len(parts) == 2 and members(ws, c) == []
+    assert sorted(members(ws, parts[0]) + members(ws, parts[1])) == sorted(ids)
+    assert at.selectbox(key=K.cluster_pick).value == parts[0]  # the page shows a part
+    assert not ({int(x) for x in run.suggested} - set(run.labels.tolist()))
+    # merge the second part into another cluster
+    other = next(x for x in (0, 1, 2) if x != c)
+    noise = run.labels < 0
+    at.selectbox(key=K.cluster_pick).set_value(parts[1]).run()
+    at.selectbox(key=f"{K.merge_target}_{parts[1]}").set_value(other).run()
     at.button(key=K.merge_btn).click().run()
     assert not at.exception
-    assert len(members(ws, c)) == n_before and members(ws, new) == []
+    merged = cluster_store.load_run(ws)
+    assert members(ws, parts[1]) == [] and merged.params["n_clusters"] == 3
+    assert parts[1] not in merged.suggested.tolist()
+    np.testing.assert_array_equal(
+        merged.suggested[noise], np.where(run.suggested == parts[1], other, run.suggested)[noise]
+    )
+    runs = cluster_store.list_runs(ws).set_index("run_id")
+    assert runs.loc[merged.params["run_id"], "n_clusters"] == 3  # run lists see the edit
+
+
+@pytest.fixture(scope="module")
+def real_template(tmp_path_factory):
+    """40 MFR2 photos through 'labeler run' (detect, align, embed, cluster) on the CPU."""
+    from conftest import shared_dataset
+
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.workspace import Workspace
+
+    photos = tmp_path_factory.mktemp("mfr2") / "photos"
+    photos.mkdir()
+    for f in sorted((shared_dataset("mfr2") / "images").iterdir())[:40]:
+        (photos / f.name).write_bytes(f.read_bytes())
+    ws = Workspace.open(photos.parent / "ws", create=True)
+    run_pipeline(photos, ws, config=RunConfig(device="cpu"))
+    return ws
+
+
+@pytest.fixture
+def real_ws(tmp_path, real_template, monkeypatch):
+    import shutil
+
+    from labeler.workspace import Workspace
+
+    shutil.copytree(real_template.root, tmp_path / "ws")
+    monkeypatch.setenv(ENV_WORKSPACE, str(tmp_path / "ws"))
+    monkeypatch.setenv(ENV_ANNOTATOR, "tester")
+    return Workspace.open(tmp_path / "ws")
+
+
+def test_cluster_edits_on_real_faces(real_ws):
+    """Move out, split by similarity, merge and revert through the Cluster view on a real
+    run: each edit is labeler.cluster.edit's (the run's saved vectors), recounts the run's
+    clusters for 'labeler cluster --list', and Revert walks back one edit at a time."""
+    from labeler.cluster.edit import split_labels
+
+    ws = real_ws
+    first = cluster_store.load_run(ws)
+    n0 = first.params["n_clusters"]
+    assert n0 >= 2 and cluster_store.load_vectors(ws) is not None
+    at = open_page("views/cluster_view.py")
+    c = biggest_cluster(ws)
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = members(ws, c)
+    for f in ids[-2:]:
+        at.checkbox(key=SELECT_PREFIX + f).uncheck().run()
+    at.button(key=K.split_out_btn).click().run()
+    assert not at.exception
+    moved = cluster_store.load_run(ws)
+    new = moved.params["edit"]["into"]
+    assert sorted(members(ws, new)) == sorted(ids[-2:]) and moved.params["n_clusters"] == n0 + 1
+
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.number_input(key=K.split_k).set_value(3).run()
+    at.button(key=K.split_k_btn).click().run()
+    assert not at.exception
+    split = cluster_store.load_run(ws)
+    want = split_labels(cluster_store.load_vectors(ws), moved.labels, c, n_parts=3)
+    np.testing.assert_array_equal(split.labels, want)  # the one implementation, run vectors
+    assert split.params["n_clusters"] == n0 + 3 and split.params["parent"] == moved.params["run_id"]
+
+    parts = split.params["edit"]["into"]
+    at.selectbox(key=K.cluster_pick).set_value(parts[2]).run()
+    at.selectbox(key=f"{K.merge_target}_{parts[2]}").set_value(parts[0]).run()
+    at.button(key=K.merge_btn).click().run()
+    assert not at.exception
+    merged = cluster_store.load_run(ws)
+    assert members(ws, parts[2]) == [] and merged.params["n_clusters"] == n0 + 2
+    listed = cluster_store.list_runs(ws).set_index("run_id")["n_clusters"]
+    assert listed[merged.params["run_id"]] == n0 + 2 and listed[first.params["run_id"]] == n0
+
+    for back in (split, moved, first):
+        at.button(key=K.revert_btn).click().run()
+        assert not at.exception
+        assert cluster_store.current_run_id(ws) == back.params["run_id"]
+    assert at.button(key=K.revert_btn).disabled  # the first run has no parent
 
 
 def test_more_like_this_labels_neighbours(ws):

@@ -206,8 +206,8 @@ def test_weighted_nms_merges_cluster():
 
 
 def test_unsupported_op_is_named(monkeypatch):
-    from labeler.detect import blazeface
+    from labeler.detect import blazeface, tflite_torch
 
-    monkeypatch.setattr(blazeface, "SUPPORTED_OPS", blazeface.SUPPORTED_OPS - {"PAD"})
+    monkeypatch.setattr(tflite_torch, "SUPPORTED_OPS", tflite_torch.SUPPORTED_OPS - {"PAD"})
     with pytest.raises(NotImplementedError, match=r"operator \d+ \(PAD\) is not supported"):
         blazeface.tflite_module(short_range_model_path())

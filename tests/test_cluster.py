@@ -12,7 +12,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from labeler.cluster.algorithms import glosh_scores, relabel_by_size
-from labeler.cluster.edit import merge_clusters, split_cluster
+from labeler.cluster.edit import merge_clusters, move_faces, revert, split_cluster
 from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, l2_normalize, search
 from labeler.cluster.place import place_by_neighbors, place_faces, suggest_labels
 from labeler.cluster.run import ClusterConfig, cluster_embeddings, fit_clusters, resolve_config
@@ -399,11 +399,55 @@ class TestEdit:
         before = load_run(ws)
         after = merge_clusters(ws, [1, 2])
         assert set(after.labels[np.isin(before.labels, [1, 2])].tolist()) == {1}
-        assert 2 not in set(after.labels.tolist()) and after.n_clusters == before.n_clusters
+        assert 2 not in set(after.labels.tolist()) and after.n_clusters == before.n_clusters - 1
         assert after.params["edit"] == {"op": "merge", "clusters": [1, 2], "into": 1}
-        assert list_runs(ws)["current"].sum() == 1
+        runs = list_runs(ws).set_index("run_id")
+        assert runs["current"].sum() == 1
+        assert runs.loc[after.params["run_id"], "n_clusters"] == after.n_clusters  # not stale
         with pytest.raises(ValueError, match="not in this run"):
             merge_clusters(ws, [0, 77])
+
+    def test_merge_moves_noise_suggestions_off_the_merged_away_cluster(self):
+        labels = np.array([0, 0, 1, 1, 2, 2, -1, -1, -1], np.int32)
+        r = ClusterResult(
+            np.array([f"f{i}" for i in range(9)]),
+            labels,
+            np.zeros(9, np.float32),
+            np.zeros((9, 2), np.float32),
+            np.array([0, 0, 1, 1, 2, 2, 1, 2, 0], np.int32),
+            {},
+        )
+        out = merge_clusters(r, [1, 2], into=2)
+        assert out.labels.tolist() == [0, 0, 2, 2, 2, 2, -1, -1, -1]
+        assert out.suggested.tolist() == [0, 0, 2, 2, 2, 2, 2, 2, 0]
+        assert out.params["n_clusters"] == 2 == out.n_clusters
+
+    def test_move_faces_then_revert(self, saved):
+        ws, run_id, *_ = saved
+        before = load_run(ws)
+        members = before.face_ids[before.labels == 0]
+        after = move_faces(ws, [*members[:5], "not_a_member"], 0)
+        new_id = int(before.labels.max()) + 1
+        assert after.labels[np.isin(after.face_ids, members[:5])].tolist() == [new_id] * 5
+        assert (after.labels == 0).sum() == len(members) - 5
+        assert after.params["edit"] == {"op": "move", "cluster": 0, "into": new_id, "n_faces": 5}
+        assert after.params["n_clusters"] == before.n_clusters + 1
+        assert current_run_id(ws) == after.params["run_id"]
+        for bad in ([], list(members)):
+            with pytest.raises(ValueError, match="some but not all"):
+                move_faces(ws, bad, 0)
+        assert revert(ws) == run_id and current_run_id(ws) == run_id
+        assert revert(ws) is None  # the first run has no parent
+
+    def test_split_without_saved_vectors_uses_the_map(self, tmp_path):
+        ids = [f"{i:04x}_0" for i in range(40)]
+        ws = make_ws(tmp_path, ids)
+        xy = np.concatenate([np.full((20, 2), (10, 0)), np.full((20, 2), (0, 10))])
+        xy = (xy + np.random.default_rng(0).normal(0, 0.5, xy.shape)).astype(np.float32)
+        zeros = np.zeros(40, np.int32)
+        save_run(ws, ClusterResult(np.array(ids), zeros, zeros.astype(np.float32), xy, zeros, {}))
+        out = split_cluster(ws, None, 0, n_parts=2)
+        assert adjusted_rand_score([0] * 20 + [1] * 20, out.labels) == 1.0
 
 
 class TestPlace:
@@ -492,7 +536,6 @@ class TestCli:
 
     def test_auto_features_then_place(self, tmp_path):
         """Through labeler.features' 'auto' spec, whose per-block PCA depends on the face set."""
-        pytest.importorskip("labeler.features")
         from labeler.cli import cli
         from labeler.embeddings.store import save_vectors
 

@@ -475,31 +475,32 @@ def test_embed_refuses_mixed_configs_and_bad_crops(tmp_path, ort_bb):
         embed_faces(empty, ort_bb)
 
 
-def test_region_crops_and_draft_decode():
-    from labeler.embeddings.embed import draft_side, load_crop, prepare_crop
+def test_region_crops():
+    from labeler.embeddings.embed import prepare_crop
 
     crop = crop_image(0)
     assert prepare_crop(crop, region="nose", size=224).shape == (224, 224, 3)
-    assert draft_side("face", 224) == 224  # needs the full 256 px crop
-    assert draft_side("face", 64) == 64  # libjpeg may decode at 1/2 or 1/4
+    assert prepare_crop(crop, region="nose", size=96).shape == (96, 96, 3)
     with pytest.raises(ValueError, match="unknown region 'chin'"):
         prepare_crop(crop, region="chin")
     with pytest.raises(ValueError, match="square RGB crop"):
         prepare_crop(crop[:100], region="face")
-    assert load_crop is not None
 
 
-def test_draft_decode_is_close_to_full_decode(tmp_path):
+def test_crop_files_resize_like_crops_in_memory(tmp_path):
+    """A crop read back from its file goes through the same resize as the crop in memory
+    (labeler run embeds the in-memory pixels): no DCT-scaled decode at small sizes."""
     from PIL import Image
 
     from labeler.embeddings.embed import load_crop, prepare_crop
 
-    path = tmp_path / "c.jpg"
-    Image.fromarray(crop_image(1)).save(path, quality=95)
-    full = prepare_crop(np.asarray(Image.open(path).convert("RGB")), region="face", size=64)
-    fast = load_crop(path, region="face", size=64)
-    assert fast.shape == (64, 64, 3)
-    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+    path = tmp_path / "c.png"  # lossless: the pixels in memory and on disk are the same
+    Image.fromarray(crop_image(1)).save(path)
+    for region, size in (("face", 64), ("box", 128), ("nose", 96), ("mouth_chin", 224)):
+        np.testing.assert_array_equal(
+            load_crop(path, region=region, size=size),
+            prepare_crop(crop_image(1), region=region, size=size),
+        )
 
 
 def test_batched_decode_path_matches_the_cpu_decode(tmp_path, torch_bb):
@@ -697,3 +698,73 @@ def test_larger_offline_lite_backbones_load_when_installed(n):
     with torch.inference_mode():
         top3 = fm.model(x).topk(3).indices[0].tolist()
     assert all(281 <= c <= 285 for c in top3), top3  # ImageNet's cat classes
+
+
+# --- input size per region, one call for all regions, crops from memory (speed issue) ------
+
+
+def test_sized_backbone_keys_and_fingerprint(onnx_cache):
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import make_config
+
+    bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=128)
+    assert bb.input_size == 128 and bb.config.resized
+    assert bb.embed(np.zeros((2, 128, 128, 3), np.uint8)).shape == (2, 1280)
+    key = make_config(bb, region="nose", batch_size=8, shard_size=8).key
+    assert key == "efficientnet_lite0-128px__nose"
+    assert store.parse_key(key) == ("efficientnet_lite0", 128, "nose")
+    assert store.parse_key("efficientnet_lite0__box") == ("efficientnet_lite0", None, "box")
+    native = get_backbone("timm:efficientnet_lite0", device="cpu", input_size=224)
+    assert not native.config.resized and native.config.key_name == "timm:efficientnet_lite0"
+    assert "resized" not in bb.config.fingerprint()  # the size itself is in it
+    assert bb.config.fingerprint()["input_size"] == 128
+    with pytest.raises(BackboneError, match="input_size must be >= 32"):
+        get_backbone("timm:efficientnet_lite0", device="cpu", input_size=8)
+
+
+def test_embed_regions_equals_one_region_at_a_time(tmp_path, onnx_cache):
+    """One model call for all regions, crops taken from the cache where there: the same
+    vectors as embedding each region on its own from the files."""
+    from labeler.cropcache import CropCache
+    from labeler.cues import compute_cues
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import embed_faces, embed_regions, load_crop
+
+    bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=96)
+    a = make_ws(tmp_path / "a", 7)
+    b = make_ws(tmp_path / "b", 7)
+    regions = ["nose", "mouth_chin", "face"]
+    for r in regions:
+        embed_faces(a, bb, region=r, batch_size=3)
+    cache = CropCache(capacity=4, kinds=("aligned",))  # 4 of 7 from memory, 3 from disk
+    fids = b.faces()["face_id"].tolist()
+    for f in fids[:5]:
+        cache.put(f, "aligned", b.crop_path(f).read_bytes())
+    assert len(cache) == 4 and cache.stats()["dropped"] == 1
+    cues: dict[str, np.ndarray] = {}
+    res = embed_regions(b, bb, regions, batch_size=3, cache=cache, cues_out=cues)
+    assert [r.key for r in res] == [f"efficientnet_lite0-96px__{r}" for r in regions]
+    assert all(r.n_new == 7 for r in res) and cache.stats()["hits"] == 4 and len(cache) == 0
+    for r in regions:
+        ids_a, Xa = store.load_embeddings(a, f"efficientnet_lite0-96px__{r}")
+        ids_b, Xb = store.load_embeddings(b, f"efficientnet_lite0-96px__{r}")
+        assert list(ids_a) == list(ids_b)
+        np.testing.assert_allclose(Xa, Xb, atol=1e-4)
+    want = compute_cues(np.stack([load_crop(b.crop_path(f), size=256) for f in fids]))
+    np.testing.assert_allclose(np.stack([cues[f] for f in fids]), want, atol=1e-5)
+    # incremental per key: a new face is embedded once, a stored key is not redone
+    add_faces(b, [20])
+    res = embed_regions(b, bb, regions, batch_size=3)
+    assert [r.n_new for r in res] == [1, 1, 1] and [r.n_before for r in res] == [7, 7, 7]
+
+
+def test_auto_device_does_not_import_torch_without_a_gpu_driver():
+    code = (
+        "import sys; from labeler.embeddings.backbones import resolve_device, cuda_possible; "
+        "print(resolve_device('auto'), cuda_possible(), 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["cpu", "False", "False"]

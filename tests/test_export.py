@@ -197,8 +197,9 @@ def test_no_labels_is_a_clean_error(tmp_path):
 
 
 def test_clusters_csv(tiny, tmp_path):
-    store = pytest.importorskip("labeler.cluster.store")
     import numpy as np
+
+    from labeler.cluster import store
 
     faces = tiny.ws.faces()
     n = len(faces)

@@ -1,4 +1,4 @@
-"""The fused GPU pass (labeler.fused) against the CPU path, run on the CPU with the same code.
+"""The fused GPU pass (labeler.detect.fused) against the CPU path, run on the CPU with the same code.
 
 On a CUDA machine the same engine runs with device="cuda"; these tests pin down that its
 results (faces per photo, boxes, landmarks, crops, vectors) are the CPU path's up to resize
@@ -19,8 +19,8 @@ pytest.importorskip("mediapipe")
 
 from labeler.align import align_face  # noqa: E402
 from labeler.detect import get_detector  # noqa: E402
+from labeler.detect.fused import FusedEngine, align_batch, warp_level  # noqa: E402
 from labeler.detect.pipeline import detect_workspace, read_detect_log  # noqa: E402
-from labeler.fused import FusedEngine, align_batch, warp_level  # noqa: E402
 from labeler.imageio import load_rgb  # noqa: E402
 from labeler.ingest import ingest_folder  # noqa: E402
 from labeler.workspace import Workspace  # noqa: E402
@@ -167,7 +167,7 @@ def test_fused_view_equals_mediapipe_on_a_clean_view(maskedfacenet_1024: Path) -
     import torch
 
     from labeler.detect.blazeface import BlazeFaceTorch
-    from labeler.fused import detections_from, letterbox
+    from labeler.detect.fused import detections_from, letterbox
 
     mp, bf = get_detector("mediapipe", model="short"), BlazeFaceTorch()
     errs = []
@@ -264,7 +264,7 @@ def test_fused_pass_on_cuda_equals_cpu(tmp_path: Path) -> None:
         img = cv2.warpAffine(base, m, (1024, 1024), borderMode=cv2.BORDER_REFLECT)
         cv2.imwrite(str(folder / f"p{i}.jpg"), img[:, :, ::-1])
     from labeler.detect.blazeface import BlazeFaceTorch
-    from labeler.fused import letterbox
+    from labeler.detect.fused import letterbox
 
     # the detector alone, on the same letterboxed views
     views = []

@@ -48,24 +48,37 @@ def test_run_then_rerun_then_add_images(tmp_path):
     for f in files[:10]:
         shutil.copy(f, folder / f.name)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # a sound header with damaged pixels: the header-only ingest of `run` lets it through,
+    # detection's decode finds it, and it is reported unreadable all the same
+    whole = files[10].read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     ws_dir = tmp_path / "ws"
     runner = CliRunner()
 
     res = runner.invoke(cli, ["run", str(folder), "-w", str(ws_dir)])
     assert res.exit_code == 0, res.output
-    assert "10 images ok, 1 unreadable" in res.output
+    assert "10 images ok, 2 unreadable" in res.output
     ws = Workspace.open(ws_dir)
+    images = ws.images().set_index("path")
+    assert images.loc["truncated.jpg", "status"] == "error"
+    assert "truncated.jpg" in images.loc["truncated.jpg", "error"]
+    assert "truncated" in images.loc["truncated.jpg", "error"]
     faces = ws.faces()
     assert len(faces) >= 10
     regions, need_cues = feature_inputs("auto", "timm:efficientnet_lite0")
     stored = list_embeddings(ws)
     assert need_cues and "cues__face" in stored
-    for region in regions:
-        key = next(k for k in stored if k.endswith(f"__{region}"))
+    assert regions and all(size == 128 for _, size in regions)
+    for region, size in regions:
+        key = f"efficientnet_lite0-{size}px__{region}"
+        assert key in stored
         ids, X = load_embeddings(ws, key)
         assert list(ids) == faces["face_id"].tolist()
-        # the overlapped detect+embed run gives the model's own output for each crop
-        bb = get_backbone("timm:efficientnet_lite0", device="cpu")
+        # the overlapped detect+embed run gives the model's own output for each crop file,
+        # at the block's input size (it took the files' bytes from memory, one model call
+        # for all regions)
+        bb = get_backbone("timm:efficientnet_lite0", device="cpu", input_size=size)
+        assert bb.input_size == size and bb.config.key_name.endswith(f"-{size}px")
         on_box = get_region(region).crop == "box"  # the box region reads the box crops
         paths = [ws.box_crop_path(f) if on_box else ws.crop_path(f) for f in ids]
         want = bb.embed(load_crops(paths, region=region, size=bb.input_size))

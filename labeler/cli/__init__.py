@@ -32,10 +32,18 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
-    """A group whose commands are imported on demand (and skipped if not written yet)."""
+    """A group whose commands are imported on demand; a command module that fails to import
+    fails loudly (it is part of the package, never optional).
+
+    The one error path of the command line: a :class:`labeler.errors.LabelerError` (bad
+    input, a missing step, an output already there) or an ``OSError`` (disk full, read-only
+    folder) raised by any command becomes one line, ``Error: <what and the fix>``, exit code
+    1 (``-vv`` adds the traceback). Any other exception is a bug in labeler and shows its
+    traceback.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._load(name) is not None]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
@@ -45,17 +53,35 @@ class LazyGroup(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
+        return importlib.import_module(module).command
+
+    def invoke(self, ctx: click.Context) -> object:
+        from labeler.errors import LabelerError
+
         try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                return None
-            raise
-        return mod.command
+            return super().invoke(ctx)
+        except LabelerError as exc:
+            raise _user_error(ctx, str(exc)) from exc
+        except OSError as exc:  # disk full, read-only workspace, file-size limit, bad path...
+            from labeler.cli._common import os_error_message
+
+            raise _user_error(ctx, os_error_message(exc)) from exc
+
+
+def _user_error(ctx: click.Context, message: str) -> click.ClickException:
+    """The one-line error; with ``-vv`` the traceback goes to the log first."""
+    if ctx.params.get("verbose", 0) >= 2:
+        logging.getLogger("labeler.cli").debug("user error", exc_info=True)
+    return click.ClickException(message)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log output (-v info, -vv debug, with the traceback of a one-line error).",
+)
 @click.version_option(package_name="labeler")
 def cli(verbose: int) -> None:
     """Turn a folder of raw face photos into a labeled, split, trained dataset.
@@ -69,31 +95,6 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors become one clean line, never a traceback."""
-    from labeler._deps import MissingDependency
-    from labeler.workspace import WorkspaceError
-
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (
-        WorkspaceError,
-        MissingDependency,
-        FileNotFoundError,
-        FileExistsError,
-        PermissionError,
-    ) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except OSError as exc:  # disk full, read-only workspace, file-size limit...
-        from labeler.cli._common import os_error_message
-
-        click.echo(f"Error: {os_error_message(exc)}", err=True)
-        sys.exit(1)
+    """Console entry point. User errors are one line (see :class:`LazyGroup`); anything else
+    is a bug and shows its traceback."""
+    cli.main(prog_name="labeler")

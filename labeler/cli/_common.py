@@ -32,14 +32,6 @@ def workspace_option(*, create: bool = False) -> Callable[[F], F]:
     )
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input, shown as one line by the commands."""
-    from labeler._deps import MissingDependency
-    from labeler.workspace import WorkspaceError
-
-    return (ValueError, WorkspaceError, MissingDependency, FileNotFoundError, PermissionError)
-
-
 def os_error_message(exc: OSError) -> str:
     """One line for an OS error: the file, what happened, and the fix."""
     import errno

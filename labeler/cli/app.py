@@ -86,11 +86,8 @@ def command(ws: object, host: str, port: int) -> None:
             f"{ws.root} is read-only; the app saves labels in {ws.labels_db}: make the "
             "workspace writable (or copy it somewhere writable)"
         )
-    try:
-        LabelStore(ws.labels_db).version()  # refuses a damaged store before serving it
-        make_backup(ws.labels_db)  # a backup on each app start
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    LabelStore(ws.labels_db).version()  # refuses a damaged store before serving it
+    make_backup(ws.labels_db)  # a backup on each app start
     cmd = streamlit_command(str(ws.root), host=host, port=port)
     env = {**os.environ, "LABELER_WORKSPACE": str(ws.root)}
     click.echo(f"labeler app on http://{host}:{port}  (workspace {ws.root}; Ctrl+C to stop)")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from labeler.cluster.types import ClusterConfig
@@ -129,25 +129,22 @@ def command(
     from labeler.cluster.store import list_runs, save_run, set_current
 
     log = logging.getLogger("labeler.cli.cluster")
-    try:
-        if list_runs_:
-            runs = list_runs(ws)
-            click.echo(runs.to_string(index=False) if len(runs) else "no cluster runs yet")
-            return
-        if use_run:
-            set_current(ws, use_run)
-            click.echo(f"current run: {use_run}")
-            return
-        from labeler.cluster.inputs import load_cluster_features
-        from labeler.cluster.run import fit_clusters
+    if list_runs_:
+        runs = list_runs(ws)
+        click.echo(runs.to_string(index=False) if len(runs) else "no cluster runs yet")
+        return
+    if use_run:
+        set_current(ws, use_run)
+        click.echo(f"current run: {use_run}")
+        return
+    from labeler.cluster.inputs import load_cluster_features
+    from labeler.cluster.run import fit_clusters
 
-        face_ids, X, spec = load_cluster_features(ws, features)
-        log.info("clustering %d faces x %d dims (%s)", X.shape[0], X.shape[1], spec)
-        config = cluster_config(options)
-        fit = fit_clusters(face_ids, X, config=config, feature_spec=spec)
-        run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    face_ids, X, spec = load_cluster_features(ws, features)
+    log.info("clustering %d faces x %d dims (%s)", X.shape[0], X.shape[1], spec)
+    config = cluster_config(options)
+    fit = fit_clusters(face_ids, X, config=config, feature_spec=spec)
+    run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
     p = fit.result.params
     click.echo(
         f"run {run_id}: {p['n_faces']} faces -> {p['n_clusters']} clusters, "

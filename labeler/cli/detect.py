@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 DETECTOR_NAMES = ("mediapipe", "mtcnn", "haar", "none")
 
@@ -58,20 +58,17 @@ def command(
     """
     from labeler.detect.pipeline import detect_workspace
 
-    try:
-        res = detect_workspace(
-            ws,  # type: ignore[arg-type]
-            detector=detector,
-            min_size=min_size,
-            score_threshold=score_threshold,
-            workers=workers,
-            chunk_size=chunk_size,
-            fallback=fallback,
-            redo=redo,
-            progress=True,
-        )
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    res = detect_workspace(
+        ws,  # type: ignore[arg-type]
+        detector=detector,
+        min_size=min_size,
+        score_threshold=score_threshold,
+        workers=workers,
+        chunk_size=chunk_size,
+        fallback=fallback,
+        redo=redo,
+        progress=True,
+    )
     click.echo(
         f"{res.processed} images processed ({res.skipped_done} already done): {res.faces} faces, "
         f"{res.whole_image} whole-image fallbacks, {res.no_face} without a face, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box")
 
@@ -93,41 +93,38 @@ def command(
     """
     if address and engine != "ray":
         raise click.BadParameter("--address needs --engine ray", param_hint="--address")
-    try:
-        if engine == "ray":
-            from labeler.embeddings.ray_engine import embed_faces_ray
+    if engine == "ray":
+        from labeler.embeddings.ray_engine import embed_faces_ray
 
-            result = embed_faces_ray(
-                ws,  # type: ignore[arg-type]
-                backbone=backbone,
-                region=region,
-                weights=weights,
-                device=device,
-                runtime=runtime,
-                batch_size=batch_size,
-                shard_size=shard_size,
-                overwrite=overwrite,
-                address=address,
-                progress=progress,
-            )
-        else:
-            from labeler.embeddings import get_backbone
-            from labeler.embeddings.embed import embed_faces
+        result = embed_faces_ray(
+            ws,  # type: ignore[arg-type]
+            backbone=backbone,
+            region=region,
+            weights=weights,
+            device=device,
+            runtime=runtime,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            address=address,
+            progress=progress,
+        )
+    else:
+        from labeler.embeddings import get_backbone
+        from labeler.embeddings.embed import embed_faces
 
-            model = get_backbone(backbone, weights=weights, device=device, runtime=runtime)
-            result = embed_faces(
-                ws,  # type: ignore[arg-type]
-                model,
-                region=region,
-                batch_size=batch_size,
-                shard_size=shard_size,
-                workers=workers,
-                decode=decode,
-                overwrite=overwrite,
-                progress=progress,
-            )
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+        model = get_backbone(backbone, weights=weights, device=device, runtime=runtime)
+        result = embed_faces(
+            ws,  # type: ignore[arg-type]
+            model,
+            region=region,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            workers=workers,
+            decode=decode,
+            overwrite=overwrite,
+            progress=progress,
+        )
     rate = result.n_new / result.seconds if result.seconds > 0 else 0.0
     click.echo(
         f"{result.key}: embedded {result.n_new} faces ({result.n_before} already stored, "

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import os_error_message, user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -85,27 +85,20 @@ def command(
     from labeler.export import ExportConfig, export
     from labeler.splits import parse_ratios
 
-    try:
-        config = ExportConfig(
-            what=what,
-            format=fmt or ("imagefolder" if what == "labels" else "csv"),
-            field=field,
-            ratios=parse_ratios(ratios),
-            seed=seed,
-            human_only=human_only,
-            source_images=source_images,
-            persons=persons,
-            person_pattern=person_pattern,
-            person_csv=person_csv,
-            force=force,
-        )
-        res = export(ws, out, config)
-    except (FileExistsError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # disk full, read-only --out or workspace
-        raise click.ClickException(os_error_message(exc)) from None
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    config = ExportConfig(
+        what=what,
+        format=fmt or ("imagefolder" if what == "labels" else "csv"),
+        field=field,
+        ratios=parse_ratios(ratios),
+        seed=seed,
+        human_only=human_only,
+        source_images=source_images,
+        persons=persons,
+        person_pattern=person_pattern,
+        person_csv=person_csv,
+        force=force,
+    )
+    res = export(ws, out, config)
     click.echo(f"{res.rows} faces -> {res.manifest}")
     if res.persons:
         p = res.persons

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 
 @click.command("ingest")
@@ -20,10 +20,7 @@ def command(images: str, ws: object, workers: int | None, show_errors: bool) -> 
     """
     from labeler.ingest import ingest_folder
 
-    try:
-        res = ingest_folder(ws, images, workers=workers)  # type: ignore[arg-type]
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    res = ingest_folder(ws, images, workers=workers)  # type: ignore[arg-type]
     click.echo(
         f"{res.scanned} image files: {res.new} new, {res.changed} changed, "
         f"{res.skipped_unchanged} unchanged; {res.ok} ok, {res.duplicates} duplicates, "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -30,13 +30,7 @@ def backup_cmd(ws: Workspace) -> None:
     why = check_store(ws.labels_db) if ws.labels_db.exists() else "it does not exist"
     if why is not None:
         raise click.ClickException(f"{ws.labels_db}: {why}; nothing to back up")
-    try:
-        out = make_backup(ws.labels_db)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot write a backup in {ws.root / 'backups'} ({exc.strerror or exc}); "
-            "free disk space or make the workspace writable"
-        ) from None
+    out = make_backup(ws.labels_db)
     click.echo(f"backed up to {out}")
 
 
@@ -70,8 +64,5 @@ def restore_cmd(ws: Workspace, backup: str | None) -> None:
     a sound one is backed up first."""
     from labeler.labels_backup import restore_backup
 
-    try:
-        used = restore_backup(ws.labels_db, Path(backup) if backup else None)
-    except (*user_errors(), OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    used = restore_backup(ws.labels_db, Path(backup) if backup else None)
     click.echo(f"restored {ws.labels_db} from {used}")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from labeler.workspace import Workspace
@@ -26,10 +26,7 @@ def command(ws: Workspace, features: str | None, run_id: str | None, k: int) -> 
     """
     from labeler.cluster.place import place_new_faces
 
-    try:
-        new_id, n = place_new_faces(ws, feature_spec=features, run_id=run_id, k=k)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    new_id, n = place_new_faces(ws, feature_spec=features, run_id=run_id, k=k)
     if new_id is None:
         click.echo("no new faces to place: every face with features is already in the run")
     else:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -60,12 +60,9 @@ def command(
     out_path = Path(out)
     if out_path.exists() and not force:
         raise click.ClickException(f"{out_path} exists; pass --force to overwrite it")
-    try:
-        loaded = [load_model(ws, m, device=device) for m in models] or [
-            load_model(ws, field=field, device=device)
-        ]
-        df = predict_files(images, loaded, get_detector(detector))
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    loaded = [load_model(ws, m, device=device) for m in models] or [
+        load_model(ws, field=field, device=device)
+    ]
+    df = predict_files(images, loaded, get_detector(detector))
     atomic_write_bytes(out_path, df.to_csv(index=False, lineterminator="\n").encode())
     click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")

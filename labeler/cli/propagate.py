@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -36,10 +36,7 @@ def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float,
     label errors. Writes suggestions, never human labels: review them in the app."""
     from labeler.propagate import propagate
 
-    try:
-        run = propagate(ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    run = propagate(ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence)
     click.echo(
         f"{len(run.faces)} suggestions for {field} in {len(run.groups)} groups from "
         f"{run.n_labeled} labels ({run.seconds:.2f} s); {len(run.suspects)} suspected label errors"

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 from labeler.cli.cluster import cluster_config, cluster_options
 
 
@@ -23,6 +23,12 @@ from labeler.cli.cluster import cluster_config, cluster_options
 @click.option("--no-cluster", is_flag=True, help="Stop after embedding.")
 @cluster_options
 @click.option("--workers", type=int, default=None, help="Decode/detect threads (default: cores).")
+@click.option(
+    "--embed-threads",
+    type=click.IntRange(1),
+    default=None,
+    help="CPU threads of the model (default: all cores, shared with detection).",
+)
 @click.option(
     "--detect-engine",
     type=click.Choice(["auto", "threads", "fused"]),
@@ -41,6 +47,7 @@ def command(
     batch_size: int,
     no_cluster: bool,
     workers: int | None,
+    embed_threads: int | None,
     detect_engine: str,
     **options: Any,
 ) -> None:
@@ -60,12 +67,10 @@ def command(
         batch_size=batch_size,
         cluster=None if no_cluster else cluster_config(options),
         workers=workers,
+        embed_threads=embed_threads,
         detect_engine=detect_engine,
     )
-    try:
-        res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+    res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]
     total = sum(res.timings.values())
     click.echo(
         f"{res.images_ok} images ok, {res.image_errors} unreadable (see images.parquet), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 
 @click.command("simulate")
@@ -61,19 +61,16 @@ def command(
     from labeler.simulate import InteractiveConfig, simulate_workspace
 
     cfg = InteractiveConfig(split_parts=split_parts)
-    try:
-        results, info = simulate_workspace(
-            ws,
-            truth_csv,
-            truth_column=truth_column,
-            file_column=file_column,
-            run_id=run_id,
-            features=features,
-            config=cfg,
-            all_faces=all_faces,
-        )
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
+    results, info = simulate_workspace(
+        ws,
+        truth_csv,
+        truth_column=truth_column,
+        file_column=file_column,
+        run_id=run_id,
+        features=features,
+        config=cfg,
+        all_faces=all_faces,
+    )
     click.echo(
         f"run {info['run_id']}: {info['faces_with_truth']} of {info['faces_total']} faces with truth; "
         f"features {info['features']}"

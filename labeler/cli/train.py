@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import user_errors, workspace_option
+from labeler.cli._common import workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -113,30 +113,27 @@ def command(
             "num_workers": workers,
         },
     )
-    try:
-        res = train(ws, config)
-        for line in res.report.lines():
-            click.echo(line)
-        click.echo(f"evaluated on {res.config['evaluated_on']}")
-        if cal := res.config.get("calibration"):
-            click.echo(f"confidence tempered on out-of-fold predictions: T={cal['temperature']:.2f}, "
-                       f"calibration error {cal['oof_ece_before']:.3f} -> {cal['oof_ece_after']:.3f}")  # fmt: skip
-        if res.config.get("persons"):
-            p = res.config["persons"]
-            click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
-        click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
-        if label_errors and mode == "head":
-            from labeler.label_errors import find_label_errors
+    res = train(ws, config)
+    for line in res.report.lines():
+        click.echo(line)
+    click.echo(f"evaluated on {res.config['evaluated_on']}")
+    if cal := res.config.get("calibration"):
+        click.echo(f"confidence tempered on out-of-fold predictions: T={cal['temperature']:.2f}, "
+                   f"calibration error {cal['oof_ece_before']:.3f} -> {cal['oof_ece_after']:.3f}")  # fmt: skip
+    if res.config.get("persons"):
+        p = res.config["persons"]
+        click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
+    click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
+    if label_errors and mode == "head":
+        from labeler.label_errors import find_label_errors
 
-            sus = find_label_errors(
-                ws,
-                field=field,
-                feature_spec=feature_spec,
-                folds=folds,
-                head=head_kind,
-                persons=persons,
-                seed=seed,
-            )
-            click.echo(f"{len(sus)} likely label errors written for review")
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+        sus = find_label_errors(
+            ws,
+            field=field,
+            feature_spec=feature_spec,
+            folds=folds,
+            head=head_kind,
+            persons=persons,
+            seed=seed,
+        )
+        click.echo(f"{len(sus)} likely label errors written for review")

@@ -1,13 +1,23 @@
-"""Structural edits of a cluster run: split one cluster, merge several.
+"""Structural edits of a cluster run: move faces out, split one cluster, merge, revert.
 
-Copy-on-write: each edit returns a new :class:`ClusterResult` and, given a workspace, saves
-it as a new run (parent = the edited run) and makes it current. Cluster ids not touched by
-the edit stay the same; split parts get new ids ``max + 1, max + 2, ...`` (biggest first).
+The one implementation of cluster edits: the app's Cluster view, the tests and the bench
+call these. Copy-on-write: each edit returns a new :class:`ClusterResult` and, given a
+workspace, saves it as a new run (parent = the edited run, ``n_clusters`` and
+``noise_fraction`` recounted) and makes it current; :func:`revert` makes the parent current
+again. Cluster ids not touched by the edit stay the same; new clusters get ids
+``max + 1, max + 2, ...`` (biggest first). Noise faces never suggest a cluster that an edit
+removed: their ``suggested`` cluster follows a merge and is re-chosen after a split.
 
-Splitting re-clusters only the cluster's faces on their run vectors: spherical k-means when
-``n_parts`` is given, otherwise HDBSCAN on a local 8-d PCA of the subset (no UMAP), falling
-back to k-means with 2 parts when HDBSCAN finds less than two groups. A 5,000-face cluster
-splits in well under 3 s on 2 cores (``bench/bench_cluster.py``).
+Splitting re-clusters only the cluster's faces on their run vectors (the 2-D map when the
+run kept none): spherical k-means when ``n_parts`` is given, otherwise HDBSCAN on a local
+8-d PCA of the subset (no UMAP), falling back to k-means with 2 parts when HDBSCAN finds
+less than two groups. A 5,000-face cluster splits in well under 3 s on 2 cores
+(``bench/bench_cluster.py``).
+
+>>> res = split_cluster(ws, None, 3, n_parts=2)  # doctest: +SKIP
+>>> res = move_faces(ws, ["a1b2_0", "c3d4_0"], 3)  # doctest: +SKIP
+>>> res = merge_clusters(ws, [5, 3], into=3)  # doctest: +SKIP
+>>> revert(ws)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from labeler.cluster.types import ClusterResult
+from labeler.errors import InputError
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,9 +51,9 @@ def split_labels(
     labels = np.asarray(labels, dtype=np.int32)
     members = np.flatnonzero(labels == cluster_id)
     if members.size < 2:
-        raise ValueError(f"cluster {cluster_id} has {members.size} face(s); nothing to split")
+        raise InputError(f"cluster {cluster_id} has {members.size} face(s); nothing to split")
     if n_parts is not None and n_parts < 2:
-        raise ValueError(f"n_parts={n_parts}; a split needs at least 2 parts")
+        raise InputError(f"n_parts={n_parts}; a split needs at least 2 parts")
     S = l2_normalize(np.asarray(V)[members])
     if n_parts is not None:
         parts, _ = kmeans_cluster(S, n_clusters=int(n_parts), seed=seed)
@@ -109,7 +120,8 @@ def split_cluster(
     """Split ``cluster_id`` into parts; a new result (saved as a new current run with a workspace).
 
     ws_or_result: a workspace (its current run) or a result; X: (N, D) vectors aligned to
-    the result's rows, or None to use the run's saved vectors (workspace only). ``n_parts``:
+    the result's rows, or None to use the run's saved vectors (workspace only; its 2-D map
+    when it kept none). ``n_parts``:
     k-means into that many parts; None: HDBSCAN decides (>= 2 parts). ``cluster_id=-1``
     re-clusters the outliers into new clusters. Noise faces whose
     suggestion was the split cluster are re-suggested to the nearest part.
@@ -118,9 +130,14 @@ def split_cluster(
     if X is None:
         if ws is None:
             raise ValueError("split_cluster needs X (N, D) when given a result without a workspace")
-        from labeler.cluster.store import load_artifacts
+        from labeler.cluster.store import load_vectors
 
-        X = load_artifacts(ws, result.params.get("run_id")).vectors
+        X = load_vectors(ws, result.params.get("run_id"))
+        if X is None:
+            log.info(
+                "run %s kept no vectors: splitting on its 2-D map", result.params.get("run_id")
+            )
+            X = result.xy
     if len(X) != len(result.labels):
         raise ValueError(
             f"X has {len(X)} rows but the run has {len(result.labels)} faces; pass the run's features"
@@ -163,17 +180,17 @@ def merge_clusters(
     present = set(np.unique(result.labels).tolist())
     unknown = [i for i in ids if i not in present]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"cluster(s) {unknown} are not in this run (it has {sorted(present)[:20]}...)"
         )
     if into is None:
         real = [i for i in ids if i >= 0]
         if not real:
-            raise ValueError("merging only noise: name a target cluster with into=")
+            raise InputError("merging only noise: name a target cluster with into=")
         into = real[0]
     into = int(into)
     if into < 0:
-        raise ValueError("cannot merge into noise (-1); pick a real cluster id")
+        raise InputError("cannot merge into noise (-1); pick a real cluster id")
     sel = np.isin(result.labels, ids)
     labels = result.labels.copy()
     labels[sel] = into
@@ -181,3 +198,53 @@ def merge_clusters(
     suggested[np.isin(suggested, ids) | sel] = into
     suggested = np.where(labels >= 0, labels, suggested)
     return _finish(ws, result, labels, suggested, {"op": "merge", "clusters": ids, "into": into})
+
+
+def move_faces(
+    ws_or_result: Workspace | ClusterResult,
+    face_ids: Iterable[str],
+    cluster_id: int,
+    *,
+    ws: Workspace | None = None,
+) -> ClusterResult:
+    """Move ``face_ids`` (members of ``cluster_id``) into a new cluster ``max + 1``.
+
+    The app's "move the unticked faces to a new cluster". Ids not in the cluster are ignored;
+    moving none or all of its faces raises ValueError (nothing would change). Noise faces
+    keep their suggestion (``cluster_id`` still exists). Returns a new result (saved as a
+    new current run with a workspace).
+    """
+    result, ws = _source(ws_or_result, ws)
+    cluster_id = int(cluster_id)
+    inside = result.labels == cluster_id
+    move = np.isin(np.asarray(result.face_ids).astype(str), [str(f) for f in face_ids]) & inside
+    if not move.any() or move.sum() == inside.sum():
+        raise InputError(
+            f"moving faces out of cluster {cluster_id} needs some but not all of its "
+            f"{int(inside.sum())} faces; got {int(move.sum())}: untick fewer faces"
+        )
+    new_id = int(result.labels.max()) + 1
+    labels = result.labels.copy()
+    labels[move] = new_id
+    suggested = np.where(labels >= 0, labels, result.suggested)
+    edit = {"op": "move", "cluster": cluster_id, "into": new_id, "n_faces": int(move.sum())}
+    log.info("moved %d faces of cluster %d to %d", int(move.sum()), cluster_id, new_id)
+    return _finish(ws, result, labels, suggested, edit)
+
+
+def revert(ws: Workspace) -> str | None:
+    """Make the parent of the current run current again (undo the last split, move or merge).
+
+    Returns the parent's run id, or None when the current run has no parent on disk (it
+    was not made by an edit, or the parent was deleted). The edited run stays on disk.
+    """
+    from labeler.cluster.store import current_run_id, load_run, set_current
+
+    if current_run_id(ws) is None:
+        return None
+    parent = load_run(ws).params.get("parent")
+    if not parent or not (ws.clusters_dir / str(parent) / "assignments.parquet").exists():
+        return None
+    set_current(ws, str(parent))
+    log.info("reverted to cluster run %s", parent)
+    return str(parent)

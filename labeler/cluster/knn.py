@@ -30,6 +30,7 @@ import numpy as np
 
 from labeler.cluster.types import INDEX_KINDS, KnnGraph
 from labeler.embeddings.store import l2_normalize  # noqa: F401  (re-exported)
+from labeler.errors import InputError, UnknownKeyError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -73,7 +74,7 @@ def build_index(V: np.ndarray, *, kind: str = "auto", seed: int = 0, k: int = 15
 def _build(V: np.ndarray, *, kind: str, seed: int = 0, k: int = 15) -> tuple[Any, str]:
     faiss = _faiss()
     if kind not in INDEX_KINDS:
-        raise ValueError(f"index kind {kind!r} is not one of {INDEX_KINDS}")
+        raise InputError(f"index kind {kind!r} is not one of {INDEX_KINDS}")
     V = np.ascontiguousarray(V, dtype=np.float32)
     n, d = V.shape
     kind = choose_index_kind(n) if kind == "auto" else kind
@@ -209,7 +210,7 @@ class KnnIndex:
         pos = pd.Index(self.face_ids).get_indexer(pd.Index(list(face_ids)))
         if (pos < 0).any():
             missing = list(face_ids)[int(np.flatnonzero(pos < 0)[0])]
-            raise KeyError(
+            raise UnknownKeyError(
                 f"face {missing!r} is not in this index; re-run 'labeler cluster' or 'labeler place'"
             )
         return pos

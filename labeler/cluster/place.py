@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from labeler.cluster.types import ClusterResult
+from labeler.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -144,11 +145,11 @@ def place_faces(
     new_ids = np.asarray(list(new_ids), dtype=object).astype(str)
     dup = np.isin(new_ids, result.face_ids)
     if dup.any():
-        raise ValueError(f"face {new_ids[dup][0]!r} is already in the run; place only new faces")
+        raise InputError(f"face {new_ids[dup][0]!r} is already in the run; place only new faces")
     Q = pca.transform(new_vectors) if pca is not None else np.asarray(new_vectors, np.float32)  # type: ignore[attr-defined]
     Q = l2_normalize(Q)
     if Q.shape[1] != ref_vectors.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"new features have {Q.shape[1]} dims, the run's vectors {ref_vectors.shape[1]}; "
             "embed the new faces with the run's feature spec"
         )

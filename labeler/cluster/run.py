@@ -35,6 +35,7 @@ from labeler.cluster.types import (
     ClusterFit,
     ClusterResult,
 )
+from labeler.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> C
       ``ivf`` above (deterministic); the kind used is saved as ``index_used``.
     """
     if config.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm {config.algorithm!r} is not one of {ALGORITHMS}")
+        raise InputError(f"algorithm {config.algorithm!r} is not one of {ALGORITHMS}")
     if config.index not in INDEX_KINDS:
-        raise ValueError(f"index {config.index!r} is not one of {INDEX_KINDS}")
+        raise InputError(f"index {config.index!r} is not one of {INDEX_KINDS}")
     mcs = config.min_cluster_size or int(np.clip(round(n / 200), 5, 1000))
     return replace(
         config,

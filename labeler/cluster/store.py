@@ -229,6 +229,13 @@ def load_run(ws: Workspace, run_id: str | None = None) -> ClusterResult:
     )
 
 
+def load_vectors(ws: Workspace, run_id: str | None = None) -> np.ndarray | None:
+    """The (N, d) float32 unit vectors a run was clustered on, in its row order; None when
+    the run kept none (a run saved without artifacts, e.g. a synthetic one)."""
+    path = _run_dir(ws, _resolve(ws, run_id)) / "vectors.npy"
+    return np.load(path).astype(np.float32) if path.exists() else None
+
+
 def load_artifacts(ws: Workspace, run_id: str | None = None) -> ClusterArtifacts:
     """The vectors, kNN graph and PCA saved with a run (``labeler cluster`` runs have them)."""
     run_id = _resolve(ws, run_id)

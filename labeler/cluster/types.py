@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from labeler.errors import InputError
+
 ALGORITHMS = ("auto", "hdbscan", "kmeans")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
@@ -99,7 +101,7 @@ class PcaModel:
     def transform(self, X: np.ndarray, *, batch: int = 65_536) -> np.ndarray:
         """Project ``X`` (N, D) to (N, d) float32, batch by batch."""
         if X.shape[1] != self.mean.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"features have {X.shape[1]} dims but the PCA was fitted on {self.mean.shape[0]}; "
                 "use the same feature spec as the run, or re-run 'labeler cluster'"
             )
@@ -136,7 +138,9 @@ class ClusterResult:
 
     @property
     def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if len(self.labels) and (self.labels >= 0).any() else 0
+        """Distinct real clusters (noise not counted; ids may have gaps after a merge)."""
+        labels = np.asarray(self.labels)
+        return int(len(np.unique(labels[labels >= 0])))
 
 
 @dataclass(frozen=True)

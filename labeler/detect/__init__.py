@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from labeler.errors import InputError
 from labeler.regions import TEMPLATE
 
 N_LANDMARKS = len(TEMPLATE)  # == len(labeler.workspace.LANDMARK_NAMES); no pandas import here
@@ -131,7 +132,7 @@ def get_detector(name: str = DEFAULT_DETECTOR, **options: object) -> Detector:
     try:
         target = DETECTORS[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}"
         ) from None
     module, _, attr = target.partition(":")

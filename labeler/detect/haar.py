@@ -14,6 +14,7 @@ import numpy as np
 
 from labeler._deps import require
 from labeler.detect import Detection, finalize
+from labeler.errors import NotFoundError
 
 # (x, y) fractions of the Haar box, LANDMARK_NAMES order.
 BOX_LANDMARKS = np.array([[0.30, 0.38], [0.70, 0.38], [0.50, 0.58], [0.50, 0.78]], np.float32)
@@ -38,7 +39,7 @@ class HaarDetector:
         self._cv2 = cv2
         self._clf = cv2.CascadeClassifier(str(path))
         if self._clf.empty():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"cannot load the Haar cascade {path}; install opencv-python-headless<5 "
                 "(5.x ships no cascade files)"
             )

@@ -20,6 +20,7 @@ import numpy as np
 
 from labeler._deps import require
 from labeler.detect import Detection, finalize
+from labeler.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ class MediaPipeDetector:
         tile_score_threshold: float = 0.6,
     ) -> None:
         if model not in ("auto", *_MODELS):
-            raise ValueError(f"model must be 'auto', 'short' or 'full', got {model!r}")
+            raise InputError(f"model must be 'auto', 'short' or 'full', got {model!r}")
         if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in 0..1, got {score_threshold}")
+            raise InputError(f"score_threshold must be in 0..1, got {score_threshold}")
         self.model = model
         self.score_threshold = float(score_threshold)
         self.min_size = float(min_size)

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.align import CROP_EYE_DISTANCE, align_face
+from labeler.cropcache import CropCache
 from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
@@ -51,7 +52,15 @@ from labeler.detect import (
     looks_like_face_crop,
     whole_image_detection,
 )
-from labeler.imageio import DecodedImage, ImageDecodeError, decode_image, load_rgb, write_jpeg
+from labeler.errors import InputError, NotFoundError
+from labeler.imageio import (
+    DecodedImage,
+    ImageDecodeError,
+    decode_image,
+    encode_jpeg,
+    load_rgb,
+    write_bytes,
+)
 from labeler.regions import CROP_SIZE
 from labeler.workspace import (
     FACES_SCHEMA,
@@ -212,6 +221,11 @@ class DetectResult:
     config: DetectConfig
 
 
+def default_workers() -> int:
+    """Detect threads when none are asked for: ``min(4, cpu count)``."""
+    return min(4, os.cpu_count() or 1)
+
+
 def default_chunk_size(n_images: int) -> int:
     """Images per commit: small on small folders (later steps can start early), at most ~100
     commits on big ones (each commit rewrites faces.parquet: a fixed chunk would cost
@@ -244,7 +258,12 @@ class ImageOutcome:
 
 
 def _process_image(
-    ws: Workspace, image_id: str, path: Path, detector: Detector, cfg: DetectConfig
+    ws: Workspace,
+    image_id: str,
+    path: Path,
+    detector: Detector,
+    cfg: DetectConfig,
+    sink: CropCache | None = None,
 ) -> ImageOutcome:
     t0 = time.perf_counter()
     try:
@@ -269,9 +288,12 @@ def _process_image(
     rows = []
     for index, (d, crop) in enumerate(pairs):
         row = face_row(ws, image_id, index, d, detector.name)
-        write_jpeg(ws.root / row["crop_path"], crop, quality=cfg.jpeg_quality)
+        data = encode_jpeg(crop, quality=cfg.jpeg_quality)
+        write_bytes(ws.root / str(row["crop_path"]), data)
+        if sink is not None:
+            sink.put(str(row["face_id"]), "aligned", data)
         rows.append(row)
-    _write_box_crops(ws, dec, rows, [d for d, _ in pairs], cfg)
+    _write_box_crops(ws, dec, rows, [d for d, _ in pairs], cfg, sink)
     whole = any(d.whole_image for d, _ in pairs)
     return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
 
@@ -282,9 +304,11 @@ def _write_box_crops(
     rows: list[dict[str, object]],
     dets: list[Detection],
     cfg: DetectConfig,
+    sink: CropCache | None = None,
 ) -> None:
     """Write the faces' box crops (:mod:`labeler.boxcrops`) from this decode when it is the one
-    the box-crop step would make (same pixels); otherwise that step decodes the file later."""
+    the box-crop step would make (same pixels); otherwise that step decodes the file later.
+    With a ``sink`` the pixels are also handed to the embed step there."""
     from labeler.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
 
     if not dets or cfg.detect_side != MIN_DECODE_SIDE:
@@ -294,7 +318,10 @@ def _write_box_crops(
         return
     crops = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d in dets])
     for row, crop in zip(rows, crops, strict=True):
-        write_jpeg(ws.box_crop_path(str(row["face_id"])), crop, quality=JPEG_QUALITY)
+        data = encode_jpeg(crop, quality=JPEG_QUALITY)
+        write_bytes(ws.box_crop_path(str(row["face_id"])), data)
+        if sink is not None:
+            sink.put(str(row["face_id"]), "box", data)
 
 
 def face_row(
@@ -428,6 +455,7 @@ def detect_workspace(
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
     engine: DetectEngine | None = None,
+    crop_sink: CropCache | None = None,
 ) -> DetectResult:
     """Detect and align the faces of every ingested image that has no detect record yet.
 
@@ -439,15 +467,16 @@ def detect_workspace(
     each commit. ``rotate`` also searches photos with no convincing face turned by
     90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
     ``redo`` forgets earlier results (and crops) and detects everything again.
-    ``engine`` replaces the thread pool for
-    whole chunks (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.fused`);
+    ``crop_sink`` receives each written crop's JPEG bytes (``labeler run`` embeds them from
+    memory, :mod:`labeler.cropcache`). ``engine`` replaces the thread pool for whole chunks
+    (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.detect.fused`);
     commits, the log and resuming stay the same.
 
     >>> res = detect_workspace(Workspace.open("ws"), detector="mediapipe")  # doctest: +SKIP
     >>> res.faces, res.no_face  # doctest: +SKIP
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     cfg = DetectConfig(
         detector=detector,
         min_size=float(min_size),
@@ -509,11 +538,11 @@ def detect_workspace(
             det = local.detector = cfg.build_detector()
             with lock:
                 made.append(det)
-        return _process_image(ws, item[0], item[1], det, cfg)
+        return _process_image(ws, item[0], item[1], det, cfg, crop_sink)
 
     items = [(r.image_id, roots[int(r.root)] / r.path) for r in todo]
 
-    n_workers = workers or min(4, os.cpu_count() or 1)
+    n_workers = workers or default_workers()
     outcomes: list[ImageOutcome] = []
     bar = None
     if progress and todo:
@@ -621,7 +650,7 @@ def iter_crops(
     for fid in faces["face_id"]:
         path = ws.crop_path(fid)
         if not path.exists():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --redo'"
             )
         yield fid, load_rgb(path)

@@ -49,6 +49,7 @@ from labeler.embeddings.types import (
     BackboneError,
     BackboneSpec,
 )
+from labeler.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ def resolve_device(device: str = "auto") -> str:
         raise BackboneError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     if device == "cpu":
         return "cpu"
+    if device == "auto" and not cuda_possible():
+        return "cpu"  # no NVIDIA driver: do not import torch (1.5 s) only to hear "no"
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -168,6 +171,22 @@ def resolve_device(device: str = "auto") -> str:
     if not has_cuda:
         raise BackboneError(f"--device {device} but torch sees no CUDA device; use --device cpu")
     return device
+
+
+def cuda_possible() -> bool:
+    """False when this machine certainly has no CUDA device (cheap: no torch import).
+
+    On Linux a CUDA device needs the NVIDIA driver (``/proc/driver/nvidia``, ``/dev/nvidiactl``)
+    or WSL's GPU bridge (``/dev/dxg``); ``CUDA_VISIBLE_DEVICES=""`` or ``-1`` hides every
+    device. Elsewhere (or when torch is imported already) torch is asked.
+    """
+    import sys
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
 
 
 def resolve_runtime(runtime: str, device: str) -> str:
@@ -212,6 +231,7 @@ def get_backbone(
     channels_last: bool | None = None,
     num_threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    input_size: int | None = None,
 ) -> Backbone:
     """Build the backbone ``name`` ready to :meth:`~Backbone.embed` uint8 RGB batches.
 
@@ -227,25 +247,35 @@ def get_backbone(
         num_threads: CPU threads for onnxruntime (default: all cores).
         cache_dir: where exported ONNX files go (default ``$LABELER_CACHE/onnx`` or
             ``~/.cache/labeler/onnx``).
+        input_size: square input side in pixels when not the model's own (e.g. 128 for
+            region crops that hold about that many pixels); the features' keys then carry it
+            (``efficientnet_lite0-128px__nose``).
     """
     spec = resolve_spec(name)
+    resized = input_size is not None and int(input_size) != spec.input_size
+    if input_size is not None:
+        if int(input_size) < 32:
+            raise BackboneError(f"input_size must be >= 32 pixels, got {input_size}")
+        spec = replace(spec, input_size=int(input_size))
     dev = resolve_device(device)
     rt = resolve_runtime(runtime, dev)
     prec = resolve_precision(precision, dev)
     cl = True if channels_last is None else bool(channels_last)
     weights_path = None if weights is None else Path(weights).expanduser().resolve()
     if weights_path is not None and not weights_path.is_file():
-        raise FileNotFoundError(f"weights file {weights_path} does not exist; pass --weights FILE")
+        raise NotFoundError(f"weights file {weights_path} does not exist; pass --weights FILE")
 
     if rt == "onnx":
         from labeler.embeddings.onnx_runtime import onnx_backbone
 
-        return onnx_backbone(
+        bb = onnx_backbone(
             spec,
             weights_path=weights_path,
             num_threads=num_threads,
             cache_dir=None if cache_dir is None else Path(cache_dir),
         )
+        bb.config = replace(bb.config, resized=resized)
+        return bb
     from labeler.embeddings.weights import build_feature_model
 
     module, config = build_feature_model(spec, weights_path=weights_path)
@@ -255,6 +285,7 @@ def get_backbone(
         device=dev,
         precision=prec,
         channels_last=cl,
+        resized=resized,
     )
     if dev == "cpu" and num_threads:
         import torch

@@ -11,15 +11,15 @@
 
 Region crops are resized to the model input with ``cv2.INTER_AREA`` when shrinking and
 ``cv2.INTER_LINEAR`` when enlarging (a region is stretched to the square input: every face
-gets the same geometry). When the model input is much smaller than the crop, JPEGs are
-decoded at 1/2, 1/4 or 1/8 size by libjpeg (``PIL.Image.draft``).
+gets the same geometry). Crop files are decoded whole, so a crop read back from its JPEG
+and the same crop handed over in memory (:func:`embed_regions` in ``labeler run``) go
+through the same resize.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import time
 from collections import deque
@@ -32,8 +32,10 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from labeler.cropcache import CropCache
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
+from labeler.errors import InputError
 from labeler.regions import CROP_SIZE, crop_region, get_region
 from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
 
@@ -43,7 +45,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DECODES = ("cpu", "cuda")
-PREPROCESS_VERSION = 1  # bump when crop -> pixels changes
+PREPROCESS_VERSION = 1  # bump when crop -> pixels changes (sizes >= 224 px are unchanged)
 
 
 @dataclass(frozen=True)
@@ -99,26 +101,22 @@ def prepare_crop(crop: np.ndarray, *, region: str = "face", size: int = 224) -> 
     return cv2.resize(np.ascontiguousarray(part), (size, size), interpolation=interp)
 
 
-def draft_side(region: str, size: int, crop_size: int = CROP_SIZE) -> int:
-    """Smallest crop side at which ``region`` still covers ``size`` pixels both ways.
+def load_crop(path: str | Path | bytes, *, region: str = "face", size: int = 224) -> np.ndarray:
+    """Decode an aligned crop file (or its bytes) and return its ``region`` resized to
+    ``(size, size, 3)`` uint8."""
+    import io
 
-    Passed to ``PIL.Image.draft``: libjpeg then decodes at the largest 1/2^k scale that
-    keeps at least this side (full size when the region needs all the pixels).
-    """
-    x0, y0, x1, y1 = get_region(region).box
-    need = math.ceil(size / max(min(x1 - x0, y1 - y0), 1e-6))
-    return min(need, crop_size)
-
-
-def load_crop(path: str | Path, *, region: str = "face", size: int = 224) -> np.ndarray:
-    """Decode an aligned crop file and return its ``region`` resized to ``(size, size, 3)`` uint8."""
     from PIL import Image
 
+    if isinstance(path, bytes):
+        source: Any = io.BytesIO(path)
+        path = "<crop bytes>"
+    else:
+        source = path
     try:
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                side = draft_side(region, size, crop_size=max(im.size))
-                im.draft("RGB", (side, side))
+        with Image.open(source) as im:
+            # decoded whole (no DCT-scaled draft decode): the region is then resized exactly
+            # as the in-memory crops of `labeler run` are, so both give the same features
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise WorkspaceError(
@@ -237,7 +235,7 @@ def prepare_key(
         and old.get("fingerprint")
         and old["fingerprint"] != jsonable(config.fingerprint())
     ):
-        raise ValueError(
+        raise InputError(
             f"embeddings {key} in {ws.root} were made with another configuration "
             f"({_diff(old['fingerprint'], jsonable(config.fingerprint()))}); pass --overwrite to "
             "recompute them, or choose another --backbone/--region"
@@ -282,11 +280,11 @@ def make_config(
 ) -> EmbedConfig:
     get_region(region)
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(
+        raise InputError(
             f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}"
         )
     if decode not in DECODES:
-        raise ValueError(f"unknown decode {decode!r}; use one of {', '.join(DECODES)}")
+        raise InputError(f"unknown decode {decode!r}; use one of {', '.join(DECODES)}")
     bconf = backbone if isinstance(backbone, BackboneConfig) else backbone.config
     if decode == "cuda" and not (bconf.runtime == "torch" and bconf.device.startswith("cuda")):
         raise BackboneError(
@@ -428,3 +426,115 @@ def embed_faces(
         seconds=seconds,
         config=config,
     )
+
+
+def embed_regions(
+    ws: Workspace,
+    backbone: Backbone,
+    regions: Sequence[str],
+    *,
+    batch_size: int = 64,
+    shard_size: int = 2048,
+    workers: int = 2,
+    cache: CropCache | None = None,
+    cues_out: dict[str, np.ndarray] | None = None,
+    progress: bool | None = None,
+) -> list[EmbedResult]:
+    """Embed several ``regions`` of every face in one pass: one model call per batch for all
+    of them (they share ``backbone``'s input size), each face's crops read once.
+
+    The crops come from ``cache`` when detection handed them over in memory
+    (:mod:`labeler.cropcache`, ``labeler run``), else from the JPEGs, as
+    :func:`embed_faces` reads them. With ``cues_out`` the colour cues
+    (:func:`labeler.cues.compute_cues`) of each face's aligned crop are put there too
+    (``face_id -> vector``), from the same pixels. Resumable and incremental per key like
+    :func:`embed_faces` (one ``EmbedResult`` per region, in order).
+    """
+    from labeler.cues import compute_cues
+
+    t0 = time.perf_counter()
+    regions = list(dict.fromkeys(regions))
+    if not regions:
+        return []
+    configs = [
+        make_config(backbone, region=r, batch_size=batch_size, shard_size=shard_size)
+        for r in regions
+    ]
+    faces = ws.require_faces()
+    todos: list[set[str]] = []
+    n_done: list[int] = []
+    for config in configs:
+        prepare_key(ws, config, overwrite=False)
+        done = store.stored_ids(ws, config.key)
+        todos.append(set(faces.loc[~faces["face_id"].isin(done), "face_id"]))
+        n_done.append(int(faces["face_id"].isin(done).sum()))
+    union = faces[faces["face_id"].isin(set().union(*todos))]
+    kinds = {get_region(r).crop for r in regions} | ({"aligned"} if cues_out is not None else set())
+    if "box" in kinds and len(union):
+        # box crops detection could not cut from its decode: write them from the photos now
+        missing = [f for f in union["face_id"] if cache is None or (f, "box") not in cache]
+        if missing:
+            from labeler.boxcrops import box_crops_workspace
+
+            box_crops_workspace(ws, faces=union[union["face_id"].isin(set(missing))])
+    paths = {
+        kind: dict(zip(union["face_id"], crop_paths(ws, union, crop=kind), strict=True))
+        for kind in kinds
+    }
+    size = backbone.input_size
+    writers = [ShardWriter(ws, c.key, shard_size) for c in configs]
+    ids_all = list(union["face_id"])
+
+    def crop_of(fid: str, kind: str) -> np.ndarray:
+        data = cache.take(fid, kind) if cache is not None else None  # the file's bytes
+        return load_crop(paths[kind][fid] if data is None else data, region="face", size=CROP_SIZE)
+
+    def read(batch: list[str]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        crops = {kind: [crop_of(f, kind) for f in batch] for kind in kinds}
+        pixels = np.stack(
+            [
+                prepare_crop(c, region=r, size=size)
+                for r in regions
+                for c in crops[get_region(r).crop]
+            ]
+        )
+        cues = compute_cues(np.stack(crops["aligned"])) if cues_out is not None else None
+        return batch, pixels, cues
+
+    bar = _progress(len(ids_all), desc=f"embed {len(regions)} regions", enabled=progress)
+    try:
+        for ids, pixels, cues in prefetch(
+            iter_batches(ids_all, batch_size), read, workers=workers, depth=max(2, workers * 2)
+        ):
+            X = backbone.embed(pixels)  # (len(regions) * B, dim): region-major
+            n = len(ids)
+            for j, (writer, todo) in enumerate(zip(writers, todos, strict=True)):
+                keep = [i for i, f in enumerate(ids) if f in todo]
+                if keep:
+                    writer.add([ids[i] for i in keep], X[j * n : (j + 1) * n][keep])
+            if cues is not None and cues_out is not None:
+                cues_out.update(zip(ids, cues, strict=True))
+            bar.update(n)
+        for writer in writers:
+            writer.close()
+    except BaseException:  # keep what is finished: the re-run resumes
+        for writer in writers:
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    log.info("%s: embedded %d faces in %.1f s", "+".join(regions), len(ids_all), seconds)
+    return [
+        EmbedResult(
+            key=c.key,
+            path=store.embedding_dir(ws, c.key),
+            n_faces=len(faces),
+            n_new=w.written,
+            n_before=d,
+            seconds=seconds,
+            config=c,
+        )
+        for c, w, d in zip(configs, writers, n_done, strict=True)
+    ]

@@ -177,6 +177,9 @@ def make_session(path: Path, *, num_threads: int | None = None) -> Any:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # idle intra-op threads sleep instead of spinning: the model shares the cores with the
+    # detect threads in `labeler run`, where spinning burns the CPU they need
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import InputError
 from labeler.workspace import (
     Workspace,
     WorkspaceError,
@@ -47,6 +48,23 @@ CONFIG_NAME = "config.json"
 SHARD_GLOB = "part-*.parquet"
 _SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 _SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+
+
+_KEY_RE = re.compile(r"^(?P<name>.+?)(?:-(?P<size>[0-9]+)px)?__(?P<region>[^_].*)$")
+
+
+def parse_key(key: str) -> tuple[str, int | None, str]:
+    """``(backbone part, input size or None, region)`` of an embedding key.
+
+    >>> parse_key("efficientnet_lite0-128px__nose")
+    ('efficientnet_lite0', 128, 'nose')
+    >>> parse_key("efficientnet_lite0__box")
+    ('efficientnet_lite0', None, 'box')
+    """
+    m = _KEY_RE.match(key)
+    if m is None:
+        raise ValueError(f"{key!r} is not an embedding key (BACKBONE[-Npx]__REGION)")
+    return m["name"], None if m["size"] is None else int(m["size"]), m["region"]
 
 
 def embedding_key(backbone: str, region: str) -> str:
@@ -71,7 +89,7 @@ def split_key(key: str) -> tuple[str, str]:
     """``"efficientnet_lite0__lower"`` -> ``("efficientnet_lite0", "lower")``."""
     name, sep, region = key.rpartition("__")
     if not sep or not name or not region:
-        raise ValueError(f"{key!r} is not an embedding key ('<backbone>__<region>')")
+        raise InputError(f"{key!r} is not an embedding key ('<backbone>__<region>')")
     return name, region
 
 

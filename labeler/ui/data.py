@@ -351,13 +351,15 @@ def cluster_summary(ws: Workspace, field: str) -> pd.DataFrame:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the similarity index…")
 def _knn_index(root: str, run_id: str, mtime: float) -> object | None:
+    from labeler.cluster import store as cluster_store
     from labeler.cluster.knn import KnnIndex
 
-    try:
-        return KnnIndex.from_run(Workspace(Path(root)), run_id)
-    except Exception as exc:  # a run without saved vectors: fall back to the 2-D map
-        log.info("no vectors for kNN in run %s (%s); using the 2-D map", run_id, exc)
+    ws = Workspace(Path(root))
+    V = cluster_store.load_vectors(ws, run_id)
+    if V is None:  # a run without saved vectors: fall back to the 2-D map
+        log.info("no vectors for kNN in run %s; using the 2-D map", run_id)
         return None
+    return KnnIndex.build(cluster_store.load_run(ws, run_id).face_ids, V)
 
 
 def knn_index(ws: Workspace) -> object | None:
@@ -706,11 +708,8 @@ def map_thumbs(ws: Workspace) -> ThumbSheets | None:
 def _models(root: str, stamp: float, fields: tuple[str, ...]) -> tuple[list, list[str]]:
     ws = Workspace(Path(root))
     models, missing = [], []
-    try:
-        from labeler.train import load_model
-    except ImportError as exc:
-        log.info("training module unavailable: %s", exc)
-        return [], list(fields)
+    from labeler.train import load_model
+
     for f in fields:
         try:
             models.append(load_model(ws, field=f))

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labeler.ui import runs
+from labeler.cluster.store import save_run
+from labeler.cluster.types import ClusterResult
 from labeler.workspace import FACES_SCHEMA, IMAGES_SCHEMA, Workspace, face_id_for
 
 COLORS = [
@@ -64,7 +65,7 @@ def synthetic_workspace(
     Images (one face each, 96 px JPEG) go to ``root/photos`` (an ingested root) when
     ``write_images``; crops (256 px) for every face, or the ``crops_per_cluster`` most central
     faces of each cluster. ``big_cluster``: the first that many faces all go to cluster 0.
-    The cluster run is saved through :mod:`labeler.ui.runs`.
+    The cluster run is saved through :func:`labeler.cluster.store.save_run`.
     """
     rng = np.random.default_rng(seed)
     ws = Workspace.open(root, create=True)
@@ -105,11 +106,13 @@ def synthetic_workspace(
     dist = np.linalg.norm(xy - centers[np.maximum(labels, 0)], axis=1)
     outlier = np.where(labels >= 0, np.clip(dist / 4, 0, 1), 1.0).astype(np.float32)
     suggested = np.where(labels >= 0, labels, np.argmin(((xy[:, None] - centers) ** 2).sum(-1), 1))
-    run = runs.Run(
-        "", faces["face_id"].to_numpy(str), labels, outlier, xy, suggested.astype(np.int32),
-        pd.DataFrame(), {"synthetic": True, "seed": seed},
+    result = ClusterResult(
+        faces["face_id"].to_numpy(str), labels, outlier, xy, suggested.astype(np.int32),
+        {"synthetic": True, "seed": seed, "n_faces": n_faces,
+         "n_clusters": int(len(np.unique(labels[labels >= 0]))),
+         "noise_fraction": round(float((labels < 0).mean()), 4)},
     )  # fmt: skip
-    runs.save(ws, run, parent=None, note="synthetic")
+    save_run(ws, result)
 
     todo = np.arange(n_faces)
     if crops_per_cluster is not None:

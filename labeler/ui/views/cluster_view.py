@@ -13,7 +13,8 @@ import math
 
 import streamlit as st
 
-from labeler.ui import components, data, runs, state
+from labeler.cluster import edit
+from labeler.ui import components, data, state
 from labeler.ui.state import KNN_PREFIX, SELECT_PREFIX, K
 
 PAGE_SIZES = (48, 96, 192, 480)
@@ -47,28 +48,32 @@ def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
 
 
 def split_out(cluster: int, faces: list[str]) -> None:
-    new = runs.split_out(ws, run, faces, cluster=cluster)
+    new = edit.move_faces(ws, faces, cluster)
     state.reset_selection(cluster)
-    state.flash(f"Moved {data.plural(len(faces), 'face')} out of cluster {cluster} (run {new}).")
+    state.flash(
+        f"Moved {data.plural(len(faces), 'face')} out of cluster {cluster} into cluster "
+        f"{new.params['edit']['into']} (run {new.params['run_id']})."
+    )
 
 
 def split_k(cluster: int) -> None:
     k = int(st.session_state[K.split_k])
-    X = runs.run_vectors(ws, run)  # None: split on the 2-D map
-    new = runs.split_kmeans(ws, run, X, cluster=cluster, k=k)
+    new = edit.split_cluster(ws, None, cluster, n_parts=k)
     state.reset_selection(cluster)
-    state.flash(f"Split cluster {cluster} into {k} (run {new}).")
+    state.set_cluster(new.params["edit"]["into"][0])  # the biggest part
+    parts = ", ".join(str(p) for p in new.params["edit"]["into"])
+    state.flash(f"Split cluster {cluster} into {parts} (run {new.params['run_id']}).")
 
 
 def merge(cluster: int, key: str) -> None:
     target = int(st.session_state[key])
-    new = runs.merge(ws, run, source=cluster, target=target)
+    new = edit.merge_clusters(ws, [cluster, target], into=target)
     state.set_cluster(target)
-    state.flash(f"Merged cluster {cluster} into {target} (run {new}).")
+    state.flash(f"Merged cluster {cluster} into {target} (run {new.params['run_id']}).")
 
 
 def revert() -> None:
-    back = runs.revert_run(ws, run)
+    back = edit.revert(ws)
     state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
 
 

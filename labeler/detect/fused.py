@@ -25,7 +25,7 @@ retry and the tiled small-face pass; the CPU path does all that). Faces found th
 embedded by the run's closing embed pass. The results equal the CPU path's up to resize
 kernels: ``tests/test_fused.py`` compares the two on real photos.
 
->>> from labeler.fused import FusedEngine  # doctest: +SKIP
+>>> from labeler.detect.fused import FusedEngine  # doctest: +SKIP
 >>> detect_workspace(ws, engine=FusedEngine(backbone, regions=["face"]))  # doctest: +SKIP
 """
 

@@ -1,0 +1,216 @@
+"""The event log of human labels: assign, undo and redo, and the current labels it implies.
+
+Functions on an open connection, called by :class:`labeler.labels.store.LabelStore` inside
+its transactions. Every assign is one event over many faces; undo and redo are logged as
+events too and toggle ``undone`` on the assign event they name; ``current`` (one row per
+labeled face and field) is kept equal to "the latest non-undone assign event" in the same
+transaction. Order is ``event_id`` (commit order), not the wall-clock ``ts``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+
+import pandas as pd
+
+SOURCES = ("cluster", "selection", "single", "suggestion", "import", "simulation")
+
+CURRENT_COLUMNS = ["face_id", "field", "value", "source", "annotator", "ts", "event_id"]
+HISTORY_COLUMNS = [
+    "event_id",
+    "ts",
+    "annotator",
+    "kind",
+    "field",
+    "value",
+    "source",
+    "undone",
+    "target",
+    "n_faces",
+]
+
+# Recompute current(field, face) for the faces of one event: latest non-undone assign wins.
+_RECOMPUTE = """
+INSERT INTO current(field, face_id, value, event_id)
+SELECT :field, t.face_id, e.value, e.event_id
+FROM (
+    SELECT ef.face_id AS face_id,
+           (SELECT MAX(x.event_id) FROM event_faces x JOIN events e2 ON e2.event_id = x.event_id
+            WHERE x.face_id = ef.face_id AND e2.field = :field AND e2.kind = 'assign'
+              AND e2.undone = 0) AS eid
+    FROM event_faces ef WHERE ef.event_id = :target
+) t JOIN events e ON e.event_id = t.eid
+WHERE e.value IS NOT NULL
+"""
+
+
+def unique_ids(face_ids: Iterable[str]) -> list[str]:
+    """Distinct ids, sorted (sorted inserts touch the b-trees in order: ~2x faster at 10k)."""
+    if isinstance(face_ids, str):
+        raise TypeError(f"face_ids must be a list of ids, got the string {face_ids!r}")
+    return sorted({str(f) for f in face_ids})
+
+
+def append_assign(
+    con: sqlite3.Connection,
+    ids: list[str],
+    field: str,
+    value: str | None,
+    *,
+    annotator: str,
+    source: str,
+) -> int:
+    """Log one assign event of ``value`` (None clears) on ``ids`` and update ``current``;
+    returns its event_id. The caller has checked the ids, the value and the source."""
+    cur = con.execute(
+        "INSERT INTO events(ts, annotator, kind, field, value, source, undone, n_faces) "
+        "VALUES (?, ?, 'assign', ?, ?, ?, 0, ?)",
+        (time.time(), str(annotator), field, value, source, len(ids)),
+    )
+    eid = int(cur.lastrowid)
+    con.executemany(
+        "INSERT INTO event_faces(event_id, face_id) VALUES (?, ?)", ((eid, f) for f in ids)
+    )
+    if value is None:
+        con.execute(
+            "DELETE FROM current WHERE field = ? AND face_id IN "
+            "(SELECT face_id FROM event_faces WHERE event_id = ?)",
+            (field, eid),
+        )
+    else:
+        con.execute(
+            "INSERT INTO current(field, face_id, value, event_id) "
+            "SELECT ?, face_id, ?, event_id FROM event_faces WHERE event_id = ? "
+            "ON CONFLICT(field, face_id) DO UPDATE SET value = excluded.value, "
+            "event_id = excluded.event_id",
+            (field, value, eid),
+        )
+    return eid
+
+
+def _toggle(con: sqlite3.Connection, target: int, *, annotator: str, kind: str) -> None:
+    field_ = con.execute("SELECT field FROM events WHERE event_id = ?", (target,)).fetchone()[0]
+    con.execute(
+        "UPDATE events SET undone = ? WHERE event_id = ?", (1 if kind == "undo" else 0, target)
+    )
+    con.execute(
+        "INSERT INTO events(ts, annotator, kind, field, value, source, undone, target, n_faces) "
+        "SELECT ?, ?, ?, field, NULL, source, 0, event_id, n_faces FROM events "
+        "WHERE event_id = ?",
+        (time.time(), annotator, kind, target),
+    )
+    con.execute(
+        "DELETE FROM current WHERE field = ? AND face_id IN "
+        "(SELECT face_id FROM event_faces WHERE event_id = ?)",
+        (field_, target),
+    )
+    con.execute(_RECOMPUTE, {"field": field_, "target": target})
+
+
+def undo(con: sqlite3.Connection, annotator: str) -> int | None:
+    """Undo ``annotator``'s latest active assign event; its id, or None (nothing to undo)."""
+    row = con.execute(
+        "SELECT event_id FROM events WHERE annotator = ? AND kind = 'assign' "
+        "AND undone = 0 ORDER BY event_id DESC LIMIT 1",
+        (annotator,),
+    ).fetchone()
+    if row is None:
+        return None
+    _toggle(con, int(row[0]), annotator=annotator, kind="undo")
+    return int(row[0])
+
+
+def redo(con: sqlite3.Connection, annotator: str) -> int | None:
+    """Redo the assign event ``annotator`` undid most recently; None when nothing to redo
+    (a new assign by the annotator after an undo clears the redo stack)."""
+    rows = con.execute(
+        "SELECT e.kind, e.target, t.undone FROM events e "
+        "LEFT JOIN events t ON t.event_id = e.target "
+        "WHERE e.annotator = ? ORDER BY e.event_id DESC",
+        (annotator,),
+    )
+    for kind, target, target_undone in rows:
+        if kind == "assign":
+            return None
+        if kind == "undo" and target_undone:
+            _toggle(con, int(target), annotator=annotator, kind="redo")
+            return int(target)
+    return None
+
+
+def can_undo(con: sqlite3.Connection, annotator: str) -> bool:
+    return (
+        con.execute(
+            "SELECT 1 FROM events WHERE annotator = ? AND kind = 'assign' AND undone = 0 LIMIT 1",
+            (annotator,),
+        ).fetchone()
+        is not None
+    )
+
+
+def current(con: sqlite3.Connection, field: str | None = None) -> pd.DataFrame:
+    """Current human labels (CURRENT_COLUMNS), one row per labeled (face, field)."""
+    sql = (
+        "SELECT c.face_id, c.field, c.value, e.source, e.annotator, e.ts, c.event_id "
+        "FROM current c JOIN events e ON e.event_id = c.event_id"
+    )
+    args: tuple = ()
+    if field is not None:
+        sql += " WHERE c.field = ?"
+        args = (field,)
+    rows = con.execute(sql, args).fetchall()
+    df = pd.DataFrame(rows, columns=CURRENT_COLUMNS)
+    return df.astype({"ts": "float64", "event_id": "int64"})
+
+
+def current_values(con: sqlite3.Connection, field: str) -> dict[str, str]:
+    return dict(con.execute("SELECT face_id, value FROM current WHERE field = ?", (field,)))
+
+
+def counts(con: sqlite3.Connection) -> pd.DataFrame:
+    rows = con.execute(
+        "SELECT field, value, COUNT(*) FROM current GROUP BY field, value"
+    ).fetchall()
+    return pd.DataFrame(rows, columns=["field", "value", "faces"])
+
+
+def history(
+    con: sqlite3.Connection, limit: int | None = 100, *, annotator: str | None = None
+) -> pd.DataFrame:
+    sql = f"SELECT {', '.join(HISTORY_COLUMNS)} FROM events"
+    args: list = []
+    if annotator is not None:
+        sql += " WHERE annotator = ?"
+        args.append(annotator)
+    sql += " ORDER BY event_id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    rows = con.execute(sql, args).fetchall()
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def event_faces(con: sqlite3.Connection, event_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in con.execute("SELECT face_id FROM event_faces WHERE event_id = ?", (int(event_id),))
+    ]
+
+
+def activity(con: sqlite3.Connection) -> pd.DataFrame:
+    sql = (
+        "SELECT annotator, COUNT(*) AS events, "
+        "SUM(CASE WHEN kind = 'assign' AND undone = 0 THEN n_faces ELSE 0 END) AS faces, "
+        "MAX(ts) AS last_ts FROM events GROUP BY annotator ORDER BY last_ts DESC"
+    )
+    rows = con.execute(sql).fetchall()
+    return pd.DataFrame(rows, columns=["annotator", "events", "faces", "last_ts"])
+
+
+def version(con: sqlite3.Connection) -> tuple[int, int]:
+    """(last event id, table writes counted in meta)."""
+    last = con.execute("SELECT COALESCE(MAX(event_id), 0) FROM events").fetchone()[0]
+    row = con.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
+    return int(last), int(row[0]) if row else 0
