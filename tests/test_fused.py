@@ -140,10 +140,12 @@ def test_fused_pass_equals_cpu_path_on_real_photos(tmp_path: Path, maskedfacenet
     ws_gpu = _detect(tmp_path, folder, "gpu", engine)
     engine.close()
     stats = engine.stats
-    # the 16 plain JPEGs go through the GPU pass, the PNG and the EXIF-rotated JPEG do not;
-    # the broken files never get there (ingest records them)
-    assert stats.images_gpu == 16, stats
-    assert stats.images_cpu == 2, stats
+    # the plain JPEGs whose face is convincing as stored (upright-looking, score >= 0.85, the
+    # upright check's SURE_SCORE) stay on the GPU pass (measured: 9 of 16); the others (masked
+    # faces scoring less: the CPU path checks which way up), the PNG and the EXIF-rotated JPEG
+    # go to the CPU path; the broken files never get there (ingest records them)
+    assert stats.images_gpu + stats.images_cpu == 18, stats
+    assert stats.images_gpu >= 8, stats
     assert (ws_gpu.images()["status"] == "error").sum() == 2
     err = _compare(ws_cpu, ws_gpu)
     # an antialiased 128 px view sometimes finds one more face than the CPU path's bilinear
