@@ -295,21 +295,6 @@ def unrotate_detection(d: Detection, rotation: int, width: int, height: int) -> 
     )
 
 
-def detect_rotated(
-    detector: Detector, rgb: np.ndarray, first: list[Detection]
-) -> tuple[list[Detection], int]:
-    """The faces of ``rgb`` (H, W, 3) from the pass ``first`` on the photo as stored or from
-    the photo turned 90/180/270 degrees, whichever :mod:`labeler.detect.upright` finds upright,
-    in ``rgb``'s pixels. Returns ``(detections, extra detector calls)``.
-
-    >>> dets, extra = detect_rotated(get_detector("mediapipe"), rgb, [])  # doctest: +SKIP
-    """
-    from labeler.detect.upright import choose_orientation
-
-    o = choose_orientation(detector, rgb, first)
-    return o.detections, o.extra_calls
-
-
 class WholeImageDetector:
     """``none``: the folder already holds face crops; every image is one face."""
 

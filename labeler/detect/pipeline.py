@@ -46,12 +46,12 @@ from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
     Detector,
-    detect_rotated,
     finalize,
     get_detector,
     looks_like_face_crop,
     whole_image_detection,
 )
+from labeler.detect.upright import detect_rotated
 from labeler.errors import InputError, NotFoundError
 from labeler.imageio import (
     DecodedImage,

@@ -251,3 +251,15 @@ def choose_orientation(detector: Detector, rgb: np.ndarray, first: list[Detectio
 def _best(dets: list[Detection]) -> Detection | None:
     faces = [d for d in dets if not d.whole_image]
     return max(faces, key=lambda d: d.score) if faces else None
+
+
+def detect_rotated(
+    detector: Detector, rgb: np.ndarray, first: list[Detection]
+) -> tuple[list[Detection], int]:
+    """:func:`choose_orientation` as ``(detections, extra detector calls)``: the faces of
+    ``rgb`` (H, W, 3) as stored or from the turn that shows them upright, in ``rgb``'s pixels.
+
+    >>> dets, extra = detect_rotated(get_detector("mediapipe"), rgb, [])  # doctest: +SKIP
+    """
+    o = choose_orientation(detector, rgb, first)
+    return o.detections, o.extra_calls
