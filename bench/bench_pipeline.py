@@ -172,6 +172,11 @@ def labeler_e2e(
 SHIPPED = {
     "labeler run --no-cluster (default)": ["--no-cluster"],
     "labeler run (default, with clustering)": [],
+    "labeler run --no-cluster --features fast (the blocks at 128 px)": [
+        "--no-cluster",
+        "--features",
+        "fast",
+    ],
     "labeler run --no-cluster --features face (one region)": ["--no-cluster", "--features", "face"],
     "naive (bench/naive_pipeline.py)": None,
 }
