@@ -81,14 +81,14 @@ def feature_inputs(spec: str, backbone: str) -> tuple[list[tuple[str, int | None
     ([('nose', 96)], True)
     """
     from labeler.embeddings.store import embedding_key, parse_key
-    from labeler.features import AUTO_BLOCKS, parse_spec
+    from labeler.features import PRESETS, parse_spec
     from labeler.regions import REGIONS
 
     if spec in REGIONS:
         return [(spec, None)], False
     prefix = embedding_key(backbone, "face").rsplit("__", 1)[0]
-    if spec == "auto":
-        keys = [k.format(backbone=prefix) for k, _ in AUTO_BLOCKS]
+    if spec in PRESETS:
+        keys = [k.format(backbone=prefix) for k, _ in PRESETS[spec]]
     else:
         keys = [k for k, _ in parse_spec(spec)]
     regions = []

@@ -549,6 +549,10 @@ def test_cli_embed(tmp_path, onnx_cache):
     assert "efficientnet_lite0__mouth_chin: embedded 5 faces (0 already stored" in out.output
     out = runner.invoke(cli, args)
     assert out.exit_code == 0 and "embedded 0 faces (5 already stored" in out.output
+    out = runner.invoke(cli, [*args, "--input-size", "96"])  # another key, beside the first
+    assert out.exit_code == 0, out.output
+    assert "efficientnet_lite0-96px__mouth_chin: embedded 5 faces (0 already stored" in out.output
+    assert store.load_embeddings(ws, "efficientnet_lite0-96px__mouth_chin")[1].shape == (5, 1280)
     assert runner.invoke(cli, ["embed", "-w", str(ws.root), "--region", "chin"]).exit_code == 2
     bad = runner.invoke(cli, ["embed", "-w", str(ws.root), "--address", "ray://x:1"])
     assert bad.exit_code == 2 and "--engine ray" in bad.output
