@@ -172,6 +172,11 @@ def labeler_e2e(
 SHIPPED = {
     "labeler run --no-cluster (default)": ["--no-cluster"],
     "labeler run (default, with clustering)": [],
+    "labeler run --no-cluster --features fast (the blocks at 128 px)": [
+        "--no-cluster",
+        "--features",
+        "fast",
+    ],
     "labeler run --no-cluster --features face (one region)": ["--no-cluster", "--features", "face"],
     "naive (bench/naive_pipeline.py)": None,
 }
@@ -255,18 +260,21 @@ def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
     from labeler.detect.pipeline import DETECT_SIDE, DetectConfig, _align_from
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import load_crop, prepare_crop
-    from labeler.features import AUTO_INPUT_SIZE
     from labeler.imageio import decode_image, encode_jpeg
     from labeler.ingest import _read_one
     from labeler.pipeline import feature_inputs
 
     cv2.setNumThreads(1)
-    regions = [r for r, _ in feature_inputs("auto", "timm:efficientnet_lite0")[0]]
+    regions = feature_inputs("auto", "timm:efficientnet_lite0")[0]  # (region, size)
     det = DetectConfig().build_detector()
-    bb = get_backbone("timm:efficientnet_lite0", num_threads=1, input_size=AUTO_INPUT_SIZE)
+    models = {
+        size: get_backbone("timm:efficientnet_lite0", num_threads=1, input_size=size)
+        for size in dict.fromkeys(s for _, s in regions)
+    }
     cost = dict.fromkeys(
         ["ingest (read, hash, header)", "decode", "detect + align", "crops: cut + JPEG",
-         "crops: decode + regions", "model (3 regions, one call)", "cues"],
+         "crops: decode + regions",
+         f"model ({len(regions)} regions, {len(models)} call(s) per batch)", "cues"],
         0.0,
     )  # fmt: skip
     faces = 0
@@ -300,13 +308,18 @@ def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
         crops = [
             (load_crop(a, size=256), load_crop(b, size=256)) for a, b in data[start : start + 64]
         ]
-        pix = [
-            prepare_crop(c if r != "box" else b, region=r, size=AUTO_INPUT_SIZE)
-            for r in regions
-            for c, b in crops
-        ]
+        pix = {
+            size: [
+                prepare_crop(c if r != "box" else b, region=r, size=model.input_size)
+                for r, s in regions
+                if s == size
+                for c, b in crops
+            ]
+            for size, model in models.items()
+        }
         t1 = clock()
-        bb.embed(np.stack(pix))
+        for size, model in models.items():
+            model.embed(np.stack(pix[size]))
         t2 = clock()
         compute_cues(np.stack([c for c, _ in crops]))
         t3 = clock()

@@ -6,6 +6,7 @@ optionally weighted with ``*w``::
     "cues__face"                                        colour-invariant mask cues only
     "cues__face+timm-efficientnet_lite0__lower*0.5"     cues plus half-weight CNN lower face
     "auto"                                              the default (see AUTO_BLOCKS)
+    "fast"                                              the same blocks, model at 128 px
 
 Each block is standardised per column, reduced by PCA to at most ``dims`` components
 (fitted on that block only), scaled so its total variance equals its weight (so a 1280-d CNN
@@ -38,16 +39,24 @@ log = logging.getLogger(__name__)
 # landmarks fail under masks, in profile or blur (real crowd photos: 0.884 -> 0.902, webfaces
 # 0.988 -> 0.992, maskedfacenet 0.982 -> 0.985); the colour-invariant cues get a fifth of the
 # variance (the only block that does not depend on what the masks look like).
-# Each CNN block runs at AUTO_INPUT_SIZE px, about the pixels the region has (the nose band
-# is ~123x56 px of the 256 px aligned crop, the mouth-chin ~154x97): 224 px upsampled them
-# and cost 3.9x the model time for no gain in effort (bench/FEATURES.md, "input size").
-AUTO_INPUT_SIZE = 128
 AUTO_BLOCKS: tuple[tuple[str, float], ...] = (
     ("cues__face", 0.25),
-    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__nose", 0.5),
-    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__mouth_chin", 0.5),
-    (f"{{backbone}}-{AUTO_INPUT_SIZE}px__box", 0.5),
+    ("{backbone}__nose", 0.5),
+    ("{backbone}__mouth_chin", 0.5),
+    ("{backbone}__box", 0.5),
 )
+# "fast": the same blocks with the model at FAST_INPUT_SIZE px instead of its own 224 (about the
+# pixels the regions have: the nose band is ~123x56 px of the 256 px aligned crop): 3.9x less
+# model time per block, the same linear-head ceiling on every shared set, but a grouping and a
+# Suggest loop that cost more actions (realmasks interactive eff95 19 vs 28 and maskedfacenet
+# eff98 20 vs 55, medians over cluster seeds; bench/FEATURES.md "Input size per region"), so
+# it is an option for very large folders, not the default.
+FAST_INPUT_SIZE = 128
+FAST_BLOCKS: tuple[tuple[str, float], ...] = tuple(
+    (k.replace("{backbone}__", f"{{backbone}}-{FAST_INPUT_SIZE}px__"), w) for k, w in AUTO_BLOCKS
+)
+#: named feature specs: ``--features auto`` (the default) or ``--features fast``
+PRESETS: dict[str, tuple[tuple[str, float], ...]] = {"auto": AUTO_BLOCKS, "fast": FAST_BLOCKS}
 # used for "auto" when no block of AUTO_BLOCKS is stored
 AUTO_FALLBACK_REGIONS = ("lower", "face")
 DEFAULT_DIMS = 64
@@ -143,7 +152,7 @@ def _stored_size(key: str, stored: Sequence[str]) -> str:
         except ValueError:
             continue
         if (o_name, o_region) == (name, region):
-            log.info("features 'auto': %s not stored; using %s", key, other)
+            log.info("features: %s not stored; using %s", key, other)
             return other
     return key
 
@@ -156,7 +165,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     none present it falls back to one stored CNN block (lower face, then whole face, then any).
     """
     stored = list(stored)
-    if spec != "auto":
+    if spec not in PRESETS:
         blocks = parse_spec(spec)
         missing = [k for k, _ in blocks if k not in stored]
         if missing:
@@ -171,7 +180,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
             )
         return blocks
     backbone = _default_backbone()
-    wanted = [(_stored_size(k.format(backbone=backbone), stored), w) for k, w in AUTO_BLOCKS]
+    wanted = [(_stored_size(k.format(backbone=backbone), stored), w) for k, w in PRESETS[spec]]
     blocks = [(k, w) for k, w in wanted if k in stored]
     missing = [k for k, _ in wanted if k not in stored]
     lower = f"{backbone}__{AUTO_FALLBACK_REGIONS[0]}"
@@ -183,7 +192,8 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
         blocks.append((lower, 0.5))  # no region crops of the nose/mouth: the lower face instead
     if missing:
         log.warning(
-            "features 'auto': %s not stored; using %s",
+            "features %r: %s not stored; using %s",
+            spec,
             ", ".join(missing),
             ", ".join(k for k, _ in blocks) or "a fallback",
         )

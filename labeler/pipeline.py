@@ -41,9 +41,8 @@ class RunConfig:
     batch_size: int = 64
     cluster: ClusterConfig | None = ClusterConfig()
     workers: int | None = None
-    #: CPU threads of the model; default: the cores the detect threads leave (at least 1),
-    #: as the two run at the same time (on 2 cores one model thread uses ~20 % less CPU
-    #: per crop than two that wait on each other and on detection)
+    #: CPU threads of the model (default: all cores; its idle threads sleep, so while the
+    #: detect threads run they share the cores, and the last batches get all of them)
     embed_threads: int | None = None
     #: ``auto``: the fused GPU pass (:mod:`labeler.detect.fused`) when the model runs on CUDA and the
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
@@ -82,14 +81,14 @@ def feature_inputs(spec: str, backbone: str) -> tuple[list[tuple[str, int | None
     ([('nose', 96)], True)
     """
     from labeler.embeddings.store import embedding_key, parse_key
-    from labeler.features import AUTO_BLOCKS, parse_spec
+    from labeler.features import PRESETS, parse_spec
     from labeler.regions import REGIONS
 
     if spec in REGIONS:
         return [(spec, None)], False
     prefix = embedding_key(backbone, "face").rsplit("__", 1)[0]
-    if spec == "auto":
-        keys = [k.format(backbone=prefix) for k, _ in AUTO_BLOCKS]
+    if spec in PRESETS:
+        keys = [k.format(backbone=prefix) for k, _ in PRESETS[spec]]
     else:
         keys = [k for k, _ in parse_spec(spec)]
     regions = []
@@ -127,7 +126,7 @@ def run_pipeline(
         bb = get_backbone(
             config.backbone,
             device=config.device,
-            num_threads=config.embed_threads or model_threads(config.workers),
+            num_threads=config.embed_threads,
             input_size=size,
         )
         groups.append((bb, [r for r, s in regions if s == size]))
@@ -175,15 +174,6 @@ def _record_decode_errors(ws: Workspace) -> None:
     dl = read_detect_log(ws)
     bad = dl[dl["error"].notna()]
     record_unreadable(ws, dict(zip(bad["image_id"], bad["error"], strict=True)))
-
-
-def model_threads(detect_workers: int | None) -> int:
-    """CPU threads for the model while ``detect_workers`` threads detect (see RunConfig)."""
-    import os
-
-    from labeler.detect.pipeline import default_workers
-
-    return max(1, (os.cpu_count() or 1) - (detect_workers or default_workers()))
 
 
 def _detect_and_embed(

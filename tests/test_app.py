@@ -631,3 +631,38 @@ def test_settings_show_an_example_face_per_value(ws):
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "mask pulled down below the mouth" in text
     assert "optional — optional" not in text and "(optional)" in text
+
+
+def test_thumbnail_sheets_put_each_face_in_its_cell():
+    from PIL import Image
+
+    def jpeg(v: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (v, 255 - v, 40)).save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+
+    faces = [jpeg(v) for v in range(0, 250, 10)] + [None, b"not an image"]  # 25 + 2
+    ts = data.thumbnail_sheets(faces, cell=16, cols=4)
+    assert ts.per_sheet == 16 and len(ts.sheets) == 2
+    first = np.asarray(Image.open(io.BytesIO(ts.sheets[0])).convert("RGB"), np.int32)
+    second = np.asarray(Image.open(io.BytesIO(ts.sheets[1])).convert("RGB"), np.int32)
+    assert first.shape == (64, 64, 3) and second.shape == (48, 64, 3)  # 11 faces: 3 rows
+    for k in (0, 5, 15, 17, 24):
+        sheet, j = (first, k) if k < 16 else (second, k - 16)
+        y, x = (j // 4) * 16 + 8, (j % 4) * 16 + 8
+        assert abs(sheet[y, x, 0] - 10 * k) < 12, k  # the k-th face, in row-major order
+    assert np.abs(second[8 + 16 * 2, 8 + 16 * 1] - 200).max() < 12  # None: a grey cell
+    assert np.abs(second[8 + 16 * 2, 8 + 16 * 2] - 200).max() < 12  # undecodable: grey
+    with pytest.raises(ValueError, match="cell"):
+        data.thumbnail_sheets(faces, cell=4)
+
+
+def test_map_points_carry_their_row_and_thumbnail_cell(ws):
+    view = data.run_view(ws)
+    fig = data.map_figure(ws, "mask_state", "cluster")
+    for trace, rows in zip(fig.figure["data"], fig.trace_rows, strict=True):
+        cd = np.asarray(trace["customdata"])
+        assert cd[:, 0].tolist() == rows.tolist()  # a click selects the run row
+        assert view.sample[cd[:, 1]].tolist() == rows.tolist()  # the cell shows that face
+    ts = data.map_thumbs(ws)
+    assert len(ts.sheets) == -(-len(view.sample) // ts.per_sheet)

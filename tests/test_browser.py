@@ -7,8 +7,10 @@ the screenshots are copied to docs/ (the README's and docs/APP.md's pictures).
 
 * ``test_bulk_label_a_cluster_in_chromium``: untick an outlier, assign, lasso on the map.
 * ``test_annotator_needs_in_chromium`` (issue 15, items 1-5): the name asked once per browser,
-  the source photo of a sideways selfie, keyboard labeling, range ticks, the map's hover,
-  legend and lasso summary.
+  the source photo of a sideways selfie (and selfies stored sideways / upside down found
+  upright), keyboard labeling, range ticks, a dropdown opened by the first click after a
+  checkbox, the map's hover (the face's thumbnail, cluster and label), legend and lasso
+  summary.
 * ``test_scripted_annotator_labels_mfr2`` (slow): labels all of ../shared/data/mfr2 through
   the UI and reports clicks per face.
 """
@@ -158,7 +160,8 @@ def _real_workspace(root: Path, photos: Path):
 
 @pytest.fixture
 def sideways_app(tmp_path):
-    """12 MFR2 photos plus two of them stored sideways (turned 90 / 270 degrees, no EXIF)."""
+    """12 MFR2 photos plus three of them stored sideways or upside down (turned 90 / 270 /
+    180 degrees, no EXIF)."""
     _need_browser()
     from conftest import shared_dataset
     from PIL import Image
@@ -170,7 +173,7 @@ def sideways_app(tmp_path):
     for f in files:
         shutil.copy(f, photos / f.name)
     sideways = []
-    for f, turn in ((files[0], 90), (files[2], 270)):  # two the rotation retry finds upright
+    for f, turn in ((files[0], 90), (files[2], 270), (files[5], 180)):  # found upright
         name = f"sideways_{turn}_{f.name}"
         Image.open(f).convert("RGB").rotate(-turn, expand=True).save(photos / name)
         sideways.append(name)
@@ -240,6 +243,7 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
 
         # 1 + 2. the sideways selfie: found upright, its source photo with box, path, score
         assert _face_of(ws, sideways[1])[1] == 90  # stored turned 270: 90 more is upright
+        assert _face_of(ws, sideways[2])[1] == 180  # stored upside down
         fid, rotation = _face_of(ws, sideways[0])
         assert rotation == 270  # stored turned 90 clockwise: 270 more is upright
         _open_cluster(page, url, _cluster_of(ws, fid))
@@ -280,6 +284,17 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         _settle(page)
         expect(page.get_by_text(f"{n - 4} of {n} faces selected")).to_be_visible(timeout=30_000)
 
+        # 6. the first click on a dropdown right after a checkbox opens it (not only focuses)
+        boxes.nth(6).click()
+        page.locator(".st-key-assign_value").get_by_role("combobox").click()
+        expect(page.get_by_role("listbox")).to_be_visible(timeout=5_000)
+        _settle(page, 300)
+        expect(page.get_by_role("listbox")).to_be_visible()  # the rerun did not close it
+        page.get_by_role("option", name="correct").click()
+        expect(page.get_by_role("button", name=re.compile(r"^Assign 'correct' to"))).to_be_visible(
+            timeout=30_000
+        )
+
         # 4. the map: legend names clusters, hover names cluster and label, lasso summary
         page.goto(url + "/map", wait_until="domcontentloaded")
         plot = page.locator(".js-plotly-plot .nsewdrag").first
@@ -294,10 +309,25 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
             return [r.left + xa._offset + xa.l2p(gd.data[0].x[0]),
                     r.top + ya._offset + ya.l2p(gd.data[0].y[0])]; }"""
         )
-        page.mouse.move(x, y)
+        page.mouse.move(x - 6, y - 6)
+        page.mouse.move(x, y, steps=3)
         hover = page.locator(".hoverlayer .hovertext")
         expect(hover).to_be_visible(timeout=10_000)
         assert re.search(r"(cluster \d+|noise) · (no_mask|\(unlabeled\))", hover.text_content())
+        # the hovered point's face: its thumbnail cell, from a sheet the browser could load
+        thumb = page.locator("#labeler-map-thumb")
+        expect(thumb).to_be_visible(timeout=10_000)
+        k = int(thumb.get_attribute("data-point"))  # the hovered point's place in the sample
+        text = page.evaluate(
+            """(k) => { for (const t of document.querySelector('.js-plotly-plot').data) {
+                 const i = t.customdata.findIndex((c) => c[1] === k);
+                 if (i >= 0) return t.text[i]; } }""",
+            k,
+        )
+        assert text == hover.text_content()  # the face shown is the point plotly names
+        sheet = re.search(r'url\("?([^")]+)', thumb.evaluate("e => e.style.backgroundImage"))
+        assert page.request.get(sheet.group(1)).headers["content-type"] == "image/jpeg"
+        page.wait_for_timeout(500)
         page.screenshot(path=str(tmp_path / "map_hover.png"))
         _lasso(page, plot, [(0.02, 0.02), (0.98, 0.02), (0.98, 0.98), (0.02, 0.98)])
         chosen = page.get_by_text(re.compile(r"^\d+ faces? selected"))

@@ -457,12 +457,24 @@ def _turned_folder(tmp_path: Path, files: list[Path]) -> Path:
     return folder
 
 
+def _held_out(name: str, n: int) -> list[Path]:
+    """``n`` photos spread over the first 200 of a shared set (the upright check's weights
+    were fitted on photos 200-400)."""
+    files = sorted((shared_dataset(name) / "images").iterdir())[:200]
+    return [files[int(i * len(files) / n)] for i in range(n)]
+
+
 def test_sideways_photos_are_found_upright(tmp_path):
-    """Shared faces turned 90/180/270 degrees: the face is found, its crop is the upright
-    photo's crop, and faces.rotation records the turn that undoes it."""
+    """Shared faces turned 90/180/270 degrees (aligned sets, masked faces, small web crops):
+    the face is found upright (landmarks back on the upright photo's, same crop), and
+    faces.rotation records the turn that undoes it; no photo stored upright is turned.
+
+    The issue asks for every face; what is reached is asserted, and the test is marked xfail
+    with the counts while some are still missed (docs/APP.md, "Sideways photos")."""
     from labeler.detect import unrotate_points
 
-    files = _pick(shared_dataset("mfr2"), 8) + _pick(shared_dataset("maskedfacenet"), 6)
+    files = (_held_out("mfr2", 8) + _held_out("maskedfacenet", 6) + _held_out("webfaces", 4)
+             + _held_out("realmasks", 4))  # fmt: skip
     folder = _turned_folder(tmp_path, files)
     ws = _workspace(tmp_path, folder, "ws")
     res = detect_workspace(ws, workers=2)
@@ -473,30 +485,84 @@ def test_sideways_photos_are_found_upright(tmp_path):
                      .groupby("path")["a"].idxmax()].set_index("path")  # fmt: skip
     crops = {p: np.asarray(Image.open(ws.root / r.crop_path), np.float32)
              for p, r in main.iterrows()}  # fmt: skip
-    found, total = {90: 0, 180: 0, 270: 0}, 0
+    found, total, missed = {90: 0, 180: 0, 270: 0}, 0, []
     for f in files:
         ref = main.loc[f"{f.stem}_r0.png"]
-        assert ref["rotation"] == 0  # photos stored upright stay as they are
+        assert ref["rotation"] == 0, f.name  # photos stored upright stay as they are
         lm_ref = np.asarray(ref["landmarks"]).reshape(4, 2)
         eye = np.linalg.norm(lm_ref[1] - lm_ref[0])
         total += 1
         for turn in (90, 180, 270):
             name = f"{f.stem}_r{turn}.png"
-            if name not in main.index:
-                continue
-            got = main.loc[name]
-            # landmarks back in the upright photo's pixels: the turned photo is the upright
-            # one turned by `turn`, so undoing `turn` maps them onto the reference
-            lm = unrotate_points(np.asarray(got["landmarks"]).reshape(4, 2), turn,
-                                 int(ref["width"]), int(ref["height"]))  # fmt: skip
-            close = np.linalg.norm(lm - lm_ref, axis=1).mean() < 0.25 * eye
-            same_crop = np.corrcoef(crops[name].ravel(), crops[ref.name].ravel())[0, 1] > 0.8
-            ok = bool(close and same_crop)
+            ok = False
+            if name in main.index:
+                got = main.loc[name]
+                # landmarks back in the upright photo's pixels: the turned photo is the
+                # upright one turned by `turn`, so undoing `turn` maps them onto the reference
+                lm = unrotate_points(np.asarray(got["landmarks"]).reshape(4, 2), turn,
+                                     int(ref["width"]), int(ref["height"]))  # fmt: skip
+                close = np.linalg.norm(lm - lm_ref, axis=1).mean() < 0.25 * eye
+                same = np.corrcoef(crops[name].ravel(), crops[ref.name].ravel())[0, 1] > 0.8
+                ok = bool(close and same)
+                if ok:
+                    assert got["rotation"] == (360 - turn) % 360
             found[turn] += ok
-            if ok:
-                assert got["rotation"] == (360 - turn) % 360
-    # measured (bench/bench_rotation.py, MFR2 / MaskedFace-Net): 72-78 % of sideways photos
-    # found upright, upside-down ones hardly ever (1-4 %), no photo stored upright turned
-    # (of 763, web photos included): the margins that keep stored photos cost the rest
-    sideways = (found[90] + found[270]) / (2 * total)
-    assert sideways >= 0.6, f"found upright of {total}: {found}"
+            if not ok:
+                missed.append(name)
+    # measured (bench/bench_rotation.py, 200 photos a set, docs/APP.md): aligned faces (MFR2,
+    # MaskedFace-Net) 84-91 % found upright at 90/270 degrees, 64-68 % at 180; small web
+    # crops 50-58 % and 36-53 %; before the upright check 180 degrees was found ~never
+    aligned = [m for m in missed if m.rsplit("_r", 1)[0] in {f.stem for f in files[:14]}]
+    assert len(aligned) <= 0.2 * 3 * 14, f"{found} of {total}; missed {missed}"
+    assert sum(found.values()) >= 0.6 * 3 * total, f"{found} of {total}; missed {missed}"
+    assert found[180] >= 0.45 * total, f"{found} of {total}; missed {missed}"
+    if missed:
+        pytest.xfail(
+            f"not every turned face found upright: {found} of {total} photos; missed "
+            f"{len(aligned)} of 42 aligned and {len(missed) - len(aligned)} of 24 web copies: "
+            f"{missed}"
+        )
+
+
+def test_upright_check_costs_nothing_on_a_convincing_face(monkeypatch):
+    """A face that looks upright and scores >= SURE_SCORE: no turned pass at all; one that
+    looks upright but scores less: only the photo turned 180 degrees is tried; none: all
+    three turns. A turn never wins without an upright-looking face of TURN_MIN_SCORE."""
+    from labeler.detect import upright
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    lm = np.array([[20, 15], [40, 15], [30, 22], [30, 30]], np.float32)  # upright layout
+
+    class Stub:
+        name = "stub"
+
+        def __init__(self, score: float) -> None:
+            self.score, self.shapes = score, []
+
+        def detect(self, img: np.ndarray) -> list[Detection]:
+            self.shapes.append(img.shape[:2])
+            return [Detection(10, 5, 50, 35, self.score, lm)]
+
+    ev = {}  # evidence by the stub's score: the turned passes look far more upright
+    monkeypatch.setattr(upright, "upright_evidence", lambda img, dets: ev[dets[0].score])
+    first = [Detection(10, 5, 50, 35, 0.9, lm)]
+    stub = Stub(0.95)
+    assert upright.choose_orientation(stub, rgb, first).extra_calls == 0 and not stub.shapes
+
+    weak = upright.UprightEvidence(0.75, True, -2.0, -1.5, -1.0)
+    strong = upright.UprightEvidence(0.95, True, 2.0, 0.5, 20.0)
+    ev.update({0.75: weak, 0.95: strong})
+    stub = Stub(0.95)
+    o = upright.choose_orientation(stub, rgb, [Detection(10, 5, 50, 35, 0.75, lm)])
+    assert stub.shapes == [(40, 60)] and o.extra_calls == 1  # 180 only: same shape
+    assert o.rotation == 180 and o.detections[0].rotation == 180
+
+    ev[0.4] = upright.UprightEvidence(0.4, False, 0.0, -2.0, -1.0)
+    stub = Stub(0.95)
+    o = upright.choose_orientation(stub, rgb, [Detection(10, 5, 50, 35, 0.4, lm)])
+    assert o.extra_calls == 3 and len(stub.shapes) == 3 and o.rotation in (90, 180, 270)
+
+    ev[0.65] = upright.UprightEvidence(0.65, True, 3.0, 1.0, 50.0)  # strong but below 0.7
+    stub = Stub(0.65)
+    o = upright.choose_orientation(stub, rgb, [Detection(10, 5, 50, 35, 0.4, lm)])
+    assert o.rotation == 0 and o.detections[0].score == 0.4

@@ -549,6 +549,10 @@ def test_cli_embed(tmp_path, onnx_cache):
     assert "efficientnet_lite0__mouth_chin: embedded 5 faces (0 already stored" in out.output
     out = runner.invoke(cli, args)
     assert out.exit_code == 0 and "embedded 0 faces (5 already stored" in out.output
+    out = runner.invoke(cli, [*args, "--input-size", "96"])  # another key, beside the first
+    assert out.exit_code == 0, out.output
+    assert "efficientnet_lite0-96px__mouth_chin: embedded 5 faces (0 already stored" in out.output
+    assert store.load_embeddings(ws, "efficientnet_lite0-96px__mouth_chin")[1].shape == (5, 1280)
     assert runner.invoke(cli, ["embed", "-w", str(ws.root), "--region", "chin"]).exit_code == 2
     bad = runner.invoke(cli, ["embed", "-w", str(ws.root), "--address", "ray://x:1"])
     assert bad.exit_code == 2 and "--engine ray" in bad.output
@@ -698,3 +702,73 @@ def test_larger_offline_lite_backbones_load_when_installed(n):
     with torch.inference_mode():
         top3 = fm.model(x).topk(3).indices[0].tolist()
     assert all(281 <= c <= 285 for c in top3), top3  # ImageNet's cat classes
+
+
+# --- input size per region, one call for all regions, crops from memory (speed issue) ------
+
+
+def test_sized_backbone_keys_and_fingerprint(onnx_cache):
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import make_config
+
+    bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=128)
+    assert bb.input_size == 128 and bb.config.resized
+    assert bb.embed(np.zeros((2, 128, 128, 3), np.uint8)).shape == (2, 1280)
+    key = make_config(bb, region="nose", batch_size=8, shard_size=8).key
+    assert key == "efficientnet_lite0-128px__nose"
+    assert store.parse_key(key) == ("efficientnet_lite0", 128, "nose")
+    assert store.parse_key("efficientnet_lite0__box") == ("efficientnet_lite0", None, "box")
+    native = get_backbone("timm:efficientnet_lite0", device="cpu", input_size=224)
+    assert not native.config.resized and native.config.key_name == "timm:efficientnet_lite0"
+    assert "resized" not in bb.config.fingerprint()  # the size itself is in it
+    assert bb.config.fingerprint()["input_size"] == 128
+    with pytest.raises(BackboneError, match="input_size must be >= 32"):
+        get_backbone("timm:efficientnet_lite0", device="cpu", input_size=8)
+
+
+def test_embed_regions_equals_one_region_at_a_time(tmp_path, onnx_cache):
+    """One model call for all regions, crops taken from the cache where there: the same
+    vectors as embedding each region on its own from the files."""
+    from labeler.cropcache import CropCache
+    from labeler.cues import compute_cues
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import embed_faces, embed_regions, load_crop
+
+    bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=96)
+    a = make_ws(tmp_path / "a", 7)
+    b = make_ws(tmp_path / "b", 7)
+    regions = ["nose", "mouth_chin", "face"]
+    for r in regions:
+        embed_faces(a, bb, region=r, batch_size=3)
+    cache = CropCache(capacity=4, kinds=("aligned",))  # 4 of 7 from memory, 3 from disk
+    fids = b.faces()["face_id"].tolist()
+    for f in fids[:5]:
+        cache.put(f, "aligned", b.crop_path(f).read_bytes())
+    assert len(cache) == 4 and cache.stats()["dropped"] == 1
+    cues: dict[str, np.ndarray] = {}
+    res = embed_regions(b, bb, regions, batch_size=3, cache=cache, cues_out=cues)
+    assert [r.key for r in res] == [f"efficientnet_lite0-96px__{r}" for r in regions]
+    assert all(r.n_new == 7 for r in res) and cache.stats()["hits"] == 4 and len(cache) == 0
+    for r in regions:
+        ids_a, Xa = store.load_embeddings(a, f"efficientnet_lite0-96px__{r}")
+        ids_b, Xb = store.load_embeddings(b, f"efficientnet_lite0-96px__{r}")
+        assert list(ids_a) == list(ids_b)
+        np.testing.assert_allclose(Xa, Xb, atol=1e-4)
+    want = compute_cues(np.stack([load_crop(b.crop_path(f), size=256) for f in fids]))
+    np.testing.assert_allclose(np.stack([cues[f] for f in fids]), want, atol=1e-5)
+    # incremental per key: a new face is embedded once, a stored key is not redone
+    add_faces(b, [20])
+    res = embed_regions(b, bb, regions, batch_size=3)
+    assert [r.n_new for r in res] == [1, 1, 1] and [r.n_before for r in res] == [7, 7, 7]
+
+
+def test_auto_device_does_not_import_torch_without_a_gpu_driver():
+    code = (
+        "import sys; from labeler.embeddings.backbones import resolve_device, cuda_possible; "
+        "print(resolve_device('auto'), cuda_possible(), 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["cpu", "False", "False"]

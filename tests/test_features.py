@@ -45,17 +45,18 @@ def test_combine_blocks_refuses_mismatched_rows():
 
 def test_resolve_auto_falls_back_and_says_so(caplog):
     bb = "efficientnet_lite0"
-    s = f"{bb}-128px"  # the default blocks run the model at 128 px
-    full = ["cues__face", f"{s}__nose", f"{s}__mouth_chin", f"{s}__box", f"{bb}__lower"]
+    full = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__box", f"{bb}__lower"]
     assert [k for k, _ in resolve_spec("auto", full)] == full[:4]
-    # a workspace embedded at the model's 224 px before the sizes changed uses its blocks
-    old = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__box"]
-    assert [k for k, _ in resolve_spec("auto", old + [f"{bb}__lower"])] == old
-    assert [k for k, _ in resolve_spec("auto", full[:2] + old[2:])] == full[:2] + old[2:]
+    # "fast": the same blocks at 128 px; a block stored only at another size stands in
+    s = f"{bb}-128px"
+    fast = ["cues__face", f"{s}__nose", f"{s}__mouth_chin", f"{s}__box"]
+    assert [k for k, _ in resolve_spec("fast", fast + full[1:])] == fast
+    assert [k for k, _ in resolve_spec("fast", full)] == full[:4]
+    assert [k for k, _ in resolve_spec("auto", fast[:2] + full[2:4])] == fast[:2] + full[2:4]
     # a workspace embedded before the box crop existed keeps working, and says what is missing
     with caplog.at_level(logging.WARNING, logger="labeler.features"):
         assert [k for k, _ in resolve_spec("auto", full[:3])] == full[:3]
-    assert f"{s}__box not stored" in caplog.text
+    assert f"{bb}__box not stored" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="labeler.features"):
         blocks = resolve_spec("auto", ["cues__face", f"{bb}__lower", f"{bb}__face"])

@@ -86,10 +86,12 @@ def _folder(tmp_path: Path, photos: list[Path]) -> Path:
     return folder
 
 
-def _detect(tmp_path: Path, folder: Path, name: str, engine: object) -> Workspace:
+def _detect(
+    tmp_path: Path, folder: Path, name: str, engine: object, *, rotate: bool = True
+) -> Workspace:
     ws = Workspace.open(tmp_path / name, create=True)
     ingest_folder(ws, folder)
-    detect_workspace(ws, engine=engine, chunk_size=7)  # type: ignore[arg-type]
+    detect_workspace(ws, engine=engine, chunk_size=7, rotate=rotate)  # type: ignore[arg-type]
     return ws
 
 
@@ -140,10 +142,12 @@ def test_fused_pass_equals_cpu_path_on_real_photos(tmp_path: Path, maskedfacenet
     ws_gpu = _detect(tmp_path, folder, "gpu", engine)
     engine.close()
     stats = engine.stats
-    # the 16 plain JPEGs go through the GPU pass, the PNG and the EXIF-rotated JPEG do not;
-    # the broken files never get there (ingest records them)
-    assert stats.images_gpu == 16, stats
-    assert stats.images_cpu == 2, stats
+    # the plain JPEGs whose face is convincing as stored (upright-looking, score >= 0.85, the
+    # upright check's SURE_SCORE) stay on the GPU pass (measured: 9 of 16); the others (masked
+    # faces scoring less: the CPU path checks which way up), the PNG and the EXIF-rotated JPEG
+    # go to the CPU path; the broken files never get there (ingest records them)
+    assert stats.images_gpu + stats.images_cpu == 18, stats
+    assert stats.images_gpu >= 8, stats
     assert (ws_gpu.images()["status"] == "error").sum() == 2
     err = _compare(ws_cpu, ws_gpu)
     # an antialiased 128 px view sometimes finds one more face than the CPU path's bilinear
@@ -198,7 +202,9 @@ def test_fused_pass_embeds_like_the_embed_step(tmp_path: Path, maskedfacenet_102
         shutil.copy(p, folder / p.name)
     bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="torch")
     engine = FusedEngine(bb, regions=["face", "mouth_chin"], device="cpu", batch_size=4)
-    ws = _detect(tmp_path, folder, "ws", engine)
+    # no upright check: these masked faces score below its 0.85, which sends them to the CPU
+    # path (not embedded by the engine); here every face must go through the engine
+    ws = _detect(tmp_path, folder, "ws", engine, rotate=False)
     engine.close()
     assert engine.stats.embedded == len(ws.faces()) == 8
     for region in ("face", "mouth_chin"):

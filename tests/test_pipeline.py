@@ -68,9 +68,9 @@ def test_run_then_rerun_then_add_images(tmp_path):
     regions, need_cues = feature_inputs("auto", "timm:efficientnet_lite0")
     stored = list_embeddings(ws)
     assert need_cues and "cues__face" in stored
-    assert regions and all(size == 128 for _, size in regions)
+    assert regions and all(size is None for _, size in regions)  # the model's own 224 px
     for region, size in regions:
-        key = f"efficientnet_lite0-{size}px__{region}"
+        key = f"efficientnet_lite0__{region}"
         assert key in stored
         ids, X = load_embeddings(ws, key)
         assert list(ids) == faces["face_id"].tolist()
@@ -78,7 +78,7 @@ def test_run_then_rerun_then_add_images(tmp_path):
         # at the block's input size (it took the files' bytes from memory, one model call
         # for all regions)
         bb = get_backbone("timm:efficientnet_lite0", device="cpu", input_size=size)
-        assert bb.input_size == size and bb.config.key_name.endswith(f"-{size}px")
+        assert bb.input_size == 224 and not bb.config.resized
         on_box = get_region(region).crop == "box"  # the box region reads the box crops
         paths = [ws.box_crop_path(f) if on_box else ws.crop_path(f) for f in ids]
         want = bb.embed(load_crops(paths, region=region, size=bb.input_size))
@@ -171,3 +171,17 @@ def test_run_passes_clustering_options(tmp_path):
     res = runner.invoke(cli, ["run", str(demo.images), "-w", str(tmp_path / "ws2"), "--no-cluster"])
     assert res.exit_code == 0, res.output
     assert current_run_id(Workspace.open(tmp_path / "ws2")) is None
+
+
+def test_feature_inputs_of_the_presets():
+    from labeler.pipeline import feature_inputs
+
+    bb = "timm:efficientnet_lite0"
+    assert feature_inputs("auto", bb) == (
+        [("nose", None), ("mouth_chin", None), ("box", None)],
+        True,
+    )
+    assert feature_inputs("fast", bb) == ([("nose", 128), ("mouth_chin", 128), ("box", 128)], True)
+    assert feature_inputs("face", bb) == ([("face", None)], False)
+    spec = "efficientnet_lite0-96px__nose*0.5+efficientnet_lite0__box"
+    assert feature_inputs(spec, bb) == ([("nose", 96), ("box", None)], False)

@@ -24,6 +24,12 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     show_default=True,
     help="Part of the aligned crop to embed.",
 )
+@click.option(
+    "--input-size",
+    type=click.IntRange(32),
+    default=None,
+    help="Model input side in px when not the model's own (the key gets '-<N>px').",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -74,6 +80,7 @@ def command(
     ws: object,
     backbone: str,
     region: str,
+    input_size: int | None,
     batch_size: int,
     device: str,
     runtime: str,
@@ -108,12 +115,15 @@ def command(
             overwrite=overwrite,
             address=address,
             progress=progress,
+            input_size=input_size,
         )
     else:
         from labeler.embeddings import get_backbone
         from labeler.embeddings.embed import embed_faces
 
-        model = get_backbone(backbone, weights=weights, device=device, runtime=runtime)
+        model = get_backbone(
+            backbone, weights=weights, device=device, runtime=runtime, input_size=input_size
+        )
         result = embed_faces(
             ws,  # type: ignore[arg-type]
             model,

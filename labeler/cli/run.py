@@ -24,6 +24,12 @@ from labeler.cli.cluster import cluster_config, cluster_options
 @cluster_options
 @click.option("--workers", type=int, default=None, help="Decode/detect threads (default: cores).")
 @click.option(
+    "--embed-threads",
+    type=click.IntRange(1),
+    default=None,
+    help="CPU threads of the model (default: all cores, shared with detection).",
+)
+@click.option(
     "--detect-engine",
     type=click.Choice(["auto", "threads", "fused"]),
     default="auto",
@@ -41,6 +47,7 @@ def command(
     batch_size: int,
     no_cluster: bool,
     workers: int | None,
+    embed_threads: int | None,
     detect_engine: str,
     **options: Any,
 ) -> None:
@@ -60,6 +67,7 @@ def command(
         batch_size=batch_size,
         cluster=None if no_cluster else cluster_config(options),
         workers=workers,
+        embed_threads=embed_threads,
         detect_engine=detect_engine,
     )
     res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]

@@ -214,31 +214,9 @@ def finalize(
 
 # --- sideways and upside-down photos -----------------------------------------------------------
 
-#: Turns tried, in degrees clockwise, when an image yields no plausible face.
-ROTATIONS = (90, 270, 180)
 #: An upright face's eye line is within this many degrees of horizontal, and the line from
 #: the eyes' midpoint to the mouth within this many degrees of straight down.
 MAX_TILT_DEG = 35.0
-#: BlazeFace also "finds" faces in sideways photos, at lower scores (0.5-0.78 on MFR2 turned
-#: by 90 degrees, against 0.7-0.95 upright): a best upright face below this score is checked
-#: against the turned photo too. (Real web photos score lower: median 0.71 on webfaces and
-#: 0.68 on realmasks upright, so a higher bar would retry most of them.)
-ROTATION_RETRY_SCORE = 0.7
-#: A turned pass must find a face scoring at least this (upright faces of the shared sets
-#: mostly score 0.8-0.95; false faces in turned photos and in blurred crops 0.5-0.75).
-ROTATION_MIN_SCORE = 0.75
-#: A pass on the photo turned by 90/270 degrees replaces the stored one only when its
-#: plausibility is higher by this much (masked upright faces score 0.55-0.7, and turned
-#: passes on them find false faces about as high).
-ROTATION_MARGIN = 0.2
-#: A pass turned by 180 degrees must beat the stored one by this much, the upright cue
-#: (:func:`upright_cue`) included.
-ROTATION_MARGIN_180 = 0.15
-#: Weight of :func:`upright_cue` (squashed to -1..1) when turned passes compete.
-UPRIGHT_CUE_WEIGHT = 0.15
-#: In a crop-like image (a portrait or face crop) a face whose box side is below this
-#: fraction of the image's short side is implausibly small (the real face was missed).
-PORTRAIT_MIN_FACE_FRACTION = 0.2
 
 
 def face_is_upright(d: Detection) -> bool:
@@ -256,34 +234,13 @@ def face_is_upright(d: Detection) -> bool:
     return bool(tilt <= MAX_TILT_DEG and off_vertical <= MAX_TILT_DEG)
 
 
-def plausibility(
-    dets: list[Detection], width: int, height: int, *, crop_like: bool | None = None
-) -> float:
-    """How convincing a detection result is, 0 (no face / only implausible ones) to 1.
-
-    The best score among faces that are upright (:func:`face_is_upright`); in a crop-like
-    image (:func:`looks_like_face_crop`) a face smaller than ``PORTRAIT_MIN_FACE_FRACTION``
-    of the short side counts half. ``crop_like`` overrides that test (pass the original
-    photo's when ``width x height`` is a reduced decode).
-    """
-    if crop_like is None:
-        crop_like = looks_like_face_crop(width, height)
-    best = 0.0
-    for d in dets:
-        if d.whole_image or not face_is_upright(d):
-            continue
-        small = min(d.width, d.height) < PORTRAIT_MIN_FACE_FRACTION * min(width, height)
-        best = max(best, float(d.score) * (0.5 if crop_like and small else 1.0))
-    return best
-
-
 def upright_cue(rgb: np.ndarray, d: Detection) -> float:
     """How much more the face ``d`` of ``rgb`` (H, W, 3) looks upright than upside down, from
     its aligned grey crop (standardised): the eyes darker than the nose bridge between them,
     the cheeks below them and the forehead above, compared with the same crop turned 180
-    degrees. BlazeFace scores an upside-down face about as high as an upright one and puts
-    its keypoints where an upright face's would be; this cue breaks that tie (right on 86-97 %
-    of the faces of the shared sets alone). Positive: upright. Typical range -3..3.
+    degrees. Positive: upright. Typical range -3..3. Weak alone (BlazeFace's keypoints on an
+    upside-down face put the forehead where the cheeks should be: the cue is positive on
+    about two thirds of those); one of the inputs of :mod:`labeler.detect.upright`.
     """
     from labeler.align import align_face
 
@@ -298,15 +255,6 @@ def upright_cue(rgb: np.ndarray, d: Detection) -> float:
         return float(bridge + cheeks + forehead - 3 * eyes)
 
     return eye_contrast(g) - eye_contrast(g[::-1, ::-1])
-
-
-def needs_rotation(dets: list[Detection], width: int, height: int) -> bool:
-    """Whether to look for faces in the photo turned by 90/270 (and 180) degrees: no face
-    found, or none upright (eyes level, mouth below the eyes) with a score of at least
-    ``ROTATION_RETRY_SCORE``. (A face tiny for a portrait is not a reason on its own: on the
-    web photos it retried most scenes for nothing; it still counts half when turned passes
-    compete, see :func:`plausibility`.)"""
-    return plausibility(dets, width, height, crop_like=False) < ROTATION_RETRY_SCORE
 
 
 def rotate_image(rgb: np.ndarray, rotation: int) -> np.ndarray:
@@ -345,73 +293,6 @@ def unrotate_detection(d: Detection, rotation: int, width: int, height: int) -> 
     return Detection(
         float(x0), float(y0), float(x1), float(y1), d.score, lm, d.whole_image, rotation % 360
     )
-
-
-def _best_upright(dets: list[Detection]) -> Detection | None:
-    good = [d for d in dets if not d.whole_image and face_is_upright(d)]
-    return max(good, key=lambda d: d.score) if good else None
-
-
-def detect_rotated(
-    detector: Detector, rgb: np.ndarray, first: list[Detection], *, crop_like: bool | None = None
-) -> tuple[list[Detection], int]:
-    """The faces of ``rgb`` (H, W, 3) from the best of the upright pass ``first`` and passes
-    on the photo turned by :data:`ROTATIONS` degrees, in ``rgb``'s pixels.
-
-    Runs only when :func:`needs_rotation` says the pass on the photo as stored is not
-    convincing. Photos are mostly stored upright, so a turned pass must earn its place:
-
-    * any turn: its :func:`plausibility` is at least ``ROTATION_MIN_SCORE``;
-    * turned by 90 or 270: its :func:`plausibility` beats the stored pass's by
-      ``ROTATION_MARGIN`` and its face looks upright (:func:`upright_cue` > 0);
-    * turned by 180 (tried only when no upright-looking face was found; BlazeFace scores
-      upside-down faces about as high as upright ones): its
-      face looks upright and ``plausibility + UPRIGHT_CUE_WEIGHT * tanh(upright_cue)`` beats
-      the stored pass's by ``ROTATION_MARGIN_180``.
-
-    Among turned passes that qualify, the highest ``plausibility + UPRIGHT_CUE_WEIGHT *
-    tanh(upright_cue)`` wins. ``crop_like``: whether the original photo looks like a face crop
-    (default: judged from ``rgb``'s size). Returns ``(detections, extra detector calls)``.
-
-    >>> dets, extra = detect_rotated(get_detector("mediapipe"), rgb, [])  # doctest: +SKIP
-    """
-    h, w = rgb.shape[:2]
-    if crop_like is None:
-        crop_like = looks_like_face_crop(w, h)
-    if not needs_rotation(first, w, h):
-        return first, 0
-    stored_q = plausibility(first, w, h, crop_like=crop_like)
-    stored = _best_upright(first)
-    stored_cue = upright_cue(rgb, stored) if stored is not None else 0.0
-    best, best_q, calls = first, -1.0, 0
-    for rotation in ROTATIONS:
-        if rotation == 180 and _best_upright(first) is not None:
-            # an upright-looking face was found: BlazeFace and the cue cannot tell upside
-            # down reliably (dark masks turned upright web photos upside down), so 180 is
-            # tried only when nothing upright was found
-            continue
-        turned = rotate_image(rgb, rotation)
-        found = detector.detect(turned)
-        calls += 1
-        face = _best_upright(found)
-        if face is None:
-            continue
-        q = plausibility(found, turned.shape[1], turned.shape[0], crop_like=crop_like)
-        if q < ROTATION_MIN_SCORE:
-            continue
-        cue = upright_cue(turned, face)
-        if rotation == 180:
-            stored_total = stored_q + UPRIGHT_CUE_WEIGHT * float(np.tanh(stored_cue))
-            wins = cue > 0 and q + UPRIGHT_CUE_WEIGHT * float(np.tanh(cue)) > stored_total + (
-                ROTATION_MARGIN_180
-            )
-        else:
-            wins = cue > 0 and q >= stored_q + ROTATION_MARGIN
-        total = q + UPRIGHT_CUE_WEIGHT * float(np.tanh(cue))
-        if wins and total > best_q:
-            best = [unrotate_detection(d, rotation, w, h) for d in found if face_is_upright(d)]
-            best_q = total
-    return best, calls
 
 
 class WholeImageDetector:

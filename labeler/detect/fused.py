@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labeler.align import alignment_matrix
-from labeler.detect import Detection, face_is_upright, finalize
+from labeler.detect import Detection, finalize
 from labeler.detect.mediapipe import needs_full_range
+from labeler.detect.upright import is_sure
 from labeler.imageio import write_bytes
 from labeler.regions import get_region
 
@@ -398,8 +399,8 @@ class FusedEngine:
             return None
         dets = finalize(dets, score_threshold=cfg.score_threshold)
         dets = [d for d in dets if min(d.width, d.height) >= cfg.min_size]
-        if cfg.rotate and not any(face_is_upright(d) for d in dets):
-            return None  # looks sideways or upside down: the CPU path tries it turned
+        if cfg.rotate and not is_sure(dets):
+            return None  # may be sideways or upside down: the CPU path checks which way up
 
         return dets or None
 

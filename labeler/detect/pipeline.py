@@ -46,12 +46,12 @@ from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
     Detector,
-    detect_rotated,
     finalize,
     get_detector,
     looks_like_face_crop,
     whole_image_detection,
 )
+from labeler.detect.upright import detect_rotated
 from labeler.errors import InputError, NotFoundError
 from labeler.imageio import (
     DecodedImage,
@@ -366,8 +366,8 @@ def _align_from(
     each face from ``dec`` or, when a face is too small there, from a larger decode.
 
     Detections are kept in ``dec`` pixels until the end, then mapped to original pixels.
-    With ``rotate``, an image with no convincing face is also searched turned by 90, 270 and
-    180 degrees (:func:`labeler.detect.detect_rotated`); faces found so keep ``rotation``.
+    With ``rotate``, an image with no convincing upright face is also searched turned by 180
+    or by 90/180/270 degrees (:mod:`labeler.detect.upright`); faces found so keep ``rotation``.
     """
     det_rgb, det_scale = _detection_input(dec, detect_side)
     dets = [d.scaled(det_scale, det_scale) for d in detector.detect(det_rgb)]
@@ -391,12 +391,7 @@ def _align_from(
     dets = [d for d in dets if min(d.width * sx0, d.height * sy0) >= min_size]
     if rotate and detector.name != "none":  # sideways / upside-down photos (no EXIF turn)
         inv = 1.0 / det_scale
-        turned, extra = detect_rotated(
-            detector,
-            det_rgb,
-            [d.scaled(inv, inv) for d in dets],
-            crop_like=looks_like_face_crop(dec.width, dec.height),
-        )
+        turned, extra = detect_rotated(detector, det_rgb, [d.scaled(inv, inv) for d in dets])
         if any(d.rotation for d in turned):
             log.debug("%s: faces found turned by %d degrees", path, turned[0].rotation)
             dets = [

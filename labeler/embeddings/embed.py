@@ -440,8 +440,9 @@ def embed_regions(
     cues_out: dict[str, np.ndarray] | None = None,
     progress: bool | None = None,
 ) -> list[EmbedResult]:
-    """Embed several ``regions`` of every face in one pass: one model call per batch for all
-    of them (they share ``backbone``'s input size), each face's crops read once.
+    """Embed several ``regions`` of every face in one pass: the crops of all of them go to the
+    model together (they share ``backbone``'s input size, ``batch_size`` crops a call), each
+    face's crops read once.
 
     The crops come from ``cache`` when detection handed them over in memory
     (:mod:`labeler.cropcache`, ``labeler run``), else from the JPEGs, as
@@ -506,7 +507,14 @@ def embed_regions(
         for ids, pixels, cues in prefetch(
             iter_batches(ids_all, batch_size), read, workers=workers, depth=max(2, workers * 2)
         ):
-            X = backbone.embed(pixels)  # (len(regions) * B, dim): region-major
+            # (len(regions) * B, dim), region-major; the model sees at most batch_size crops
+            # a call (its activations for 192 crops at 224 px would take ~2 GB more memory)
+            X = np.concatenate(
+                [
+                    backbone.embed(pixels[i : i + batch_size])
+                    for i in range(0, len(pixels), batch_size)
+                ]
+            )
             n = len(ids)
             for j, (writer, todo) in enumerate(zip(writers, todos, strict=True)):
                 keep = [i for i, f in enumerate(ids) if f in todo]

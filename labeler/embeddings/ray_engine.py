@@ -51,6 +51,7 @@ class EmbedActor:
         runtime: str,
         num_threads: int | None,
         cache_dir: str | None,
+        input_size: int | None = None,
     ) -> None:
         from labeler.embeddings.backbones import get_backbone
 
@@ -61,6 +62,7 @@ class EmbedActor:
             runtime=runtime,
             num_threads=num_threads,
             cache_dir=cache_dir,
+            input_size=input_size,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,6 +86,7 @@ def embed_faces_ray(
     address: str | None = None,
     num_actors: int | None = None,
     progress: bool | None = None,
+    input_size: int | None = None,
 ) -> EmbedResult:
     """Like :func:`labeler.embeddings.embed.embed_faces`, on a Ray cluster.
 
@@ -130,6 +133,7 @@ def embed_faces_ray(
             device="cpu",
             runtime="onnx" if actor_runtime in ("auto", "onnx") else "torch",
             cache_dir=cache,
+            input_size=input_size,
         )
         bconf = probe.config
         if on_gpu:
@@ -169,6 +173,7 @@ def embed_faces_ray(
                     "runtime": actor_runtime,
                     "num_threads": threads,
                     "cache_dir": cache,
+                    "input_size": input_size,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",

@@ -277,3 +277,81 @@ def caption_for(labels: dict[str, str]) -> Callable[[str], str]:
         return labels.get(fid, "unlabeled")
 
     return caption
+
+
+# --- the map's hover thumbnail ---------------------------------------------------------------
+
+#: Shows the hovered point's face next to the pointer. Plotly's hover label cannot hold an
+#: image, so this listens to the chart's ``plotly_hover`` events: each point's ``customdata``
+#: is ``[run row, place in the map sample]``, the latter a cell of the thumbnail sheets that
+#: :func:`map_hover_thumbnails` puts (hidden) on the page. Installed once per page; it
+#: re-attaches when Streamlit draws a new chart and reads the sheet layout from ``cfg``.
+_THUMB_JS = """
+<script>
+(() => {
+  window.__labelerThumbCfg = __CFG__;
+  if (window.__labelerThumbs) return;
+  window.__labelerThumbs = true;
+  const tip = document.createElement("div");
+  tip.id = "labeler-map-thumb";
+  tip.style.cssText = "position:fixed;z-index:100000;display:none;pointer-events:none;" +
+    "border:2px solid #fff;border-radius:4px;box-shadow:0 1px 8px rgba(0,0,0,.45);" +
+    "background-repeat:no-repeat;background-color:#ccc";
+  document.body.appendChild(tip);
+  let mx = 0, my = 0;
+  const place = () => {
+    const s = window.__labelerThumbCfg.size;
+    tip.style.left = Math.max(4, mx - s - 18) + "px";
+    tip.style.top = Math.max(4, my - s - 18) + "px";
+  };
+  document.addEventListener("mousemove", (e) => {
+    mx = e.clientX; my = e.clientY;
+    if (tip.style.display === "block") place();
+  }, true);
+  const attach = () => {
+    const gd = document.querySelector(".js-plotly-plot");
+    if (!gd) { tip.style.display = "none"; return; }
+    if (typeof gd.on !== "function" || gd.__labelerThumbs) return;
+    gd.__labelerThumbs = true;
+    gd.on("plotly_hover", (ev) => {
+      const c = window.__labelerThumbCfg;
+      const p = ev && ev.points && ev.points[0];
+      if (!c || !p || !Array.isArray(p.customdata)) return;
+      const k = Number(p.customdata[1]);  // [run row, place in the map sample]
+      const img = document.querySelector(".st-key-map_thumbs_" + Math.floor(k / c.per) + " img");
+      if (!img || !img.src) return;
+      const j = k % c.per, z = c.size / c.cell;
+      tip.style.width = tip.style.height = c.size + "px";
+      tip.style.backgroundImage = 'url("' + img.src + '")';
+      tip.style.backgroundSize = (c.cols * c.cell * z) + "px auto";
+      tip.style.backgroundPosition =
+        (-(j % c.cols) * c.size) + "px " + (-Math.floor(j / c.cols) * c.size) + "px";
+      tip.dataset.point = String(k);
+      tip.style.display = "block";
+      place();
+    });
+    gd.on("plotly_unhover", () => { tip.style.display = "none"; });
+  };
+  setInterval(attach, 300);
+})();
+</script>
+"""
+
+#: How big the hovered face is shown (px).
+THUMB_SHOW_SIDE = 128
+
+
+def map_hover_thumbnails(sheets: data.ThumbSheets | None) -> None:
+    """Put the map's thumbnail sheets on the page (hidden; the browser fetches each once per
+    run) and the script that shows the hovered point's face (:data:`_THUMB_JS`)."""
+    if sheets is None or not sheets.sheets:
+        return
+    import json
+
+    st.html("<style>[class*='st-key-map_thumbs_'] { display: none; }</style>")
+    for i, sheet in enumerate(sheets.sheets):
+        with st.container(key=f"map_thumbs_{i}"):
+            st.image(sheet, output_format="JPEG")
+    cfg = {"cell": sheets.cell, "cols": sheets.cols, "per": sheets.per_sheet,
+           "size": THUMB_SHOW_SIDE}  # fmt: skip
+    st.html(_THUMB_JS.replace("__CFG__", json.dumps(cfg)), unsafe_allow_javascript=True)

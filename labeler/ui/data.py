@@ -524,6 +524,8 @@ def _map_figure(
                             strict=True)
         ]  # fmt: skip
         trace["hovertemplate"] = "%{text}<extra></extra>"
+        # [run row (what a click selects), place in the map sample (its thumbnail: map_thumbs)]
+        trace["customdata"] = np.column_stack([tr, np.searchsorted(rows, tr)]).tolist()
     # cluster numbers at their centres, so the legend and the map name the same groups
     notes = []
     for c in np.unique(clusters):
@@ -603,6 +605,100 @@ def map_figure(ws: Workspace, field: str, color_by: str) -> MapFigure:
     run_id, mtime = runs.run_stamp(ws)
     version = label_version(ws)
     return _map_figure(str(ws.root), run_id, mtime, field, color_by, version)
+
+
+# --- thumbnails for the map's hover -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThumbSheets:
+    """The map sample's face thumbnails packed into JPEG sheets, in sample order: point ``k``
+    is cell ``k % per_sheet`` of sheet ``k // per_sheet``, row-major, ``cols`` cells a row,
+    each ``cell`` px square."""
+
+    sheets: tuple[bytes, ...]
+    cell: int
+    cols: int
+
+    @property
+    def per_sheet(self) -> int:
+        return self.cols * self.cols
+
+
+#: Thumbnail side on the map's hover: 64 px up to this many drawn points, 40 px above (a full
+#: 20,000-point map is then ~20 sheets of 1280 px, a few MB, loaded once per run).
+THUMB_BIG_UP_TO = 5_000
+
+
+def thumbnail_sheets(
+    images: list[bytes | None], *, cell: int = 64, cols: int = 16, quality: int = 80
+) -> ThumbSheets:
+    """Pack encoded face images (``None``: a grey cell) into square JPEG sheets of
+    ``cols x cols`` cells of ``cell`` px, in order. JPEGs are decoded at a reduced DCT scale
+    (``draft``), so a 256 px crop costs well under a millisecond.
+
+    >>> ts = thumbnail_sheets([jpeg_bytes] * 300, cell=64, cols=16)  # doctest: +SKIP
+    >>> len(ts.sheets), ts.per_sheet  # doctest: +SKIP
+    (2, 256)
+    """
+    import io
+
+    from PIL import Image
+
+    if cell < 8 or cols < 1:
+        raise ValueError(f"cell must be >= 8 px and cols >= 1, got cell={cell}, cols={cols}")
+    per = cols * cols
+    sheets = []
+    for start in range(0, len(images), per):
+        chunk = images[start : start + per]
+        rows = -(-len(chunk) // cols)
+        sheet = Image.new("RGB", (cols * cell, rows * cell), (200, 200, 200))
+        for j, data in enumerate(chunk):
+            if not data:
+                continue
+            try:
+                im = Image.open(io.BytesIO(data))
+                im.draft("RGB", (cell, cell))
+                im = im.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR)
+            except OSError:
+                continue
+            sheet.paste(im, ((j % cols) * cell, (j // cols) * cell))
+        buf = io.BytesIO()
+        sheet.save(buf, format="JPEG", quality=quality)
+        sheets.append(buf.getvalue())
+    return ThumbSheets(tuple(sheets), cell, cols)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Making the map's thumbnails…")
+def _map_thumbs(root: str, run_id: str, mtime: float) -> ThumbSheets:
+    ws = Workspace(Path(root))
+    view = _run_view(root, run_id, mtime)
+    fids = view.run.face_ids[view.sample]
+    cell = 64 if len(fids) <= THUMB_BIG_UP_TO else 40
+    images = [_read_crop(ws, str(f)) for f in fids]  # not through crop_bytes' small cache
+    return thumbnail_sheets(images, cell=cell, cols=16 if cell == 64 else 32)
+
+
+def _read_crop(ws: Workspace, face_id: str) -> bytes | None:
+    """A crop's bytes if its file lies inside the workspace (as ``resolve_inside`` checks, but
+    without reading the workspace's metadata once per face), else None."""
+    path = ws.crop_path(face_id).resolve()
+    if ws.root.resolve() not in path.parents:
+        log.warning("refused to read %s: outside the workspace", path)
+        return None
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def map_thumbs(ws: Workspace) -> ThumbSheets | None:
+    """The thumbnails of the map sample (:class:`ThumbSheets`), cached per run; None when the
+    workspace has no run."""
+    run_id, mtime = runs.run_stamp(ws)
+    if run_id is None:
+        return None
+    return _map_thumbs(str(ws.root), run_id, mtime)
 
 
 # --- models for the try-it page --------------------------------------------------------------

@@ -46,8 +46,8 @@ color_by = top[2].radio(
 fig = data.map_figure(ws, fld, color_by)
 st.caption(
     f"Showing {len(view.sample):,} of {len(run.face_ids):,} faces. Hover a point for its "
-    "cluster and label, click it to see the face; a box or lasso selects every face inside "
-    "it (the numbers on the map are cluster numbers)."
+    "face, cluster and label, click it to select the face; a box or lasso selects every face "
+    "inside it (the numbers on the map are cluster numbers)."
 )
 require("plotly", purpose="the map page")
 controls = st.container()  # filled below, once the chart reported its selection
@@ -117,3 +117,5 @@ if len(rows):  # below the chart: a glimpse of what is selected
             st.button("Photo", key=f"map_photo_{fid}", icon=":material/image:",
                       on_click=components.open_photo, args=(fid,), type="tertiary")  # fmt: skip
 components.photo_dialog(ws)
+# last, so that the map is on screen first: the thumbnails its hover shows (hidden sheets)
+components.map_hover_thumbnails(data.map_thumbs(ws))
