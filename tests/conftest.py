@@ -47,3 +47,8 @@ def maskedfacenet_1024() -> Path:
 @pytest.fixture
 def webfaces() -> Path:
     return shared_dataset("webfaces")
+
+
+@pytest.fixture
+def realmasks() -> Path:
+    return shared_dataset("realmasks")

@@ -11,7 +11,16 @@ from click.testing import CliRunner
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from labeler.cluster.algorithms import glosh_scores, relabel_by_size
+from labeler.cluster.algorithms import (
+    GROUP_SIZE,
+    cut_tree,
+    glosh_scores,
+    natural_k,
+    relabel_by_size,
+    ward_cluster,
+    ward_tree,
+    weighted_ward,
+)
 from labeler.cluster.edit import merge_clusters, move_faces, revert, split_cluster
 from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, l2_normalize, search
 from labeler.cluster.place import place_by_neighbors, place_faces, suggest_labels
@@ -30,6 +39,12 @@ from labeler.cluster.store import (
 from labeler.workspace import Workspace, WorkspaceError
 
 D = 1280
+
+
+def purity(y: np.ndarray, groups: np.ndarray) -> float:
+    """Share of faces holding their group's majority true label."""
+    table = pd.crosstab(np.asarray(groups), np.asarray(y))
+    return float(table.max(axis=1).sum() / len(y))
 
 
 def blobs(n: int = 600, centers: int = 4, *, seed: int = 0, d: int = D, std: float = 1.0):
@@ -124,16 +139,21 @@ class TestFit:
         ids, X, y = blobs(600, 4)
         fit = fit_clusters(ids, X)
         r = fit.result
-        assert adjusted_rand_score(y, r.labels) > 0.95
+        # the default grouping: every face in a group, groups of about GROUP_SIZE faces that
+        # never mix two blobs (600 faces -> 5 groups; one blob is cut in two)
+        assert (r.labels >= 0).all() and r.params["algorithm"] == "ward"
+        assert r.n_clusters == max(4, round(600 / GROUP_SIZE))
+        assert purity(y, r.labels) == 1.0
+        assert r.params["ward"]["k_natural"] == 4
         assert r.labels.dtype == np.int32 and r.suggested.dtype == np.int32
         assert r.xy.shape == (600, 2) and np.isfinite(r.xy).all()
         assert ((r.outlier_score >= 0) & (r.outlier_score <= 1)).all()
         assert r.params["config"]["pca_dims"] == 64 and r.params["index_used"] == "flat"
         assert fit.artifacts.vectors.shape == (600, 64)
-        # the 2-D map keeps the clusters apart: each cluster's centroid is nearest its own points
-        cents = np.stack([r.xy[r.labels == c].mean(0) for c in range(r.n_clusters)])
+        # the 2-D map keeps the blobs apart: each blob's centroid is nearest its own points
+        cents = np.stack([r.xy[y == c].mean(0) for c in range(4)])
         near = ((r.xy[:, None] - cents[None]) ** 2).sum(-1).argmin(1)
-        assert (near[r.labels >= 0] == r.labels[r.labels >= 0]).mean() > 0.95
+        assert (near == y).mean() > 0.95
 
     def test_same_seed_same_labels(self):
         ids, X, _ = blobs(400, 5, std=1.6)
@@ -143,11 +163,27 @@ class TestFit:
         np.testing.assert_array_equal(a.xy, b.xy)
         np.testing.assert_array_equal(a.outlier_score, b.outlier_score)
 
-    def test_noise_points_are_outliers_with_suggestions(self):
+    def test_outliers_stay_in_their_nearest_group_scored_high(self):
         ids, X, y = blobs(500, 3, std=0.8)
         rng = np.random.default_rng(0)
         far = rng.normal(scale=6.0, size=(15, D)).astype(np.float32)  # scattered outliers
         r = cluster_embeddings([*ids, *[f"o{i}" for i in range(15)]], np.vstack([X, far]))
+        assert (r.labels >= 0).all() and (r.suggested == r.labels).all()  # no noise bucket
+        assert purity(y, r.labels[:500]) == 1.0
+        assert r.outlier_score[-15:].mean() > r.outlier_score[:500].mean() + 0.3
+        # shown last: the cluster view's "most central first" order puts them at the end
+        for c in np.unique(r.labels[-15:]):
+            members = np.flatnonzero(r.labels == c)
+            last = members[np.argsort(r.outlier_score[members])][-5:]
+            assert (last >= 500).any()
+
+    def test_hdbscan_keeps_noise_apart_with_suggestions(self):
+        ids, X, y = blobs(500, 3, std=0.8)
+        rng = np.random.default_rng(0)
+        far = rng.normal(scale=6.0, size=(15, D)).astype(np.float32)  # scattered outliers
+        r = cluster_embeddings(
+            [*ids, *[f"o{i}" for i in range(15)]], np.vstack([X, far]), algorithm="hdbscan"
+        )
         noise = r.labels < 0
         assert noise[-15:].mean() > 0.8
         assert (r.suggested[noise] >= 0).all() and (r.suggested[~noise] == r.labels[~noise]).all()
@@ -167,12 +203,16 @@ class TestFit:
         fit = fit_clusters(ids, X, config=ClusterConfig(umap_max_points=300))
         r = fit.result
         assert r.params["n_umap_points"] == 300 and r.params["n_placed_by_knn"] == 600
-        assert adjusted_rand_score(y, r.labels) > 0.95
+        # groups are sized for all 900 faces (900 / GROUP_SIZE), not for the sample
+        assert r.n_clusters == round(900 / GROUP_SIZE) and (r.labels >= 0).all()
+        assert purity(y, r.labels) > 0.99
         assert len(fit.artifacts.graph_rows) == 300
 
     def test_auto_rules(self):
         small, big = resolve_config(30, D), resolve_config(133_000, D)
         assert small.min_cluster_size == 5 and small.pca_dims == 0 and small.n_neighbors == 15
+        assert small.algorithm == "ward" and small.n_clusters is None  # k from the tree and N
+        assert resolve_config(30, D, ClusterConfig(algorithm="kmeans")).n_clusters == 4
         assert big.min_cluster_size == 665 and big.pca_dims == 64 and big.umap_max_points == 20_000
         assert resolve_config(10, 8).n_neighbors == 9 and resolve_config(10, 8).umap_dims == 8
         with pytest.raises(ValueError, match="algorithm"):
@@ -220,9 +260,12 @@ class TestDegenerate:
 
     def test_fewer_faces_than_min_cluster_size(self):
         ids, X, _ = blobs(40, 2)
-        r = cluster_embeddings(ids, X, min_cluster_size=50)
+        r = cluster_embeddings(ids, X, algorithm="hdbscan", min_cluster_size=50)
         self._check(r, 40)
         assert set(r.labels.tolist()) == {0}
+        # the default grouping has no minimum size: the two blobs are two groups
+        r = cluster_embeddings(ids, X)
+        assert r.n_clusters == 2 and (r.labels >= 0).all()
 
     def test_fewer_faces_than_neighbors(self):
         ids, X, _ = blobs(25, 2)
@@ -553,3 +596,67 @@ class TestCli:
         r = load_run(ws)
         assert len(r.face_ids) == 260
         assert adjusted_rand_score(y[240:], r.labels[240:]) == 1.0
+
+
+class TestWardTree:
+    """The default grouping's tree: exact Ward, weighted Ward on micro-clusters, the cuts."""
+
+    def test_weighted_ward_with_unit_weights_is_scipys_ward(self):
+        from scipy.cluster.hierarchy import fcluster, ward
+
+        X = np.random.default_rng(0).normal(size=(200, 6))
+        Z = weighted_ward(X, np.ones(200))
+        ref = ward(X)
+        np.testing.assert_allclose(Z[:, 2], ref[:, 2], rtol=1e-9)
+        np.testing.assert_array_equal(Z[:, 3], ref[:, 3])
+        for k in (2, 7, 30):
+            a = fcluster(ref, k, "maxclust")
+            b = cut_tree(Z, 200, k, max_size=np.inf)
+            assert adjusted_rand_score(a, b) == 1.0 and len(set(b)) == k
+
+    def test_weights_act_as_repeated_points(self):
+        from scipy.cluster.hierarchy import fcluster, ward
+
+        rng = np.random.default_rng(1)
+        C = rng.normal(size=(40, 3))
+        w = rng.integers(1, 5, 40)
+        Z = weighted_ward(C, w.astype(float))
+        ref = ward(np.repeat(C, w, axis=0) + rng.normal(scale=1e-9, size=(w.sum(), 3)))
+        np.testing.assert_allclose(Z[-5:, 2], ref[-5:, 2], rtol=1e-5)
+        a = fcluster(ref, 6, "maxclust")
+        b = np.repeat(cut_tree(Z, 40, 6, max_size=np.inf), w)
+        assert adjusted_rand_score(a, b) == 1.0
+
+    def test_cap_splits_big_groups_along_the_tree(self):
+        X, y = make_blobs(600, n_features=4, centers=[[0] * 4, [20] * 4], random_state=0)
+        Z, leaf = ward_tree(X)
+        assert natural_k(Z) == 2
+        g = cut_tree(Z, len(leaf), 2, max_size=120)[leaf]
+        assert np.bincount(g).max() <= 120 and purity(y, g) == 1.0
+
+    def test_natural_level_of_a_continuum_is_one(self):
+        X = np.random.default_rng(0).uniform(size=(500, 3))
+        assert natural_k(ward_tree(X)[0]) == 1
+
+    def test_micro_clusters_above_the_exact_limit(self, monkeypatch):
+        import labeler.cluster.algorithms as alg
+
+        monkeypatch.setattr(alg, "WARD_MAX_POINTS", 300)
+        X, y = make_blobs(3000, n_features=5, centers=3, cluster_std=0.5, random_state=2)
+        V = l2_normalize(X - X.mean(0))
+        labels, outlier, info = ward_cluster(X, V)
+        assert info["k_natural"] == 3 and info["k"] == max(3, round(3000 / GROUP_SIZE))
+        assert (labels >= 0).all() and purity(y, labels) == 1.0
+        assert np.bincount(labels).max() <= 480
+        assert outlier.shape == (3000,) and ((outlier >= 0) & (outlier <= 1)).all()
+
+    def test_fixed_k_and_degenerate_sizes(self):
+        X, _ = make_blobs(300, n_features=4, centers=3, random_state=0)
+        V = l2_normalize(X)
+        labels, _, info = ward_cluster(X, V, n_clusters=7)
+        assert info["k"] == 7 and set(labels.tolist()) == set(range(7))
+        for n in (0, 1):
+            labels, outlier, _ = ward_cluster(X[:n], V[:n])
+            assert labels.tolist() == [0] * n and outlier.shape == (n,)
+        labels, _, _ = ward_cluster(X[:2], V[:2])
+        assert len(labels) == 2 and (labels >= 0).all()

@@ -1,4 +1,4 @@
-"""``labeler cluster``: group faces by appearance (kNN graph, UMAP map, HDBSCAN / k-means)."""
+"""``labeler cluster``: group faces by appearance (kNN graph, UMAP map, Ward tree / HDBSCAN / k-means)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 CLUSTER_OPTIONS = (
     click.option(
         "--algorithm",
-        type=click.Choice(["auto", "hdbscan", "kmeans"]),
+        type=click.Choice(["auto", "ward", "hdbscan", "kmeans"]),
         default="auto",
         show_default=True,
+        help="auto = ward: a Ward tree in the UMAP space cut into groups of about 120 faces "
+        "(every face in a group, outliers last); hdbscan keeps density noise apart (-1); "
+        "kmeans a fixed k.",
     ),
     click.option(
         "--min-cluster-size",
@@ -41,7 +44,7 @@ CLUSTER_OPTIONS = (
         "--n-clusters",
         type=click.IntRange(1),
         default=None,
-        help="k for k-means [auto: sqrt(N/2), 2..200].",
+        help="Number of groups [auto: ward max(natural level, N/120); k-means sqrt(N/2), 2..200].",
     ),
     click.option(
         "--pca-dims",
@@ -59,7 +62,7 @@ CLUSTER_OPTIONS = (
         "--umap-dims",
         type=click.IntRange(2),
         default=None,
-        help="Dims of the space HDBSCAN runs in [auto: 10].",
+        help="Dims of the space Ward / HDBSCAN run in [auto: 10].",
     ),
     click.option(
         "--max-umap-points",

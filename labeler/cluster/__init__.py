@@ -1,4 +1,4 @@
-"""Clustering: FAISS kNN graph, UMAP map, HDBSCAN / k-means, saved runs, edits, placement.
+"""Clustering: FAISS kNN graph, UMAP map, Ward tree / HDBSCAN / k-means, saved runs, edits, placement.
 
 Functional core on arrays (``fit_clusters``, ``knn_graph``, ``split_labels``...) and the
 workspace-level helpers the CLI and the app call (``save_run``, ``load_run``,

@@ -264,3 +264,206 @@ def knn_outlier_scores(
     floor = 0.01 * float(np.median(ref_dist)) + 1e-6
     r = (own_dist + floor) / (np.nan_to_num(med, nan=float(np.median(ref_dist))) + floor)
     return np.clip(1.0 - 1.0 / np.maximum(r, 1e-12), 0.0, 1.0).astype(np.float32)
+
+
+# --- the default grouping: a Ward tree in the cluster space, cut into page-sized groups ------
+
+#: Faces per group the default grouping aims at (``k = N / GROUP_SIZE``): about a page of 96
+#: faces plus the outliers shown after them, so a group is opened, checked and bulk-labeled
+#: in one go (bench/EFFORT.md, "Default grouping": 100 / 120 / 150 were measured).
+GROUP_SIZE = 120
+#: No group is bigger than the app's biggest page: bigger ones are split along the tree.
+MAX_GROUP = 480
+#: A level of the tree is *natural* when merging it costs this many times the level below
+#: (a clear jump in Ward's merge heights): the grouping never has fewer groups than that.
+GAP_RATIO = 2.5
+#: Natural levels are looked for among the first ``GAP_MAX_K`` levels of the tree.
+GAP_MAX_K = 40
+#: Up to this many points the tree is exact (scipy's Ward on the points); above, Ward runs on
+#: this many k-means micro-clusters weighted by their sizes.
+WARD_MAX_POINTS = 4000
+
+
+def weighted_ward(C: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Ward linkage of points ``C`` (M, c) with weights ``w`` (M,) (e.g. micro-cluster sizes).
+
+    Returns a scipy linkage matrix (M-1, 4): merged ids, height, weight of the union. The
+    height follows scipy's ``ward`` (``sqrt(2 * w_a w_b / (w_a + w_b)) * |c_a - c_b|``), so
+    with unit weights the tree equals ``scipy.cluster.hierarchy.ward(C)`` (tested). Nearest-
+    neighbour chain with Lance-Williams updates: O(M^2) time and memory (M <= a few thousand).
+    """
+    C = np.asarray(C, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64).copy()
+    m = len(C)
+    if m < 2:
+        return np.zeros((0, 4))
+    sq = (C**2).sum(1)
+    D = np.maximum(sq[:, None] + sq[None, :] - 2.0 * C @ C.T, 0.0)
+    D *= w[:, None] * w[None, :] / (w[:, None] + w[None, :])  # merge cost = 1/2 height^2
+    np.fill_diagonal(D, np.inf)
+    active = np.ones(m, bool)
+    merges: list[tuple[int, int, float, float]] = []
+    chain: list[int] = []
+    while len(merges) < m - 1:
+        if not chain:
+            chain.append(int(np.flatnonzero(active)[0]))
+        a = chain[-1]
+        b = int(np.argmin(D[a]))
+        if len(chain) > 1 and D[a, chain[-2]] <= D[a, b]:
+            b = chain[-2]
+        if len(chain) > 1 and b == chain[-2]:
+            chain.pop()
+            chain.pop()
+            dab = D[a, b]
+            wa, wb = w[a], w[b]
+            wk = w
+            row = ((wa + wk) * D[a] + (wb + wk) * D[b] - wk * dab) / (wa + wb + wk)
+            row[~active] = np.inf
+            D[a] = row
+            D[:, a] = row
+            D[a, a] = np.inf
+            D[b] = np.inf
+            D[:, b] = np.inf
+            active[b] = False
+            w[a] = wa + wb
+            merges.append((a, b, float(dab), float(w[a])))
+        else:
+            chain.append(b)
+    # sort by height and give the unions scipy's ids (M, M+1, ...)
+    order = np.argsort([mg[2] for mg in merges], kind="stable")
+    parent = np.arange(m)
+    node = np.arange(m)  # the current linkage id of each union-find root
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    Z = np.zeros((m - 1, 4))
+    for t, j in enumerate(order):
+        a, b, cost, weight = merges[j]
+        ra, rb = find(a), find(b)
+        ia, ib = sorted((int(node[ra]), int(node[rb])))
+        Z[t] = (ia, ib, np.sqrt(2.0 * cost), weight)
+        parent[rb] = ra
+        node[ra] = m + t
+    return Z
+
+
+def ward_tree(E: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Ward tree of the rows of ``E`` (N, c): ``(Z, leaf)``.
+
+    Z: scipy linkage over L leaves; leaf: (N,) the leaf of each row. Up to
+    :data:`WARD_MAX_POINTS` rows the leaves are the rows (exact Ward); above, they are that
+    many k-means micro-clusters of ``E`` and Ward weighs each by its size.
+    """
+    E = np.ascontiguousarray(E, dtype=np.float64)
+    n = len(E)
+    if n <= WARD_MAX_POINTS:
+        from scipy.cluster.hierarchy import ward
+
+        Z = ward(E) if n >= 2 else np.zeros((0, 4))
+        return Z, np.arange(n)
+    from labeler._deps import require
+
+    faiss = require("faiss", purpose="the grouping's micro-clusters (pip install faiss-cpu)")
+    X = E.astype(np.float32)
+    km = faiss.Kmeans(X.shape[1], WARD_MAX_POINTS, niter=20, seed=int(seed), verbose=False)
+    km.cp.min_points_per_centroid = 1
+    km.cp.max_points_per_centroid = int(np.ceil(n / WARD_MAX_POINTS)) + 1
+    km.train(X)
+    _, leaf = km.index.search(X, 1)
+    used, leaf = np.unique(leaf[:, 0], return_inverse=True)
+    sizes = np.bincount(leaf).astype(np.float64)
+    cents = np.zeros((len(used), E.shape[1]))
+    np.add.at(cents, leaf, E)
+    cents /= sizes[:, None]
+    return weighted_ward(cents, sizes), leaf.astype(np.int64)
+
+
+def natural_k(Z: np.ndarray, *, ratio: float = GAP_RATIO, k_max: int = GAP_MAX_K) -> int:
+    """The finest natural level of a Ward tree: the largest ``k <= k_max`` whose merge into
+    ``k - 1`` groups costs ``ratio`` times the merge into ``k`` (1 when there is none).
+
+    Well-separated kinds of faces (masked vs not, at a clear gap) give such a jump; a
+    continuum gives none and the size rule decides alone.
+    """
+    h = np.asarray(Z[::-1, 2], dtype=np.float64)  # h[j]: the merge from j + 2 groups to j + 1
+    k_max = int(min(k_max, len(h)))
+    if k_max < 2:
+        return 1
+    r = h[: k_max - 1] / np.maximum(h[1:k_max], 1e-12)  # r[j] is level k = j + 2
+    hits = np.flatnonzero(r >= ratio)
+    return int(hits.max()) + 2 if hits.size else 1
+
+
+def cut_tree(Z: np.ndarray, n_leaves: int, k: int, *, max_size: float) -> np.ndarray:
+    """Leaf -> group (L,) int64: the tree cut into ``k`` groups (its top ``k - 1`` merges
+    undone), then every group heavier than ``max_size`` (Z's weights) split along the tree."""
+    n_leaves = int(n_leaves)
+    if n_leaves <= 1 or len(Z) == 0:
+        return np.zeros(n_leaves, np.int64)
+    root = 2 * n_leaves - 2
+    k = int(np.clip(k, 1, n_leaves))
+    top = set(range(root - k + 2, root + 1))
+    groups: list[int] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node >= n_leaves:
+            a, b, _h, weight = Z[node - n_leaves]
+            if node in top or weight > max_size:
+                stack += [int(a), int(b)]
+                continue
+        groups.append(node)
+    out = np.empty(n_leaves, np.int64)
+    for g, node in enumerate(groups):
+        todo = [node]
+        while todo:
+            x = todo.pop()
+            if x < n_leaves:
+                out[x] = g
+            else:
+                todo += [int(Z[x - n_leaves, 0]), int(Z[x - n_leaves, 1])]
+    return out
+
+
+def ward_cluster(
+    E: np.ndarray,
+    V: np.ndarray,
+    *,
+    n_clusters: int | None = None,
+    n_total: int | None = None,
+    group_size: int = GROUP_SIZE,
+    max_group: int = MAX_GROUP,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The default grouping: every face in a group, groups about a page big. Returns
+    ``(labels (N,) int32 (no -1), outlier (N,) f32, info)``.
+
+    E (N, c): the cluster space (UMAP); V (N, d): unit vectors for the outlier scores.
+    A Ward tree of ``E`` (:func:`ward_tree`) is cut at ``k = max(natural level, N_total /
+    group_size)`` groups (``n_clusters`` fixes k instead), and every group bigger than
+    ``max_group`` faces is split along the tree. ``n_total``: the faces ``E`` stands for
+    when it is a sample (sizes scale by N / n_total). Outlier scores: distance to the
+    group's centroid in ``V`` (:func:`distance_outlier_scores`); the app shows them last.
+    """
+    n = len(E)
+    n_total = int(n_total or n)
+    if n < 2:
+        labels = np.zeros(n, np.int32)
+        return labels, np.zeros(n, np.float32), {"k_natural": 1, "k_size": 1, "k": 1}
+    Z, leaf = ward_tree(E, seed=seed)
+    n_leaves = int(leaf.max()) + 1
+    k_nat = natural_k(Z)
+    k_size = int(max(1, round(n_total / max(group_size, 1))))
+    k = int(n_clusters) if n_clusters else max(k_nat, k_size)
+    k = int(np.clip(k, 1, n_leaves))
+    scale = n / n_total
+    groups = cut_tree(Z, n_leaves, k, max_size=max(max_group * scale, 2.0))
+    labels = relabel_by_size(groups[leaf])
+    cents = centroids_of(np.asarray(V, np.float32), labels)
+    outlier = distance_outlier_scores(np.asarray(V, np.float32), labels, cents)
+    info = {"k_natural": k_nat, "k_size": k_size, "k": int(labels.max()) + 1}
+    return labels, outlier, info

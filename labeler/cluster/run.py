@@ -22,6 +22,7 @@ from labeler.cluster.algorithms import (
     kmeans_cluster,
     knn_outlier_scores,
     suggest_clusters,
+    ward_cluster,
 )
 from labeler.cluster.inputs import load_cluster_features
 from labeler.cluster.knn import build_index, knn_graph, l2_normalize, search
@@ -46,12 +47,16 @@ SMALL_N = 20
 def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> ClusterConfig:
     """Fill every ``None``/``auto`` of ``config`` from N faces of D dims. The rules:
 
-    * ``algorithm``: ``hdbscan`` (density clusters, noise kept as outliers); a fixed k only
-      when asked (``kmeans``).
+    * ``algorithm``: ``ward`` (:func:`labeler.cluster.algorithms.ward_cluster`: a Ward tree
+      in the UMAP space cut into groups of about ``GROUP_SIZE`` = 120 faces, never fewer than
+      the tree's natural level, never a group over 480; every face in a group, outliers
+      shown last). ``hdbscan`` (density clusters, noise kept apart as -1) and ``kmeans`` (a
+      fixed k) when asked. Chosen on labeling effort (bench/EFFORT.md, "Default grouping").
     * ``min_cluster_size = clip(round(N / 200), 5, 1000)``: 5 up to 1,000 faces, 665 at
       133k, 1,000 from 200k on (so at most ~200 clusters; sub-clusters come from splitting).
       ``min_samples = min(10, min_cluster_size)`` (few faces pushed to noise).
-    * ``n_clusters`` (k-means) = ``clip(round(sqrt(N / 2)), 2, 200)``.
+    * ``n_clusters``: k-means: ``clip(round(sqrt(N / 2)), 2, 200)``; ward: ``None`` (from
+      the tree and N) unless given.
     * ``pca_dims = 64`` when D > 64 and N > 64, else 0 (off); PCA is fitted on <= 20k rows.
     * ``n_neighbors = min(15, N - 1)`` (UMAP's default; includes the face itself).
     * ``umap_dims = min(10, N - 2)`` for the cluster space (2 for the map).
@@ -68,12 +73,17 @@ def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> C
     if config.index not in INDEX_KINDS:
         raise InputError(f"index {config.index!r} is not one of {INDEX_KINDS}")
     mcs = config.min_cluster_size or int(np.clip(round(n / 200), 5, 1000))
+    alg = "ward" if config.algorithm == "auto" else config.algorithm
     return replace(
         config,
-        algorithm="hdbscan" if config.algorithm == "auto" else config.algorithm,
+        algorithm=alg,
         min_cluster_size=int(mcs),
         min_samples=int(config.min_samples or min(10, mcs)),
-        n_clusters=int(config.n_clusters or np.clip(round(np.sqrt(max(n, 1) / 2)), 2, 200)),
+        n_clusters=(
+            config.n_clusters
+            if alg == "ward"
+            else int(config.n_clusters or np.clip(round(np.sqrt(max(n, 1) / 2)), 2, 200))
+        ),
         pca_dims=int(
             (64 if d > 64 and n > 64 else 0) if config.pca_dims is None else config.pca_dims
         ),
@@ -192,7 +202,7 @@ def fit_clusters(
             xy_f = pca_map(Vf, seed=seed)
         tick("cluster")
     else:
-        if cfg.algorithm == "hdbscan":
+        if cfg.algorithm in ("hdbscan", "ward"):
             E = umap_embed(
                 Vf,
                 graph,
@@ -203,6 +213,11 @@ def fit_clusters(
                 n_epochs=cfg.umap_epochs,
             )
             tick("umap_cluster_space")
+        if cfg.algorithm == "ward":
+            labels_f, score_f, params["ward"] = ward_cluster(
+                E, Vf, n_clusters=cfg.n_clusters, n_total=n, seed=seed
+            )
+        elif cfg.algorithm == "hdbscan":
             # a sample holds m/n of each cluster: scale the size threshold with it
             mcs_fit = int(max(2, round(cfg.min_cluster_size * m / n)))
             params["min_cluster_size_fitted"] = mcs_fit

@@ -19,7 +19,7 @@ import numpy as np
 
 from labeler.errors import InputError
 
-ALGORITHMS = ("auto", "hdbscan", "kmeans")
+ALGORITHMS = ("auto", "ward", "hdbscan", "kmeans")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 
 
@@ -27,13 +27,13 @@ INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 class ClusterConfig:
     """Options of a clustering run; ``None`` means "choose from the data" (:func:`resolve_config`).
 
-    algorithm:        auto | hdbscan | kmeans
+    algorithm:        auto (= ward) | ward | hdbscan | kmeans
     min_cluster_size: HDBSCAN's smallest cluster
     min_samples:      HDBSCAN's density smoothing (core-distance neighbours)
-    n_clusters:       k for k-means
+    n_clusters:       number of groups (k-means' k; for ward None = from the tree and N)
     pca_dims:         PCA dims before the graph (0 = no PCA)
     n_neighbors:      kNN graph size / UMAP's n_neighbors (counting the face itself)
-    umap_dims:        dims of the UMAP space HDBSCAN runs in (the map is always 2-D)
+    umap_dims:        dims of the UMAP space Ward / HDBSCAN run in (the map is always 2-D)
     umap_max_points:  UMAP and HDBSCAN run on a seeded sample of at most this many faces;
                       the rest are placed by kNN vote among the sample (0 = no limit)
     umap_epochs:      UMAP optimisation epochs (None = UMAP's default: 500 small, 200 large)
