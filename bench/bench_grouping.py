@@ -45,14 +45,7 @@ def score(groups: np.ndarray, truth: np.ndarray, X: np.ndarray, V: np.ndarray) -
 
     plain = simulate(groups, truth)
     inter = simulate(groups, truth, strategy="interactive", features=X, split_vectors=V)
-    ok = groups[groups >= 0]
-    sizes = np.bincount(ok) if ok.size else np.zeros(0, int)
-    sizes = sizes[sizes > 0]
     return {
-        "groups": int(len(sizes)),
-        "noise": int((groups < 0).sum()),
-        "size_min": int(sizes.min()) if len(sizes) else 0,
-        "size_max": int(sizes.max()) if len(sizes) else 0,
         "purity": round(plain.purity, 4),
         "plain95": round(plain.eff95, 2),
         "plain98": round(plain.eff98, 2),

@@ -316,8 +316,7 @@ def weighted_ward(C: np.ndarray, w: np.ndarray) -> np.ndarray:
             chain.pop()
             dab = D[a, b]
             wa, wb = w[a], w[b]
-            wk = w
-            row = ((wa + wk) * D[a] + (wb + wk) * D[b] - wk * dab) / (wa + wb + wk)
+            row = ((wa + w) * D[a] + (wb + w) * D[b] - w * dab) / (wa + wb + w)
             row[~active] = np.inf
             D[a] = row
             D[:, a] = row
@@ -374,12 +373,9 @@ def ward_tree(E: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     km.cp.max_points_per_centroid = int(np.ceil(n / WARD_MAX_POINTS)) + 1
     km.train(X)
     _, leaf = km.index.search(X, 1)
-    used, leaf = np.unique(leaf[:, 0], return_inverse=True)
+    leaf = np.unique(leaf[:, 0], return_inverse=True)[1].astype(np.int64)
     sizes = np.bincount(leaf).astype(np.float64)
-    cents = np.zeros((len(used), E.shape[1]))
-    np.add.at(cents, leaf, E)
-    cents /= sizes[:, None]
-    return weighted_ward(cents, sizes), leaf.astype(np.int64)
+    return weighted_ward(centroids_of(E, leaf), sizes), leaf
 
 
 def natural_k(Z: np.ndarray, *, ratio: float = GAP_RATIO, k_max: int = GAP_MAX_K) -> int:
@@ -463,7 +459,7 @@ def ward_cluster(
     scale = n / n_total
     groups = cut_tree(Z, n_leaves, k, max_size=max(max_group * scale, 2.0))
     labels = relabel_by_size(groups[leaf])
-    cents = centroids_of(np.asarray(V, np.float32), labels)
-    outlier = distance_outlier_scores(np.asarray(V, np.float32), labels, cents)
+    V = np.asarray(V, np.float32)
+    outlier = distance_outlier_scores(V, labels, centroids_of(V, labels))
     info = {"k_natural": k_nat, "k_size": k_size, "k": int(labels.max()) + 1}
     return labels, outlier, info
