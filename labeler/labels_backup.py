@@ -7,6 +7,13 @@ newest :data:`KEEP` are kept. They are taken when ``labeler app`` starts and eve
 the store. ``labeler labels restore -w WS [--backup FILE]`` puts one back (default: the
 newest backup that opens as a sound label store).
 
+A damaged store is never backed up: :func:`make_backup` runs ``PRAGMA quick_check`` on the
+store and again on the snapshot before it becomes a backup, and refuses with one line naming
+the file and the fix. ``labeler app`` refuses to start on a damaged store
+(:func:`require_sound_store`). Rotation keeps the newest :data:`KEEP` backups and never
+deletes the newest sound one, so a run of damaged backups (written by an older labeler, or
+damaged on disk later) cannot push the last good copy out.
+
 >>> make_backup(ws.labels_db)  # doctest: +SKIP
 PosixPath('ws/backups/labels-20261125T171500Z-e120.db')
 """
@@ -102,6 +109,30 @@ def check_store(path: Path, *, thorough: bool = True) -> str | None:
     return None
 
 
+def damaged_store_message(db_path: Path, why: str, consequence: str) -> str:
+    """The one-line error for a damaged store: the file, what is wrong, what was not done,
+    and the fix (``labeler labels restore``, which picks the newest sound backup)."""
+    db_path = Path(db_path)
+    return (
+        f"{db_path}: {why}; {consequence}. Restore the newest sound backup with "
+        f"'labeler labels restore -w {db_path.parent}' (backups in {backup_dir(db_path)})"
+    )
+
+
+def require_sound_store(db_path: Path) -> None:
+    """Refuse (``LabelStoreError``, one line) a label store that fails :func:`check_store`'s
+    thorough check; a missing store is fine (it is created on first use). ``labeler app``
+    calls this before anything is served or backed up."""
+    from labeler.labels.db import LabelStoreError
+
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return
+    why = check_store(db_path)
+    if why is not None:
+        raise LabelStoreError(damaged_store_message(db_path, why, "the app was not started"))
+
+
 def _last_event(path: Path) -> int:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -111,18 +142,31 @@ def _last_event(path: Path) -> int:
 
 
 def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
-    """Snapshot ``db_path`` into :func:`backup_dir` and drop all but the newest ``keep``.
+    """Snapshot ``db_path`` into :func:`backup_dir` and rotate (:func:`prune_backups`).
 
-    Returns the new backup, or None when there is no store yet. The snapshot is written to
-    a temporary file and renamed, so a full disk leaves no partial backup behind.
+    Returns the new backup, or None when there is no store yet. A store that fails
+    :func:`check_store` is refused (``LabelStoreError``, one line): checked before the copy,
+    and the snapshot is checked again before it is renamed into place, so a damaged copy
+    never becomes a backup. The snapshot is written to a temporary file and renamed, so a
+    full disk leaves no partial backup behind.
     """
+    from labeler.labels.db import LabelStoreError
+
     db_path = Path(db_path)
     if not db_path.is_file() or db_path.stat().st_size == 0:
         return None
+    why = check_store(db_path)
+    if why is not None:
+        raise LabelStoreError(damaged_store_message(db_path, why, "it was not backed up"))
     out_dir = backup_dir(db_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     with temp_path(out_dir / "labels.db", side_files=SQLITE_SIDE_FILES) as tmp:
         _sqlite_copy(db_path, tmp)
+        why = check_store(tmp)
+        if why is not None:
+            raise LabelStoreError(
+                damaged_store_message(db_path, f"its snapshot is damaged ({why})", "not backed up")
+            )
         last = _last_event(tmp)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = out_dir / f"labels-{stamp}-e{last}.db"
@@ -131,20 +175,45 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
             out = out_dir / f"labels-{stamp}-e{last}-{n}.db"
             n += 1
         os.replace(tmp, out)
-    for old in list_backups(db_path)[keep:]:
-        old.path.unlink(missing_ok=True)
+    prune_backups(db_path, keep=keep, sound=out)
     log.info("label store backed up to %s", out)
     return out
 
 
+def prune_backups(db_path: Path, *, keep: int = KEEP, sound: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` backups, never the newest sound one; returns the
+    deleted paths. ``sound``: a backup known to be sound (just checked); without it the
+    backups are checked newest first until a sound one is found."""
+    backups = list_backups(db_path)
+    drop = [b.path for b in backups[keep:]]
+    if not drop:
+        return []
+    if sound is None:
+        sound = next((b.path for b in backups if check_store(b.path) is None), None)
+    gone = []
+    for old in drop:
+        if sound is not None and old == Path(sound):
+            log.info("keeping %s beyond the newest %d: it is the newest sound backup", old, keep)
+            continue
+        old.unlink(missing_ok=True)
+        gone.append(old)
+    return gone
+
+
 def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> Path | None:
-    """Back up after every ``every``-th event; never raises for a full or read-only disk."""
+    """Back up after every ``every``-th event; never raises (a full or read-only disk, a
+    damaged store: logged, nothing backed up)."""
     if every <= 0 or event_id % every:
         return None
+    from labeler.errors import LabelerError
+
     try:
         return make_backup(db_path)
     except (OSError, sqlite3.Error) as exc:
         log.warning("could not back up %s (%s)", db_path, exc)
+        return None
+    except LabelerError as exc:  # a damaged store: never backed up; say so loudly
+        log.error("%s", exc)
         return None
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
 from labeler.cli._common import workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 
 def streamlit_command(
@@ -12,7 +18,6 @@ def streamlit_command(
 ) -> list[str]:
     """The ``python -m streamlit run`` command line for ``workspace`` (headless, no stats)."""
     import sys
-    from pathlib import Path
 
     import labeler.ui
 
@@ -66,11 +71,34 @@ def run_server(cmd: list[str], env: dict[str, str]) -> int:
                 child.kill()
 
 
+def start_checks(ws: Workspace) -> Path | None:
+    """What ``labeler app`` does before Streamlit starts; returns the start's backup.
+
+    Refuses (one line naming the file and the fix) a read-only workspace and a damaged
+    label store (``PRAGMA quick_check``, :func:`labeler.labels_backup.require_sound_store`):
+    a damaged store is neither served nor backed up. Creates a missing store, then backs
+    the store up (one backup per start; rotation keeps the newest sound one).
+    """
+    import os
+
+    from labeler.labels import LabelStore
+    from labeler.labels_backup import make_backup, require_sound_store
+
+    if not os.access(ws.root, os.W_OK):
+        raise click.ClickException(
+            f"{ws.root} is read-only; the app saves labels in {ws.labels_db}: make the "
+            "workspace writable (or copy it somewhere writable)"
+        )
+    require_sound_store(ws.labels_db)
+    LabelStore(ws.labels_db).version()  # creates a missing store
+    return make_backup(ws.labels_db)
+
+
 @click.command("app")
 @workspace_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8501, show_default=True, type=int, help="Port to listen on.")
-def command(ws: object, host: str, port: int) -> None:
+def command(ws: Workspace, host: str, port: int) -> None:
     """Open the labeling app in the browser (Streamlit) on WORKSPACE.
 
     Only images inside the workspace and its ingested folders are ever served. The command
@@ -78,16 +106,7 @@ def command(ws: object, host: str, port: int) -> None:
     """
     import os
 
-    from labeler.labels import LabelStore
-    from labeler.labels_backup import make_backup
-
-    if not os.access(ws.root, os.W_OK):
-        raise click.ClickException(
-            f"{ws.root} is read-only; the app saves labels in {ws.labels_db}: make the "
-            "workspace writable (or copy it somewhere writable)"
-        )
-    LabelStore(ws.labels_db).version()  # refuses a damaged store before serving it
-    make_backup(ws.labels_db)  # a backup on each app start
+    start_checks(ws)
     cmd = streamlit_command(str(ws.root), host=host, port=port)
     env = {**os.environ, "LABELER_WORKSPACE": str(ws.root)}
     click.echo(f"labeler app on http://{host}:{port}  (workspace {ws.root}; Ctrl+C to stop)")
