@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -72,6 +73,8 @@ WORKSPACE_MARKER = "workspace.json"
 #: 0: read the header only (the caller decodes every photo next, see record_unreadable).
 VERIFY_SIDE = 128
 #: Largest photo read (MiB; env ``LABELER_MAX_FILE_MB``): bigger files get an error row unread.
+#: Files are hashed by streaming and decoded from the open file, so memory does not depend on
+#: this limit or on the files' sizes; it bounds the time spent hashing one file.
 MAX_FILE_MB = 512
 _BLOCK = 1 << 20
 
@@ -178,31 +181,29 @@ def _max_file_bytes() -> int:
         return MAX_FILE_MB * 2**20
 
 
-def _read_checked(path: str, max_bytes: int) -> tuple[str, bytes | None]:
-    """``(image_id, bytes)`` of a file, hashed in 1 MiB blocks while read.
+def _hash_checked(fh: BinaryIO, max_bytes: int) -> tuple[str, int, bool]:
+    """``(image_id, bytes read, starts like an image)`` of an open file, hashed by streaming
+    it through one reused 1 MiB buffer: memory does not depend on the file's size.
 
     The header is checked first: a file that does not start like an image is never read
-    further (bytes None, id from its first block). Reading stops at ``max_bytes`` (a file
-    that grows while read is cut there and fails to decode).
+    further (its id is ``path:`` + the hash of its first block). Reading stops at
+    ``max_bytes`` (a file that grows while read is hashed up to there).
     """
     from labeler.imageio import looks_like_image
 
     sha = hashlib.sha1()
-    with open(path, "rb") as fh:
-        head = fh.read(_BLOCK)
-        sha.update(head)
-        if head and not looks_like_image(head[:16]):
-            return "path:" + sha.hexdigest()[:16], None
-        parts = [head]
-        total = len(head)
-        while total < max_bytes:
-            block = fh.read(min(_BLOCK, max_bytes - total))
-            if not block:
-                break
-            sha.update(block)
-            parts.append(block)
-            total += len(block)
-    return sha.hexdigest()[:16], b"".join(parts)
+    buf = bytearray(_BLOCK)
+    view = memoryview(buf)
+    n = fh.readinto(buf)
+    sha.update(view[:n])
+    if n and not looks_like_image(bytes(view[:16])):
+        return "path:" + sha.hexdigest()[:16], n, False
+    total = n
+    while n and total < max_bytes:
+        n = fh.readinto(view[: min(_BLOCK, max_bytes - total)])
+        sha.update(view[:n])
+        total += n
+    return sha.hexdigest()[:16], total, True
 
 
 def _read_one(
@@ -238,23 +239,29 @@ def _read_one(
         )
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
     try:
-        image_id, data = _read_checked(full, max_bytes)
+        with open(full, "rb") as fh:
+            image_id, n_read, looks_ok = _hash_checked(fh, max_bytes)
+            if not looks_ok:
+                reason = (
+                    f"{shown}: not an image (the first bytes are no "
+                    "JPEG/PNG/WebP/BMP/TIFF/GIF header)"
+                )
+                return _error_row(root, rel, size, mtime, reason, image_id)
+            if n_read == 0:
+                reason = f"{shown}: empty file (0 bytes)"
+                return _error_row(root, rel, size, mtime, reason, image_id)
+            fh.seek(0)  # the decoder reads from the file what it needs, never all of it
+            try:
+                if verify_side:
+                    dec = decode_image(fh, max_side=verify_side, name=shown)
+                    width, height = dec.width, dec.height
+                else:
+                    width, height, _ = image_size(fh, name=shown)
+            except ImageDecodeError as exc:
+                return _error_row(root, rel, size, mtime, str(exc), image_id)
     except OSError as exc:
         reason = f"{shown}: cannot read ({exc.strerror or exc})"
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
-    if data is None:
-        reason = f"{shown}: not an image (the first bytes are no JPEG/PNG/WebP/BMP/TIFF/GIF header)"
-        return _error_row(root, rel, size, mtime, reason, image_id)
-    if not data:
-        return _error_row(root, rel, size, mtime, f"{shown}: empty file (0 bytes)", image_id)
-    try:
-        if verify_side:
-            dec = decode_image(data, max_side=verify_side, name=shown)
-            width, height = dec.width, dec.height
-        else:
-            width, height, _ = image_size(data, name=shown)
-    except ImageDecodeError as exc:
-        return _error_row(root, rel, size, mtime, str(exc), image_id)
     return {
         "image_id": image_id,
         "root": root,

@@ -82,10 +82,18 @@ class _Read:
     gpu_ok: bool
 
 
+#: Files larger than this (bytes) are never read whole for nvJPEG: the CPU path decodes
+#: them from the file, so memory does not depend on file sizes.
+GPU_READ_MAX_BYTES = 64 * 2**20
+
+
 def read_for_gpu(path: Path) -> _Read:
     """Bytes of ``path`` and whether the GPU decode gives the CPU path's pixels: a JPEG in
-    RGB or grayscale with no EXIF rotation (nvJPEG ignores EXIF; CMYK needs PIL's handling)."""
+    RGB or grayscale with no EXIF rotation (nvJPEG ignores EXIF; CMYK needs PIL's handling),
+    at most :data:`GPU_READ_MAX_BYTES` (bigger: not read, left to the CPU path)."""
     try:
+        if Path(path).stat().st_size > GPU_READ_MAX_BYTES:
+            return _Read(None, False)
         data = path.read_bytes()
     except OSError:
         return _Read(None, False)
