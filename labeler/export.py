@@ -32,10 +32,11 @@ half-written ImageFolder.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,7 +297,7 @@ def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> Expo
     for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed export
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    stage = _make_stage(out)
     try:
         if config.format == "imagefolder":
             df["file"] = _write_tree(ws, df, stage, config)
@@ -311,11 +312,46 @@ def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> Expo
             },
         )
         _move_into_place(stage, out)
+    except OSError as exc:  # name the file of --out that could not be written
+        named = _target_error(exc, stage, out)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     log.info("exported %d faces to %s (%s)", len(df), out, persons.summary())
     return ExportResult(out, out / f"manifest{ext}", len(df), counts, persons.as_dict())
+
+
+#: errno values of a full disk, a file-size limit or a used-up quota: the writer's problem.
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _target_error(exc: OSError, stage: Path, out: Path) -> OSError:
+    """``exc`` with the file it names moved from the hidden stage folder to where it was to be
+    written in ``out``; for a full disk, the file being written (a copy's error names its
+    source first)."""
+    name = exc.filename2 if exc.errno in _FULL and exc.filename2 else exc.filename
+    if name is None:
+        return exc
+    try:
+        name = out / Path(name).relative_to(stage)
+    except ValueError:
+        pass
+    return OSError(exc.errno, exc.strerror, str(name))
+
+
+def _make_stage(out: Path) -> Path:
+    """A new hidden folder ``.NAME.<random>.tmp`` next to ``out``, made with the normal
+    umask-derived mode (``tempfile.mkdtemp`` makes 0700, and the stage becomes ``out``)."""
+    while True:
+        stage = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            stage.mkdir()
+            return stage
+        except FileExistsError:
+            continue
 
 
 def _move_into_place(stage: Path, out: Path) -> None:
@@ -376,6 +412,11 @@ def _write_tree(ws: Any, df: pd.DataFrame, out: Path, config: ExportConfig) -> l
         rel = Path(row.split) / _safe_dirname(labels[i]) / name
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        try:
+            shutil.copyfile(src, dst)
+        except OSError as exc:
+            if exc.errno in _FULL:  # a full disk is the target's problem, not the source's
+                raise OSError(exc.errno, exc.strerror, str(dst)) from exc
+            raise
         files.append(rel.as_posix())
     return files

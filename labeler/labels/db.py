@@ -24,13 +24,18 @@ Tables (one SQLite file per workspace, ``ws.labels_db``, WAL mode)::
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from labeler._io import SQLITE_SIDE_FILES, temp_path
 from labeler.errors import LabelerError
 from labeler.labels.schema import DEFAULT_SCHEMA, write_schema
+
+log = logging.getLogger(__name__)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS events(
@@ -168,3 +173,21 @@ def create_store_file(path: Path) -> None:
             f"cannot create {path} ({exc.strerror or exc}); free disk space or make the "
             "workspace writable"
         ) from None
+
+
+def read_only_snapshot(path: Path) -> Path:
+    """A private copy of the store ``path`` (with its WAL, whose committed events SQLite
+    replays on open) in a new temporary folder, for reading a store in a folder this process
+    may not write. The caller removes the folder (``result.parent``)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix="labeler-labels-"))
+    try:
+        shutil.copyfile(path, tmp / path.name)
+        wal = Path(f"{path}-wal")
+        if wal.is_file():
+            shutil.copyfile(wal, tmp / wal.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s is in a read-only folder; reading a private copy of it", path)
+    return tmp / path.name

@@ -10,7 +10,10 @@ transaction) and the checks on input; the SQL lives in :mod:`~labeler.labels.eve
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,14 @@ import pandas as pd
 
 from labeler.errors import InputError
 from labeler.labels import events, review, suggestions, suspects
-from labeler.labels.db import LabelStoreError, bump, create_store_file, create_tables, store_error
+from labeler.labels.db import (
+    LabelStoreError,
+    bump,
+    create_store_file,
+    create_tables,
+    read_only_snapshot,
+    store_error,
+)
 from labeler.labels.schema import (
     DEFAULT_SCHEMA,
     LabelSchema,
@@ -43,6 +53,7 @@ class LabelStore:
         self.db_path = Path(db_path)
         self.timeout_s = float(timeout_s)
         self._ready = False
+        self._snapshot: Path | None = None  # reads in a read-only workspace (_read_path)
 
     # -- connections ----------------------------------------------------------------------
     def _open_checks(self) -> None:
@@ -60,11 +71,25 @@ class LabelStore:
                 f"{backup_dir(self.db_path)}), or move the file away to start an empty store"
             )
 
-    def _connect(self) -> sqlite3.Connection:
+    def _read_path(self) -> Path:
+        """Where reads go: the store itself; in a folder this process may not write (a
+        read-only workspace, where SQLite cannot make the WAL index it needs to open the
+        store), a private copy in a temporary folder, removed with this object."""
+        if os.access(self.db_path.parent, os.W_OK):
+            return self.db_path
+        if self._snapshot is None:
+            self._snapshot = read_only_snapshot(self.db_path)
+            weakref.finalize(self, shutil.rmtree, self._snapshot.parent, True)
+        return self._snapshot
+
+    def _connect(self, *, read: bool = False) -> sqlite3.Connection:
         if not self._ready:
             self._open_checks()
         con = sqlite3.connect(
-            self.db_path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
+            self._read_path() if read else self.db_path,
+            timeout=self.timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
         )
         con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         con.execute("PRAGMA synchronous=NORMAL")
@@ -97,7 +122,7 @@ class LabelStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         try:
-            con = self._connect()
+            con = self._connect(read=True)
             try:
                 yield con
             finally:

@@ -368,6 +368,14 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _load_error_reason(exc: BaseException) -> str:
+    """The telling line of what ``torch.load`` raised for a bad file (it raises pages)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    why = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
+    first = (why or lines or [type(exc).__name__])[0]
+    return first.replace("\x1b[1m", "").replace("\x1b[0m", "")[:160]
+
+
 def _load_resume_checkpoint(path: Path) -> dict:
     """``last.pt`` loaded with ``weights_only=True``: tensors, numbers, strings and plain
     containers only, so a crafted file in a workspace cannot run code. Anything else is
@@ -379,14 +387,9 @@ def _load_resume_checkpoint(path: Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
-        first = (
-            (why or lines or [type(exc).__name__])[0].replace("\x1b[1m", "").replace("\x1b[0m", "")
-        )
         raise InputError(
-            f"{path} is not a plain training checkpoint and was not loaded ({first[:160]}); "
-            "delete it to train from scratch"
+            f"{path} is not a plain training checkpoint and was not loaded "
+            f"({_load_error_reason(exc)}); delete it to train from scratch"
         ) from None
     if not isinstance(ck, dict):
         raise InputError(f"{path} is not a training checkpoint; delete it to train from scratch")
@@ -411,13 +414,34 @@ def _save_weights(path: Path, model: Any, classes: Sequence[str], config: Finetu
 
 
 def load_finetuned(path: str | Path, *, device: str = "cpu") -> dict:
-    """Load ``best.pt`` -> {"model" (eval mode, on device), "classes", "config"}."""
+    """Load ``best.pt`` -> {"model" (eval mode, on device), "classes", "config"}.
+
+    Loaded with ``weights_only=True`` (a crafted file cannot run code); a damaged, crafted or
+    foreign file raises :class:`InputError`, one line naming the file.
+    """
+    import pickle
+
     import torch
 
-    ck = torch.load(Path(path), map_location="cpu", weights_only=True)
-    cfg = FinetuneConfig(**ck["config"])
-    model = create_model(cfg.backbone, len(ck["classes"]), pretrained=False)
-    model.load_state_dict(ck["state"])
+    try:
+        ck = torch.load(Path(path), map_location="cpu", weights_only=True)
+        cfg = FinetuneConfig(**ck["config"])
+        model = create_model(cfg.backbone, len(ck["classes"]), pretrained=False)
+        model.load_state_dict(ck["state"])
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+    ) as exc:
+        raise InputError(
+            f"{path} is not a usable fine-tuned model and was not loaded "
+            f"({_load_error_reason(exc)}); train again with 'labeler train' or choose "
+            "another run with --model"
+        ) from None
     model.to(device).eval()
     return {"model": model, "classes": list(ck["classes"]), "config": cfg}
 

@@ -254,14 +254,27 @@ def save_head(head: Head, path: str | Path) -> None:
 
 
 def load_head(path: str | Path) -> Head:
-    with np.load(Path(path), allow_pickle=False) as z:
-        n = sum(1 for k in z.files if k.startswith("W"))
-        return Head(
-            classes=z["classes"].astype(object),
-            mean=z["mean"],
-            std=z["std"],
-            weights=tuple(z[f"W{i}"] for i in range(n)),
-            biases=tuple(z[f"b{i}"] for i in range(n)),
-            kind=str(z["kind"]),
-            temperature=float(z["temperature"]) if "temperature" in z.files else 1.0,
-        )
+    """The head saved by :func:`save_head` (no pickles: ``allow_pickle=False``). A damaged,
+    crafted or foreign file raises :class:`InputError`, one line naming the file."""
+    import zipfile
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            n = sum(1 for k in z.files if k.startswith("W"))
+            return Head(
+                classes=z["classes"].astype(object),
+                mean=z["mean"],
+                std=z["std"],
+                weights=tuple(z[f"W{i}"] for i in range(n)),
+                biases=tuple(z[f"b{i}"] for i in range(n)),
+                kind=str(z["kind"]),
+                temperature=float(z["temperature"]) if "temperature" in z.files else 1.0,
+            )
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(
+            f"{path} is not a usable trained head and was not loaded ({why}); train again "
+            "with 'labeler train' or choose another run with --model"
+        ) from None
