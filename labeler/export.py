@@ -145,7 +145,7 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
     splits: an export is leak-free or not written at all.
     """
     from labeler.persons import find_persons
-    from labeler.splits import assign_splits
+    from labeler.splits import assign_splits, parse_ratios
 
     base = _face_frame(ws)
     labels = label_table(ws, field=config.field, human_only=config.human_only)
@@ -162,6 +162,8 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
         method=config.persons,
         pattern=config.person_pattern,
         column_csv=config.person_csv,
+        # the guard: no person above the smallest split's share, so every split can be met
+        max_share=min(r for r in parse_ratios(config.ratios) if r > 0),
     )
     df["person"] = persons.ids
     df["split"] = assign_splits(

@@ -9,29 +9,44 @@ first that applies):
   folder; the first capture group (or the whole match) is the person, e.g.
   ``--person-pattern '^([^/]+)/'`` for one folder per person or ``'^(\\d+)_'`` for
   ``00042_Mask.jpg``-style names.
-- ``identity``: dlib's ResNet face descriptor (128-d, trained for face recognition; the
-  weights ship in the ``face-recognition-models`` package, CC0) computed from labeler's own
-  aligned crops, never from dlib's detector. The crop is resampled to dlib's 150 px chip
-  (eyes where dlib's aligner puts them) and everything below the eyes is painted grey, for
-  masked and unmasked faces alike: a mask then cannot pull a face towards other masked
-  people, and the eyes and brows carry the identity. Faces are grouped by average-linkage
-  clustering at :data:`IDENTITY_THRESHOLD` (measured on MFR2, ``bench/bench_persons.py``).
-  Descriptors are cached in ``WORKSPACE/identity/`` (computed only for the faces asked for).
-- ``embedding``: near-duplicate grouping of a stored generic whole-face embedding with a
-  tight cosine threshold: joins the same photo re-encoded, resized, lightly cropped or
-  flipped, not the same person across different photos.
+- ``identity`` (the default when dlib is installed): every cue that says "same person"
+  becomes a link, and persons are the groups the links join (transitively), built for
+  recall because a missed merge leaks a person into two splits while an extra merge only
+  makes the split coarser. The cues (:func:`identity_links`):
+
+  * the same source image (hard: never cut);
+  * copies: near-duplicates, mirrors and crops of one photo, by a stored whole-face
+    embedding (cosine >= :data:`COPY_THRESHOLD`; hard);
+  * EXIF: photos of one camera taken within :data:`EXIF_SECONDS` of each other (weak);
+  * identity descriptors: dlib's ResNet face descriptor (128-d, trained for face
+    recognition; the weights ship in the ``face-recognition-models`` package, CC0) computed
+    from labeler's own aligned crops, never from dlib's detector. The crop is resampled to
+    dlib's 150 px chip (eyes where dlib's aligner puts them), everything below the eyes is
+    painted grey for masked and unmasked faces alike (a mask then cannot pull a face towards
+    other masked people) and the descriptor is the mean of the chip's and its mirror's.
+    Pairs closer than :data:`LINK_THRESHOLD` are linked; closer than :data:`SURE_THRESHOLD`
+    counts as a sure link, the rest as weak links. Descriptors are cached in
+    ``WORKSPACE/identity/``.
+
+  Links are merged strongest first (union-find) under a guard: no group may grow above
+  ``max_share`` of the faces (the smallest split's share for an export, one fold for
+  ``train``), else the requested ratios could not be met; a link that would break the
+  guard is cut (the weakest links come last, so they are the ones cut), and the cut is
+  logged and reported (:class:`Persons.confidence`). Thresholds measured on MFR2 and a
+  copy-augmented MFR2 (``bench/bench_persons.py``, ``bench/PERSONS.md``).
+- ``embedding``: near-duplicates of a stored generic whole-face embedding (copies of one
+  photo, not the same person across photos).
 - ``image``: the source image only.
 
 Faces of the same source image always share a group (one scene must not straddle splits).
-Groups are the connected components of all the links above.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -184,10 +199,27 @@ def combine_groups(*groupings: Sequence | np.ndarray | None) -> np.ndarray:
 
 METHODS = ("auto", "column", "pattern", "identity", "embedding", "image")
 
-#: dlib ResNet descriptor distance (Euclidean) under which average-linkage joins two groups;
-#: measured on MFR2 (32 people, masked and unmasked photos) by ``bench/bench_persons.py``.
+#: dlib ResNet descriptor distance (Euclidean, mirror-averaged eye-region chip) under which
+#: two faces are linked as one person; measured on MFR2 and a copy-augmented MFR2 by
+#: ``bench/bench_persons.py`` (pairwise precision 0.46, recall 0.82 at this distance:
+#: tuned for recall, the guard keeps the groups small enough for the splits).
 IDENTITY_THRESHOLD = 0.50
-IDENTITY_KEY = "dlib-resnet__eyes"
+#: links closer than this are "sure" (pairwise precision 0.94 on the copy-augmented MFR2);
+#: faces that joined their group only through links between the two are counted as weak
+SURE_THRESHOLD = 0.40
+#: cosine of a stored whole-face embedding from which two faces are copies of one photo
+#: (mirrored, cropped, re-encoded): 0.92 of such pairs, no pair of different photos, on the
+#: copy-augmented MFR2
+COPY_THRESHOLD = 0.90
+#: descriptor links kept per face (its nearest under the threshold): bounds the links on
+#: large sets; masked faces have many close neighbours, so it must stay well above a
+#: person's photo count
+NEIGHBOURS = 200
+#: photos of one camera (EXIF Make + Model) taken this close in time are linked (weakly)
+EXIF_SECONDS = 2.0
+#: default guard: no group above this share of the faces (an 8:1:1 split's smallest part)
+DEFAULT_MAX_SHARE = 0.10
+IDENTITY_KEY = "dlib-resnet__eyes-mirror"
 #: the 150 px dlib chip: where its aligner puts the eye centres (measured by mapping labeler's
 #: eye landmarks into dlib.get_face_chip of shape_predictor_5 shapes on MFR2's bare faces)
 CHIP_SIZE = 150
@@ -198,17 +230,37 @@ OCCLUDE_FROM = 64
 _LINKAGE_MAX = 20_000
 
 
+def sureness_line(confidence: dict) -> str:
+    """One line on how sure a grouping is, from :meth:`LinkReport.as_dict`; "" when empty."""
+    c = confidence
+    if not c:
+        return ""
+    line = (
+        f"{c['weak_faces']} of {c['n_faces']} faces joined their person only through a weak "
+        f"link; largest person {c['largest']} faces ({c['largest_share']:.0%})"
+    )
+    if c["cut_links"]:
+        line += (
+            f"; {c['cut_links']} links cut so that no person exceeds {c['max_share']:.0%} "
+            f"of the faces ({c['cut_faces']} faces touched: they may be one person in two "
+            "splits)"
+        )
+    return line
+
+
 @dataclass(frozen=True)
 class Persons:
     """The person of each face and how it was found.
 
     ids: (N,) str person ids ("p0", "p1", ...); method: the source used (column, pattern,
-    identity, embedding or image); detail: one line for reports.
+    identity, embedding or image); detail: one line for reports; confidence: how sure the
+    grouping is (see :class:`LinkReport`; empty for the explicit methods).
     """
 
     ids: np.ndarray
     method: str
     detail: str
+    confidence: dict = field(default_factory=dict)
 
     @property
     def n_persons(self) -> int:
@@ -217,12 +269,51 @@ class Persons:
     def summary(self) -> str:
         return f"{self.n_persons} persons in {len(self.ids)} faces by {self.method} ({self.detail})"
 
+    def sureness(self) -> str:
+        """One line on how sure the grouping is (:func:`sureness_line`)."""
+        return sureness_line(self.confidence)
+
     def as_dict(self) -> dict:
-        return {
+        out = {
             "method": self.method,
             "detail": self.detail,
             "n_persons": self.n_persons,
             "n_faces": int(len(self.ids)),
+        }
+        if self.confidence:
+            out["confidence"] = dict(self.confidence)
+        return out
+
+
+@dataclass(frozen=True)
+class LinkReport:
+    """How a grouping by links came out: ``groups`` (N,) int64 ids numbered by first
+    appearance; ``links`` per cue; ``cut_links``: soft links the guard refused (the faces
+    they would have joined may be one person in two splits); ``weak_faces``: faces outside
+    the largest sure core of their group (joined only through a weak link); ``cap``: the
+    largest group the guard allowed (faces)."""
+
+    groups: np.ndarray
+    links: dict
+    cut_links: int
+    cut_faces: int
+    weak_faces: int
+    cap: int
+    cut_count: np.ndarray  # (N,) cut links touching each face
+
+    def as_dict(self, max_share: float) -> dict:
+        sizes = np.bincount(self.groups) if len(self.groups) else np.zeros(1, np.int64)
+        n = max(len(self.groups), 1)
+        return {
+            "links": {k: int(v) for k, v in self.links.items()},
+            "cut_links": int(self.cut_links),
+            "cut_faces": int(self.cut_faces),
+            "weak_faces": int(self.weak_faces),
+            "n_faces": int(len(self.groups)),
+            "largest": int(sizes.max()),
+            "largest_share": round(float(sizes.max()) / n, 4),
+            "max_share": float(max_share),
+            "cap": int(self.cap),
         }
 
 
@@ -282,16 +373,20 @@ def identity_chips(crops: np.ndarray) -> np.ndarray:
 
 
 def identity_descriptors(crops: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """dlib ResNet identity descriptors of aligned crops: (N, S, S, 3) -> (N, 128) float32.
+    """dlib ResNet identity descriptors of aligned crops: (N, S, S, 3) -> (N, 128) float32,
+    the mean of the descriptors of the eye-region chip and of its mirror image (a mirrored
+    copy of a photo then gets the same descriptor, and pairwise recall rises: PERSONS.md).
 
-    ~10-20 faces/s per CPU core. Raises MissingDependency when dlib or the model is absent.
+    ~5-10 faces/s per CPU core. Raises MissingDependency when dlib or the model is absent.
     """
     model = _identity_model()
     out = np.zeros((len(crops), 128), dtype=np.float32)
     for start in range(0, len(crops), batch):
         chips = identity_chips(crops[start : start + batch])
-        vecs = model.compute_face_descriptor(list(chips))  # type: ignore[attr-defined]
-        out[start : start + len(chips)] = np.asarray([np.asarray(v) for v in vecs])
+        both = list(chips) + [np.ascontiguousarray(c[:, ::-1]) for c in chips]
+        vecs = model.compute_face_descriptor(both)  # type: ignore[attr-defined]
+        vecs = np.asarray([np.asarray(v) for v in vecs], dtype=np.float32)
+        out[start : start + len(chips)] = (vecs[: len(chips)] + vecs[len(chips) :]) / 2
     return out
 
 
@@ -371,6 +466,248 @@ def persons_from_descriptors(X: np.ndarray, *, threshold: float = IDENTITY_THRES
     return connected_groups(n, np.concatenate(edges))
 
 
+def _union_find(n: int) -> tuple[np.ndarray, Callable[[int], int]]:
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression
+            parent[a], a = root, parent[a]
+        return int(root)
+
+    return parent, find
+
+
+def link_groups(
+    n: int,
+    hard: np.ndarray,
+    soft: np.ndarray,
+    soft_dist: np.ndarray,
+    *,
+    cap: int,
+    sure: float = SURE_THRESHOLD,
+    cues: dict | None = None,
+) -> LinkReport:
+    """Groups of ``n`` faces joined by links, merged transitively under a size guard.
+
+    hard: (H, 2) links that always merge (same image, copies, explicit persons), even past
+    ``cap``. soft: (E, 2) links with a distance each (E,) (smaller = surer), merged in order
+    of distance (Kruskal); a soft link whose two groups together would exceed ``cap`` faces
+    is cut. Soft links under ``sure`` form the sure cores; faces outside the largest core of
+    their group count as joined only through a weak link. Deterministic (stable order).
+
+    >>> link_groups(4, np.array([[0, 1]]), np.array([[1, 2], [2, 3]]),
+    ...             np.array([0.3, 0.45]), cap=3).groups.tolist()
+    [0, 0, 0, 1]
+    """
+    hard = np.asarray(hard, dtype=np.int64).reshape(-1, 2)
+    soft = np.asarray(soft, dtype=np.int64).reshape(-1, 2)
+    soft_dist = np.asarray(soft_dist, dtype=np.float64).reshape(-1)
+    parent, find = _union_find(n)
+    core_parent, core_find = _union_find(n)
+    size = np.ones(n, dtype=np.int64)
+    for a, b in hard:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+            size[ra] += size[rb]
+        ca, cb = core_find(a), core_find(b)
+        if ca != cb:
+            core_parent[cb] = ca
+    cut = 0
+    cut_count = np.zeros(n, dtype=np.int64)
+    for k in np.argsort(soft_dist, kind="stable"):
+        a, b = soft[k]
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        if size[ra] + size[rb] > cap:
+            cut += 1
+            cut_count[a] += 1
+            cut_count[b] += 1
+            continue
+        parent[rb] = ra
+        size[ra] += size[rb]
+        if soft_dist[k] < sure:
+            ca, cb = core_find(a), core_find(b)
+            if ca != cb:
+                core_parent[cb] = ca
+    roots = np.asarray([find(i) for i in range(n)], dtype=np.int64)
+    cores = np.asarray([core_find(i) for i in range(n)], dtype=np.int64)
+    groups = combine_groups(roots.astype(str)) if n else np.zeros(0, np.int64)
+    weak = 0
+    if n:
+        pairs = pd.DataFrame({"g": groups, "c": cores})
+        core_sizes = pairs.groupby(["g", "c"]).size()
+        weak = int(n - core_sizes.groupby(level="g").max().sum())
+    links = dict(cues or {})
+    if cut:
+        log.warning(
+            "person guard: %d links cut so that no person exceeds %d faces; %d faces touched "
+            "by a cut link may be one person in two splits (give --person-csv / "
+            "--person-pattern if you know the persons)",
+            cut,
+            cap,
+            int((cut_count > 0).sum()),
+        )
+    return LinkReport(groups, links, cut, int((cut_count > 0).sum()), weak, int(cap), cut_count)
+
+
+def same_value_edges(values: Sequence) -> np.ndarray:
+    """(E, 2) links chaining the rows that share a value (each value's rows in a chain)."""
+    codes, _ = pd.factorize(pd.Series(np.asarray(values, dtype=object)).astype(str))
+    order = np.argsort(codes, kind="stable")
+    sc = codes[order]
+    same = sc[1:] == sc[:-1]
+    return np.stack([order[:-1][same], order[1:][same]], 1).astype(np.int64)
+
+
+def descriptor_edges(
+    X: np.ndarray, *, threshold: float, k: int = 30, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of (N, D) descriptors closer than ``threshold`` (Euclidean), at most
+    the ``k`` nearest per row (bounds the links on large sets); returns edges (E, 2) and
+    their distances (E,). Exact, blockwise."""
+    X = np.asarray(X, dtype=np.float32)
+    n = len(X)
+    sq = (X**2).sum(1)
+    edges, dists = [], []
+    for start in range(0, n, block):
+        d2 = sq[start : start + block, None] + sq[None, :] - 2 * X[start : start + block] @ X.T
+        d = np.sqrt(np.maximum(d2, 0))
+        rows = np.arange(start, min(start + block, n))
+        d[rows - start, rows] = np.inf
+        kk = min(k, n - 1)
+        if kk <= 0:
+            break
+        nn = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+        nd = np.take_along_axis(d, nn, 1)
+        i = np.repeat(rows, kk)
+        j, dd = nn.ravel(), nd.ravel()
+        keep = dd < threshold
+        edges.append(np.stack([np.minimum(i, j)[keep], np.maximum(i, j)[keep]], 1))
+        dists.append(dd[keep])
+    if not edges:
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    e, d = np.concatenate(edges), np.concatenate(dists)
+    e, first = np.unique(e, axis=0, return_index=True)
+    return e.astype(np.int64), d[first].astype(np.float64)
+
+
+def exif_edges(paths: Sequence[str | Path | None], *, seconds: float = EXIF_SECONDS) -> np.ndarray:
+    """(E, 2) links between rows whose source photos carry the same EXIF camera (Make +
+    Model) and capture times (DateTimeOriginal, else DateTime) at most ``seconds`` apart:
+    bursts of one scene. Rows without EXIF get no link. Reads headers only."""
+    from datetime import datetime
+
+    from PIL import Image
+
+    stamps: dict[str, tuple[str, float] | None] = {}
+    rows = []
+    for i, p in enumerate(paths):
+        key = str(p) if p is not None else ""
+        if key not in stamps:
+            stamps[key] = None
+            try:
+                with Image.open(key) as im:
+                    ex = im.getexif()
+                    when = ex.get_ifd(0x8769).get(0x9003) or ex.get(0x0132)
+                    cam = f"{ex.get(0x010F, '')}|{ex.get(0x0110, '')}".strip()
+                if when and cam != "|":
+                    t = datetime.strptime(str(when).strip()[:19], "%Y:%m:%d %H:%M:%S")
+                    stamps[key] = (cam, t.timestamp())
+            except Exception:  # no EXIF, unreadable or odd dates: no link, never an error
+                pass
+        if stamps[key] is not None:
+            rows.append((stamps[key][0], stamps[key][1], i))  # type: ignore[index]
+    rows.sort()
+    out = [
+        (a[2], b[2])
+        for a, b in zip(rows, rows[1:], strict=False)
+        if a[0] == b[0] and b[1] - a[1] <= seconds
+    ]
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _copy_embedding(ws: object, faces: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+    """A stored generic embedding of the whole face (``__face``, else ``__box``) for copies."""
+    from labeler.embeddings.store import list_embeddings, load_embeddings
+
+    keys = [str(k) for k in list_embeddings(ws) if not str(k).startswith("cues")]
+    keys = [k for k in keys if k.endswith("__face")] + [k for k in keys if k.endswith("__box")]
+    if not keys:
+        return None, ""
+    try:
+        _, X = load_embeddings(ws, keys[0], face_ids=faces["face_id"].to_numpy())
+    except Exception as exc:  # an embedding that misses some faces: no copy links from it
+        log.warning("copies not linked: embedding %s unusable (%s)", keys[0], exc)
+        return None, ""
+    return np.asarray(X, dtype=np.float32), keys[0]
+
+
+def identity_links(
+    ws: object,
+    faces: pd.DataFrame,
+    *,
+    threshold: float = IDENTITY_THRESHOLD,
+    max_share: float = DEFAULT_MAX_SHARE,
+    exif: bool = True,
+) -> tuple[LinkReport, str]:
+    """Persons of ``faces`` by every "same person" cue (see the module doc); returns the
+    :class:`LinkReport` and a one-line description of the cues used."""
+    n = len(faces)
+    cues: dict[str, int] = {}
+    image_edges = same_value_edges(faces["image_id"].astype(str).to_numpy())
+    cues["same_image"] = len(image_edges)
+    hard = [image_edges]
+    used = ["same source image"]
+    X, key = _copy_embedding(ws, faces)
+    if X is not None:
+        copies = near_duplicate_edges(X, threshold=COPY_THRESHOLD)
+        hard.append(copies)
+        cues["copies"] = len(copies)
+        used.append(f"copies ({key} cosine >= {COPY_THRESHOLD:.2f})")
+    else:
+        log.warning("no whole-face embedding stored: copies are linked by descriptors only")
+    soft, soft_d = [np.zeros((0, 2), np.int64)], [np.zeros(0)]
+    if exif:
+        paths = ws.face_image_paths(faces).tolist()  # type: ignore[attr-defined]
+        ex = exif_edges(paths)
+        cues["exif"] = len(ex)
+        if len(ex):
+            soft.append(ex)
+            soft_d.append(np.full(len(ex), float(threshold)))  # the weakest links
+            used.append(f"EXIF camera + time within {EXIF_SECONDS:g} s")
+    hard_all = np.concatenate(hard) if hard else np.zeros((0, 2), np.int64)
+    # every face's own descriptor: copies of one photo give the person several chances
+    D = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist())
+    e, d = descriptor_edges(D, threshold=threshold, k=NEIGHBOURS)
+    cues["identity"] = len(e)
+    cues["identity_sure"] = int((d < SURE_THRESHOLD).sum())
+    soft.append(e)
+    soft_d.append(d)
+    used.append(
+        f"dlib ResNet descriptors of the eye region (mirror-averaged) closer than "
+        f"{threshold:.2f} (sure under {SURE_THRESHOLD:.2f})"
+    )
+    cap = max(1, int(np.floor(max_share * n)))
+    report = link_groups(
+        n,
+        hard_all,
+        np.concatenate(soft),
+        np.concatenate(soft_d),
+        cap=cap,
+        cues=cues,
+    )
+    detail = (
+        "links: " + "; ".join(used) + f"; merged strongest first, no person over "
+        f"{max_share:.0%} of the faces"
+    )
+    return report, detail
+
+
 def find_persons(
     ws: object,
     faces: pd.DataFrame | None = None,
@@ -380,13 +717,16 @@ def find_persons(
     column_csv: str | Path | None = None,
     embedding_key: str | None = None,
     threshold: float | None = None,
+    max_share: float | None = None,
 ) -> Persons:
     """The person of every face of ``faces`` (default: the workspace's faces).
 
     method: "auto" (column if ``column_csv``, else pattern if ``pattern``, else identity
-    descriptors when dlib is installed, else near-duplicates of a stored whole-face
-    embedding, else the source image), or one of "column", "pattern", "identity",
-    "embedding", "image". Faces of one source image always share a person.
+    links when dlib is installed, else near-duplicates of a stored whole-face embedding,
+    else the source image), or one of "column", "pattern", "identity", "embedding",
+    "image". Faces of one source image always share a person. ``max_share``: the identity
+    guard, no person above this share of the faces (default :data:`DEFAULT_MAX_SHARE`;
+    ``export`` passes its smallest split ratio, ``train`` one fold's share).
     """
     from labeler.workspace import Workspace
 
@@ -421,12 +761,16 @@ def find_persons(
         detail = f"pattern {pattern!r} on the source paths, joined with source images"
     elif method == "identity":
         t = IDENTITY_THRESHOLD if threshold is None else float(threshold)
-        X = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist())
-        links.append(persons_from_descriptors(X, threshold=t).astype(str))
-        detail = (
-            f"dlib ResNet identity descriptors of the eye region, average linkage at {t:.2f} "
-            "(measured on MFR2), joined with source images"
+        share = DEFAULT_MAX_SHARE if max_share is None else float(max_share)
+        report, detail = identity_links(ws, faces, threshold=t, max_share=share)
+        persons = Persons(
+            np.asarray([f"p{c}" for c in report.groups], dtype=object),
+            method,
+            detail,
+            report.as_dict(share),
         )
+        log.info("persons: %s; %s", persons.summary(), persons.sureness())
+        return persons
     elif method == "embedding":
         t = DEFAULT_DUPLICATE_THRESHOLD if threshold is None else float(threshold)
         X, key = _person_embedding(ws, faces, embedding_key)

@@ -103,5 +103,9 @@ def command(
     if res.persons:
         p = res.persons
         click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
+        if p.get("confidence"):
+            from labeler.persons import sureness_line
+
+            click.echo("  how sure: " + sureness_line(p["confidence"]))
     for split, counts in res.counts.items():
         click.echo(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -123,6 +123,10 @@ def command(
     if res.config.get("persons"):
         p = res.config["persons"]
         click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
+        if p.get("confidence"):
+            from labeler.persons import sureness_line
+
+            click.echo("  how sure: " + sureness_line(p["confidence"]))
     click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
     if label_errors and mode == "head":
         from labeler.label_errors import find_label_errors

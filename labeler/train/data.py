@@ -121,9 +121,10 @@ def person_ids(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> np.ndarray:
 
 
 def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
-    """The persons of ``faces`` exactly as ``labeler export`` finds them
-    (:func:`labeler.persons.find_persons`)."""
-    from labeler.persons import find_persons
+    """The persons of ``faces`` exactly as ``labeler export`` finds them with its default
+    8:1:1 ratios (:func:`labeler.persons.find_persons`); the guard is one fold's share when
+    that is smaller (more than 10 folds)."""
+    from labeler.persons import DEFAULT_MAX_SHARE, find_persons
 
     return find_persons(
         ws,
@@ -131,4 +132,5 @@ def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
         method=config.persons,
         pattern=config.person_pattern,
         column_csv=config.person_csv,
+        max_share=min(DEFAULT_MAX_SHARE, 1 / max(2, config.folds)),
     )
