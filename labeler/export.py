@@ -138,6 +138,16 @@ def label_table(ws: Any, *, field: str, human_only: bool) -> pd.DataFrame:
     return out
 
 
+def _not_faces(ws: Any) -> set[str]:
+    """Faces an annotator marked ``not_a_face`` (in any field): never exported or trained on."""
+    from labeler.labels import LabelStore
+
+    out = LabelStore(ws.labels_db).not_faces()
+    if out:
+        log.info("%d faces marked not_a_face are left out", len(out))
+    return out
+
+
 def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Persons]:
     """The manifest of labeled faces with splits (see module doc) and how persons were found.
 
@@ -150,7 +160,8 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
     base = _face_frame(ws)
     labels = label_table(ws, field=config.field, human_only=config.human_only)
     df = base.merge(labels, on="face_id", how="left", validate="one_to_one")
-    df = df[df[config.field] != ""].reset_index(drop=True)
+    df = df[df[config.field] != ""]
+    df = df[~df["face_id"].isin(_not_faces(ws))].reset_index(drop=True)
     if df.empty:
         raise InputError(
             f"no faces have a {config.field!r} label in {ws.labels_db}; label some in the app first"

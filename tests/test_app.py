@@ -419,10 +419,15 @@ def test_two_annotators_see_each_others_labels_on_rerun(ws, monkeypatch):
     b.button(key=K.select_none_btn).click().run()
     b.checkbox(key=SELECT_PREFIX + ids[0]).check().run()
     b.selectbox(key=K.assign_value).set_value("no_mask").run()
-    b.button(key=K.assign_btn).click().run()
+    b.button(key=K.assign_btn).click().run()  # Enter: ann's label stays (not silent)
+    assert labels_now(ws)[ids[0]] == "correct"
+    assert "have labels already" in b.info[0].value
+    relabel = b.button(key=K.relabel_btn)
+    assert relabel.label == "Relabel 1 face now correct as 'no_mask'"
+    relabel.click().run()  # the explicit choice
     a.run()  # ann's next rerun shows bob's label
-    assert a.checkbox(key=SELECT_PREFIX + ids[0]).label == "no_mask"
-    assert a.checkbox(key=SELECT_PREFIX + ids[1]).label == "correct"
+    assert "[no_mask]" in a.checkbox(key=SELECT_PREFIX + ids[0]).label
+    assert "[correct]" in a.checkbox(key=SELECT_PREFIX + ids[1]).label
     cur = LabelStore(ws.labels_db).current(FIELD).set_index("face_id")
     assert cur.loc[ids[0], "annotator"] == "bob" and cur.loc[ids[1], "annotator"] == "ann"
     # undo is per annotator: ann's undo keeps bob's later label

@@ -96,9 +96,9 @@ def test_bulk_label_a_cluster_in_chromium(synthetic_app, tmp_path):
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/cluster_view", wait_until="domcontentloaded")
-        assign = page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ selected"))
+        assign = page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ unlabeled"))
         expect(assign).to_be_visible(timeout=60_000)
-        n = int(re.search(r"to (\d+) selected", assign.inner_text()).group(1))
+        n = int(re.search(r"to (\d+) unlabeled", assign.inner_text()).group(1))
         # click the last face out of the selection (an outlier), then label the rest
         page.locator("[class*='st-key-sel_'] label").last.click()
         expect(page.get_by_text(f"{n - 1} of {n} faces selected")).to_be_visible(timeout=30_000)
@@ -126,8 +126,9 @@ def test_bulk_label_a_cluster_in_chromium(synthetic_app, tmp_path):
         _lasso(page, plot, [(0.5, 0.02), (0.98, 0.02), (0.98, 0.98), (0.5, 0.98)])
         chosen = page.get_by_text(re.compile(r"^\d+ faces? selected"))
         expect(chosen).to_be_visible(timeout=30_000)
-        k = int(chosen.inner_text().split()[0])
-        page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ face")).click()
+        button = page.get_by_role("button", name=re.compile(r"^Assign 'correct' to \d+ unlabeled"))
+        k = int(re.search(r"to (\d+) unlabeled", button.inner_text()).group(1))
+        button.click()
         expect(page.get_by_text(re.compile(rf"Labeled {k} faces?"))).to_be_visible(timeout=30_000)
         browser.close()
     events = LabelStore(ws.labels_db).history(limit=None)
@@ -258,8 +259,8 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         _settle(page)
 
         # 5. keyboard: 5 = no_mask, Space unticks the cursor's face, Right skips, Enter assigns
-        assign = page.get_by_role("button", name=re.compile(r"^Assign '.*' to \d+ selected"))
-        n = int(re.search(r"to (\d+) selected", assign.inner_text()).group(1))
+        assign = page.get_by_role("button", name=re.compile(r"^Assign '.*' to \d+ unlabeled"))
+        n = int(re.search(r"to (\d+) unlabeled", assign.inner_text()).group(1))
         for key in ["5", " ", "ArrowRight", " "]:
             page.keyboard.press(key)
             _settle(page, 300)
@@ -341,6 +342,214 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         _keep(tmp_path / f"{name}.png", f"app_{name}.png")
 
 
+# --- issue 19: no label changes by accident ----------------------------------------------------
+
+
+def _count(locator, pattern: str) -> int:
+    """The number ``pattern``'s group 1 finds in a button's text (the count it states)."""
+    expect_text = locator.inner_text()
+    m = re.search(pattern, expect_text)
+    assert m, (pattern, expect_text)
+    return int(m.group(1).replace(",", ""))
+
+
+def _picked(page):
+    """The Cluster view's label picker (its value: the label Enter would assign)."""
+    return page.locator(".st-key-assign_value").get_by_role("combobox")
+
+
+def _goto(page, title: str) -> None:
+    page.get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title).wait_for(timeout=60_000)
+    _settle(page, 800)
+
+
+def test_no_silent_relabel_in_chromium(mfr2_workspace, tmp_path):
+    """Every way the app labels many faces at once leaves existing labels alone unless the
+    explicit Relabel button is used, and that button's count is the count changed: the
+    Cluster view (Enter, a label picker that comes back as left), the Map (Enter after a
+    lasso), More like this (labeled neighbours never pre-ticked), keys while the source photo
+    is open; Invert, "the rest", not a face."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from labeler.cluster import store as cluster_store
+    from labeler.workspace import Workspace
+
+    root = tmp_path / "ws"
+    shutil.copytree(mfr2_workspace[0].root, root)
+    ws = Workspace.open(root)
+    run = cluster_store.load_run(ws)
+    ids, counts = np.unique(run.labels, return_counts=True)
+    big, small = (int(c) for c in ids[np.argsort(-counts)][:2])
+    members = [str(f) for f in run.face_ids[run.labels == big]]
+    others = [str(f) for f in run.face_ids[run.labels == small]]
+    store = LabelStore(ws.labels_db)
+    pre = members[1::3][:20]  # labeled before, by someone else
+    store.assign(pre, FIELD, "no_mask", annotator="earlier", source="cluster")
+    with (
+        running_app(root, env={"LABELER_ANNOTATOR": "ann"}) as (url, _proc),
+        sync_playwright() as p,
+    ):
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        _open_cluster(page, url, big)  # the cluster view's grid shows the biggest cluster
+
+        # the label picker comes back as the annotator left it (not the first value)
+        page.keyboard.press("3")
+        _settle(page)
+        expect(_picked(page)).to_have_value("chin_exposed")
+        _goto(page, "Overview")
+        _goto(page, "Cluster view")
+        expect(_picked(page)).to_have_value("chin_exposed")
+
+        # Enter labels the ticked faces that have no label; the 20 no_mask faces keep theirs
+        assign = page.locator(".st-key-assign_btn button")
+        n_new = _count(assign, r"to (\d+) unlabeled")
+        assert n_new == len(members) - len(pre)
+        relabel = page.locator(".st-key-relabel_btn button").first
+        assert relabel.inner_text() == f"Relabel {len(pre)} faces now no_mask as 'chin_exposed'"
+        page.keyboard.press("Enter")
+        expect(page.get_by_text(f"Labeled {n_new} faces mask_state=chin_exposed")).to_be_visible(
+            timeout=30_000
+        )
+        before = store.current_values(FIELD)
+        assert {before[f] for f in pre} == {"no_mask"}
+        assert sum(v == "chin_exposed" for v in before.values()) == n_new
+        _settle(page, 800)
+        page.mouse.wheel(0, 250)
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(tmp_path / "relabel.png"))
+
+        # the explicit choice: the count it states is the count it changes, in one event
+        m = _count(relabel, r"^Relabel (\d+) faces? now no_mask")
+        relabel.click()
+        expect(page.get_by_text(re.compile(rf"{m} faces? of them relabeled"))).to_be_visible(
+            timeout=30_000
+        )
+        after = store.current_values(FIELD)
+        changed = [f for f in after if after[f] != before.get(f)]
+        assert m == len(pre) == len(changed) and set(changed) == set(pre)
+        assert store.history(limit=1)["n_faces"].tolist() == [m]
+        page.locator(".st-key-undo_btn button").click()  # undo is exact: the 20 are back
+        _settle(page)
+        assert store.current_values(FIELD) == before
+
+        # keys do nothing while the source photo is open
+        n_events = len(store.history(limit=None))
+        page.locator(".st-key-select_none_btn button").click()
+        _settle(page)
+        page.locator(f".st-key-sel_{pre[0]} label").click()
+        _settle(page)
+        page.locator(f".st-key-photo_sel_{pre[0]} button:visible").first.click()
+        expect(page.get_by_role("dialog")).to_be_visible(timeout=30_000)
+        for key in ["1", "Enter"]:
+            page.keyboard.press(key)
+            page.wait_for_timeout(700)
+        _settle(page)
+        assert len(store.history(limit=None)) == n_events
+        page.keyboard.press("Escape")
+        _settle(page)
+        expect(_picked(page)).to_have_value("chin_exposed")
+
+        # more like this, labeled faces shown too: none of them comes pre-ticked
+        page.get_by_text("More like this").click()
+        _settle(page)
+        page.locator(".st-key-knn_btn button").click()
+        _settle(page)
+        page.locator(".st-key-knn_show_labeled label").click()
+        _settle(page, 800)
+        near = page.evaluate(
+            """() => [...document.querySelectorAll("[class*='st-key-near_']")].map(e =>
+                [e.textContent.trim(), e.querySelector('input').checked])"""
+        )
+        assert near and any(cap != "unlabeled" for cap, _ in near)
+        assert not any(ticked for cap, ticked in near if cap != "unlabeled"), near
+        page.get_by_text("More like this").click()
+        _settle(page)
+
+        # the other cluster: not a face (key 0), then Invert and "the rest"
+        _open_cluster(page, url, small)
+        shown = page.evaluate(
+            """() => [...document.querySelectorAll("[class*='st-key-sel_']")].map(e =>
+                [...e.classList].find(c => c.startsWith('st-key-sel_')).slice(11))"""
+        )
+        others = [*shown[:2], *[f for f in others if f not in shown[:2]]]
+        page.locator(".st-key-select_none_btn button").click()
+        _settle(page)
+        page.locator(f".st-key-sel_{others[0]} label").click()
+        _settle(page)
+        for key in ["0", "Enter"]:
+            page.keyboard.press(key)
+            _settle(page)
+        expect(page.get_by_text("Labeled 1 face mask_state=not_a_face")).to_be_visible(
+            timeout=30_000
+        )
+        assert store.not_faces() == {others[0]}
+        page.locator(f".st-key-sel_{others[1]} label").click()  # tick one more, then invert
+        _settle(page)
+        page.locator(".st-key-invert_btn button").first.click()
+        _settle(page)
+        expect(
+            page.get_by_text(f"{len(others) - 2} of {len(others)} faces selected")
+        ).to_be_visible(timeout=30_000)
+        for key in ["5", "Enter"]:
+            page.keyboard.press(key)
+            _settle(page)
+        rest = page.locator(".st-key-rest_btn button").first
+        assert _count(rest, r"the rest: (\d+) unticked unlabeled") == 1
+        page.keyboard.press("1")
+        _settle(page)
+        rest.click()
+        expect(page.get_by_text("Labeled 1 face mask_state=correct")).to_be_visible(timeout=30_000)
+        now = store.current_values(FIELD)
+        assert now[others[1]] == "correct" and now[others[0]] == "not_a_face"
+        assert sum(now.get(f) == "no_mask" for f in others) == len(others) - 2
+        _goto(page, "Overview")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Not a face")).to_contain_text("1")
+
+        # the map: a lasso over every face, Enter: no label changes (all are labeled now)
+        store.undo("ann")  # the small cluster's last label: one unlabeled face again
+        before = store.current_values(FIELD)
+        _goto(page, "Map")
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for(timeout=60_000)
+        _settle(page, 1500)
+        top = plot.bounding_box()["y"]
+        _lasso(page, plot, [(0.01, 0.01), (0.99, 0.01), (0.99, 0.99), (0.01, 0.99)])
+        expect(page.get_by_text(re.compile(r"^\d+ faces? selected"))).to_be_visible(timeout=30_000)
+        _settle(page, 800)
+        assert abs(plot.bounding_box()["y"] - top) < 2  # the chart did not jump
+        assign = page.locator(".st-key-map_assign_btn button")
+        assert _count(assign, r"to (\d+) unlabeled") == 1
+        relabel = page.locator(".st-key-map_relabel_btn button").first
+        m = _count(relabel, r"^Relabel (\d+) faces? now")
+        picked = _picked(page).input_value()  # the last label picked: 'correct' ("the rest")
+        assert picked == "correct"
+        assert m == sum(v != picked for v in before.values())
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(tmp_path / "map_relabel.png"))
+        page.keyboard.press("Enter")
+        expect(page.get_by_text("Labeled 1 face mask_state=correct")).to_be_visible(timeout=30_000)
+        after = store.current_values(FIELD)
+        assert {f: v for f, v in after.items() if f in before} == before  # nothing relabeled
+        # a second lasso, then Clear selection: the lasso and the dimmed points go too
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        _settle(page, 1000)
+        _lasso(page, plot, [(0.01, 0.01), (0.6, 0.01), (0.6, 0.99), (0.01, 0.99)])
+        expect(page.get_by_text(re.compile(r"^\d+ faces? selected"))).to_be_visible(timeout=30_000)
+        shapes = """() => { const gd = document.querySelector('.js-plotly-plot');
+            return (gd.layout.selections || []).length + document.querySelectorAll(
+              '.js-plotly-plot .select-outline, .js-plotly-plot .selectionlayer path').length; }"""
+        assert page.evaluate(shapes) > 0
+        page.locator(".st-key-map_clear_btn button").click()
+        _settle(page, 1500)
+        assert page.evaluate(shapes) == 0
+        expect(page.get_by_text(re.compile(r"^\d+ faces? selected"))).to_have_count(0)
+        browser.close()
+    _keep(tmp_path / "relabel.png", "app_relabel.png")
+    _keep(tmp_path / "map_relabel.png", "app_map_relabel.png")
+
+
 # --- a scripted annotator labels MFR2 through the UI -------------------------------------------
 
 
@@ -408,28 +617,53 @@ class Annotator:
         )
 
     def label_cluster(self, values: list[str]) -> int:
-        """Label every unlabeled face of the open cluster; returns the assign actions."""
+        """Label every unlabeled face of the open cluster; returns the assign actions.
+
+        Each round takes the cheapest way the page offers to label the most faces per click:
+        tick the faces of one value (from the ticks as they are, from *Select none*, or from
+        *Invert*) and press its number key and Enter; or, when the faces left unticked and
+        unlabeled are all of one value, its number key and *Assign ... to the rest*. Where the
+        app would relabel ticked faces that have a label (the app before bulk actions skipped
+        labeled faces: no *Invert* button), those must be unticked too.
+        """
+        skips_labeled = self.page.locator(".st-key-invert_btn").count() > 0
         actions = 0
         for _ in range(20):
             faces = self.grid()
             todo = [(f, t) for f, cap, t in faces if cap == "unlabeled"]
             if not todo:
                 return actions
-            counts = {v: sum(self.truth[f] == v for f, _ in todo) for v in values}
-            value = max(values, key=lambda v: counts[v])
-            # ticked must be: every unlabeled face of `value`; never a face whose true label
-            # differs (a labeled face of `value` may stay either way)
-            want = {f: self.truth[f] == value for f, _, _ in faces}
-            matters = [(f, t) for f, cap, t in faces if cap == "unlabeled" or not want[f]]
-            flips = [f for f, t in matters if t != want[f]]
-            from_none = [f for f, cap, _ in faces if cap == "unlabeled" and want[f]]
-            if len(from_none) + 1 < len(flips):
-                self.click(self.page.locator(".st-key-select_none_btn button"))
-                flips = from_none
-            for f in flips:
-                self.click(self.page.locator(f".st-key-sel_{f} label"))
-            self.key(str(values.index(value) + 1))
-            self.key("Enter")
+            plans = []  # (faces labeled per click, value, how, faces to click)
+            for value in values:
+                gain = sum(self.truth[f] == value for f, _ in todo)
+                if not gain:
+                    continue
+                want = {f: self.truth[f] == value for f, _, _ in faces}
+                matters = [(f, t) for f, cap, t in faces
+                           if cap == "unlabeled" or (not skips_labeled and not want[f])]  # fmt: skip
+                ways = {
+                    "as is": [f for f, t in matters if t != want[f]],
+                    "select_none_btn": [f for f, cap, _ in faces if cap == "unlabeled" and want[f]],
+                }
+                if skips_labeled:
+                    ways["invert_btn"] = [f for f, t in matters if (not t) != want[f]]
+                for how, clicks in ways.items():
+                    cost = len(clicks) + 2 + (how != "as is")
+                    plans.append((gain / cost, value, how, clicks))
+                rest = [f for f, t in todo if not t]
+                if skips_labeled and rest and all(self.truth[f] == value for f in rest):
+                    plans.append((len(rest) / 2, value, "rest_btn", []))
+            _, value, how, clicks = max(plans, key=lambda p: (p[0], -len(p[3])))
+            if how == "rest_btn":
+                self.key(str(values.index(value) + 1))
+                self.click(self.page.locator(".st-key-rest_btn button").first)
+            else:
+                if how != "as is":
+                    self.click(self.page.locator(f".st-key-{how} button"))
+                for f in clicks:
+                    self.click(self.page.locator(f".st-key-sel_{f} label"))
+                self.key(str(values.index(value) + 1))
+                self.key("Enter")
             actions += 1
         raise AssertionError(f"cluster not labeled after {actions} actions: {self.grid()}")
 
@@ -440,35 +674,53 @@ def mfr2_workspace(tmp_path_factory):
     from conftest import shared_dataset
 
     data = shared_dataset("mfr2")
-    return _real_workspace(tmp_path_factory.mktemp("mfr2") / "ws", data / "images"), data
+    root = tmp_path_factory.mktemp("mfr2")
+    return _real_workspace(root / "ws", data / "images"), data / "labels.csv"
 
 
-@pytest.mark.slow
-def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
-    """All MFR2 faces labeled masked / no_mask through the browser; clicks per face reported
-    (docs/APP.md). The annotator adds the field in Settings, then works cluster by cluster
-    on the Cluster view with the number keys and Enter, unticking faces that differ."""
+#: The mixed real workspace: a fixed random sample of realmasks (crowd crops from web photos
+#: with correct, incorrectly worn and no masks), so groups are mixed and labeled faces sit
+#: among unlabeled ones.
+MIXED_N = 240
+
+
+@pytest.fixture(scope="module")
+def mixed_workspace(tmp_path_factory):
+    _need_browser()
+    import pandas as pd
+    from conftest import shared_dataset
+
+    data = shared_dataset("realmasks")
+    table = pd.read_csv(data / "labels.csv").sample(n=MIXED_N, random_state=0)
+    root = tmp_path_factory.mktemp("mixed")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in table["file"]:
+        shutil.copy(data / "images" / name, photos / name)
+    table[["file", "state"]].to_csv(root / "labels.csv", index=False)
+    return _real_workspace(root / "ws", photos), root / "labels.csv"
+
+
+def scripted_session(ws0, truth_csv: Path, tmp_path: Path) -> tuple[dict, Path]:
+    """Label every face of a copy of ``ws0`` through the browser (see :class:`Annotator`);
+    returns the report (clicks and keys per face, ...) and the copy's root."""
     from playwright.sync_api import expect, sync_playwright
 
     from labeler.cluster import store as cluster_store
     from labeler.simulate import join_truth
+    from labeler.workspace import Workspace
 
-    ws0, data = mfr2_workspace
     root = tmp_path / "ws"
     shutil.copytree(ws0.root, root)
-    from labeler.workspace import Workspace, write_json
-
-    meta = Workspace(root).meta()
-    write_json(root / "workspace.json", meta)
     ws = Workspace.open(root)
-    truth = join_truth(ws, str(data / "labels.csv"), all_faces=True)
+    truth = join_truth(ws, str(truth_csv), all_faces=True)
     truth = dict(zip(truth["face_id"], truth["truth"], strict=True))
     faces = ws.faces()["face_id"].tolist()
     assert set(truth) == set(faces)
     run = cluster_store.load_run(ws)
     ids, counts = np.unique(run.labels, return_counts=True)
     sizes = {int(c): int(n) for c, n in zip(ids, counts, strict=True)}
-    values = ["masked", "no_mask"]
+    values = sorted(set(truth.values()))
     t_start = time.perf_counter()
     with running_app(ws.root) as (url, _proc), sync_playwright() as p:
         browser = _browser(p)
@@ -509,9 +761,7 @@ def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
         browser.close()
     minutes = (time.perf_counter() - t_start) / 60
     got = LabelStore(ws.labels_db).current_values("mask")
-    assert got == truth  # every face, every label right
     n = len(faces)
-    per_face = (ann.clicks + ann.keys) / n
     report = {
         "faces": n,
         "clusters": len([c for c in sizes if c >= 0]),
@@ -519,15 +769,34 @@ def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
         "assign actions": actions,
         "clicks": ann.clicks,
         "key presses": ann.keys,
-        "clicks + keys per face": round(per_face, 3),
+        "clicks + keys per face": round((ann.clicks + ann.keys) / n, 3),
         "clicks per face": round(ann.clicks / n, 3),
+        "labeled right": sum(got.get(f) == t for f, t in truth.items()),
         "select-box clicks that only focused": ann.misses,
         "median click-to-settle s": round(float(np.median(ann.settle_s)), 2),
         "p90 click-to-settle s": round(float(np.percentile(ann.settle_s, 90)), 2),
         "minutes": round(minutes, 1),
     }
-    print("SCRIPTED ANNOTATOR", json.dumps(report))
+    print("SCRIPTED ANNOTATOR", root, json.dumps(report))
     (tmp_path / "report.json").write_text(json.dumps(report, indent=2))
-    assert per_face < 0.5, report  # one by one would be 2 per face (a tick and a key)
+    assert got == truth, report  # every face, every label right
+    return report, root
+
+
+@pytest.mark.slow
+def test_scripted_annotator_labels_mfr2(mfr2_workspace, tmp_path):
+    """All MFR2 faces labeled masked / no_mask through the browser; clicks per face reported
+    (docs/APP.md). The annotator adds the field in Settings, then works cluster by cluster
+    on the Cluster view with the number keys and Enter, unticking faces that differ."""
+    report, _ = scripted_session(*mfr2_workspace, tmp_path)
+    assert report["clicks + keys per face"] < 0.5, report  # one by one: 2 per face
     _keep(tmp_path / "done.png", "app_mfr2_done.png")
     _keep(tmp_path / "map_labels.png", "app_mfr2_map.png")
+
+
+@pytest.mark.slow
+def test_scripted_annotator_labels_mixed_real_faces(mixed_workspace, tmp_path):
+    """The same annotator on 240 realmasks crowd crops (3 states, mixed groups)."""
+    report, _ = scripted_session(*mixed_workspace, tmp_path)
+    assert report["clicks + keys per face"] < 1.0, report
+    _keep(tmp_path / "done.png", "app_mixed_done.png")

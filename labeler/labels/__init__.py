@@ -9,6 +9,7 @@ One database per workspace (``ws.labels_db``); its tables are listed in
 * :mod:`~labeler.labels.suggestions` - machine suggestions (propagated / predicted labels)
 * :mod:`~labeler.labels.suspects`    - likely label errors
 * :mod:`~labeler.labels.review`      - the review queue's reads and decisions (rejections)
+* :mod:`~labeler.labels.plan`        - what a bulk action would change (never relabel silently)
 * :mod:`~labeler.labels.db`          - the tables, one-line errors, creating a store file
 
 Backups and restore are :mod:`labeler.labels_backup`.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from labeler.labels.db import LabelStoreError
 from labeler.labels.events import CURRENT_COLUMNS, HISTORY_COLUMNS, SOURCES
+from labeler.labels.plan import NOT_A_FACE, AssignPlan, plan_assign
 from labeler.labels.schema import DEFAULT_SCHEMA, MASK_STATES, LabelField, LabelSchema
 from labeler.labels.store import LabelStore
 from labeler.labels.suggestions import SUGGESTION_COLUMNS
@@ -40,11 +42,14 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "HISTORY_COLUMNS",
     "MASK_STATES",
+    "NOT_A_FACE",
     "SOURCES",
     "SUGGESTION_COLUMNS",
     "SUSPECT_COLUMNS",
+    "AssignPlan",
     "LabelField",
     "LabelSchema",
     "LabelStore",
     "LabelStoreError",
+    "plan_assign",
 ]

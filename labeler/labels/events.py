@@ -169,6 +169,13 @@ def current_values(con: sqlite3.Connection, field: str) -> dict[str, str]:
     return dict(con.execute("SELECT face_id, value FROM current WHERE field = ?", (field,)))
 
 
+def faces_with_value(con: sqlite3.Connection, value: str) -> set[str]:
+    """Faces whose current label of any field is ``value``."""
+    return {
+        r[0] for r in con.execute("SELECT DISTINCT face_id FROM current WHERE value = ?", (value,))
+    }
+
+
 def counts(con: sqlite3.Connection) -> pd.DataFrame:
     rows = con.execute(
         "SELECT field, value, COUNT(*) FROM current GROUP BY field, value"

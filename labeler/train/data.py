@@ -44,13 +44,14 @@ def human_labels(ws: Any, field: str, faces: pd.DataFrame | None = None) -> pd.D
     """Current human labels of ``field`` in faces order: face_id, value, source, annotator, ts.
 
     Suggestions never appear here (they live in their own table). Faces no longer in the
-    faces table are dropped.
+    faces table, and faces marked ``not_a_face`` in any field, are dropped.
     """
     from labeler.labels import LabelStore
 
     faces = ws.require_faces() if faces is None else faces
-    cur = LabelStore(ws.labels_db).current(field)
-    cur = cur[cur["value"].notna()]
+    store = LabelStore(ws.labels_db)
+    cur = store.current(field)
+    cur = cur[cur["value"].notna() & ~cur["face_id"].isin(store.not_faces())]
     order = pd.Series(np.arange(len(faces)), index=faces["face_id"].to_numpy())
     cur = cur[cur["face_id"].isin(order.index)].copy()
     cur["_pos"] = cur["face_id"].map(order)

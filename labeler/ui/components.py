@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
-from labeler.labels import LabelSchema, LabelStore
+from labeler.labels import NOT_A_FACE, AssignPlan, LabelSchema, LabelStore
 from labeler.ui import data, state
 from labeler.ui.state import PHOTO_PREFIX, K
 from labeler.workspace import Workspace
@@ -18,16 +18,22 @@ from labeler.workspace import Workspace
 #: an ellipsis; the full text is in the tooltip), the keyboard cursor's face is outlined.
 _CSS = """
 <style>
-[data-testid="stCheckbox"] label p {
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; word-break: normal;
-}
+[data-testid="stCheckbox"] label p { word-break: normal; overflow-wrap: anywhere;
+  line-height: 1.25; }
+[data-testid="stCheckbox"] label p span { font-size: 0.78rem; }
 [class*="st-key-kbcursor_"] { outline: 3px solid #ff4b4b; outline-offset: 2px;
   border-radius: 4px; }
+[class*="st-key-face_"] { position: relative; }
+[class*="st-key-face_"] [class*="st-key-photo_"] { position: absolute; top: 3px; right: 3px;
+  width: auto !important; z-index: 2; }
+[class*="st-key-face_"] [class*="st-key-photo_"] button { min-height: 1.5rem;
+  padding: 0 0.2rem; background: rgba(255, 255, 255, 0.8); border-radius: 4px; }
 </style>
 """
 
 
-#: The page's keyboard shortcuts (number keys, Enter, Space, Left/Right) must work wherever
+#: The page's keyboard shortcuts (number keys, Enter, Space, Left/Right) are off while a
+#: dialog is open (Enter must not assign behind the source photo) and must work wherever
 #: the last click left the focus: on a checkbox (Space would toggle it, and Streamlit ignores
 #: shortcuts on inputs), on a button (Enter / Space would click it again), or in a select box
 #: just closed. This capture listener hands such a key press to the page instead; text
@@ -38,8 +44,13 @@ if (!window.__labelerKeys) {
   window.__labelerKeys = true;
   document.addEventListener("keydown", (e) => {
     if (e.isTrusted === false || e.ctrlKey || e.metaKey || e.altKey) return;
-    const ours = /^[1-9]$/.test(e.key) ||
+    const ours = /^[0-9]$/.test(e.key) ||
       ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(e.key);
+    if (ours && document.querySelector("[role=dialog]")) {
+      // a dialog is open (the source photo): the page behind it takes no keys
+      e.stopPropagation();
+      return;
+    }
     const a = document.activeElement;
     if (!ours || !a || a === document.body) return;
     const role = a.getAttribute("role");
@@ -133,21 +144,19 @@ def thumb_grid(
             label = captions(fid) if captions else fid[:8]
             box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col.container()
             with box:
-                st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
-                if photo_buttons:
-                    c1, c2 = st.columns([4, 1], gap="small", vertical_alignment="center")
-                else:
-                    c1, c2 = st.container(), None
-                value = c1.checkbox(
+                # the photo button sits on the crop's corner: the caption gets the full width
+                with st.container(key=f"face_{prefix}{fid}", gap=None):
+                    st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
+                    if photo_buttons:
+                        st.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
+                                  help="Show the source photo", on_click=open_photo,
+                                  args=(fid,), type="tertiary")  # fmt: skip
+                value = st.checkbox(
                     label,
                     key=key,
                     on_change=_toggled if on_toggle else None,
                     args=(on_toggle, fid, key) if on_toggle else None,
                 )
-                if c2 is not None:
-                    c2.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
-                              help="Show the source photo", on_click=open_photo, args=(fid,),
-                              type="tertiary")  # fmt: skip
             if value:
                 out.append(fid)
     return out
@@ -212,11 +221,17 @@ def show_source(ws: Workspace, face_id: str) -> None:
 # --- labels ------------------------------------------------------------------------------------
 
 
+def label_values(schema: LabelSchema, fld: str) -> list[str]:
+    """The values an annotator can give in ``fld``: the schema's, then ``not_a_face``."""
+    return [*schema.values(fld), NOT_A_FACE]
+
+
 def label_picker(
     schema: LabelSchema, *, key_field: str, key_value: str, cols: Sequence | None = None
 ) -> tuple[str, str]:
-    """Field and value selectors (in ``cols``, two columns, or new ones); the field choice is
-    shared across pages."""
+    """Field and value selectors (in ``cols``, two columns, or new ones). The field is shared
+    across pages; the value is the annotator's last pick for that field (never a silent
+    fall back to the first value when a page comes back)."""
     names = schema.names
     current = state.field(names[0])
     col_f, col_v = cols if cols is not None else st.columns([1, 2])
@@ -228,22 +243,31 @@ def label_picker(
             key=key_field,
         )
     state.set_field(fld)
-    values = list(schema.values(fld))
-    if st.session_state.get(key_value) not in values:
-        st.session_state.pop(key_value, None)
+    values = label_values(schema, fld)
+    last = state.remembered(f"value:{fld}")
+    if st.session_state.get(key_value) not in values or st.session_state.get("_value_fld") != fld:
+        st.session_state[key_value] = last if last in values else values[0]
+    st.session_state["_value_fld"] = fld
     with col_v:
-        value = st.selectbox("Label", values, key=key_value)
+        value = st.selectbox("Label", values, key=key_value, format_func=value_name)
+    state.remember(f"value:{fld}", value)
     return fld, value
 
 
+def value_name(value: str) -> str:
+    return "not a face" if value == NOT_A_FACE else value
+
+
 def label_keys(schema: LabelSchema, fld: str, *, key_value: str) -> None:
-    """One button per value of ``fld``, with number keys 1-9 as shortcuts: pick the label."""
+    """One button per value of ``fld``, with number keys 1-9 as shortcuts, and 0 for *not a
+    face*: pick the label."""
     values = list(schema.values(fld))[:9]
-    cols = st.columns(max(1, len(values)))
+    cols = st.columns(max(1, len(values)) + 1)
     current = st.session_state.get(key_value)
-    for i, (col, v) in enumerate(zip(cols, values, strict=False), start=1):
-        col.button(f"{i} · {v}", key=f"{K.value_key_btn}{i}", shortcut=str(i), width="stretch",
-                   type="primary" if v == current else "secondary",
+    keyed = [*enumerate(values, start=1), (0, NOT_A_FACE)]
+    for col, (i, v) in zip(cols, keyed, strict=False):
+        col.button(f"{i} · {value_name(v)}", key=f"{K.value_key_btn}{i}", shortcut=str(i),
+                   width="stretch", type="primary" if v == current else "secondary",
                    on_click=_pick_value, args=(key_value, v))  # fmt: skip
 
 
@@ -270,13 +294,84 @@ def _undo_redo(db: str, what: str) -> None:
     state.flash(f"{done} event {eid}." if eid else f"Nothing to {what}.", "info")
 
 
-def caption_for(labels: dict[str, str]) -> Callable[[str], str]:
-    """Checkbox caption: the face's current label, or "unlabeled"."""
+#: Streamlit's markdown colours for label chips, by a value's place in its field.
+CHIP_COLORS = ("blue", "green", "orange", "red", "violet", "yellow", "primary")
+
+
+def chip(value: str | None, order: Sequence[str] = ()) -> str:
+    """A label as a coloured chip (markdown): the same value, the same colour, on every page;
+    unlabeled faces get plain grey text, *not a face* a grey chip."""
+    if value is None:
+        return ":gray[unlabeled]"
+    if value == NOT_A_FACE:
+        return ":gray-background[not_a_face]"
+    i = list(order).index(value) if value in order else abs(hash(value))
+    return f":{CHIP_COLORS[i % len(CHIP_COLORS)]}-background[{value}]"
+
+
+def caption_for(labels: dict[str, str], order: Sequence[str] = ()) -> Callable[[str], str]:
+    """Checkbox caption: the face's current label as a chip, or "unlabeled"."""
 
     def caption(fid: str) -> str:
-        return labels.get(fid, "unlabeled")
+        return chip(labels.get(fid), order)
 
     return caption
+
+
+# --- bulk assign: never a silent relabel -----------------------------------------------------
+
+
+def write_labels(ws: Workspace, face_ids: list[str], fld: str, value: str, source: str,
+                 relabeled: int = 0) -> int | None:  # fmt: skip
+    """One event for ``face_ids`` and a message saying what it changed."""
+    if not face_ids:
+        state.flash("Nothing to assign: tick faces and pick a label.", "info")
+        return None
+    eid = LabelStore(ws.labels_db).assign(
+        face_ids, fld, value, annotator=state.require_annotator(), source=source
+    )
+    again = f"; {data.plural(relabeled, 'face')} of them relabeled" if relabeled else ""
+    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value}{again} "
+                f"(event {eid}).")  # fmt: skip
+    return eid
+
+
+def assign_buttons(
+    plan: AssignPlan,
+    *,
+    key: str,
+    relabel_key: str,
+    on_new: Callable[[], None],
+    on_relabel: Callable[[], None],
+    shortcut: str | None = "Enter",
+    cols: Sequence | None = None,
+) -> None:
+    """The bulk-assign buttons of a selection: the primary one labels the unlabeled faces
+    only (``shortcut``); when some faces have another label, a second button says how many
+    and which (``Relabel 58 faces now no_mask``) and is the only way to change them; faces
+    that have the value already are left alone. ``on_new`` / ``on_relabel`` do the writes."""
+    c1, c2 = cols if cols is not None else st.columns([3, 2])
+    n_new = len(plan.new)
+    c1.button(
+        f"Assign '{value_name(plan.value)}' to {data.plural(n_new, 'unlabeled face')}",
+        key=key, type="primary", shortcut=shortcut, width="stretch",
+        disabled=n_new == 0, on_click=on_new,
+    )  # fmt: skip
+    if plan.relabel:
+        c2.button(
+            f"Relabel {plan.relabel_text()} as '{value_name(plan.value)}'",
+            key=relabel_key, width="stretch", on_click=on_relabel,
+            help="Changes labels that exist: only with this button, never with Enter.",
+        )  # fmt: skip
+    notes = []
+    if plan.relabel:
+        notes.append(f"{data.plural(len(plan.relabel), 'ticked face')} keep their label "
+                     "unless you relabel them")  # fmt: skip
+    if plan.same:
+        notes.append(f"{data.plural(len(plan.same), 'ticked face')} already "
+                     f"{value_name(plan.value)}")  # fmt: skip
+    if notes:
+        st.caption("; ".join(notes).capitalize() + ".")
 
 
 # --- the map's hover thumbnail ---------------------------------------------------------------
@@ -304,13 +399,21 @@ _THUMB_JS = """
     tip.style.left = Math.max(4, mx - s - 18) + "px";
     tip.style.top = Math.max(4, my - s - 18) + "px";
   };
+  const hide = () => { tip.style.display = "none"; };
   document.addEventListener("mousemove", (e) => {
     mx = e.clientX; my = e.clientY;
-    if (tip.style.display === "block") place();
+    if (tip.style.display !== "block") return;
+    // off the chart (or the chart was redrawn and is gone): never leave a face behind
+    const gd = document.querySelector(".js-plotly-plot");
+    const r = gd && gd.getBoundingClientRect();
+    if (!r || mx < r.left || mx > r.right || my < r.top || my > r.bottom) { hide(); return; }
+    place();
   }, true);
+  document.addEventListener("mousedown", hide, true);
+  document.addEventListener("scroll", hide, true);
   const attach = () => {
     const gd = document.querySelector(".js-plotly-plot");
-    if (!gd) { tip.style.display = "none"; return; }
+    if (!gd) { hide(); return; }
     if (typeof gd.on !== "function" || gd.__labelerThumbs) return;
     gd.__labelerThumbs = true;
     gd.on("plotly_hover", (ev) => {
@@ -330,7 +433,9 @@ _THUMB_JS = """
       tip.style.display = "block";
       place();
     });
-    gd.on("plotly_unhover", () => { tip.style.display = "none"; });
+    gd.on("plotly_unhover", hide);
+    gd.on("plotly_selecting", hide);
+    gd.on("plotly_relayout", hide);
   };
   setInterval(attach, 300);
 })();

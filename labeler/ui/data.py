@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from labeler.labels import LabelSchema, LabelStore
+from labeler.labels import NOT_A_FACE, LabelSchema, LabelStore
 from labeler.ui import runs
 from labeler.workspace import Workspace
 
@@ -211,11 +211,15 @@ def label_version(ws: Workspace) -> tuple[int, int]:
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _label_map(db: str, field: str, version: tuple[int, int]) -> dict[str, str]:
-    return LabelStore(db).current_values(field)
+    s = LabelStore(db)
+    out = s.current_values(field)
+    out.update(dict.fromkeys(s.not_faces(), NOT_A_FACE))  # not a face: in every field
+    return out
 
 
 def labels(ws: Workspace, field: str) -> dict[str, str]:
-    """``{face_id: value}`` current human labels of ``field`` (cached per db version)."""
+    """``{face_id: value}`` current human labels of ``field`` (cached per db version); a face
+    marked ``not_a_face`` in any field is ``not_a_face`` here."""
     return _label_map(str(ws.labels_db), field, label_version(ws))
 
 
@@ -542,7 +546,8 @@ def _map_figure(
         "layout": {
             "dragmode": "lasso",
             "height": 560,
-            "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
+            # room above the plot for plotly's toolbar: it must not cover the legend title
+            "margin": {"l": 10, "r": 10, "t": 44, "b": 10},
             "xaxis": {"visible": False},
             "yaxis": {"visible": False, "scaleanchor": "x"},
             "showlegend": True,  # also with one group: the legend names what colours mean

@@ -47,6 +47,8 @@ class Keys:
     map_selection: str = "_map_selection"  # np.ndarray of row indices into the run
     flash: str = "_flash"
     field: str = "_field"
+    prefs: str = "_prefs"  # dict[annotator, dict[widget key, value]]: kept across pages
+    map_chart_n: str = "_map_chart_n"  # bumped to give the map a fresh chart (no old lasso)
     # widgets
     name_prompt: str = "name_prompt"
     name_prompt_btn: str = "name_prompt_btn"
@@ -65,6 +67,9 @@ class Keys:
     assign_field: str = "assign_field"
     assign_value: str = "assign_value"
     assign_btn: str = "assign_btn"
+    relabel_btn: str = "relabel_btn"
+    rest_btn: str = "rest_btn"
+    invert_btn: str = "invert_btn"
     select_all_btn: str = "select_all_btn"
     select_none_btn: str = "select_none_btn"
     undo_btn: str = "undo_btn"
@@ -79,12 +84,14 @@ class Keys:
     knn_k: str = "knn_k"
     knn_btn: str = "knn_btn"
     knn_assign_btn: str = "knn_assign_btn"
+    knn_relabel_btn: str = "knn_relabel_btn"
     clusters_sort: str = "clusters_sort"
     clusters_page: str = "clusters_page"
     clusters_field: str = "clusters_field"
     map_color: str = "map_color"
     map_chart: str = "map_chart"
     map_assign_btn: str = "map_assign_btn"
+    map_relabel_btn: str = "map_relabel_btn"
     map_clear_btn: str = "map_clear_btn"
     review_field: str = "review_field"
     review_kind: str = "review_kind"
@@ -141,8 +148,13 @@ def annotator() -> str | None:
 
     Looked up in this session, then the URL (``?annotator=``), the browser's cookie and
     ``$LABELER_ANNOTATOR`` (scripts, tests). Never the OS user: two people who never set a
-    name must not share one (undo is per name).
+    name must not share one (undo is per name). When the app listens beyond this computer
+    it is the signed-in name only (:mod:`labeler.ui.auth`), never one from the URL.
     """
+    from labeler.ui import auth
+
+    if auth.required():
+        return auth.signed_in()
     name = st.session_state.get(K.annotator)
     if not name:
         name = (
@@ -167,8 +179,10 @@ def require_annotator() -> str:
 
 def set_annotator(name: str) -> None:
     """Label as ``name`` from now on, in this tab, its URL and (next run) the browser cookie."""
+    from labeler.ui import auth
+
     name = clean_name(name)
-    if not name:
+    if not name or auth.required():  # signed in: the name is the sign-in's
         return
     st.session_state[K.annotator] = name
     st.query_params[QUERY_ANNOTATOR] = name
@@ -176,7 +190,13 @@ def set_annotator(name: str) -> None:
 
 def keep_annotator_in_browser(name: str) -> None:
     """Put ``name`` back into the URL (page links drop query parameters) and, once after a
-    change, into a cookie (a one-line script)."""
+    change, into a cookie (a one-line script). Signed in (:mod:`labeler.ui.auth`): a signed
+    session cookie instead, and nothing in the URL."""
+    from labeler.ui import auth
+
+    if auth.required():
+        auth.keep_signed_in(name)
+        return
     if st.query_params.get(QUERY_ANNOTATOR) != name:
         st.query_params[QUERY_ANNOTATOR] = name
     if st.session_state.get(K.cookie_written) != name and _cookie(COOKIE_ANNOTATOR) != name:
@@ -207,6 +227,38 @@ def field(default: str) -> str:
 
 def set_field(name: str) -> None:
     st.session_state[K.field] = name
+
+
+def _prefs() -> dict:
+    who = st.session_state.get(K.annotator) or ""
+    return st.session_state.setdefault(K.prefs, {}).setdefault(who, {})
+
+
+def sticky(key: str, default: object = None) -> None:
+    """Give widget ``key`` the annotator's last value before it is drawn.
+
+    Streamlit forgets a widget's value when a page without it runs; a widget drawn with
+    :func:`sticky` first and :func:`keep` after comes back as the annotator left it
+    (per annotator and field of work, e.g. the label last picked, the page size)."""
+    if key not in st.session_state:
+        value = _prefs().get(key, default)
+        if value is not None:
+            st.session_state[key] = value
+
+
+def keep(key: str) -> None:
+    """Remember widget ``key``'s value for :func:`sticky`."""
+    if key in st.session_state:
+        _prefs()[key] = st.session_state[key]
+
+
+def remembered(key: str, default: object = None) -> object:
+    """The value :func:`keep` last stored for ``key``."""
+    return _prefs().get(key, default)
+
+
+def remember(key: str, value: object) -> None:
+    _prefs()[key] = value
 
 
 def cluster() -> int | None:
@@ -259,6 +311,14 @@ def reset_selection(cluster_id: int, *, none_of: list[str] | None = None) -> Non
     clear_widget_keys(SELECT_PREFIX)
 
 
+def invert_selection(cluster_id: int, members: list[str]) -> None:
+    """Tick the unticked faces of the cluster and untick the ticked ones."""
+    table: dict[int, set[str]] = st.session_state.setdefault(K.deselected, {})
+    out = table.get(int(cluster_id), set())
+    table[int(cluster_id)] = {f for f in members if f not in out}
+    clear_widget_keys(SELECT_PREFIX)
+
+
 def clear_widget_keys(prefix: str) -> None:
     for key in [k for k in st.session_state if str(k).startswith(prefix)]:
         del st.session_state[key]
@@ -281,6 +341,18 @@ def map_selection() -> np.ndarray:
 
 def set_map_selection(rows: np.ndarray | None) -> None:
     st.session_state[K.map_selection] = None if rows is None else np.asarray(rows, np.int64)
+
+
+def clear_map_selection() -> None:
+    """No faces selected on the map, and a fresh chart: the old box or lasso and the dimmed
+    points go too (the chart keeps its selection as long as its key stays)."""
+    set_map_selection(None)
+    st.session_state.pop("_map_event", None)
+    st.session_state[K.map_chart_n] = int(st.session_state.get(K.map_chart_n, 0)) + 1
+
+
+def map_chart_key() -> str:
+    return f"{K.map_chart}_{int(st.session_state.get(K.map_chart_n, 0))}"
 
 
 def flash(message: str, kind: str = "success") -> None:

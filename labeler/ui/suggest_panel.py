@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from labeler import propagate
-from labeler.labels import LabelStore
+from labeler.labels import NOT_A_FACE, LabelStore
 from labeler.ui import components, data, state
 from labeler.ui.state import REVIEW_PREFIX, K
 from labeler.workspace import Workspace
@@ -41,16 +41,24 @@ class Keys:
 SK = Keys()
 
 
-def _say(message: str, kind: str = "success") -> None:
-    st.session_state[SK.banner] = (kind, message)
+def _say(message: str, kind: str = "success", db: str | None = None) -> None:
+    """Keep ``message`` as the banner, stamped with the label store's version after the
+    change it reports (``db``): once anything else changes the labels, it is stale."""
+    version = LabelStore(db).version() if db else None
+    st.session_state[SK.banner] = (kind, message, version)
 
 
-def banner() -> None:
-    """What the last click on this page changed; stays until the next change."""
+def banner(ws: Workspace) -> None:
+    """What the last click on this page changed; shown until the labels change again (a
+    label given on another page, an undo): then it would no longer be true."""
     item = st.session_state.get(SK.banner)
-    if item:
-        kind, message = item
-        getattr(st, kind, st.info)(message)
+    if not item:
+        return
+    kind, message, version = item
+    if version is not None and version != data.label_version(ws):
+        st.session_state.pop(SK.banner, None)
+        return
+    getattr(st, kind, st.info)(message)
 
 
 def undo_redo(ws: Workspace) -> None:
@@ -66,8 +74,10 @@ def _undo_redo(db: str, what: str) -> None:
         return
     ev = store.history(limit=None).set_index("event_id").loc[eid]
     gone = "no longer" if what == "undo" else "again"
-    _say(f"{'Undid' if what == 'undo' else 'Redid'} event {eid}: {int(ev['n_faces']):,} faces "
-         f"are {gone} {ev['field']}={ev['value']}.", "info")  # fmt: skip
+    n = int(ev["n_faces"])
+    _say(f"{'Undid' if what == 'undo' else 'Redid'} event {eid}: {data.plural(n, 'face')} "
+         f"{'is' if n == 1 else 'are'} {gone} {ev['field']}={ev['value']}.", "info",
+         db)  # fmt: skip
     state.clear_widget_keys(REVIEW_PREFIX)
 
 
@@ -142,17 +152,30 @@ def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> Non
             return
         meta = propagate.load_meta(ws, field)
         if meta is None:
-            st.caption("No suggestions yet: label faces of two values, then press Suggest.")
+            st.caption(_nothing_yet(ws, field, n_labels))
             return
         new = n_labels - meta["n_labeled"]
         ago = time.time() - meta.get("created", time.time())
         st.caption(
-            f"Suggestions from {meta['n_labeled']:,} labels, {len(meta['groups'])} groups, "
+            f"Suggestions from {data.plural(meta['n_labeled'], 'label')}, "
+            f"{data.plural(len(meta['groups']), 'group')}, "
             f"made in {meta['seconds']:.1f} s, {_ago(ago)} ago"
-            + (f"; {new:,} new labels since" if new > 0 else "")
+            + (f"; {data.plural(new, 'new label')} since" if new > 0 else "")
         )
 
     line()
+
+
+def _nothing_yet(ws: Workspace, field: str, n_labels: int) -> str:
+    """Why there are no suggestions, and what to do, from the labels as they are."""
+    n_faces = len(data.faces(ws))
+    if n_faces and n_labels >= n_faces:
+        return f"Every face is labeled for {field}: nothing left to suggest."
+    values = set(data.labels(ws, field).values()) - {NOT_A_FACE}
+    if len(values) < 2:
+        return (f"No suggestions yet: label faces of two values of {field} (now: "
+                f"{len(values)}), then press Suggest.")  # fmt: skip
+    return "No suggestions yet: press Suggest."
 
 
 def _ago(seconds: float) -> str:
@@ -192,29 +215,38 @@ def _open_groups(
     groups = pd.DataFrame(meta["groups"])
     if groups.empty:
         return groups, faces
-    left = faces.groupby("group").size()
+    by_group = faces.groupby("group")["confidence"]
+    left = by_group.size()
     groups = groups[groups["group"].isin(left.index)].copy()
     groups["left"] = groups["group"].map(left).astype(int)
+    # the confidence of the faces still open (not the bin the group was cut from)
+    groups["conf_lo"] = groups["group"].map(by_group.min()).astype(float)
+    groups["conf_hi"] = groups["group"].map(by_group.max()).astype(float)
     return groups.reset_index(drop=True), faces
 
 
 def group_title(g: pd.Series) -> str:
+    """A group's line: its value, the faces left, the confidence of those faces (one number
+    when they all have the same), how often such faces were right in cross-validation."""
+    lo, hi = float(g["conf_lo"]), float(g["conf_hi"])
+    conf = f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}"
     return (
-        f"→ {g['value']} · {g['left']:,} faces · confidence {g['lo']:.2f}-{g['hi']:.2f} · "
+        f"→ {g['value']} · {data.plural(int(g['left']), 'face')} · confidence {conf} · "
         f"{g['precision']:.0%} right in cross-validation"
     )
 
 
 def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: float) -> None:
     groups, faces = open_groups(ws, store, field)
+    groups_all = groups
     if not groups.empty:
         groups = groups[groups["precision"] >= min_precision].reset_index(drop=True)
     if groups.empty:
-        st.info("No suggestion groups to review. Press **Suggest** once faces of two values "
-                "are labeled (or lower the minimum precision).")  # fmt: skip
+        st.info(_no_groups(ws, field, len(groups_all), min_precision))
         return
-    st.caption(f"{len(groups)} suggestion groups, {int(groups['left'].sum()):,} faces: biggest "
-               "and surest first; in each group the least sure faces come first.")  # fmt: skip
+    st.caption(f"{data.plural(len(groups), 'suggestion group')}, "
+               f"{data.plural(int(groups['left'].sum()), 'face')}: biggest and surest first; "
+               "in each group the least sure faces come first.")  # fmt: skip
     options = [int(v) for v in groups["group"]]
     if st.session_state.get(SK.group_pick) not in options:
         st.session_state.pop(SK.group_pick, None)  # a new run or an emptied group: the best
@@ -260,21 +292,33 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
         )  # fmt: skip
 
 
+def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> str:
+    if n_open:
+        return (f"{data.plural(n_open, 'suggestion group')} below the minimum precision of "
+                f"{min_precision:.0%}: lower it to see them.")  # fmt: skip
+    if propagate.load_meta(ws, field) is None:
+        return _nothing_yet(ws, field, len(data.labels(ws, field)))
+    if len(data.labels(ws, field)) >= len(data.faces(ws)):
+        return f"Every face is labeled for {field}: nothing left to review."
+    return ("Every suggestion of the last Suggest run was accepted, rejected or labeled "
+            "since. Press **Suggest** for new ones.")  # fmt: skip
+
+
 def _accept(db: str, field: str, value: str, face_ids: list[str]) -> None:
     store = LabelStore(db)
     eid = store.assign(face_ids, field, value, annotator=state.require_annotator(),
                        source="suggestion")  # fmt: skip
     state.clear_widget_keys(REVIEW_PREFIX)
-    _say(f"Accepted {len(face_ids):,} faces as **{value}** ({field}), event {eid}. "
-         "Undo takes it back.")  # fmt: skip
+    _say(f"Accepted {data.plural(len(face_ids), 'face')} as **{value}** ({field}), event "
+         f"{eid}. Undo takes it back.", db=db)  # fmt: skip
 
 
 def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
     items = pd.DataFrame({"face_id": face_ids, "value": value})
     LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suggestion")
     state.clear_widget_keys(REVIEW_PREFIX)
-    _say(f"Rejected {len(face_ids):,} suggestions of **{value}**; they stay unlabeled and "
-         "are not suggested again.", "info")  # fmt: skip
+    _say(f"Rejected {data.plural(len(face_ids), 'suggestion')} of **{value}**; they stay "
+         "unlabeled and are not suggested again.", "info", db)  # fmt: skip
 
 
 # --- suspected label errors --------------------------------------------------------------------
@@ -312,4 +356,5 @@ def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
 def _keep(db: str, field: str, items: pd.DataFrame) -> None:
     LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suspect")
     state.clear_widget_keys(REVIEW_PREFIX)
-    _say(f"Kept {len(items):,} labels as they are; they are not flagged again.", "info")
+    _say(f"Kept {data.plural(len(items), 'label')} as they are; they are not flagged again.",
+         "info", db)  # fmt: skip

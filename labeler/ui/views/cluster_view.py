@@ -2,7 +2,9 @@
 (outliers), assign one label to the selection, undo/redo, split, merge, "more like this".
 
 Actions run in button callbacks (before the page renders), so one click = one rerun.
-Keyboard: 1-9 pick a label, Enter assigns it, Left/Right move the cursor (outlined face),
+Bulk actions label only unlabeled faces; a labeled face changes only through the Relabel
+button, which names how many faces and which labels it replaces.
+Keyboard: 1-9 pick a label, 0 *not a face*, Enter assigns it, Left/Right move the cursor,
 Space ticks or unticks the cursor's face and moves on. With *Range ticks* on, a click ticks
 or unticks every face between it and the previous click (what shift-click does elsewhere).
 """
@@ -10,10 +12,12 @@ or unticks every face between it and the previous click (what shift-click does e
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import streamlit as st
 
 from labeler.cluster import edit
+from labeler.labels import plan_assign
 from labeler.ui import components, data, state
 from labeler.ui.state import KNN_PREFIX, SELECT_PREFIX, K
 
@@ -29,22 +33,35 @@ state.show_flash()
 
 
 # --- actions (callbacks) ---------------------------------------------------------------------
-def assign(face_ids: list[str], fld: str, value: str, source: str) -> None:
-    eid = store.assign(face_ids, fld, value, annotator=state.require_annotator(), source=source)
-    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value} (event {eid}).")
-
-
 def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
-    """Assign the label picked now to the faces ticked now. Read at click time, not from the
-    last render: a key press (Enter) can arrive before the rerun of the previous one shows."""
+    """Assign the label picked now to the unlabeled faces ticked now (Enter). Read at click
+    time, not from the last render: a key press can arrive before the rerun of the previous
+    one shows. Faces with a label keep it: only the Relabel button changes them."""
     out = state.deselected(cluster)
     picked = [f for f in members if f not in out]
     fld = str(st.session_state.get(K.assign_field) or schema.names[0])
     value = st.session_state.get(K.assign_value)
-    if not picked or value not in schema.values(fld):
+    if not picked or value not in components.label_values(schema, fld):
         state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return
-    assign(picked, fld, str(value), "cluster" if not out & set(members) else "selection")
+    plan = plan_assign(picked, store.current_values(fld), str(value))
+    if not plan.new:
+        state.flash(
+            f"The {data.plural(len(picked), 'ticked face')} have labels already: nothing "
+            "changed. Use Relabel to change them.", "info",
+        )  # fmt: skip
+        return
+    source = "cluster" if not out & set(members) else "selection"
+    components.write_labels(ws, plan.faces(relabel=False), fld, str(value), source)
+
+
+def relabel(faces: list[str], fld: str, value: str, n_relabel: int) -> None:
+    """The explicit choice: the faces the button named, unlabeled and relabeled, one event."""
+    components.write_labels(ws, faces, fld, value, "selection", relabeled=n_relabel)
+
+
+def assign_rest(faces: list[str], fld: str, value: str) -> None:
+    components.write_labels(ws, faces, fld, value, "selection")
 
 
 def split_out(cluster: int, faces: list[str]) -> None:
@@ -77,8 +94,8 @@ def revert() -> None:
     state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
 
 
-def knn_assign(face_ids: list[str], fld: str, value: str) -> None:
-    assign(face_ids, fld, value, "selection")
+def knn_assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
+    components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
     state.set_knn_query(None)
 
 
@@ -114,39 +131,53 @@ fld, value = components.label_picker(
 )
 components.label_keys(schema, fld, key_value=K.assign_value)
 labels = data.labels(ws, fld)
-b1, b2, b3, b4 = st.columns([3, 1, 1, 2], vertical_alignment="bottom")
-b1.button(
-    f"Assign '{value}' to {len(selected):,} selected",
+order = components.label_values(schema, fld)
+plan = plan_assign(selected, labels, value)
+components.assign_buttons(
+    plan,
     key=K.assign_btn,
-    type="primary",
-    shortcut="Enter",
-    disabled=not selected,
-    width="stretch",
-    on_click=assign_selection,
-    args=(cluster, tuple(members)),
+    relabel_key=K.relabel_btn,
+    on_new=partial(assign_selection, cluster, tuple(members)),
+    on_relabel=partial(relabel, plan.faces(relabel=True), fld, value, len(plan.relabel)),
 )
-b2.button(
+rest = [f for f in members if f in desel and f not in labels]
+b1, b2, b3, b4, b5 = st.columns([1, 1, 1.2, 2.6, 2], vertical_alignment="bottom")
+b1.button(
     "Select all", key=K.select_all_btn, width="stretch",
     on_click=state.reset_selection, args=(cluster,),
 )  # fmt: skip
-b3.button(
+b2.button(
     "Select none", key=K.select_none_btn, width="stretch",
     on_click=state.reset_selection, args=(cluster,), kwargs={"none_of": members},
 )  # fmt: skip
-with b4:
+b3.button(
+    "Invert", key=K.invert_btn, width="stretch", icon=":material/flip:",
+    help="Tick the unticked faces and untick the ticked ones",
+    on_click=state.invert_selection, args=(cluster, members),
+)  # fmt: skip
+b4.button(
+    f"Assign '{components.value_name(value)}' to the rest: "
+    f"{data.plural(len(rest), 'unticked unlabeled face')}",
+    key=K.rest_btn, width="stretch", disabled=not rest,
+    help="After labeling the ticked faces: give the faces you left out their label.",
+    on_click=assign_rest, args=(rest, fld, value),
+)  # fmt: skip
+with b5:
     components.undo_redo(ws)
 
 done = sum(1 for f in members if f in labels)
 g1, g2, g3, g4, g5 = st.columns([3.2, 1.3, 1.1, 1, 1], vertical_alignment="center")
 g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
-    "Untick a face to leave it out (outliers). Keys: 1-9 label, Enter assign, "
-    "Left/Right move, Space tick."
+    "Untick a face to leave it out (outliers). Keys: 1-9 label, 0 not a face, Enter assign "
+    "to the unlabeled ticked faces, Left/Right move, Space tick."
 )
 outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
 range_ticks = g3.toggle("Range ticks", key=K.range_ticks,
                         help="A click ticks or unticks every face since the previous click")  # fmt: skip
+state.sticky(K.page_size)
 page_size = int(g4.selectbox("Per page", PAGE_SIZES, key=K.page_size))
+state.keep(K.page_size)
 n_pages = max(1, math.ceil(len(members) / page_size))
 page = g5.number_input(f"Page (of {n_pages})", 1, n_pages, 1, key=K.grid_page)
 ordered = members[::-1] if outliers_first else members
@@ -203,7 +234,7 @@ components.thumb_grid(
     shown,
     prefix=SELECT_PREFIX,
     checked=lambda f: f not in desel,
-    captions=components.caption_for(labels),
+    captions=components.caption_for(labels, order),
     on_toggle=_toggle,
     cursor=cur,
 )
@@ -263,12 +294,17 @@ with st.expander("More like this", expanded=state.knn_query() is not None):
             ws,
             near,
             prefix=KNN_PREFIX,
-            checked=lambda f: True,
-            captions=components.caption_for(labels),
+            checked=lambda f: f not in labels,  # never pre-tick a labeled face
+            captions=components.caption_for(labels, order),
         )
-        st.button(
-            f"Assign '{value}' to the query and {len(picked)} ticked neighbours",
+        knn_plan = plan_assign([q, *picked], labels, value)
+        components.assign_buttons(
+            knn_plan,
             key=K.knn_assign_btn,
-            on_click=knn_assign,
-            args=([q, *picked], fld, value),
+            relabel_key=K.knn_relabel_btn,
+            shortcut=None,
+            on_new=partial(knn_assign, knn_plan.faces(relabel=False), fld, value, 0),
+            on_relabel=partial(
+                knn_assign, knn_plan.faces(relabel=True), fld, value, len(knn_plan.relabel)
+            ),
         )

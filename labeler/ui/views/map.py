@@ -2,16 +2,21 @@
 
 At most ``data.MAP_MAX_POINTS`` points (a stratified sample, cached per run) are drawn; a
 box/lasso selects ALL faces inside the shape server side, including those not drawn, and is
-kept as one compact array of row indices.
+kept as one compact array of row indices. *Assign* (Enter) labels the unlabeled faces of
+the selection; faces with a label change only through the *Relabel* button, which names
+their count.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from labeler._deps import require
+from labeler.labels import plan_assign
 from labeler.ui import components, data, state
 from labeler.ui.state import K
 
@@ -24,16 +29,11 @@ store = data.store(ws)
 schema = data.schema(ws)
 
 
-def assign(rows: np.ndarray, fld: str, value: str) -> None:
-    keep = st.session_state.get(K.map_clusters)
-    if keep is not None:  # the annotator left some clusters of the shape out
-        rows = rows[np.isin(view.run.labels[rows], [c for c, _ in keep])]
-    face_ids = view.run.face_ids[rows].tolist()
-    eid = store.assign(face_ids, fld, value, annotator=state.require_annotator(),
-                       source="selection")  # fmt: skip
-    state.set_map_selection(None)
+def assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
+    """Write the faces the button named (one event), then clear the selection and the shape."""
+    components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
+    state.clear_map_selection()
     st.session_state.pop(K.map_clusters, None)
-    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value} (event {eid}).")
 
 
 top = st.columns([1, 1.5, 1.5])
@@ -50,10 +50,12 @@ st.caption(
     "inside it (the numbers on the map are cluster numbers)."
 )
 require("plotly", purpose="the map page")
-controls = st.container()  # filled below, once the chart reported its selection
+# filled below, once the chart reported its selection; a fixed height, so that the chart
+# does not jump down when a selection's controls appear
+controls = st.container(height=190, border=False)
 event = st.plotly_chart(
     fig.figure,
-    key=K.map_chart,
+    key=state.map_chart_key(),
     on_select="rerun",
     selection_mode=("points", "box", "lasso"),
     config={"displaylogo": False},
@@ -91,18 +93,20 @@ with controls:
                 "Take the faces of", present, default=present, key=K.map_clusters,
                 format_func=lambda cn: f"{data.cluster_name(cn[0])} ({cn[1]})",
             )  # fmt: skip
-            n_take = sum(n for _, n in keep)
-        else:
-            n_take = len(rows)
-        b1, b2 = st.columns([3, 1])
-        b1.button(
-            f"Assign '{value}' to {data.plural(n_take, 'face')}", key=K.map_assign_btn,
-            type="primary", on_click=assign, args=(rows, fld, value), disabled=n_take == 0,
-            shortcut="Enter",
+        taken = rows
+        if len(present) > 1:
+            taken = rows[np.isin(run.labels[rows], [c for c, _ in keep])]
+        plan = plan_assign(run.face_ids[taken].tolist(), data.labels(ws, fld), value)
+        b1, b2, b3 = st.columns([3, 3, 1.2])
+        components.assign_buttons(
+            plan, key=K.map_assign_btn, relabel_key=K.map_relabel_btn, cols=(b1, b2),
+            on_new=partial(assign, plan.faces(relabel=False), fld, value, 0),
+            on_relabel=partial(assign, plan.faces(relabel=True), fld, value, len(plan.relabel)),
         )  # fmt: skip
-        b2.button(
-            "Clear selection", key=K.map_clear_btn, on_click=state.set_map_selection, args=(None,)
-        )
+        b3.button(
+            "Clear selection", key=K.map_clear_btn, on_click=state.clear_map_selection,
+            width="stretch",
+        )  # fmt: skip
     else:
         st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces.")
 if len(rows):  # below the chart: a glimpse of what is selected

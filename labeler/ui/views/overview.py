@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
+from labeler.labels import NOT_A_FACE
 from labeler.ui import data, state
 
 ws = state.workspace()
@@ -21,11 +22,14 @@ counts = store.counts()
 act = data.activity(ws)
 
 n = len(faces)
-c1, c2, c3, c4 = st.columns(4)
+not_faces = len(store.not_faces())
+c1, c2, c3, c4, c5 = st.columns(5)
 c1.metric("Faces", f"{n:,}")
 c2.metric("Clusters", "—" if view is None else f"{int((view.sizes.index >= 0).sum()):,}")
 c3.metric("Labels given", f"{int(counts['faces'].sum()):,}")
-c4.metric("Annotators", f"{len(act):,}")
+c4.metric("Not a face", f"{not_faces:,}", help="False detections marked 'not a face' (key 0): "
+          "left out of training and export; Undo or a relabel brings a face back.")  # fmt: skip
+c5.metric("Annotators", f"{len(act):,}")
 if view is None:
     st.info(f"No cluster run yet: run `labeler cluster -w {ws.root}` to group the faces.")
 
@@ -39,7 +43,8 @@ st.subheader("Labels per field and value")
 cols = st.columns(max(1, len(schema.fields)))
 for col, f in zip(cols, schema.fields, strict=True):
     per_value = counts[counts["field"] == f.name].set_index("value")["faces"]
-    table = pd.DataFrame({"value": list(f.values)})
+    shown = [*f.values, NOT_A_FACE] if NOT_A_FACE in per_value.index else list(f.values)
+    table = pd.DataFrame({"value": shown})
     table["faces"] = table["value"].map(per_value).fillna(0).astype(int)
     with col:
         st.markdown(f"**{f.name}**" + (" (optional)" if f.optional else ""))

@@ -16,7 +16,7 @@ st.header("Review", divider="gray")
 store = data.store(ws)
 names = store.schema().names
 state.show_flash()
-suggest_panel.banner()
+suggest_panel.banner(ws)
 
 c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
 with c1:

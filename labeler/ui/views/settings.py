@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.ui import components, data, state
+from labeler.ui import auth, components, data, state
 from labeler.ui.state import K
 
 ws = state.workspace()
@@ -13,16 +13,19 @@ state.show_flash()
 store = data.store(ws)
 
 st.subheader("Annotator")
-if K.settings_annotator not in st.session_state:
-    st.session_state[K.settings_annotator] = state.annotator() or ""
-name = st.text_input(
-    "Your name (stored with every label you give; Undo acts on your own labels)",
-    key=K.settings_annotator,
-    max_chars=state.MAX_NAME,
-)
-if state.clean_name(name) and state.clean_name(name) != state.annotator():
-    state.set_annotator(name)
-    st.success(f"Labels are now given as {state.clean_name(name)!r}.")
+if auth.required():  # signed in over the network: the name is the sign-in's
+    auth.account_section()
+else:
+    if K.settings_annotator not in st.session_state:
+        st.session_state[K.settings_annotator] = state.annotator() or ""
+    name = st.text_input(
+        "Your name (stored with every label you give; Undo acts on your own labels)",
+        key=K.settings_annotator,
+        max_chars=state.MAX_NAME,
+    )
+    if state.clean_name(name) and state.clean_name(name) != state.annotator():
+        state.set_annotator(name)
+        st.success(f"Labels are now given as {state.clean_name(name)!r}.")
 
 
 def _add_value(field_name: str) -> None:

@@ -11,6 +11,9 @@ import streamlit as st
 from labeler.ui import data, state
 from labeler.ui.state import K
 
+#: How big a face's crop is shown (px), whatever the number of faces.
+CROP_SHOW = 224
+
 ws = state.workspace()
 st.header("Try it", divider="gray")
 st.caption("Photos you upload here are classified in memory and never stored.")
@@ -48,18 +51,19 @@ with st.spinner("Detecting faces…"):
     preds, detector_name = data.predict_photo(rgb, models)
 st.image(
     rgb,
-    caption=f"{rgb.shape[1]}x{rgb.shape[0]} · {len(preds)} face(s) · detector {detector_name}",
+    caption=f"{rgb.shape[1]}x{rgb.shape[0]} · {data.plural(len(preds), 'face')} · "
+    f"detector {detector_name}",
     width=480,
 )
 if not preds:
     st.warning("No face found.")
     st.stop()
-cols = st.columns(min(4, len(preds)))
+cols = st.columns(4)  # one face or many: each crop at the same, sensible size
 rows = []
 for i, p in enumerate(preds):
     with cols[i % len(cols)]:
         text = ", ".join(f"{f}: {v} ({p.confidence[f]:.0%})" for f, v in p.labels.items())
-        st.image(p.crop, caption=text or f"face {p.face_index}", width="stretch")
+        st.image(p.crop, caption=text or f"face {p.face_index}", width=CROP_SHOW)
     rows.append(
         {"face": p.face_index, **{f: f"{v} ({p.confidence[f]:.2f})" for f, v in p.labels.items()}}
     )
