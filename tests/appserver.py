@@ -65,13 +65,20 @@ def pids_mentioning(text: str) -> list[int]:
 
 @contextlib.contextmanager
 def running_app(
-    workspace: Path, *, env: dict[str, str] | None = None, timeout: float = 90
+    workspace: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    host: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``labeler app -w workspace`` on a free port; yields ``(url, process)``."""
+    """``labeler app -w workspace`` on a free port; yields ``(url, process)``.
+
+    ``host`` is passed as ``--host`` (default: none, the app's own 127.0.0.1); the url is
+    always the loopback one, so a test's traffic never leaves this computer."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from labeler.cli import main; main()", "app", "-w",
-         str(workspace), "--port", str(port)],
+         str(workspace), "--port", str(port), *(["--host", host] if host else [])],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "labeler.cli.train",
     "predict": "labeler.cli.predict",
     "labels": "labeler.cli.labels",
+    "annotators": "labeler.cli.annotators",
     "demo-data": "labeler.cli.demo",
 }
 

@@ -14,9 +14,15 @@ if TYPE_CHECKING:
 
 
 def streamlit_command(
-    workspace: str, *, host: str = "127.0.0.1", port: int = 8501, python: str | None = None
+    workspace: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    python: str | None = None,
+    sign_in: bool = False,
 ) -> list[str]:
-    """The ``python -m streamlit run`` command line for ``workspace`` (headless, no stats)."""
+    """The ``python -m streamlit run`` command line for ``workspace`` (headless, no stats);
+    ``sign_in`` makes the app ask a sign-in also on a loopback address (behind a proxy)."""
     import sys
 
     import labeler.ui
@@ -31,7 +37,7 @@ def streamlit_command(
         "--server.enableStaticServing", "false",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
-        "--", "--workspace", workspace,
+        "--", "--workspace", workspace, *(["--sign-in"] if sign_in else []),
     ]  # fmt: skip
 
 
@@ -94,11 +100,46 @@ def start_checks(ws: Workspace) -> Path | None:
     return make_backup(ws.labels_db)
 
 
+def access_check(ws: Workspace, host: str, *, sign_in: bool = False) -> list[str]:
+    """Refuse to listen beyond this computer (or to ask a sign-in) without annotators to sign
+    in; returns their names ([] on a loopback address without ``sign_in``, where the app
+    asks a name as always)."""
+    from labeler.ui.access import annotators, is_loopback
+
+    if is_loopback(host) and not sign_in:
+        return []
+    names = [a.name for a in annotators(ws.root)]
+    if not names:
+        why = (
+            f"--host {host} lets anyone on the network reach the app"
+            if not is_loopback(host)
+            else "--sign-in asks every browser to sign in"
+        )
+        raise click.ClickException(
+            f"{why}, but {ws.root} has no annotators to sign in: add one with "
+            f"'labeler annotators add NAME -w {ws.root}' (or leave out --host to label on "
+            "this computer only)"
+        )
+    return names
+
+
 @click.command("app")
 @workspace_option()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any other than a loopback one (e.g. 0.0.0.0) needs annotators "
+    "who sign in ('labeler annotators add NAME').",
+)
 @click.option("--port", default=8501, show_default=True, type=int, help="Port to listen on.")
-def command(ws: Workspace, host: str, port: int) -> None:
+@click.option(
+    "--sign-in",
+    "sign_in",
+    is_flag=True,
+    help="Ask annotators to sign in also on a loopback address (behind a TLS reverse proxy).",
+)
+def command(ws: Workspace, host: str, port: int, sign_in: bool) -> None:
     """Open the labeling app in the browser (Streamlit) on WORKSPACE.
 
     Only images inside the workspace and its ingested folders are ever served. The command
@@ -106,8 +147,11 @@ def command(ws: Workspace, host: str, port: int) -> None:
     """
     import os
 
+    who = access_check(ws, host, sign_in=sign_in)
     start_checks(ws)
-    cmd = streamlit_command(str(ws.root), host=host, port=port)
+    cmd = streamlit_command(str(ws.root), host=host, port=port, sign_in=bool(who))
     env = {**os.environ, "LABELER_WORKSPACE": str(ws.root)}
     click.echo(f"labeler app on http://{host}:{port}  (workspace {ws.root}; Ctrl+C to stop)")
+    if who:
+        click.echo(f"sign-in required: {len(who)} annotator(s) (labeler annotators list)")
     raise SystemExit(run_server(cmd, env))
