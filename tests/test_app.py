@@ -570,6 +570,12 @@ def test_page_size(tmp_path, monkeypatch):
     assert len(boxes()) == 48
     at.selectbox(key=K.page_size).set_value(192).run()
     assert not at.exception and len(boxes()) == 192
+    # the page size (and the label picked) come back after another page ran
+    at.selectbox(key=K.assign_value).set_value("on_chin").run()
+    at.switch_page("views/overview.py").run()
+    at.switch_page("views/cluster_view.py").run()
+    assert not at.exception and len(boxes()) == 192
+    assert at.selectbox(key=K.assign_value).value == "on_chin"
 
 
 def test_more_like_this_hides_labeled_faces(ws):

@@ -265,3 +265,28 @@ def test_one_person_for_every_face_is_refused_not_exported_into_train_only(tiny,
     assert res.exit_code != 0
     assert "would be empty" in res.output and "--person-csv" in res.output
     assert not out.exists()
+
+
+def test_not_a_face_is_left_out_of_export_and_training(tiny, tmp_path):
+    """Faces marked not_a_face (in any field) are neither exported nor trained on; Undo
+    brings them back."""
+    from labeler.labels import NOT_A_FACE
+    from labeler.train.data import human_labels
+
+    store = LabelStore(tiny.ws.labels_db)
+    ids = tiny.truth.index[:4].tolist()
+    store.assign(ids[:3], "mask_state", NOT_A_FACE, annotator="test", source="selection")
+    store.assign(ids[3:], "gender", NOT_A_FACE, annotator="test", source="selection")
+    assert store.not_faces() == set(ids)
+    out = tmp_path / "out.csv"
+    assert (
+        run("export", "-w", str(tiny.ws.root), "--out", str(out), "--format", "csv").exit_code == 0
+    )
+    man = pd.read_csv(out, keep_default_na=False)
+    assert len(man) == 72 - 4 and not set(ids) & set(man["face_id"])
+    assert NOT_A_FACE not in set(man["mask_state"])
+    trained_on = human_labels(tiny.ws, "mask_state")
+    assert len(trained_on) == 72 - 4 and not set(ids) & set(trained_on["face_id"])
+    store.undo("test")  # the gender mark: that face counts again
+    assert store.not_faces() == set(ids[:3])
+    assert len(human_labels(tiny.ws, "mask_state")) == 72 - 3

@@ -173,3 +173,50 @@ def test_labeling_on_any_page_retrains_in_the_background(ws):
     assert not at.exception, [e.value for e in at.exception]
     assert _wait_done(ws)["state"] == "done"
     assert propagate.read_status(ws, FIELD)["n_labeled"] == AUTO_EVERY
+
+
+def test_review_texts_say_what_is_true(ws):
+    """The banner goes once the labels change elsewhere (it would no longer be true); group
+    titles give the confidence of the faces still open; no "1 faces"; with every face
+    labeled, the page says so instead of asking for Suggest."""
+    import re
+
+    from labeler.ui.suggest_panel import group_title, open_groups
+
+    ws, truth = ws
+    _label(ws, truth, 24)
+    at = _review()
+    at.button(key=SK.suggest_btn).click().run()
+    assert _wait_done(ws)["state"] == "done"
+    at.run()
+    store = LabelStore(ws.labels_db)
+    groups, faces = open_groups(ws, store, FIELD)
+    for _, g in groups.iterrows():
+        conf = faces.loc[faces["group"] == g["group"], "confidence"]
+        title = group_title(g)
+        want = (
+            f"{conf.min():.2f}"
+            if round(conf.min(), 2) == round(conf.max(), 2)
+            else (f"{conf.min():.2f}-{conf.max():.2f}")
+        )
+        assert f"confidence {want} ·" in title, (title, conf.describe())
+        assert not re.search(r"\b1 faces\b", title)
+    boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]
+    for i, cb in enumerate(boxes):
+        cb.set_value(i < 1)
+    at.run()
+    at.button(key=K.review_accept_btn).click().run()
+    assert any("Accepted 1 face as" in s.value for s in at.success)
+    # a label given elsewhere (another page, another annotator): the banner is stale, gone
+    unlabeled = sorted(set(truth["face_id"]) - set(store.current_values(FIELD)))
+    store.assign(unlabeled[:1], FIELD, "masked", annotator="other", source="selection")
+    at.run()
+    assert not any("Accepted" in s.value for s in at.success)
+    # every face labeled: the page says so
+    rest = sorted(set(ws.faces()["face_id"]) - set(store.current_values(FIELD)))
+    store.assign(rest, FIELD, "masked", annotator="other", source="selection")
+    at.run()
+    texts = [m.value for m in [*at.info, *at.caption]]
+    assert any(f"Every face is labeled for {FIELD}" in t for t in texts), texts
+    assert not any("label faces of two values" in t for t in texts)
+    assert not any(re.search(r"\b1 (faces|groups|labels)\b", t) for t in texts), texts
