@@ -20,8 +20,10 @@ byte-identical.
 ``clusters``: one row per face: path, root, face_id, face_index, box, ``cluster``,
 ``outlier_score``, ``suggested_cluster``, ``label`` (empty if none), ``label_source``.
 
-Persons come from :func:`labeler.persons.find_persons` (identity descriptors by default);
-``export.json`` records how they were found and how many. An export that would put a
+Persons come from :func:`labeler.persons.find_persons` (by default links on every "same
+person" cue, merged under a guard that keeps every split possible: no person above the
+smallest split's share); ``export.json`` records how they were found, how many and how sure
+(``persons.confidence``: weak faces, cut links). An export that would put a
 person or a source image into two splits is refused with an error, never written.
 
 Nothing is overwritten without ``force``; with it, only what an export writes (the split

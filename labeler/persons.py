@@ -16,7 +16,7 @@ first that applies):
 
   * the same source image (hard: never cut);
   * copies: near-duplicates, mirrors and crops of one photo, by a stored whole-face
-    embedding (cosine >= :data:`COPY_THRESHOLD`; hard);
+    embedding (cosine >= :data:`COPY_THRESHOLD`; merged before every other soft link);
   * EXIF: photos of one camera taken within :data:`EXIF_SECONDS` of each other (weak);
   * identity descriptors: dlib's ResNet face descriptor (128-d, trained for face
     recognition; the weights ship in the ``face-recognition-models`` package, CC0) computed
@@ -663,15 +663,20 @@ def identity_links(
     cues["same_image"] = len(image_edges)
     hard = [image_edges]
     used = ["same source image"]
+    soft, soft_d = [np.zeros((0, 2), np.int64)], [np.zeros(0)]
     X, key = _copy_embedding(ws, faces)
     if X is not None:
+        # copies merge before any descriptor link (distance below 0, all "sure") but the guard
+        # can still cut them: a generic embedding can call many faces copies on some data
         copies = near_duplicate_edges(X, threshold=COPY_THRESHOLD)
-        hard.append(copies)
+        soft.append(copies)
+        Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        cos = (Xn[copies[:, 0]] * Xn[copies[:, 1]]).sum(1) if len(copies) else np.zeros(0)
+        soft_d.append(-cos.astype(np.float64))
         cues["copies"] = len(copies)
         used.append(f"copies ({key} cosine >= {COPY_THRESHOLD:.2f})")
     else:
         log.warning("no whole-face embedding stored: copies are linked by descriptors only")
-    soft, soft_d = [np.zeros((0, 2), np.int64)], [np.zeros(0)]
     if exif:
         paths = ws.face_image_paths(faces).tolist()  # type: ignore[attr-defined]
         ex = exif_edges(paths)
