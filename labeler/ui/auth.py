@@ -23,7 +23,8 @@ from pathlib import Path
 import streamlit as st
 
 from labeler.errors import LabelerError
-from labeler.ui import access, state
+from labeler.ui import access
+from labeler.ui.args import ANNOTATOR_KEY, workspace_path
 
 #: session keys (internal, never bound to a widget)
 USER = "_auth_user"  # the signed-in annotator's stored name
@@ -66,7 +67,7 @@ def _sign_in_asked() -> bool:
 
 
 def _root() -> Path | None:
-    path = state.workspace_path()
+    path = workspace_path()
     return Path(path) if path else None
 
 
@@ -102,11 +103,11 @@ def _check(root: Path) -> str | None:
 def _remember(root: Path, name: str) -> None:
     st.session_state[USER] = name
     st.session_state[TOKEN] = access.session_token(root, name)
-    st.session_state[state.K.annotator] = name  # per-annotator preferences key on it
+    st.session_state[ANNOTATOR_KEY] = name  # per-annotator preferences key on it
 
 
 def _forget() -> None:
-    for key in (USER, TOKEN, COOKIE_SET, state.K.annotator):
+    for key in (USER, TOKEN, COOKIE_SET, ANNOTATOR_KEY):
         st.session_state.pop(key, None)
 
 

@@ -109,7 +109,11 @@ def who_bar(ws: Workspace, name: str) -> None:
     """One line at the top of every page: who labels, in which workspace."""
     c1, c2 = st.columns([6, 1], vertical_alignment="center")
     c1.caption(f"Labeling as **{name}** · workspace **{ws.root.name}**", help=str(ws.root))
-    c2.page_link("views/settings.py", label="Change name", icon=":material/badge:")
+    from labeler.ui import auth
+
+    signed = auth.required()  # signed in: Settings shows the account and Sign out
+    c2.page_link("views/settings.py", label="Account" if signed else "Change name",
+                 icon=":material/badge:")  # fmt: skip
 
 
 # --- the thumbnail grid --------------------------------------------------------------------------

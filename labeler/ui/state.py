@@ -7,22 +7,21 @@ The workspace comes from ``--workspace`` after ``--`` on the streamlit command l
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
+from labeler.ui.args import ANNOTATOR_KEY, workspace_path
+from labeler.ui.args import ENV_WORKSPACE as ENV_WORKSPACE  # re-exported: tests, scripts
 from labeler.workspace import Workspace
 
 if TYPE_CHECKING:
     from labeler.ui.data import RunView
 
-ENV_WORKSPACE = "LABELER_WORKSPACE"
 ENV_ANNOTATOR = "LABELER_ANNOTATOR"
 #: The annotator's name travels in the URL (``?annotator=NAME``: reloads and bookmarks keep
 #: it) and in a cookie of that name (a new tab in the same browser finds it).
@@ -36,7 +35,7 @@ class Keys:
     """Session-state keys (widgets and internal state)."""
 
     # internal (never bound to a widget: survive page switches)
-    annotator: str = "_annotator"
+    annotator: str = ANNOTATOR_KEY
     cookie_written: str = "_cookie_written"  # the name last stored in the browser's cookie
     cursor: str = "_cursor"  # dict[cluster, face_id]: the keyboard cursor in the grid
     anchor: str = "_anchor"  # dict[cluster, face_id]: the last face ticked (range ticks)
@@ -114,14 +113,6 @@ SELECT_PREFIX = "sel_"  # cluster grid checkbox: selected for the bulk action
 PHOTO_PREFIX = "photo_"  # button under a thumbnail: show the source photo
 KNN_PREFIX = "near_"  # neighbours grid checkbox
 REVIEW_PREFIX = "rv_"  # review grid checkbox
-
-
-def workspace_path() -> str | None:
-    """``--workspace`` from the script arguments, else ``$LABELER_WORKSPACE``."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--workspace", "-w")
-    args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.workspace or os.environ.get(ENV_WORKSPACE)
 
 
 def workspace() -> Workspace:
