@@ -369,10 +369,10 @@ def assign_buttons(
         )  # fmt: skip
     notes = []
     if plan.relabel:
-        notes.append(f"{data.plural(len(plan.relabel), 'ticked face')} keep their label "
+        notes.append(f"{data.plural(len(plan.relabel), 'selected face')} keep their label "
                      "unless you relabel them")  # fmt: skip
     if plan.same:
-        notes.append(f"{data.plural(len(plan.same), 'ticked face')} already "
+        notes.append(f"{data.plural(len(plan.same), 'selected face')} already "
                      f"{value_name(plan.value)}")  # fmt: skip
     if notes:
         st.caption("; ".join(notes).capitalize() + ".")

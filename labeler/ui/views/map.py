@@ -50,9 +50,6 @@ st.caption(
     "inside it (the numbers on the map are cluster numbers)."
 )
 require("plotly", purpose="the map page")
-# filled below, once the chart reported its selection; a fixed height, so that the chart
-# does not jump down when a selection's controls appear
-controls = st.container(height=190, border=False)
 event = st.plotly_chart(
     fig.figure,
     key=state.map_chart_key(),
@@ -71,7 +68,8 @@ if state.is_new_map_event(selection):
 
 rows = state.map_selection()
 labels_now = data.labels_by_row(ws, fld)
-with controls:
+# the selection's controls come below the chart: the chart never jumps when they appear
+with st.container():
     if len(rows):
         drawn = st.session_state.get("_map_drawn", rows)
         info = data.selection_summary(rows, drawn, run.labels, labels_now)
@@ -108,7 +106,8 @@ with controls:
             width="stretch",
         )  # fmt: skip
     else:
-        st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces.")
+        st.caption("Drag a box or lasso on the map (toolbar, top right) to select faces; "
+                   "what it takes and the buttons to label it appear here.")  # fmt: skip
 if len(rows):  # below the chart: a glimpse of what is selected
     preview = [str(f) for f in run.face_ids[rows[np.argsort(run.outlier_score[rows])][:16]]]
     st.caption("Most central selected faces (the photo button shows where a face came from)")
