@@ -100,3 +100,17 @@ def running_app(
                 os.kill(pid, signal.SIGKILL)
         if proc.stdout:
             proc.stdout.close()
+
+
+def settle(page, ms: int = 400) -> None:
+    """Wait until Streamlit has finished the rerun a click started (a Playwright ``page``):
+    no status widget and no element marked stale, twice in a row 100 ms apart."""
+    page.wait_for_timeout(250)
+    for _ in range(2):
+        page.wait_for_function(
+            """() => !document.querySelector('[data-testid="stStatusWidget"]')
+                     && !document.querySelector('[data-stale="true"]')""",
+            timeout=60_000,
+        )
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(ms)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from appserver import running_app
+from appserver import settle as _settle
 
 from labeler.labels import LabelStore
 from labeler.ui.synthetic import synthetic_workspace
@@ -60,20 +61,6 @@ def _keep(shot: Path, name: str) -> None:
     if os.environ.get("LABELER_UPDATE_SCREENSHOT"):
         DOCS.mkdir(exist_ok=True)
         shutil.copyfile(shot, DOCS / name)
-
-
-def _settle(page, ms: int = 400) -> None:
-    """Wait until Streamlit has finished the rerun a click started: no status widget and no
-    element marked stale, twice in a row 100 ms apart."""
-    page.wait_for_timeout(250)
-    for _ in range(2):
-        page.wait_for_function(
-            """() => !document.querySelector('[data-testid="stStatusWidget"]')
-                     && !document.querySelector('[data-stale="true"]')""",
-            timeout=60_000,
-        )
-        page.wait_for_timeout(100)
-    page.wait_for_timeout(ms)
 
 
 @pytest.fixture

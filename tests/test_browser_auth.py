@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from appserver import running_app
+from appserver import settle as _settle
 
 from labeler.labels import LabelStore
 from labeler.ui import access
@@ -33,19 +34,6 @@ def _need_browser() -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-
-
-def _settle(page, ms: int = 400) -> None:
-    """Wait until Streamlit has finished a rerun (as tests/test_browser.py does)."""
-    page.wait_for_timeout(250)
-    for _ in range(2):
-        page.wait_for_function(
-            """() => !document.querySelector('[data-testid="stStatusWidget"]')
-                     && !document.querySelector('[data-stale="true"]')""",
-            timeout=60_000,
-        )
-        page.wait_for_timeout(100)
-    page.wait_for_timeout(ms)
 
 
 def _sees_only_the_sign_in(page) -> None:

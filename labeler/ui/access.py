@@ -170,13 +170,19 @@ def add_annotator(root: str | os.PathLike[str], name: str) -> Invite:
     return Invite(name, password)
 
 
-def reset_password(root: str | os.PathLike[str], name: str) -> Invite:
-    """A new password for ``name``; the old one and every session signed with it stop working."""
+def _existing(root: str | os.PathLike[str], name: str) -> tuple[Path, dict, str]:
+    """The store's path, its contents and ``name`` as stored; NotFoundError naming the fix."""
     path = store_path(root)
     data = _read(path)
     stored = _find(data.get("annotators", {}), name)
     if stored is None:
         raise NotFoundError(_unknown(name, path))
+    return path, data, stored
+
+
+def reset_password(root: str | os.PathLike[str], name: str) -> Invite:
+    """A new password for ``name``; the old one and every session signed with it stop working."""
+    path, data, stored = _existing(root, name)
     password = new_password()
     data["annotators"][stored] = _entry(password)
     _write(path, data)
@@ -185,11 +191,7 @@ def reset_password(root: str | os.PathLike[str], name: str) -> Invite:
 
 def remove_annotator(root: str | os.PathLike[str], name: str) -> str:
     """Remove ``name`` (its open sessions end at their next click); returns the stored name."""
-    path = store_path(root)
-    data = _read(path)
-    stored = _find(data.get("annotators", {}), name)
-    if stored is None:
-        raise NotFoundError(_unknown(name, path))
+    path, data, stored = _existing(root, name)
     del data["annotators"][stored]
     _write(path, data)
     return stored
