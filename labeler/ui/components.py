@@ -249,9 +249,9 @@ def label_picker(
     state.set_field(fld)
     values = label_values(schema, fld)
     last = state.remembered(f"value:{fld}")
-    if st.session_state.get(key_value) not in values or st.session_state.get("_value_fld") != fld:
+    if st.session_state.get(key_value) not in values or st.session_state.get(K.value_field) != fld:
         st.session_state[key_value] = last if last in values else values[0]
-    st.session_state["_value_fld"] = fld
+    st.session_state[K.value_field] = fld
     with col_v:
         value = st.selectbox("Label", values, key=key_value, format_func=value_name)
     state.remember(f"value:{fld}", value)

@@ -47,6 +47,7 @@ class Keys:
     flash: str = "_flash"
     field: str = "_field"
     prefs: str = "_prefs"  # dict[annotator, dict[widget key, value]]: kept across pages
+    value_field: str = "_value_field"  # the field the label picker's value belongs to
     map_chart_n: str = "_map_chart_n"  # bumped to give the map a fresh chart (no old lasso)
     # widgets
     name_prompt: str = "name_prompt"

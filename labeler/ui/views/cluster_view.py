@@ -27,7 +27,6 @@ ws = state.workspace()
 st.header("Cluster view", divider="gray")
 view = state.require_run_view(ws)
 run = view.run
-store = data.store(ws)
 schema = data.schema(ws)
 state.show_flash()
 
@@ -44,7 +43,8 @@ def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
     if not picked or value not in components.label_values(schema, fld):
         state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return
-    plan = plan_assign(picked, store.current_values(fld), str(value))
+    # the labels the page shows (a face marked not_a_face in any field counts as labeled)
+    plan = plan_assign(picked, data.labels(ws, fld), str(value))
     if not plan.new:
         state.flash(
             f"The {data.plural(len(picked), 'ticked face')} have labels already: nothing "
@@ -53,15 +53,6 @@ def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
         return
     source = "cluster" if not out & set(members) else "selection"
     components.write_labels(ws, plan.faces(relabel=False), fld, str(value), source)
-
-
-def relabel(faces: list[str], fld: str, value: str, n_relabel: int) -> None:
-    """The explicit choice: the faces the button named, unlabeled and relabeled, one event."""
-    components.write_labels(ws, faces, fld, value, "selection", relabeled=n_relabel)
-
-
-def assign_rest(faces: list[str], fld: str, value: str) -> None:
-    components.write_labels(ws, faces, fld, value, "selection")
 
 
 def split_out(cluster: int, faces: list[str]) -> None:
@@ -138,7 +129,16 @@ components.assign_buttons(
     key=K.assign_btn,
     relabel_key=K.relabel_btn,
     on_new=partial(assign_selection, cluster, tuple(members)),
-    on_relabel=partial(relabel, plan.faces(relabel=True), fld, value, len(plan.relabel)),
+    # the explicit choice: exactly the faces the button names, one event
+    on_relabel=partial(
+        components.write_labels,
+        ws,
+        plan.faces(relabel=True),
+        fld,
+        value,
+        "selection",
+        relabeled=len(plan.relabel),
+    ),  # fmt: skip
 )
 rest = [f for f in members if f in desel and f not in labels]
 b1, b2, b3, b4, b5 = st.columns([1, 1, 1.2, 2.6, 2], vertical_alignment="bottom")
@@ -160,7 +160,7 @@ b4.button(
     f"{data.plural(len(rest), 'unticked unlabeled face')}",
     key=K.rest_btn, width="stretch", disabled=not rest,
     help="After labeling the ticked faces: give the faces you left out their label.",
-    on_click=assign_rest, args=(rest, fld, value),
+    on_click=components.write_labels, args=(ws, rest, fld, value, "selection"),
 )  # fmt: skip
 with b5:
     components.undo_redo(ws)
