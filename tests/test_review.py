@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import shared_dataset
 from streamlit.testing.v1 import AppTest
@@ -206,6 +207,11 @@ def test_review_texts_say_what_is_true(ws):
         cb.set_value(i < 1)
     at.run()
     at.button(key=K.review_accept_btn).click().run()
+    assert any("Accepted 1 face as" in s.value for s in at.success)
+    # a background Suggest run writing suspects changes no label: the banner is still true
+    store.write_suspects(pd.DataFrame(columns=["face_id", "field", "given", "suggested",
+                                               "score"]), "test", fields=[FIELD])  # fmt: skip
+    at.run()
     assert any("Accepted 1 face as" in s.value for s in at.success)
     # a label given elsewhere (another page, another annotator): the banner is stale, gone
     unlabeled = sorted(set(truth["face_id"]) - set(store.current_values(FIELD)))

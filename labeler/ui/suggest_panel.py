@@ -42,9 +42,10 @@ SK = Keys()
 
 
 def _say(message: str, kind: str = "success", db: str | None = None) -> None:
-    """Keep ``message`` as the banner, stamped with the label store's version after the
-    change it reports (``db``): once anything else changes the labels, it is stale."""
-    version = LabelStore(db).version() if db else None
+    """Keep ``message`` as the banner, stamped with the last label event after the change
+    it reports (``db``): once another event changes the labels, it is stale. Only events
+    count: a background Suggest run writing suggestions or suspects leaves it true."""
+    version = LabelStore(db).version()[0] if db else None
     st.session_state[SK.banner] = (kind, message, version)
 
 
@@ -55,7 +56,7 @@ def banner(ws: Workspace) -> None:
     if not item:
         return
     kind, message, version = item
-    if version is not None and version != data.label_version(ws):
+    if version is not None and version != data.label_version(ws)[0]:
         st.session_state.pop(SK.banner, None)
         return
     getattr(st, kind, st.info)(message)
