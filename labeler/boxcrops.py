@@ -106,8 +106,8 @@ def box_crops_workspace(
     """
     import os
 
+    from labeler.errors import WorkspaceError
     from labeler.imageio import ImageDecodeError, write_jpeg
-    from labeler.workspace import WorkspaceError
 
     faces = ws.faces() if faces is None else faces
     if faces.empty:

@@ -22,7 +22,7 @@ from labeler.cluster.algorithms import (
     weighted_ward,
 )
 from labeler.cluster.edit import merge_clusters, move_faces, revert, split_cluster
-from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, l2_normalize, search
+from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, search
 from labeler.cluster.place import place_by_neighbors, place_faces, suggest_labels
 from labeler.cluster.run import ClusterConfig, cluster_embeddings, fit_clusters, resolve_config
 from labeler.cluster.store import (
@@ -36,7 +36,9 @@ from labeler.cluster.store import (
     save_run,
     set_current,
 )
-from labeler.workspace import Workspace, WorkspaceError
+from labeler.embeddings.store import l2_normalize
+from labeler.errors import WorkspaceError
+from labeler.workspace import Workspace
 
 D = 1280
 

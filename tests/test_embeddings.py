@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from labeler.embeddings import store
 from labeler.embeddings.backbones import BackboneError, resolve_spec
-from labeler.workspace import Workspace, WorkspaceError
+from labeler.errors import WorkspaceError
+from labeler.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ def workspace_option(*, create: bool = False) -> Callable[[F], F]:
     """``-w/--workspace DIR``; the command receives a ``labeler.workspace.Workspace``."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str) -> Any:
-        from labeler.workspace import Workspace, WorkspaceError
+        from labeler.errors import WorkspaceError
+        from labeler.workspace import Workspace
 
         try:
             return Workspace.open(value, create=create)

@@ -45,8 +45,8 @@ def split_labels(
     Raises ValueError when the cluster has fewer than 2 faces or ``n_parts`` < 2.
     """
     from labeler.cluster.algorithms import hdbscan_cluster, kmeans_cluster, relabel_by_size
-    from labeler.cluster.knn import l2_normalize
     from labeler.cluster.reduce import fit_pca
+    from labeler.embeddings.store import l2_normalize
 
     labels = np.asarray(labels, dtype=np.int32)
     members = np.flatnonzero(labels == cluster_id)
@@ -142,7 +142,7 @@ def split_cluster(
         raise ValueError(
             f"X has {len(X)} rows but the run has {len(result.labels)} faces; pass the run's features"
         )
-    from labeler.cluster.knn import l2_normalize
+    from labeler.embeddings.store import l2_normalize
 
     V = l2_normalize(X)
     labels = split_labels(V, result.labels, int(cluster_id), n_parts=n_parts, seed=seed)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labeler.cluster.types import INDEX_KINDS, KnnGraph
-from labeler.embeddings.store import l2_normalize  # noqa: F401  (re-exported)
+from labeler.embeddings.store import l2_normalize
 from labeler.errors import InputError, UnknownKeyError
 
 if TYPE_CHECKING:  # pragma: no cover

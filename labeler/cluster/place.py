@@ -140,7 +140,8 @@ def place_faces(
     new_vectors: (M, D) raw features, projected with ``pca`` (a PcaModel) when given.
     New faces already in ``result`` are refused.
     """
-    from labeler.cluster.knn import build_index, l2_normalize, search
+    from labeler.cluster.knn import build_index, search
+    from labeler.embeddings.store import l2_normalize
 
     new_ids = np.asarray(list(new_ids), dtype=object).astype(str)
     dup = np.isin(new_ids, result.face_ids)
@@ -187,11 +188,11 @@ def place_new_faces(
     Returns ``(new_run_id or None when nothing to place, number placed)``.
     """
     from labeler.cluster.inputs import load_cluster_features
-    from labeler.cluster.knn import l2_normalize
     from labeler.cluster.reduce import fit_pca
     from labeler.cluster.store import load_artifacts, load_run, save_run
     from labeler.cluster.types import ClusterArtifacts
-    from labeler.workspace import WorkspaceError
+    from labeler.embeddings.store import l2_normalize
+    from labeler.errors import WorkspaceError
 
     result = load_run(ws, run_id)
     art = load_artifacts(ws, run_id)

@@ -25,7 +25,7 @@ from labeler.cluster.algorithms import (
     ward_cluster,
 )
 from labeler.cluster.inputs import load_cluster_features
-from labeler.cluster.knn import build_index, knn_graph, l2_normalize, search
+from labeler.cluster.knn import build_index, knn_graph, search
 from labeler.cluster.place import place_by_neighbors
 from labeler.cluster.reduce import fit_pca, pca_map, umap_embed
 from labeler.cluster.types import (
@@ -36,6 +36,7 @@ from labeler.cluster.types import (
     ClusterFit,
     ClusterResult,
 )
+from labeler.embeddings.store import l2_normalize
 from labeler.errors import InputError
 
 log = logging.getLogger(__name__)

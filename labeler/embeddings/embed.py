@@ -35,9 +35,9 @@ import pandas as pd
 from labeler.cropcache import CropCache
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
-from labeler.errors import InputError
+from labeler.errors import InputError, WorkspaceError
 from labeler.regions import CROP_SIZE, crop_region, get_region
-from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
+from labeler.workspace import Workspace, iter_batches, jsonable
 
 log = logging.getLogger(__name__)
 

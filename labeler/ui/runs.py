@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from labeler.cluster import store
-from labeler.workspace import Workspace, WorkspaceError
+from labeler.errors import WorkspaceError
+from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
