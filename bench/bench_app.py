@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,9 +82,11 @@ def main() -> None:
 
     from labeler.cluster import store as cluster_store
     from labeler.labels import MASK_STATES, LabelStore
-    from labeler.ui import data
+    from labeler.ui import chart
     from labeler.ui.state import ENV_WORKSPACE, K
-    from labeler.ui.synthetic import synthetic_workspace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic import synthetic_workspace  # the tests' synthetic workspace
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_app_")) / "ws"
     ws, t_build = timed(
@@ -178,7 +181,7 @@ def main() -> None:
         )
     )
 
-    fig = data.map_figure(ws, "mask_state", "label").figure
+    fig = chart.map_figure(ws, "mask_state", "label").figure
     sample_bytes = len(json.dumps(fig))
     n_drawn = sum(len(t["x"]) for t in fig["data"])
     xy = run.xy

@@ -31,8 +31,9 @@ import numpy as np
 
 
 def effort_rows(name: str, ws_path: str, truth_csv: str) -> tuple[dict, dict]:
-    from labeler.simulate import join_truth, session_inputs, simulate, split_vectors_of
-    from labeler.suggest import reliability, suggest
+    from labeler.loop.simulate import simulate
+    from labeler.loop.suggest import reliability, suggest
+    from labeler.loop.truth import join_truth, session_inputs, split_vectors_of
     from labeler.workspace import Workspace
 
     ws = Workspace.open(ws_path)
@@ -76,7 +77,7 @@ def effort_rows(name: str, ws_path: str, truth_csv: str) -> tuple[dict, dict]:
 def time_suggest(n: int, tmp: Path) -> dict:
     """One timing row: Suggest on n synthetic faces in a thread, store reads meanwhile."""
     from labeler.labels import LabelStore
-    from labeler.suggest import suggest
+    from labeler.loop.suggest import suggest
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 192)) * 0.12  # overlapping: every band is used
@@ -131,10 +132,12 @@ def time_app(n: int, tmp: Path, *, reruns: int = 5) -> dict:
 
     from streamlit.testing.v1 import AppTest
 
-    from labeler import propagate
+    from labeler.loop import step as propagate
     from labeler.embeddings.store import save_vectors
     from labeler.labels import LabelStore
-    from labeler.ui.synthetic import synthetic_workspace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic import synthetic_workspace  # the tests' synthetic workspace
 
     ws = synthetic_workspace(tmp / f"app_{n}", n_faces=n, n_clusters=20, write_images=False,
                              crops_per_cluster=48, seed=1)  # fmt: skip

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
+from synthetic import synthetic_workspace
 
 from labeler import ui
 from labeler.cluster import store as cluster_store
 from labeler.labels import LabelStore
-from labeler.ui import data
+from labeler.ui import chart, data, photos
 from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, KNN_PREFIX, SELECT_PREFIX, K
-from labeler.ui.synthetic import synthetic_workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
 PAGES = [script for script, _, _ in ui.PAGES]
@@ -198,12 +198,12 @@ def real_template(tmp_path_factory):
     from labeler.pipeline import RunConfig, run_pipeline
     from labeler.workspace import Workspace
 
-    photos = tmp_path_factory.mktemp("mfr2") / "photos"
-    photos.mkdir()
+    folder = tmp_path_factory.mktemp("mfr2") / "folder"
+    folder.mkdir()
     for f in sorted((shared_dataset("mfr2") / "images").iterdir())[:40]:
-        (photos / f.name).write_bytes(f.read_bytes())
-    ws = Workspace.open(photos.parent / "ws", create=True)
-    run_pipeline(photos, ws, config=RunConfig(device="cpu"))
+        (folder / f.name).write_bytes(f.read_bytes())
+    ws = Workspace.open(folder.parent / "ws", create=True)
+    run_pipeline(folder, ws, config=RunConfig(device="cpu"))
     return ws
 
 
@@ -337,17 +337,17 @@ def test_map_selection_labels_every_face_inside(ws):
 def test_rows_in_selection_box_lasso_points():
     xy = np.array([[0, 0], [1, 1], [2, 2], [5, 5], [0.5, 1.5]], np.float32)
     box = {"box": [{"x": [2.5, -0.1], "y": [-0.1, 2.5]}]}
-    assert data.rows_in_selection(xy, box).tolist() == [0, 1, 2, 4]
+    assert chart.rows_in_selection(xy, box).tolist() == [0, 1, 2, 4]
     tri = {"lasso": [{"x": [-1, 3, -1], "y": [-1, -1, 3]}]}  # lower-left triangle
-    assert data.rows_in_selection(xy, tri).tolist() == [0, 1, 4]
+    assert chart.rows_in_selection(xy, tri).tolist() == [0, 1, 4]
     pts = {"points": [{"customdata": [3]}, {"customdata": 99}]}
-    assert data.rows_in_selection(xy, pts).tolist() == [3]
+    assert chart.rows_in_selection(xy, pts).tolist() == [3]
     clicked = {
         "points": [{"curve_number": 1, "point_index": 0}, {"curve_number": 5, "point_index": 0}]
     }
     trace_rows = (np.array([0, 1]), np.array([4, 2]))
-    assert data.rows_in_selection(xy, clicked, trace_rows).tolist() == [4]
-    assert data.rows_in_selection(xy, {}).tolist() == []
+    assert chart.rows_in_selection(xy, clicked, trace_rows).tolist() == [4]
+    assert chart.rows_in_selection(xy, {}).tolist() == []
 
 
 def test_map_sample_is_bounded_and_keeps_every_cluster():
@@ -491,16 +491,16 @@ def test_source_photo_of_a_face(ws):
     from PIL import Image
 
     fid = members(ws, biggest_cluster(ws))[0]
-    sp = data.source_photo(ws, fid)
+    sp = photos.source_photo(ws, fid)
     assert sp is not None and sp.path.endswith(".jpg") and Path(sp.path).exists()
     assert sp.whole_image and sp.rotation == 0 and sp.detector == "synthetic"
     img = np.asarray(Image.open(io.BytesIO(sp.jpeg)).convert("RGB"))
     assert img.shape[:2] == (sp.height, sp.width)
     # the box is drawn in green along the photo's border (the synthetic face is the whole image)
     assert img[0, img.shape[1] // 2, 1] > 200 and img[0, img.shape[1] // 2, 0] < 80
-    assert data.source_photo(ws, "nope_0") is None
+    assert photos.source_photo(ws, "nope_0") is None
     # drawing: box outline and landmark dots on a grey picture
-    out = data.draw_face(np.full((100, 200, 3), 128, np.uint8), (20, 10, 80, 90),
+    out = photos.draw_face(np.full((100, 200, 3), 128, np.uint8), (20, 10, 80, 90),
                          np.array([[40, 40], [60, 40], [50, 55], [50, 70]]))  # fmt: skip
     assert tuple(out[10, 50]) == (0, 255, 64) and tuple(out[50, 150]) == (128, 128, 128)
     assert tuple(out[40, 40]) == (0, 255, 64)
@@ -613,7 +613,7 @@ def test_overview_counts_each_face_once(ws):
 def test_map_selection_summary_counts_faces_not_drawn():
     clusters = np.array([0, 0, 0, -1, -1, 1])
     labels = np.array(["a", "a", "(unlabeled)", "(unlabeled)", "b", "a"], dtype=object)
-    info = data.selection_summary(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2]), clusters, labels)
+    info = chart.selection_summary(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2]), clusters, labels)
     assert info["total"] == 5 and info["drawn"] == 3 and info["hidden"] == 2
     assert info["by_cluster"] == {"cluster 0": 3, "noise": 2}
     assert info["by_label"] == {"a": 2, "(unlabeled)": 2, "b": 1}
@@ -653,7 +653,7 @@ def test_thumbnail_sheets_put_each_face_in_its_cell():
         return buf.getvalue()
 
     faces = [jpeg(v) for v in range(0, 250, 10)] + [None, b"not an image"]  # 25 + 2
-    ts = data.thumbnail_sheets(faces, cell=16, cols=4)
+    ts = chart.thumbnail_sheets(faces, cell=16, cols=4)
     assert ts.per_sheet == 16 and len(ts.sheets) == 2
     first = np.asarray(Image.open(io.BytesIO(ts.sheets[0])).convert("RGB"), np.int32)
     second = np.asarray(Image.open(io.BytesIO(ts.sheets[1])).convert("RGB"), np.int32)
@@ -665,15 +665,15 @@ def test_thumbnail_sheets_put_each_face_in_its_cell():
     assert np.abs(second[8 + 16 * 2, 8 + 16 * 1] - 200).max() < 12  # None: a grey cell
     assert np.abs(second[8 + 16 * 2, 8 + 16 * 2] - 200).max() < 12  # undecodable: grey
     with pytest.raises(ValueError, match="cell"):
-        data.thumbnail_sheets(faces, cell=4)
+        chart.thumbnail_sheets(faces, cell=4)
 
 
 def test_map_points_carry_their_row_and_thumbnail_cell(ws):
     view = data.run_view(ws)
-    fig = data.map_figure(ws, "mask_state", "cluster")
+    fig = chart.map_figure(ws, "mask_state", "cluster")
     for trace, rows in zip(fig.figure["data"], fig.trace_rows, strict=True):
         cd = np.asarray(trace["customdata"])
         assert cd[:, 0].tolist() == rows.tolist()  # a click selects the run row
         assert view.sample[cd[:, 1]].tolist() == rows.tolist()  # the cell shows that face
-    ts = data.map_thumbs(ws)
+    ts = chart.map_thumbs(ws)
     assert len(ts.sheets) == -(-len(view.sample) // ts.per_sheet)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synthetic import synthetic_workspace
 
 from labeler.cli import cli
 from labeler.labels import LabelStore
 from labeler.ui import access
-from labeler.ui.synthetic import synthetic_workspace
 
 APP = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
 FIELD = "mask_state"

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from appserver import running_app
 from appserver import settle as _settle
+from synthetic import synthetic_workspace
 
 from labeler.labels import LabelStore
-from labeler.ui.synthetic import synthetic_workspace
 
 pytestmark = pytest.mark.browser
 
@@ -697,7 +697,7 @@ def scripted_session(ws0, truth_csv: Path, tmp_path: Path) -> tuple[dict, Path]:
     from playwright.sync_api import expect, sync_playwright
 
     from labeler.cluster import store as cluster_store
-    from labeler.simulate import join_truth
+    from labeler.loop.truth import join_truth
     from labeler.workspace import Workspace
 
     root = tmp_path / "ws"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from appserver import running_app
 from appserver import settle as _settle
+from synthetic import synthetic_workspace
 
 from labeler.labels import LabelStore
 from labeler.ui import access
-from labeler.ui.synthetic import synthetic_workspace
 
 pytestmark = pytest.mark.browser
 

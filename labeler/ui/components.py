@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from labeler.labels import NOT_A_FACE, AssignPlan, LabelSchema, LabelStore
-from labeler.ui import data, state
+from labeler.ui import chart, data, photos, state
 from labeler.ui.state import PHOTO_PREFIX, K
 from labeler.workspace import Workspace
 
@@ -192,7 +192,7 @@ def _photo_dialog(ws: Workspace, face_id: str) -> None:
 
 def show_source(ws: Workspace, face_id: str) -> None:
     """The face's source photo with its box, and where the face came from."""
-    sp = data.source_photo(ws, face_id)
+    sp = photos.source_photo(ws, face_id)
     if sp is None:
         st.warning(f"Face {face_id} is not in this workspace's faces table.")
         return
@@ -230,23 +230,26 @@ def label_values(schema: LabelSchema, fld: str) -> list[str]:
     return [*schema.values(fld), NOT_A_FACE]
 
 
+def field_picker(names: Sequence[str], *, key: str) -> str:
+    """The label field selector: starts at the field the annotator works on (shared across
+    pages, :func:`state.field`) and makes the pick the shared one."""
+    current = state.field(names[0])
+    fld = st.selectbox(
+        "Field", names, index=names.index(current) if current in names else 0, key=key
+    )
+    state.set_field(fld)
+    return fld
+
+
 def label_picker(
     schema: LabelSchema, *, key_field: str, key_value: str, cols: Sequence | None = None
 ) -> tuple[str, str]:
     """Field and value selectors (in ``cols``, two columns, or new ones). The field is shared
     across pages; the value is the annotator's last pick for that field (never a silent
     fall back to the first value when a page comes back)."""
-    names = schema.names
-    current = state.field(names[0])
     col_f, col_v = cols if cols is not None else st.columns([1, 2])
     with col_f:
-        fld = st.selectbox(
-            "Field",
-            names,
-            index=names.index(current) if current in names else 0,
-            key=key_field,
-        )
-    state.set_field(fld)
+        fld = field_picker(schema.names, key=key_field)
     values = label_values(schema, fld)
     last = state.remembered(f"value:{fld}")
     if st.session_state.get(key_value) not in values or st.session_state.get(K.value_field) != fld:
@@ -326,14 +329,18 @@ def caption_for(labels: dict[str, str], order: Sequence[str] = ()) -> Callable[[
 
 
 def write_labels(ws: Workspace, face_ids: list[str], fld: str, value: str, source: str,
-                 relabeled: int = 0) -> int | None:  # fmt: skip
-    """One event for ``face_ids`` and a message saying what it changed."""
+                 relabeled: int = 0, *, announce: bool = True) -> int | None:  # fmt: skip
+    """The one label write of every page: one event for ``face_ids`` by the signed-in
+    annotator, and (``announce``) a message saying what it changed. Returns the event id."""
     if not face_ids:
-        state.flash("Nothing to assign: tick faces and pick a label.", "info")
+        if announce:
+            state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return None
     eid = LabelStore(ws.labels_db).assign(
         face_ids, fld, value, annotator=state.require_annotator(), source=source
     )
+    if not announce:
+        return eid
     again = f"; {data.plural(relabeled, 'face')} of them relabeled" if relabeled else ""
     state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value}{again} "
                 f"(event {eid}).")  # fmt: skip
@@ -450,7 +457,7 @@ _THUMB_JS = """
 THUMB_SHOW_SIDE = 128
 
 
-def map_hover_thumbnails(sheets: data.ThumbSheets | None) -> None:
+def map_hover_thumbnails(sheets: chart.ThumbSheets | None) -> None:
     """Put the map's thumbnail sheets on the page (hidden; the browser fetches each once per
     run) and the script that shows the hovered point's face (:data:`_THUMB_JS`)."""
     if sheets is None or not sheets.sheets:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from labeler import propagate
+from labeler.loop import step as propagate
 from labeler.labels import NOT_A_FACE, LabelStore
 from labeler.ui import components, data, state
 from labeler.ui.state import REVIEW_PREFIX, K
@@ -280,7 +280,7 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
     b1, b2, b3 = st.columns(3)
     b1.button(
         f"Accept {len(ticked)} ticked as {value}", key=K.review_accept_btn,
-        disabled=not ticked, on_click=_accept, args=(str(ws.labels_db), field, value, ticked),
+        disabled=not ticked, on_click=_accept, args=(ws, field, value, ticked),
     )  # fmt: skip
     b2.button(
         f"Reject {len(ticked)} ticked", key=K.review_reject_btn, disabled=not ticked,
@@ -289,7 +289,7 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
     if g["pretick"] and len(ids) > len(shown):
         b3.button(
             f"Accept all {len(ids):,} of this group", key=K.review_accept_all_btn,
-            on_click=_accept, args=(str(ws.labels_db), field, value, ids),
+            on_click=_accept, args=(ws, field, value, ids),
         )  # fmt: skip
 
 
@@ -305,13 +305,11 @@ def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> 
             "since. Press **Suggest** for new ones.")  # fmt: skip
 
 
-def _accept(db: str, field: str, value: str, face_ids: list[str]) -> None:
-    store = LabelStore(db)
-    eid = store.assign(face_ids, field, value, annotator=state.require_annotator(),
-                       source="suggestion")  # fmt: skip
+def _accept(ws: Workspace, field: str, value: str, face_ids: list[str]) -> None:
+    eid = components.write_labels(ws, face_ids, field, value, "suggestion", announce=False)
     state.clear_widget_keys(REVIEW_PREFIX)
     _say(f"Accepted {data.plural(len(face_ids), 'face')} as **{value}** ({field}), event "
-         f"{eid}. Undo takes it back.", db=db)  # fmt: skip
+         f"{eid}. Undo takes it back.", db=str(ws.labels_db))  # fmt: skip
 
 
 def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
@@ -345,7 +343,7 @@ def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
     b1, b2 = st.columns(2)
     b1.button(
         f"Relabel {len(ticked)} ticked as {pick}", key=K.review_accept_btn, disabled=not ticked,
-        on_click=_accept, args=(str(ws.labels_db), field, str(pick), ticked),
+        on_click=_accept, args=(ws, field, str(pick), ticked),
     )  # fmt: skip
     chosen = part[part["face_id"].isin(ticked)]
     b2.button(

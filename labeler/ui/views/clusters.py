@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from labeler.ui import data, state
+from labeler.ui import components, data, state
 from labeler.ui.state import K
 
 CARDS_PER_PAGE = 12
@@ -22,12 +22,7 @@ schema = data.schema(ws)
 names = schema.names
 c1, c2, c3 = st.columns([1, 2, 1])
 with c1:
-    current_field = state.field(names[0])
-    fld = st.selectbox(
-        "Field", names, index=names.index(current_field) if current_field in names else 0,
-        key=K.clusters_field,
-    )  # fmt: skip
-    state.set_field(fld)
+    fld = components.field_picker(names, key=K.clusters_field)
 with c2:
     sort = st.radio(
         "Sort by", ["size", "impurity", "unlabeled"], horizontal=True, key=K.clusters_sort

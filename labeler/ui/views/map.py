@@ -17,7 +17,7 @@ import streamlit as st
 
 from labeler._deps import require
 from labeler.labels import plan_assign
-from labeler.ui import components, data, state
+from labeler.ui import chart, components, data, state
 from labeler.ui.state import K
 
 ws = state.workspace()
@@ -43,7 +43,7 @@ fld, value = components.label_picker(
 color_by = top[2].radio(
     "Colour by", ["cluster", "label", "suggestion"], horizontal=True, key=K.map_color
 )
-fig = data.map_figure(ws, fld, color_by)
+fig = chart.map_figure(ws, fld, color_by)
 st.caption(
     f"Showing {len(view.sample):,} of {len(run.face_ids):,} faces. Hover a point for its "
     "face, cluster and label, click it to select the face; a box or lasso selects every face "
@@ -59,8 +59,8 @@ event = st.plotly_chart(
 )
 selection = dict(event.selection) if event is not None and hasattr(event, "selection") else {}
 if state.is_new_map_event(selection):
-    state.set_map_selection(data.rows_in_selection(run.xy, selection, fig.trace_rows))
-    drawn = data.rows_in_selection(run.xy, {"points": selection.get("points") or []},
+    state.set_map_selection(chart.rows_in_selection(run.xy, selection, fig.trace_rows))
+    drawn = chart.rows_in_selection(run.xy, {"points": selection.get("points") or []},
                                    fig.trace_rows)  # fmt: skip
     st.session_state["_map_drawn"] = drawn
     st.session_state["_map_shape"] = bool(selection.get("box") or selection.get("lasso"))
@@ -72,7 +72,7 @@ labels_now = data.labels_by_row(ws, fld)
 with st.container():
     if len(rows):
         drawn = st.session_state.get("_map_drawn", rows)
-        info = data.selection_summary(rows, drawn, run.labels, labels_now)
+        info = chart.selection_summary(rows, drawn, run.labels, labels_now)
         hidden = (
             f" — **{info['hidden']:,} of them not drawn** (sampled out, or in a group hidden "
             "from the legend)"
@@ -89,7 +89,7 @@ with st.container():
         if len(present) > 1:
             keep = st.multiselect(
                 "Take the faces of", present, default=present, key=K.map_clusters,
-                format_func=lambda cn: f"{data.cluster_name(cn[0])} ({cn[1]})",
+                format_func=lambda cn: f"{chart.cluster_name(cn[0])} ({cn[1]})",
             )  # fmt: skip
         taken = rows
         if len(present) > 1:
@@ -116,9 +116,9 @@ if len(rows):  # below the chart: a glimpse of what is selected
         r = int(view.row_of.get_loc(fid))
         with cols[i % 8]:
             st.image(data.crop_bytes(ws, fid) or components.placeholder(), width="stretch",
-                     caption=f"{data.cluster_name(int(run.labels[r]))} · {labels_now[r]}")  # fmt: skip
+                     caption=f"{chart.cluster_name(int(run.labels[r]))} · {labels_now[r]}")  # fmt: skip
             st.button("Photo", key=f"map_photo_{fid}", icon=":material/image:",
                       on_click=components.open_photo, args=(fid,), type="tertiary")  # fmt: skip
 components.photo_dialog(ws)
 # last, so that the map is on screen first: the thumbnails its hover shows (hidden sheets)
-components.map_hover_thumbnails(data.map_thumbs(ws))
+components.map_hover_thumbnails(chart.map_thumbs(ws))

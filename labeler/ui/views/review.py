@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from labeler.ui import data, state, suggest_panel
+from labeler.ui import components, data, state, suggest_panel
 from labeler.ui.state import K
 
 ws = state.workspace()
@@ -20,12 +20,7 @@ suggest_panel.banner(ws)
 
 c1, c2, c3 = st.columns([2, 3, 2], vertical_alignment="bottom")
 with c1:
-    current_field = state.field(names[0])
-    fld = st.selectbox(
-        "Field", names, index=names.index(current_field) if current_field in names else 0,
-        key=K.review_field,
-    )  # fmt: skip
-    state.set_field(fld)
+    fld = components.field_picker(names, key=K.review_field)
 with c2:
     kind = st.radio(
         "Queue", ["Suggestions", "Suspected errors"], horizontal=True, key=K.review_kind

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from labeler.ui import data, state
+from labeler.ui import data, models, state
 from labeler.ui.state import K
 
 #: How big a face's crop is shown (px), whatever the number of faces.
@@ -18,8 +15,8 @@ ws = state.workspace()
 st.header("Try it", divider="gray")
 st.caption("Photos you upload here are classified in memory and never stored.")
 
-models, missing = data.models(ws)
-if not models:
+loaded, missing = models.models(ws)
+if not loaded:
     st.info(
         "No trained model yet: label some clusters, then run "
         f"`labeler train -w {ws.root}`. Faces are still detected below."
@@ -37,18 +34,16 @@ source = upload or shot
 if source is None:
     st.stop()
 
-from PIL import Image, ImageOps  # noqa: E402  (only once a photo arrives)
+from labeler.imageio import ImageDecodeError, decode_image  # noqa: E402  (once a photo arrives)
 
-try:
-    rgb = np.asarray(
-        ImageOps.exif_transpose(Image.open(io.BytesIO(source.getvalue()))).convert("RGB")
-    )
-except Exception as exc:  # a broken upload: say so, do not crash the page
-    st.error(f"Could not read {getattr(source, 'name', 'the photo')}: {exc}")
+try:  # the decode of ingest and `labeler predict` (EXIF orientation applied)
+    rgb = decode_image(source.getvalue(), name=getattr(source, "name", "the photo")).rgb
+except ImageDecodeError as exc:  # a broken upload: say so, do not crash the page
+    st.error(f"Could not read {exc}. Upload a JPEG, PNG, WebP or BMP photo.")
     st.stop()
 
 with st.spinner("Detecting faces…"):
-    preds, detector_name = data.predict_photo(rgb, models)
+    preds, detector_name = models.predict_photo(rgb, loaded)
 st.image(
     rgb,
     caption=f"{rgb.shape[1]}x{rgb.shape[0]} · {data.plural(len(preds), 'face')} · "
