@@ -7,17 +7,13 @@ larger and non-square images to check the letterbox sampling and the mapping bac
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import cv2
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("mediapipe")
-torch = pytest.importorskip("torch")
-cv2 = pytest.importorskip("cv2")
-
-from labeler.detect import get_detector  # noqa: E402
-from labeler.detect.blazeface import (  # noqa: E402
+from labeler.detect import get_detector
+from labeler.detect.blazeface import (
     SHORT_RANGE_INPUT,
     BlazeFaceTorch,
     short_range_model_path,
@@ -25,9 +21,6 @@ from labeler.detect.blazeface import (  # noqa: E402
     weighted_nms,
 )
 
-SHARED_IMAGES = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "maskedfacenet_1024" / "images"
-)
 PX_TOL = 0.5
 SCORE_TOL = 1e-3
 
@@ -122,12 +115,8 @@ def test_weighted_nms_is_exercised(ours):
     assert np.abs(best - merged[0, 1:]).max() * SHORT_RANGE_INPUT > PX_TOL
 
 
-def test_matches_mediapipe_shared_faces(ours, theirs):
-    if not SHARED_IMAGES.is_dir():
-        pytest.skip(
-            f"{SHARED_IMAGES} not present (shared data only exists beside the dev checkout)"
-        )
-    files = sorted(SHARED_IMAGES.iterdir())
+def test_matches_mediapipe_shared_faces(ours, theirs, maskedfacenet_1024):
+    files = sorted((maskedfacenet_1024 / "images").iterdir())
     files = files[:: max(1, len(files) // 20)][:20]
     found = 0
     for k, f in enumerate(files):

@@ -96,7 +96,8 @@ class TestKnn:
 
     @pytest.mark.gpu
     def test_gpu_index_equals_numpy(self):
-        faiss = pytest.importorskip("faiss")
+        import faiss
+
         if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
             pytest.skip("no CUDA device / faiss-gpu")
         V = l2_normalize(np.random.default_rng(2).normal(size=(2000, 32)))
@@ -294,7 +295,8 @@ class TestAlgorithms:
         assert relabel_by_size(np.array([5, 5, 2, -1, 2, 2, 9])).tolist() == [1, 1, 0, -1, 0, 0, 2]
 
     def test_glosh_matches_hdbscan(self):
-        hdbscan = pytest.importorskip("hdbscan")
+        import hdbscan
+
         X, _ = make_blobs(300, n_features=4, centers=3, random_state=1)
         X = np.vstack([X, np.random.default_rng(0).uniform(-15, 15, size=(20, 4))])
         m = hdbscan.HDBSCAN(min_cluster_size=10).fit(X)

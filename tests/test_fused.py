@@ -13,17 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("mediapipe")
-
-from labeler.align import align_face  # noqa: E402
-from labeler.detect import get_detector  # noqa: E402
-from labeler.detect.fused import FusedEngine, align_batch, warp_level  # noqa: E402
-from labeler.detect.pipeline import detect_workspace, read_detect_log  # noqa: E402
-from labeler.imageio import load_rgb  # noqa: E402
-from labeler.ingest import ingest_folder  # noqa: E402
-from labeler.workspace import Workspace  # noqa: E402
+from labeler.align import align_face
+from labeler.detect import get_detector
+from labeler.detect.fused import FusedEngine, align_batch, warp_level
+from labeler.detect.pipeline import detect_workspace, read_detect_log
+from labeler.imageio import load_rgb
+from labeler.ingest import ingest_folder
+from labeler.workspace import Workspace
 
 
 def _astronaut(side: int) -> np.ndarray:

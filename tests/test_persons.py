@@ -91,7 +91,6 @@ def test_exif_links_bursts_of_one_camera_only(tmp_path):
 def copies_ws(tmp_path_factory):
     """Every MFR2 photo, its mirror and a 5 % crop under hashed names; ``labeler run
     --no-cluster``; every image's largest face labeled (masked -> correct, else no_mask)."""
-    pytest.importorskip("dlib")
     from labeler.labels import LabelStore
     from labeler.pipeline import RunConfig, run_pipeline
     from labeler.workspace import Workspace

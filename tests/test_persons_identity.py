@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("dlib")
-
 
 def test_identity_chip_puts_the_eyes_where_dlib_expects_and_hides_the_lower_face():
     from labeler.persons import CHIP_EYES, OCCLUDE_FROM, identity_chips
