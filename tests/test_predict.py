@@ -108,3 +108,27 @@ def test_predict_without_model_is_a_clean_error(tmp_path):
         "none",
     )
     assert res.exit_code != 0 and "labeler train" in res.output and "Traceback" not in res.output
+
+
+def test_predict_image_label_follows_the_face_not_the_class_list(trained):
+    """The label is the model's answer for this face (two classes: any label would pass a
+    membership check): the astronaut's bare face is no_mask (p 0.98 measured), the same photo
+    with the lower face painted in the mask colour is correct (p 0.92), and each label is the
+    argmax of its probabilities with that probability as confidence."""
+    from skimage.data import astronaut
+
+    from labeler.detect import get_detector
+    from labeler.predict import predict_image
+    from labeler.train import load_model
+
+    model, detector = load_model(trained.ws), get_detector("mediapipe")
+    rgb = astronaut()
+    (bare,) = predict_image(rgb, model, detector)
+    x0, y0, x1, y1 = (int(v) for v in bare.box)
+    masked = rgb.copy()
+    masked[(y0 + y1) // 2 + (y1 - y0) // 10 : y1, x0:x1] = tinyws.COLOURS["correct"]
+    (painted,) = predict_image(masked, model, detector)
+    for p, want in ((bare, "no_mask"), (painted, "correct")):
+        probs = p.probs["mask_state"]
+        assert p.labels["mask_state"] == want, probs
+        assert probs[want] == max(probs.values()) == p.confidence["mask_state"] > 0.8
