@@ -793,11 +793,6 @@ def find_persons(
     return persons
 
 
-def person_groups(ws: object, faces: pd.DataFrame | None = None, **kwargs: object) -> np.ndarray:
-    """(N,) str person ids of :func:`find_persons` (same arguments)."""
-    return find_persons(ws, faces, **kwargs).ids  # type: ignore[arg-type]
-
-
 def _person_embedding(
     ws: object, faces: pd.DataFrame, key: str | None
 ) -> tuple[np.ndarray | None, str]:

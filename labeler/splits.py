@@ -122,9 +122,3 @@ def leaking_groups(splits: Sequence[str], groups: Sequence[str]) -> list[str]:
     df = pd.DataFrame({"split": np.asarray(splits, dtype=object), "group": np.asarray(groups)})
     n = df.groupby("group")["split"].nunique()
     return sorted(map(str, n[n > 1].index))
-
-
-def split_summary(labels: Sequence[str], splits: Sequence[str]) -> pd.DataFrame:
-    """Counts per (class, split): a table with one row per class and one column per split."""
-    df = pd.DataFrame({"label": np.asarray(labels, dtype=object), "split": np.asarray(splits)})
-    return df.groupby(["label", "split"]).size().unstack(fill_value=0)

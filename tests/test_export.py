@@ -270,8 +270,7 @@ def test_one_person_for_every_face_is_refused_not_exported_into_train_only(tiny,
 def test_not_a_face_is_left_out_of_export_and_training(tiny, tmp_path):
     """Faces marked not_a_face (in any field) are neither exported nor trained on; Undo
     brings them back."""
-    from labeler.labels import NOT_A_FACE
-    from labeler.train.data import human_labels
+    from labeler.labels import NOT_A_FACE, human_labels
 
     store = LabelStore(tiny.ws.labels_db)
     ids = tiny.truth.index[:4].tolist()

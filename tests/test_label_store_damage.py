@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from labeler.cli import cli
 from labeler.cli.app import start_checks
 from labeler.labels import LabelStore, LabelStoreError
-from labeler.labels_backup import (
+from labeler.labels.backup import (
     KEEP,
     check_store,
     list_backups,

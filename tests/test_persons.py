@@ -170,7 +170,8 @@ def test_default_export_keeps_masked_and_unmasked_photos_of_a_person_together(co
 
 def test_train_folds_use_the_export_persons(copies_ws):
     from labeler.export import ExportConfig, labels_manifest
-    from labeler.train import TrainConfig, human_labels, persons_for
+    from labeler.labels import human_labels
+    from labeler.train import TrainConfig, persons_for
 
     ws, _ = copies_ws
     df, persons = labels_manifest(ws, ExportConfig())

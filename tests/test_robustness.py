@@ -265,7 +265,7 @@ def test_damaged_label_store_is_refused_not_recreated(labeled_ws, tmp_path, dama
 
 def test_backups_rotate_and_restore_brings_labels_back(labeled_ws, tmp_path):
     from labeler.labels import LabelStore
-    from labeler.labels_backup import EVERY_EVENTS, KEEP, list_backups
+    from labeler.labels.backup import EVERY_EVENTS, KEEP, list_backups
 
     ws = copy_ws(labeled_ws, tmp_path / "ws")
     db = ws / "labels.db"

@@ -81,14 +81,14 @@ def start_checks(ws: Workspace) -> Path | None:
     """What ``labeler app`` does before Streamlit starts; returns the start's backup.
 
     Refuses (one line naming the file and the fix) a read-only workspace and a damaged
-    label store (``PRAGMA quick_check``, :func:`labeler.labels_backup.require_sound_store`):
+    label store (``PRAGMA quick_check``, :func:`labeler.labels.backup.require_sound_store`):
     a damaged store is neither served nor backed up. Creates a missing store, then backs
     the store up (one backup per start; rotation keeps the newest sound one).
     """
     import os
 
     from labeler.labels import LabelStore
-    from labeler.labels_backup import make_backup, require_sound_store
+    from labeler.labels.backup import make_backup, require_sound_store
 
     if not os.access(ws.root, os.W_OK):
         raise click.ClickException(

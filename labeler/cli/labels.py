@@ -25,7 +25,7 @@ def command() -> None:
 @workspace_option()
 def backup_cmd(ws: Workspace) -> None:
     """Snapshot labels.db into WORKSPACE/backups now."""
-    from labeler.labels_backup import check_store, make_backup
+    from labeler.labels.backup import check_store, make_backup
 
     why = check_store(ws.labels_db) if ws.labels_db.exists() else "it does not exist"
     if why is not None:
@@ -40,7 +40,7 @@ def list_cmd(ws: Workspace) -> None:
     """The backups of labels.db, newest first."""
     import time
 
-    from labeler.labels_backup import list_backups
+    from labeler.labels.backup import list_backups
 
     backups = list_backups(ws.labels_db)
     if not backups:
@@ -62,7 +62,7 @@ def list_cmd(ws: Workspace) -> None:
 def restore_cmd(ws: Workspace, backup: str | None) -> None:
     """Replace labels.db by a backup. A damaged store is kept as labels.db.damaged-TIME;
     a sound one is backed up first."""
-    from labeler.labels_backup import restore_backup
+    from labeler.labels.backup import restore_backup
 
     used = restore_backup(ws.labels_db, Path(backup) if backup else None)
     click.echo(f"restored {ws.labels_db} from {used}")

@@ -11,8 +11,8 @@ One database per workspace (``ws.labels_db``); its tables are listed in
 * :mod:`~labeler.labels.review`      - the review queue's reads and decisions (rejections)
 * :mod:`~labeler.labels.plan`        - what a bulk action would change (never relabel silently)
 * :mod:`~labeler.labels.db`          - the tables, one-line errors, creating a store file
-
-Backups and restore are :mod:`labeler.labels_backup`.
+* :mod:`~labeler.labels.backup`      - rotating backups, the soundness check, restore
+* :mod:`~labeler.labels.human`       - the human labels a model learns from, in faces order
 
 Concurrency: every call opens its own short-lived connection (``busy_timeout`` 30 s) and writes
 in one ``BEGIN IMMEDIATE`` transaction, so two annotators in two browsers (threads or processes)
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from labeler.labels.db import LabelStoreError
 from labeler.labels.events import CURRENT_COLUMNS, HISTORY_COLUMNS, SOURCES
+from labeler.labels.human import human_labels
 from labeler.labels.plan import NOT_A_FACE, AssignPlan, plan_assign
 from labeler.labels.schema import DEFAULT_SCHEMA, MASK_STATES, LabelField, LabelSchema
 from labeler.labels.store import LabelStore
@@ -51,5 +52,6 @@ __all__ = [
     "LabelSchema",
     "LabelStore",
     "LabelStoreError",
+    "human_labels",
     "plan_assign",
 ]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from labeler.errors import InputError
 from labeler.labels import events, review, suggestions, suspects
+from labeler.labels.backup import backup_dir, check_store, maybe_backup
 from labeler.labels.db import (
     LabelStoreError,
     bump,
@@ -59,8 +60,6 @@ class LabelStore:
     # -- connections ----------------------------------------------------------------------
     def _open_checks(self) -> None:
         """Refuse a damaged store (never re-create it silently); create a missing one."""
-        from labeler.labels_backup import backup_dir, check_store
-
         if not self.db_path.exists():
             create_store_file(self.db_path)
             return
@@ -183,8 +182,6 @@ class LabelStore:
                 )
             eid = events.append_assign(con, ids, field, value, annotator=annotator, source=source)
         log.debug("event %d: %s=%s on %d faces by %s", eid, field, value, len(ids), annotator)
-        from labeler.labels_backup import maybe_backup
-
         maybe_backup(self.db_path, eid)
         return eid
 

@@ -13,8 +13,8 @@ Saved under ``ws.models_dir/<run_id>/``: ``config.json`` (mode, field, classes, 
 or backbone, scores), ``head.npz`` or ``fold*/best.pt``, ``report.json``, ``confusion.png``.
 ``ws.models_dir/current.json`` maps each field to its latest run.
 
-Modules: :mod:`.data` (human labels, feature matrices, persons: the inputs that
-``labeler propagate`` and label errors share), :mod:`.runs` (train, list and load runs),
+Modules: :mod:`.data` (feature matrices and persons: inputs the learning loop shares;
+the human labels are :func:`labeler.labels.human_labels`), :mod:`.runs` (train, list and load runs),
 :mod:`.head`, :mod:`.finetune`, :mod:`.report`. This package re-exports their public names.
 """
 
@@ -23,9 +23,7 @@ from __future__ import annotations
 from labeler.train.data import (
     TrainConfig,
     feature_blocks,
-    human_labels,
     load_feature_matrix,
-    person_ids,
     persons_for,
 )
 from labeler.train.head import Head, HeadConfig, cross_val_proba, fit_head
@@ -51,11 +49,9 @@ __all__ = [
     "feature_blocks",
     "features_for_crops",
     "fit_head",
-    "human_labels",
     "list_runs",
     "load_feature_matrix",
     "load_model",
-    "person_ids",
     "persons_for",
     "train",
 ]

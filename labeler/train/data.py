@@ -1,8 +1,8 @@
-"""The inputs of training, label errors and suggestions: the human labels of a field,
-feature matrices in a given face order, and the persons of faces.
+"""The inputs of training, suspects and suggestions: feature matrices in a given face
+order, and the persons of faces (the human labels are :func:`labeler.labels.human_labels`).
 
-Plain functions on a workspace; :mod:`labeler.train.runs` (``labeler train``),
-:mod:`labeler.label_errors`, :mod:`labeler.propagate` and :mod:`labeler.suggest` call them.
+Plain functions on a workspace; :mod:`labeler.train.runs` (``labeler train``) and the
+learning loop (:mod:`labeler.loop`) call them.
 """
 
 from __future__ import annotations
@@ -38,24 +38,6 @@ class TrainConfig:
     seed: int = 0
     run_id: str | None = None
     finetune: dict = dataclasses.field(default_factory=dict)  # FinetuneConfig overrides
-
-
-def human_labels(ws: Any, field: str, faces: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Current human labels of ``field`` in faces order: face_id, value, source, annotator, ts.
-
-    Suggestions never appear here (they live in their own table). Faces no longer in the
-    faces table, and faces marked ``not_a_face`` in any field, are dropped.
-    """
-    from labeler.labels import LabelStore
-
-    faces = ws.require_faces() if faces is None else faces
-    store = LabelStore(ws.labels_db)
-    cur = store.current(field)
-    cur = cur[cur["value"].notna() & ~cur["face_id"].isin(store.not_faces())]
-    order = pd.Series(np.arange(len(faces)), index=faces["face_id"].to_numpy())
-    cur = cur[cur["face_id"].isin(order.index)].copy()
-    cur["_pos"] = cur["face_id"].map(order)
-    return cur.sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
 
 
 def load_feature_matrix(
@@ -115,10 +97,6 @@ def feature_blocks(ws: Any, spec: str) -> list[dict]:
             }
         )
     return out
-
-
-def person_ids(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> np.ndarray:
-    return persons_for(ws, faces, config).ids
 
 
 def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:

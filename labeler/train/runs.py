@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from labeler.errors import InputError, NotFoundError
+from labeler.labels import human_labels
 from labeler.train.data import (
     TrainConfig,
     feature_blocks,
-    human_labels,
     load_feature_matrix,
     persons_for,
 )

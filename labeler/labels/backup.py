@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labeler._io import SQLITE_SIDE_FILES, temp_path
-from labeler.errors import InputError
+from labeler.errors import InputError, LabelerError
+from labeler.labels.db import LabelStoreError
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def require_sound_store(db_path: Path) -> None:
     """Refuse (``LabelStoreError``, one line) a label store that fails :func:`check_store`'s
     thorough check; a missing store is fine (it is created on first use). ``labeler app``
     calls this before anything is served or backed up."""
-    from labeler.labels.db import LabelStoreError
-
     db_path = Path(db_path)
     if not db_path.exists():
         return
@@ -150,8 +149,6 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
     never becomes a backup. The snapshot is written to a temporary file and renamed, so a
     full disk leaves no partial backup behind.
     """
-    from labeler.labels.db import LabelStoreError
-
     db_path = Path(db_path)
     if not db_path.is_file() or db_path.stat().st_size == 0:
         return None
@@ -205,8 +202,6 @@ def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> 
     damaged store: logged, nothing backed up)."""
     if every <= 0 or event_id % every:
         return None
-    from labeler.errors import LabelerError
-
     try:
         return make_backup(db_path)
     except (OSError, sqlite3.Error) as exc:
