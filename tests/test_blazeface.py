@@ -21,8 +21,11 @@ from labeler.detect.blazeface import (
     weighted_nms,
 )
 
-PX_TOL = 0.5
-SCORE_TOL = 1e-3
+# Measured max differences, torch vs MediaPipe, over every comparison below (36 faces):
+# boxes/landmarks 4.6e-5 px on images up to 512 px, 1.8e-4 px at 1024 px; scores 3.6e-7.
+# Bounds ~10x over that (float32 on another CPU); a 0.1 px shift of the anchor grid fails.
+PX_TOL = 2e-3
+SCORE_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
