@@ -1,4 +1,5 @@
-"""Nothing lost, nothing executed (issue #12): each case on files the test makes.
+"""Nothing lost, nothing executed (issue #12): each case on files the test makes (face photos
+drawn by ``tinyws.face_image``: no shared data needed).
 
 - a crafted ``last.pt`` is refused by ``finetune`` and its code never runs;
 - huge files are refused before they are read (peak memory stays small);
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tinyws
 from click.testing import CliRunner
-from conftest import shared_dataset
 from PIL import Image
 
 from labeler.cli import cli
@@ -40,11 +41,9 @@ def run_cli(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-def face_image(path: Path, seed: int = 0) -> Path:
-    """A real face photo from the shared MFR2 set (skips when absent)."""
-    src = shared_dataset("mfr2") / "images"
-    files = sorted(src.glob("*.png"))
-    Image.open(files[seed % len(files)]).convert("RGB").save(path)
+def face_image(path: Path, seed: int = 0, label: str = "correct") -> Path:
+    """A face photo the test draws (MediaPipe finds it: score 0.6-0.7), saved at ``path``."""
+    Image.fromarray(tinyws.face_image(label, np.random.default_rng(seed))).save(path)
     return path
 
 
@@ -63,22 +62,24 @@ def tree(root: Path) -> dict[str, int]:
     }
 
 
-# --- a workspace with labels, made from real faces -------------------------------------------
+# --- a workspace with labels, made from drawn faces ------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def labeled_ws(tmp_path_factory) -> Path:
-    """12 MFR2 photos ingested and detected by the CLI, every face labeled."""
+    """12 drawn face photos (6 masked, 6 not) ingested and detected by the CLI, every face
+    labeled."""
     from labeler.labels import LabelStore
     from labeler.workspace import Workspace
 
-    src = shared_dataset("mfr2")
-    truth = pd.read_csv(src / "labels.csv")
     base = tmp_path_factory.mktemp("robust")
     photos = base / "photos"
     photos.mkdir()
-    for f in truth["file"].iloc[::14]:
-        shutil.copy(src / "images" / f, photos / f)
+    truth = pd.DataFrame(
+        {"file": [f"face_{i:02d}.png" for i in range(12)], "state": ["masked", "no_mask"] * 6}
+    )
+    for i, (f, state) in enumerate(zip(truth["file"], truth["state"], strict=True)):
+        face_image(photos / f, seed=i, label="correct" if state == "masked" else "no_mask")
     ws_dir = base / "ws"
     for args in (["ingest", str(photos), "-w", str(ws_dir)], ["detect", "-w", str(ws_dir)]):
         res = run_cli(*args)
@@ -86,6 +87,7 @@ def labeled_ws(tmp_path_factory) -> Path:
     ws = Workspace.open(ws_dir)
     faces = ws.require_faces()
     names = [Path(p).name for p in ws.face_image_paths(faces)]
+    assert sorted(set(names)) == sorted(truth["file"]), names  # a face found in every photo
     state = truth.set_index("file").loc[names, "state"].to_numpy()
     store = LabelStore(ws.labels_db)
     for s, value in (("masked", "correct"), ("no_mask", "no_mask")):
