@@ -176,6 +176,52 @@ def default_speed(results: Path, photos: int = 133_000) -> str:
     )
 
 
+def _embed_txt(results: Path, path_name: str) -> float:
+    """crops/s of one row of ``gpu_h100_embed.txt`` (bench/bench_embed.py's table)."""
+    for line in (results / "gpu_h100_embed.txt").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == path_name:
+            return float(cells[2])
+    raise ValueError(f"gpu_h100_embed.txt has no row {path_name!r}")
+
+
+def stage_table(results: Path) -> str:
+    """``bench/bench_pipeline.py`` stage by stage: 2 cores (600 photos) and the H100 box."""
+    cpu = _json(results, "cpu_pipeline.json")
+    gpu = _json(results, "gpu_h100_fused_pipeline.json")
+    bf16 = _embed_txt(results, "labeler CUDA bf16 + channels_last")
+    cpu_x = cpu["e2e_labeler_faces_s"] / cpu["e2e_naive_faces_s"]
+    gpu_x = gpu["e2e_labeler_faces_s"] / gpu["e2e_naive_faces_s"]
+    rows = [
+        "| stage | naive, 2 cores | labeler, 2 cores | naive, H100 box "
+        f"({gpu['cores']} cores) | labeler, H100 box |",
+        "|---|---|---|---|---|",
+        f"| decode a 1024 JPEG, ms | {_f1(cpu['decode_full_ms'])} (cv2 full) | "
+        f"{_f1(cpu['decode_draft_ms'])} (DCT-scaled) | {_f1(gpu['decode_full_ms'])} | "
+        f"{_f1(gpu['decode_draft_ms'])} (CPU path) |",
+        f"| detect (MediaPipe BlazeFace), ms/image | | {_f1(cpu['detect_ms'])} in the bench's "
+        f"loop | | {_f1(gpu['detect_ms'])} (CPU path) |",
+        f"| embed, crops/s | {cpu['embed_eager_crops_s']:.0f} (torch eager) | "
+        f"{cpu['embed_labeler_crops_s']:.0f} (ONNX Runtime) | | {bf16:,.0f} (bf16, see below) |",
+        f"| **end to end, faces/s** | {_f1(cpu['e2e_naive_faces_s'])} | "
+        f"**{_f1(cpu['e2e_labeler_faces_s'])} ({cpu_x:.1f}x)** | {_f1(gpu['e2e_naive_faces_s'])} | "
+        f"**{_f1(gpu['e2e_labeler_faces_s'])} fused GPU pass ({gpu_x:.1f}x)**; "
+        f"{_f1(gpu['e2e_labeler_threads_faces_s'])} CPU-thread path |",
+    ]
+    return "\n".join(rows)
+
+
+def stage_runs(results: Path) -> str:
+    cpu = _json(results, "cpu_pipeline.json")
+    gpu = _json(results, "gpu_h100_fused_pipeline.json")
+    return (
+        f"The 2-core columns are one `--repeat 3` run ({cpu['images']} photos, "
+        f"{cpu['e2e_faces']} faces, `bench/results/cpu_pipeline.json`). The H100 columns are "
+        f"`bench/run_on_gpu.sh` with `REPEAT=150` (28 photos of the set copied 150 times with "
+        f"distinct bytes: {gpu['images']:,} photos, {gpu['e2e_faces']:,} faces"
+    )
+
+
 def memory_peaks(results: Path) -> str:
     now, before = _json(results, "memory.json"), _json(results, "memory_before_fix.json")
     rows = {r["folder"]: r for r in now["rows"]}
@@ -198,9 +244,11 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "throughput": throughput_table,
     "throughput_steps": throughput_steps,
     "default_speed": default_speed,
+    "stages": stage_table,
+    "stage_runs": stage_runs,
     "memory": memory_peaks,
 }
-TABLES = {"effort", "throughput"}  # markers on their own lines; the others are inline
+TABLES = {"effort", "throughput", "stages"}  # markers on their own lines; the others are inline
 
 
 def _pattern(name: str) -> re.Pattern[str]:
