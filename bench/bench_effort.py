@@ -8,8 +8,9 @@ variant measures:
 
 - the grouping: k-means with k=8 and the default ``labeler cluster`` run (HDBSCAN on UMAP);
 - the *plain* session (bulk-label groups biggest first, then correct faces) and the
-  *interactive* session (:func:`labeler.simulate.simulate`, defaults) on each grouping;
-- the 5-fold accuracy of a linear head trained on all true labels (what the features allow).
+  *interactive* session (:func:`labeler.loop.simulate.simulate`, defaults) on each grouping;
+- the out-of-fold accuracy of the Suggest step's head with all true labels (what the
+  features allow).
 
 Prints a table and writes it to ``bench/EFFORT.md`` (``--out``) between the markers.
 
@@ -87,17 +88,12 @@ def gray_cues(ws: object, face_ids: np.ndarray) -> np.ndarray:
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.model_selection import StratifiedKFold
-
-    from labeler.guided import fit_predict
+    """Out-of-fold accuracy of the Suggest step's ridge head with every true label entered
+    (5 folds): what a linear head on these features allows."""
+    from labeler.loop.suggest import suggest
 
     _, yc = np.unique(y, return_inverse=True)
-    acc = []
-    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, yc):
-        yy = np.full(len(y), -1)
-        yy[tr] = yc[tr]
-        acc.append((fit_predict(X, yy, method="ridge").labels[te] == yc[te]).mean())
-    return float(np.mean(acc))
+    return float((suggest(X, yc).pred == yc).mean())
 
 
 def run_set(name: str, ws: object, variants: dict[str, str]) -> list[dict]:
@@ -105,7 +101,8 @@ def run_set(name: str, ws: object, variants: dict[str, str]) -> list[dict]:
 
     from labeler.cluster.run import fit_clusters
     from labeler.features import combine_blocks, load_features
-    from labeler.simulate import join_truth, simulate
+    from labeler.loop.simulate import simulate
+    from labeler.loop.truth import join_truth
 
     folder, _ = SETS[name]
     truth = join_truth(ws, str(SHARED / folder / "labels.csv"))

@@ -21,7 +21,7 @@ images fastdup failed on (left out), D and the wall time.
 ``score`` (labeler's venv): joins truth from ``labels.csv`` by file name, L2-normalises X, runs
 ``labeler.cluster.algorithms.kmeans_cluster`` for k in {4, 8, 16, 32} and auto k =
 round(sqrt(N / 2)), seeds 0, 1, 2, and scores each grouping with
-``labeler.simulate.simulate`` (plain) and ``simulate(..., strategy="interactive", features=V)``.
+``labeler.loop.simulate.simulate`` (plain) and ``simulate(..., strategy="interactive", features=V)``.
 Reports the median (and min-max) over seeds. Writes ``bench/results/fastdup_kmeans.json`` and
 ``.md`` and prints the markdown table.
 """
@@ -177,7 +177,7 @@ def _agg(values: list[float]) -> dict:
 def score_set(name: str, out_dir: Path, interactive_ks: set[str] | None) -> dict:
     """All k-means runs and simulations for one set."""
     from labeler.cluster.algorithms import kmeans_cluster
-    from labeler.simulate import simulate
+    from labeler.loop.simulate import simulate
 
     _, V, truth, info = load_set(name, out_dir)
     n = len(V)

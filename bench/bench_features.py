@@ -15,7 +15,7 @@ crops of ``labeler.boxcrops``), combines them exactly as the tool does
   photo are not independent), ``grp acc``.
 - ``k8`` / ``k32``: purity of k-means with 8 and 32 clusters (seeded).
 - ``NMI``, ``plain eff95/98`` and ``inter eff95/98``: ``labeler.cluster.fit_clusters`` with
-  its data-chosen defaults, then :func:`labeler.simulate.simulate` plain and interactive
+  its data-chosen defaults, then :func:`labeler.loop.simulate.simulate` plain and interactive
   (the tool's own annotator model), as ``labeler run`` + ``labeler simulate`` would.
 - ``ms/face``: CPU milliseconds per face to compute the candidate's blocks (measured here on
   256 faces per block, one process, the ONNX model at each block's input size; cues included).
@@ -203,7 +203,8 @@ def run_set(name: str, ws: object, candidates: dict[str, str], *, sim: bool) -> 
 
     from labeler.cluster.run import fit_clusters
     from labeler.features import load_features
-    from labeler.simulate import join_truth, simulate
+    from labeler.loop.simulate import simulate
+    from labeler.loop.truth import join_truth
     from labeler.workspace import align_to_faces
 
     specs = {k: v.format(bb=BB) for k, v in candidates.items()}

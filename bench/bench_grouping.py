@@ -2,7 +2,7 @@
 
 For every set (a workspace built by ``labeler run --no-cluster`` and its truth CSV) and seed,
 the shipped code (:func:`labeler.cluster.run.fit_clusters` on ``load_cluster_features(ws,
-"auto")``) makes each candidate grouping, and :func:`labeler.simulate.simulate` scores it
+"auto")``) makes each candidate grouping, and :func:`labeler.loop.simulate.simulate` scores it
 with the shared README's metric (one action = bulk-assign one group or correct one face;
 ``-1`` faces are groups of one), as ``labeler simulate`` does:
 
@@ -41,7 +41,7 @@ log = logging.getLogger("bench_grouping")
 
 def score(groups: np.ndarray, truth: np.ndarray, X: np.ndarray, V: np.ndarray) -> dict:
     """Plain and interactive effort of ``groups`` (N,) (rows with truth only)."""
-    from labeler.simulate import simulate
+    from labeler.loop.simulate import simulate
 
     plain = simulate(groups, truth)
     inter = simulate(groups, truth, strategy="interactive", features=X, split_vectors=V)
@@ -59,7 +59,7 @@ def run_set(name: str, ws_dir: str, truth_csv: str, seeds: list[int]) -> list[di
     from labeler.cluster.inputs import load_cluster_features
     from labeler.cluster.run import fit_clusters
     from labeler.cluster.types import ClusterConfig
-    from labeler.simulate import join_truth
+    from labeler.loop.truth import join_truth
     from labeler.workspace import Workspace
 
     ws = Workspace.open(ws_dir)

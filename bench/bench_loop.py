@@ -13,7 +13,7 @@ Prints markdown tables (pasted into bench/LOOP.md):
 2. calibration: the Suggest step's out-of-fold predictions with ALL true labels entered: a
    10-bin reliability table per set and its expected calibration error (ECE), accuracy, and
    how many suspects it raises (the Review page pre-ticks none);
-3. timing: :func:`labeler.suggest.suggest` on synthetic features (N x 192, 10 % labeled,
+3. timing: :func:`labeler.loop.suggest.suggest` on synthetic features (N x 192, 10 % labeled,
    4 classes) in a background thread, with the label store read from the main thread
    meanwhile (how long the page waits for its data while a Suggest run is going).
 """
@@ -132,9 +132,9 @@ def time_app(n: int, tmp: Path, *, reruns: int = 5) -> dict:
 
     from streamlit.testing.v1 import AppTest
 
-    from labeler.loop import step as propagate
     from labeler.embeddings.store import save_vectors
     from labeler.labels import LabelStore
+    from labeler.loop import step as propagate
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from synthetic import synthetic_workspace  # the tests' synthetic workspace

@@ -54,8 +54,8 @@ log = logging.getLogger("bench_train")
 
 def load_truth(ws: Workspace, data: Path) -> pd.DataFrame:
     """faces with their true state: the image's label goes to its largest face
-    (``labeler.simulate.join_truth``); other faces and faces of unknown files are dropped."""
-    from labeler.simulate import join_truth
+    (``labeler.loop.truth.join_truth``); other faces and faces of unknown files are dropped."""
+    from labeler.loop.truth import join_truth
 
     faces = ws.require_faces()
     truth = join_truth(ws, str(data / "labels.csv")).set_index("face_id")["truth"]
@@ -68,7 +68,8 @@ def tool_session(
 ) -> tuple[np.ndarray, int]:
     """The tool's own interactive session (``labeler simulate``'s protocol) on the pool faces:
     the current cluster run's groups and the ``auto`` features, labels after ``actions``."""
-    from labeler.simulate import session_inputs, simulate
+    from labeler.loop.simulate import simulate
+    from labeler.loop.truth import session_inputs
 
     groups, F, _ = session_inputs(ws, face_ids)
     res = simulate(

@@ -34,8 +34,8 @@ def labeled_mfr2(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
+    from labeler.loop.truth import join_truth
     from labeler.pipeline import RunConfig, run_pipeline
-    from labeler.simulate import join_truth
     from labeler.workspace import Workspace
 
     data = shared_dataset("mfr2")

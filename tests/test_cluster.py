@@ -23,7 +23,7 @@ from labeler.cluster.algorithms import (
 )
 from labeler.cluster.edit import merge_clusters, move_faces, revert, split_cluster
 from labeler.cluster.knn import KnnIndex, build_index, knn_graph, knn_search, search
-from labeler.cluster.place import place_by_neighbors, place_faces, suggest_labels
+from labeler.cluster.place import place_by_neighbors, place_faces
 from labeler.cluster.run import ClusterConfig, cluster_embeddings, fit_clusters, resolve_config
 from labeler.cluster.store import (
     ASSIGNMENTS_SCHEMA,
@@ -520,18 +520,6 @@ class TestPlace:
         assert (placed.labels == expect).mean() > 0.95
         with pytest.raises(ValueError, match="already in the run"):
             place_faces(r, art.vectors, [r.face_ids[0]], newX[:1], pca=art.pca)
-
-    def test_suggest_labels(self):
-        labels = pd.DataFrame(
-            {"face_id": ["a", "b", "c"], "value": ["correct", "correct", "no_mask"]}
-        )
-        nb = np.array([["a", "b", "c"], ["x", "y", "z"], ["c", "x", None]], dtype=object)
-        sims = np.array([[0.9, 0.9, 0.5], [1, 1, 1], [0.8, 0.9, 0.1]])
-        out = suggest_labels(nb, sims, labels, query_ids=["q0", "q1", "q2"])
-        assert out["face_id"].tolist() == ["q0", "q2"]
-        assert out["value"].tolist() == ["correct", "no_mask"]
-        assert out["confidence"].iloc[0] == pytest.approx(1.8 / 3.3, abs=1e-4)
-        assert out["confidence"].iloc[1] < 0.5  # one labeled neighbour is weak evidence
 
 
 # --- CLI ----------------------------------------------------------------------------------------

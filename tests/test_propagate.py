@@ -1,4 +1,4 @@
-"""The Suggest step (labeler.suggest / labeler.propagate / labeler propagate): out-of-fold
+"""The Suggest step (labeler.loop.suggest / labeler.loop.step / labeler suggest): out-of-fold
 confidence, suggestion groups, suspects, and the workspace shell on real faces."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from conftest import shared_dataset
 
 from labeler.cli import cli
 from labeler.labels import LabelStore
-from labeler.suggest import (
+from labeler.loop.suggest import (
     SuggestConfig,
     _design,
     _softmax,
@@ -113,6 +113,49 @@ def test_suspects_need_enough_labels_and_stay_a_small_share():
     assert set(flipped) <= set(sus.tolist())
 
 
+def test_suspect_rule_gates_on_class_size_band_precision_and_share():
+    """select_suspects on hand-made out-of-fold probabilities: each gate can drop a face."""
+    from labeler.loop.suspects import select_suspects
+
+    yc = np.array([0] * 20 + [1] * 20)
+    oof = np.tile([0.97, 0.03], (40, 1))
+    oof[20:] = [0.03, 0.97]
+    oof[[3, 7]] = [0.02, 0.98]  # two 0-labels the evidence contradicts
+    oof[11] = [0.15, 0.85]  # contradicted, but p(given) 0.15 > 1 - min_precision
+    counts = np.bincount(yc)
+    prec = np.full(40, 0.95)
+    rows = select_suspects(yc, oof, counts=counts, band_precision=prec, share=0.1)
+    assert rows.tolist() == [3, 7]  # 11 is not confident enough; most contradicted first
+    assert select_suspects(yc, oof, counts=counts, band_precision=prec, share=0.02).tolist() == [3]
+    low = prec.copy()
+    low[3] = 0.8  # the band of face 3 was right only 80 % of the time in cross-validation
+    assert select_suspects(yc, oof, counts=counts, band_precision=low, share=0.1).tolist() == [7]
+    assert len(select_suspects(yc, oof, counts=counts, band_precision=prec, min_class=21)) == 0
+
+
+def test_the_suggest_step_on_a_workspace_stores_the_flipped_label_as_a_suspect(tmp_path):
+    """One pipeline for suspects: the Suggest step writes them (method 'suggest'), pending
+    until the face is relabeled; a later run replaces them."""
+    import tinyws
+
+    from labeler.loop.step import METHOD, suggest_workspace
+
+    t = tinyws.build(tmp_path, {"correct": 20, "no_mask": 20}, faces_per_person=2)
+    wrong = t.truth.index[25]  # a no_mask face labeled correct
+    tinyws.label_all(t, flip={wrong: "correct"})
+    run = suggest_workspace(t.ws, feature_spec=tinyws.FEATURE_KEY)
+    assert run.suspects["face_id"].tolist() == [wrong]
+    row = run.suspects.iloc[0]
+    assert row["given"] == "correct" and row["suggested"] == "no_mask" and row["score"] > 0.9
+    store = LabelStore(t.ws.labels_db)
+    stored = store.suspects("mask_state", pending=True)
+    assert stored["face_id"].tolist() == [wrong] and set(stored["method"]) == {METHOD}
+    store.assign([wrong], "mask_state", "no_mask", annotator="t", source="single")
+    assert store.suspects("mask_state", pending=True).empty
+    run = suggest_workspace(t.ws, feature_spec=tinyws.FEATURE_KEY)
+    assert run.suspects.empty and store.suspects("mask_state").empty
+
+
 def test_softmax_temperature_sharpens():
     S = np.array([[1.0, 0.0]])
     assert _softmax(S, 0.1)[0, 0] > _softmax(S, 1.0)[0, 0] > 0.5
@@ -123,8 +166,8 @@ def test_softmax_temperature_sharpens():
 
 @pytest.fixture(scope="module")
 def mfr2_ws(tmp_path_factory):
+    from labeler.loop.truth import join_truth
     from labeler.pipeline import RunConfig, run_pipeline
-    from labeler.simulate import join_truth
     from labeler.workspace import Workspace
 
     data = shared_dataset("mfr2")
@@ -143,19 +186,19 @@ def _accuracy(store: LabelStore, truth: pd.DataFrame) -> float:
     )
 
 
-def test_propagate_cli_suggests_in_groups_and_preticked_accepts_never_hurt(mfr2_ws):
+def test_suggest_cli_suggests_in_groups_and_preticked_accepts_never_hurt(mfr2_ws):
     ws, truth = mfr2_ws
     store = LabelStore(ws.labels_db)
     seen = truth.sample(40, random_state=0)
     for value, part in seen.groupby("truth"):
         store.assign(part.face_id, "state", value, annotator="t", source="selection")
     labels_before = store.current("state")
-    res = CliRunner().invoke(cli, ["propagate", "-w", str(ws.root), "--field", "state"])
+    res = CliRunner().invoke(cli, ["suggest", "-w", str(ws.root), "--field", "state"])
     assert res.exit_code == 0, res.output
     assert "right in CV" in res.output and "suggestions for state" in res.output
     # suggestions only, never labels
     assert store.current("state").equals(labels_before)
-    from labeler.propagate import load_run
+    from labeler.loop.step import load_run
 
     meta, faces = load_run(ws, "state")
     assert meta["n_labeled"] == 40 and len(faces) == len(ws.faces()) - 40
@@ -168,13 +211,13 @@ def test_propagate_cli_suggests_in_groups_and_preticked_accepts_never_hurt(mfr2_
 
 
 def test_all_true_labels_give_few_suspects_and_nothing_to_accept(mfr2_ws):
-    from labeler.propagate import propagate
+    from labeler.loop.step import suggest_workspace
 
     ws, truth = mfr2_ws
     store = LabelStore(ws.labels_db)
     for value, part in truth.groupby("truth"):
         store.assign(part.face_id, "state", value, annotator="t", source="selection")
-    run = propagate(ws, field="state")
+    run = suggest_workspace(ws, field="state")
     labeled = int(store.current("state")["face_id"].isin(truth.face_id).sum())
     assert len(run.suspects) <= 0.02 * labeled
     # suspects are never pre-ticked; the truth-labeled faces have no pending suggestion
@@ -183,13 +226,14 @@ def test_all_true_labels_give_few_suspects_and_nothing_to_accept(mfr2_ws):
     assert _accuracy(store, truth) == 1.0
 
 
-def test_propagate_without_labels_is_one_clean_line(tmp_path):
+@pytest.mark.parametrize("name", ["suggest", "propagate"])  # propagate: the alias
+def test_suggest_without_labels_is_one_clean_line(tmp_path, name):
     from labeler.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws", create=True)
-    res = CliRunner().invoke(cli, ["propagate", "-w", str(ws.root)])
+    res = CliRunner().invoke(cli, [name, "-w", str(ws.root)])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    assert len(res.output.strip().splitlines()) == 1 and "no faces yet" in res.output
 
 
 def test_trained_head_confidence_is_tempered_by_its_out_of_fold_errors(tmp_path):
@@ -219,9 +263,9 @@ def test_all_true_labels_on_real_crowd_crops_flag_at_most_two_percent(tmp_path):
     label entered; the Suggest step flags <= 2 % and pre-ticks nothing that could be wrong."""
     import shutil
 
+    from labeler.loop.step import suggest_workspace
+    from labeler.loop.truth import join_truth
     from labeler.pipeline import RunConfig, run_pipeline
-    from labeler.propagate import propagate
-    from labeler.simulate import join_truth
     from labeler.workspace import Workspace
 
     data = shared_dataset("realmasks")
@@ -238,7 +282,7 @@ def test_all_true_labels_on_real_crowd_crops_flag_at_most_two_percent(tmp_path):
     store.add_field("state", sorted(truth["truth"].unique()))
     for value, part in truth.groupby("truth"):
         store.assign(part.face_id, "state", value, annotator="t", source="selection")
-    run = propagate(ws, field="state")
+    run = suggest_workspace(ws, field="state")
     assert len(run.suspects) <= 0.02 * len(truth)
     before = _accuracy(store, truth)
     for g in run.groups[run.groups["pretick"]].itertuples():  # faces without a truth row only

@@ -14,8 +14,8 @@ import pytest
 from conftest import shared_dataset
 from streamlit.testing.v1 import AppTest
 
-from labeler import propagate
 from labeler.labels import LabelStore
+from labeler.loop import step as propagate
 from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, REVIEW_PREFIX, K
 from labeler.ui.suggest_panel import AUTO_EVERY, SK
 
@@ -25,8 +25,8 @@ FIELD = "state"
 
 @pytest.fixture(scope="module")
 def mfr2_template(tmp_path_factory):
+    from labeler.loop.truth import join_truth
     from labeler.pipeline import RunConfig, run_pipeline
-    from labeler.simulate import join_truth
     from labeler.workspace import Workspace
 
     data = shared_dataset("mfr2")
@@ -114,7 +114,7 @@ def test_preticked_groups_are_right_on_real_faces(ws):
     """Accepting everything the page pre-ticks never lowers accuracy against the truth."""
     ws, truth = ws
     _label(ws, truth, 60, seed=1)
-    run = propagate.propagate(ws, field=FIELD)
+    run = propagate.suggest_workspace(ws, field=FIELD)
     store = LabelStore(ws.labels_db)
     t = truth.set_index("face_id")["truth"]
 

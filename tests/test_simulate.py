@@ -10,13 +10,8 @@ import tinyws
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeler.simulate import (
-    InteractiveConfig,
-    effort_from_curve,
-    grouping_scores,
-    noise_as_singletons,
-    simulate,
-)
+from labeler.loop.effort import effort_from_curve, grouping_scores, noise_as_singletons
+from labeler.loop.simulate import InteractiveConfig, simulate
 
 
 def test_perfect_grouping_gives_n_over_classes():
@@ -224,40 +219,6 @@ def test_simulate_cli_bad_column_is_one_clean_line(tmp_path):
     assert "no column 'mask'" in res.output and "Traceback" not in res.output
 
 
-# --- guided steps ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method", ["ridge", "probe", "spread", "knn", "ensemble"])
-def test_guided_methods_learn_from_few_labels(method):
-    from labeler.guided import fit_predict
-
-    X, truth = _blobs(n_per=50, seed=6)
-    _, y = np.unique(truth, return_inverse=True)
-    seen = np.full(len(y), -1)
-    for c in range(3):
-        idx = np.flatnonzero(y == c)[:5]
-        seen[idx] = c
-    pred = fit_predict(X, seen, method=method)
-    assert pred.proba.shape == (len(y), 3)
-    np.testing.assert_allclose(pred.proba.sum(1), 1.0, rtol=1e-4)
-    assert (pred.labels[seen < 0] == y[seen < 0]).mean() > 0.9
-    assert ((pred.margin >= 0) & (pred.margin <= 1 + 1e-6)).all()
-
-
-def test_guided_errors_and_recluster():
-    from labeler.guided import fit_predict, recluster
-
-    X, truth = _blobs(n_per=30, seed=7)
-    with pytest.raises(ValueError, match="no labeled rows"):
-        fit_predict(X, np.full(len(X), -1))
-    with pytest.raises(ValueError, match="unknown guided method"):
-        fit_predict(X, np.zeros(len(X), int), method="oracle")
-    _, y = np.unique(truth, return_inverse=True)
-    seen = np.where(np.arange(len(y)) % 6 == 0, y, -1)
-    g = recluster(X, seen, n_clusters=3)
-    assert simulate(g, truth).nmi > 0.8
-
-
 # --- on the real data ---------------------------------------------------------------------------
 
 
@@ -274,8 +235,8 @@ REALMASKS_PLAIN_EFF95_FLOOR = 6.0
 
 def _default_run_effort(images: Path, truth_csv: Path, ws_dir: Path):
     from labeler.cluster.store import load_run
+    from labeler.loop.simulate import simulate_workspace
     from labeler.pipeline import RunConfig, run_pipeline
-    from labeler.simulate import simulate_workspace
     from labeler.workspace import Workspace
 
     ws = Workspace.open(ws_dir, create=True)
@@ -321,7 +282,7 @@ def test_image_label_goes_to_the_largest_face_only(tmp_path):
     same image are left out of the measurement unless all_faces is asked for."""
     import pandas as pd
 
-    from labeler.simulate import join_truth
+    from labeler.loop.truth import join_truth
     from labeler.workspace import face_id_for
 
     ws, csv, _, _, truth = _tiny_workspace(tmp_path)
@@ -377,17 +338,17 @@ def test_interactive_never_below_plain(seed, grouping):
 
 
 def test_the_annotator_uses_the_apps_suggest_step(monkeypatch):
-    """No second implementation: every retrain of the session is labeler.suggest.suggest."""
-    import labeler.suggest
+    """No second implementation: every retrain of the session is labeler.loop.suggest.suggest."""
+    import labeler.loop.suggest
 
     calls = []
-    real = labeler.suggest.suggest
+    real = labeler.loop.suggest.suggest
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(labeler.suggest, "suggest", counted)
+    monkeypatch.setattr(labeler.loop.suggest, "suggest", counted)
     X, truth = _blobs(seed=5)
     res = simulate(np.random.default_rng(0).integers(0, 5, len(truth)), truth,
                    strategy="interactive", features=X)  # fmt: skip

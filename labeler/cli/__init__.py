@@ -23,7 +23,8 @@ COMMANDS: dict[str, str] = {
     "simulate": "labeler.cli.simulate",
     "export": "labeler.cli.export",
     "app": "labeler.cli.app",
-    "propagate": "labeler.cli.propagate",
+    "suggest": "labeler.cli.suggest",
+    "propagate": "labeler.cli.suggest",  # alias of suggest
     "train": "labeler.cli.train",
     "predict": "labeler.cli.predict",
     "labels": "labeler.cli.labels",

@@ -27,7 +27,7 @@ from labeler.cli._common import workspace_option
 )
 @click.option("--run", "run_id", default=None, help="Cluster run id (default: current).")
 @click.option(
-    "--features", default="auto", show_default=True, help="Feature spec the guided steps learn on."
+    "--features", default="auto", show_default=True, help="Feature spec the Suggest step learns on."
 )
 @click.option(
     "--split-parts",
@@ -59,7 +59,7 @@ def command(
     it by a margin). effN = faces labeled correctly per action when accuracy
     first reaches N %; clicks98 = the app clicks those actions cost.
     """
-    from labeler.simulate import InteractiveConfig, simulate_workspace
+    from labeler.loop.simulate import InteractiveConfig, simulate_workspace
 
     cfg = InteractiveConfig(split_parts=split_parts)
     results, info = simulate_workspace(

@@ -1,4 +1,4 @@
-"""``labeler propagate``: the app's Suggest step from the command line."""
+"""``labeler suggest`` (alias ``labeler propagate``): the app's Suggest step from the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("propagate")
+@click.command("suggest")
 @workspace_option()
 @click.option("--field", default="mask_state", show_default=True)
 @click.option(
@@ -33,10 +33,14 @@ if TYPE_CHECKING:
 def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float, show: int) -> None:
     """Suggest labels for the unlabeled faces in groups (predicted value x confidence band),
     each with the precision measured out-of-fold on the labels so far; flag a few suspected
-    label errors. Writes suggestions, never human labels: review them in the app."""
-    from labeler.propagate import propagate
+    label errors. Writes suggestions, never human labels: review them in the app.
 
-    run = propagate(ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence)
+    The app's Suggest button runs the same step; 'labeler propagate' is an alias."""
+    from labeler.loop.step import suggest_workspace
+
+    run = suggest_workspace(
+        ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence
+    )
     click.echo(
         f"{len(run.faces)} suggestions for {field} in {len(run.groups)} groups from "
         f"{run.n_labeled} labels ({run.seconds:.2f} s); {len(run.suspects)} suspected label errors"

@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     "--label-errors/--no-label-errors",
     default=True,
     show_default=True,
-    help="Also find likely label errors (head mode) for the Review page.",
+    help="Also run the Suggest step (head mode): suggestions and suspected label errors for "
+    "the Review page, as 'labeler suggest' does.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
@@ -129,15 +130,7 @@ def command(
             click.echo("  how sure: " + sureness_line(p["confidence"]))
     click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")
     if label_errors and mode == "head":
-        from labeler.label_errors import find_label_errors
+        from labeler.loop.step import suggest_workspace
 
-        sus = find_label_errors(
-            ws,
-            field=field,
-            feature_spec=feature_spec,
-            folds=folds,
-            head=head_kind,
-            persons=persons,
-            seed=seed,
-        )
-        click.echo(f"{len(sus)} likely label errors written for review")
+        run = suggest_workspace(ws, field=field, feature_spec=feature_spec)
+        click.echo(f"{len(run.suspects)} likely label errors written for review")

@@ -38,7 +38,6 @@ __all__ = [
     "split_cluster",
     "merge_clusters",
     "place_new_faces",
-    "suggest_labels",
 ]
 
 
@@ -54,7 +53,6 @@ def __getattr__(name: str) -> object:
         "split_cluster": "edit",
         "merge_clusters": "edit",
         "place_new_faces": "place",
-        "suggest_labels": "place",
     }
     if name in homes:
         return getattr(importlib.import_module(f"labeler.cluster.{homes[name]}"), name)

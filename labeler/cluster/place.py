@@ -3,8 +3,8 @@
 New faces are projected with the run's PCA, normalised, and searched among the run's faces
 (FAISS). Cluster = similarity-weighted vote of the ``k`` nearest old faces (noise votes
 too, so a face among outliers stays an outlier); 2-D position = similarity-weighted mean of
-their map positions; outlier score = weighted mean of theirs. The same neighbours give label
-suggestions (:func:`suggest_labels`). A full re-cluster is ``labeler cluster``.
+their map positions; outlier score = weighted mean of theirs. A full re-cluster is
+``labeler cluster``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from labeler.cluster.types import ClusterResult
 from labeler.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
     from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -75,54 +73,6 @@ def place_by_neighbors(
     return Placement(
         labels=labels, suggested=suggested, xy=xy, outlier_score=score, confidence=confidence
     )
-
-
-def suggest_labels(
-    neighbor_ids: np.ndarray,
-    sims: np.ndarray,
-    labels: pd.DataFrame,
-    *,
-    query_ids: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Label suggestions from labeled neighbours.
-
-    neighbor_ids: (M, k) face ids of each query's neighbours (may hold None); sims: (M, k)
-    cosine similarities; labels: DataFrame with ``face_id`` and ``value`` (one field's
-    current labels). Vote weight = ``max(sim, 0)``; confidence = winning weight /
-    (labeled weight + 1), i.e. one imaginary dissenting neighbour of similarity 1, so one
-    labeled neighbour never gives more than 0.5 and unanimous close neighbours approach 1.
-
-    Returns ``query_index, face_id (if query_ids), value, confidence, n_labeled`` for the
-    queries with at least one labeled neighbour.
-    """
-    import pandas as pd
-
-    lab = dict(zip(labels["face_id"].astype(str), labels["value"], strict=False))
-    rows = []
-    for q in range(neighbor_ids.shape[0]):
-        tally: dict[str, float] = {}
-        n_lab = 0
-        for fid, s in zip(neighbor_ids[q], sims[q], strict=False):
-            value = lab.get(str(fid)) if fid is not None else None
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                continue
-            n_lab += 1
-            tally[value] = tally.get(value, 0.0) + max(float(s), 0.0)
-        if not n_lab:
-            continue
-        value, wwin = max(tally.items(), key=lambda kv: (kv[1], str(kv[0])))
-        conf = wwin / (sum(tally.values()) + 1.0)
-        rows.append(
-            {"query_index": q, "value": value, "confidence": np.float32(conf), "n_labeled": n_lab}
-        )
-    out = pd.DataFrame(rows, columns=["query_index", "value", "confidence", "n_labeled"])
-    if query_ids is not None:
-        out.insert(
-            1,
-            "face_id",
-            np.asarray(list(query_ids), dtype=object)[out["query_index"].to_numpy(int)],
-        )
-    return out
 
 
 def place_faces(

@@ -14,7 +14,10 @@ import pandas as pd
 
 from labeler.labels.review import replace_rows, review_rows
 
-SUSPECT_COLUMNS = ["face_id", "field", "given", "suggested", "score", "method"]
+#: One row per flagged face, as a producer (the Suggest step) hands them to ``write_suspects``.
+SUSPECT_COLUMNS = ["face_id", "field", "given", "suggested", "score"]
+#: The stored table and what ``LabelStore.suspects`` returns: those and the producing method.
+TABLE_COLUMNS = [*SUSPECT_COLUMNS, "method"]
 
 PENDING = (
     " JOIN current c ON c.field = s.field AND c.face_id = s.face_id"
@@ -25,10 +28,9 @@ PENDING = (
 
 
 def suspect_rows(df: pd.DataFrame, method: str) -> list[tuple]:
-    """Rows to store from ``df`` (columns face_id, field, given, suggested, score)."""
-    need = {"face_id", "field", "given", "suggested", "score"}
-    if missing := need - set(df.columns):
-        raise ValueError(f"suspects need columns {sorted(need)}; missing {sorted(missing)}")
+    """Rows to store from ``df`` (columns :data:`SUSPECT_COLUMNS`)."""
+    if missing := set(SUSPECT_COLUMNS) - set(df.columns):
+        raise ValueError(f"suspects need columns {SUSPECT_COLUMNS}; missing {sorted(missing)}")
     return [
         (str(r.face_id), str(r.field), r.given, r.suggested, float(r.score), method)
         for r in df.itertuples(index=False)
@@ -44,7 +46,7 @@ def write(
 ) -> None:
     """Replace ``method``'s suspects for ``fields`` and the fields in ``df`` by ``rows``."""
     clear = set(df["field"].astype(str)) | set(fields or ())
-    replace_rows(con, "suspects", SUSPECT_COLUMNS, rows, method, clear)
+    replace_rows(con, "suspects", TABLE_COLUMNS, rows, method, clear)
 
 
 def read(con: sqlite3.Connection, field: str | None, *, pending: bool) -> pd.DataFrame:
@@ -52,7 +54,7 @@ def read(con: sqlite3.Connection, field: str | None, *, pending: bool) -> pd.Dat
     return review_rows(
         con,
         "suspects",
-        SUSPECT_COLUMNS,
+        TABLE_COLUMNS,
         field,
         pending=PENDING if pending else None,
         order="s.score DESC, s.face_id",

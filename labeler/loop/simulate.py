@@ -1,18 +1,12 @@
-"""The oracle annotator: how many actions a grouping (and the tool's guided steps) costs.
+"""The oracle annotator: how many actions a grouping (and the tool's Suggest step) costs.
 
 Everything is a plain function on arrays. ``truth`` is only ever read the way a human
 annotator would read it: the majority true label of a group the annotator looks at and
 bulk-labels (what they would type for that group), and the true label of one face they
 correct. Truth never chooses groups, features, orders or splits.
 
-Effort metric (shared/README.md, "Measuring labeling effort")
---------------------------------------------------------------
-One **action** bulk-assigns one label to one group (every face of the group receives the
-group's majority true label; ties go to the alphabetically first label), or corrects one
-face. Noise points (group -1) are groups of one. A face counts as labeled correctly when its
-current label equals its true label; unlabeled faces count as wrong. ``effN`` = correct
-faces / actions at the first action after which accuracy >= N %. Labeling one by one gives
-``effN = 1``; a perfect grouping of C equal classes gives ``N_faces / C``.
+The effort metric (one action, ``effN``) is :mod:`labeler.loop.effort`'s; reading a workspace
+with truth is :mod:`labeler.loop.truth`'s.
 
 Protocols
 ---------
@@ -20,7 +14,7 @@ Protocols
 the wrong faces one by one (an oracle order: only wrong faces are touched).
 
 ``strategy="interactive"`` (needs ``features``): the session the app offers, driven by the
-app's own code (:func:`labeler.suggest.suggest` for the *Suggest* step,
+app's own code (:func:`labeler.loop.suggest.suggest` for the *Suggest* step,
 :func:`labeler.cluster.edit.split_labels` for *split by similarity*; no second
 implementation). It is **plain with deviations that must earn their place**: before every
 action the annotator retrains (the app's *Suggest* step) and knows plain's next action (bulk
@@ -79,17 +73,24 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from labeler.errors import InputError
-from labeler.suggest import SuggestConfig
+from labeler.loop.effort import (
+    LEVELS,
+    EffortResult,
+    effort_from_curve,
+    encode_truth,
+    grouping_scores,
+    noise_as_singletons,
+)
+from labeler.loop.suggest import SuggestConfig
 
 log = logging.getLogger(__name__)
 
-LEVELS = (95, 98, 99)
 STRATEGIES = ("plain", "interactive")
 
 
@@ -97,7 +98,7 @@ STRATEGIES = ("plain", "interactive")
 class InteractiveConfig:
     """Options of the interactive session (see the module docstring for the protocol).
 
-    suggest: the app's :class:`~labeler.suggest.SuggestConfig`. split_parts: k of the app's
+    suggest: the app's :class:`~labeler.loop.suggest.SuggestConfig`. split_parts: k of the app's
     *split by similarity* (0 = never split). checked_weight: trust of a face the annotator
     corrected or confirmed one by one (1 for bulk labels). min_gain: plain's group action is
     taken while its expected gain is above this (1 = a correction). margin: a deviation from
@@ -121,102 +122,6 @@ class InteractiveConfig:
     split_horizon: bool = True
     teach_rarest: bool = True
     max_group_actions: int = 10_000
-
-
-@dataclass(frozen=True)
-class EffortResult:
-    """What a labeling session cost.
-
-    ``nmi``/``ari``/``purity`` describe the starting grouping against the truth (noise points
-    as singletons). ``effN`` / ``actionsN`` for N in :data:`LEVELS`. ``curve`` (A,) holds the
-    number of correct faces after each action; ``kinds`` counts actions by kind; ``reviewed``
-    is the number of faces the annotator looked at in review queues without changing them;
-    ``clicks`` the app clicks the session costs (see the module docstring), ``clicks98``
-    those up to ``actions98``.
-    """
-
-    strategy: str
-    n_faces: int
-    n_classes: int
-    n_groups: int
-    nmi: float
-    ari: float
-    purity: float
-    eff95: float
-    eff98: float
-    eff99: float
-    actions95: int
-    actions98: int
-    actions99: int
-    actions_total: int
-    reviewed: int = 0
-    clicks: int = 0
-    clicks98: int = 0
-    kinds: dict[str, int] = field(default_factory=dict, compare=False)
-    curve: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
-    # labels (N,) str ('' = unlabeled) as they stood after ``snapshot_at`` actions, if asked
-    snapshot: np.ndarray | None = field(default=None, repr=False, compare=False)
-    # the group actions of an interactive session: kind, expected gain, plain's, real gain
-    log: tuple[dict[str, Any], ...] = field(default=(), repr=False, compare=False)
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready dict (the curve and snapshot are left out)."""
-        out = {
-            k: getattr(self, k)
-            for k in self.__dataclass_fields__
-            if k not in ("curve", "snapshot", "log")
-        }
-        out["kinds"] = dict(self.kinds)
-        return out
-
-    def accuracy_curve(self) -> np.ndarray:
-        """(A,) accuracy after each action."""
-        return self.curve / max(self.n_faces, 1)
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def noise_as_singletons(groups: np.ndarray) -> np.ndarray:
-    """(N,) int groups with every ``-1`` replaced by a fresh id of its own."""
-    g = np.asarray(groups).astype(np.int64).copy()
-    noise = g < 0
-    start = (g.max() + 1) if (~noise).any() else 0
-    g[noise] = start + np.arange(int(noise.sum()))
-    return g
-
-
-def _encode_truth(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    truth = np.asarray(truth).astype(str)
-    classes, y = np.unique(truth, return_inverse=True)
-    return classes, y.astype(np.int64)
-
-
-def grouping_scores(groups: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """NMI, ARI and purity of ``groups`` (noise as singletons) against ``truth``."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    g = noise_as_singletons(groups)
-    _, y = _encode_truth(truth)
-    _, gi = np.unique(g, return_inverse=True)
-    table = np.zeros((gi.max() + 1, y.max() + 1), np.int64)
-    np.add.at(table, (gi, y), 1)
-    return {
-        "nmi": float(normalized_mutual_info_score(y, g)),
-        "ari": float(adjusted_rand_score(y, g)),
-        "purity": float(table.max(1).sum() / len(y)),
-    }
-
-
-def effort_from_curve(curve: np.ndarray, n_faces: int, level: float) -> tuple[float, int]:
-    """``(effN, actionsN)`` from ``curve`` (A,) correct faces after each action."""
-    curve = np.asarray(curve, dtype=np.float64)
-    need = level / 100.0 * n_faces - 1e-9
-    hit = np.flatnonzero(curve >= need)
-    if len(hit) == 0:
-        return 0.0, -1
-    a = int(hit[0])
-    return float(curve[a] / (a + 1)), a + 1
 
 
 def _majority(y: np.ndarray, n_classes: int) -> int:
@@ -427,7 +332,7 @@ def _visible_minority(s: _Session, members: np.ndarray) -> tuple[int, np.ndarray
 def _interactive(
     g: np.ndarray, X: np.ndarray, V: np.ndarray, s: _Session, cfg: InteractiveConfig
 ) -> None:
-    from labeler.suggest import suggest
+    from labeler.loop.suggest import suggest
 
     n = len(s.y)
     gi = np.unique(g, return_inverse=True)[1].astype(np.int64)
@@ -557,7 +462,7 @@ def simulate(
     groups: (N,) int group per face, -1 = noise (a group of one). truth: (N,) str/int true
     label per face (read only as an annotator would, see the module docstring).
     strategy: ``"plain"`` or ``"interactive"`` (then ``features`` (N, D) is required: what the
-    tool's guided steps learn on). split_vectors: (N, d) the vectors the app's *split by
+    tool's Suggest step learns on). split_vectors: (N, d) the vectors the app's *split by
     similarity* works on (the cluster run's; default ``features``). config: :class:`InteractiveConfig` for the interactive
     session. snapshot_at: keep the labels as they stood after that many actions in
     ``result.snapshot`` (what a session of at most that many actions hands to training).
@@ -573,7 +478,7 @@ def simulate(
         raise InputError("no faces to simulate (groups is empty)")
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    classes, y = _encode_truth(truth)
+    classes, y = encode_truth(truth)
     g = noise_as_singletons(groups)
     cfg = config or InteractiveConfig()
     s = _Session(y, len(classes), cfg.checked_weight, snapshot_at)
@@ -594,140 +499,7 @@ def simulate(
     return _result(strategy, s, groups, truth, n_groups, classes)
 
 
-def with_strategy(config: InteractiveConfig, **changes: Any) -> InteractiveConfig:
-    """A copy of ``config`` with ``changes`` (for benchmark sweeps)."""
-    return replace(config, **changes)
-
-
 # --- workspace shell -------------------------------------------------------------------------
-
-
-def join_truth(
-    ws: Any,
-    truth_csv: str,
-    *,
-    truth_column: str = "state",
-    file_column: str = "file",
-    all_faces: bool = False,
-) -> Any:
-    """faces.parquet rows with a ``truth`` column joined from a CSV by source image path.
-
-    A CSV ``file`` value matches an image whose path (relative to its ingested root) equals
-    it, or ends with it after whole path components (``images/a.jpg`` matches ``a.jpg``
-    entries and vice versa), or, last, has the same file name. Faces of images with no
-    truth row are dropped (logged). A per-image label describes one face: by default it goes
-    to the image's largest face and the image's other faces (bystanders, false detections)
-    are left out of the measurement (logged); ``all_faces=True`` gives every face of the
-    image the image's label. Returns a DataFrame with ``face_id`` and ``truth`` in
-    faces.parquet order.
-    """
-    import pandas as pd
-
-    table = pd.read_csv(truth_csv)
-    for col in (truth_column, file_column):
-        if col not in table.columns:
-            raise InputError(
-                f"{truth_csv} has no column {col!r} (columns: {', '.join(map(str, table.columns))}); "
-                "pass --truth-column/--file-column"
-            )
-    keys = table[file_column].astype(str).str.replace("\\", "/", regex=False).str.lstrip("./")
-    lookup = dict(zip(keys, table[truth_column].astype(str), strict=True))
-    by_name: dict[str, str | None] = {}
-    for k, v in lookup.items():
-        name = k.rsplit("/", 1)[-1]
-        by_name[name] = v if name not in by_name or by_name[name] == v else None
-
-    faces = ws.require_faces()
-    images = ws.images()
-    paths = dict(zip(images["image_id"], images["path"].astype(str), strict=True))
-
-    def find(path: str | None) -> str | None:
-        if path is None:
-            return None
-        parts = path.replace("\\", "/").split("/")
-        for i in range(len(parts)):
-            hit = lookup.get("/".join(parts[i:]))
-            if hit is not None:
-                return hit
-        for k, v in lookup.items():  # a CSV path longer than the ingested relative path
-            if k.endswith("/" + path):
-                return v
-        return by_name.get(parts[-1])
-
-    cache: dict[str, str | None] = {}
-    truth = []
-    for image_id in faces["image_id"]:
-        if image_id not in cache:
-            cache[image_id] = find(paths.get(image_id))
-        truth.append(cache[image_id])
-    out = pd.DataFrame({"face_id": faces["face_id"].astype(str), "truth": truth})
-    if not all_faces:
-        area = (faces["x1"] - faces["x0"]) * (faces["y1"] - faces["y0"])
-        largest = area.groupby(faces["image_id"]).transform("max")
-        first = ~pd.DataFrame({"i": faces["image_id"], "a": area}).duplicated(["i", "a"])
-        keep = (area == largest) & first
-        others = int((~keep & out["truth"].notna()).sum())
-        if others:
-            log.info("%d faces besides each image's largest left out (use all_faces)", others)
-        out.loc[~keep.to_numpy(), "truth"] = None
-    missing = int(out["truth"].isna().sum())
-    if missing == len(out):
-        raise InputError(
-            f"no face of the workspace matched a row of {truth_csv} by {file_column!r}; "
-            "check --file-column (it must hold image paths relative to the ingested folder)"
-        )
-    if missing:
-        log.warning(
-            "%d of %d faces have no truth in %s (no row, or not their image's largest face); left out",
-            missing,
-            len(out),
-            truth_csv,
-        )
-    return out.dropna(subset=["truth"]).reset_index(drop=True)
-
-
-def split_vectors_of(ws: Any, run: Any, face_ids: Any, run_id: str | None = None) -> np.ndarray:
-    """(N, d) the vectors the app's *split by similarity* uses for ``face_ids`` (the run's
-    saved vectors, as :func:`labeler.cluster.edit.split_cluster` with ``X=None``; its 2-D map
-    when it kept none)."""
-    from labeler.cluster.store import load_vectors
-    from labeler.workspace import align_to_faces
-
-    V = load_vectors(ws, run.params.get("run_id") or run_id)
-    if V is None:
-        V = run.xy
-    fix = f"re-run 'labeler cluster -w {ws.root}'"
-    return align_to_faces(
-        np.asarray(face_ids).astype(str),
-        np.asarray(run.face_ids).astype(str),
-        np.asarray(V, np.float32),
-        what="the cluster run's vectors",
-        fix=fix,
-    )
-
-
-def session_inputs(
-    ws: Any, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    """What a simulated session on the workspace sees for ``face_ids`` (N,): the cluster run's
-    groups (N,), the feature matrix (N, D) of ``features`` and the run itself."""
-    from labeler.cluster.store import load_run
-    from labeler.features import load_features
-    from labeler.workspace import align_to_faces
-
-    ids = np.asarray(face_ids).astype(str)
-    run = load_run(ws, run_id)
-    fix = f"re-run 'labeler cluster -w {ws.root}'"
-    groups = align_to_faces(ids, run.face_ids, run.labels, what="the cluster run", fix=fix)
-    fids, X = load_features(ws, features)
-    X = align_to_faces(
-        ids,
-        np.asarray(fids).astype(str),
-        X,
-        what=f"features {features!r}",
-        fix="re-run 'labeler embed'",
-    )
-    return groups, X, run
 
 
 def simulate_workspace(
@@ -747,6 +519,7 @@ def simulate_workspace(
     feature spec and the face counts; the summaries are also written to
     ``clusters/<run_id>/simulation.json``.
     """
+    from labeler.loop.truth import join_truth, session_inputs, split_vectors_of
     from labeler.workspace import write_json
 
     truth = join_truth(

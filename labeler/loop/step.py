@@ -1,11 +1,12 @@
-"""The Suggest step on a workspace: ``labeler propagate`` and the app's *Suggest* button.
+"""The Suggest step on a workspace: ``labeler suggest`` and the app's *Suggest* button.
 
-:func:`propagate` loads the features (``labeler.features.load_features``) and the human
-labels of one field, runs :func:`labeler.suggest.suggest` (out-of-fold calibrated
+:func:`suggest_workspace` loads the features (``labeler.features.load_features``) and the
+human labels of one field, runs :func:`labeler.loop.suggest.suggest` (out-of-fold calibrated
 predictions; the faces of one label event are held out together), and writes
 
 - the suggestions (unlabeled faces only, never human labels) and the suspected label errors
-  to ``labels.db`` (method ``suggest``), for the Map and the Review page;
+  to ``labels.db`` (method ``suggest``; suspects in ``labeler.labels.SUSPECT_COLUMNS``), for
+  the Map and the Review page;
 - ``suggest/<field>.parquet`` (one row per suggested face: group, value, confidence, the
   measured precision of its band, its rank in the group) and ``suggest/<field>.json``
   (the groups in display order, the per-band out-of-fold precision, the label count the run
@@ -14,8 +15,8 @@ predictions; the faces of one label event are held out together), and writes
 :func:`start_background` runs it in a thread and keeps ``suggest/<field>.status.json``
 (``running`` / ``done`` / ``error``) so a page can poll it without blocking.
 
->>> run = propagate(ws, field="mask_state")     # doctest: +SKIP
->>> run.groups.head()                            # value, size, precision, ...
+>>> run = suggest_workspace(ws, field="mask_state")  # doctest: +SKIP
+>>> run.groups.head()                                 # value, size, precision, ...
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import numpy as np
 import pandas as pd
 
 from labeler.errors import InputError
-from labeler.suggest import SuggestConfig
+from labeler.labels.suspects import SUSPECT_COLUMNS
+from labeler.loop.suggest import SuggestConfig
 
 log = logging.getLogger(__name__)
 
 METHOD = "suggest"
 FACE_COLUMNS = ["face_id", "group", "rank", "value", "confidence", "precision"]
-SUSPECT_COLUMNS = ["face_id", "field", "given", "suggested", "score"]
 #: A status older than this with state "running" is taken as a crashed run.
 STALE_S = 600.0
 
@@ -70,7 +71,7 @@ def status_path(ws: Any, field: str) -> Path:
     return suggest_dir(ws) / f"{field}.status.json"
 
 
-def propagate(
+def suggest_workspace(
     ws: Any,
     *,
     field: str = "mask_state",
@@ -85,8 +86,9 @@ def propagate(
     Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
     from labeler.features import load_features
-    from labeler.labels import LabelStore, human_labels
-    from labeler.suggest import suggest
+    from labeler.labels import LabelStore
+    from labeler.loop.suggest import suggest
+    from labeler.train.data import human_labels
     from labeler.workspace import align_to_faces
 
     t0 = time.perf_counter()
@@ -257,7 +259,7 @@ _START_LOCK = threading.Lock()
 def start_background(
     ws: Any, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
 ) -> threading.Thread | None:
-    """Run :func:`propagate` in a daemon thread unless one is running for ``field`` already
+    """Run :func:`suggest_workspace` in a daemon thread unless one is running for ``field`` already
     (the status file is the lock, so several app sessions share one run). Returns the thread,
     or None when a run was already in progress."""
     with _START_LOCK:
@@ -268,7 +270,7 @@ def start_background(
 
     def work() -> None:
         try:
-            run = propagate(ws, field=field, feature_spec=feature_spec, config=config)
+            run = suggest_workspace(ws, field=field, feature_spec=feature_spec, config=config)
         except Exception as exc:  # shown on the page as one line; details in the log
             log.exception("Suggest step for %s failed", field)
             _write_status(ws, field, state="error", started=started, finished=time.time(),

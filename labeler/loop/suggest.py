@@ -1,8 +1,9 @@
 """Suggestion groups with honest confidence: the learning loop's one implementation.
 
-The app's *Suggest* step, ``labeler propagate`` and the simulated annotator of
-``labeler simulate`` all call :func:`suggest`. Labels are integer codes ``0..C-1`` with ``-1``
-meaning "not labeled yet" (the caller maps its strings to codes).
+The app's *Suggest* step (:func:`labeler.loop.step.suggest_workspace`, ``labeler suggest``)
+and the simulated annotator of ``labeler simulate`` all call :func:`suggest`. Labels are
+integer codes ``0..C-1`` with ``-1`` meaning "not labeled yet" (the caller maps its strings to
+codes).
 
 How it works (all on plain arrays):
 
@@ -21,7 +22,7 @@ How it works (all on plain arrays):
    precision): biggest and most certain first. Within a group the least confident faces come
    first, so an annotator unticks the likely wrong ones at the top.
 5. **Suspected label errors** are labeled faces whose out-of-fold prediction contradicts their
-   label (:func:`select_suspects`): only for classes with enough labels
+   label (:func:`labeler.loop.suspects.select_suspects`): only for classes with enough labels
    to judge, only in confident bands, and at most ``suspect_share`` of the labeled faces.
 
 Example::
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from labeler.loop.suspects import select_suspects
 
 log = logging.getLogger(__name__)
 
@@ -364,42 +367,6 @@ def band_precision(
 
 
 # --- the step --------------------------------------------------------------------------------
-
-
-def select_suspects(
-    yc: np.ndarray,
-    oof: np.ndarray,
-    *,
-    counts: np.ndarray,
-    band_precision: np.ndarray,
-    share: float = 0.02,
-    min_class: int = 10,
-    min_precision: float = 0.9,
-) -> np.ndarray:
-    """Rows (into ``yc``) whose label the out-of-fold evidence contradicts, most likely first.
-
-    yc: (L,) label codes. oof: (L, C) out-of-fold probabilities. counts: (C,) labels per
-    class. band_precision: (L,) measured precision of each row's predicted (value, band).
-    At most ``max(1, floor(share * L))`` rows; none when fewer than ``2 * min_class`` labels.
-    """
-    yc = np.asarray(yc, dtype=np.int64)
-    oof = np.asarray(oof, dtype=np.float64)
-    L = len(yc)
-    if L < 2 * min_class or oof.shape[1] < 2:
-        return np.zeros(0, np.int64)
-    pred = oof.argmax(1)
-    p_given = oof[np.arange(L), yc]
-    counts = np.asarray(counts)
-    ok = (
-        (pred != yc)
-        & (counts[yc] >= min_class)
-        & (counts[pred] >= min_class)
-        & (np.asarray(band_precision) >= min_precision)
-        & (p_given <= 1.0 - min_precision)
-    )
-    cand = np.flatnonzero(ok)
-    cand = cand[np.lexsort((cand, p_given[cand]))]
-    return cand[: max(1, int(share * L))]
 
 
 def suggest(

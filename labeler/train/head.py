@@ -217,7 +217,7 @@ def calibrate(head: Head, oof: np.ndarray, y: Sequence[str] | np.ndarray) -> tup
     are no reason to be surer than the head already is."""
     from dataclasses import replace
 
-    from labeler.suggest import fit_temperature, reliability
+    from labeler.loop.suggest import fit_temperature, reliability
 
     y = np.asarray(y).astype(str)
     index = {str(c): i for i, c in enumerate(head.classes)}
