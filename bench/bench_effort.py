@@ -53,7 +53,7 @@ MARK_BEGIN, MARK_END = "<!-- bench_effort:begin -->", "<!-- bench_effort:end -->
 def prepare(name: str, ws_path: str | None, scratch: Path) -> object:
     from labeler.cues import cues_workspace
     from labeler.embeddings.backbones import get_backbone
-    from labeler.embeddings.embed import embed_faces
+    from labeler.embeddings.embed import cues_workspace, embed_faces
     from labeler.embeddings.store import list_embeddings
     from labeler.workspace import Workspace
 

@@ -106,7 +106,7 @@ def blocks_needed(specs: list[str]) -> set[str]:
 def ensure_blocks(ws: object, keys: set[str]) -> None:
     from labeler.cues import cues_workspace
     from labeler.embeddings import get_backbone
-    from labeler.embeddings.embed import embed_regions
+    from labeler.embeddings.embed import FeatureBlocks, cues_workspace, embed_workspace
     from labeler.embeddings.store import list_embeddings, parse_key
 
     stored = set(list_embeddings(ws))
@@ -119,7 +119,7 @@ def ensure_blocks(ws: object, keys: set[str]) -> None:
         by_size.setdefault(size, []).append(region)
     for size, regions in by_size.items():
         backbone = get_backbone(f"timm:{BB}", input_size=size)
-        embed_regions(ws, backbone, regions, progress=False)
+        embed_workspace(ws, FeatureBlocks([(backbone, regions)]), progress=False)
 
 
 def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:

@@ -248,85 +248,116 @@ def shipped(images: Path, workdir: Path, runs: int) -> list[dict[str, object]]:
 
 
 def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
-    """CPU ms per face of each stage of the default ``labeler run``, one thread, measured by
-    calling the stages' own functions in turn on ``n`` photos (in the real run they overlap
-    in threads; these are their costs, not their wall times)."""
+    """CPU ms per face of each stage of the default ``labeler run``, one thread (process CPU
+    time, MediaPipe's own threads included), measured by running the stream's own functions
+    on ``n`` photos: :func:`labeler.detect.pipeline.cut_faces` (its decode, detector calls,
+    upright check and warps timed inside it), the crop files written, then batches of 64
+    faces through :class:`labeler.embeddings.embed.FeatureBlocks` (its region cuts, each
+    region's model call and the cues timed inside it) and the faces table written per chunk.
+    In the real run the stages overlap in threads; these are their costs, not wall times.
+    """
     import tempfile
 
     import cv2
+    import pandas as pd
 
-    from labeler.boxcrops import JPEG_QUALITY, box_crops_from
-    from labeler.cues import compute_cues
-    from labeler.detect.pipeline import DETECT_SIDE, DetectConfig, _align_from
+    import labeler.detect.pipeline as dp
+    import labeler.embeddings.embed as emb
+    from labeler.cropcache import FaceCrops
+    from labeler.detect.pipeline import DetectConfig, cut_faces, face_row
     from labeler.embeddings import get_backbone
-    from labeler.embeddings.embed import load_crop, prepare_crop
-    from labeler.imageio import decode_image, encode_jpeg
     from labeler.ingest import _read_one
     from labeler.pipeline import feature_inputs
+    from labeler.workspace import Workspace
 
     cv2.setNumThreads(1)
+    clock = time.process_time
+    acc: dict[str, float] = {}
+    inside: list[str] = []  # the timed stage now running (nested calls count once, outermost)
+
+    def timed(owner: object, name: str, stage: str) -> None:
+        f = getattr(owner, name)
+
+        def g(*a: object, **k: object) -> object:
+            if inside:
+                return f(*a, **k)
+            inside.append(stage)
+            t = clock()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[stage] = acc.get(stage, 0.0) + clock() - t
+                inside.pop()
+
+        setattr(owner, name, g)
+
     regions = feature_inputs("auto", "timm:efficientnet_lite0")[0]  # (region, size)
-    det = DetectConfig().build_detector()
+    cfg = DetectConfig()
+    det = cfg.build_detector()
     models = {
         size: get_backbone("timm:efficientnet_lite0", num_threads=1, input_size=size)
         for size in dict.fromkeys(s for _, s in regions)
     }
-    cost = dict.fromkeys(
-        ["ingest (read, hash, header)", "decode", "detect + align", "crops: cut + JPEG",
-         "crops: decode + regions",
-         f"model ({len(regions)} regions, {len(models)} call(s) per batch)", "cues"],
-        0.0,
-    )  # fmt: skip
-    faces = 0
-    clock = time.process_time
-    data: list[tuple[bytes, bytes]] = []
+    blocks = emb.FeatureBlocks(
+        [(m, [r for r, s in regions if s == size]) for size, m in models.items()], cues=True
+    )
+    blank = np.zeros((256, 256, 3), np.uint8)
+    cut_faces(files[0], det, cfg, box=True)  # warm-up, not counted
+    blocks.compute([FaceCrops("w", blank, blank)])
+    timed(dp, "decode_image", "decode (photo, DCT-scaled)")
+    timed(dp, "detect_rotated", "upright check (its detector calls + evidence)")
+    timed(det, "detect", "detection (BlazeFace, first pass)")
+    timed(dp, "align_face", "align (warp)")
+    timed(dp, "encode_jpeg", "crop JPEG encode (aligned + box)")
+    timed(dp, "decode_crop_bytes", "crops as stored (JPEG decode in memory)")
+    timed(emb, "prepare_crop", "regions cut + resized")
+    timed(emb, "compute_cues", "cues")
+    for size, m in models.items():
+        timed(m, "embed", "model forward (3 regions)" + (f" at {size} px" if size else ""))
+    acc.clear()
+    faces: list[FaceCrops] = []
+    other = {"ingest (read, hash, header)": 0.0, "crop files written": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, f in enumerate([files[0], *files[:n]]):  # the first: warm-up, not counted
-            if i == 1:
-                cost, data = dict.fromkeys(cost, 0.0), []
+        ws = Workspace.open(Path(tmp) / "ws", create=True)
+        rows: list[dict[str, object]] = []
+        t_detect = 0.0
+        for f in files[:n]:
             t = clock()
             _read_one(f.parent, 0, f.name, 0)
             t1 = clock()
-            dec = decode_image(f, min_side=DETECT_SIDE)
+            cuts = cut_faces(f, det, cfg, box=True)
             t2 = clock()
-            pairs = _align_from(f, dec, det, size=256, detect_side=DETECT_SIDE, fallback=True)
-            t3 = clock()
-            boxes = [(d.x0, d.y0, d.x1, d.y1) for d, _ in pairs]
-            box = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d, _ in pairs])
-            for j, ((_, c), b) in enumerate(zip(pairs, box, strict=True)):
-                data.append((encode_jpeg(c, quality=92), encode_jpeg(b, quality=JPEG_QUALITY)))
-                Path(tmp, f"{j}.jpg").write_bytes(data[-1][0])
-                Path(tmp, f"{j}.box.jpg").write_bytes(data[-1][1])
-            t4 = clock()
-            for k, (a, b) in zip(
-                list(cost)[:4], ((t, t1), (t1, t2), (t2, t3), (t3, t4)), strict=True
-            ):
-                cost[k] += b - a
-    faces = len(data)
-    for start in range(0, faces, 64):  # the embed pass: batches of 64 faces, as in the run
+            for i, c in enumerate(cuts):
+                row = face_row(ws, f"{len(rows):016x}", i, c.detection, det.name)
+                dp.write_bytes(ws.root / str(row["crop_path"]), c.aligned_jpeg)
+                dp.write_bytes(ws.box_crop_path(str(row["face_id"])), c.box_jpeg or b"")
+                rows.append(row)
+                faces.append(FaceCrops(str(row["face_id"]), c.aligned, c.box))
+            other["ingest (read, hash, header)"] += t1 - t
+            other["crop files written"] += clock() - t2
+            t_detect += t2 - t1
         t = clock()
-        crops = [
-            (load_crop(a, size=256), load_crop(b, size=256)) for a, b in data[start : start + 64]
-        ]
-        pix = {
-            size: [
-                prepare_crop(c if r != "box" else b, region=r, size=model.input_size)
-                for r, s in regions
-                if s == size
-                for c, b in crops
-            ]
-            for size, model in models.items()
-        }
-        t1 = clock()
-        for size, model in models.items():
-            model.embed(np.stack(pix[size]))
-        t2 = clock()
-        compute_cues(np.stack([c for c, _ in crops]))
-        t3 = clock()
-        for k, (a, b) in zip(list(cost)[4:], ((t, t1), (t1, t2), (t2, t3)), strict=True):
-            cost[k] += b - a
-    out = {k: 1000 * v / max(faces, 1) for k, v in cost.items()}
-    out["total"] = sum(out.values())
+        for start in range(0, len(faces), 64):
+            blocks.compute(faces[start : start + 64])
+        t_embed = clock() - t
+        t = clock()
+        for start in range(0, len(rows), 77):  # faces.parquet rewritten per committed chunk
+            ws.write_faces(pd.DataFrame(rows[: start + 77], columns=dp.FACES_SCHEMA.names))
+        other["tables (faces.parquet per chunk)"] = clock() - t
+    embed_side = ("regions cut + resized", "cues")
+    in_embed = sum(v for k, v in acc.items() if k in embed_side or k.startswith("model"))
+    in_detect = sum(acc.values()) - in_embed
+    k = 1000 / max(len(faces), 1)
+    out = {name: k * v for name, v in {**acc, **other}.items()}
+    out["cut_faces rest (rows, box cut, resize for detection, Python)"] = k * max(
+        t_detect - in_detect, 0.0
+    )
+    out["FeatureBlocks rest (batch arrays, concat)"] = k * max(t_embed - in_embed, 0.0)
+    out["total"] = k * (t_detect + t_embed + sum(other.values()))
+    out["outside the model"] = out["total"] - k * sum(
+        v for name, v in acc.items() if name.startswith("model")
+    )
+    out["faces"] = float(len(faces))
     return out
 
 

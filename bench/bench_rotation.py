@@ -11,6 +11,12 @@ beyond the first per stored photo (the retry runs only when no convincing face i
     python bench/bench_rotation.py --sets maskedfacenet webfaces mfr2 realmasks --limit 200
 
 Prints one table row per set.
+
+``--predict``: the label check instead. Per set, ``labeler run --no-cluster`` on ``--train``
+photos and on ``--limit`` others, a head model (default features) trained on the first ones'
+labels, then ``labeler predict`` on the others as stored and turned 90/180/270 degrees
+(lossless PNG): the share of the faces ``run`` found as stored whose label is the same in
+the turned copy (``tests/test_rotation_predict.py`` does the same on a small sample).
 """
 
 from __future__ import annotations
@@ -106,12 +112,42 @@ def run_set(name: str, limit: int) -> dict[str, object]:
     }
 
 
+def predict_set(name: str, limit: int, train: int) -> dict[str, object]:
+    """The ``--predict`` row of one set (see the module docstring)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_rotation_predict import TURNS, rotation_agreement
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="labeler-rot-") as tmp:
+        got = rotation_agreement(name, Path(tmp), n_train=train, n_eval=limit)
+    n = max(int(got["faces"]), 1)
+    return {
+        "set": name,
+        "photos": limit,
+        "faces found by run": got["faces"],
+        "found by predict as stored": got["found_upright_by_predict"],
+        **{
+            f"same label at {t}": f"{got[f'same_at_{t}']} ({100 * got[f'same_at_{t}'] / n:.1f} %)"
+            for t in TURNS
+        },
+        "s": round(time.perf_counter() - t0, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["maskedfacenet", "webfaces", "mfr2"])
     ap.add_argument("--limit", type=int, default=200, help="photos per set")
+    ap.add_argument("--predict", action="store_true", help="the label check (see above)")
+    ap.add_argument("--train", type=int, default=150, help="training photos with --predict")
     args = ap.parse_args()
-    rows = [run_set(s, args.limit) for s in args.sets if (SHARED / s).exists()]
+    if args.predict:
+        rows = [predict_set(s, args.limit, args.train) for s in args.sets if (SHARED / s).exists()]
+    else:
+        rows = [run_set(s, args.limit) for s in args.sets if (SHARED / s).exists()]
     table = pd.DataFrame(rows).astype(str)
     print("| " + " | ".join(table.columns) + " |")
     print("|" + "---|" * len(table.columns))

@@ -23,6 +23,10 @@ Example::
 
     X = compute_cues(crops)        # crops (N, 256, 256, 3) uint8 RGB -> (N, D) float32
     cue_names()                    # D names, same order
+
+Pure computation, below the embeddings layer (it imports nothing of labeler but errors):
+the stored ``cues__face`` block is written by the one embedding loop
+(:class:`labeler.embeddings.embed.FeatureBlocks`, ``cues_workspace`` there).
 """
 
 from __future__ import annotations
@@ -258,64 +262,3 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
             img = cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
         out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return out
-
-
-def cues_workspace(
-    ws: Any,
-    *,
-    batch_size: int = 256,
-    force: bool = False,
-    computed: dict[str, np.ndarray] | None = None,
-) -> tuple[int, int]:
-    """Compute cues for every face of the workspace and store them as ``cues__face``.
-
-    Incremental by face_id: faces whose cues are already stored (same cue version) are kept;
-    only new faces are computed (all of them with ``force``). ``computed``: cues already
-    computed from the crops' pixels in memory (``labeler run`` does it in its embed pass,
-    :func:`labeler.embeddings.embed.embed_regions`), used instead of reading those crops.
-    Returns ``(computed, total)``.
-    """
-    from labeler.embeddings.store import read_config, read_vectors, save_vectors
-
-    faces = ws.require_faces()
-    face_ids = faces["face_id"].to_numpy().astype(str)
-    have_ids = np.zeros(0, str)
-    have_X = np.zeros((0, len(cue_names())), np.float32)
-    cfg = read_config(ws, CUES_KEY) or {}
-    stored_cfg = cfg.get("config", cfg)
-    if not force and stored_cfg.get("version") == VERSION:
-        try:
-            ids, X = read_vectors(ws, CUES_KEY)
-            if len(ids) and X.shape[1] == len(cue_names()):
-                have_ids, have_X = np.asarray(ids).astype(str), np.asarray(X, np.float32)
-        except Exception as exc:  # a broken store: recompute everything
-            log.warning("ignoring stored cues (%s); recomputing", exc)
-    keep = np.isin(have_ids, face_ids)
-    have_ids, have_X = have_ids[keep], have_X[keep]
-    known = dict(zip(have_ids, range(len(have_ids)), strict=True))
-    todo = [f for f in face_ids if f not in known]
-    given = computed or {}
-    new_X = []
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        read = [f for f in chunk if f not in given]
-        X = dict(zip(read, compute_cues(read_crops(ws, read)), strict=True)) if read else {}
-        new_X.append(np.stack([given[f] if f in given else X[f] for f in chunk]).astype(np.float32))
-        log.info("cues: %d / %d faces", min(i + batch_size, len(todo)), len(todo))
-    if not todo and len(have_ids) == len(face_ids):
-        return 0, len(face_ids)
-    X_new = np.concatenate(new_X) if new_X else np.zeros((0, have_X.shape[1]), np.float32)
-    all_ids = np.concatenate([have_ids, np.asarray(todo, dtype=str)])
-    all_X = np.concatenate([have_X, X_new])
-    pos = {f: i for i, f in enumerate(all_ids)}
-    order = np.array([pos[f] for f in face_ids], dtype=np.int64)
-    config = {
-        "what": "colour-invariant mask cues",
-        "version": VERSION,
-        "names": cue_names(),
-        "work_size": WORK_SIZE,
-    }
-    save_vectors(
-        ws, CUES_KEY, face_ids, all_X[order], config, rerun=f"labeler run IMAGES -w {ws.root}"
-    )
-    return len(todo), len(face_ids)

@@ -289,6 +289,16 @@ def encode_jpeg(rgb: np.ndarray, *, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
+def decode_crop_bytes(data: bytes) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of a crop's JPEG bytes, decoded whole as
+    :func:`labeler.embeddings.embed.load_crop` decodes the crop files (so features computed
+    from these pixels equal those computed from the files)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def write_jpeg(path: Path, rgb: np.ndarray, *, quality: int = 92) -> None:
     """Write ``rgb`` as JPEG: a crash leaves either no file or a complete one (no fsync)."""
     write_bytes(path, encode_jpeg(rgb, quality=quality))

@@ -20,6 +20,7 @@ from labeler.workspace import Workspace
 if TYPE_CHECKING:
     from labeler.detect.pipeline import DetectResult
     from labeler.embeddings import Backbone
+    from labeler.embeddings.embed import FeatureBlocks
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,11 @@ def run_pipeline(
             input_size=size,
         )
         groups.append((bb, [r for r, s in regions if s == size]))
-    cues: dict[str, Any] | None = {} if need_cues else None
+    from labeler.embeddings.embed import FeatureBlocks
+
+    blocks = FeatureBlocks(groups, cues=need_cues, batch_size=config.batch_size)
     t = time.perf_counter()
-    detected, embedded = _detect_and_embed(ws, config, groups, cues)
+    detected, embedded = _detect_and_embed(ws, config, blocks)
     timings["detect+embed"] = time.perf_counter() - t
     log.info("detect: %s", detected)
     _record_decode_errors(ws)
@@ -140,13 +143,6 @@ def run_pipeline(
     faces = ws.faces()
     n_clusters: int | None = None
     if len(faces):
-        if need_cues:
-            from labeler.cues import cues_workspace
-
-            t = time.perf_counter()
-            new, _ = cues_workspace(ws, computed=cues)
-            embedded["cues__face"] = new
-            timings["cues"] = time.perf_counter() - t
         if config.cluster is not None:
             n_clusters, timings["cluster"] = _refresh_clusters(ws, config)
     else:
@@ -177,105 +173,79 @@ def _record_decode_errors(ws: Workspace) -> None:
 
 
 def _detect_and_embed(
-    ws: Workspace,
-    config: RunConfig,
-    groups: list[tuple[Backbone, list[str]]],
-    cues: dict[str, Any] | None,
+    ws: Workspace, config: RunConfig, blocks: FeatureBlocks
 ) -> tuple[DetectResult, dict[str, int]]:
-    """Detect and embed at the same time: each committed detect chunk wakes an embedding
-    thread that embeds the faces written so far (ONNX Runtime and torch release the GIL, so
-    the model runs while decode and detection go on). The detect threads hand each crop's
-    pixels over in memory (:mod:`labeler.cropcache`); the embed pass runs all regions of one
-    input size in one model call per batch and computes the colour cues into ``cues`` from
-    the same pixels. Both steps stay resumable on their own: an interrupted run leaves
-    committed faces and embedded shards, and the next run continues each step where it
-    stopped.
+    """Detect and embed at the same time, as one stream: the detect threads (or the fused
+    GPU pass) write each face's row and crop files and put its crops' pixels on a bounded
+    queue (:class:`labeler.cropcache.FaceQueue`); one embedding thread takes them in batches
+    and computes every feature block from those pixels (:func:`embed_workspace`: ONNX
+    Runtime and torch release the GIL, so the model runs while decode and detection go on),
+    then embeds from the crop files the faces the queue did not bring (an earlier,
+    interrupted run). Both steps stay resumable: an interrupted run leaves committed faces
+    and embedded shards, and the next run continues each step where it stopped.
     """
     import threading
 
-    from labeler.cropcache import CropCache
+    from labeler.cropcache import FaceQueue
     from labeler.detect.pipeline import default_chunk_size, detect_workspace
-    from labeler.embeddings.embed import embed_regions
-    from labeler.regions import get_region
+    from labeler.embeddings.embed import embed_workspace
 
     embedded: dict[str, int] = {}
-    wake, detecting_done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    kinds = {get_region(r).crop for _, regions in groups for r in regions}
-    if groups and cues is not None:
-        kinds.add("aligned")
-    cache = CropCache(CROP_CACHE_SIZE, kinds=tuple(sorted(kinds))) if groups else None
-
-    def embed_ready_faces(*, progress: bool) -> None:
-        if not groups or not ws.faces_path.exists() or ws.faces().empty:
-            return
-        for i, (backbone, regions) in enumerate(groups):
-            for res in embed_regions(
-                ws,
-                backbone,
-                regions,
-                batch_size=config.batch_size,
-                workers=config.workers or 2,
-                cache=cache,
-                cues_out=cues if i == 0 else None,
-                progress=progress,
-            ):
-                embedded[res.key] = embedded.get(res.key, 0) + res.n_new
+    n_images = int((ws.images()["status"] == "ok").sum())
+    chunk = default_chunk_size(n_images)
+    engine = _fused_engine(config, *(blocks.groups[0] if blocks.groups else (None, [])))
+    # the fused pass writes its own shards: its faces (and those of the photos it hands to
+    # the CPU path) are embedded after it, from the crop files, so no two writers share a key
+    queue = FaceQueue(FACE_QUEUE_SIZE, kinds=blocks.kinds) if engine is None else None
 
     def embedder() -> None:
         try:
-            while not detecting_done.is_set():
-                wake.wait()
-                wake.clear()
-                if not detecting_done.is_set():
-                    embed_ready_faces(progress=False)
+            for res in embed_workspace(
+                ws,
+                blocks,
+                source=queue.batches(blocks.batch_size) if queue is not None else None,
+                workers=config.workers or 2,
+                progress=True,
+            ):
+                embedded[res.key] = res.n_new
         except BaseException as exc:  # re-raised in the caller's thread
+            if queue is not None:
+                queue.abort()
             errors.append(exc)
 
-    n_images = int((ws.images()["status"] == "ok").sum())
-    chunk = default_chunk_size(n_images)
-    engine = _fused_engine(config, *(groups[0] if groups else (None, [])))
-    if engine is not None:
-        try:
-            detected = detect_workspace(
-                ws,
-                detector=config.detector,
-                workers=config.workers,
-                chunk_size=max(chunk, 1024),
-                progress=True,
-                engine=engine,
-            )
-        finally:
-            engine.close()
-        log.info("fused GPU pass: %s", engine.stats)
-        embed_ready_faces(progress=True)  # faces of the photos the CPU path took
-        return detected, embedded
     worker = threading.Thread(target=embedder, name="labeler-embed", daemon=True)
-    worker.start()
+    if queue is not None and blocks.keys:
+        worker.start()
     try:
         detected = detect_workspace(
             ws,
             detector=config.detector,
             workers=config.workers,
-            chunk_size=chunk,
+            chunk_size=max(chunk, 1024) if engine is not None else chunk,
             progress=True,
-            on_chunk=lambda done, total: wake.set(),
-            crop_sink=cache,
+            engine=engine,
+            face_sink=queue,
         )
     finally:
-        detecting_done.set()
-        wake.set()
-        worker.join()
+        if engine is not None:
+            engine.close()
+            log.info("fused GPU pass: %s", engine.stats)
+        if queue is not None:
+            queue.close()
+            if worker.is_alive():
+                worker.join()
+    if queue is None and blocks.keys and ws.faces_path.exists():
+        embedder()  # after the fused pass, from the crop files
     if errors:
         raise errors[0]
-    embed_ready_faces(progress=True)  # what the last chunks added (and any earlier gap)
-    if cache is not None:
-        log.info("crops handed over in memory: %s", cache.stats())
+    if queue is not None:
+        log.info("faces handed over in memory: %s", queue.stats())
     return detected, embedded
 
 
-#: Crops (aligned + box, JPEG bytes, ~20 KB each) detection may hold for the embed thread.
-CROP_CACHE_SIZE = 8192
+#: Faces (aligned + box crop pixels, ~400 KB) detection may hand ahead of the embedder.
+FACE_QUEUE_SIZE = 512
 
 
 def _torch_on_cuda(backbone: Backbone | None) -> bool:

@@ -1,8 +1,14 @@
-"""Classify faces in new photos: detect, align, run the trained model(s).
+"""Classify faces in new photos: the stream of ``labeler run`` (decode, upright check,
+detection, crops as stored, batched features), then the trained model(s).
 
-:func:`predict_image` is the one function behind ``labeler predict`` and the app's try-it
-page. A model per label field (``labeler.train.load_model``) may be passed together; each
-adds a predicted label and confidence per face.
+:func:`predict_files` is ``labeler predict``: detect threads cut each photo's faces
+(:func:`labeler.detect.pipeline.cut_faces`, as ``labeler run`` does), the main thread
+computes the features of batches of faces from several photos at once
+(:class:`labeler.embeddings.embed.FeatureBlocks`, the blocks the model was trained on,
+computed from the crops as the workspace stores them, so exactly as in training) and
+classifies them. :func:`predict_image` is the same for one photo (the app's Try it page). A
+model per label field (``labeler.train.load_model``) may be passed together; each adds a
+predicted label and confidence per face.
 
 >>> det = get_detector("mediapipe")                                   # doctest: +SKIP
 >>> model = load_model(ws)                                           # doctest: +SKIP
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, eq=False)
 class FacePrediction:
     """One face of a photo: box (x0, y0, x1, y1) in source pixels, detector score, the
-    aligned crop (256, 256, 3) uint8, and per field the label, confidence and all probs."""
+    aligned crop (256, 256, 3) uint8, upright (a photo stored sideways or upside down is
+    turned by the upright check), and per field the label, confidence and all probs."""
 
     face_index: int
     box: tuple[float, float, float, float]
@@ -41,45 +49,138 @@ class FacePrediction:
     probs: dict
 
 
-def predict_image(
-    image: np.ndarray | str | os.PathLike[str],
-    model: Any | Sequence[Any],
-    detector: Any,
+class Classifier:
+    """The features every model of ``models`` needs, computed once per batch of faces by one
+    :class:`~labeler.embeddings.embed.FeatureBlocks` (a backbone per input size, the cues),
+    then each model's class probabilities."""
+
+    def __init__(self, models: Sequence[Any], *, batch_size: int = 64) -> None:
+        from labeler.embeddings import get_backbone
+        from labeler.embeddings.embed import FeatureBlocks
+        from labeler.embeddings.store import parse_key
+
+        self.models = list(models)
+        backbones: dict[tuple[str, int | None], Any] = {}
+        regions: dict[tuple[str, int | None], list[str]] = {}
+        self.columns: list[list[tuple[tuple[str, int | None] | None, str]]] = []
+        cues = False
+        for m in self.models:
+            cols: list[tuple[tuple[str, int | None] | None, str]] = []
+            if m.mode == "head":
+                for block in m.meta["feature_blocks"]:
+                    if block["key"].startswith("cues"):
+                        cues = True
+                        cols.append((None, "cues"))
+                        continue
+                    if not block.get("backbone"):
+                        from labeler.errors import InputError
+
+                        raise InputError(
+                            f"feature block {block['key']!r} of model {m.run_id} cannot be "
+                            "computed for new photos (no backbone recorded); train with "
+                            "--mode finetune or on embeddings made by 'labeler embed'"
+                        )
+                    _, size, _ = parse_key(block["key"])
+                    g = (block["backbone"], size)
+                    if g not in backbones:
+                        backbones[g] = get_backbone(block["backbone"], input_size=size)
+                    regions.setdefault(g, [])
+                    if block["region"] not in regions[g]:
+                        regions[g].append(block["region"])
+                    cols.append((g, block["region"]))
+            self.columns.append(cols)
+        self._groups = list(backbones)
+        self.blocks = FeatureBlocks(
+            [(backbones[g], regions[g]) for g in self._groups], cues=cues, batch_size=batch_size
+        )
+        self.kinds = tuple(
+            sorted(set(self.blocks.kinds) | {"aligned"})
+        )  # finetuned models read aligned crops
+
+    def _key(self, col: tuple[tuple[str, int | None] | None, str]) -> str:
+        from labeler.cues import CUES_KEY
+        from labeler.embeddings.store import embedding_key
+
+        g, region = col
+        if g is None:
+            return CUES_KEY
+        i = self._groups.index(g)
+        return embedding_key(self.blocks.groups[i][0].config.key_name, region)
+
+    def predict_proba(self, faces: Sequence[Any]) -> list[np.ndarray]:
+        """Per model, (len(faces), classes) probabilities for :class:`FaceCrops` ``faces``."""
+        if not faces:
+            return [np.zeros((0, len(m.classes))) for m in self.models]
+        X = self.blocks.compute(faces) if self.blocks.keys else {}
+        out = []
+        for m, cols in zip(self.models, self.columns, strict=True):
+            if m.mode == "head":
+                Xm = np.concatenate([X[self._key(c)] for c in cols], 1).astype(np.float32)
+                out.append(m.head.predict_proba(Xm))
+            else:
+                out.append(m.predict_proba(np.stack([f.aligned for f in faces])))
+        return out
+
+
+def _predictions(
+    cuts: Sequence[Any], per_model: Sequence[tuple[Any, np.ndarray]], start: int
 ) -> list[FacePrediction]:
-    """Detect + align + classify every face of one image.
-
-    image: (H, W, 3) uint8 RGB or a path. model: a ``LoadedModel`` or a list of them (one
-    per field). detector: from ``labeler.detect.get_detector``. Faces left to right.
-    """
-    from labeler.detect.pipeline import detect_and_align
-
-    models = list(model) if isinstance(model, (list, tuple)) else [model]
-    pairs = detect_and_align(image, detector)
-    if not pairs:
-        return []
-    crops = np.stack([c for _, c in pairs])
-    per_model = [(m, m.predict_proba(crops)) for m in models]
     out = []
-    for i, (det, crop) in enumerate(pairs):
+    for i, cut in enumerate(cuts):
         labels, conf, probs = {}, {}, {}
         for m, P in per_model:
-            j = int(P[i].argmax())
+            row = P[start + i]
+            j = int(row.argmax())
             labels[m.field] = m.classes[j]
-            conf[m.field] = float(P[i, j])
-            probs[m.field] = {c: float(p) for c, p in zip(m.classes, P[i], strict=True)}
+            conf[m.field] = float(row[j])
+            probs[m.field] = {c: float(p) for c, p in zip(m.classes, row, strict=True)}
+        d = cut.detection
         out.append(
             FacePrediction(
                 face_index=i,
-                box=tuple(float(v) for v in det.box),
-                score=float(det.score),
-                whole_image=bool(det.whole_image),
-                crop=crop,
+                box=tuple(float(v) for v in d.box),
+                score=float(d.score),
+                whole_image=bool(d.whole_image),
+                crop=cut.aligned,
                 labels=labels,
                 confidence=conf,
                 probs=probs,
             )
         )
     return out
+
+
+def _models(model: Any | Sequence[Any]) -> list[Any]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _face_records(cuts: Sequence[Any], tag: str) -> list[Any]:
+    from labeler.cropcache import FaceCrops
+
+    return [FaceCrops(f"{tag}_{i}", c.aligned, c.box) for i, c in enumerate(cuts)]
+
+
+def predict_image(
+    image: np.ndarray | str | os.PathLike[str],
+    model: Any | Sequence[Any],
+    detector: Any,
+) -> list[FacePrediction]:
+    """Detect + align + classify every face of one image, as ``labeler predict`` does.
+
+    image: (H, W, 3) uint8 RGB or a path. model: a ``LoadedModel`` or a list of them (one
+    per field). detector: from ``labeler.detect.get_detector``. Faces left to right; each
+    ``crop`` is upright (the upright check turns sideways and upside-down photos).
+    """
+    from labeler.detect.pipeline import DetectConfig, cut_faces
+
+    clf = Classifier(_models(model))
+    cfg = DetectConfig(detector=getattr(detector, "name", "mediapipe"))
+    source = image if isinstance(image, np.ndarray) else Path(image)
+    cuts = cut_faces(source, detector, cfg, box="box" in clf.kinds)
+    if not cuts:
+        return []
+    probs = clf.predict_proba(_face_records(cuts, "face"))
+    return _predictions(cuts, list(zip(clf.models, probs, strict=True)), 0)
 
 
 def predictions_frame(
@@ -127,19 +228,94 @@ def list_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, st
 
 
 def predict_files(
-    inputs: Iterable[str | os.PathLike[str]], models: Sequence[Any], detector: Any
+    inputs: Iterable[str | os.PathLike[str]],
+    models: Sequence[Any],
+    detector: Any = "mediapipe",
+    *,
+    workers: int | None = None,
+    batch_size: int = 64,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Predictions for every image under ``inputs`` (files or folders); unreadable files are
-    logged and skipped. Columns as in :func:`predictions_frame`."""
+    logged and skipped. Columns as in :func:`predictions_frame`, photos in input order.
+
+    ``detector``: a name (one detector per detect thread, ``workers`` threads, default
+    ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
+    several photos are classified together, ``batch_size`` at a time.
+    """
+    from labeler.detect.pipeline import DetectConfig, cut_faces, default_workers
+    from labeler.embeddings.embed import _progress, prefetch
     from labeler.imageio import ImageDecodeError
 
+    models = list(models)
     fields = [m.field for m in models]
-    frames = [predictions_frame("", [], fields)]
-    for path, shown in list_images(inputs):
+    clf = Classifier(models, batch_size=batch_size)
+    if isinstance(detector, str):
+        cfg = DetectConfig(detector=detector)
+        cfg.build_detector()  # fail fast on an unknown name / missing package
+        n_workers = workers or default_workers()
+        local = threading.local()
+        made: list[Any] = []
+        lock = threading.Lock()
+
+        def det_of_thread() -> Any:
+            det = getattr(local, "detector", None)
+            if det is None:
+                det = local.detector = cfg.build_detector()
+                with lock:
+                    made.append(det)
+            return det
+
+    else:
+        cfg = DetectConfig(detector=getattr(detector, "name", "mediapipe"))
+        n_workers, made = 1, []
+
+        def det_of_thread() -> Any:
+            return detector
+
+    box = "box" in clf.kinds
+    images = list_images(inputs)
+
+    def cut(item: tuple[Path, str]) -> tuple[str, list[Any] | None]:
+        path, shown = item
         try:
-            preds = predict_image(path, models, detector)
+            return shown, cut_faces(path, det_of_thread(), cfg, box=box)
         except ImageDecodeError as exc:
             log.warning("skipping %s", exc)
-            continue
-        frames.append(predictions_frame(shown, preds, fields))
+            return shown, None
+
+    frames = [predictions_frame("", [], fields)]
+    pending: list[tuple[str, list[Any]]] = []  # photos whose faces wait for a full batch
+    n_waiting = 0
+
+    def flush() -> None:
+        nonlocal n_waiting
+        cuts = [c for _, cs in pending for c in cs]
+        probs = clf.predict_proba(_face_records(cuts, "face"))
+        per_model = list(zip(clf.models, probs, strict=True))
+        start = 0
+        for shown, cs in pending:
+            frames.append(predictions_frame(shown, _predictions(cs, per_model, start), fields))
+            start += len(cs)
+        pending.clear()
+        n_waiting = 0
+
+    bar = _progress(len(images), desc="predict", enabled=progress)
+    bar.unit = "img"
+    try:
+        for shown, cuts in prefetch(images, cut, workers=n_workers, depth=4 * max(n_workers, 1)):
+            bar.update(1)
+            if cuts is None:
+                continue
+            pending.append((shown, cuts))
+            n_waiting += len(cuts)
+            if n_waiting >= batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+        for det in made:
+            close = getattr(det, "close", None)
+            if close is not None:
+                close()
     return pd.concat(frames, ignore_index=True)

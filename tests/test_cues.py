@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import tinyws
 
-from labeler.cues import CUES_KEY, compute_cues, cue_names, cues_workspace
+from labeler.cues import CUES_KEY, compute_cues, cue_names
+from labeler.embeddings.embed import cues_workspace
 from labeler.regions import CROP_SIZE, TEMPLATE
 
 MASK_COLOURS = {

@@ -727,13 +727,14 @@ def test_sized_backbone_keys_and_fingerprint(onnx_cache):
         get_backbone("timm:efficientnet_lite0", device="cpu", input_size=8)
 
 
-def test_embed_regions_equals_one_region_at_a_time(tmp_path, onnx_cache):
-    """One model call for all regions, crops taken from the cache where there: the same
-    vectors as embedding each region on its own from the files."""
-    from labeler.cropcache import CropCache
-    from labeler.cues import compute_cues
+def test_one_stream_equals_one_region_at_a_time(tmp_path, onnx_cache):
+    """The one loop (FeatureBlocks: one model call for all regions, the cues from the same
+    pixels), faces from memory first and the rest from their files: the same vectors as
+    embedding each region on its own from the files."""
+    from labeler.cropcache import FaceCrops, FaceQueue
+    from labeler.cues import CUES_KEY, compute_cues
     from labeler.embeddings import get_backbone
-    from labeler.embeddings.embed import embed_faces, embed_regions, load_crop
+    from labeler.embeddings.embed import FeatureBlocks, embed_faces, embed_workspace, load_crop
 
     bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=96)
     a = make_ws(tmp_path / "a", 7)
@@ -741,26 +742,52 @@ def test_embed_regions_equals_one_region_at_a_time(tmp_path, onnx_cache):
     regions = ["nose", "mouth_chin", "face"]
     for r in regions:
         embed_faces(a, bb, region=r, batch_size=3)
-    cache = CropCache(capacity=4, kinds=("aligned",))  # 4 of 7 from memory, 3 from disk
+    queue = FaceQueue(capacity=8, kinds=("aligned",))  # 4 of 7 from memory, 3 from files
     fids = b.faces()["face_id"].tolist()
-    for f in fids[:5]:
-        cache.put(f, "aligned", b.crop_path(f).read_bytes())
-    assert len(cache) == 4 and cache.stats()["dropped"] == 1
-    cues: dict[str, np.ndarray] = {}
-    res = embed_regions(b, bb, regions, batch_size=3, cache=cache, cues_out=cues)
-    assert [r.key for r in res] == [f"efficientnet_lite0-96px__{r}" for r in regions]
-    assert all(r.n_new == 7 for r in res) and cache.stats()["hits"] == 4 and len(cache) == 0
+    queue.put([FaceCrops(f, load_crop(b.crop_path(f), size=256)) for f in fids[:4]])
+    queue.close()
+    blocks = FeatureBlocks([(bb, regions)], cues=True, batch_size=3)
+    assert blocks.kinds == ("aligned",)
+    res = embed_workspace(b, blocks, source=queue.batches(3))
+    assert [r.key for r in res] == [f"efficientnet_lite0-96px__{r}" for r in regions] + [CUES_KEY]
+    assert all(r.n_new == 7 for r in res) and len(queue) == 0
     for r in regions:
         ids_a, Xa = store.load_embeddings(a, f"efficientnet_lite0-96px__{r}")
         ids_b, Xb = store.load_embeddings(b, f"efficientnet_lite0-96px__{r}")
         assert list(ids_a) == list(ids_b)
         np.testing.assert_allclose(Xa, Xb, atol=1e-4)
     want = compute_cues(np.stack([load_crop(b.crop_path(f), size=256) for f in fids]))
-    np.testing.assert_allclose(np.stack([cues[f] for f in fids]), want, atol=1e-5)
+    _, cues = store.load_embeddings(b, CUES_KEY, face_ids=fids)
+    np.testing.assert_allclose(cues, want, atol=1e-5)
     # incremental per key: a new face is embedded once, a stored key is not redone
     add_faces(b, [20])
-    res = embed_regions(b, bb, regions, batch_size=3)
-    assert [r.n_new for r in res] == [1, 1, 1] and [r.n_before for r in res] == [7, 7, 7]
+    res = embed_workspace(b, blocks)
+    assert [r.n_new for r in res] == [1, 1, 1, 1] and [r.n_before for r in res] == [7, 7, 7, 7]
+
+
+def test_face_queue_bounds_memory_and_never_blocks_after_abort():
+    """put() waits while the queue is full; abort() (the embedder failed) frees producers."""
+    import threading
+
+    from labeler.cropcache import FaceCrops, FaceQueue
+
+    q = FaceQueue(capacity=2)
+    face = np.zeros((4, 4, 3), np.uint8)
+    assert q.put([FaceCrops("a", face), FaceCrops("b", face)])
+    done = threading.Event()
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: (got.append(q.put([FaceCrops("c", face)])), done.set()))
+    t.start()
+    assert not done.wait(0.3)  # full: the producer waits
+    assert [f.face_id for f in next(q.batches(2))] == ["a", "b"]
+    assert done.wait(5) and got == [True] and len(q) == 1
+    q.put([FaceCrops("d", face)])
+    t2 = threading.Thread(target=lambda: got.append(q.put([FaceCrops("e", face)])))
+    t2.start()
+    q.abort()
+    t2.join(5)
+    assert not t2.is_alive() and got[-1] is False and q.stats()["dropped"] == 1
+    assert list(q.batches(4)) == []
 
 
 def test_auto_device_does_not_import_torch_without_a_gpu_driver():

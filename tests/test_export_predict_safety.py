@@ -73,7 +73,7 @@ class _Payload:
 
 @pytest.fixture
 def trained(tmp_path) -> tinyws.TinyWorkspace:
-    from labeler.cues import cues_workspace
+    from labeler.embeddings.embed import cues_workspace
 
     t = tinyws.build(tmp_path, {"correct": 12, "no_mask": 12})
     cues_workspace(t.ws)

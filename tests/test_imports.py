@@ -319,3 +319,49 @@ def test_installed_opencv_matches_the_bound_and_is_not_mixed():
             f"{f} is not the file {req.name} installed (another OpenCV wheel overwrote it); "
             f"reinstall with: pip install --force-reinstall {req.name}=={installed[req.name]}"
         )
+
+
+# --- layers: no import runs back up (issue 21) -----------------------------------------------
+
+#: Pure pixels and shapes: they import no step of the tool.
+BOTTOM = (
+    "labeler.regions",
+    "labeler.align",
+    "labeler.imageio",
+    "labeler.cues",
+    "labeler.cropcache",
+)
+#: The steps and what sits above them.
+STEPS = ("labeler.detect", "labeler.embeddings", "labeler.boxcrops")
+ABOVE = ("labeler.pipeline", "labeler.predict", "labeler.train", "labeler.cluster", "labeler.ui")
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_no_import_runs_back_up_a_layer():
+    """The pure modules (cues, crops in memory, regions, decode) import no step; detection
+    and embedding import neither each other (the stream's records live in
+    labeler.cropcache, below both) nor anything above them. The fused GPU pass is the one
+    engine that embeds (it is in detect and calls the model): it alone may import embeddings."""
+    graph = import_graph()
+    bad = []
+    for module, deps in graph.items():
+        for dep in deps:
+            if _under(module, BOTTOM) and _under(dep, STEPS + ABOVE):
+                bad.append((module, dep))
+            if _under(module, STEPS) and _under(dep, ABOVE):
+                bad.append((module, dep))
+            if (
+                _under(module, ("labeler.detect",))
+                and module != "labeler.detect.fused"
+                and _under(dep, ("labeler.embeddings",))
+            ):
+                bad.append((module, dep))
+            if _under(module, ("labeler.embeddings",)) and _under(dep, ("labeler.detect",)):
+                bad.append((module, dep))
+    assert bad == [], bad
+    # the one that ran back up before: embeddings.embed -> cues -> embeddings.store
+    assert "labeler.cues" in graph["labeler.embeddings.embed"]
+    assert not any(_under(d, ("labeler.embeddings",)) for d in graph["labeler.cues"])

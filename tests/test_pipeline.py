@@ -82,6 +82,8 @@ def test_run_then_rerun_then_add_images(tmp_path):
         on_box = get_region(region).crop == "box"  # the box region reads the box crops
         paths = [ws.box_crop_path(f) if on_box else ws.crop_path(f) for f in ids]
         want = bb.embed(load_crops(paths, region=region, size=bb.input_size))
+        # the run embeds the crops as stored, handed over in memory: the model's own output
+        # for each crop file
         np.testing.assert_allclose(X, want, atol=1e-3)
     first_run = current_run_id(ws)
     assert first_run is not None

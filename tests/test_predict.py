@@ -19,7 +19,7 @@ def run(*args: str):
 @pytest.fixture
 def trained(tmp_path):
     """A workspace whose head model is trained on the colour cues of its crops."""
-    from labeler.cues import cues_workspace
+    from labeler.embeddings.embed import cues_workspace
 
     t = tinyws.build(tmp_path, {"correct": 15, "no_mask": 15})
     cues_workspace(t.ws)

@@ -49,10 +49,11 @@ def command(
     force: bool,
 ) -> None:
     """Detect, align and classify the faces in IMAGES (files or folders); write a CSV with
-    path, face_index, box, the predicted label and confidence per field."""
+    path, face_index, box, the predicted label and confidence per field. The faces go
+    through the stream of 'labeler run' (same decode, upright check, detection, crops and
+    batched features, detect threads beside the model)."""
     from pathlib import Path
 
-    from labeler.detect import get_detector
     from labeler.predict import predict_files
     from labeler.train import load_model
     from labeler.workspace import atomic_write_bytes
@@ -63,6 +64,6 @@ def command(
     loaded = [load_model(ws, m, device=device) for m in models] or [
         load_model(ws, field=field, device=device)
     ]
-    df = predict_files(images, loaded, get_detector(detector))
+    df = predict_files(images, loaded, detector, progress=True)
     atomic_write_bytes(out_path, df.to_csv(index=False, lineterminator="\n").encode())
     click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")

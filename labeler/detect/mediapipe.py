@@ -13,8 +13,11 @@ four become ``LANDMARK_NAMES`` (eyes ordered by x).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -31,6 +34,67 @@ SMALL_FACE_FRACTION = 0.25
 _PAD_FRACTION = 0.4
 #: Tile side (pixels) of :meth:`MediaPipeDetector.detect_small_faces`.
 TILE_SIDE = 320
+
+
+#: Lines the TFLite/MediaPipe C++ runtime prints on stderr when an interpreter starts; they
+#: are not the user's business (GLOG_minloglevel does not reach them: TFLite's own logger and
+#: absl print them before any log setup).
+NATIVE_NOISE = (
+    "Created TensorFlow Lite XNNPACK delegate",
+    "inference_feedback_manager",
+    "Feedback manager requires",
+    "All log messages before absl::InitializeLog()",
+)
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_state: tuple[int, object] | None = None
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Around native code that starts a TFLite interpreter: file descriptor 2 goes to a
+    temporary file, and on leaving, the lines of it that are not :data:`NATIVE_NOISE` are
+    written back to the real stderr (nothing another thread printed meanwhile is lost).
+    Re-entrant across threads: the first to enter redirects, the last to leave restores."""
+    global _quiet_depth, _quiet_state
+    import sys
+    import tempfile
+
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                tmp = tempfile.TemporaryFile()
+                os.dup2(tmp.fileno(), 2)
+            except (OSError, ValueError):  # no fd 2 (embedded interpreters): leave it be
+                saved, tmp = -1, None
+            _quiet_state = (saved, tmp)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_state is not None:
+                saved, tmp = _quiet_state
+                _quiet_state = None
+                if saved >= 0 and tmp is not None:
+                    with contextlib.suppress(ValueError, OSError):
+                        sys.stderr.flush()
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    tmp.seek(0)  # type: ignore[attr-defined]
+                    text = tmp.read().decode("utf-8", "replace")  # type: ignore[attr-defined]
+                    tmp.close()  # type: ignore[attr-defined]
+                    kept = [
+                        line
+                        for line in text.splitlines(keepends=True)
+                        if not any(n in line for n in NATIVE_NOISE)
+                    ]
+                    if kept:
+                        os.write(2, "".join(kept).encode())
 
 
 def tile_origins(width: int, height: int, tile: int, overlap: float) -> list[tuple[int, int]]:
@@ -87,6 +151,7 @@ class MediaPipeDetector:
         self.pad_retry = pad_retry
         self.tile_score_threshold = float(tile_score_threshold)
         self._graphs: dict[int, object] = {}
+        self._warm: set[int] = set()
 
     def _graph(self, selection: int) -> object:
         graph = self._graphs.get(selection)
@@ -97,15 +162,22 @@ class MediaPipeDetector:
                 "mediapipe.python.solutions.face_detection",
                 purpose="the mediapipe face detector",
             )
-            graph = fd.FaceDetection(
-                model_selection=selection, min_detection_confidence=self.score_threshold
-            )
+            with quiet_native_stderr():
+                graph = fd.FaceDetection(
+                    model_selection=selection, min_detection_confidence=self.score_threshold
+                )
             self._graphs[selection] = graph
         return graph
 
     def _run(self, rgb: np.ndarray, selection: int) -> list[Detection]:
         h, w = rgb.shape[:2]
-        result = self._graph(selection).process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
+        graph = self._graph(selection)
+        if selection in self._warm:
+            result = graph.process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
+        else:  # the TFLite interpreter starts on the first frame (and logs from C++ then)
+            with quiet_native_stderr():
+                result = graph.process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
+            self._warm.add(selection)
         out: list[Detection] = []
         for det in result.detections or ():
             loc = det.location_data

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.align import CROP_EYE_DISTANCE, align_face
-from labeler.cropcache import CropCache
+from labeler.cropcache import FaceCrops, FaceQueue
 from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
@@ -56,6 +56,7 @@ from labeler.errors import InputError, NotFoundError
 from labeler.imageio import (
     DecodedImage,
     ImageDecodeError,
+    decode_crop_bytes,
     decode_image,
     encode_jpeg,
     load_rgb,
@@ -257,71 +258,138 @@ class ImageOutcome:
     detect_s: float
 
 
+@dataclass(frozen=True, eq=False)
+class FaceCut:
+    """One face of a photo as the stream carries it: the detection (original pixels), the
+    aligned crop's JPEG bytes (what the workspace stores) and, when asked, its box crop's;
+    ``aligned``/``box``: those crops as stored (decoded from the bytes), or the raw warp
+    when not asked for (``stored=False``)."""
+
+    detection: Detection
+    aligned_jpeg: bytes
+    aligned: np.ndarray
+    box_jpeg: bytes | None = None
+    box: np.ndarray | None = None
+
+
+def cut_faces(
+    source: Path | np.ndarray,
+    detector: Detector,
+    cfg: DetectConfig,
+    *,
+    box: bool | None = None,
+    stored: bool = True,
+    dec: DecodedImage | None = None,
+) -> list[FaceCut]:
+    """Decode -> detect (upright check included) -> align -> crops, for one photo: the one
+    path of ``labeler run``, ``labeler detect``, ``labeler predict`` and the app's Try it.
+
+    ``source``: a path (decoded at ``cfg.detect_side``, JPEG DCT-scaled) or an ``(H, W, 3)``
+    uint8 RGB array. ``box``: True cuts every face's box crop (a larger decode when this one
+    is too small for it), None only when this decode is the one the box-crop step would
+    make (:mod:`labeler.boxcrops`), False never. ``stored``: the crops come back as the
+    workspace stores them (JPEG at ``cfg.jpeg_quality``, decoded again in memory), so
+    features computed from them equal those from the crop files. Raises ``ImageDecodeError``.
+    """
+    from labeler.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
+
+    path: Path | None
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB array, got {source.shape} {source.dtype}"
+            )
+        h, w = source.shape[:2]
+        dec, path = DecodedImage(source, (1.0, 1.0), w, h, "array"), None
+    else:
+        path = Path(source)
+        dec = dec or decode_image(path, min_side=cfg.detect_side)
+    pairs = _align_from(
+        path,
+        dec,
+        detector,
+        size=cfg.crop_size,
+        detect_side=cfg.detect_side,
+        fallback=cfg.fallback,
+        min_size=cfg.min_size,
+        small_faces=cfg.small_faces,
+        rotate=cfg.rotate,
+    )
+    if not pairs:
+        return []
+    dets = [d for d, _ in pairs]
+    boxes: list[np.ndarray] | None = None
+    if box is not False:
+        rects = [(d.x0, d.y0, d.x1, d.y1) for d in dets]
+        side = needed_side(dec.width, dec.height, rects, CROP_SIZE)
+        src: DecodedImage | None = None
+        if path is None or (cfg.detect_side == MIN_DECODE_SIDE and side == MIN_DECODE_SIDE):
+            src = dec
+        elif box:
+            src = decode_image(path, min_side=side)
+        if src is not None:
+            boxes = box_crops_from(src.rgb, src.scale, rects, [d.landmarks for d in dets])
+    out = []
+    for i, (d, crop) in enumerate(pairs):
+        data = encode_jpeg(crop, quality=cfg.jpeg_quality)
+        bdata = encode_jpeg(boxes[i], quality=JPEG_QUALITY) if boxes is not None else None
+        out.append(
+            FaceCut(
+                d,
+                data,
+                decode_crop_bytes(data) if stored else crop,
+                bdata,
+                None
+                if boxes is None
+                else decode_crop_bytes(bdata)
+                if stored and bdata is not None
+                else boxes[i],
+            )
+        )
+    return out
+
+
 def _process_image(
     ws: Workspace,
     image_id: str,
     path: Path,
     detector: Detector,
     cfg: DetectConfig,
-    sink: CropCache | None = None,
+    sink: FaceQueue | None = None,
 ) -> ImageOutcome:
+    """One photo of the workspace step: :func:`cut_faces`, its files written (one writer
+    per crop file: this thread), the crops' pixels put on ``sink`` for the embedder."""
     t0 = time.perf_counter()
     try:
         dec = decode_image(path, min_side=cfg.detect_side)
     except ImageDecodeError as exc:
         return ImageOutcome(image_id, [], False, str(exc), time.perf_counter() - t0, 0.0)
     t1 = time.perf_counter()
+    need_box = sink is not None and "box" in sink.kinds
     try:
-        pairs = _align_from(
-            path,
-            dec,
-            detector,
-            size=cfg.crop_size,
-            detect_side=cfg.detect_side,
-            fallback=cfg.fallback,
-            min_size=cfg.min_size,
-            small_faces=cfg.small_faces,
-            rotate=cfg.rotate,
+        cuts = cut_faces(
+            path, detector, cfg, box=True if need_box else None, stored=sink is not None, dec=dec
         )
     except ImageDecodeError as exc:  # the re-decode at a larger size failed
         return ImageOutcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
     rows = []
-    for index, (d, crop) in enumerate(pairs):
-        row = face_row(ws, image_id, index, d, detector.name)
-        data = encode_jpeg(crop, quality=cfg.jpeg_quality)
-        write_bytes(ws.root / str(row["crop_path"]), data)
-        if sink is not None:
-            sink.put(str(row["face_id"]), "aligned", data)
+    for index, cut in enumerate(cuts):
+        row = face_row(ws, image_id, index, cut.detection, detector.name)
+        write_bytes(ws.root / str(row["crop_path"]), cut.aligned_jpeg)
+        if cut.box_jpeg is not None:
+            write_bytes(ws.box_crop_path(str(row["face_id"])), cut.box_jpeg)
         rows.append(row)
-    _write_box_crops(ws, dec, rows, [d for d, _ in pairs], cfg, sink)
-    whole = any(d.whole_image for d, _ in pairs)
+    if sink is not None and cuts:
+        # the crops as stored (the files' pixels, decoded from the bytes just written, not
+        # read back): features equal those of `labeler embed` on the files
+        sink.put(
+            [
+                FaceCrops(str(row["face_id"]), cut.aligned, cut.box)
+                for row, cut in zip(rows, cuts, strict=True)
+            ]
+        )
+    whole = any(c.detection.whole_image for c in cuts)
     return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
-
-
-def _write_box_crops(
-    ws: Workspace,
-    dec: DecodedImage,
-    rows: list[dict[str, object]],
-    dets: list[Detection],
-    cfg: DetectConfig,
-    sink: CropCache | None = None,
-) -> None:
-    """Write the faces' box crops (:mod:`labeler.boxcrops`) from this decode when it is the one
-    the box-crop step would make (same pixels); otherwise that step decodes the file later.
-    With a ``sink`` the pixels are also handed to the embed step there."""
-    from labeler.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
-
-    if not dets or cfg.detect_side != MIN_DECODE_SIDE:
-        return
-    boxes = [(d.x0, d.y0, d.x1, d.y1) for d in dets]
-    if needed_side(dec.width, dec.height, boxes, CROP_SIZE) != MIN_DECODE_SIDE:
-        return
-    crops = box_crops_from(dec.rgb, dec.scale, boxes, [d.landmarks for d in dets])
-    for row, crop in zip(rows, crops, strict=True):
-        data = encode_jpeg(crop, quality=JPEG_QUALITY)
-        write_bytes(ws.box_crop_path(str(row["face_id"])), data)
-        if sink is not None:
-            sink.put(str(row["face_id"]), "box", data)
 
 
 def face_row(
@@ -455,7 +523,7 @@ def detect_workspace(
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
     engine: DetectEngine | None = None,
-    crop_sink: CropCache | None = None,
+    face_sink: FaceQueue | None = None,
 ) -> DetectResult:
     """Detect and align the faces of every ingested image that has no detect record yet.
 
@@ -467,8 +535,8 @@ def detect_workspace(
     each commit. ``rotate`` also searches photos with no convincing face turned by
     90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
     ``redo`` forgets earlier results (and crops) and detects everything again.
-    ``crop_sink`` receives each written crop's JPEG bytes (``labeler run`` embeds them from
-    memory, :mod:`labeler.cropcache`). ``engine`` replaces the thread pool for whole chunks
+    ``face_sink`` receives each face's crops as pixels, the ones written
+    (:class:`labeler.cropcache.FaceQueue`: ``labeler run`` embeds them from memory). ``engine`` replaces the thread pool for whole chunks
     (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.detect.fused`);
     commits, the log and resuming stay the same.
 
@@ -538,7 +606,7 @@ def detect_workspace(
             det = local.detector = cfg.build_detector()
             with lock:
                 made.append(det)
-        return _process_image(ws, item[0], item[1], det, cfg, crop_sink)
+        return _process_image(ws, item[0], item[1], det, cfg, face_sink)
 
     items = [(r.image_id, roots[int(r.root)] / r.path) for r in todo]
 

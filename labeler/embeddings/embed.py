@@ -25,19 +25,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from labeler.cropcache import CropCache
+from labeler.cropcache import FaceCrops
+from labeler.cues import CUES_KEY, compute_cues, cue_names
+from labeler.cues import VERSION as CUES_VERSION
+from labeler.cues import WORK_SIZE as CUES_WORK_SIZE
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
-from labeler.errors import InputError, WorkspaceError
+from labeler.errors import InputError
 from labeler.regions import CROP_SIZE, crop_region, get_region
-from labeler.workspace import Workspace, iter_batches, jsonable
+from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +84,17 @@ class EmbedResult:
     n_new: int  # embedded by this run
     n_before: int  # already stored before this run
     seconds: float
-    config: EmbedConfig
+    config: EmbedConfig | None  # None for the colour cues (no model)
 
 
 # --- pixels ----------------------------------------------------------------------------------
 
 
-def prepare_crop(crop: np.ndarray, *, region: str = "face", size: int = 224) -> np.ndarray:
-    """Cut ``region`` out of an aligned crop ``(H, H, 3)`` uint8 and resize it to ``(size, size, 3)``."""
+def prepare_crop(
+    crop: np.ndarray, *, region: str = "face", size: int = 224, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Cut ``region`` out of an aligned crop ``(H, H, 3)`` uint8 and resize it to
+    ``(size, size, 3)`` (into ``out`` when given: a slice of a batch, no extra copy)."""
     import cv2
 
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
@@ -96,9 +102,15 @@ def prepare_crop(crop: np.ndarray, *, region: str = "face", size: int = 224) -> 
     part = crop_region(crop, region)
     h, w = part.shape[:2]
     if (h, w) == (size, size):
-        return np.ascontiguousarray(part, dtype=np.uint8)
+        if out is None:
+            return np.ascontiguousarray(part, dtype=np.uint8)
+        out[...] = part
+        return out
     interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(part), (size, size), interpolation=interp)
+    if out is None:
+        return cv2.resize(part, (size, size), interpolation=interp)
+    cv2.resize(part, (size, size), dst=out, interpolation=interp)
+    return out
 
 
 def load_crop(path: str | Path | bytes, *, region: str = "face", size: int = 224) -> np.ndarray:
@@ -343,6 +355,336 @@ class ShardWriter:
         self._ids, self._vecs, self._n = [ids[n:]], [X[n:]], len(X) - n
 
 
+# --- the one stream: every feature block from crops in memory ---------------------------------
+
+
+class FeatureBlocks:
+    """Computes every block of a feature set for a batch of faces from their crops in memory:
+    the CNN regions (one model call per batch and input size, all its regions together) and
+    the colour cues (:func:`labeler.cues.compute_cues`) of the aligned crops.
+
+    ``groups``: ``(backbone, regions)`` pairs, one per input size. The only place features
+    are computed: ``labeler run``, ``labeler embed`` (crops read from their files),
+    ``labeler predict`` and the Ray engine all call :meth:`compute`.
+
+    >>> blocks = FeatureBlocks([(get_backbone("timm:efficientnet_lite0"), ["nose"])], cues=True)  # doctest: +SKIP
+    >>> blocks.compute([FaceCrops("f", crop)])  # doctest: +SKIP
+    {'timm-efficientnet_lite0__nose': array(...), 'cues__face': array(...)}
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[tuple[Backbone, Sequence[str]]],
+        *,
+        cues: bool = False,
+        batch_size: int = 64,
+    ) -> None:
+        self.groups = [(bb, list(dict.fromkeys(rs))) for bb, rs in groups if len(rs)]
+        for _, regions in self.groups:
+            for r in regions:
+                get_region(r)
+        self.cues = bool(cues)
+        self.batch_size = int(batch_size)
+
+    @property
+    def keys(self) -> list[str]:
+        """The stored keys of the blocks, in order."""
+        keys = [store.embedding_key(bb.config.key_name, r) for bb, rs in self.groups for r in rs]
+        return keys + ([CUES_KEY] if self.cues else [])
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The crops (``aligned``, ``box``) the blocks read."""
+        kinds = {get_region(r).crop for _, rs in self.groups for r in rs}
+        if self.cues:
+            kinds.add("aligned")
+        return tuple(k for k in ("aligned", "box") if k in kinds)
+
+    def compute(self, faces: Sequence[FaceCrops]) -> dict[str, np.ndarray]:
+        """``key -> (len(faces), dim)`` float32 for every block."""
+        n = len(faces)
+        out: dict[str, np.ndarray] = {}
+        for bb, regions in self.groups:
+            size = bb.input_size
+            pixels = np.empty((len(regions) * n, size, size, 3), np.uint8)
+            for j, r in enumerate(regions):
+                kind = get_region(r).crop
+                for i, f in enumerate(faces):
+                    prepare_crop(f.crop(kind), region=r, size=size, out=pixels[j * n + i])
+            # the model sees at most batch_size crops a call (activations of 192 crops at
+            # 224 px take ~2 GB more memory)
+            step = self.batch_size
+            X = np.concatenate(
+                [bb.embed(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+            )
+            for j, r in enumerate(regions):
+                key = store.embedding_key(bb.config.key_name, r)
+                out[key] = np.asarray(X[j * n : (j + 1) * n], np.float32)
+        if self.cues:
+            out[CUES_KEY] = compute_cues(_stack([f.aligned for f in faces]))
+        return out
+
+
+def _stack(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, S, S, 3) uint8 of same-size crops (resized to the first one's side when not)."""
+    import cv2
+
+    if not crops:
+        return np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    side = crops[0].shape[0]
+    return np.stack(
+        [
+            c
+            if c.shape[:2] == (side, side)
+            else cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA)
+            for c in crops
+        ]
+    )
+
+
+def cues_config() -> dict[str, Any]:
+    """The ``config.json`` payload of the cues block (its version decides reuse)."""
+    return {
+        "what": "colour-invariant mask cues",
+        "version": CUES_VERSION,
+        "names": cue_names(),
+        "work_size": CUES_WORK_SIZE,
+    }
+
+
+class BlockWriters:
+    """One writer per stored key of ``blocks``: checks each stored set against the blocks'
+    configuration (refusing to mix features), remembers which faces each key already has,
+    and appends shards of the new vectors (:class:`ShardWriter`)."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        blocks: FeatureBlocks,
+        *,
+        shard_size: int = 2048,
+        overwrite: bool = False,
+        rerun: str | None = None,
+        engine: str = "local",
+    ) -> None:
+        self.ws, self.blocks = ws, blocks
+        self.configs: dict[str, EmbedConfig] = {}
+        for bb, regions in blocks.groups:
+            for r in regions:
+                config = make_config(
+                    bb,
+                    region=r,
+                    batch_size=blocks.batch_size,
+                    shard_size=shard_size,
+                    engine=engine,
+                )
+                prepare_key(ws, config, overwrite=overwrite, rerun=rerun)
+                self.configs[config.key] = config
+        if blocks.cues:
+            old = store.read_config(ws, CUES_KEY) or {}
+            if overwrite or (old and old.get("config", old).get("version") != CUES_VERSION):
+                store.delete_embeddings(ws, CUES_KEY)
+            store.write_config(
+                ws,
+                CUES_KEY,
+                dim=len(cue_names()),
+                config=cues_config(),
+                fingerprint={"version": CUES_VERSION},
+                rerun=f"labeler run IMAGES -w {ws.root}",
+            )
+        self.done = {k: store.stored_ids(ws, k) for k in blocks.keys}
+        self.writers = {k: ShardWriter(ws, k, shard_size) for k in blocks.keys}
+
+    def refresh(self) -> None:
+        """Add the faces other writers stored meanwhile to the ones each key has."""
+        for key, done in self.done.items():
+            done.update(store.stored_ids(self.ws, key))
+
+    def missing(self, face_ids: Iterable[str]) -> list[str]:
+        """Of ``face_ids``, those some key has no vector for."""
+        return [f for f in face_ids if any(f not in d for d in self.done.values())]
+
+    def add(self, face_ids: Sequence[str], X: dict[str, np.ndarray]) -> None:
+        for key, writer in self.writers.items():
+            done = self.done[key]
+            keep = [i for i, f in enumerate(face_ids) if f not in done]
+            if keep:
+                ids = [face_ids[i] for i in keep]
+                writer.add(ids, X[key][keep])
+                done.update(ids)
+
+    def close(self) -> None:
+        errors = []
+        for writer in self.writers.values():
+            try:
+                writer.close()
+            except Exception as exc:  # close every writer, then raise the first error
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def results(self, n_faces: int, n_before: dict[str, int], seconds: float) -> list[EmbedResult]:
+        return [
+            EmbedResult(
+                key=k,
+                path=store.embedding_dir(self.ws, k),
+                n_faces=n_faces,
+                n_new=w.written,
+                n_before=n_before.get(k, 0),
+                seconds=seconds,
+                config=self.configs.get(k),
+            )
+            for k, w in self.writers.items()
+        ]
+
+
+def embed_stream(
+    batches: Iterable[Sequence[FaceCrops]],
+    writers: BlockWriters,
+    *,
+    bar: Any = None,
+) -> int:
+    """THE embedding loop: for each batch of faces (crops in memory), every block of
+    ``writers.blocks`` (:meth:`FeatureBlocks.compute`), written by the one writer per key
+    (:func:`write_stream`). Faces every key already has are skipped. Returns faces embedded.
+    """
+
+    def computed() -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+        for batch in batches:
+            want = set(writers.missing(f.face_id for f in batch))
+            faces = [f for f in batch if f.face_id in want]
+            if faces:
+                yield [f.face_id for f in faces], writers.blocks.compute(faces)
+            if bar is not None:
+                bar.update(len(batch))
+
+    return write_stream(computed(), writers)
+
+
+def write_stream(
+    results: Iterable[tuple[Sequence[str], dict[str, np.ndarray]]], writers: BlockWriters
+) -> int:
+    """Write ``(face_ids, {key: vectors})`` results (computed here by :func:`embed_stream`, or
+    remotely by the Ray engine's actors with the same :class:`FeatureBlocks`) through the one
+    writer per key. On any error the finished shards are written (the next run resumes) and
+    it re-raises. Returns the faces written."""
+    n = 0
+    try:
+        for ids, X in results:
+            writers.add(list(ids), X)
+            n += len(ids)
+        writers.close()
+    except BaseException:  # keep what is finished (Ctrl-C, a broken crop): the re-run resumes
+        with contextlib.suppress(Exception):
+            writers.close()
+        raise
+    return n
+
+
+class MissingCropsError(WorkspaceError, FileNotFoundError):
+    """Crop files of faces in ``faces.parquet`` are missing (the fix: ``labeler detect``)."""
+
+
+def read_face_crops(
+    ws: Workspace, faces: pd.DataFrame, kinds: Sequence[str]
+) -> Callable[[list[str]], list[FaceCrops]]:
+    """A reader of the crop files of ``faces`` (``kinds``): ``face_ids -> [FaceCrops]``,
+    each crop decoded whole once for all its blocks. Raises :class:`MissingCropsError`
+    naming the fix, before any work, when crop files are missing."""
+    paths = {
+        kind: dict(zip(faces["face_id"], crop_paths(ws, faces, crop=kind), strict=True))
+        for kind in kinds
+    }
+    missing = [p for kind in kinds for p in paths[kind].values() if not Path(p).is_file()]
+    if missing:
+        raise MissingCropsError(
+            f"{len(missing)} of {len(faces) * len(kinds)} face crops are missing, e.g. "
+            f"{missing[0]}; re-run 'labeler detect -w {ws.root}' to write them"
+        )
+
+    def read(ids: list[str]) -> list[FaceCrops]:
+        return [
+            FaceCrops(
+                f,
+                load_crop(paths["aligned"][f], size=CROP_SIZE)
+                if "aligned" in kinds
+                else np.zeros((0, 0, 3), np.uint8),
+                load_crop(paths["box"][f], size=CROP_SIZE) if "box" in kinds else None,
+            )
+            for f in ids
+        ]
+
+    return read
+
+
+def embed_workspace(
+    ws: Workspace,
+    blocks: FeatureBlocks,
+    *,
+    source: Iterable[Sequence[FaceCrops]] | None = None,
+    shard_size: int = 2048,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> list[EmbedResult]:
+    """Every block of ``blocks`` for the faces of ``faces.parquet`` missing from some key.
+
+    ``source``: batches of faces with their crops in memory (``labeler run``'s detection
+    queue, :class:`labeler.cropcache.FaceQueue`), embedded first; then the faces still
+    missing (all of them without ``source``) from their crop files, read by ``workers``
+    threads a few batches ahead (box crops that are missing are written from the photos
+    first, :mod:`labeler.boxcrops`). One loop (:func:`embed_stream`), one writer per key.
+    Resumable and incremental per key: shards every ``shard_size`` faces, stored faces
+    skipped. Returns one :class:`EmbedResult` per key, in ``blocks.keys`` order.
+    """
+    t0 = time.perf_counter()
+    if source is None:
+        ws.require_faces()  # no faces table: one line naming the fix, before any work
+    writers = BlockWriters(ws, blocks, shard_size=shard_size, overwrite=overwrite)
+    seen: list[pd.DataFrame] = []
+
+    def from_files() -> Iterator[Sequence[FaceCrops]]:
+        faces = ws.require_faces()  # after the source: the faces detection committed
+        seen.append(faces)
+        writers.refresh()  # another writer (the fused pass) may have stored some
+        todo = faces[faces["face_id"].isin(set(writers.missing(faces["face_id"])))]
+        log.info("%s: %d faces to embed from crop files", "+".join(blocks.keys), len(todo))
+        if not len(todo):
+            return
+        if "box" in blocks.kinds:
+            from labeler.boxcrops import box_crops_workspace
+
+            box_crops_workspace(ws, faces=todo)
+        read = read_face_crops(ws, todo, blocks.kinds)
+        ids = list(todo["face_id"])
+        bar = _progress(len(ids), desc=desc or f"embed {len(blocks.keys)} blocks", enabled=progress)
+        try:
+            for batch in prefetch(
+                iter_batches(ids, blocks.batch_size),
+                read,
+                workers=workers,
+                depth=max(2, workers * 2),
+            ):
+                yield batch
+                bar.update(len(batch))
+        finally:
+            bar.close()
+
+    def all_batches() -> Iterator[Sequence[FaceCrops]]:
+        if source is not None:
+            yield from source
+        yield from from_files()
+
+    embed_stream(all_batches(), writers)
+    seconds = time.perf_counter() - t0
+    known = set(seen[0]["face_id"]) if seen else set()
+    n_before = {k: len(known & writers.done[k]) - w.written for k, w in writers.writers.items()}
+    results = writers.results(len(known), n_before, seconds)
+    log.info("embedded in %.1f s: %s", seconds, {r.key: r.n_new for r in results})
+    return results
+
+
 def embed_faces(
     ws: Workspace,
     backbone: Backbone,
@@ -355,7 +697,8 @@ def embed_faces(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> EmbedResult:
-    """Embed the ``region`` of every face in ``faces.parquet`` not stored yet under the key.
+    """Embed the ``region`` of every face in ``faces.parquet`` not stored yet under the key
+    (``labeler embed``): :func:`embed_workspace` with one block, crops read from their files.
 
     Args:
         backbone: from :func:`labeler.embeddings.get_backbone`.
@@ -369,180 +712,84 @@ def embed_faces(
 
     Returns an :class:`EmbedResult`; vectors go to ``ws.embeddings_dir / key``.
     """
-    t0 = time.perf_counter()
     config = make_config(
         backbone, region=region, batch_size=batch_size, shard_size=shard_size, decode=decode
     )
+    ws.require_faces()
+    ws.save_step_config("embed", asdict(config))
+    if decode == "cuda":
+        return _embed_faces_cuda(
+            ws, backbone, config, workers=workers, overwrite=overwrite, progress=progress
+        )
+    blocks = FeatureBlocks([(backbone, [region])], batch_size=batch_size)
+    (res,) = embed_workspace(
+        ws,
+        blocks,
+        shard_size=shard_size,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+        desc=f"embed {config.key}",
+    )
+    return replace(res, config=config)
+
+
+def _embed_faces_cuda(
+    ws: Workspace,
+    backbone: Backbone,
+    config: EmbedConfig,
+    *,
+    workers: int,
+    overwrite: bool,
+    progress: bool | None,
+) -> EmbedResult:
+    """``--decode cuda``: crop files decoded by nvJPEG on the GPU, the region cut there, then
+    the same writer as every other path (:class:`BlockWriters`)."""
+    from labeler.embeddings import gpu
+
+    t0 = time.perf_counter()
     faces = ws.require_faces()
     prepare_key(ws, config, overwrite=overwrite)
-    todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(region).crop)
-    ws.save_step_config("embed", asdict(config))
-    log.info("%s: %d faces to embed, %d already stored", config.key, len(todo), n_done)
-    writer = ShardWriter(ws, config.key, shard_size)
-    size = backbone.input_size
-    batches = iter_batches(list(zip(todo["face_id"], todo["path"], strict=True)), batch_size)
+    todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(config.region).crop)
+    writer = ShardWriter(ws, config.key, config.shard_size)
+    batches = iter_batches(list(zip(todo["face_id"], todo["path"], strict=True)), config.batch_size)
 
-    if decode == "cuda":
-        from labeler.embeddings import gpu
-
-        def read(batch: list[tuple[str, str]]) -> tuple[list[str], Any]:
-            return [f for f, _ in batch], [Path(p).read_bytes() for _, p in batch]
-
-    else:
-        pin = backbone.config.runtime == "torch" and backbone.config.device.startswith("cuda")
-
-        def read(batch: list[tuple[str, str]]) -> tuple[list[str], Any]:
-            pixels = load_crops([p for _, p in batch], region=region, size=size)
-            if pin:  # page-locked here, so the copy to the GPU can overlap the model
-                import torch
-
-                pixels = torch.from_numpy(pixels).pin_memory()
-            return [f for f, _ in batch], pixels
+    def read(batch: list[tuple[str, str]]) -> tuple[list[str], list[bytes]]:
+        return [f for f, _ in batch], [Path(p).read_bytes() for _, p in batch]
 
     bar = _progress(len(todo), desc=f"embed {config.key}", enabled=progress)
     try:
-        for ids, pixels in prefetch(batches, read, workers=workers, depth=max(2, workers * 2)):
-            if decode == "cuda":
-                pixels = gpu.decode_crops_cuda(
-                    pixels, region=region, size=size, device=backbone.config.device
-                )
+        for ids, datas in prefetch(batches, read, workers=workers, depth=max(2, workers * 2)):
+            pixels = gpu.decode_crops_cuda(
+                datas, region=config.region, size=backbone.input_size, device=backbone.config.device
+            )
             writer.add(ids, backbone.embed(pixels))
             bar.update(len(ids))
         writer.close()
-    except BaseException:  # keep what is finished (Ctrl-C, a broken crop): the re-run resumes
+    except BaseException:
         with contextlib.suppress(Exception):
             writer.close()
         raise
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    log.info("%s: embedded %d faces in %.1f s", config.key, writer.written, seconds)
     return EmbedResult(
         key=config.key,
         path=store.embedding_dir(ws, config.key),
         n_faces=len(faces),
         n_new=writer.written,
         n_before=n_done,
-        seconds=seconds,
+        seconds=time.perf_counter() - t0,
         config=config,
     )
 
 
-def embed_regions(
-    ws: Workspace,
-    backbone: Backbone,
-    regions: Sequence[str],
-    *,
-    batch_size: int = 64,
-    shard_size: int = 2048,
-    workers: int = 2,
-    cache: CropCache | None = None,
-    cues_out: dict[str, np.ndarray] | None = None,
-    progress: bool | None = None,
-) -> list[EmbedResult]:
-    """Embed several ``regions`` of every face in one pass: the crops of all of them go to the
-    model together (they share ``backbone``'s input size, ``batch_size`` crops a call), each
-    face's crops read once.
-
-    The crops come from ``cache`` when detection handed them over in memory
-    (:mod:`labeler.cropcache`, ``labeler run``), else from the JPEGs, as
-    :func:`embed_faces` reads them. With ``cues_out`` the colour cues
-    (:func:`labeler.cues.compute_cues`) of each face's aligned crop are put there too
-    (``face_id -> vector``), from the same pixels. Resumable and incremental per key like
-    :func:`embed_faces` (one ``EmbedResult`` per region, in order).
-    """
-    from labeler.cues import compute_cues
-
-    t0 = time.perf_counter()
-    regions = list(dict.fromkeys(regions))
-    if not regions:
-        return []
-    configs = [
-        make_config(backbone, region=r, batch_size=batch_size, shard_size=shard_size)
-        for r in regions
-    ]
-    faces = ws.require_faces()
-    todos: list[set[str]] = []
-    n_done: list[int] = []
-    for config in configs:
-        prepare_key(ws, config, overwrite=False)
-        done = store.stored_ids(ws, config.key)
-        todos.append(set(faces.loc[~faces["face_id"].isin(done), "face_id"]))
-        n_done.append(int(faces["face_id"].isin(done).sum()))
-    union = faces[faces["face_id"].isin(set().union(*todos))]
-    kinds = {get_region(r).crop for r in regions} | ({"aligned"} if cues_out is not None else set())
-    if "box" in kinds and len(union):
-        # box crops detection could not cut from its decode: write them from the photos now
-        missing = [f for f in union["face_id"] if cache is None or (f, "box") not in cache]
-        if missing:
-            from labeler.boxcrops import box_crops_workspace
-
-            box_crops_workspace(ws, faces=union[union["face_id"].isin(set(missing))])
-    paths = {
-        kind: dict(zip(union["face_id"], crop_paths(ws, union, crop=kind), strict=True))
-        for kind in kinds
-    }
-    size = backbone.input_size
-    writers = [ShardWriter(ws, c.key, shard_size) for c in configs]
-    ids_all = list(union["face_id"])
-
-    def crop_of(fid: str, kind: str) -> np.ndarray:
-        data = cache.take(fid, kind) if cache is not None else None  # the file's bytes
-        return load_crop(paths[kind][fid] if data is None else data, region="face", size=CROP_SIZE)
-
-    def read(batch: list[str]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-        crops = {kind: [crop_of(f, kind) for f in batch] for kind in kinds}
-        pixels = np.stack(
-            [
-                prepare_crop(c, region=r, size=size)
-                for r in regions
-                for c in crops[get_region(r).crop]
-            ]
-        )
-        cues = compute_cues(np.stack(crops["aligned"])) if cues_out is not None else None
-        return batch, pixels, cues
-
-    bar = _progress(len(ids_all), desc=f"embed {len(regions)} regions", enabled=progress)
-    try:
-        for ids, pixels, cues in prefetch(
-            iter_batches(ids_all, batch_size), read, workers=workers, depth=max(2, workers * 2)
-        ):
-            # (len(regions) * B, dim), region-major; the model sees at most batch_size crops
-            # a call (its activations for 192 crops at 224 px would take ~2 GB more memory)
-            X = np.concatenate(
-                [
-                    backbone.embed(pixels[i : i + batch_size])
-                    for i in range(0, len(pixels), batch_size)
-                ]
-            )
-            n = len(ids)
-            for j, (writer, todo) in enumerate(zip(writers, todos, strict=True)):
-                keep = [i for i, f in enumerate(ids) if f in todo]
-                if keep:
-                    writer.add([ids[i] for i in keep], X[j * n : (j + 1) * n][keep])
-            if cues is not None and cues_out is not None:
-                cues_out.update(zip(ids, cues, strict=True))
-            bar.update(n)
-        for writer in writers:
-            writer.close()
-    except BaseException:  # keep what is finished: the re-run resumes
-        for writer in writers:
-            with contextlib.suppress(Exception):
-                writer.close()
-        raise
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    log.info("%s: embedded %d faces in %.1f s", "+".join(regions), len(ids_all), seconds)
-    return [
-        EmbedResult(
-            key=c.key,
-            path=store.embedding_dir(ws, c.key),
-            n_faces=len(faces),
-            n_new=w.written,
-            n_before=d,
-            seconds=seconds,
-            config=c,
-        )
-        for c, w, d in zip(configs, writers, n_done, strict=True)
-    ]
+def cues_workspace(
+    ws: Workspace, *, batch_size: int = 256, force: bool = False, workers: int = 2
+) -> tuple[int, int]:
+    """The colour cues (``cues__face``) of every face of the workspace not stored yet (all of
+    them with ``force``, or when the stored ones are of another cue version), from the
+    aligned crop files: :func:`embed_workspace` with the cues block. Returns
+    ``(computed, total)``."""
+    blocks = FeatureBlocks([], cues=True, batch_size=batch_size)
+    (res,) = embed_workspace(ws, blocks, overwrite=force, workers=workers, progress=False)
+    return res.n_new, res.n_faces

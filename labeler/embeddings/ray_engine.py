@@ -19,29 +19,34 @@ from typing import Any
 
 import numpy as np
 
+from labeler.cropcache import FaceCrops
 from labeler.embeddings.embed import (
+    BlockWriters,
     EmbedResult,
-    ShardWriter,
+    FeatureBlocks,
     _progress,
-    load_crops,
+    load_crop,
     make_config,
     plan_todo,
-    prepare_key,
+    write_stream,
 )
-from labeler.regions import get_region
+from labeler.regions import CROP_SIZE, get_region
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, region: str, size: int) -> dict[str, Any]:
-    """Ray task body: ``{"face_id", "path"}`` -> ``{"face_id", "pixels" (N, S, S, 3) uint8}``."""
-    pixels = load_crops(list(batch["path"]), region=region, size=size)
-    return {"face_id": np.asarray(batch["face_id"]), "pixels": pixels}
+def decode_batch(batch: dict[str, np.ndarray], *, kind: str) -> dict[str, Any]:
+    """Ray task body: ``{"face_id", "path"}`` -> ``{"face_id", "crops" (N, 256, 256, 3)
+    uint8}``, the crop files of ``kind`` (aligned or box) decoded as the local engine does."""
+    crops = [load_crop(p, size=CROP_SIZE) for p in batch["path"]]
+    pixels = np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    return {"face_id": np.asarray(batch["face_id"]), "crops": pixels}
 
 
 class EmbedActor:
-    """Ray actor: builds the backbone once, then embeds pixel batches."""
+    """Ray actor: builds the backbone once, then computes the block of each batch with the
+    same :class:`FeatureBlocks` as the local engine."""
 
     def __init__(
         self,
@@ -51,11 +56,13 @@ class EmbedActor:
         runtime: str,
         num_threads: int | None,
         cache_dir: str | None,
+        region: str = "face",
         input_size: int | None = None,
+        batch_size: int = 32,
     ) -> None:
         from labeler.embeddings.backbones import get_backbone
 
-        self.backbone = get_backbone(
+        bb = get_backbone(
             backbone,
             weights=weights,
             device=device,
@@ -64,12 +71,18 @@ class EmbedActor:
             cache_dir=cache_dir,
             input_size=input_size,
         )
+        self.blocks = FeatureBlocks([(bb, [region])], batch_size=batch_size)
+        self.kind = get_region(region).crop
+        (self.key,) = self.blocks.keys
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "face_id": np.asarray(batch["face_id"]),
-            "vector": self.backbone.embed(np.ascontiguousarray(batch["pixels"])),
-        }
+        ids = [str(f) for f in batch["face_id"]]
+        crops = np.ascontiguousarray(batch["crops"])
+        faces = [
+            FaceCrops(f, c, None) if self.kind == "aligned" else FaceCrops(f, c[:0], c)
+            for f, c in zip(ids, crops, strict=True)
+        ]
+        return {"face_id": np.asarray(ids), "vector": self.blocks.compute(faces)[self.key]}
 
 
 def embed_faces_ray(
@@ -145,10 +158,16 @@ def embed_faces_ray(
             bconf, region=region, batch_size=batch_size, shard_size=shard_size, engine="ray"
         )
         faces = ws.require_faces()
-        prepare_key(ws, config, overwrite=overwrite)
+        # the driver's writer is the local engine's (BlockWriters: config check, resume)
+        writers = BlockWriters(
+            ws,
+            FeatureBlocks([(_ConfigOnly(bconf), [region])], batch_size=batch_size),  # type: ignore[list-item]
+            shard_size=shard_size,
+            overwrite=overwrite,
+            engine="ray",
+        )
         todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(region).crop)
         ws.save_step_config("embed", asdict(config))
-        writer = ShardWriter(ws, config.key, shard_size)
         if len(todo):
             import ray.data
 
@@ -159,7 +178,7 @@ def embed_faces_ray(
             ds = ray.data.from_pandas(blocks)
             ds = ds.map_batches(
                 decode_batch,
-                fn_kwargs={"region": region, "size": bconf.input_size},
+                fn_kwargs={"kind": get_region(region).crop},
                 batch_size=batch_size,
                 batch_format="numpy",
                 num_cpus=1,
@@ -173,7 +192,9 @@ def embed_faces_ray(
                     "runtime": actor_runtime,
                     "num_threads": threads,
                     "cache_dir": cache,
+                    "region": region,
                     "input_size": input_size,
+                    "batch_size": batch_size,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
@@ -182,11 +203,15 @@ def embed_faces_ray(
                 num_gpus=1 if on_gpu else 0,
             )
             bar = _progress(len(todo), desc=f"embed {config.key} (ray)", enabled=progress)
-            try:
+
+            def results() -> Any:
                 for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    writer.add(list(out["face_id"]), np.asarray(out["vector"], dtype=np.float32))
-                    bar.update(len(out["face_id"]))
-                writer.close()
+                    ids = [str(f) for f in out["face_id"]]
+                    yield ids, {config.key: np.asarray(out["vector"], dtype=np.float32)}
+                    bar.update(len(ids))
+
+            try:
+                write_stream(results(), writers)
             finally:
                 bar.close()
     finally:
@@ -199,8 +224,15 @@ def embed_faces_ray(
         key=config.key,
         path=store.embedding_dir(ws, config.key),
         n_faces=len(faces),
-        n_new=writer.written,
+        n_new=writers.writers[config.key].written,
         n_before=n_done,
         seconds=seconds,
         config=config,
     )
+
+
+class _ConfigOnly:
+    """The driver builds no model (the actors do): what :class:`BlockWriters` reads of one."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
