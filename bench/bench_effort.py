@@ -51,7 +51,6 @@ MARK_BEGIN, MARK_END = "<!-- bench_effort:begin -->", "<!-- bench_effort:end -->
 
 
 def prepare(name: str, ws_path: str | None, scratch: Path) -> object:
-    from labeler.cues import cues_workspace
     from labeler.embeddings.backbones import get_backbone
     from labeler.embeddings.embed import cues_workspace, embed_faces
     from labeler.embeddings.store import list_embeddings
