@@ -132,3 +132,61 @@ def test_predict_image_label_follows_the_face_not_the_class_list(trained):
         probs = p.probs["mask_state"]
         assert p.labels["mask_state"] == want, probs
         assert probs[want] == max(probs.values()) == p.confidence["mask_state"] > 0.8
+
+
+def test_predict_cli_stderr_has_no_tflite_lines_and_try_it_crop_is_upright(trained, tmp_path):
+    """`labeler predict` in a real process: the TFLite runtime's start-up lines (printed by
+    its C++ code on fd 2) stay off stderr; a photo stored sideways gives the same face, its
+    crop upright (what the app's Try it shows) and the same label as the upright photo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from skimage.data import astronaut
+
+    from labeler.detect import get_detector
+    from labeler.predict import predict_image
+    from labeler.train import load_model
+
+    photos = tmp_path / "sideways_test"
+    photos.mkdir()
+    rgb = astronaut()
+    Image.fromarray(rgb).save(photos / "up.png")
+    Image.fromarray(np.rot90(rgb, k=-1).copy()).save(photos / "turned_90.png")
+    out = tmp_path / "p.csv"
+    labeler = str(Path(sys.executable).with_name("labeler"))
+    proc = subprocess.run(
+        [labeler, "predict", str(photos), "-w", str(trained.ws.root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("Feedback manager", "XNNPACK", "inference_feedback_manager", "absl::"):
+        assert noise not in proc.stderr, proc.stderr
+    df = pd.read_csv(out).set_index("path")
+    assert len(df) == 2 and df.loc["up.png", "mask_state"] == df.loc["turned_90.png", "mask_state"]
+    # Try it (predict_image on the decoded array): the crop of the sideways photo is upright
+    model, det = load_model(trained.ws), get_detector("mediapipe")
+    (up,) = predict_image(rgb, model, det)
+    (turned,) = predict_image(np.rot90(rgb, k=-1).copy(), model, det)
+    a, b = up.crop.astype(np.float32).ravel(), turned.crop.astype(np.float32).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.8  # the same upright face (turned: ~0)
+    assert turned.labels == up.labels
+
+
+def test_quiet_native_stderr_drops_only_the_runtime_lines(tmp_path):
+    """Lines written to fd 2 inside the guard come back, except the TFLite start-up ones."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from labeler.detect.mediapipe import quiet_native_stderr\n"
+        "with quiet_native_stderr():\n"
+        "    os.write(2, b'W0 inference_feedback_manager.cc:114] Feedback manager requires x\\n')\n"
+        "    os.write(2, b'a line of the user\\n')\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "a line of the user\nafter\n"
