@@ -104,7 +104,6 @@ def blocks_needed(specs: list[str]) -> set[str]:
 
 
 def ensure_blocks(ws: object, keys: set[str]) -> None:
-    from labeler.cues import cues_workspace
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import FeatureBlocks, cues_workspace, embed_workspace
     from labeler.embeddings.store import list_embeddings, parse_key
