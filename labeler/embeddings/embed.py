@@ -1,19 +1,27 @@
-"""The embed step: aligned crops -> region -> backbone -> ``(face_id, vector)`` shards.
+"""The embed step, one stream: faces' crops (in memory) -> every feature block -> shards.
 
-:func:`embed_faces` is what ``labeler embed`` runs. It is
+One loop computes features (:func:`embed_stream`): batches of :class:`labeler.cropcache.
+FaceCrops` go through :class:`FeatureBlocks` (each CNN region, all regions of one input size
+in one model call, and the colour cues) and :class:`BlockWriters` (one writer per stored
+key). Its sources: ``labeler run``'s detection queue (the crops as stored, handed over in
+memory), the crop files (:func:`embed_workspace`, :func:`embed_faces` for ``labeler embed``,
+:func:`cues_workspace`), the Ray engine's actors (:mod:`labeler.embeddings.ray_engine`, the
+same :class:`FeatureBlocks` remotely, :func:`write_stream` on the driver) and
+``labeler predict`` (:mod:`labeler.predict`, no writer). It is
 
 * **resumable**: shards are written atomically every ``shard_size`` faces and a re-run skips
   the face_ids already stored, so a killed run resumes where it stopped and gives the same
   result as an uninterrupted one;
 * **incremental**: faces added to ``faces.parquet`` later are embedded, old ones are not;
-* **overlapped**: crops are decoded (and cut, resized) by a thread pool a few batches ahead
-  of the model (libjpeg and OpenCV release the GIL).
+* **overlapped**: crop files are decoded by a thread pool a few batches ahead of the model
+  (libjpeg and OpenCV release the GIL); in ``labeler run`` detection threads feed it.
 
 Region crops are resized to the model input with ``cv2.INTER_AREA`` when shrinking and
 ``cv2.INTER_LINEAR`` when enlarging (a region is stretched to the square input: every face
-gets the same geometry). Crop files are decoded whole, so a crop read back from its JPEG
-and the same crop handed over in memory (:func:`embed_regions` in ``labeler run``) go
-through the same resize.
+gets the same geometry). The crops in memory are the stored crops' pixels (the JPEG bytes
+written, decoded whole, :func:`labeler.imageio.decode_crop_bytes`), so a face embedded
+from memory and from its files gets the same vector (the raw warp instead would move
+EfficientNet-Lite0 vectors to cosine ~0.96 of the stored crops').
 """
 
 from __future__ import annotations
