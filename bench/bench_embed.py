@@ -12,6 +12,17 @@ resized to 256 px aligned-crop stand-ins in memory and re-encoded as JPEG, then 
   and end-to-end (decode + model) with each.
 
 Skips cleanly (exit 0) when the data folder is absent.
+
+``--model-cost``: the model alone, CPU ms per crop (the process's CPU time, best of
+``--repeats``: robust when other jobs share the cores) and wall ms, at batch 32 and 64 with
+``--threads`` threads, for each engine of the same weights against today's default
+(onnxruntime fp32) in the same run::
+
+    python bench/bench_embed.py --model-cost --threads 2 [--size 224]
+
+``--calibrate --ws-root DIR``: measure the int8 activation ranges on the nose-band,
+mouth-chin and box crops of 64 faces of each workspace under ``DIR`` (built by
+``bench/bench_features.py``) and write ``labeler/embeddings/int8_ranges.py``.
 """
 
 from __future__ import annotations
@@ -108,6 +119,142 @@ def end_to_end(
         return time.perf_counter() - t
 
 
+def _cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cost(fn, batch: np.ndarray, *, repeats: int) -> tuple[float, float]:
+    """``(CPU ms, wall ms)`` per crop of ``fn(batch)``: the best of ``repeats`` after a warm-up."""
+    fn(batch)
+    cpu, wall = float("inf"), float("inf")
+    for _ in range(repeats):
+        c, t = _cpu_s(), time.perf_counter()
+        fn(batch)
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, _cpu_s() - c)
+    return 1000 * cpu / len(batch), 1000 * wall / len(batch)
+
+
+def model_cost(args: argparse.Namespace, crops: list[np.ndarray]) -> int:
+    """The --model-cost table: each engine vs onnxruntime fp32 (today's CPU default)."""
+    import cv2
+    import torch
+
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.backbones import resolve_spec
+    from labeler.embeddings.weights import build_feature_model
+
+    torch.set_num_threads(args.threads)
+    size = args.size
+    pixels = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
+    while len(pixels) < 64:
+        pixels = np.concatenate([pixels, pixels])
+    engines: list[tuple[str, object]] = []
+    kw = {"device": "cpu", "input_size": size}
+    ort32 = get_backbone(runtime="onnx", precision="fp32", num_threads=args.threads, **kw)
+    engines.append(("onnxruntime fp32 (today's CPU default)", ort32.embed))
+    try:
+        ort8 = get_backbone(runtime="onnx", precision="int8", num_threads=args.threads, **kw)
+        engines.append(("onnxruntime int8 (labeler.embeddings.quantize)", ort8.embed))
+    except Exception as exc:  # noqa: BLE001 - a row that cannot run is reported, not fatal
+        print(f"# int8 row skipped: {exc}", file=sys.stderr)
+    fm, _ = build_feature_model(resolve_spec("timm:efficientnet_lite0"))
+    fm = fm.eval()
+
+    def eager(module, channels_last: bool):
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(batch)
+            with torch.inference_mode():
+                if not channels_last:  # the permuted uint8 view, made NCHW-contiguous
+                    x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+                return module(x).numpy()
+
+        return run
+
+    engines.append(("torch eager fp32, NCHW", eager(fm, False)))
+    fm_cl = fm.to(memory_format=torch.channels_last)
+    engines.append(("torch eager fp32, channels_last + inference_mode", eager(fm_cl, True)))
+    try:
+        with torch.no_grad():
+            traced = torch.jit.freeze(
+                torch.jit.trace(fm_cl, torch.from_numpy(pixels[:2]), check_trace=False)
+            )
+        engines.append(("torch.jit trace + freeze (oneDNN fusion)", eager(traced, True)))
+    except Exception as exc:  # noqa: BLE001
+        print(f"# torch.jit row skipped: {exc}", file=sys.stderr)
+    ref = ort32.embed(pixels[:32])
+    rows = []
+    for what, fn in engines:
+        feats = np.asarray(fn(pixels[:32]), dtype=np.float32)
+        cos = (feats * ref).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(ref, axis=1)
+        for bs in (32, 64):
+            cpu, wall = cost(fn, pixels[:bs], repeats=args.repeats)
+            rows.append((what, bs, cpu, wall, float(cos.min())))
+    print(
+        f"# model cost: EfficientNet-Lite0 @ {size} px, {args.threads} threads, "
+        f"{len(crops)} real crops ({args.data}); torch {torch.__version__}; "
+        f"os.cpu_count {os.cpu_count()}; CPU ms = process CPU time, best of {args.repeats}"
+    )
+    print(
+        "| engine | batch | CPU ms/crop | wall ms/crop | CPU vs ORT fp32 | min cosine to ORT fp32 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    base = {bs: cpu for what, bs, cpu, _, _ in rows if what.startswith("onnxruntime fp32")}
+    for what, bs, cpu, wall, cos in rows:
+        print(f"| {what} | {bs} | {cpu:.2f} | {wall:.2f} | {base[bs] / cpu:.2f}x | {cos:.4f} |")
+    return 0
+
+
+def calibrate_ranges(ws_root: Path, *, size: int = 224, per_set: int = 64) -> Path:
+    """Measure the int8 ranges on the lab workspaces' region crops and write the ranges file."""
+    import tempfile
+
+    import onnx
+
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.embed import crop_paths, load_crops
+    from labeler.embeddings.quantize import (
+        RANGES_FILE,
+        calibrate,
+        early_nodes,
+        preprocess,
+        write_ranges,
+    )
+    from labeler.regions import get_region
+    from labeler.workspace import Workspace
+
+    rng = np.random.default_rng(0)
+    crops = []
+    sets = sorted(p for p in ws_root.iterdir() if (p / "faces.parquet").exists())
+    for path in sets:
+        faces = Workspace.open(path).faces()
+        pick = faces.iloc[np.sort(rng.permutation(len(faces))[:per_set])]
+        ws = Workspace.open(path)
+        for region in ("nose", "mouth_chin", "box"):
+            paths = crop_paths(ws, pick, crop=get_region(region).crop)
+            crops.append(load_crops(list(paths), region=region, size=size))
+    pixels = np.concatenate(crops)
+    bb = get_backbone(device="cpu", runtime="onnx", precision="fp32", input_size=size)
+    with tempfile.TemporaryDirectory() as d:
+        pre = preprocess(bb.path, Path(d) / "pre.onnx")
+        ranges = calibrate(pre, (pixels[i : i + 32] for i in range(0, len(pixels), 32)))
+        keep = early_nodes(onnx.load(str(pre)))
+    payload = {
+        "arch": bb.config.arch,
+        "input_size": size,
+        "measured_on": f"{len(pixels)} nose/mouth_chin/box crops of {', '.join(p.name for p in sets)}",
+        "method": "mean over batches of 32 of the 0.01/99.99 percentiles",
+        "keep_float": keep,
+        "ranges": {k: [round(lo, 6), round(hi, 6)] for k, (lo, hi) in ranges.items()},
+    }
+    write_ranges(payload)
+    print(f"wrote {RANGES_FILE} ({len(ranges)} tensors, {len(pixels)} crops)")
+    return RANGES_FILE
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,11 +272,20 @@ def main() -> int:
         default="auto",
         help="cuda: require the GPU rows; cpu: skip them; auto: GPU rows when CUDA is there",
     )
+    ap.add_argument("--model-cost", action="store_true", help="the model-only cost table")
+    ap.add_argument("--size", type=int, default=224, help="model input size for --model-cost")
+    ap.add_argument("--calibrate", action="store_true", help="write the int8 ranges file")
+    ap.add_argument("--ws-root", type=Path, default=Path("/tmp/featws"))
     args = ap.parse_args()
+    if args.calibrate:
+        calibrate_ranges(args.ws_root)
+        return 0
     if not args.data.is_dir():
         print(f"skip: {args.data} not found (pass --data DIR with face photos)")
         return 0
 
+    if args.model_cost:
+        return model_cost(args, load_crops(args.data, args.n)[0])
     import torch
 
     from labeler.embeddings import get_backbone

@@ -138,23 +138,52 @@ def _default_backbone() -> str:
     return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
 
 
-def _stored_size(key: str, stored: Sequence[str]) -> str:
-    """``key``, or the stored block of the same backbone and region at another input size
-    when ``key`` itself is not stored (a workspace embedded before the sizes changed)."""
+INT8 = "-int8"
+
+
+def _engine_key(key: str) -> str:
+    """The preset's ``key`` as the default CPU engine stores it: ``<backbone>-int8[-Npx]__r``
+    when ``precision="auto"`` means the int8 model there
+    (:data:`labeler.embeddings.backbones.CPU_AUTO_PRECISION`), else ``key`` itself."""
+    from labeler.embeddings.backbones import CPU_AUTO_PRECISION
     from labeler.embeddings.store import parse_key
 
-    if key in stored or key.startswith("cues__"):
+    if CPU_AUTO_PRECISION != "int8" or key.startswith("cues__"):
         return key
-    name, _, region = parse_key(key)
+    name, size, region = parse_key(key)
+    return f"{name}{INT8}{'' if size is None else f'-{size}px'}__{region}"
+
+
+def _stored_size(key: str, stored: Sequence[str]) -> str:
+    """``key`` (in the form the default engine stores it, see :func:`_engine_key`), or else
+    the stored block of the same backbone and region from the other engine (float or int8:
+    the same features within the tolerance bench/FEATURES.md gives), else at another input
+    size (a workspace embedded before the sizes changed). Each stored key holds the rows of
+    one engine only; a workspace's blocks are read, never mixed."""
+    from labeler.embeddings.store import parse_key
+
+    if key.startswith("cues__"):
+        return key
+    preferred = _engine_key(key)
+    if preferred in stored:
+        return preferred
+    if key in stored:
+        return key
+    name, size, region = parse_key(key)
+    base = name.removesuffix(INT8)
+    alternatives = []
     for other in stored:
         try:
-            o_name, _, o_region = parse_key(other)
+            o_name, o_size, o_region = parse_key(other)
         except ValueError:
             continue
-        if (o_name, o_region) == (name, region):
-            log.info("features: %s not stored; using %s", key, other)
-            return other
-    return key
+        if (o_name.removesuffix(INT8), o_region) == (base, region):
+            alternatives.append((o_size != size, other))  # the same size first
+    if alternatives:
+        other = min(alternatives)[1]
+        log.info("features: %s not stored; using %s", preferred, other)
+        return other
+    return preferred
 
 
 def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:

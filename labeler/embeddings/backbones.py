@@ -54,6 +54,7 @@ from labeler.errors import NotFoundError
 log = logging.getLogger(__name__)
 
 __all__ = [  # the types and the registry are re-exported: their homes are .types and .registry
+    "CPU_AUTO_PRECISION",
     "CUDA_BATCH",
     "DEFAULT_BACKBONE",
     "DEVICES",
@@ -78,7 +79,10 @@ __all__ = [  # the types and the registry are re-exported: their homes are .type
 
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+#: what ``precision="auto"`` means on the CPU (onnxruntime): "fp32", or "int8" for the model of
+#: :mod:`labeler.embeddings.quantize` (see bench/FEATURES.md "A cheaper model")
+CPU_AUTO_PRECISION = "fp32"
 
 
 class TorchBackbone(BackboneBase):
@@ -204,12 +208,19 @@ def resolve_runtime(runtime: str, device: str) -> str:
     return runtime
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, runtime: str = "onnx") -> str:
+    """``auto``: bf16 (or fp16) on CUDA, :data:`CPU_AUTO_PRECISION` with onnxruntime on the
+    CPU, fp32 with torch on the CPU. ``int8`` needs onnxruntime on the CPU."""
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and runtime != "onnx":
+        raise BackboneError(
+            "--precision int8 runs with onnxruntime on the CPU only; use --device cpu and "
+            "--runtime onnx (or auto), or --precision fp32"
+        )
     if precision == "auto":
         if not device.startswith("cuda"):
-            return "fp32"
+            return CPU_AUTO_PRECISION if runtime == "onnx" else "fp32"
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -241,8 +252,11 @@ def get_backbone(
             default weights.
         device: ``auto`` | ``cpu`` | ``cuda``.
         runtime: ``auto`` (onnxruntime on CPU, torch on CUDA) | ``torch`` | ``onnx``.
-        precision: ``auto`` (bf16 autocast on CUDA, fp16 where bf16 is unsupported, fp32 on
-            CPU) | ``fp32`` | ``bf16`` | ``fp16``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp16 where bf16 is unsupported,
+            :data:`CPU_AUTO_PRECISION` with onnxruntime on the CPU, falling back to fp32 when
+            the int8 model cannot be made) | ``fp32`` | ``bf16`` | ``fp16`` | ``int8`` (the
+            int8 model of :mod:`labeler.embeddings.quantize`; its features are stored under
+            ``<backbone>-int8`` keys, never mixed with float ones).
         channels_last: torch memory format (default: on).
         num_threads: CPU threads for onnxruntime (default: all cores).
         cache_dir: where exported ONNX files go (default ``$LABELER_CACHE/onnx`` or
@@ -259,7 +273,7 @@ def get_backbone(
         spec = replace(spec, input_size=int(input_size))
     dev = resolve_device(device)
     rt = resolve_runtime(runtime, dev)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, rt)
     cl = True if channels_last is None else bool(channels_last)
     weights_path = None if weights is None else Path(weights).expanduser().resolve()
     if weights_path is not None and not weights_path.is_file():
@@ -267,13 +281,20 @@ def get_backbone(
 
     if rt == "onnx":
         from labeler.embeddings.onnx_runtime import onnx_backbone
+        from labeler.embeddings.quantize import QuantizeError
 
-        bb = onnx_backbone(
-            spec,
-            weights_path=weights_path,
-            num_threads=num_threads,
-            cache_dir=None if cache_dir is None else Path(cache_dir),
-        )
+        kwargs: dict[str, Any] = {
+            "weights_path": weights_path,
+            "num_threads": num_threads,
+            "cache_dir": None if cache_dir is None else Path(cache_dir),
+        }
+        try:
+            bb = onnx_backbone(spec, precision=prec if prec == "int8" else "fp32", **kwargs)
+        except QuantizeError as exc:
+            if precision == "int8":  # asked for by name: say why not
+                raise
+            log.info("int8 model not available (%s); using fp32", exc)
+            bb = onnx_backbone(spec, precision="fp32", **kwargs)
         bb.config = replace(bb.config, resized=resized)
         return bb
     from labeler.embeddings.weights import build_feature_model

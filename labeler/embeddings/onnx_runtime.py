@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import asdict, replace
 from importlib import metadata
@@ -232,15 +233,75 @@ def ensure_onnx(
     return path, config
 
 
+def int8_cache_path(fp32_path: Path, ranges_text: str) -> Path:
+    """Where the int8 model made from ``fp32_path`` with these ranges lives (may not exist)."""
+    from labeler.embeddings.quantize import QUANT_VERSION
+
+    ident = {
+        "ranges": hashlib.sha256(ranges_text.encode()).hexdigest(),
+        "quant": QUANT_VERSION,
+        "onnxruntime": _version("onnxruntime"),
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return fp32_path.with_name(f"{fp32_path.stem}-int8-{digest}.onnx")
+
+
+def ensure_int8(fp32_path: Path, config: BackboneConfig) -> Path:
+    """Path of the int8 model of the float export ``fp32_path`` (quantized first if needed,
+    with the shipped ranges of :mod:`labeler.embeddings.quantize`). Raises
+    :class:`~labeler.embeddings.quantize.QuantizeError` when the ranges do not fit this model."""
+    from labeler.embeddings.quantize import RANGES_FILE, QuantizeError, quantize_onnx, read_ranges
+
+    try:
+        ranges_text = RANGES_FILE.read_text()
+    except OSError as exc:
+        raise QuantizeError(
+            f"cannot read the int8 ranges {RANGES_FILE} ({exc}); reinstall labeler or use "
+            "--precision fp32"
+        ) from None
+    table = read_ranges()
+    if table.get("arch") != config.arch or int(table.get("input_size", 0)) != config.input_size:
+        raise QuantizeError(
+            f"the int8 ranges are for {table.get('arch')} at {table.get('input_size')} px, not "
+            f"{config.arch} at {config.input_size} px; use --precision fp32"
+        )
+    if config.custom_weights:
+        raise QuantizeError(
+            "the int8 ranges were measured with the shipped weights, not --weights; use "
+            "--precision fp32"
+        )
+    path = int8_cache_path(fp32_path, ranges_text)
+    if path.is_file():
+        return path
+    from labeler.embeddings.quantize import preprocess
+
+    with tempfile.TemporaryDirectory(dir=fp32_path.parent) as tmpdir:
+        pre = preprocess(fp32_path, Path(tmpdir) / "pre.onnx")
+        with atomic_path(path) as tmp:
+            quantize_onnx(pre, tmp, table["ranges"], keep_float=table.get("keep_float", ()))
+    log.info("quantized %s -> %s", fp32_path.name, path.name)
+    return path
+
+
 def onnx_backbone(
     spec: BackboneSpec,
     *,
     weights_path: Path | None = None,
     num_threads: int | None = None,
     cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> OnnxBackbone:
-    """Build (or reuse the cached export of) ``spec`` as an onnxruntime CPU backbone."""
+    """Build (or reuse the cached export of) ``spec`` as an onnxruntime CPU backbone.
+
+    ``precision="int8"``: the int8 model of :mod:`labeler.embeddings.quantize` (raises
+    :class:`~labeler.embeddings.quantize.QuantizeError` when it cannot be made here).
+    """
     path, config = ensure_onnx(spec, weights_path=weights_path, cache_dir=cache_dir)
+    if precision == "int8":
+        path = ensure_int8(path, config)
+        session = make_session(path, num_threads=num_threads)
+        config = replace(config, runtime="onnx", device="cpu", precision="int8")
+        return OnnxBackbone(session, replace(config, channels_last=False), path)
     try:
         session = make_session(path, num_threads=num_threads)
     except Exception as exc:  # a damaged cache file: export again once

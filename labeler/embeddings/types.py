@@ -72,19 +72,23 @@ class BackboneConfig:
     @property
     def key_name(self) -> str:
         """Name used in embedding keys: the registry name, plus ``@<file stem>`` for --weights,
-        plus ``-<N>px`` when the model runs at an input size other than its own
+        plus ``-int8`` for the int8 model, plus ``-<N>px`` when the model runs at an input size other than its own
         (``get_backbone(..., input_size=N)``)."""
         name = self.name
         if self.custom_weights:
             name = f"{name}@{Path(self.weights).stem}"
+        if self.precision == "int8":  # other features: never stored under the float keys
+            name = f"{name}-int8"
         if self.resized:
             name = f"{name}-{self.input_size}px"
         return name
 
     def fingerprint(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("runtime", "device", "precision", "channels_last", "resized"):
+        for k in ("runtime", "device", "channels_last", "resized"):
             d.pop(k)
+        if self.precision != "int8":  # float rounding only
+            d.pop("precision")
         if self.weights_sha256:  # the bytes identify the weights, not where the file lies
             d.pop("weights")
         d["mean"] = [round(float(v), 6) for v in self.mean]

@@ -1,0 +1,208 @@
+"""Int8 EfficientNet-Lite0 for onnxruntime on the CPU: per-channel int8 weights, uint8
+activations whose ranges were measured on real face crops.
+
+The float export of :mod:`labeler.embeddings.onnx_runtime` is rewritten with onnxruntime's
+QDQ quantizer: every convolution gets per-output-channel int8 weights, every activation a
+uint8 scale taken from :data:`RANGES_FILE` (the spread of each tensor over real nose-band,
+mouth-chin and box crops of the shared face sets, measured by
+``bench/bench_embed.py --calibrate``; the numbers ship with the package, the images do not).
+Nodes listed in the ranges file's ``keep_float`` stay float. Runs on any x86 CPU; fast where
+the CPU has AVX-512 VNNI or AVX-VNNI.
+
+The ranges belong to one export of one model (tensor names of the float graph): when the
+float export has a tensor the file does not cover (another torch, another model),
+:func:`quantize_onnx` raises :class:`QuantizeError` and the caller keeps the float model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.embeddings.types import BackboneError
+
+log = logging.getLogger(__name__)
+
+#: The shipped activation ranges (a module, so that wheels carry it): ``TABLE = {"arch",
+#: "input_size", "keep_float", "ranges": {tensor: [lo, hi]}, ...}``.
+RANGES_FILE = Path(__file__).with_name("int8_ranges.py")
+#: Bump when the quantization recipe changes (part of the cache hash).
+QUANT_VERSION = 1
+
+
+class QuantizeError(BackboneError):
+    """The float model cannot be quantized with the shipped ranges (message says why)."""
+
+
+def read_ranges(path: Path = RANGES_FILE) -> dict[str, Any]:
+    """The ranges table of ``path`` (a module defining ``TABLE``); :class:`QuantizeError`
+    when it is missing or unreadable."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
+        value = next(
+            n.value
+            for n in tree.body
+            if isinstance(n, ast.Assign) and [getattr(t, "id", "") for t in n.targets] == ["TABLE"]
+        )
+        data = dict(ast.literal_eval(value))
+        data["ranges"] = {k: (float(lo), float(hi)) for k, (lo, hi) in data["ranges"].items()}
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError, StopIteration) as exc:
+        raise QuantizeError(
+            f"cannot read the int8 ranges {path} ({exc!r}); reinstall labeler or use "
+            "--precision fp32"
+        ) from None
+    return data
+
+
+def write_ranges(table: dict[str, Any], path: Path = RANGES_FILE) -> Path:
+    """Write ``table`` as the ranges module ``path`` (what :func:`read_ranges` reads)."""
+    import pprint
+
+    body = pprint.pformat(table, width=99, sort_dicts=False)
+    path.write_text(
+        '"""int8 activation ranges of EfficientNet-Lite0 at 224 px, measured on real face crops.\n\n'
+        "Written by ``bench/bench_embed.py --calibrate`` (see :mod:`labeler.embeddings.quantize`); a\n"
+        'Python module so that it ships in every wheel. Do not edit by hand.\n"""\n\n'
+        f"TABLE = {body}\n"
+    )
+    return path
+
+
+def activation_tensors(model: Any) -> list[str]:
+    """Names of the float tensors the QDQ quantizer gives a scale to: inputs and outputs of
+    the Conv / Clip / Add / GlobalAveragePool nodes (the graph's ops after the uint8 input's
+    normalisation)."""
+    ops = {"Conv", "Clip", "Add", "GlobalAveragePool", "Relu"}
+    inits = {i.name for i in model.graph.initializer}
+    names: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type in ops:
+            for t in (*node.input, *node.output):
+                if t and t not in inits:
+                    names[t] = None
+    return list(names)
+
+
+#: convolutions (with their ReLU6) kept in float, counted from the input: quantizing any one of
+#: the first six alone moved the features more than the 43 others together (the stem and the
+#: first depthwise convolutions see full-resolution maps with a few large activations)
+KEEP_FLOAT_CONVS = 6
+
+
+def early_nodes(model: Any, n_convs: int = KEEP_FLOAT_CONVS) -> list[str]:
+    """Names of the first ``n_convs`` Conv nodes and the Clip nodes that read their outputs."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"][:n_convs]
+    outs = {c.output[0] for c in convs}
+    clips = [n.name for n in model.graph.node if n.op_type == "Clip" and n.input[0] in outs]
+    return [c.name for c in convs] + clips
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """onnxruntime's pre-quantization pass (shape inference, constant folding) to ``out_path``."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
+def calibrate(
+    pre_path: Path,
+    batches: Iterable[np.ndarray],
+    *,
+    percentile: float = 99.99,
+    sample: int = 200_000,
+    num_threads: int = 2,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Activation ranges of the preprocessed float model over ``batches`` (uint8
+    ``(N, S, S, 3)`` crops), by running a copy of the graph that outputs every activation.
+
+    Per batch, the ``100 - percentile`` and ``percentile`` percentiles of ``sample`` values
+    drawn from each tensor; the range is their mean over batches (the low end never above 0).
+    Min/max ranges spend most of the 256 levels on a few outliers: on real crops they moved
+    the features about twice as far (bench/FEATURES.md "A cheaper model").
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(pre_path))
+    wanted = activation_tensors(model)
+    outputs = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name not in outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = num_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    lows: dict[str, list[float]] = {k: [] for k in wanted}
+    highs: dict[str, list[float]] = {k: [] for k in wanted}
+    for batch in batches:
+        for name, value in zip(wanted, sess.run(wanted, {"images": batch}), strict=True):
+            flat = value.reshape(-1)
+            flat = flat[rng.integers(0, len(flat), sample)]
+            lo, hi = np.percentile(flat, [100 - percentile, percentile])
+            lows[name].append(float(lo))
+            highs[name].append(float(hi))
+    if not any(lows.values()):
+        raise ValueError("calibrate: no batches")
+    return {k: (min(0.0, float(np.mean(lows[k]))), float(np.mean(highs[k]))) for k in wanted}
+
+
+def quantize_onnx(
+    pre_path: Path,
+    out_path: Path,
+    ranges: dict[str, tuple[float, float]],
+    *,
+    keep_float: Iterable[str] = (),
+) -> Path:
+    """Write the QDQ int8 model of the preprocessed float model ``pre_path`` to ``out_path``:
+    per-channel int8 weights, uint8 activations with the given ``ranges`` (tensor -> (lo, hi)),
+    the nodes named in ``keep_float`` left in float."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    model = onnx.load(str(pre_path))
+    missing = [t for t in activation_tensors(model) if t not in ranges]
+    if missing:
+        raise QuantizeError(
+            f"the int8 ranges do not cover {len(missing)} tensors of {pre_path.name} (e.g. "
+            f"{missing[0]!r}): the export differs from the calibrated one; use --precision fp32"
+        )
+    keep_float = list(keep_float)
+    names = {n.name for n in model.graph.node}
+    unknown = [k for k in keep_float if k not in names]
+    if unknown:
+        raise QuantizeError(
+            f"the int8 ranges keep {unknown[0]!r} in float but {pre_path.name} has no such node: "
+            "the export differs from the calibrated one; use --precision fp32"
+        )
+    tensors = TensorsData(
+        CalibrationMethod.MinMax,
+        {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()},
+    )
+    quantizer = QDQQuantizer(
+        model,
+        True,  # per_channel
+        False,  # reduce_range: not needed with VNNI
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        tensors,
+        [],  # nodes_to_quantize: all
+        keep_float,
+        ["Conv", "Clip", "Add", "GlobalAveragePool"],
+        {},
+    )
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(out_path), False)
+    return out_path
