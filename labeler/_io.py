@@ -62,14 +62,21 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically. ``fsync=True`` (default) also flushes the bytes
     to disk before the rename, so a power cut cannot leave an empty file under the new name;
-    bulk writers that can redo their work (crops) pass ``fsync=False``."""
+    bulk writers that can redo their work (crops) pass ``fsync=False``. A failed write (full
+    disk, file-size limit) raises an ``OSError`` that names ``path`` (writes through a file
+    descriptor name no file)."""
     with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
 
 
 @contextmanager

@@ -91,7 +91,12 @@ def command(
 ) -> None:
     """Train a classifier for FIELD on the human labels; report macro-F1, per-class
     precision/recall and a confusion matrix; save it under the workspace's models/."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from labeler.train import TrainConfig, train
+    from labeler.train.finetune import FinetuneConfig
 
     config = TrainConfig(
         field=field,
@@ -104,17 +109,23 @@ def command(
         person_csv=person_csv,
         seed=seed,
         run_id=run_id,
-        finetune={
-            "backbone": backbone,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "image_size": image_size,
-            "lr": lr,
-            "device": device,
-            "num_workers": workers,
-        },
+        finetune=FinetuneConfig(
+            backbone=backbone,
+            epochs=epochs,
+            batch_size=batch_size,
+            image_size=image_size,
+            lr=lr,
+            device=device,
+            num_workers=workers,
+        ),
     )
-    res = train(ws, config)
+    # fine-tuning shows a bar (rate, time left) and its epoch lines (losses) without -v,
+    # the lines printed above the bar
+    epochs_log = logging.getLogger("labeler.train.finetune")
+    if epochs_log.getEffectiveLevel() > logging.INFO:
+        epochs_log.setLevel(logging.INFO)
+    with logging_redirect_tqdm():
+        res = train(ws, config, progress=True)
     for line in res.report.lines():
         click.echo(line)
     click.echo(f"evaluated on {res.config['evaluated_on']}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from labeler.train.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,14 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """What ``labeler train`` does. ``folds``: K of the person-grouped K-fold (1 = a single
     model with a validation split); ``head``: logreg | mlp; ``feature_spec``: see
-    ``labeler.features.load_features``; finetune options in ``finetune``."""
+    ``labeler.features.load_features``; ``finetune``: the options of ``--mode finetune``
+    (its ``seed`` is replaced by this config's ``seed``).
+
+    Saved runs hold ``asdict(config)`` (``train_config`` in ``config.json``) and load back
+    with ``TrainConfig(**saved)``: a dict in ``finetune`` is read by
+    :meth:`FinetuneConfig.from_dict`, so runs saved when it held only the changed options
+    load too.
+    """
 
     field: str = "mask_state"
     mode: str = "head"
@@ -37,7 +46,11 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     run_id: str | None = None
-    finetune: dict = dataclasses.field(default_factory=dict)  # FinetuneConfig overrides
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.finetune, Mapping):  # saved run JSON, or older callers
+            object.__setattr__(self, "finetune", FinetuneConfig.from_dict(self.finetune))
 
 
 def load_feature_matrix(

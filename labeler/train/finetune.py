@@ -6,7 +6,13 @@ decay, augmentations that keep the mask's position (random resized crop of 80-10
 colour jitter, grayscale, small rotation) from ``torchvision.transforms.v2``, early stopping
 on validation macro-F1, a checkpoint after every epoch (``last.pt``: model, optimiser,
 scheduler, RNG states) from which a run resumes exactly, and ``best.pt`` (weights only).
-GPU when present (bf16 autocast); small sets train on CPU.
+Checkpoints and ``history.json`` are written atomically (:mod:`labeler._io`): a crash or a
+full disk mid-write leaves the previous file whole. GPU when present (bf16 autocast); small
+sets train on CPU.
+
+Progress: a bar of faces trained (rate, time left; the bar ``labeler run`` shows) and one
+INFO log record per epoch with the train loss, the validation loss, accuracy and macro-F1,
+the epoch's time and the time left in this run.
 
 >>> res = finetune(paths, y, train_idx=tr, val_idx=va, out_dir=d, config=FinetuneConfig())  # doctest: +SKIP
 >>> probs = predict_crops(load_finetuned(d / "best.pt"), crops)                          # doctest: +SKIP
@@ -17,13 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labeler._io import atomic_write_bytes
 from labeler.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,19 @@ class FinetuneConfig:
     threads: int = 0  # torch CPU threads; 0 = leave as is
     weights: str | None = None  # a .pth of ImageNet weights; default: the shipped package
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
+        """The config saved as ``asdict`` (run JSON, ``best.pt``), or any subset of its
+        options: a missing option takes its default (older runs saved only the options they
+        changed); an unknown one is refused, naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(
+                f"unknown finetune option(s) {unknown}; known options: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
     def key(self) -> str:
         """Hash of the options that change training (a resumed run must match it)."""
         d = asdict(self)
@@ -63,7 +84,9 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """``val_probs``: (len(val_idx), C) from the best epoch; ``history``: per-epoch dicts."""
+    """``val_probs``: (len(val_idx), C) from the best epoch; ``history``: per-epoch dicts
+    (epoch, loss, seconds; val_loss, val_accuracy, val_macro_f1 when there is a validation
+    part)."""
 
     best_path: Path
     best_epoch: int
@@ -170,7 +193,8 @@ def _loader(ds: CropDataset, *, batch_size: int, shuffle: bool, workers: int, ge
     )
 
 
-def _evaluate(model: Any, loader: Any, device: str) -> np.ndarray:
+def _logits(model: Any, loader: Any, device: str) -> Any:
+    """(N, C) float32 logits of the whole loader, on ``device`` (None when it is empty)."""
     import torch
 
     model.eval()
@@ -180,8 +204,42 @@ def _evaluate(model: Any, loader: Any, device: str) -> np.ndarray:
         torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")),
     ):
         for x, _ in loader:
-            out.append(torch.softmax(model(x.to(device)).float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+            out.append(model(x.to(device)).float())
+    return torch.cat(out) if out else None
+
+
+def _evaluate(model: Any, loader: Any, device: str) -> np.ndarray:
+    import torch
+
+    logits = _logits(model, loader, device)
+    return np.zeros((0, 0)) if logits is None else torch.softmax(logits, 1).cpu().numpy()
+
+
+def _duration(seconds: float) -> str:
+    """``'42s'``, ``'3m 05s'``, ``'1h 02m'``."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def epoch_line(name: str, h: Mapping[str, Any], *, epochs: int, left_s: float) -> str:
+    """One epoch of ``history`` as a line: losses, accuracy, the epoch's time and the time
+    left in this run (``name``: its folder, e.g. ``fold0``; at most, as it may stop early)."""
+    parts = [f"train loss {h['loss']:.4f}"]
+    if "val_loss" in h:
+        parts += [
+            f"val loss {h['val_loss']:.4f}",
+            f"val accuracy {h['val_accuracy']:.3f}",
+            f"val macro-F1 {h['val_macro_f1']:.3f}",
+        ]
+    left = f"about {_duration(left_s)} left in {name}" if left_s > 0 else "last epoch"
+    return (
+        f"{name} epoch {h['epoch'] + 1}/{epochs}: {', '.join(parts)} "
+        f"({_duration(h['seconds'])}, {h['faces_per_s']:.1f} faces/s; {left})"
+    )
 
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -204,6 +262,8 @@ def finetune(
     config: FinetuneConfig | None = None,
     resume: bool = True,
     stop_after_epoch: int | None = None,
+    progress: bool | None = None,
+    bar: Any = None,
 ) -> FinetuneResult:
     """Fine-tune on ``crops[train_idx]``, early-stop on macro-F1 of ``crops[val_idx]``.
 
@@ -211,10 +271,16 @@ def finetune(
     y: (N,) int class codes into ``classes``. out_dir: receives last.pt, best.pt, history.json.
     resume: continue from ``out_dir/last.pt`` when it exists and its config key matches.
     stop_after_epoch: stop (as if interrupted) after this epoch; for tests of resuming.
+    progress: a bar of faces trained on stderr (None: only on a terminal); each epoch is
+    also logged at INFO with its losses and the time left (``labeler train`` shows both).
+    bar: an open bar to advance instead (the folds of ``labeler train`` share one, planned
+    as ``len(train_idx) * epochs`` faces for this call; epochs not run are taken off its
+    total so that its time left stays true).
     """
     import torch
 
     from labeler.embeddings.backbones import resolve_device
+    from labeler.embeddings.embed import _progress
 
     config = config or FinetuneConfig()
     out_dir = Path(out_dir)
@@ -294,58 +360,93 @@ def finetune(
             log.warning("%s was written with other options; starting over", last_path)
 
     use_amp = device.startswith("cuda")
-    for epoch in range(start, config.epochs):
-        if bad >= config.patience:
-            break
-        model.train()
-        train_loader = _loader(
-            train_ds,
-            batch_size=config.batch_size,
-            shuffle=True,
-            workers=config.num_workers,
-            gen=gen,
+    planned = len(train_idx) * config.epochs  # faces this call was planned to train on
+    own_bar = bar is None
+    if own_bar:
+        bar = _progress(
+            len(train_idx) * (config.epochs - start),
+            desc=f"finetune {out_dir.name}",
+            enabled=progress,
         )
-        losses = []
-        for x, t in train_loader:
-            x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model(x).float(), t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        probs = _evaluate(model, val_loader, device)
-        # plain floats: last.pt must load with weights_only (no numpy scalars in it)
-        f1 = float(macro_f1(y[val_idx], probs)) if len(val_idx) else 0.0
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_macro_f1": f1})
-        log.info("epoch %d: loss %.4f val macro-F1 %.3f", epoch, history[-1]["loss"], f1)
-        if f1 > best_f1:
-            best_f1, best_epoch, bad = f1, epoch, 0
-            _save_weights(best_path, model, classes, config)
-        else:
-            bad += 1
-        ck = {
-            "key": config.key(),
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "rng": torch.get_rng_state(),
-            "gen": gen.get_state(),
-            "epoch": epoch,
-            "best_f1": best_f1,
-            "best_epoch": best_epoch,
-            "bad": bad,
-            "history": history,
-        }
-        _atomic_torch_save(_plain(ck), last_path)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
+    trained = len(train_idx) * start  # faces counted as done (resumed epochs included)
+    val_t = torch.from_numpy(y[val_idx]).to(device) if len(val_idx) else None
+    run_s, run_faces = 0.0, 0  # this call's training time and faces, for the time left
+    try:
+        for epoch in range(start, config.epochs):
+            if bad >= config.patience:
+                break
+            t0 = time.perf_counter()
+            model.train()
+            train_loader = _loader(
+                train_ds,
+                batch_size=config.batch_size,
+                shuffle=True,
+                workers=config.num_workers,
+                gen=gen,
+            )
+            losses = []
+            for x, t in train_loader:
+                x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(model(x).float(), t)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                bar.update(len(t))
+            trained += len(train_idx)
+            # plain floats: last.pt must load with weights_only (no numpy scalars in it)
+            h: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses))}
+            f1 = 0.0
+            if val_t is not None:
+                logits = _logits(model, val_loader, device)
+                probs = torch.softmax(logits, 1).cpu().numpy()
+                f1 = float(macro_f1(y[val_idx], probs))
+                val_loss = loss_fn(logits, val_t)
+                if not torch.isfinite(val_loss):  # val holds only classes train lacks
+                    val_loss = torch.nn.functional.cross_entropy(logits, val_t)
+                h["val_loss"] = float(val_loss)
+                h["val_accuracy"] = float((probs.argmax(1) == y[val_idx]).mean())
+                h["val_macro_f1"] = f1
+            seconds = time.perf_counter() - t0
+            run_s, run_faces = run_s + seconds, run_faces + len(train_idx)
+            h |= {"seconds": round(seconds, 2), "faces_per_s": round(len(train_idx) / seconds, 2)}
+            history.append(h)
+            left = (config.epochs - epoch - 1) * len(train_idx) * run_s / run_faces
+            log.info(epoch_line(out_dir.name, h, epochs=config.epochs, left_s=left))
+            if f1 > best_f1:
+                best_f1, best_epoch, bad = f1, epoch, 0
+                _save_weights(best_path, model, classes, config)
+            else:
+                bad += 1
+            ck = {
+                "key": config.key(),
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "rng": torch.get_rng_state(),
+                "gen": gen.get_state(),
+                "epoch": epoch,
+                "best_f1": best_f1,
+                "best_epoch": best_epoch,
+                "bad": bad,
+                "history": history,
+            }
+            _atomic_torch_save(_plain(ck), last_path)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+    finally:
+        if own_bar:
+            bar.close()
+        else:  # epochs not run here (resumed, stopped early) leave the shared bar's plan
+            bar.total = max(bar.n, bar.total - (planned - trained))
+            bar.refresh()
     best = load_finetuned(best_path, device=device)
     val_probs = (
         _evaluate(best["model"], val_loader, device) if len(val_idx) else np.zeros((0, n_classes))
     )
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    atomic_write_bytes(out_dir / "history.json", json.dumps(history, indent=2).encode())
     return FinetuneResult(
         best_path=best_path,
         best_epoch=best_epoch,
@@ -401,8 +502,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
     import torch
 
-    from labeler._io import atomic_write_bytes
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -425,7 +524,7 @@ def load_finetuned(path: str | Path, *, device: str = "cpu") -> dict:
 
     try:
         ck = torch.load(Path(path), map_location="cpu", weights_only=True)
-        cfg = FinetuneConfig(**ck["config"])
+        cfg = FinetuneConfig.from_dict(ck["config"])
         model = create_model(cfg.backbone, len(ck["classes"]), pretrained=False)
         model.load_state_dict(ck["state"])
     except (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,14 @@ class TrainResult:
 # --- training --------------------------------------------------------------------------------
 
 
-def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
-    """Train a classifier for ``config.field`` on the human labels; save it as a new run."""
+def train(
+    ws: Any, config: TrainConfig | None = None, *, progress: bool | None = None
+) -> TrainResult:
+    """Train a classifier for ``config.field`` on the human labels; save it as a new run.
+
+    progress (finetune): a bar of faces trained, with rate and time left, on stderr (None:
+    only on a terminal); each epoch is logged at INFO with its losses and the time left.
+    """
     from labeler.labels import LabelStore
     from labeler.workspace import write_json
 
@@ -119,7 +125,9 @@ def train(ws: Any, config: TrainConfig | None = None) -> TrainResult:
             f"out-of-fold predictions ({max(2, config.folds)}-fold, grouped by person)"
         )
     else:
-        pred, y_eval, fmeta = _train_finetune(ws, face_ids, y, groups, classes, run_dir, config)
+        pred, y_eval, fmeta = _train_finetune(
+            ws, face_ids, y, groups, classes, run_dir, config, progress=progress
+        )
         meta |= fmeta
     report = classification_report(y_eval, pred, classes=classes)
     save_confusion_png(report, run_dir / "confusion.png", title=f"{config.field} ({config.mode})")
@@ -146,13 +154,16 @@ def _train_finetune(
     classes: list[str],
     run_dir: Path,
     config: TrainConfig,
+    *,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     from sklearn.model_selection import StratifiedGroupKFold
 
+    from labeler.embeddings.embed import _progress
     from labeler.splits import assign_splits
-    from labeler.train.finetune import FinetuneConfig, finetune
+    from labeler.train.finetune import finetune
 
-    fc = FinetuneConfig(**{"seed": config.seed, **config.finetune})
+    fc = replace(config.finetune, seed=config.seed)
     paths = [ws.crop_path(f) for f in face_ids]
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -177,25 +188,33 @@ def _train_finetune(
         folds = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "test"))]
     oof = np.full((len(y), len(classes)), np.nan)
     fold_meta = []
-    for i, (tr, va) in enumerate(folds):
-        res = finetune(
-            paths,
-            yc,
-            classes=classes,
-            train_idx=tr,
-            val_idx=va,
-            out_dir=run_dir / f"fold{i}",
-            config=fc,
-        )
-        oof[va] = res.val_probs
-        fold_meta.append(
-            {
-                "fold": i,
-                "best_epoch": res.best_epoch,
-                "val_macro_f1": res.best_f1,
-                "device": res.device,
-            }
-        )
+    # one bar for every fold: rate and time left of the whole training (epochs a fold does
+    # not run, early-stopped or resumed, are taken off its total)
+    with _progress(
+        sum(len(tr) for tr, _ in folds) * fc.epochs,
+        desc=f"finetune {len(folds)} fold{'s' * (len(folds) > 1)}",
+        enabled=progress,
+    ) as bar:
+        for i, (tr, va) in enumerate(folds):
+            res = finetune(
+                paths,
+                yc,
+                classes=classes,
+                train_idx=tr,
+                val_idx=va,
+                out_dir=run_dir / f"fold{i}",
+                config=fc,
+                bar=bar,
+            )
+            oof[va] = res.val_probs
+            fold_meta.append(
+                {
+                    "fold": i,
+                    "best_epoch": res.best_epoch,
+                    "val_macro_f1": res.best_f1,
+                    "device": res.device,
+                }
+            )
     seen = ~np.isnan(oof[:, 0])
     pred = np.asarray(classes, dtype=object)[oof[seen].argmax(1)]
     how = (
