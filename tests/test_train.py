@@ -84,6 +84,8 @@ def test_train_cli_head_saves_model_report_and_suspects(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "macro-F1" in res.output
+    # one bar of faces trained on (5 folds' heads on 4/5 of the 75, then the head on all 75)
+    assert re.search(r"train logreg head: 100%.*375/375 \[", res.stderr), res.stderr
     current = json.loads((t.ws.models_dir / "current.json").read_text())
     run_dir = t.ws.models_dir / current["mask_state"]
     assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"

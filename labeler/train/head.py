@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -180,12 +181,15 @@ def cross_val_proba(
     config: HeadConfig | None = None,
     classes: Sequence[str] | None = None,
     seed: int = 0,
+    bar: Any = None,
 ) -> np.ndarray:
     """Out-of-fold class probabilities (N, C) from a K-fold grouped by ``groups``.
 
     Stratified by label (sklearn ``StratifiedGroupKFold``); folds are capped by the size of
     the rarest class (at least 2). Each row is predicted by the head that never saw it (nor
     anyone of its group), which is what confident learning and honest metrics need.
+    bar: an open progress bar of faces trained on (``labeler train``): its total grows by
+    the K-fold's ``(K - 1) * N`` and each fold advances it by the faces it trained on.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -200,12 +204,17 @@ def cross_val_proba(
     k = int(max(2, min(folds, counts.min() if len(counts) else 2, len(np.unique(groups)))))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     out = np.zeros((len(y), len(classes)))
+    if bar is not None:
+        bar.total = (bar.total or 0) + (k - 1) * len(y)
+        bar.refresh()
     for train_idx, test_idx in splitter.split(X, y, groups):
-        if len(set(y[train_idx])) < 2:
+        if len(set(y[train_idx])) >= 2:
+            head = fit_head(X[train_idx], y[train_idx], kind=kind, config=config, classes=classes)
+            out[test_idx] = head.predict_proba(X[test_idx])
+        else:
             out[test_idx] = 1.0 / len(classes)
-            continue
-        head = fit_head(X[train_idx], y[train_idx], kind=kind, config=config, classes=classes)
-        out[test_idx] = head.predict_proba(X[test_idx])
+        if bar is not None:
+            bar.update(len(train_idx))
     return out
 
 

@@ -55,9 +55,10 @@ def train(
 ) -> TrainResult:
     """Train a classifier for ``config.field`` on the human labels; save it as a new run.
 
-    progress (finetune): a bar of faces trained, with rate and time left, on stderr (None:
-    only on a terminal); each epoch is logged at INFO with its losses and the time left.
+    progress: a bar of faces trained on, with rate and time left, on stderr (None: only on
+    a terminal); a fine-tune also logs each epoch at INFO with its losses and time left.
     """
+    from labeler.embeddings.embed import _progress
     from labeler.labels import LabelStore
     from labeler.workspace import write_json
 
@@ -101,16 +102,21 @@ def train(
     if config.mode == "head":
         X, spec = load_feature_matrix(ws, config.feature_spec, face_ids, raw=True)
         hc = HeadConfig(kind=config.head, C=config.C, seed=config.seed)
-        oof = cross_val_proba(
-            X,
-            y,
-            groups=groups,
-            folds=max(2, config.folds),
-            config=hc,
-            classes=classes,
-            seed=config.seed,
-        )
-        head, calibration = calibrate(fit_head(X, y, config=hc, classes=classes), oof, y)
+        # one bar of faces trained on: the K-fold's heads, then the head on all labels
+        with _progress(len(y), desc=f"train {config.head} head", enabled=progress) as bar:
+            oof = cross_val_proba(
+                X,
+                y,
+                groups=groups,
+                folds=max(2, config.folds),
+                config=hc,
+                classes=classes,
+                seed=config.seed,
+                bar=bar,
+            )
+            full = fit_head(X, y, config=hc, classes=classes)
+            bar.update(len(y))
+        head, calibration = calibrate(full, oof, y)
         save_head(head, run_dir / "head.npz")
         meta |= {
             "calibration": calibration,
