@@ -144,7 +144,7 @@ def test_suggestions_and_suspects_review_queue(store):
         {"face_id": ["a", "b"], "field": FIELD, "given": ["correct", "no_mask"]}
         | {"suggested": ["nose_exposed", "correct"], "score": [0.7, 0.9]}
     )
-    store.write_suspects(sus, "cleanlab")
+    store.write_suspects(sus, "suggest")
     assert store.suspects(FIELD, pending=True)["face_id"].tolist() == ["b", "a"]
     store.reject(store.suspects(FIELD).iloc[[0]], FIELD, annotator="x", kind="suspect")
     store.accept(
@@ -157,7 +157,7 @@ def test_suggestions_and_suspects_review_queue(store):
     assert len(store.suggestions(FIELD)) == 1
     # a later run that finds no suspects for the field clears the old ones
     assert len(store.suspects(FIELD)) == 2
-    store.write_suspects(sus.iloc[:0], "cleanlab", fields=[FIELD])
+    store.write_suspects(sus.iloc[:0], "suggest", fields=[FIELD])
     assert store.suspects(FIELD).empty
 
 

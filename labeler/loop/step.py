@@ -86,9 +86,8 @@ def suggest_workspace(
     Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
     from labeler.features import load_features
-    from labeler.labels import LabelStore
+    from labeler.labels import LabelStore, human_labels
     from labeler.loop.suggest import suggest
-    from labeler.train.data import human_labels
     from labeler.workspace import align_to_faces
 
     t0 = time.perf_counter()
