@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from labeler.loop import step as propagate
 from labeler.labels import NOT_A_FACE, LabelStore
+from labeler.loop import step as propagate
 from labeler.ui import components, data, state
 from labeler.ui.state import REVIEW_PREFIX, K
 from labeler.workspace import Workspace
