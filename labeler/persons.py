@@ -390,9 +390,14 @@ def identity_descriptors(crops: np.ndarray, *, batch: int = 64) -> np.ndarray:
     return out
 
 
-def cached_identity_descriptors(ws: object, face_ids: Sequence[str]) -> np.ndarray:
+def cached_identity_descriptors(
+    ws: object, face_ids: Sequence[str], *, progress: bool | None = None
+) -> np.ndarray:
     """Identity descriptors of ``face_ids`` (N, 128), computed from the aligned crops for the
-    faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there."""
+    faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there. ``progress``: a
+    bar of the faces computed (minutes on a few thousand new faces) on stderr (None: only on
+    a terminal)."""
+    from labeler.embeddings.embed import _progress
     from labeler.imageio import load_rgb
     from labeler.workspace import write_table
 
@@ -408,18 +413,20 @@ def cached_identity_descriptors(ws: object, face_ids: Sequence[str]) -> np.ndarr
     todo = [f for f in dict.fromkeys(face_ids) if f not in have]
     if todo:
         log.info("computing identity descriptors of %d faces", len(todo))
-        for start in range(0, len(todo), 512):
-            part = todo[start : start + 512]
-            crops = []
-            for f in part:
-                crop_file = ws.crop_path(f)  # type: ignore[attr-defined]
-                if not crop_file.is_file():
-                    raise NotFoundError(
-                        f"aligned crop {crop_file} is missing; re-run 'labeler detect -w {ws.root}'"  # type: ignore[attr-defined]
-                    )
-                crops.append(load_rgb(crop_file))
-            X = identity_descriptors(np.stack(crops))
-            have.update(zip(part, X, strict=True))
+        with _progress(len(todo), desc="identity descriptors", enabled=progress) as bar:
+            for start in range(0, len(todo), 64):
+                part = todo[start : start + 64]
+                crops = []
+                for f in part:
+                    crop_file = ws.crop_path(f)  # type: ignore[attr-defined]
+                    if not crop_file.is_file():
+                        raise NotFoundError(
+                            f"aligned crop {crop_file} is missing; re-run 'labeler detect -w {ws.root}'"  # type: ignore[attr-defined]
+                        )
+                    crops.append(load_rgb(crop_file))
+                X = identity_descriptors(np.stack(crops))
+                have.update(zip(part, X, strict=True))
+                bar.update(len(part))
         table = pd.DataFrame(
             {"face_id": list(have), "vector": [np.asarray(v).tolist() for v in have.values()]}
         )
@@ -654,9 +661,11 @@ def identity_links(
     threshold: float = IDENTITY_THRESHOLD,
     max_share: float = DEFAULT_MAX_SHARE,
     exif: bool = True,
+    progress: bool | None = None,
 ) -> tuple[LinkReport, str]:
     """Persons of ``faces`` by every "same person" cue (see the module doc); returns the
-    :class:`LinkReport` and a one-line description of the cues used."""
+    :class:`LinkReport` and a one-line description of the cues used. ``progress``: see
+    :func:`cached_identity_descriptors`."""
     n = len(faces)
     cues: dict[str, int] = {}
     image_edges = same_value_edges(faces["image_id"].astype(str).to_numpy())
@@ -687,7 +696,7 @@ def identity_links(
             used.append(f"EXIF camera + time within {EXIF_SECONDS:g} s")
     hard_all = np.concatenate(hard) if hard else np.zeros((0, 2), np.int64)
     # every face's own descriptor: copies of one photo give the person several chances
-    D = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist())
+    D = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist(), progress=progress)
     e, d = descriptor_edges(D, threshold=threshold, k=NEIGHBOURS)
     cues["identity"] = len(e)
     cues["identity_sure"] = int((d < SURE_THRESHOLD).sum())
@@ -723,6 +732,7 @@ def find_persons(
     embedding_key: str | None = None,
     threshold: float | None = None,
     max_share: float | None = None,
+    progress: bool | None = None,
 ) -> Persons:
     """The person of every face of ``faces`` (default: the workspace's faces).
 
@@ -731,7 +741,8 @@ def find_persons(
     else the source image), or one of "column", "pattern", "identity", "embedding",
     "image". Faces of one source image always share a person. ``max_share``: the identity
     guard, no person above this share of the faces (default :data:`DEFAULT_MAX_SHARE`;
-    ``export`` passes its smallest split ratio, ``train`` one fold's share).
+    ``export`` passes its smallest split ratio, ``train`` one fold's share). ``progress``:
+    a bar while identity descriptors are computed (None: only on a terminal).
     """
     from labeler.workspace import Workspace
 
@@ -767,7 +778,7 @@ def find_persons(
     elif method == "identity":
         t = IDENTITY_THRESHOLD if threshold is None else float(threshold)
         share = DEFAULT_MAX_SHARE if max_share is None else float(max_share)
-        report, detail = identity_links(ws, faces, threshold=t, max_share=share)
+        report, detail = identity_links(ws, faces, threshold=t, max_share=share, progress=progress)
         persons = Persons(
             np.asarray([f"p{c}" for c in report.groups], dtype=object),
             method,

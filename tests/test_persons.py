@@ -204,3 +204,22 @@ def test_identity_links_recall_on_the_mfr2_originals(copies_ws):
     p, r = pairwise(persons.ids, orig["person"])
     assert r >= 0.75 and p >= 0.2, (p, r)
     assert persons.confidence["largest_share"] <= 0.10
+
+
+def test_identity_descriptors_show_a_bar_then_come_from_the_cache(tmp_path, capsys):
+    """Computing descriptors takes minutes on a few thousand faces (5-10 faces/s per core):
+    a bar of faces with rate and time left on stderr; the second call reads the cache, no
+    bar, same vectors."""
+    import tinyws
+
+    from labeler.persons import cached_identity_descriptors
+
+    t = tinyws.build(tmp_path, {"correct": 40, "no_mask": 30}, faces_per_person=1)
+    ids = t.ws.faces()["face_id"].astype(str).tolist()
+    first = cached_identity_descriptors(t.ws, ids, progress=True)
+    err = capsys.readouterr().err
+    # 70 faces in batches of 64: the bar moves before the end, and ends at 70/70
+    assert "identity descriptors:  91%" in err and "70/70 [" in err, err
+    again = cached_identity_descriptors(t.ws, ids, progress=True)
+    assert capsys.readouterr().err == "" and np.array_equal(first, again)
+    assert first.shape == (70, 128) and np.isfinite(first).all()

@@ -112,7 +112,9 @@ def feature_blocks(ws: Any, spec: str) -> list[dict]:
     return out
 
 
-def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
+def persons_for(
+    ws: Any, faces: pd.DataFrame, config: TrainConfig, *, progress: bool | None = None
+) -> Any:
     """The persons of ``faces`` exactly as ``labeler export`` finds them with its default
     8:1:1 ratios (:func:`labeler.persons.find_persons`); the guard is one fold's share when
     that is smaller (more than 10 folds)."""
@@ -125,4 +127,5 @@ def persons_for(ws: Any, faces: pd.DataFrame, config: TrainConfig) -> Any:
         pattern=config.person_pattern,
         column_csv=config.person_csv,
         max_share=min(DEFAULT_MAX_SHARE, 1 / max(2, config.folds)),
+        progress=progress,
     )

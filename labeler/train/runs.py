@@ -83,7 +83,7 @@ def train(
     face_ids = labels["face_id"].to_numpy()
     y = labels["value"].to_numpy().astype(str)
     sub_faces = faces.set_index("face_id").loc[face_ids].reset_index()
-    persons = persons_for(ws, sub_faces, config)
+    persons = persons_for(ws, sub_faces, config, progress=progress)
     groups = persons.ids
     run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
     run_dir = ws.models_dir / run_id
