@@ -303,7 +303,10 @@ def predict_files(
     bar = _progress(len(images), desc="predict", enabled=progress)
     bar.unit = "img"
     try:
-        for shown, cuts in prefetch(images, cut, workers=n_workers, depth=4 * max(n_workers, 1)):
+        # the detect threads run up to two batches of photos ahead, so they keep cutting
+        # faces while the model works on a batch (as labeler run's detect threads do)
+        depth = max(4 * n_workers, 2 * batch_size)
+        for shown, cuts in prefetch(images, cut, workers=n_workers, depth=depth):
             bar.update(1)
             if cuts is None:
                 continue
