@@ -27,6 +27,8 @@ Prints one markdown table and writes it to ``bench/FEATURES.md`` between the mar
     python bench/bench_features.py --ws-root /tmp/featws --no-sim --table ceiling   # FEATURES.md
     python bench/bench_features.py --ws-root /tmp/featws --table effort \
         --only "v1 auto: cues*.25 + nose*.5 + mouth_chin*.5,v1 + box*.5"
+    python bench/bench_features.py --ws-root /tmp/featws --table int8 --seeds 0,1,2 \
+        --only "v1 + box*.5,v2 int8 (224/224/224)"     # float vs int8 model, 3 cluster seeds
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ for _name, _n, _m, _b in (
             for r, n in (("nose", _n), ("mouth_chin", _m), ("box", _b))
         ]
     )
+# the default's blocks from the int8 model (labeler.embeddings.quantize, keys <bb>-int8__*)
+CANDIDATES["v2 int8 (224/224/224)"] = "+".join(
+    [f"{CUES}*0.25"] + [f"{{bb}}-int8__{r}*0.5" for r in ("nose", "mouth_chin", "box")]
+)
+SEEDS = (0,)  # cluster seeds of the effort columns (--seeds)
 log = logging.getLogger("bench_features")
 
 
@@ -109,15 +116,15 @@ def ensure_blocks(ws: object, keys: set[str]) -> None:
     from labeler.embeddings.store import list_embeddings, parse_key
 
     stored = set(list_embeddings(ws))
-    by_size: dict[int | None, list[str]] = {}
+    by_size: dict[tuple[int | None, bool], list[str]] = {}
     for key in sorted(keys - stored):
         if key == CUES:
             cues_workspace(ws)
             continue
-        _, size, region = parse_key(key)
-        by_size.setdefault(size, []).append(region)
-    for size, regions in by_size.items():
-        backbone = get_backbone(f"timm:{BB}", input_size=size)
+        name, size, region = parse_key(key)
+        by_size.setdefault((size, name.endswith("-int8")), []).append(region)
+    for (size, int8), regions in by_size.items():
+        backbone = get_backbone(f"timm:{BB}", input_size=size, precision="int8" if int8 else "fp32")
         embed_workspace(ws, FeatureBlocks([(backbone, regions)]), progress=False)
 
 
@@ -132,7 +139,7 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
     from labeler.regions import get_region
 
     faces = ws.faces().iloc[:n]
-    backbones: dict[int | None, object] = {}
+    backbones: dict[tuple[int | None, bool], object] = {}
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -142,10 +149,13 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
     for key in sorted(keys):
         region = key.split("__", 1)[1]
         if key != CUES:
-            size = parse_key(key)[1]
-            if size not in backbones:
-                backbones[size] = get_backbone(f"timm:{BB}", input_size=size)
-            backbone = backbones[size]
+            name, size, _ = parse_key(key)
+            int8 = name.endswith("-int8")
+            if (size, int8) not in backbones:
+                backbones[size, int8] = get_backbone(
+                    f"timm:{BB}", input_size=size, precision="int8" if int8 else "fp32"
+                )
+            backbone = backbones[size, int8]
         if key == CUES:
             paths = crop_paths(ws, faces)
             t = cpu()
@@ -201,6 +211,7 @@ def run_set(name: str, ws: object, candidates: dict[str, str], *, sim: bool) -> 
     from sklearn.cluster import KMeans
 
     from labeler.cluster.run import fit_clusters
+    from labeler.cluster.types import ClusterConfig
     from labeler.features import load_features
     from labeler.loop.simulate import simulate
     from labeler.loop.truth import join_truth
@@ -240,24 +251,45 @@ def run_set(name: str, ws: object, candidates: dict[str, str], *, sim: bool) -> 
         }
         if sim:
             fids_all, X_all = load_features(ws, spec)
-            groups = fit_clusters(np.asarray(fids_all).astype(str), X_all).result.labels
-            g = align_to_faces(
-                ids, np.asarray(fids_all).astype(str), groups, what="groups", fix="bench"
-            )
-            plain = simulate(g, y).summary()
-            inter = simulate(g, y, strategy="interactive", features=X).summary()
-            row.update(
-                {
-                    "NMI": plain["nmi"],
-                    "plain eff95": plain["eff95"],
-                    "plain eff98": plain["eff98"],
-                    "inter eff95": inter["eff95"],
-                    "inter eff98": inter["eff98"],
-                }
-            )
+            per_seed = []
+            for seed in SEEDS:
+                fit = fit_clusters(
+                    np.asarray(fids_all).astype(str), X_all, config=ClusterConfig(seed=seed)
+                )
+                g = align_to_faces(
+                    ids,
+                    np.asarray(fids_all).astype(str),
+                    fit.result.labels,
+                    what="groups",
+                    fix="bench",
+                )
+                plain = simulate(g, y).summary()
+                inter = simulate(g, y, strategy="interactive", features=X).summary()
+                per_seed.append(
+                    {
+                        "NMI": plain["nmi"],
+                        "plain eff95": plain["eff95"],
+                        "plain eff98": plain["eff98"],
+                        "inter eff95": inter["eff95"],
+                        "inter eff98": inter["eff98"],
+                    }
+                )
+            for col in per_seed[0]:
+                row[col] = _seeds_cell([float(r[col]) for r in per_seed])
         log.info("%s %s: %s (%.0f s)", name, label, row, time.perf_counter() - t0)
         rows.append(row)
     return rows
+
+
+def _seeds_cell(vals: list[float]) -> float | str:
+    """One seed: the value; several: ``median [min-max]`` (the spread is the seed noise)."""
+    if len(vals) == 1:
+        return vals[0]
+
+    def f(v: float) -> str:
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+    return f"{f(float(np.median(vals)))} [{f(min(vals))}-{f(max(vals))}]"
 
 
 COLUMNS = [
@@ -303,7 +335,15 @@ def main() -> None:
     ap.add_argument(
         "--table", default="ceiling", help="which table of --out to replace (its markers)"
     )
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="cluster seeds of the effort columns, comma-separated; several give "
+        "'median [min-max]' (the grouping's seed noise)",
+    )
     args = ap.parse_args()
+    global SEEDS
+    SEEDS = tuple(int(v) for v in args.seeds.split(","))
     BEGIN, END = (
         f"<!-- bench_features:{args.table}:begin -->",
         f"<!-- bench_features:{args.table}:end -->",
