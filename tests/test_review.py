@@ -15,7 +15,7 @@ from conftest import shared_dataset
 from streamlit.testing.v1 import AppTest
 
 from labeler.labels import LabelStore
-from labeler.loop import step as propagate
+from labeler.loop import step
 from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, REVIEW_PREFIX, K
 from labeler.ui.suggest_panel import AUTO_EVERY, SK
 
@@ -66,7 +66,7 @@ def _review(field: str = FIELD) -> AppTest:
 def _wait_done(ws, field: str = FIELD, timeout: float = 120) -> dict:
     end = time.time() + timeout
     while time.time() < end:
-        status = propagate.read_status(ws, field)
+        status = step.read_status(ws, field)
         if status["state"] in ("done", "error"):
             return status
         time.sleep(0.2)
@@ -82,7 +82,7 @@ def test_suggest_in_background_accept_a_group_then_undo(ws):
     assert _wait_done(ws)["state"] == "done"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    meta, faces = propagate.load_run(ws, FIELD)
+    meta, faces = step.load_run(ws, FIELD)
     first = meta["groups"][0]
     assert at.selectbox(key=SK.group_pick).value == first["group"]
     assert any("right in cross-validation" in m.value.lower() or "cross-validation" in m.value
@@ -114,7 +114,7 @@ def test_preticked_groups_are_right_on_real_faces(ws):
     """Accepting everything the page pre-ticks never lowers accuracy against the truth."""
     ws, truth = ws
     _label(ws, truth, 60, seed=1)
-    run = propagate.suggest_workspace(ws, field=FIELD)
+    run = step.suggest_workspace(ws, field=FIELD)
     store = LabelStore(ws.labels_db)
     t = truth.set_index("face_id")["truth"]
 
@@ -135,11 +135,11 @@ def test_new_labels_start_a_run_by_themselves(ws):
     ws, truth = ws
     _label(ws, truth, AUTO_EVERY + 5)
     at = _review()
-    assert propagate.read_status(ws, FIELD)["state"] in ("running", "done")
+    assert step.read_status(ws, FIELD)["state"] in ("running", "done")
     _wait_done(ws)
     at.run()
     assert not at.exception
-    assert propagate.load_run(ws, FIELD)[0]["n_labeled"] == AUTO_EVERY + 5
+    assert step.load_run(ws, FIELD)[0]["n_labeled"] == AUTO_EVERY + 5
 
 
 def test_suspects_are_never_preticked(ws):
@@ -173,7 +173,7 @@ def test_labeling_on_any_page_retrains_in_the_background(ws):
     at.run()  # the Overview page
     assert not at.exception, [e.value for e in at.exception]
     assert _wait_done(ws)["state"] == "done"
-    assert propagate.read_status(ws, FIELD)["n_labeled"] == AUTO_EVERY
+    assert step.read_status(ws, FIELD)["n_labeled"] == AUTO_EVERY
 
 
 def test_review_texts_say_what_is_true(ws):

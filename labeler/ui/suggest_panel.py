@@ -1,6 +1,6 @@
 """The Suggest step in the app: a button (and an automatic run after every
 :data:`AUTO_EVERY` new labels) that retrains in a background thread
-(:func:`labeler.propagate.start_background`) while the page stays usable, a status line that
+(:func:`labeler.step.start_background`) while the page stays usable, a status line that
 polls the run (``st.fragment(run_every=...)``), and the suggestion groups and suspects of
 the Review page. Everything it writes goes through :class:`labeler.labels.LabelStore`, one
 event per accept."""
@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from labeler.labels import NOT_A_FACE, LabelStore
-from labeler.loop import step as propagate
+from labeler.loop import step
 from labeler.ui import components, data, state
 from labeler.ui.state import REVIEW_PREFIX, K
 from labeler.workspace import Workspace
@@ -88,7 +88,7 @@ def _labels_count(ws: Workspace, field: str) -> int:
 
 def _start(ws_root: str, field: str) -> None:
     ws = Workspace.open(ws_root)
-    if propagate.start_background(ws, field) is None:
+    if step.start_background(ws, field) is None:
         _say("A Suggest run for this field is already in progress.", "info")
 
 
@@ -101,7 +101,7 @@ def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
         field = state.field(names[0]) if names else None
         if field is None:
             return False
-    status = propagate.read_status(ws, field)
+    status = step.read_status(ws, field)
     if status["state"] == "running":
         return True
     n_labels = _labels_count(ws, field)
@@ -114,7 +114,7 @@ def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
         and status["state"] != "error"
     ):
         auto[field] = n_labels
-        propagate.start_background(ws, field)
+        step.start_background(ws, field)
         return True
     return False
 
@@ -137,7 +137,7 @@ def suggest_bar(ws: Workspace, field: str) -> None:
 def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> None:
     @st.fragment(run_every=POLL_S if running else None)
     def line() -> None:
-        status = propagate.read_status(ws, field)
+        status = step.read_status(ws, field)
         seen = st.session_state.setdefault(SK.seen_finish, {})
         if status["state"] == "running":
             took = time.time() - status.get("started", time.time())
@@ -151,7 +151,7 @@ def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> Non
         if status["state"] == "error":
             st.caption(f":material/error: Last Suggest run failed: {status.get('message', '')}")
             return
-        meta = propagate.load_meta(ws, field)
+        meta = step.load_meta(ws, field)
         if meta is None:
             st.caption(_nothing_yet(ws, field, n_labels))
             return
@@ -193,7 +193,7 @@ def _ago(seconds: float) -> str:
 def open_groups(ws: Workspace, store: LabelStore, field: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The saved run's groups and faces, less the faces labeled or rejected since (cached
     per saved run and label-store version: a rerun at 133k faces costs no query)."""
-    meta_path = propagate.suggest_dir(ws) / f"{field}.json"
+    meta_path = step.suggest_dir(ws) / f"{field}.json"
     if not meta_path.exists():
         return pd.DataFrame(), pd.DataFrame()
     stamp = meta_path.stat().st_mtime_ns
@@ -205,13 +205,13 @@ def _open_groups(
     root: str, field: str, stamp: int, version: tuple[int, int]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     ws = Workspace.open(root)
-    saved = propagate.load_run(ws, field)
+    saved = step.load_run(ws, field)
     if saved is None:
         return pd.DataFrame(), pd.DataFrame()
     meta, faces = saved
     labeled = set(data.labels(ws, field))
     pending = LabelStore(ws.labels_db).suggestions(field, pending=True)
-    pending = set(pending.loc[pending["method"] == propagate.METHOD, "face_id"])
+    pending = set(pending.loc[pending["method"] == step.METHOD, "face_id"])
     faces = faces[faces["face_id"].isin(pending) & ~faces["face_id"].isin(labeled)]
     groups = pd.DataFrame(meta["groups"])
     if groups.empty:
@@ -297,7 +297,7 @@ def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> 
     if n_open:
         return (f"{data.plural(n_open, 'suggestion group')} below the minimum precision of "
                 f"{min_precision:.0%}: lower it to see them.")  # fmt: skip
-    if propagate.load_meta(ws, field) is None:
+    if step.load_meta(ws, field) is None:
         return _nothing_yet(ws, field, len(data.labels(ws, field)))
     if len(data.labels(ws, field)) >= len(data.faces(ws)):
         return f"Every face is labeled for {field}: nothing left to review."
