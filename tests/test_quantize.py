@@ -106,3 +106,20 @@ def test_shipped_ranges_file_is_complete():
     assert len(table["ranges"]) > 80 and len(table["keep_float"]) == 10
     assert all(lo <= 0.0 < hi for lo, hi in table["ranges"].values())
     assert "realmasks" in table["measured_on"] and RANGES_FILE.suffix == ".py"
+
+
+def test_presets_read_the_int8_blocks_of_a_workspace(monkeypatch):
+    from labeler.embeddings import backbones
+    from labeler.features import resolve_spec
+
+    bb, q = "efficientnet_lite0", "efficientnet_lite0-int8"
+    int8 = ["cues__face", f"{q}__nose", f"{q}__mouth_chin", f"{q}__box"]
+    floats = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__box"]
+    assert [k for k, _ in resolve_spec("auto", int8)] == int8  # only int8 stored: read it
+    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == floats  # the engine's own
+    monkeypatch.setattr(backbones, "CPU_AUTO_PRECISION", "int8")
+    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == int8
+    assert [k for k, _ in resolve_spec("auto", floats)] == floats  # e.g. embedded on a GPU
+    # a block stored at another size is the last resort, after the other engine's
+    mixed = [*int8[:2], f"{bb}-128px__mouth_chin", f"{bb}__mouth_chin", int8[3]]
+    assert [k for k, _ in resolve_spec("auto", mixed)][2] == f"{bb}__mouth_chin"
