@@ -215,8 +215,8 @@ def resolve_precision(precision: str, device: str, runtime: str = "onnx") -> str
         raise BackboneError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "int8" and runtime != "onnx":
         raise BackboneError(
-            "--precision int8 runs with onnxruntime on the CPU only; use --device cpu and "
-            "--runtime onnx (or auto), or --precision fp32"
+            "precision='int8' runs with onnxruntime on the CPU only; use --device cpu and "
+            "--runtime onnx (or auto), or precision='fp32'"
         )
     if precision == "auto":
         if not device.startswith("cuda"):

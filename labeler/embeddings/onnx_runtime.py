@@ -257,18 +257,18 @@ def ensure_int8(fp32_path: Path, config: BackboneConfig) -> Path:
     except OSError as exc:
         raise QuantizeError(
             f"cannot read the int8 ranges {RANGES_FILE} ({exc}); reinstall labeler or use "
-            "--precision fp32"
+            "precision='fp32'"
         ) from None
     table = read_ranges()
     if table.get("arch") != config.arch or int(table.get("input_size", 0)) != config.input_size:
         raise QuantizeError(
             f"the int8 ranges are for {table.get('arch')} at {table.get('input_size')} px, not "
-            f"{config.arch} at {config.input_size} px; use --precision fp32"
+            f"{config.arch} at {config.input_size} px; use precision='fp32'"
         )
     if config.custom_weights:
         raise QuantizeError(
             "the int8 ranges were measured with the shipped weights, not --weights; use "
-            "--precision fp32"
+            "precision='fp32'"
         )
     path = int8_cache_path(fp32_path, ranges_text)
     if path.is_file():

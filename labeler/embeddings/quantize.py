@@ -55,7 +55,7 @@ def read_ranges(path: Path = RANGES_FILE) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, SyntaxError, StopIteration) as exc:
         raise QuantizeError(
             f"cannot read the int8 ranges {path} ({exc!r}); reinstall labeler or use "
-            "--precision fp32"
+            "precision='fp32'"
         ) from None
     return data
 
@@ -177,7 +177,7 @@ def quantize_onnx(
     if missing:
         raise QuantizeError(
             f"the int8 ranges do not cover {len(missing)} tensors of {pre_path.name} (e.g. "
-            f"{missing[0]!r}): the export differs from the calibrated one; use --precision fp32"
+            f"{missing[0]!r}): the export differs from the calibrated one; use precision='fp32'"
         )
     keep_float = list(keep_float)
     names = {n.name for n in model.graph.node}
@@ -185,7 +185,7 @@ def quantize_onnx(
     if unknown:
         raise QuantizeError(
             f"the int8 ranges keep {unknown[0]!r} in float but {pre_path.name} has no such node: "
-            "the export differs from the calibrated one; use --precision fp32"
+            "the export differs from the calibrated one; use precision='fp32'"
         )
     tensors = TensorsData(
         CalibrationMethod.MinMax,
