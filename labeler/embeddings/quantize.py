@@ -2,8 +2,8 @@
 activations whose ranges were measured on real face crops.
 
 The float export of :mod:`labeler.embeddings.onnx_runtime` is rewritten with onnxruntime's
-QDQ quantizer: every convolution gets per-output-channel int8 weights, every activation a
-uint8 scale taken from :data:`RANGES_FILE` (the spread of each tensor over real nose-band,
+QDQ quantizer: every convolution after the first six gets per-output-channel int8 weights,
+every activation a uint8 scale taken from :data:`RANGES_FILE` (the spread of each tensor over real nose-band,
 mouth-chin and box crops of the shared face sets, measured by
 ``bench/bench_embed.py --calibrate``; the numbers ship with the package, the images do not).
 Nodes listed in the ranges file's ``keep_float`` stay float. Runs on any x86 CPU; fast where
