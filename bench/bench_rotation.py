@@ -145,7 +145,11 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=150, help="training photos with --predict")
     args = ap.parse_args()
     if args.predict:
-        rows = [predict_set(s, args.limit, args.train) for s in args.sets if (SHARED / s).exists()]
+        rows = []
+        for s in args.sets:
+            if (SHARED / s).exists():
+                rows.append(predict_set(s, args.limit, args.train))
+                print(rows[-1], flush=True)
     else:
         rows = [run_set(s, args.limit) for s in args.sets if (SHARED / s).exists()]
     table = pd.DataFrame(rows).astype(str)

@@ -86,6 +86,7 @@ def rotation_agreement(set_name: str, tmp: Path, *, n_train: int, n_eval: int) -
     train_faces = faces[faces["path"].isin(set(pick["file"][:n_train]))]
     store = LabelStore(ws.labels_db)
     for label, ids in train_faces.groupby(train_faces["path"].map(state))["face_id"]:
+        store.add_value("mask_state", label)  # sets with their own classes (mfr2: masked)
         store.assign(ids.tolist(), "mask_state", label, annotator="test", source="simulation")
     res = runner.invoke(
         cli, ["train", "-w", str(ws_dir), "--folds", "2", "--no-label-errors", "--seed", "0"]
