@@ -49,9 +49,9 @@ def main() -> None:
     import cv2
     from PIL import Image
 
-    from labeler.align import align_face
     from labeler.detect import get_detector
     from labeler.detect.pipeline import detect_and_align, detect_workspace
+    from labeler.faces.align import align_face
     from labeler.imageio import decode_image
     from labeler.ingest import ingest_folder
     from labeler.workspace import Workspace

@@ -79,7 +79,7 @@ def prepare(name: str, ws_path: str | None, scratch: Path) -> object:
 
 
 def gray_cues(ws: object, face_ids: np.ndarray) -> np.ndarray:
-    from labeler.cues import compute_cues, read_crops
+    from labeler.faces.cues import compute_cues, read_crops
 
     crops = read_crops(ws, list(face_ids))
     g = (crops.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)

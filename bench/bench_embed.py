@@ -223,7 +223,7 @@ def calibrate_ranges(ws_root: Path, *, size: int = 224, per_set: int = 64) -> Pa
         preprocess,
         write_ranges,
     )
-    from labeler.regions import get_region
+    from labeler.faces.regions import get_region
     from labeler.workspace import Workspace
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ correct/incorrect/no_mask from real crowd photos, ``mfr2`` masked/no_mask) it ta
 workspace built by ``labeler run`` (``--ws-root DIR`` holds ``DIR/<set>``; built there with
 ``labeler run --no-cluster`` defaults when missing), embeds the blocks the candidates need
 with the tool's own code (``labeler.embeddings.embed_faces``: ONNX Runtime on CPU, the box
-crops of ``labeler.boxcrops``), combines them exactly as the tool does
+crops of ``labeler.faces.boxcrops``), combines them exactly as the tool does
 (``labeler.features.load_features``: per-block standardise, PCA, weight, L2) and measures:
 
 - ``head acc / F1``: 5-fold out-of-fold accuracy and macro-F1 of a logistic head trained on
@@ -132,11 +132,11 @@ def block_ms(ws: object, keys: set[str], n: int = 256) -> dict[str, float]:
     """CPU ms per face of each block on ``n`` faces (decode + model, or cues)."""
     import resource
 
-    from labeler.cues import compute_cues
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import crop_paths, load_crops
     from labeler.embeddings.store import parse_key
-    from labeler.regions import get_region
+    from labeler.faces.cues import compute_cues
+    from labeler.faces.regions import get_region
 
     faces = ws.faces().iloc[:n]
     backbones: dict[tuple[int | None, bool], object] = {}

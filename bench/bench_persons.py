@@ -6,10 +6,10 @@ Data: ``../shared/data/mfr2`` (163 aligned photos of 32 people, masked and unmas
 from a name (the default must work on meaningless names). Every image's largest face is
 labeled masked -> ``correct``, else ``no_mask``.
 
-For each candidate (cues and thresholds of :func:`labeler.persons.identity_links`, the old
+For each candidate (cues and thresholds of :func:`labeler.export.persons.identity_links`, the old
 average linkage, source images only) it prints pairwise precision / recall against the true
 people, the largest group's share of the faces, and, over 8:1:1 splits (seeds 0-4, the
-export's :func:`labeler.splits.assign_splits`): the share of (masked, unmasked) face pairs
+export's :func:`labeler.export.splits.assign_splits`): the share of (masked, unmasked) face pairs
 of one person in one split, copies of one photo in two splits, true people in two splits,
 and whether every split got faces. Then the default export itself (``labels_manifest``).
 
@@ -96,7 +96,7 @@ def pairwise(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 def split_metrics(groups: np.ndarray, faces: pd.DataFrame, ratios=(0.8, 0.1, 0.1)) -> dict:
     """Over seeds 0-4 of the export's splitter: mixed pairs in one split (mean, min), most
     copies split, mean true people in 2+ splits, fewest non-empty splits."""
-    from labeler.splits import assign_splits
+    from labeler.export.splits import assign_splits
 
     person = faces["person"].to_numpy()
     masked = (faces["state"] == "masked").to_numpy()
@@ -116,7 +116,7 @@ def split_metrics(groups: np.ndarray, faces: pd.DataFrame, ratios=(0.8, 0.1, 0.1
 
 def candidates(ws: object, faces: pd.DataFrame) -> list[tuple[str, np.ndarray, dict]]:
     """(name, groups, confidence) per candidate grouping of the labeled ``faces``."""
-    from labeler import persons as P
+    from labeler.export import persons as P
 
     sub = ws.require_faces().set_index("face_id").loc[faces["face_id"]].reset_index()
     out = [("source images only", P.find_persons(ws, sub, method="image").ids, {})]
@@ -156,7 +156,7 @@ def report(name: str, ws: object, faces: pd.DataFrame) -> None:
 
 def default_export(ws: object, faces: pd.DataFrame) -> None:
     """The default export (``labels_manifest``) itself, seeds 0-4."""
-    from labeler.export import ExportConfig, labels_manifest
+    from labeler.export.manifest import ExportConfig, labels_manifest
 
     together, copies, leaks, big = [], [], [], []
     person = faces["person"].to_numpy()

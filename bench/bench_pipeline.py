@@ -107,9 +107,9 @@ def naive_e2e(files: list[Path], device: str) -> float:
     """Full cv2.imread, detect on a downscale, align from full res, torch eager batch 32."""
     import cv2
 
-    from labeler.align import align_face
     from labeler.detect import get_detector
     from labeler.embeddings import get_backbone
+    from labeler.faces.align import align_face
 
     det = get_detector("mediapipe")
     bb = get_backbone(
@@ -302,9 +302,9 @@ def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
 
     import labeler.detect.pipeline as dp
     import labeler.embeddings.embed as emb
-    from labeler.cropcache import FaceCrops
     from labeler.detect.pipeline import DetectConfig, cut_faces, face_row
     from labeler.embeddings import get_backbone
+    from labeler.faces.records import FaceCrops
     from labeler.ingest import _read_one
     from labeler.pipeline import feature_inputs
     from labeler.workspace import Workspace

@@ -41,7 +41,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labeler.splits import assign_splits  # noqa: E402
+from labeler.export.splits import assign_splits  # noqa: E402
 from labeler.train.head import HeadConfig, cross_val_proba, fit_head  # noqa: E402
 from labeler.train.report import classification_report  # noqa: E402
 from labeler.workspace import Workspace  # noqa: E402

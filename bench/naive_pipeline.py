@@ -22,10 +22,10 @@ import numpy as np
 def main(folder: str) -> int:
     import cv2
 
-    from labeler.align import align_face, box_crop
     from labeler.detect import get_detector
     from labeler.embeddings import get_backbone
-    from labeler.regions import crop_region
+    from labeler.faces.align import align_face, box_crop
+    from labeler.faces.regions import crop_region
 
     t0 = time.perf_counter()
     det = get_detector("mediapipe")

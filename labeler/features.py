@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Chosen from the feature lab (bench/bench_features.py, bench/FEATURES.md), on all shared sets
 # at once: the nose-band and mouth-chin crops of the landmark-aligned face carry the mask
 # state where landmarks are right (pasted masks: head accuracy 0.98); the box crop (the
-# detector's box + 20 %, not aligned by landmarks, labeler.boxcrops) keeps the face when
+# detector's box + 20 %, not aligned by landmarks, labeler.faces.boxcrops) keeps the face when
 # landmarks fail under masks, in profile or blur (real crowd photos: 0.884 -> 0.902, webfaces
 # 0.988 -> 0.992, maskedfacenet 0.982 -> 0.985); the colour-invariant cues get a fifth of the
 # variance (the only block that does not depend on what the masks look like).

@@ -47,7 +47,7 @@ def _detectors() -> str:
 def collect_info() -> dict[str, str]:
     """Ordered ``{name: value}`` strings: versions, device, backbones, detectors, regions."""
     from labeler.embeddings.backbones import available_backbones
-    from labeler.regions import REGIONS
+    from labeler.faces.regions import REGIONS
 
     info = {name: _version(dist) for name, dist in _PACKAGES}
     info = {

@@ -82,8 +82,8 @@ def feature_inputs(spec: str, backbone: str) -> tuple[list[tuple[str, int | None
     ([('nose', 96)], True)
     """
     from labeler.embeddings.store import embedding_key, parse_key
+    from labeler.faces.regions import REGIONS
     from labeler.features import PRESETS, parse_spec
-    from labeler.regions import REGIONS
 
     if spec in REGIONS:
         return [(spec, None)], False
@@ -177,7 +177,7 @@ def _detect_and_embed(
 ) -> tuple[DetectResult, dict[str, int]]:
     """Detect and embed at the same time, as one stream: the detect threads (or the fused
     GPU pass) write each face's row and crop files and put its crops' pixels on a bounded
-    queue (:class:`labeler.cropcache.FaceQueue`); one embedding thread takes them in batches
+    queue (:class:`labeler.faces.records.FaceQueue`); one embedding thread takes them in batches
     and computes every feature block from those pixels (:func:`embed_workspace`: ONNX
     Runtime and torch release the GIL, so the model runs while decode and detection go on),
     then embeds from the crop files the faces the queue did not bring (an earlier,
@@ -186,9 +186,9 @@ def _detect_and_embed(
     """
     import threading
 
-    from labeler.cropcache import FaceQueue
     from labeler.detect.pipeline import default_chunk_size, detect_workspace
     from labeler.embeddings.embed import embed_workspace
+    from labeler.faces.records import FaceQueue
 
     embedded: dict[str, int] = {}
     errors: list[BaseException] = []

@@ -98,8 +98,8 @@ class Classifier:
         )  # finetuned models read aligned crops
 
     def _key(self, col: tuple[tuple[str, int | None] | None, str]) -> str:
-        from labeler.cues import CUES_KEY
         from labeler.embeddings.store import embedding_key
+        from labeler.faces.cues import CUES_KEY
 
         g, region = col
         if g is None:
@@ -155,7 +155,7 @@ def _models(model: Any | Sequence[Any]) -> list[Any]:
 
 
 def _face_records(cuts: Sequence[Any], tag: str) -> list[Any]:
-    from labeler.cropcache import FaceCrops
+    from labeler.faces.records import FaceCrops
 
     return [FaceCrops(f"{tag}_{i}", c.aligned, c.box) for i, c in enumerate(cuts)]
 

@@ -302,7 +302,7 @@ class Workspace:
         return self.crops_dir / face_id[:2] / f"{face_id}.jpg"
 
     def box_crop_path(self, face_id: str) -> Path:
-        """The face's box crop (:mod:`labeler.boxcrops`), beside its aligned crop."""
+        """The face's box crop (:mod:`labeler.faces.boxcrops`), beside its aligned crop."""
         return self.crops_dir / face_id[:2] / f"{face_id}.box.jpg"
 
     def face_image_paths(self, faces: pd.DataFrame | None = None) -> pd.Series:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeler.align import align_face, alignment_matrix, project, similarity_transform
-from labeler.regions import CROP_SIZE, TEMPLATE
+from labeler.faces.align import align_face, alignment_matrix, project, similarity_transform
+from labeler.faces.regions import CROP_SIZE, TEMPLATE
 
 
 def _similarity(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:

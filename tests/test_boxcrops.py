@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from labeler.align import BORDER_VALUE, align_face, box_crop, box_landmarks
 from labeler.detect import rotate_image, unrotate_points
+from labeler.faces.align import BORDER_VALUE, align_face, box_crop, box_landmarks
 
 BOX = (150.0, 40.0, 330.0, 260.0)  # the astronaut's face in skimage's portrait
 
@@ -67,9 +67,9 @@ def test_workspace_box_crops_are_written_once_and_embedded(tmp_path):
     aligned ones (resumable), and embedding the region uses them."""
     from PIL import Image
 
-    from labeler.boxcrops import box_crops_workspace
     from labeler.detect.pipeline import detect_workspace
     from labeler.embeddings.embed import crop_paths, load_crops
+    from labeler.faces.boxcrops import box_crops_workspace
     from labeler.ingest import ingest_folder
     from labeler.workspace import Workspace
 

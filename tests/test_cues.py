@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import tinyws
 
-from labeler.cues import CUES_KEY, compute_cues, cue_names
 from labeler.embeddings.embed import cues_workspace
-from labeler.regions import CROP_SIZE, TEMPLATE
+from labeler.faces.cues import CUES_KEY, compute_cues, cue_names
+from labeler.faces.regions import CROP_SIZE, TEMPLATE
 
 MASK_COLOURS = {
     "black": (20, 20, 22),

@@ -27,9 +27,9 @@ from labeler.detect import (
     register_detector,
 )
 from labeler.detect.pipeline import detect_and_align, detect_workspace, iter_crops, read_detect_log
+from labeler.faces.regions import CROP_SIZE, TEMPLATE
 from labeler.imageio import decode_image
 from labeler.ingest import ingest_folder
-from labeler.regions import CROP_SIZE, TEMPLATE
 from labeler.workspace import Workspace
 
 FAST_SAMPLE = 60
@@ -197,7 +197,7 @@ def test_reduced_decode_crop_matches_full_decode_crop(maskedfacenet_1024, mediap
             detect_and_align(f, mediapipe_detector, fallback=False), key=lambda p: -p[0].width
         )
         full = decode_image(f).rgb
-        from labeler.align import align_face
+        from labeler.faces.align import align_face
 
         exact = align_face(full, fast_det.landmarks)
         assert np.abs(fast.astype(float) - exact).mean() < 4
@@ -215,7 +215,7 @@ def test_small_face_in_big_photo_is_cropped_from_full_resolution(
     assert len(pairs) == 1
     det, crop = pairs[0]
     assert 1500 <= det.x0 < det.x1 <= 1900 and 900 <= det.y0 < det.y1 <= 1300  # original px
-    from labeler.align import align_face
+    from labeler.faces.align import align_face
 
     exact = align_face(decode_image(path).rgb, det.landmarks)
     coarse = align_face(decode_image(path, max_side=600).rgb, det.landmarks / 4)

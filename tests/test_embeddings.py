@@ -160,7 +160,7 @@ def test_names_resolve_to_the_offline_default():
     with pytest.raises(BackboneError, match="unknown backbone 'foo:bar'"):
         resolve_spec("foo:bar")
     from labeler.cli.embed import REGION_NAMES
-    from labeler.regions import REGIONS
+    from labeler.faces.regions import REGIONS
 
     assert tuple(REGIONS) == REGION_NAMES
 
@@ -731,10 +731,10 @@ def test_one_stream_equals_one_region_at_a_time(tmp_path, onnx_cache):
     """The one loop (FeatureBlocks: one model call for all regions, the cues from the same
     pixels), faces from memory first and the rest from their files: the same vectors as
     embedding each region on its own from the files."""
-    from labeler.cropcache import FaceCrops, FaceQueue
-    from labeler.cues import CUES_KEY, compute_cues
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import FeatureBlocks, embed_faces, embed_workspace, load_crop
+    from labeler.faces.cues import CUES_KEY, compute_cues
+    from labeler.faces.records import FaceCrops, FaceQueue
 
     bb = get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", input_size=96)
     a = make_ws(tmp_path / "a", 7)
@@ -769,7 +769,7 @@ def test_face_queue_bounds_memory_and_never_blocks_after_abort():
     """put() waits while the queue is full; abort() (the embedder failed) frees producers."""
     import threading
 
-    from labeler.cropcache import FaceCrops, FaceQueue
+    from labeler.faces.records import FaceCrops, FaceQueue
 
     q = FaceQueue(capacity=2)
     face = np.zeros((4, 4, 3), np.uint8)

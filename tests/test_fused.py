@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.align import align_face
 from labeler.detect import get_detector
 from labeler.detect.fused import FusedEngine, align_batch, warp_level
 from labeler.detect.pipeline import detect_workspace, read_detect_log
+from labeler.faces.align import align_face
 from labeler.imageio import load_rgb
 from labeler.ingest import ingest_folder
 from labeler.workspace import Workspace
@@ -53,8 +53,8 @@ def test_align_batch_matches_cv2_warp(side: int) -> None:
 
 
 def test_warp_level_picks_the_coarsest_sharp_level() -> None:
-    from labeler.align import alignment_matrix
-    from labeler.regions import TEMPLATE
+    from labeler.faces.align import alignment_matrix
+    from labeler.faces.regions import TEMPLATE
 
     for scale, want in ((1.0, 1), (1.9, 1), (2.0, 2), (5.0, 4), (40.0, 8), (0.5, 1)):
         lm = TEMPLATE * 256 * scale  # a face `scale` times bigger than in the crop

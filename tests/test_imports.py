@@ -325,14 +325,14 @@ def test_installed_opencv_matches_the_bound_and_is_not_mixed():
 
 #: Pure pixels and shapes: they import no step of the tool.
 BOTTOM = (
-    "labeler.regions",
-    "labeler.align",
+    "labeler.faces.regions",
+    "labeler.faces.align",
     "labeler.imageio",
-    "labeler.cues",
-    "labeler.cropcache",
+    "labeler.faces.cues",
+    "labeler.faces.records",
 )
 #: The steps and what sits above them.
-STEPS = ("labeler.detect", "labeler.embeddings", "labeler.boxcrops")
+STEPS = ("labeler.detect", "labeler.embeddings", "labeler.faces.boxcrops")
 ABOVE = ("labeler.pipeline", "labeler.predict", "labeler.train", "labeler.cluster", "labeler.ui")
 
 
@@ -343,7 +343,7 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
 def test_no_import_runs_back_up_a_layer():
     """The pure modules (cues, crops in memory, regions, decode) import no step; detection
     and embedding import neither each other (the stream's records live in
-    labeler.cropcache, below both) nor anything above them. The fused GPU pass is the one
+    labeler.faces.records, below both) nor anything above them. The fused GPU pass is the one
     engine that embeds (it is in detect and calls the model): it alone may import embeddings."""
     graph = import_graph()
     bad = []
@@ -363,5 +363,5 @@ def test_no_import_runs_back_up_a_layer():
                 bad.append((module, dep))
     assert bad == [], bad
     # the one that ran back up before: embeddings.embed -> cues -> embeddings.store
-    assert "labeler.cues" in graph["labeler.embeddings.embed"]
-    assert not any(_under(d, ("labeler.embeddings",)) for d in graph["labeler.cues"])
+    assert "labeler.faces.cues" in graph["labeler.embeddings.embed"]
+    assert not any(_under(d, ("labeler.embeddings",)) for d in graph["labeler.faces.cues"])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import shared_dataset
 from PIL import Image, ImageOps
 
-from labeler.persons import descriptor_edges, exif_edges, link_groups, same_value_edges
+from labeler.export.persons import descriptor_edges, exif_edges, link_groups, same_value_edges
 
 
 def test_link_groups_merges_transitively_and_the_guard_cuts_the_weakest_link():
@@ -135,7 +135,7 @@ def test_default_export_keeps_masked_and_unmasked_photos_of_a_person_together(co
     person share a split >= 98 % of the time (86 % before), no copy is split, no person
     group above 10 % of the faces, every split has faces. bench/PERSONS.md has the table."""
     from labeler.cli import cli
-    from labeler.export import ExportConfig, labels_manifest
+    from labeler.export.manifest import ExportConfig, labels_manifest
 
     ws, faces = copies_ws
     assert len(faces) >= 480
@@ -169,7 +169,7 @@ def test_default_export_keeps_masked_and_unmasked_photos_of_a_person_together(co
 
 
 def test_train_folds_use_the_export_persons(copies_ws):
-    from labeler.export import ExportConfig, labels_manifest
+    from labeler.export.manifest import ExportConfig, labels_manifest
     from labeler.labels import human_labels
     from labeler.train import TrainConfig, persons_for
 
@@ -194,7 +194,7 @@ def pairwise(pred, truth) -> tuple[float, float]:
 def test_identity_links_recall_on_the_mfr2_originals(copies_ws):
     """Tuned for recall: bench/bench_persons.py measures P 0.30 / R 0.81 on MFR2 (163 faces,
     guard 10 %); source images alone have recall 0."""
-    from labeler.persons import find_persons
+    from labeler.export.persons import find_persons
 
     ws, faces = copies_ws
     orig = faces[faces["kind"] == "orig"].reset_index(drop=True)
@@ -212,7 +212,7 @@ def test_identity_descriptors_show_a_bar_then_come_from_the_cache(tmp_path, caps
     bar, same vectors."""
     import tinyws
 
-    from labeler.persons import cached_identity_descriptors
+    from labeler.export.persons import cached_identity_descriptors
 
     t = tinyws.build(tmp_path, {"correct": 40, "no_mask": 30}, faces_per_person=1)
     ids = t.ws.faces()["face_id"].astype(str).tolist()

@@ -10,8 +10,8 @@ import pytest
 
 
 def test_identity_chip_puts_the_eyes_where_dlib_expects_and_hides_the_lower_face():
-    from labeler.persons import CHIP_EYES, OCCLUDE_FROM, identity_chips
-    from labeler.regions import CROP_SIZE, TEMPLATE
+    from labeler.export.persons import CHIP_EYES, OCCLUDE_FROM, identity_chips
+    from labeler.faces.regions import CROP_SIZE, TEMPLATE
 
     crop = np.full((CROP_SIZE, CROP_SIZE, 3), 30, dtype=np.uint8)
     for x, y in TEMPLATE[:2] * CROP_SIZE:  # bright dots on the template's eye positions
@@ -25,7 +25,7 @@ def test_identity_chip_puts_the_eyes_where_dlib_expects_and_hides_the_lower_face
 
 
 def test_a_person_in_two_splits_is_refused():
-    from labeler.export import check_no_leaks
+    from labeler.export.manifest import check_no_leaks
 
     check_no_leaks(["train", "test"], ["p0", "p1"], ["i0", "i1"])
     with pytest.raises(ValueError, match="1 persons would be in two splits.*--person-csv"):

@@ -37,8 +37,8 @@ def test_run_then_rerun_then_add_images(tmp_path):
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import load_crops
     from labeler.embeddings.store import list_embeddings, load_embeddings
+    from labeler.faces.regions import get_region
     from labeler.pipeline import feature_inputs
-    from labeler.regions import get_region
     from labeler.workspace import Workspace
 
     demo = make_demo_set(tmp_path / "demo", per_state=3, seed=1)

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeler.persons import (
+from labeler.export.persons import (
     combine_groups,
     persons_from_csv,
     persons_from_embeddings,
     persons_from_pattern,
 )
-from labeler.splits import assign_splits, leaking_groups, parse_ratios
+from labeler.export.splits import assign_splits, leaking_groups, parse_ratios
 
 
 def test_parse_ratios():

@@ -82,8 +82,8 @@ def command(
 ) -> None:
     """Export labeled faces (train/val/test stratified by class, grouped by person) or the
     cluster assignments of every face."""
-    from labeler.export import ExportConfig, export
-    from labeler.splits import parse_ratios
+    from labeler.export.manifest import ExportConfig, export
+    from labeler.export.splits import parse_ratios
 
     config = ExportConfig(
         what=what,
@@ -104,7 +104,7 @@ def command(
         p = res.persons
         click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
         if p.get("confidence"):
-            from labeler.persons import sureness_line
+            from labeler.export.persons import sureness_line
 
             click.echo("  how sure: " + sureness_line(p["confidence"]))
     for split, counts in res.counts.items():

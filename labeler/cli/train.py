@@ -136,7 +136,7 @@ def command(
         p = res.config["persons"]
         click.echo(f"persons: {p['n_persons']} by {p['method']} ({p['detail']})")
         if p.get("confidence"):
-            from labeler.persons import sureness_line
+            from labeler.export.persons import sureness_line
 
             click.echo("  how sure: " + sureness_line(p["confidence"]))
     click.echo(f"saved {res.run_dir} (confusion matrix: {res.run_dir / 'confusion.png'})")

@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from labeler.errors import InputError
-from labeler.regions import TEMPLATE
+from labeler.faces.regions import TEMPLATE
 
 N_LANDMARKS = len(TEMPLATE)  # == len(labeler.workspace.LANDMARK_NAMES); no pandas import here
 
@@ -242,7 +242,7 @@ def upright_cue(rgb: np.ndarray, d: Detection) -> float:
     upside-down face put the forehead where the cheeks should be: the cue is positive on
     about two thirds of those); one of the inputs of :mod:`labeler.detect.upright`.
     """
-    from labeler.align import align_face
+    from labeler.faces.align import align_face
 
     crop = align_face(rgb, d.landmarks, size=64).astype(np.float32).mean(axis=2)
     g = (crop - crop.mean()) / (crop.std() + 1e-3)

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labeler.align import alignment_matrix
 from labeler.detect import Detection, finalize
 from labeler.detect.mediapipe import needs_full_range
 from labeler.detect.upright import is_sure
+from labeler.faces.align import alignment_matrix
+from labeler.faces.regions import get_region
 from labeler.imageio import write_bytes
-from labeler.regions import get_region
 
 if TYPE_CHECKING:
     from labeler.detect.pipeline import DetectConfig, ImageOutcome

@@ -40,8 +40,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.align import CROP_EYE_DISTANCE, align_face
-from labeler.cropcache import FaceCrops, FaceQueue
 from labeler.detect import (
     DEFAULT_DETECTOR,
     Detection,
@@ -53,6 +51,9 @@ from labeler.detect import (
 )
 from labeler.detect.upright import detect_rotated
 from labeler.errors import InputError, NotFoundError
+from labeler.faces.align import CROP_EYE_DISTANCE, align_face
+from labeler.faces.records import FaceCrops, FaceQueue
+from labeler.faces.regions import CROP_SIZE
 from labeler.imageio import (
     DecodedImage,
     ImageDecodeError,
@@ -62,7 +63,6 @@ from labeler.imageio import (
     load_rgb,
     write_bytes,
 )
-from labeler.regions import CROP_SIZE
 from labeler.workspace import (
     FACES_SCHEMA,
     Workspace,
@@ -287,11 +287,11 @@ def cut_faces(
     ``source``: a path (decoded at ``cfg.detect_side``, JPEG DCT-scaled) or an ``(H, W, 3)``
     uint8 RGB array. ``box``: True cuts every face's box crop (a larger decode when this one
     is too small for it), None only when this decode is the one the box-crop step would
-    make (:mod:`labeler.boxcrops`), False never. ``stored``: the crops come back as the
+    make (:mod:`labeler.faces.boxcrops`), False never. ``stored``: the crops come back as the
     workspace stores them (JPEG at ``cfg.jpeg_quality``, decoded again in memory), so
     features computed from them equal those from the crop files. Raises ``ImageDecodeError``.
     """
-    from labeler.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
+    from labeler.faces.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
 
     path: Path | None
     if isinstance(source, np.ndarray):
@@ -536,7 +536,7 @@ def detect_workspace(
     90/270/180 degrees (sideways phone photos; ``faces.rotation`` records the turn).
     ``redo`` forgets earlier results (and crops) and detects everything again.
     ``face_sink`` receives each face's crops as pixels, the ones written
-    (:class:`labeler.cropcache.FaceQueue`: ``labeler run`` embeds them from memory). ``engine`` replaces the thread pool for whole chunks
+    (:class:`labeler.faces.records.FaceQueue`: ``labeler run`` embeds them from memory). ``engine`` replaces the thread pool for whole chunks
     (:class:`DetectEngine`, e.g. the fused CUDA pass of :mod:`labeler.detect.fused`);
     commits, the log and resuming stay the same.
 

@@ -1,6 +1,6 @@
 """The embed step, one stream: faces' crops (in memory) -> every feature block -> shards.
 
-One loop computes features (:func:`embed_stream`): batches of :class:`labeler.cropcache.
+One loop computes features (:func:`embed_stream`): batches of :class:`labeler.faces.records.
 FaceCrops` go through :class:`FeatureBlocks` (each CNN region, all regions of one input size
 in one model call, and the colour cues) and :class:`BlockWriters` (one writer per stored
 key). Its sources: ``labeler run``'s detection queue (the crops as stored, handed over in
@@ -40,14 +40,14 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from labeler.cropcache import FaceCrops
-from labeler.cues import CUES_KEY, compute_cues, cue_names
-from labeler.cues import VERSION as CUES_VERSION
-from labeler.cues import WORK_SIZE as CUES_WORK_SIZE
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
 from labeler.errors import InputError
-from labeler.regions import CROP_SIZE, crop_region, get_region
+from labeler.faces.cues import CUES_KEY, compute_cues, cue_names
+from labeler.faces.cues import VERSION as CUES_VERSION
+from labeler.faces.cues import WORK_SIZE as CUES_WORK_SIZE
+from labeler.faces.records import FaceCrops
+from labeler.faces.regions import CROP_SIZE, crop_region, get_region
 from labeler.workspace import Workspace, WorkspaceError, iter_batches, jsonable
 
 log = logging.getLogger(__name__)
@@ -222,13 +222,13 @@ def plan_todo(
 ) -> tuple[pd.DataFrame, int]:
     """Faces of ``faces`` without a stored vector under ``key``: ``(todo[face_id, path], n_done)``.
 
-    Box crops that are missing are written first (:mod:`labeler.boxcrops`); raises
+    Box crops that are missing are written first (:mod:`labeler.faces.boxcrops`); raises
     ``WorkspaceError`` naming the fix when aligned crops are missing.
     """
     done = store.stored_ids(ws, key)
     todo = faces.loc[~faces["face_id"].isin(done), ["face_id"]].copy()
     if crop == "box" and len(todo):
-        from labeler.boxcrops import box_crops_workspace
+        from labeler.faces.boxcrops import box_crops_workspace
 
         box_crops_workspace(ws, faces=faces.loc[todo.index])
     todo["path"] = crop_paths(ws, faces.loc[todo.index], crop=crop)
@@ -369,7 +369,7 @@ class ShardWriter:
 class FeatureBlocks:
     """Computes every block of a feature set for a batch of faces from their crops in memory:
     the CNN regions (one model call per batch and input size, all its regions together) and
-    the colour cues (:func:`labeler.cues.compute_cues`) of the aligned crops.
+    the colour cues (:func:`labeler.faces.cues.compute_cues`) of the aligned crops.
 
     ``groups``: ``(backbone, regions)`` pairs, one per input size. The only place features
     are computed: ``labeler run``, ``labeler embed`` (crops read from their files),
@@ -639,10 +639,10 @@ def embed_workspace(
     """Every block of ``blocks`` for the faces of ``faces.parquet`` missing from some key.
 
     ``source``: batches of faces with their crops in memory (``labeler run``'s detection
-    queue, :class:`labeler.cropcache.FaceQueue`), embedded first; then the faces still
+    queue, :class:`labeler.faces.records.FaceQueue`), embedded first; then the faces still
     missing (all of them without ``source``) from their crop files, read by ``workers``
     threads a few batches ahead (box crops that are missing are written from the photos
-    first, :mod:`labeler.boxcrops`). One loop (:func:`embed_stream`), one writer per key.
+    first, :mod:`labeler.faces.boxcrops`). One loop (:func:`embed_stream`), one writer per key.
     Resumable and incremental per key: shards every ``shard_size`` faces, stored faces
     skipped. Returns one :class:`EmbedResult` per key, in ``blocks.keys`` order.
     """
@@ -661,7 +661,7 @@ def embed_workspace(
         if not len(todo):
             return
         if "box" in blocks.kinds:
-            from labeler.boxcrops import box_crops_workspace
+            from labeler.faces.boxcrops import box_crops_workspace
 
             box_crops_workspace(ws, faces=todo)
         read = read_face_crops(ws, todo, blocks.kinds)
@@ -710,7 +710,7 @@ def embed_faces(
 
     Args:
         backbone: from :func:`labeler.embeddings.get_backbone`.
-        region: a name in :data:`labeler.regions.REGIONS` (face, lower, nose, mouth_chin, ...).
+        region: a name in :data:`labeler.faces.regions.REGIONS` (face, lower, nose, mouth_chin, ...).
         batch_size: faces per model call (32-256 on a GPU).
         shard_size: faces per Parquet shard: a killed run loses at most this many.
         workers: decode threads (0: decode in the calling thread).

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from labeler.regions import get_region
+from labeler.faces.regions import get_region
 
 log = logging.getLogger(__name__)
 

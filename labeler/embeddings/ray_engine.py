@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from labeler.cropcache import FaceCrops
 from labeler.embeddings.embed import (
     BlockWriters,
     EmbedResult,
@@ -30,7 +29,8 @@ from labeler.embeddings.embed import (
     plan_todo,
     write_stream,
 )
-from labeler.regions import CROP_SIZE, get_region
+from labeler.faces.records import FaceCrops
+from labeler.faces.regions import CROP_SIZE, get_region
 from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)

@@ -340,7 +340,7 @@ def save_vectors(
 
     The new set is written beside the old one and swapped in, so a crash leaves one of them.
 
-    >>> save_vectors(ws, "cues__face", ids, cues, {"producer": "labeler.cues"})  # doctest: +SKIP
+    >>> save_vectors(ws, "cues__face", ids, cues, {"producer": "labeler.faces.cues"})  # doctest: +SKIP
     """
     ids = _as_ids(face_ids)
     X = _validate(ids, X, what=f"save_vectors({key!r})")

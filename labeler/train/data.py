@@ -116,9 +116,9 @@ def persons_for(
     ws: Any, faces: pd.DataFrame, config: TrainConfig, *, progress: bool | None = None
 ) -> Any:
     """The persons of ``faces`` exactly as ``labeler export`` finds them with its default
-    8:1:1 ratios (:func:`labeler.persons.find_persons`); the guard is one fold's share when
+    8:1:1 ratios (:func:`labeler.export.persons.find_persons`); the guard is one fold's share when
     that is smaller (more than 10 folds)."""
-    from labeler.persons import DEFAULT_MAX_SHARE, find_persons
+    from labeler.export.persons import DEFAULT_MAX_SHARE, find_persons
 
     return find_persons(
         ws,

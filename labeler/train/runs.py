@@ -166,7 +166,7 @@ def _train_finetune(
     from sklearn.model_selection import StratifiedGroupKFold
 
     from labeler.embeddings.embed import _progress
-    from labeler.splits import assign_splits
+    from labeler.export.splits import assign_splits
     from labeler.train.finetune import finetune
 
     fc = replace(config.finetune, seed=config.seed)
@@ -300,7 +300,7 @@ def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
     for block in blocks:
         key = block["key"]
         if key.startswith("cues"):
-            from labeler.cues import compute_cues
+            from labeler.faces.cues import compute_cues
 
             parts.append(compute_cues(crops))
         elif block.get("backbone"):

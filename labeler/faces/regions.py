@@ -35,7 +35,7 @@ class Region:
 
     ``crop``: which crop the box is on: ``aligned`` (landmark-aligned, ``crops/<ab>/<id>.jpg``)
     or ``box`` (the upright detection box plus 20 % margin, not aligned by landmarks,
-    ``crops/<ab>/<id>.box.jpg``, see :mod:`labeler.boxcrops`).
+    ``crops/<ab>/<id>.box.jpg``, see :mod:`labeler.faces.boxcrops`).
     """
 
     name: str

@@ -1,7 +1,7 @@
 """Leak-free train/val/test splits: stratified by class, grouped by person, seeded.
 
 The core is :func:`assign_splits`, a plain function on arrays. Every group (a person, see
-:mod:`labeler.persons`) goes to exactly one split, so no person appears in two splits; within
+:mod:`labeler.export.persons`) goes to exactly one split, so no person appears in two splits; within
 that constraint the class proportions of every split follow the target ratios as closely as
 the group sizes allow (exactly, up to rounding, when every group is one face).
 

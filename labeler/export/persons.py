@@ -350,12 +350,12 @@ def identity_available() -> bool:
 
 
 def identity_chips(crops: np.ndarray) -> np.ndarray:
-    """Aligned crops (N, S, S, 3) uint8 (``labeler.regions.TEMPLATE``) -> dlib chips
+    """Aligned crops (N, S, S, 3) uint8 (``labeler.faces.regions.TEMPLATE``) -> dlib chips
     (N, 150, 150, 3) uint8 with the face below the eyes painted grey (see module doc)."""
     import cv2
 
-    from labeler.align import similarity_transform
-    from labeler.regions import TEMPLATE
+    from labeler.faces.align import similarity_transform
+    from labeler.faces.regions import TEMPLATE
 
     crops = np.asarray(crops, dtype=np.uint8)
     out = np.empty((len(crops), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)

@@ -16,7 +16,7 @@ eyes, which a mask never covers), in CIE Lab:
   and recovers is where the mask's top and bottom edges lie, i.e. the mask state, whatever
   the mask colour.
 
-All boxes are fractions of the aligned-crop template (:mod:`labeler.regions`: eyes at
+All boxes are fractions of the aligned-crop template (:mod:`labeler.faces.regions`: eyes at
 y=0.40, nose tip 0.575, mouth 0.73), so they follow landmarks, not image pixels.
 
 Example::
@@ -123,7 +123,7 @@ def _prepare(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def compute_cues(crops: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Mask cues for aligned crops.
 
-    crops: (N, H, H, 3) uint8 RGB aligned to :data:`labeler.regions.TEMPLATE` (any square
+    crops: (N, H, H, 3) uint8 RGB aligned to :data:`labeler.faces.regions.TEMPLATE` (any square
     size; 256 in the workspace). Returns (N, D) float32, columns named by :func:`cue_names`.
     Roughly 1 ms per crop on one core.
     """
@@ -248,7 +248,7 @@ def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
     """Load the aligned crops of ``face_ids`` from the workspace as (N, 256, 256, 3) uint8 RGB."""
     import cv2
 
-    from labeler.regions import CROP_SIZE
+    from labeler.faces.regions import CROP_SIZE
 
     out = np.empty((len(face_ids), CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for i, fid in enumerate(face_ids):

@@ -36,8 +36,8 @@ KINDS = ("aligned", "box")
 @dataclass(frozen=True, eq=False)
 class FaceCrops:
     """One face's crops in memory: ``aligned`` (S, S, 3) uint8 on the landmark template
-    (:mod:`labeler.regions`), ``box`` the upright detection box + margin crop
-    (:mod:`labeler.boxcrops`) or None when no feature block asked for it."""
+    (:mod:`labeler.faces.regions`), ``box`` the upright detection box + margin crop
+    (:mod:`labeler.faces.boxcrops`) or None when no feature block asked for it."""
 
     face_id: str
     aligned: np.ndarray

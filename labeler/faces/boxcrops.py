@@ -3,9 +3,9 @@
 The aligned crop (``crops/<ab>/<face_id>.jpg``, written by ``labeler detect``) trusts four
 landmarks. On real photos those are often wrong where it matters most: under a mask, in
 profile, in blur or at a crowd's edge, so an aligned crop can show an ear or a cheek. The box
-crop trusts only the detector's box (:func:`labeler.align.box_crop`: the box plus 20 % on each
+crop trusts only the detector's box (:func:`labeler.faces.align.box_crop`: the box plus 20 % on each
 side, turned upright by the right angle its landmarks point to, grey beyond the photo's edge), so the
-``box`` region's embedding (:data:`labeler.regions.REGIONS`) still sees the whole face and the
+``box`` region's embedding (:data:`labeler.faces.regions.REGIONS`) still sees the whole face and the
 mask on it. On ``realmasks`` a linear head on the box crop alone reaches 0.90 accuracy where
 the whole aligned crop reaches 0.86 (``bench/FEATURES.md``).
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from labeler.align import BOX_MARGIN, box_crop, upright_turn
-from labeler.regions import CROP_SIZE
+from labeler.faces.align import BOX_MARGIN, box_crop, upright_turn
+from labeler.faces.regions import CROP_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def box_crops_from(
 ) -> list[np.ndarray]:
     """Box crops ``(size, size, 3)`` uint8 of faces with ``boxes`` / ``landmarks`` (original
     EXIF-upright pixels) from a decode ``rgb`` of the photo with ``scale`` original pixels per
-    decoded pixel; each turned upright by :func:`labeler.align.upright_turn` of its landmarks
+    decoded pixel; each turned upright by :func:`labeler.faces.align.upright_turn` of its landmarks
     (set too for faces that were found turned)."""
     fx, fy = scale
     return [

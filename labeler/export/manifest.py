@@ -1,7 +1,7 @@
 """Export labels (with leak-free splits) or cluster assignments.
 
 ``labels``: one row per labeled face; the split is stratified by the ``field`` label and
-grouped by person (:mod:`labeler.persons`, :mod:`labeler.splits`), reproducible by seed.
+grouped by person (:mod:`labeler.export.persons`, :mod:`labeler.export.splits`), reproducible by seed.
 
 - ``imagefolder``: ``OUT/{train,val,test}/<label>/<face_id>.jpg`` (aligned crops, or the
   source images with ``source_images``) plus ``OUT/manifest.csv`` and ``OUT/export.json``;
@@ -20,7 +20,7 @@ byte-identical.
 ``clusters``: one row per face: path, root, face_id, face_index, box, ``cluster``,
 ``outlier_score``, ``suggested_cluster``, ``label`` (empty if none), ``label_source``.
 
-Persons come from :func:`labeler.persons.find_persons` (by default links on every "same
+Persons come from :func:`labeler.export.persons.find_persons` (by default links on every "same
 person" cue, merged under a guard that keeps every split possible: no person above the
 smallest split's share); ``export.json`` records how they were found, how many and how sure
 (``persons.confidence``: weak faces, cut links). An export that would put a
@@ -49,7 +49,7 @@ import pandas as pd
 from labeler.errors import ExistsError, InputError, NotFoundError
 
 if TYPE_CHECKING:
-    from labeler.persons import Persons
+    from labeler.export.persons import Persons
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
     Raises ``ValueError`` (naming the fix) if a person or a source image would land in two
     splits: an export is leak-free or not written at all.
     """
-    from labeler.persons import find_persons
-    from labeler.splits import assign_splits, parse_ratios
+    from labeler.export.persons import find_persons
+    from labeler.export.splits import assign_splits, parse_ratios
 
     base = _face_frame(ws)
     labels = label_table(ws, field=config.field, human_only=config.human_only)
@@ -190,7 +190,7 @@ def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Person
 def check_no_empty_splits(splits: Any, ratios: Any, persons: Any) -> None:
     """Raise ``ValueError`` when a split asked for (ratio > 0) would get no face: too few
     persons for the ratios, e.g. a person grouping that put every face into one person."""
-    from labeler.splits import parse_ratios, split_names_for
+    from labeler.export.splits import parse_ratios, split_names_for
 
     r = parse_ratios(ratios)
     got = set(np.asarray(splits).tolist())
@@ -208,7 +208,7 @@ def check_no_empty_splits(splits: Any, ratios: Any, persons: Any) -> None:
 
 def check_no_leaks(splits: Any, persons: Any, image_ids: Any) -> None:
     """Raise ``ValueError`` when a person or a source image is in more than one split."""
-    from labeler.splits import leaking_groups
+    from labeler.export.splits import leaking_groups
 
     for what, groups in (("persons", persons), ("source images", image_ids)):
         leaks = leaking_groups(splits, groups)
@@ -388,7 +388,7 @@ def _move_into_place(stage: Path, out: Path) -> None:
 
 def _clear_previous(out: Path) -> None:
     """Remove what a previous export wrote (split folders, manifest, export.json) only."""
-    from labeler.splits import SPLIT_NAMES
+    from labeler.export.splits import SPLIT_NAMES
 
     for name in SPLIT_NAMES:
         if (out / name).is_dir():

@@ -1,4 +1,4 @@
-"""Similarity alignment of a face onto the crop template (``labeler.regions.TEMPLATE``).
+"""Similarity alignment of a face onto the crop template (``labeler.faces.regions.TEMPLATE``).
 
 A closed-form least-squares similarity (Umeyama 1991: rotation, uniform scale,
 translation; no shear, no reflection) maps the 4 detected landmarks onto
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from labeler.regions import CROP_SIZE, TEMPLATE
+from labeler.faces.regions import CROP_SIZE, TEMPLATE
 
 #: Eye distance (pixels) in an aligned crop of side ``CROP_SIZE``.
 CROP_EYE_DISTANCE = float((TEMPLATE[1, 0] - TEMPLATE[0, 0]) * CROP_SIZE)
