@@ -33,6 +33,47 @@ def workspace_option(*, create: bool = False) -> Callable[[F], F]:
     )
 
 
+#: the face detectors (``labeler.detect.get_detector``); listed here so --help needs no import
+DETECTOR_NAMES = ("mediapipe", "mtcnn", "haar", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def detector_option(
+    help: str = "Face detector; 'none': the images already are face crops.",
+) -> Callable[[F], F]:
+    """``--detector`` (one of :data:`DETECTOR_NAMES`, default mediapipe)."""
+    return click.option(
+        "--detector", type=click.Choice(DETECTOR_NAMES), default="mediapipe",
+        show_default=True, help=help,
+    )  # fmt: skip
+
+
+def device_option(help: str = "Where the model runs.") -> Callable[[F], F]:
+    """``--device auto|cpu|cuda`` (auto: CUDA when there is one)."""
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help
+    )
+
+
+def field_option(help: str = "Label field.") -> Callable[[F], F]:
+    """``--field`` (default mask_state)."""
+    return click.option("--field", default="mask_state", show_default=True, help=help)
+
+
+def backbone_option(
+    help: str = "Registered name or 'timm:<model>' (the default runs offline).",
+) -> Callable[[F], F]:
+    """``--backbone`` (default: the offline EfficientNet-Lite0 of the feature pipeline)."""
+    return click.option(
+        "--backbone", default="timm:efficientnet_lite0", show_default=True, help=help
+    )
+
+
+def force_option(help: str = "Overwrite --out if it exists.") -> Callable[[F], F]:
+    """``--force``."""
+    return click.option("--force", is_flag=True, help=help)
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an OS error: the file, what happened, and the fix."""
     import errno

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import workspace_option
-
-DETECTOR_NAMES = ("mediapipe", "mtcnn", "haar", "none")
+from labeler.cli._common import detector_option, workspace_option
 
 
 @click.command("detect")
 @workspace_option()
-@click.option(
-    "--detector",
-    type=click.Choice(DETECTOR_NAMES),
-    default="mediapipe",
-    show_default=True,
-    help="'none': the images already are face crops.",
-)
+@detector_option()
 @click.option(
     "--min-size",
     type=click.FloatRange(min=0),

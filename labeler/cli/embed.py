@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    backbone_option,
+    device_option,
+    workspace_option,
+)
 
 REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box")
 
 
 @click.command("embed")
 @workspace_option()
-@click.option(
-    "--backbone",
-    default="timm:efficientnet_lite0",
-    show_default=True,
-    help="Registered name or 'timm:<model>' (the default runs offline).",
-)
+@backbone_option()
 @click.option(
     "--region",
     type=click.Choice(REGION_NAMES),
@@ -31,9 +30,7 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     help="Model input side in px when not the model's own (the key gets '-<N>px').",
 )
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@device_option()
 @click.option(
     "--runtime",
     type=click.Choice(["auto", "torch", "onnx"]),

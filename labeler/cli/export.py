@@ -6,7 +6,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    field_option,
+    force_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -27,12 +31,7 @@ if TYPE_CHECKING:
     default=None,
     help="Default: imagefolder for labels, csv for clusters.",
 )
-@click.option(
-    "--field",
-    default="mask_state",
-    show_default=True,
-    help="Label field that names the class folders and stratifies the splits.",
-)
+@field_option("Label field that names the class folders and stratifies the splits.")
 @click.option(
     "--ratios", default="8:1:1", show_default=True, help="train:val:test (or train:test)."
 )
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
     type=click.Path(exists=True, dir_okay=False),
     help="CSV with person and face_id or path.",
 )
-@click.option("--force", is_flag=True, help="Overwrite a previous export at --out.")
+@force_option("Overwrite a previous export at --out.")
 def command(
     ws: Workspace,
     out: str,

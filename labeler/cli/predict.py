@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    detector_option,
+    device_option,
+    field_option,
+    force_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -21,23 +27,11 @@ if TYPE_CHECKING:
     multiple=True,
     help="Run id (repeat for several fields); default: the latest run of --field.",
 )
-@click.option(
-    "--field",
-    default="mask_state",
-    show_default=True,
-    help="Field whose latest model is used when --model is not given.",
-)
+@field_option("Field whose latest model is used when --model is not given.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
-@click.option(
-    "--detector",
-    default="mediapipe",
-    show_default=True,
-    help="Face detector (mediapipe, mtcnn, haar, none).",
-)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto, cpu or cuda (fine-tuned models)."
-)
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@detector_option()
+@device_option("Where fine-tuned models run.")
+@force_option()
 def command(
     ws: Workspace,
     images: tuple[str, ...],

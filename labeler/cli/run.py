@@ -6,19 +6,22 @@ from typing import Any
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    backbone_option,
+    detector_option,
+    device_option,
+    workspace_option,
+)
 from labeler.cli.cluster import cluster_config, cluster_options
 
 
 @click.command("run")
 @click.argument("images", type=click.Path(exists=True, file_okay=False))
 @workspace_option(create=True)
-@click.option(
-    "--detector", default="mediapipe", show_default=True, help="mediapipe | mtcnn | haar | none"
-)
-@click.option("--backbone", default="timm:efficientnet_lite0", show_default=True)
+@detector_option()
+@backbone_option()
 @click.option("--features", default="auto", show_default=True, help="Feature spec for clustering.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@device_option()
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--no-cluster", is_flag=True, help="Stop after embedding.")
 @cluster_options

@@ -6,7 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    field_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -14,7 +17,7 @@ if TYPE_CHECKING:
 
 @click.command("suggest")
 @workspace_option()
-@click.option("--field", default="mask_state", show_default=True)
+@field_option()
 @click.option(
     "--features",
     "feature_spec",

@@ -6,7 +6,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    device_option,
+    field_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -14,7 +18,7 @@ if TYPE_CHECKING:
 
 @click.command("train")
 @workspace_option()
-@click.option("--field", default="mask_state", show_default=True)
+@field_option()
 @click.option("--mode", type=click.Choice(["head", "finetune"]), default="head", show_default=True)
 @click.option(
     "--folds",
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--image-size", default=224, show_default=True, type=int)
 @click.option("--lr", default=3e-4, show_default=True, type=float)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option()
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers.")
 @click.option(
     "--persons",
