@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labeler.errors import InputError, WorkspaceError
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +241,11 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
 
 
 def load_features(
-    ws: Any, spec: str = "auto", *, dims: int = DEFAULT_DIMS, face_ids: Sequence[str] | None = None
+    ws: Workspace,
+    spec: str = "auto",
+    *,
+    dims: int = DEFAULT_DIMS,
+    face_ids: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(face_ids (N,), X (N, D) float32)`` for ``spec`` in faces.parquet order.
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from labeler.cli._common import detector_option, workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 
 @click.command("detect")
@@ -34,7 +39,7 @@ from labeler.cli._common import detector_option, workspace_option
 )
 @click.option("--redo", is_flag=True, help="Forget earlier results and detect everything again.")
 def command(
-    ws: object,
+    ws: Workspace,
     detector: str,
     min_size: float,
     score_threshold: float,

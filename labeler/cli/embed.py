@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from labeler.cli._common import (
@@ -9,6 +11,9 @@ from labeler.cli._common import (
     device_option,
     workspace_option,
 )
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box")
 
@@ -74,7 +79,7 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
 def command(
-    ws: object,
+    ws: Workspace,
     backbone: str,
     region: str,
     input_size: int | None,

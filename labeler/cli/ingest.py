@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from labeler.cli._common import workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 
 @click.command("ingest")
@@ -12,7 +17,7 @@ from labeler.cli._common import workspace_option
 @workspace_option(create=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader threads.")
 @click.option("--show-errors/--no-show-errors", default=True, help="List refused files.")
-def command(images: str, ws: object, workers: int | None, show_errors: bool) -> None:
+def command(images: str, ws: Workspace, workers: int | None, show_errors: bool) -> None:
     """Scan IMAGES recursively and add its photos to the workspace.
 
     Unreadable, corrupt or oversized files are recorded with a reason and skipped; files

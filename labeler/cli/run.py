@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from labeler.cli._common import (
     workspace_option,
 )
 from labeler.cli.cluster import cluster_config, cluster_options
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 
 @click.command("run")
@@ -42,7 +45,7 @@ from labeler.cli.cluster import cluster_config, cluster_options
 )
 def command(
     images: str,
-    ws: object,
+    ws: Workspace,
     detector: str,
     backbone: str,
     features: str,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from labeler.cli._common import workspace_option
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 
 @click.command("simulate")
@@ -41,7 +46,7 @@ from labeler.cli._common import workspace_option
     help="Give every face of an image the image's label (default: its largest face only).",
 )
 def command(
-    ws: object,
+    ws: Workspace,
     truth_csv: str,
     truth_column: str,
     file_column: str,

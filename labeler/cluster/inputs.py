@@ -6,10 +6,15 @@ Kept apart from :mod:`labeler.cluster.run` (arrays only) so that the workspace-l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
-def load_cluster_features(ws: object, spec: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+
+def load_cluster_features(ws: Workspace, spec: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
     """Features for clustering: ``(face_ids (N,), X (N, D) float32, spec used)``.
 
     A stored embedding key as ``spec`` is used as stored; anything else (``auto``, keys

@@ -18,22 +18,6 @@ from labeler.faces.regions import get_region
 log = logging.getLogger(__name__)
 
 
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device (imports torch)."""
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def device_name() -> str:
-    """``"NVIDIA H100 ... (cuda)"`` or ``"cpu"``."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (cuda, {torch.cuda.device_count()} device(s))"
-    return "cpu"
-
-
 def _decode_cpu(datas: Sequence[bytes]) -> list[Any]:
     import numpy as np
     import torch

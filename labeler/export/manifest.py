@@ -50,6 +50,7 @@ from labeler.errors import ExistsError, InputError, NotFoundError
 
 if TYPE_CHECKING:
     from labeler.export.persons import Persons
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _iso(ts: Any) -> str:
     return pd.Timestamp(float(ts), unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _face_frame(ws: Any) -> pd.DataFrame:
+def _face_frame(ws: Workspace) -> pd.DataFrame:
     """faces joined with their source path (relative) and root; faces order."""
     faces = ws.require_faces()
     images = ws.images().drop_duplicates("image_id").set_index("image_id")
@@ -106,7 +107,7 @@ def _lookup(face_ids: pd.Series, table: pd.DataFrame, column: str) -> np.ndarray
     return np.asarray([str(m.get(f, "") or "") for f in face_ids], dtype=object)
 
 
-def label_table(ws: Any, *, field: str, human_only: bool) -> pd.DataFrame:
+def label_table(ws: Workspace, *, field: str, human_only: bool) -> pd.DataFrame:
     """Per face (faces order): every schema field's value, and for ``field`` its
     label_source, annotator and time. Unlabeled faces have "" in ``field``."""
     from labeler.labels import LabelStore
@@ -140,7 +141,7 @@ def label_table(ws: Any, *, field: str, human_only: bool) -> pd.DataFrame:
     return out
 
 
-def _not_faces(ws: Any) -> set[str]:
+def _not_faces(ws: Workspace) -> set[str]:
     """Faces an annotator marked ``not_a_face`` (in any field): never exported or trained on."""
     from labeler.labels import LabelStore
 
@@ -150,7 +151,7 @@ def _not_faces(ws: Any) -> set[str]:
     return out
 
 
-def labels_manifest(ws: Any, config: ExportConfig) -> tuple[pd.DataFrame, Persons]:
+def labels_manifest(ws: Workspace, config: ExportConfig) -> tuple[pd.DataFrame, Persons]:
     """The manifest of labeled faces with splits (see module doc) and how persons were found.
 
     Raises ``ValueError`` (naming the fix) if a person or a source image would land in two
@@ -221,7 +222,7 @@ def check_no_leaks(splits: Any, persons: Any, image_ids: Any) -> None:
 
 
 def clusters_manifest(
-    ws: Any, *, field: str = "mask_state", run_id: str | None = None
+    ws: Workspace, *, field: str = "mask_state", run_id: str | None = None
 ) -> pd.DataFrame:
     """One row per face: path, root, face_id, face_index, box, cluster, outlier_score,
     suggested_cluster, label, label_source (from the current cluster run)."""
@@ -270,7 +271,7 @@ def _write_manifest(df: pd.DataFrame, path: Path) -> None:
         atomic_write_bytes(path, df.to_csv(index=False, lineterminator="\n").encode())
 
 
-def export(ws: Any, out: str | Path, config: ExportConfig | None = None) -> ExportResult:
+def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -> ExportResult:
     """Write an export (see the module doc); returns where and what was written."""
     from labeler.workspace import write_json
 
@@ -403,7 +404,7 @@ def _safe_dirname(label: str) -> str:
     return "_" + name if name in (".", "..") else name
 
 
-def _write_tree(ws: Any, df: pd.DataFrame, out: Path, config: ExportConfig) -> list[str]:
+def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig) -> list[str]:
     """Copy one image per row into split/label/; returns the files relative to ``out``."""
     files = []
     sources = None

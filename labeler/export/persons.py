@@ -49,11 +49,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from labeler.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +395,7 @@ def identity_descriptors(crops: np.ndarray, *, batch: int = 64) -> np.ndarray:
 
 
 def cached_identity_descriptors(
-    ws: object, face_ids: Sequence[str], *, progress: bool | None = None
+    ws: Workspace, face_ids: Sequence[str], *, progress: bool | None = None
 ) -> np.ndarray:
     """Identity descriptors of ``face_ids`` (N, 128), computed from the aligned crops for the
     faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there. ``progress``: a
@@ -638,7 +642,7 @@ def exif_edges(paths: Sequence[str | Path | None], *, seconds: float = EXIF_SECO
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
-def _copy_embedding(ws: object, faces: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+def _copy_embedding(ws: Workspace, faces: pd.DataFrame) -> tuple[np.ndarray | None, str]:
     """A stored generic embedding of the whole face (``__face``, else ``__box``) for copies."""
     from labeler.embeddings.store import list_embeddings, load_embeddings
 
@@ -655,7 +659,7 @@ def _copy_embedding(ws: object, faces: pd.DataFrame) -> tuple[np.ndarray | None,
 
 
 def identity_links(
-    ws: object,
+    ws: Workspace,
     faces: pd.DataFrame,
     *,
     threshold: float = IDENTITY_THRESHOLD,
@@ -723,7 +727,7 @@ def identity_links(
 
 
 def find_persons(
-    ws: object,
+    ws: Workspace,
     faces: pd.DataFrame | None = None,
     *,
     method: str = "auto",
@@ -805,7 +809,7 @@ def find_persons(
 
 
 def _person_embedding(
-    ws: object, faces: pd.DataFrame, key: str | None
+    ws: Workspace, faces: pd.DataFrame, key: str | None
 ) -> tuple[np.ndarray | None, str]:
     """The stored embedding used for near-duplicate grouping (global face), or None."""
     from labeler.embeddings.store import list_embeddings, load_embeddings
@@ -823,7 +827,7 @@ def _person_embedding(
     return np.asarray(X, dtype=np.float32), keys[0]
 
 
-def relative_paths(ws: object, faces: pd.DataFrame) -> list[str]:
+def relative_paths(ws: Workspace, faces: pd.DataFrame) -> list[str]:
     """Source image path of each face relative to its ingested folder ("" when unknown)."""
     images = ws.images()  # type: ignore[attr-defined]
     images = images.drop_duplicates("image_id").set_index("image_id")["path"]

@@ -25,12 +25,15 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from labeler.faces.align import BOX_MARGIN, box_crop, upright_turn
 from labeler.faces.regions import CROP_SIZE
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def photo_box_crops(
 
 
 def box_crops_workspace(
-    ws: Any,
+    ws: Workspace,
     *,
     faces: Any = None,
     workers: int | None = None,

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labeler.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +247,7 @@ def _cues_batch(crops: np.ndarray) -> np.ndarray:
 # --- workspace step --------------------------------------------------------------------------
 
 
-def read_crops(ws: Any, face_ids: Sequence[str]) -> np.ndarray:
+def read_crops(ws: Workspace, face_ids: Sequence[str]) -> np.ndarray:
     """Load the aligned crops of ``face_ids`` from the workspace as (N, 256, 256, 3) uint8 RGB."""
     import cv2
 

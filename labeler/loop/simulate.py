@@ -74,7 +74,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,6 +88,9 @@ from labeler.loop.effort import (
     noise_as_singletons,
 )
 from labeler.loop.suggest import SuggestConfig
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +506,7 @@ def simulate(
 
 
 def simulate_workspace(
-    ws: Any,
+    ws: Workspace,
     truth_csv: str,
     *,
     truth_column: str = "state",

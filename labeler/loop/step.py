@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ import pandas as pd
 from labeler.errors import InputError
 from labeler.labels.suspects import SUSPECT_COLUMNS
 from labeler.loop.suggest import SuggestConfig
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +66,16 @@ class SuggestRun:
     bands: pd.DataFrame = field(repr=False)
 
 
-def suggest_dir(ws: Any) -> Path:
+def suggest_dir(ws: Workspace) -> Path:
     return Path(ws.root) / "suggest"
 
 
-def status_path(ws: Any, field: str) -> Path:
+def status_path(ws: Workspace, field: str) -> Path:
     return suggest_dir(ws) / f"{field}.status.json"
 
 
 def suggest_workspace(
-    ws: Any,
+    ws: Workspace,
     *,
     field: str = "mask_state",
     feature_spec: str = "auto",
@@ -173,7 +176,7 @@ def suggest_workspace(
     return run
 
 
-def save_run(ws: Any, run: SuggestRun) -> None:
+def save_run(ws: Workspace, run: SuggestRun) -> None:
     """Write a run to labels.db (suggestions, suspects) and ``suggest/<field>.*``."""
     import io
 
@@ -206,7 +209,7 @@ def save_run(ws: Any, run: SuggestRun) -> None:
     )
 
 
-def load_meta(ws: Any, field: str) -> dict | None:
+def load_meta(ws: Workspace, field: str) -> dict | None:
     """The last saved run's ``suggest/<field>.json`` (groups, bands, label count), or None."""
     from labeler.workspace import read_json
 
@@ -214,7 +217,7 @@ def load_meta(ws: Any, field: str) -> dict | None:
     return dict(read_json(path)) if path.exists() else None
 
 
-def load_run(ws: Any, field: str) -> tuple[dict, pd.DataFrame] | None:
+def load_run(ws: Workspace, field: str) -> tuple[dict, pd.DataFrame] | None:
     """The last saved run of ``field``: (meta with groups and bands, faces table), or None."""
     from labeler.workspace import read_json
 
@@ -228,7 +231,7 @@ def load_run(ws: Any, field: str) -> tuple[dict, pd.DataFrame] | None:
 # --- background runs -------------------------------------------------------------------------
 
 
-def read_status(ws: Any, field: str) -> dict:
+def read_status(ws: Workspace, field: str) -> dict:
     """``{"state": "idle" | "running" | "done" | "error", ...}`` of the field's Suggest step;
     a "running" status older than :data:`STALE_S` reads as "error" (the run died)."""
     from labeler.workspace import read_json
@@ -245,7 +248,7 @@ def read_status(ws: Any, field: str) -> dict:
     return status
 
 
-def _write_status(ws: Any, field: str, **status: Any) -> None:
+def _write_status(ws: Workspace, field: str, **status: Any) -> None:
     from labeler.workspace import write_json
 
     suggest_dir(ws).mkdir(parents=True, exist_ok=True)
@@ -256,7 +259,7 @@ _START_LOCK = threading.Lock()
 
 
 def start_background(
-    ws: Any, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
+    ws: Workspace, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
 ) -> threading.Thread | None:
     """Run :func:`suggest_workspace` in a daemon thread unless one is running for ``field`` already
     (the status file is the lock, so several app sessions share one run). Returns the thread,

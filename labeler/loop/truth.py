@@ -9,17 +9,20 @@ all aligned to those faces (``labeler simulate`` and the benches).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from labeler.errors import InputError
 
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
 log = logging.getLogger(__name__)
 
 
 def join_truth(
-    ws: Any,
+    ws: Workspace,
     truth_csv: str,
     *,
     truth_column: str = "state",
@@ -102,7 +105,9 @@ def join_truth(
     return out.dropna(subset=["truth"]).reset_index(drop=True)
 
 
-def split_vectors_of(ws: Any, run: Any, face_ids: Any, run_id: str | None = None) -> np.ndarray:
+def split_vectors_of(
+    ws: Workspace, run: Any, face_ids: Any, run_id: str | None = None
+) -> np.ndarray:
     """(N, d) the vectors the app's *split by similarity* uses for ``face_ids`` (the run's
     saved vectors, as :func:`labeler.cluster.edit.split_cluster` with ``X=None``; its 2-D map
     when it kept none)."""
@@ -123,7 +128,7 @@ def split_vectors_of(ws: Any, run: Any, face_ids: Any, run_id: str | None = None
 
 
 def session_inputs(
-    ws: Any, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
+    ws: Workspace, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """What a simulated session on the workspace sees for ``face_ids`` (N,): the cluster run's
     groups (N,), the feature matrix (N, D) of ``features`` and the run itself."""

@@ -11,12 +11,15 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from labeler.train.finetune import FinetuneConfig
+
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class TrainConfig:
 
 
 def load_feature_matrix(
-    ws: Any, spec: str, face_ids: Sequence[str], *, raw: bool = False
+    ws: Workspace, spec: str, face_ids: Sequence[str], *, raw: bool = False
 ) -> tuple[np.ndarray, str]:
     """Features (N, D) float32 for ``face_ids`` in that order, and the resolved spec.
 
@@ -94,7 +97,7 @@ def load_feature_matrix(
     return np.concatenate(parts, 1).astype(np.float32), "+".join(keys)
 
 
-def feature_blocks(ws: Any, spec: str) -> list[dict]:
+def feature_blocks(ws: Workspace, spec: str) -> list[dict]:
     """How to recompute each block of a raw spec on new crops: key, backbone, region."""
     from labeler.embeddings.store import read_config
 
@@ -113,7 +116,7 @@ def feature_blocks(ws: Any, spec: str) -> list[dict]:
 
 
 def persons_for(
-    ws: Any, faces: pd.DataFrame, config: TrainConfig, *, progress: bool | None = None
+    ws: Workspace, faces: pd.DataFrame, config: TrainConfig, *, progress: bool | None = None
 ) -> Any:
     """The persons of ``faces`` exactly as ``labeler export`` finds them with its default
     8:1:1 ratios (:func:`labeler.export.persons.find_persons`); the guard is one fold's share when

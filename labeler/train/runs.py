@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from labeler.train.head import (
 from labeler.train.report import ClassReport, classification_report, save_confusion_png
 from labeler.workspace import new_run_id
 
+if TYPE_CHECKING:
+    from labeler.workspace import Workspace
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +54,7 @@ class TrainResult:
 
 
 def train(
-    ws: Any, config: TrainConfig | None = None, *, progress: bool | None = None
+    ws: Workspace, config: TrainConfig | None = None, *, progress: bool | None = None
 ) -> TrainResult:
     """Train a classifier for ``config.field`` on the human labels; save it as a new run.
 
@@ -153,7 +156,7 @@ def train(
 
 
 def _train_finetune(
-    ws: Any,
+    ws: Workspace,
     face_ids: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
@@ -239,14 +242,14 @@ def _train_finetune(
 # --- loading ---------------------------------------------------------------------------------
 
 
-def _read_current(ws: Any) -> dict:
+def _read_current(ws: Workspace) -> dict:
     from labeler.workspace import read_json
 
     path = ws.models_dir / "current.json"
     return dict(read_json(path)) if path.exists() else {}
 
 
-def list_runs(ws: Any) -> pd.DataFrame:
+def list_runs(ws: Workspace) -> pd.DataFrame:
     """Saved model runs: run_id, field, mode, macro_f1, n_labels, created (newest first)."""
     from labeler.workspace import read_json
 
@@ -318,7 +321,7 @@ def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
 
 
 def load_model(
-    ws: Any, run: str | None = None, *, field: str = "mask_state", device: str = "cpu"
+    ws: Workspace, run: str | None = None, *, field: str = "mask_state", device: str = "cpu"
 ) -> LoadedModel:
     """Load run ``run`` (default: the current run of ``field``) from ``ws.models_dir``."""
     from labeler.workspace import read_json
