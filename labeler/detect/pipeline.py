@@ -111,6 +111,24 @@ def _detection_input(dec: DecodedImage, detect_side: int) -> tuple[np.ndarray, f
     return small, rgb.shape[1] / size[0]
 
 
+def _decoded(
+    source: str | os.PathLike[str] | np.ndarray,
+    detect_side: int,
+    dec: DecodedImage | None = None,
+) -> tuple[Path | None, DecodedImage]:
+    """(path or None, the decoded image) of a path (decoded at ``detect_side``, JPEG
+    DCT-scaled, unless ``dec`` is already given) or an ``(H, W, 3)`` uint8 RGB array."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB array, got {source.shape} {source.dtype}"
+            )
+        h, w = source.shape[:2]
+        return None, DecodedImage(source, (1.0, 1.0), w, h, "array")
+    path = Path(source)
+    return path, dec or decode_image(path, min_side=detect_side)
+
+
 def detect_and_align(
     source: str | os.PathLike[str] | np.ndarray,
     detector: Detector,
@@ -135,16 +153,7 @@ def detect_and_align(
     >>> pairs = detect_and_align("photo.jpg", get_detector("mediapipe"))  # doctest: +SKIP
     >>> [(d.box, crop.shape) for d, crop in pairs]  # doctest: +SKIP
     """
-    if isinstance(source, np.ndarray):
-        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
-            raise ValueError(
-                f"expected an (H, W, 3) uint8 RGB array, got {source.shape} {source.dtype}"
-            )
-        h, w = source.shape[:2]
-        dec, path = DecodedImage(source, (1.0, 1.0), w, h, "array"), None
-    else:
-        path = Path(source)
-        dec = decode_image(path, min_side=detect_side)
+    path, dec = _decoded(source, detect_side)
     return _align_from(
         path,
         dec,
@@ -293,17 +302,7 @@ def cut_faces(
     """
     from labeler.faces.boxcrops import JPEG_QUALITY, MIN_DECODE_SIDE, box_crops_from, needed_side
 
-    path: Path | None
-    if isinstance(source, np.ndarray):
-        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
-            raise ValueError(
-                f"expected an (H, W, 3) uint8 RGB array, got {source.shape} {source.dtype}"
-            )
-        h, w = source.shape[:2]
-        dec, path = DecodedImage(source, (1.0, 1.0), w, h, "array"), None
-    else:
-        path = Path(source)
-        dec = dec or decode_image(path, min_side=cfg.detect_side)
+    path, dec = _decoded(source, cfg.detect_side, dec)
     pairs = _align_from(
         path,
         dec,
