@@ -318,6 +318,53 @@ class TestAlgorithms:
         np.testing.assert_allclose(p.xy[0], [4, 10 / 3], atol=1e-2)
         assert p.confidence[0] == pytest.approx(2 / 3, abs=1e-3)
 
+    @pytest.mark.parametrize("seed", range(6))
+    def test_place_votes_equal_a_dense_vote_table(self, seed):
+        """The sparse vote gives what a dense (faces x clusters) table gives, ties (lowest
+        label wins), missing neighbours, noise-only and weightless rows included."""
+        rng = np.random.default_rng(seed)
+        n_ref, m, k = 300, 400, 7
+        n_c = [1, 3, 40][seed % 3]
+        ref_labels = rng.integers(-1, n_c, n_ref).astype(np.int32)
+        if seed == 5:
+            ref_labels[:] = -1  # no cluster at all
+        nbrs = rng.integers(0, n_ref, (m, k))
+        nbrs[rng.random((m, k)) < 0.2] = -1
+        nbrs[:5] = -1  # rows without any neighbour
+        sims = np.round(rng.uniform(-0.5, 1, (m, k)), 1)  # rounding makes ties
+        p = place_by_neighbors(ref_labels, np.zeros((n_ref, 2)), np.zeros(n_ref), nbrs, sims)
+        valid = nbrs >= 0
+        w = np.where(valid, np.maximum(sims, 0) + 1e-3, 0)
+        votes = np.zeros((m, max(n_c, 1) + 1))
+        lab = ref_labels[np.where(valid, nbrs, 0)]
+        np.add.at(votes, (np.repeat(np.arange(m), k), (lab + 1).ravel()), w.ravel())
+        win = votes.argmax(1)
+        real = votes[:, 1:]
+        best = np.where(real.sum(1) > 0, real.argmax(1), -1)
+        np.testing.assert_array_equal(p.labels, win - 1)
+        np.testing.assert_array_equal(p.suggested, np.where(win > 0, win - 1, best))
+        np.testing.assert_allclose(
+            p.confidence, votes[np.arange(m), win] / np.maximum(w.sum(1), 1e-12), rtol=1e-6
+        )
+
+    def test_place_votes_do_not_grow_with_the_number_of_groups(self):
+        """A million faces in 8,000 groups needed a 60 GB dense vote table (bench_cluster.py
+        --million failed); the votes take memory per neighbour, not per group."""
+        import tracemalloc
+
+        rng = np.random.default_rng(0)
+        m, k, n_c = 20_000, 15, 50_000  # dense: 20,000 x 50,001 float64 = 8 GB
+        ref_labels = rng.integers(-1, n_c, 100_000).astype(np.int32)
+        nbrs = rng.integers(0, 100_000, (m, k))
+        tracemalloc.start()
+        p = place_by_neighbors(
+            ref_labels, np.zeros((100_000, 2)), np.zeros(100_000), nbrs, np.ones((m, k))
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 200e6, peak
+        assert p.labels.shape == (m,) and (p.labels >= -1).all()
+
 
 # --- store, edits, placement ---------------------------------------------------------------------
 
