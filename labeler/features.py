@@ -136,9 +136,9 @@ def combine_blocks(
 
 def _default_backbone() -> str:
     from labeler.embeddings.backbones import DEFAULT_BACKBONE
-    from labeler.embeddings.store import embedding_key
+    from labeler.embeddings.store import key_prefix
 
-    return embedding_key(DEFAULT_BACKBONE, "face").rsplit("__", 1)[0]
+    return key_prefix(DEFAULT_BACKBONE)
 
 
 INT8 = "-int8"

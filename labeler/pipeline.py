@@ -81,13 +81,13 @@ def feature_inputs(spec: str, backbone: str) -> tuple[list[tuple[str, int | None
     >>> feature_inputs("cues__face+efficientnet_lite0-96px__nose", "timm:efficientnet_lite0")
     ([('nose', 96)], True)
     """
-    from labeler.embeddings.store import embedding_key, parse_key
+    from labeler.embeddings.store import key_prefix, parse_key
     from labeler.faces.regions import REGIONS
     from labeler.features import PRESETS, parse_spec
 
     if spec in REGIONS:
         return [(spec, None)], False
-    prefix = embedding_key(backbone, "face").rsplit("__", 1)[0]
+    prefix = key_prefix(backbone)
     if spec in PRESETS:
         keys = [k.format(backbone=prefix) for k, _ in PRESETS[spec]]
     else:

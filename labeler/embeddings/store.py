@@ -85,6 +85,12 @@ def embedding_key(backbone: str, region: str) -> str:
     return f"{name}__{reg}"
 
 
+def key_prefix(backbone: str) -> str:
+    """The part of every key of ``backbone`` before ``__<region>``:
+    ``key_prefix("timm:efficientnet_lite0") == "efficientnet_lite0"``."""
+    return split_key(embedding_key(backbone, "face"))[0]
+
+
 def split_key(key: str) -> tuple[str, str]:
     """``"efficientnet_lite0__lower"`` -> ``("efficientnet_lite0", "lower")``."""
     name, sep, region = key.rpartition("__")

@@ -99,7 +99,7 @@ def load_feature_matrix(
 
 def feature_blocks(ws: Workspace, spec: str) -> list[dict]:
     """How to recompute each block of a raw spec on new crops: key, backbone, region."""
-    from labeler.embeddings.store import read_config
+    from labeler.embeddings.store import read_config, split_key
 
     out = []
     for key in spec.split("+"):
@@ -109,7 +109,7 @@ def feature_blocks(ws: Workspace, spec: str) -> list[dict]:
             {
                 "key": key,
                 "backbone": backbone.get("name") if isinstance(backbone, dict) else backbone,
-                "region": cfg.get("region", key.rsplit("__", 1)[-1]),
+                "region": cfg.get("region") or split_key(key)[1],
             }
         )
     return out
