@@ -9,7 +9,7 @@ the faces the pages show, half the faces already labeled in 2,000 events), then 
 * page switch time: AppTest run of each page through the router, cold (first) and warm;
 * the map payload: the sampled figure sent to the browser vs all 133k points.
 
-    .venv/bin/python bench/bench_app.py [--faces 133000] [--keep DIR]
+    .venv/bin/python bench/bench_app.py [--faces 133000] [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=133_000)
     ap.add_argument("--clusters", type=int, default=200)
     ap.add_argument("--keep", type=Path, default=None, help="build the workspace here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
 
     from streamlit.testing.v1 import AppTest
@@ -100,6 +101,8 @@ def main() -> None:
     )
     run = cluster_store.load_run(ws)
     rows: list[tuple[str, str, str]] = [("build synthetic workspace", f"{t_build:.1f} s", "")]
+    nums: dict[str, object] = {"faces": args.faces, "clusters": args.clusters,
+                               "load_start": round(os.getloadavg()[0], 2)}  # fmt: skip
 
     store = LabelStore(ws.labels_db)
     rng = np.random.default_rng(0)
@@ -110,6 +113,7 @@ def main() -> None:
             chunk, "mask_state", MASK_STATES[i % 5], annotator=f"a{i % 3}", source="selection"
         )
     rows.append(("pre-label 50% in 2,000 events", f"{time.perf_counter() - t:.1f} s", ""))
+    nums |= {"prelabeled": len(half), "prelabel_events": 2000}
 
     big = [str(f) for f in run.face_ids[run.labels == 0]]
     assert len(big) >= 10_000
@@ -120,6 +124,8 @@ def main() -> None:
         )
         times.append(dt)
         cpus.append(CPU[0])
+    nums |= {"big_cluster": len(big), "assign_ms": 1e3 * float(np.median(times))}
+    nums["assign_cpu_ms"] = 1e3 * float(np.median(cpus))
     rows.append(
         (
             f"bulk assign {len(big):,}-face cluster (LabelStore.assign)",
@@ -128,10 +134,14 @@ def main() -> None:
         )
     )
     _, dt = timed(store.undo, "bench")
+    nums["undo_ms"] = dt * 1e3
     rows.append(("undo that assign", f"{dt * 1e3:.0f} ms", f"CPU {CPU[0] * 1e3:.0f} ms"))
     _, dt = timed(store.redo, "bench")
+    nums["redo_ms"] = dt * 1e3
     rows.append(("redo it", f"{dt * 1e3:.0f} ms", f"CPU {CPU[0] * 1e3:.0f} ms"))
     _, dt = timed(naive_assign, ws.labels_db, big[:1000], "mask_state", "correct", "naive")
+    nums["naive_assign_1000_ms"] = dt * 1e3
+    nums["naive_assign_big_s"] = dt * len(big) / 1000  # extrapolated to the big cluster
     rows.append(
         (
             "naive: 1 transaction per face, 1,000 faces",
@@ -141,9 +151,11 @@ def main() -> None:
     )
 
     cur, dt = timed(store.current_values, "mask_state")
+    nums["current_table_ms"] = dt * 1e3
     rows.append((f"current labels ({len(cur):,}) from maintained table", f"{dt * 1e3:.0f} ms", ""))
     con = sqlite3.connect(ws.labels_db)
     win, dt = timed(lambda: dict(con.execute(WINDOW_QUERY, ("mask_state",)).fetchall()))
+    nums |= {"window_query_ms": dt * 1e3, "window_same_answer": win == cur}
     rows.append(
         (
             "naive: window query over all events",
@@ -165,6 +177,7 @@ def main() -> None:
             at.switch_page(page)
             _, dt = timed(at.run)
             assert not at.exception, (page, [e.value for e in at.exception])
+            nums[f"page_{label}_{page.split('/')[1][:-3]}_ms"] = dt * 1e3
             note = f"CPU {CPU[0] * 1e3:.0f} ms" + ("; target <= 1 s" if label == "warm" else "")
             rows.append(
                 (f"page switch {label}: {page.split('/')[1][:-3]}", f"{dt * 1e3:.0f} ms", note)
@@ -173,6 +186,7 @@ def main() -> None:
     at.selectbox(key=K.cluster_pick).set_value(0).run()
     at.button(key=K.assign_btn).click()
     _, dt = timed(at.run)
+    nums |= {"click_assign_ms": dt * 1e3, "click_assign_cpu_ms": CPU[0] * 1e3}
     rows.append(
         (
             "app: click assign on the 10k cluster (rerun incl.)",
@@ -188,6 +202,8 @@ def main() -> None:
     full_bytes = len(
         json.dumps({"x": np.round(xy[:, 0], 3).tolist(), "y": np.round(xy[:, 1], 3).tolist()})
     )
+    nums |= {"map_points": n_drawn, "map_mb": sample_bytes / 1e6, "all_points": len(xy)}
+    nums["all_points_mb"] = full_bytes / 1e6
     rows.append((f"map payload: {n_drawn:,} sampled points", f"{sample_bytes / 1e6:.2f} MB", ""))
     rows.append((f"naive: all {len(xy):,} points", f"{full_bytes / 1e6:.2f} MB", ""))
 
@@ -199,6 +215,10 @@ def main() -> None:
     print(f"|{'-' * (width + 2)}|{'-' * 14}|------|")
     for what, value, note in rows:
         print(f"| {what.ljust(width)} | {value:>12} | {note} |")
+    if args.json:
+        nums |= {"load_end": round(load, 2), "cores": os.cpu_count()}
+        nums["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+        args.json.write_text(json.dumps(nums, indent=1) + "\n")
 
 
 if __name__ == "__main__":

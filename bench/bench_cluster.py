@@ -3,6 +3,7 @@
     python bench/bench_cluster.py                 # 133,000 x 1,280 end-to-end + comparisons
     python bench/bench_cluster.py --million       # 1,000,000 x 1,280 with bounded memory
     python bench/bench_cluster.py --n 20000       # smaller, for a quick look
+    python bench/bench_cluster.py --json FILE     # also write the figures (README's) as JSON
 
 Data: ``n_clusters`` Gaussian clusters in D dims with random centres, a random 16-d
 anisotropic spread per cluster (scale 0.1-0.5), isotropic noise (sd 0.6), Dirichlet cluster
@@ -22,6 +23,7 @@ Sections (all in one process, 2 cores):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -119,6 +121,21 @@ def ari(y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return adjusted_rand_score(y, labels), adjusted_rand_score(y[inside], labels[inside])
 
 
+def purity(y: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the faces generated in a cluster whose group's majority is their cluster: what
+    bulk-labeling a group gets right. The default cuts page-sized groups (several per
+    generated cluster), which ARI counts as errors and purity does not."""
+    inside = y >= 0
+    y, labels = y[inside], labels[inside]
+    right = 0
+    for g in np.unique(labels):
+        right += np.bincount(y[labels == g]).max()
+    return right / len(y)
+
+
+NUMS: dict[str, object] = {}  # what --json writes: the figures other documents quote
+
+
 def row(name: str, value: str, note: str = "") -> None:
     print(f"| {name:<44} | {value:>14} | {note}")
 
@@ -142,9 +159,10 @@ def bench_main(n: int, d: int, seed: int) -> None:
     ids = np.array([f"{i:08x}_0" for i in range(n)])
     cfg = resolve_config(n, d)
     header(f"1. end-to-end clustering, {n:,} x {d:,} float32, 40 clusters + 2% background, 2 cores")
+    load_start = round(os.getloadavg()[0], 2)
     row(
         "machine load average (1 min) at start",
-        f"{os.getloadavg()[0]:.1f}",
+        f"{load_start:.1f}",
         f"{os.cpu_count()} cores shared",
     )
     row("generate data (not counted)", f"{t_gen:.1f} s")
@@ -161,6 +179,23 @@ def bench_main(n: int, d: int, seed: int) -> None:
     for step, sec in fit.timings.items():
         row(f"  {step}", f"{sec:.1f} s")
     row("  save_run (parquet, vectors, graph, medoids)", f"{t_save:.1f} s")
+    a_all, a_in = ari(y, fit.result.labels)
+    p = fit.result.params
+    NUMS["main"] = {
+        "n": n,
+        "d": d,
+        "algorithm": p.get("algorithm"),
+        "steps_s": dict(fit.timings),
+        "save_s": t_save,
+        "total_s": total,
+        "cpu_s": cpu,
+        "load_start": load_start,
+        "peak_rss_gb": peak_rss_gb(),
+        "ari_all": a_all,
+        "ari_in_cluster": a_in,
+        "purity": purity(y, fit.result.labels),
+        "clusters": p["n_clusters"],
+    }
     row("TOTAL fit + save (wall)", f"{total:.1f} s", "target <= 120 s")
     row(
         "  CPU time of this process",
@@ -173,14 +208,13 @@ def bench_main(n: int, d: int, seed: int) -> None:
         f"{peak_rss_gb():.2f} GB",
         f"data alone {X.nbytes / 1e9:.2f} GB",
     )
-    a_all, a_in = ari(y, fit.result.labels)
-    p = fit.result.params
     row(
         "ARI vs generating labels (all faces)",
         f"{a_all:.3f}",
         "background faces are noise in the truth",
     )
     row("ARI on faces generated in a cluster", f"{a_in:.3f}")
+    row("purity (faces whose group's majority is theirs)", f"{NUMS['main']['purity']:.3f}")
     row("clusters found / generated", f"{p['n_clusters']} / 40")
     row("noise fraction (truth: ~0.02)", f"{p['noise_fraction']:.3f}")
     bg = y < 0
@@ -213,6 +247,8 @@ def bench_main(n: int, d: int, seed: int) -> None:
         return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
 
     row(f"FAISS {g.kind} (this tool)", f"{t_faiss:.1f} s", f"recall {rec(g.indices):.3f}")
+    knn = NUMS.setdefault("knn_sample", {"faces": len(V), "k": k})
+    knn |= {"faiss_kind": g.kind, "faiss_s": t_faiss, "faiss_recall": rec(g.indices)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for when in ("cold, incl. numba compile", "warm"):
@@ -221,6 +257,8 @@ def bench_main(n: int, d: int, seed: int) -> None:
                 V, k, "cosine", {}, False, np.random.RandomState(seed), n_jobs=1
             )
             t_nd = time.perf_counter() - t
+            knn |= {f"nndescent_{when.split(',')[0]}_s": t_nd}
+            knn |= {f"nndescent_{when.split(',')[0]}_recall": rec(nd_idx)}
             row(
                 f"UMAP's NN-descent, seeded ({when})",
                 f"{t_nd:.1f} s",
@@ -297,6 +335,7 @@ def bench_main(n: int, d: int, seed: int) -> None:
         split_labels(Vs[:500], labels0[:500], 0, **kw)  # warm imports
         t = time.perf_counter()
         out = split_labels(Vs, labels0, 0, **kw)
+        NUMS.setdefault("split_5000_s", {})[name] = time.perf_counter() - t
         row(name, f"{time.perf_counter() - t:.2f} s", f"{len(np.unique(out))} parts; target <= 3 s")
     row("naive: re-run the whole clustering", f"{total:.1f} s")
     row("peak RSS at the end", f"{peak_rss_gb():.2f} GB")
@@ -353,7 +392,20 @@ def bench_million(n: int, d: int, seed: int) -> None:
         )
         a_all, a_in = ari(y, fit.result.labels)
         p = fit.result.params
+        NUMS["million"] = {
+            "n": n,
+            "d": d,
+            "algorithm": p.get("algorithm"),
+            "steps_s": dict(fit.timings),
+            "total_s": total,
+            "peak_anon_gb": watch.peak_anon / 1e9,
+            "peak_traced_gb": peak / 1e9,
+            "ari_all": a_all,
+            "ari_in_cluster": a_in,
+            "purity": purity(y, fit.result.labels),
+        }
         row("ARI all / in-cluster", f"{a_all:.3f} / {a_in:.3f}")
+        row("purity", f"{NUMS['million']['purity']:.3f}")
         row("clusters / noise fraction", f"{p['n_clusters']} / {p['noise_fraction']:.3f}")
 
 
@@ -367,6 +419,7 @@ def main() -> None:
     ap.add_argument(
         "--million", action="store_true", help="run only the 1,000,000-face bounded-memory section"
     )
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
     import faiss
     import numba
@@ -377,6 +430,9 @@ def main() -> None:
         bench_million(1_000_000 if args.n == 133_000 else args.n, args.d, args.seed)
     else:
         bench_main(args.n, args.d, args.seed)
+    if args.json:
+        NUMS.update(date=time.strftime("%Y-%m-%d", time.gmtime()), cores=os.cpu_count())
+        args.json.write_text(json.dumps(NUMS, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

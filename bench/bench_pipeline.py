@@ -18,7 +18,7 @@ median of ``--runs`` (3): the default ``labeler run --no-cluster`` as shipped (w
 ``features=auto`` embeds), the same with clustering, the single-region path
 (``--features face``) and ``bench/naive_pipeline.py`` (the obvious implementation doing the
 same work as the default), interleaved run by run so drift hits all alike; faces/s, CPU ms
-per face, peak memory, the ratio to naive, and the wall ms per face of each step of the
+per face, the peak memory of each command's largest process, the ratio to naive, and the wall ms per face of each step of the
 default run (its ``steps/run_result.json``).
 """
 
@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,7 +187,6 @@ SHIPPED = {
 def _model_workspace(images: Path, data: Path, workdir: Path) -> Path:
     """A workspace with a head model (default features) trained on the photos' labels
     (``data/../labels.csv``, column ``state``), for the ``labeler predict`` row."""
-    import subprocess
 
     import pandas as pd
 
@@ -213,11 +213,28 @@ def _model_workspace(images: Path, data: Path, workdir: Path) -> Path:
     return ws_dir
 
 
+def _measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """Run ``cmd``: its result, wall s, CPU s and peak RSS (GB) of that command alone.
+
+    ``os.wait4`` returns the rusage of this one child together with the descendants it waited
+    for, so the peak is the largest process *of this command* (not of the whole bench) and the
+    CPU time includes its worker processes.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - t
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
+    return proc, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6
+
+
 def shipped(images: Path, workdir: Path, runs: int, data: Path) -> list[dict[str, object]]:
     """Whole-process timings of the commands in :data:`SHIPPED` (see the module docstring)."""
-    import resource
     import statistics
-    import subprocess
 
     import pandas as pd
 
@@ -238,15 +255,9 @@ def shipped(images: Path, workdir: Path, runs: int, data: Path) -> list[dict[str
                 cmd += ["--force"]
             else:
                 cmd = [labeler, "run", str(images), "-w", str(ws), *extra]
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            proc, wall, cpu, peak = _measured(cmd)
             if proc.returncode:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
-            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-            peak = after.ru_maxrss / 1e6  # GB; the largest child so far
             if extra is None:
                 faces = int(proc.stdout.split()[1])
             elif extra == ["predict"]:
@@ -400,6 +411,26 @@ def stage_costs(files: list[Path], n: int = 120) -> dict[str, float]:
     return out
 
 
+def _run_info(photos: int, runs: int, load_start: float) -> dict[str, object]:
+    """When and where a ``--shipped`` run was taken (the last row of its JSON)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
+    return {
+        "command": "run info",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": commit,
+        "photos": photos,
+        "runs": runs,
+        "cores": os.cpu_count(),
+        "load_start": round(load_start, 2),
+        "load_end": round(os.getloadavg()[0], 2),
+    }
+
+
 def _cuda(device: str) -> bool:
     if device == "cpu":
         return False
@@ -436,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.shipped:
         workdir = Path(tempfile.mkdtemp(prefix="labeler-bench-"))
+        load_start = os.getloadavg()[0]
         try:
             images = _images(args.data, args.repeat, workdir)
             rows = shipped(images, workdir, args.runs, args.data)
@@ -461,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in stages.items():
             print(f"| {k} | {v:.1f} |")
         rows.append({"command": "CPU ms/face per stage (one thread)", **stages})
+        rows.append(_run_info(n, args.runs, load_start))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=str))
         return 0

@@ -9,11 +9,18 @@ this script writes.
     python bench/readme_figures.py          # rewrite README.md's generated figures
     python bench/readme_figures.py --check  # exit 1 (and say which block) if README.md differs
 
+The numbers left in prose are checked too (:func:`untraced`): a passage that cites a bench
+output or note must find each of its numbers there, and in the measured sections every
+passage with a number must cite one. ``--check`` fails on either.
+
 Sources: ``results/grouping.json`` (``bench/bench_grouping.py``: the effort table and its
 seed ranges), ``results/fastdup_kmeans.json`` (``bench/bench_fastdup.py``), ``LOOP.md``
 (``bench/bench_loop.py``: synthetic sessions), ``results/cpu_shipped.json``
-(``bench/bench_pipeline.py --shipped --repeat 3``), ``results/memory.json``
-(``bench/bench_memory.py``).
+(``bench/bench_pipeline.py --shipped --repeat 3 --runs 3 --json``), ``results/cpu_pipeline.json``
+and ``results/gpu_h100_*`` (``bench/bench_pipeline.py``, ``bench/bench_embed.py``,
+``bench/run_on_gpu.sh``), ``results/memory.json`` (``bench/bench_memory.py``),
+``results/cluster.json`` and ``cluster_million.json`` (``bench/bench_cluster.py --json``,
+``--million``), ``results/app.json`` (``bench/bench_app.py --json``).
 """
 
 from __future__ import annotations
@@ -47,9 +54,13 @@ SHIPPED = {
         "`labeler run --no-cluster` (default: nose + mouth-chin + box crop + cues)"
     ),
     "labeler run (default, with clustering)": "`labeler run` (default, with clustering)",
+    "labeler run --no-cluster --features fast (the blocks at 128 px)": (
+        "`labeler run --no-cluster --features fast` (the same blocks at 128 px)"
+    ),
     "labeler run --no-cluster --features face (one region)": (
         "`labeler run --no-cluster --features face` (one region)"
     ),
+    "labeler predict (default head model)": "`labeler predict` (a head model on the default features)",
     "naive (bench/naive_pipeline.py)": (
         "naive: the same work as the default in the obvious way (`bench/naive_pipeline.py`: "
         "cv2.imread, BlazeFace, warpAffine, three 224 px crops, torch eager, batches of 32)"
@@ -141,38 +152,88 @@ def loop_sessions(results: Path) -> str:
     return f"{worse} of {total}"
 
 
+def _shipped(results: Path) -> dict[str, dict]:
+    """``cpu_shipped.json``'s rows by command (``bench/bench_pipeline.py --shipped``)."""
+    return {r["command"]: r for r in _json(results, "cpu_shipped.json")}
+
+
+def shipped_run(results: Path) -> str:
+    rows = _shipped(results)
+    info, default = rows["run info"], rows["labeler run --no-cluster (default)"]
+    return (
+        f"{info['photos']:,} photos of `maskedfacenet_1024`, {default['faces']:,} faces, median "
+        f"of {info['runs']} interleaved runs, {info['date']} at commit {info['commit']}, the "
+        f"{info['cores']}-core development machine (load average {info['load_start']:.1f} at "
+        f"the start, {info['load_end']:.1f} at the end)"
+    )
+
+
 def throughput_table(results: Path) -> str:
-    rows = {r["command"]: r for r in _json(results, "cpu_shipped.json") if "faces" in r}
-    out = ["| command | faces/s (min-max) | CPU ms/face | vs naive |", "|---|---|---|---|"]
+    rows = _shipped(results)
+    out = [
+        "| command | faces/s (min-max) | CPU ms/face | peak memory of the command | vs naive |",
+        "|---|---|---|---|---|",
+    ]
     for command, label in SHIPPED.items():
         r = rows[command]
         speed = f"{_f1(r['faces_s_median'])} ({_f1(r['faces_s_min'])}-{_f1(r['faces_s_max'])})"
         ratio = f"{r['vs_naive']:.2f}x"
         if command.endswith("(default)"):
             speed, ratio = f"**{_f1(r['faces_s_median'])}**{speed[4:]}", f"**{ratio}**"
-        out.append(f"| {label} | {speed} | {_f1(r['cpu_ms_per_face'])} | {ratio} |")
+        rss = f"{r['peak_rss_gb']:.2f} GB"
+        out.append(f"| {label} | {speed} | {_f1(r['cpu_ms_per_face'])} | {rss} | {ratio} |")
     return "\n".join(out)
 
 
 def throughput_steps(results: Path) -> str:
-    data = _json(results, "cpu_shipped.json")
-    (steps,) = [r for r in data if r["command"].startswith("steps of the default run")]
-    peaks = {r["peak_rss_gb"] for r in data if "peak_rss_gb" in r}
-    return (
-        f"ingest {_f1(steps['ingest'])}, detect + embed {_f1(steps['detect+embed'])} "
-        f"(overlapped), cues {_f1(steps['cues'])}; the largest process of the whole bench, "
-        f"any of the four commands, peaked at {max(peaks):.2f} GB"
-        " (`bench_pipeline.py` reads the children's maximum RSS, which is not per command)"
-    )
+    steps = _shipped(results)["steps of the default run, wall ms/face"]
+    parts = [f"{k.replace('+', ' + ')} {_f1(v)}" for k, v in steps.items() if k != "command"]
+    return ", ".join(parts) + " (detection and embedding overlap)"
 
 
 def default_speed(results: Path, photos: int = 133_000) -> str:
-    """What the default speed means for the app bench's 133,000 faces."""
-    (r,) = [r for r in _json(results, "cpu_shipped.json") if r["command"].endswith("(default)")]
+    """What the default speed means for 133,000 one-face photos, clustering included."""
+    rows = _shipped(results)
+    r, info = rows["labeler run --no-cluster (default)"], rows["run info"]
+    cluster = _json(results, "cluster.json")["main"]
     minutes = photos / r["faces_s_median"] / 60
     return (
         f"At {_f1(r['faces_s_median'])} faces/s, {photos:,} one-face photos take about "
-        f"{minutes:.0f} minutes"
+        f"{minutes:.0f} minutes on {info['cores']} cores, plus {cluster['total_s']:.0f} s to "
+        f"cluster {cluster['n']:,} faces (`bench_cluster.py`, below)"
+    )
+
+
+def _stages(results: Path) -> dict[str, float]:
+    """CPU ms per face of each stage (``bench_pipeline.stage_costs``), without its sums."""
+    row = _shipped(results)["CPU ms/face per stage (one thread)"]
+    return {
+        k: v for k, v in row.items() if k not in ("command", "total", "outside the model", "faces")
+    }
+
+
+def stage_costs(results: Path) -> str:
+    row = _shipped(results)["CPU ms/face per stage (one thread)"]
+    stages = _stages(results)
+    assert abs(sum(stages.values()) - row["total"]) < 0.5, "the stages no longer add up"
+    out = [f"| stage ({row['faces']:.0f} faces) | CPU ms per face |", "|---|---|"]
+    out += [f"| {k} | {_f1(v)} |" for k, v in stages.items()]
+    out.append(f"| **total** | **{_f1(row['total'])}** |")
+    out.append(f"| of it outside the model | {_f1(row['outside the model'])} |")
+    return "\n".join(out)
+
+
+def target_gap(results: Path, target: float = 60.0) -> str:
+    rows = _shipped(results)
+    total = rows["CPU ms/face per stage (one thread)"]["total"]
+    cores = rows["run info"]["cores"]
+    (model,) = [v for k, v in _stages(results).items() if k.startswith("model forward")]
+    whole = rows["labeler run --no-cluster (default)"]["cpu_ms_per_face"]
+    return (
+        f"{target:.0f} faces/s on {cores} cores leaves {1000 * cores / target:.0f} CPU ms per "
+        f"face; the default path costs {_f1(total)} stage by stage, {_f1(model)} of them in "
+        f"the model's three forward passes, and {_f1(whole)} as a whole process (start-up, "
+        "threads and writes included)"
     )
 
 
@@ -183,6 +244,128 @@ def _embed_txt(results: Path, path_name: str) -> float:
         if cells[0] == path_name:
             return float(cells[2])
     raise ValueError(f"gpu_h100_embed.txt has no row {path_name!r}")
+
+
+def embed_rates(results: Path) -> str:
+    """Embedding alone: the 2-core run of ``cpu_pipeline.json`` and the H100's table."""
+    cpu = _json(results, "cpu_pipeline.json")
+    diff = re.search(
+        r"feature difference: ([\d.e+-]+)", (results / "gpu_h100_embed.txt").read_text()
+    )
+    assert diff, "gpu_h100_embed.txt no longer states the torch / ONNX Runtime difference"
+    ort, eager = cpu["embed_labeler_crops_s"], cpu["embed_eager_crops_s"]
+
+    def g(name: str) -> str:
+        return f"{_embed_txt(results, name):,.0f}"
+
+    return (
+        f"on {cpu['cores']} CPU cores ONNX Runtime runs EfficientNet-Lite0 at {ort:.0f} crops/s "
+        f"against {eager:.0f} for torch eager ({ort / eager:.1f}x; features equal to "
+        f"{float(diff.group(1)):.0e}). On one H100: {g('labeler CUDA bf16 + channels_last')} "
+        f"crops/s (bf16 + channels_last, batch 128; fp32 eager {g('torch CUDA fp32 (NCHW)')}), "
+        f"{g('end-to-end: GPU decode + CUDA bf16')} with nvJPEG GPU decode of the crops feeding "
+        f"it, {g('end-to-end: CPU decode + CUDA bf16')} with CPU decode (16 threads); the "
+        f"`labeler embed` step itself (shards, resumable) ran at "
+        f"{g('labeler embed end-to-end, bf16, cuda decode')} crops/s with GPU decode on a "
+        f"512-crop run"
+    )
+
+
+def gpu_run(results: Path) -> str:
+    """The H100 run's phases, from the log ``bench/run_on_gpu.sh`` kept."""
+    text = (results / "gpu_h100_fused_pipeline.txt").read_text()
+    gpu = _json(results, "gpu_h100_fused_pipeline.json")
+    m = re.search(r"FusedStats\(.*?faces_gpu=(\d+).*?seconds_gpu=([\d.]+), phases=(\{.*?\})", text)
+    cpu_faces = re.search(r"DetectResult\(processed=\d+.*?total_faces=(\d+)", text)
+    assert m and cpu_faces, "gpu_h100_fused_pipeline.txt no longer has the fused pass's stats"
+    phases = json.loads(m.group(3).replace("'", '"'))
+    files, ingest = gpu["images"], gpu["labeler_ingest_s"]
+    fused, cpu_n = int(m.group(1)), int(cpu_faces.group(1))
+    return (
+        f"`labeler run` took {ingest:.1f} s to ingest {files:,} files (read, hashed and verified "
+        f"in {gpu['cores']} processes: {files / ingest:,.0f} files/s) and "
+        f"{gpu['labeler_detect+embed_s']:.1f} s to detect, align and embed. The fused pass spent, "
+        f"of its {float(m.group(2)):.1f} s: nvJPEG decode {phases['decode']:.1f}, BlazeFace "
+        f"{phases['detect']:.1f}, alignment and per-face bookkeeping {phases['align']:.1f}, GPU "
+        f"JPEG encode {phases['encode']:.1f}, embedding {phases['embed']:.1f} (cuDNN autotuned "
+        f"every new batch shape, seconds each: the same run's embed row shows "
+        f"{gpu['embed_labeler_crops_s']:.0f} crops/s for 256 crops), waiting for file reads "
+        f"{phases['read_wait']:.1f} and writes {phases['write_wait']:.1f}. It found "
+        f"{fused - cpu_n:,} more faces than the CPU path ({fused:,} vs {cpu_n:,})"
+    )
+
+
+def cluster_table(results: Path) -> str:
+    """``bench_cluster.py`` (133,000 faces) and ``--million``."""
+    main, mil = _json(results, "cluster.json"), _json(results, "cluster_million.json")
+    m, big = main["main"], mil["million"]
+
+    def steps(d: dict) -> str:
+        return ", ".join(f"{k} {v:.1f}" for k, v in d["steps_s"].items())
+
+    knn = main["knn_sample"]
+    split = main["split_5000_s"]
+    return "\n".join(
+        [
+            "| what | result |",
+            "|---|---|",
+            f"| cluster {m['n']:,} x {m['d']:,} end to end (the default, {m['algorithm']}; fit "
+            f"+ save) | **{m['total_s']:.0f} s** wall, {m['cpu_s']:.0f} s CPU on "
+            f"{main['cores']} cores (load average {m['load_start']:.1f} at the start); peak RSS "
+            f"{m['peak_rss_gb']:.2f} GB |",
+            f"| its steps, s | {steps(m)}, save {m['save_s']:.1f} |",
+            f"| groups, and how pure | {m['clusters']:,} groups; purity {m['purity']:.3f} (faces "
+            f"whose group's majority is their generated cluster); ARI {m['ari_in_cluster']:.3f} "
+            "(ARI counts a cluster cut into page-sized groups as wrong) |",
+            f"| kNN for UMAP on its {knn['faces']:,}-face sample: FAISS {knn['faiss_kind']} vs "
+            f"UMAP's own NN-descent | {knn['faiss_s']:.1f} s (recall {knn['faiss_recall']:.3f}) vs "
+            f"{knn['nndescent_cold_s']:.1f} s first use (numba compile), "
+            f"{knn['nndescent_warm_s']:.1f} s warm (recall {knn['nndescent_warm_recall']:.3f}) |",
+            "| split a 5,000-face group | "
+            + " / ".join(f"{v:.2f} s ({k})" for k, v in split.items())
+            + " |",
+            f"| cluster {big['n']:,} x {big['d']:,} (float16 memmap, streamed; "
+            f"{big['algorithm']}) | {big['total_s']:.0f} s, peak anonymous memory "
+            f"{big['peak_anon_gb']:.1f} GB, purity {big['purity']:.3f} |",
+        ]
+    )
+
+
+def app_setup(results: Path) -> str:
+    a = _json(results, "app.json")
+    return (
+        f"{a['faces']:,} faces in {a['clusters']} clusters (plus one of {a['big_cluster']:,} "
+        f"faces), {a['prelabeled']:,} of them already labeled in {a['prelabel_events']:,} events"
+    )
+
+
+def app_table(results: Path) -> str:
+    a = _json(results, "app.json")
+    pages = ("overview", "clusters", "cluster_view", "map", "review", "settings", "try_it")
+    warm = " / ".join(f"{a[f'page_warm_{p}_ms']:.0f}" for p in pages)
+    cold = max(pages, key=lambda p: a[f"page_cold_{p}_ms"])
+    same = "same answer" if a["window_same_answer"] else "DIFFERENT answers"
+    return "\n".join(
+        [
+            f"| what (load average {a['load_start']:.1f} at the start) | time |",
+            "|---|---|",
+            f"| bulk-assign the {a['big_cluster']:,}-face cluster (one transaction) | "
+            f"**{a['assign_ms']:.0f} ms** (CPU {a['assign_cpu_ms']:.0f} ms) |",
+            "| the same as one transaction per face (naive), extrapolated from 1,000 | "
+            f"{a['naive_assign_big_s']:.1f} s |",
+            f"| undo / redo of that assignment | {a['undo_ms']:.0f} / {a['redo_ms']:.0f} ms |",
+            "| current labels from the maintained `current` table vs a window query over all "
+            f"events | {a['current_table_ms']:.0f} vs {a['window_query_ms']:.0f} ms ({same}) |",
+            "| page switch, warm: overview / clusters / cluster view / map / review / settings / "
+            f"try it | {warm} ms |",
+            f"| page switch, first visit: slowest ({cold.replace('_', ' ')}) | "
+            f"{a[f'page_cold_{cold}_ms']:.0f} ms |",
+            "| click *Assign* on the big cluster, including the rerun | "
+            f"{a['click_assign_ms']:.0f} ms |",
+            f"| map sent to the browser: {a['map_points']:,} sampled points vs all "
+            f"{a['all_points']:,} (x, y only) | {a['map_mb']:.2f} vs {a['all_points_mb']:.2f} MB |",
+        ]
+    )
 
 
 def stage_table(results: Path) -> str:
@@ -236,19 +419,187 @@ def memory_peaks(results: Path) -> str:
     )
 
 
+# ---- prose numbers: every number in a passage that cites a source is in that source ----------
+
+# a file a passage cites: bench outputs and notes, the app's notes
+SOURCE = re.compile(r"(?:bench/results/[\w.-]+\.(?:json|txt|md)|bench/[A-Z]+\.md|docs/[A-Z]+\.md)")
+NUMBER = re.compile(
+    r"(?<![\w.])(?:\d{4}-\d{2}-\d{2}|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:e-?\d+)?)"
+    r"(?![\w-]*[A-Za-z]{2})"  # not part of a name (eff95, 2-D, 10-d is a number)
+)
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# the sections in which every passage with a number cites a bench output or is generated
+MEASURED = ("## Measurements",)
+# settings quoted in passages that also cite a bench note: each is traced to the code that
+# sets it (the number must be in that file, as 20_000 or 20000)
+SETTINGS = {
+    "20,000": "labeler/cluster/run.py",  # UMAP's sample, the map's points
+    "256": "labeler/faces/regions.py",  # CROP_SIZE of the aligned crops
+    "120": "labeler/cluster/run.py",  # GROUP_SIZE, faces a group
+    "128": "labeler/detect/fused.py",  # the fused pass's BlazeFace view
+}
+
+
+def _passages(readme: str) -> list[tuple[int, str, str, str]]:
+    """``(line, section, text, context)`` of each paragraph, list item and table row of
+    ``readme`` outside code and generated blocks. ``section`` is the chapter (``## ...``) and
+    heading (``### ...``) it is under; ``context`` is where its citations may also stand: for a
+    table row, the paragraph right above its table."""
+    text = re.sub(
+        r"<!-- figures:(\w+) -->.*?<!-- /figures:\1 -->",
+        lambda m: "FIGURES" + "\n" * m.group(0).count("\n"),
+        readme,
+        flags=re.S,
+    )
+    out: list[tuple[int, str, str, str]] = []
+    para: list[str] = []
+    chapter = heading = above = ""
+    start, code, in_table = 0, False, False
+
+    def flush() -> None:
+        nonlocal para, above
+        if para:
+            above = " ".join(para)
+            out.append((start, f"{chapter} {heading}", above, above))
+            para = []
+
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("|"):
+            if in_table:
+                above = ""  # a table's intro is the paragraph right above it only
+            in_table = False
+        if line.startswith("```"):
+            flush()
+            code = not code
+        elif code:
+            continue
+        elif line.startswith("#"):
+            flush()
+            chapter, heading = (line, "") if line.startswith("## ") else (chapter, line)
+            above = ""
+        elif line.startswith("|"):
+            flush()
+            in_table = True
+            out.append((i, f"{chapter} {heading}", line, line + " " + above))
+        elif not line.strip() or re.match(r"\s*(?:- |\d+\. )", line):
+            flush()
+            if line.strip():
+                para, start = [line.strip()], i
+        else:
+            if not para:
+                start = i
+            para.append(line.strip())
+    flush()
+    return out
+
+
+def _numbers(text: str) -> list[str]:
+    """The number tokens of ``text`` outside inline code, targets (``>= 60 faces/s``: what a
+    number should reach, not what was measured) left out."""
+    return NUMBER.findall(re.sub(r"`[^`]*`|(?:>=|<=)\s*[\d,.]+", " ", text))
+
+
+def _near(token: str, values: list[float]) -> bool:
+    """``token`` is one of ``values`` as rounded for print (16,200 = 16214.6; 99.5 % = 0.995)."""
+    plain = token.replace(",", "")
+    x = float(plain)
+    if "e" in plain:
+        tol = abs(x) * 0.05
+    elif "." in plain:
+        tol = 0.5 * 10 ** -len(plain.split(".")[1])
+    else:  # 16200 may stand for 16,214.6: trailing zeros (at most two) are rounding
+        zeros = len(plain) - len(plain.rstrip("0")) if len(plain) >= 3 else 0
+        tol = 0.5 * 10 ** min(zeros, 2)
+    return any(abs(y - x) <= tol or abs(100 * y - x) <= tol for y in values)
+
+
+class _Source:
+    """A cited file: machine outputs (JSON, text tables) are matched with rounding; a bench
+    note (``.md``, written from such outputs) must hold the number as the README writes it."""
+
+    def __init__(self, path: Path) -> None:
+        text = path.read_text()
+        self.dates = set(DATE.findall(text))
+        self.verbatim = path.suffix == ".md"
+        self.words = {m.replace(",", "") for m in NUMBER.findall(text)}
+        self.values = []
+        for tok in re.findall(r"-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?", DATE.sub(" ", text)):
+            try:
+                self.values.append(float(tok.replace(",", "")))
+            except ValueError:
+                continue
+
+    def holds(self, token: str) -> bool:
+        if DATE.fullmatch(token):
+            return token in self.dates
+        if self.verbatim:
+            return token.replace(",", "") in self.words
+        return _near(token, self.values)
+
+
+def untraced(readme: str, root: Path = BENCH.parent) -> list[str]:
+    """Numbers of README.md prose that nothing backs, one line each.
+
+    A passage (paragraph, list item, or table row with the paragraph above its table) that
+    cites ``bench/results/*``, ``bench/*.md`` or ``docs/*.md`` must find each of its numbers in
+    those files (or, for a setting, in the code that sets it: :data:`SETTINGS`); in the
+    measured sections (:data:`MEASURED`) every passage with a number must cite one or be a
+    generated figure."""
+    sources: dict[str, _Source] = {}
+    problems = []
+    for line, section, text, context in _passages(readme):
+        tokens = _numbers(text)
+        if not tokens:
+            continue
+        cited = list(dict.fromkeys(SOURCE.findall(context)))
+        if not cited:
+            if any(h in section for h in MEASURED):
+                problems.append(f"README.md:{line}: {', '.join(tokens)}: no bench output cited")
+            continue
+        for name in cited:
+            if name not in sources and (root / name).is_file():
+                sources[name] = _Source(root / name)
+        missing = [n for n in cited if n not in sources]
+        if missing:
+            problems.append(f"README.md:{line}: cites {', '.join(missing)}, which is missing")
+        for tok in tokens:
+            if any(sources[n].holds(tok) for n in cited if n in sources):
+                continue
+            code = SETTINGS.get(tok)
+            if code and re.search(rf"\b{tok.replace(',', '_?')}\b", (root / code).read_text()):
+                continue
+            problems.append(f"README.md:{line}: {tok} is in none of {', '.join(cited)}")
+    return problems
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "effort": effort_table,
     "effort_seeds": effort_seeds,
     "fastdup": fastdup_peer,
     "loop_sessions": loop_sessions,
+    "shipped_run": shipped_run,
     "throughput": throughput_table,
     "throughput_steps": throughput_steps,
     "default_speed": default_speed,
+    "stage_costs": stage_costs,
+    "target": target_gap,
     "stages": stage_table,
     "stage_runs": stage_runs,
     "memory": memory_peaks,
+    "gpu_run": gpu_run,
+    "embed": embed_rates,
+    "cluster": cluster_table,
+    "app_setup": app_setup,
+    "app": app_table,
 }
-TABLES = {"effort", "throughput", "stages"}  # markers on their own lines; the others are inline
+TABLES = {
+    "effort",
+    "throughput",
+    "stages",
+    "stage_costs",
+    "cluster",
+    "app",
+}  # markers on their own lines; the others are inline
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -278,10 +629,16 @@ def main() -> None:
         if stale:
             print(f"README.md figures differ from bench outputs: {', '.join(stale)}"
                   " (run python bench/readme_figures.py)", file=sys.stderr)  # fmt: skip
+        loose = untraced(text, README.parent)
+        for line in loose:
+            print(line, file=sys.stderr)
+        if stale or loose:
             sys.exit(1)
         return
     if new != text:
         README.write_text(new)
+    for line in untraced(new, README.parent):
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":
