@@ -195,6 +195,8 @@ def bench_main(n: int, d: int, seed: int) -> None:
         "ari_in_cluster": a_in,
         "purity": purity(y, fit.result.labels),
         "clusters": p["n_clusters"],
+        "group_faces_mean": float(np.bincount(fit.result.labels[fit.result.labels >= 0]).mean()),
+        "group_faces_max": int(np.bincount(fit.result.labels[fit.result.labels >= 0]).max()),
     }
     row("TOTAL fit + save (wall)", f"{total:.1f} s", "target <= 120 s")
     row(
@@ -215,6 +217,10 @@ def bench_main(n: int, d: int, seed: int) -> None:
     )
     row("ARI on faces generated in a cluster", f"{a_in:.3f}")
     row("purity (faces whose group's majority is theirs)", f"{NUMS['main']['purity']:.3f}")
+    main = NUMS["main"]
+    row(
+        "faces per group: mean / max", f"{main['group_faces_mean']:.0f} / {main['group_faces_max']}"
+    )
     row("clusters found / generated", f"{p['n_clusters']} / 40")
     row("noise fraction (truth: ~0.02)", f"{p['noise_fraction']:.3f}")
     bg = y < 0
@@ -403,9 +409,16 @@ def bench_million(n: int, d: int, seed: int) -> None:
             "ari_all": a_all,
             "ari_in_cluster": a_in,
             "purity": purity(y, fit.result.labels),
+            "group_faces_mean": float(np.bincount(fit.result.labels).mean()),
+            "group_faces_max": int(np.bincount(fit.result.labels).max()),
         }
         row("ARI all / in-cluster", f"{a_all:.3f} / {a_in:.3f}")
         row("purity", f"{NUMS['million']['purity']:.3f}")
+        mil = NUMS["million"]
+        row(
+            "faces per group: mean / max",
+            f"{mil['group_faces_mean']:.0f} / {mil['group_faces_max']}",
+        )
         row("clusters / noise fraction", f"{p['n_clusters']} / {p['noise_fraction']:.3f}")
 
 

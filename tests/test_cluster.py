@@ -17,6 +17,7 @@ from labeler.cluster.algorithms import (
     glosh_scores,
     natural_k,
     relabel_by_size,
+    split_oversized,
     ward_cluster,
     ward_tree,
     weighted_ward,
@@ -688,6 +689,59 @@ class TestWardTree:
         assert (labels >= 0).all() and purity(y, labels) == 1.0
         assert np.bincount(labels).max() <= 480
         assert outlier.shape == (3000,) and ((outlier >= 0) & (outlier <= 1)).all()
+
+    def test_page_sized_groups_when_a_leaf_stands_for_many_faces(self, monkeypatch):
+        """A sample standing for many more faces (n_total) than the tree has leaves: the
+        groups are still about GROUP_SIZE faces and never over MAX_GROUP (before, at a million
+        faces, every one of the 4,000 leaves was a group of ~250 faces, some over 480)."""
+        import labeler.cluster.algorithms as alg
+
+        monkeypatch.setattr(alg, "WARD_MAX_POINTS", 300)
+        X, y = make_blobs(3000, n_features=5, centers=3, cluster_std=0.5, random_state=2)
+        V = l2_normalize(X - X.mean(0))
+        per_point = 20  # 3,000 points for 60,000 faces: k = 500 groups, the tree has 300 leaves
+        labels, _, info = ward_cluster(X, V, n_total=3000 * per_point)
+        faces = np.bincount(labels) * per_point
+        assert faces.max() <= 480 and 80 <= faces.mean() <= 160, (faces.max(), faces.mean())
+        assert purity(y, labels) == 1.0 and info["k"] == len(faces)
+        fixed, _, _ = ward_cluster(X, V, n_total=3000 * per_point, n_clusters=50)
+        assert len(np.unique(fixed)) <= 300  # a k the user fixed is not cut into pages
+
+    def test_no_group_over_a_page_after_the_rest_is_placed(self, monkeypatch):
+        """UMAP and Ward see a sample; the other faces join by their neighbours' votes, which
+        can pile more than MAX_GROUP faces into one group (a group of 1,740 at a million
+        faces, 902 at 133,000 in bench_cluster.py). Those groups are cut after placing."""
+        import labeler.cluster.run as run_mod
+        from labeler.cluster.algorithms import MAX_GROUP
+
+        rng = np.random.default_rng(0)
+        n, d, k = 12_000, 32, 40  # bench_cluster.py's data, smaller: anisotropic clusters
+        centers = rng.normal(size=(k, d))
+        bases = rng.normal(size=(k, 16, d)) * rng.uniform(0.1, 0.5, size=(k, 1, 1))
+        lab = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 2.0)))
+        X = rng.normal(scale=0.6, size=(n, d)) + centers[lab]
+        X += np.einsum("nj,njd->nd", rng.normal(size=(n, 16)), bases[lab])
+        ids = [f"{i:06x}_0" for i in range(n)]
+        cfg = ClusterConfig(seed=0, umap_max_points=1000)
+        fit = fit_clusters(ids, X.astype(np.float32), config=cfg)
+        sizes = np.bincount(fit.result.labels)
+        assert sizes.max() <= MAX_GROUP and (sizes[:-1] >= sizes[1:]).all()  # numbered by size
+        assert set(fit.result.suggested.tolist()) <= set(range(len(sizes)))
+        monkeypatch.setattr(run_mod, "_page_sized", lambda V, labels, sugg, params: (labels, sugg))
+        old = fit_clusters(ids, X.astype(np.float32), config=cfg).result.labels
+        assert np.bincount(old).max() > MAX_GROUP  # the case this guards against
+        # cutting a group in pages never mixes it: as pure as before
+        assert purity(lab, fit.result.labels) >= purity(lab, old)
+
+    def test_split_oversized_cuts_only_the_big_groups(self):
+        rng = np.random.default_rng(0)
+        E = rng.normal(size=(1300, 4))
+        labels = np.r_[np.zeros(1000, int), np.ones(300, int)]
+        out = split_oversized(E, labels, max_group=480)
+        assert (out[1000:] == 1).all()  # 300 <= 480: untouched
+        big = np.bincount(out[:1000])
+        assert len(big[big > 0]) == 3 and big[big > 0].max() <= 480
+        assert split_oversized(E, labels, per_point=0.1).tolist() == labels.tolist()
 
     def test_fixed_k_and_degenerate_sizes(self):
         X, _ = make_blobs(300, n_features=4, centers=3, random_state=0)

@@ -97,9 +97,10 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     out = np.full(labels.shape, -1, dtype=np.int32)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     order = ids[np.lexsort((ids, -counts))]
-    lut = {int(old): new for new, old in enumerate(order)}
-    for old, new in lut.items():
-        out[labels == old] = new
+    rank = np.empty(len(ids), np.int32)
+    rank[np.searchsorted(ids, order)] = np.arange(len(ids), dtype=np.int32)
+    keep = labels >= 0
+    out[keep] = rank[np.searchsorted(ids, labels[keep])]
     return out
 
 
@@ -425,6 +426,41 @@ def cut_tree(Z: np.ndarray, n_leaves: int, k: int, *, max_size: float) -> np.nda
     return out
 
 
+def split_oversized(
+    E: np.ndarray,
+    labels: np.ndarray,
+    *,
+    per_point: float = 1.0,
+    max_group: int = MAX_GROUP,
+    target: int | None = None,
+) -> np.ndarray:
+    """``labels`` with every group of more than ``max_group`` faces (a point of ``E`` stands for
+    ``per_point`` faces) cut into parts of about ``target`` faces (default ``max_group``):
+    its points sorted along the group's first principal axis in ``E``, in equal-count runs.
+    ``target`` set: every group bigger than 1.5 x ``target`` is cut, too. Groups already
+    small enough keep their labels; new parts get new ids after the largest."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    part = float(target or max_group)
+    limit = min(max_group, 1.5 * part) if target else max_group
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    next_id = int(ids.max()) + 1 if ids.size else 0
+    members = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.cumsum(counts)]
+    for g in np.flatnonzero(counts * per_point > limit):
+        rows = members[starts[g] : starts[g + 1]]
+        q = min(len(rows), int(np.ceil(len(rows) * per_point / part)))
+        if q < 2:
+            continue
+        X = np.asarray(E[rows], np.float64)
+        X = X - X.mean(0)
+        axis = np.linalg.svd(X, full_matrices=False)[2][0]
+        order = rows[np.argsort(X @ axis, kind="stable")]
+        for j, chunk in enumerate(np.array_split(order, q)[1:]):
+            labels[chunk] = next_id + j
+        next_id += q - 1
+    return labels
+
+
 def ward_cluster(
     E: np.ndarray,
     V: np.ndarray,
@@ -458,7 +494,12 @@ def ward_cluster(
     k = int(np.clip(k, 1, n_leaves))
     scale = n / n_total
     groups = cut_tree(Z, n_leaves, k, max_size=max(max_group * scale, 2.0))
-    labels = relabel_by_size(groups[leaf])
+    # Above n_leaves * group_size faces (480,000 with a 4,000-leaf tree) a leaf stands for
+    # more than a group: the groups the tree cannot split are cut into page-sized parts.
+    target = group_size if not n_clusters and k_size > n_leaves else None
+    labels = relabel_by_size(
+        split_oversized(E, groups[leaf], per_point=1 / scale, max_group=max_group, target=target)
+    )
     V = np.asarray(V, np.float32)
     outlier = distance_outlier_scores(V, labels, centroids_of(V, labels))
     info = {"k_natural": k_nat, "k_size": k_size, "k": int(labels.max()) + 1}

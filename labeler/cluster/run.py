@@ -112,6 +112,28 @@ def _single_group(
     return labels, score
 
 
+def _page_sized(
+    V: np.ndarray, labels: np.ndarray, sugg: np.ndarray, params: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Ward groups after the faces outside UMAP's sample were placed: a group the votes
+    made bigger than :data:`~labeler.cluster.algorithms.MAX_GROUP` faces is cut along its main
+    axis (the sample's groups obey the bound; their neighbours need not split evenly).
+    Returns labels numbered by size again and the suggestions renumbered alike."""
+    from labeler.cluster.algorithms import MAX_GROUP, relabel_by_size, split_oversized
+
+    split = split_oversized(V, labels, max_group=MAX_GROUP)
+    changed = split != labels
+    if not changed.any():
+        return labels, sugg
+    params["n_split_after_placing"] = int(len(np.unique(labels[changed])))
+    new = relabel_by_size(split)
+    ids, first = np.unique(split, return_index=True)
+    sugg = np.where(changed, split, sugg)
+    ok = sugg >= 0
+    sugg[ok] = new[first][np.searchsorted(ids, sugg[ok])]
+    return new.astype(np.int32), sugg.astype(np.int32)
+
+
 def fit_clusters(
     face_ids: Sequence[str],
     X: np.ndarray,
@@ -309,6 +331,8 @@ def fit_clusters(
             labels[rest] = ids_c.astype(np.int32)
         sugg[rest] = np.where(labels[rest] >= 0, labels[rest], placed.suggested)
         params["n_placed_by_knn"] = int(rest.size)
+        if cfg.algorithm == "ward" and not (identical or small):
+            labels, sugg = _page_sized(V, labels, sugg, params)
         tick("place_rest")
 
     n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
