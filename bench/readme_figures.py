@@ -314,7 +314,8 @@ def cluster_table(results: Path) -> str:
             f"{main['cores']} cores (load average {m['load_start']:.1f} at the start); peak RSS "
             f"{m['peak_rss_gb']:.2f} GB |",
             f"| its steps, s | {steps(m)}, save {m['save_s']:.1f} |",
-            f"| groups, and how pure | {m['clusters']:,} groups; purity {m['purity']:.3f} (faces "
+            f"| groups, and how pure | {m['clusters']:,} groups of {m['group_faces_mean']:.0f} "
+            f"faces on average (the largest {m['group_faces_max']:,}); purity {m['purity']:.3f} (faces "
             f"whose group's majority is their generated cluster); ARI {m['ari_in_cluster']:.3f} "
             "(ARI counts a cluster cut into page-sized groups as wrong) |",
             f"| kNN for UMAP on its {knn['faces']:,}-face sample: FAISS {knn['faiss_kind']} vs "
@@ -326,7 +327,8 @@ def cluster_table(results: Path) -> str:
             + " |",
             f"| cluster {big['n']:,} x {big['d']:,} (float16 memmap, streamed; "
             f"{big['algorithm']}) | {big['total_s']:.0f} s, peak anonymous memory "
-            f"{big['peak_anon_gb']:.1f} GB, purity {big['purity']:.3f} |",
+            f"{big['peak_anon_gb']:.1f} GB, {big['group_faces_mean']:.0f} faces a group on "
+            f"average (the largest {big['group_faces_max']:,}), purity {big['purity']:.3f} |",
         ]
     )
 
