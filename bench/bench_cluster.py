@@ -32,6 +32,7 @@ import time
 import tracemalloc
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +134,25 @@ def purity(y: np.ndarray, labels: np.ndarray) -> float:
     return right / len(y)
 
 
+def _fit_numbers(fit: Any, y: np.ndarray, n: int, d: int) -> dict[str, object]:
+    """What ``--json`` records of a ``fit_clusters`` result against the generating labels."""
+    labels = fit.result.labels
+    sizes = np.bincount(labels[labels >= 0])
+    a_all, a_in = ari(y, labels)
+    return {
+        "n": n,
+        "d": d,
+        "algorithm": fit.result.params.get("algorithm"),
+        "steps_s": dict(fit.timings),
+        "ari_all": a_all,
+        "ari_in_cluster": a_in,
+        "purity": purity(y, labels),
+        "clusters": int(len(sizes)),
+        "group_faces_mean": float(sizes.mean()),
+        "group_faces_max": int(sizes.max()),
+    }
+
+
 NUMS: dict[str, object] = {}  # what --json writes: the figures other documents quote
 
 
@@ -179,37 +199,15 @@ def bench_main(n: int, d: int, seed: int) -> None:
     for step, sec in fit.timings.items():
         row(f"  {step}", f"{sec:.1f} s")
     row("  save_run (parquet, vectors, graph, medoids)", f"{t_save:.1f} s")
-    a_all, a_in = ari(y, fit.result.labels)
-    p = fit.result.params
-    NUMS["main"] = {
-        "n": n,
-        "d": d,
-        "algorithm": p.get("algorithm"),
-        "steps_s": dict(fit.timings),
+    NUMS["main"] = _fit_numbers(fit, y, n, d) | {
         "save_s": t_save,
         "total_s": total,
         "cpu_s": cpu,
         "load_start": load_start,
         "peak_rss_gb": peak_rss_gb(),
-        "ari_all": a_all,
-        "ari_in_cluster": a_in,
-        "purity": purity(y, fit.result.labels),
-        "clusters": p["n_clusters"],
-        "group_faces_mean": float(np.bincount(fit.result.labels[fit.result.labels >= 0]).mean()),
-        "group_faces_max": int(np.bincount(fit.result.labels[fit.result.labels >= 0]).max()),
     }
-    row("TOTAL fit + save (wall)", f"{total:.1f} s", "target <= 120 s")
-    row(
-        "  CPU time of this process",
-        f"{cpu:.1f} s",
-        "wall >> CPU/2 means the shared cores were busy",
-    )
-    row("machine load average (1 min) at the end", f"{os.getloadavg()[0]:.1f}")
-    row(
-        "peak RSS so far (ru_maxrss)",
-        f"{peak_rss_gb():.2f} GB",
-        f"data alone {X.nbytes / 1e9:.2f} GB",
-    )
+    a_all, a_in = NUMS["main"]["ari_all"], NUMS["main"]["ari_in_cluster"]
+    p = fit.result.params
     row(
         "ARI vs generating labels (all faces)",
         f"{a_all:.3f}",
@@ -396,22 +394,13 @@ def bench_million(n: int, d: int, seed: int) -> None:
             f"{peak_rss_gb():.2f} GB",
             "+ memmap file pages read (reclaimable page cache)",
         )
-        a_all, a_in = ari(y, fit.result.labels)
-        p = fit.result.params
-        NUMS["million"] = {
-            "n": n,
-            "d": d,
-            "algorithm": p.get("algorithm"),
-            "steps_s": dict(fit.timings),
+        NUMS["million"] = _fit_numbers(fit, y, n, d) | {
             "total_s": total,
             "peak_anon_gb": watch.peak_anon / 1e9,
             "peak_traced_gb": peak / 1e9,
-            "ari_all": a_all,
-            "ari_in_cluster": a_in,
-            "purity": purity(y, fit.result.labels),
-            "group_faces_mean": float(np.bincount(fit.result.labels).mean()),
-            "group_faces_max": int(np.bincount(fit.result.labels).max()),
         }
+        a_all, a_in = NUMS["million"]["ari_all"], NUMS["million"]["ari_in_cluster"]
+        p = fit.result.params
         row("ARI all / in-cluster", f"{a_all:.3f} / {a_in:.3f}")
         row("purity", f"{NUMS['million']['purity']:.3f}")
         mil = NUMS["million"]
