@@ -23,12 +23,15 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from labeler.errors import NotFoundError
+from labeler.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from labeler.faces.records import FaceCrops
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +55,20 @@ class FacePrediction:
 class Classifier:
     """The features every model of ``models`` needs, computed once per batch of faces by one
     :class:`~labeler.embeddings.embed.FeatureBlocks` (a backbone per input size, the cues),
-    then each model's class probabilities."""
+    then each model's class probabilities: the one feature path of new faces (``labeler
+    predict``, the app's Try it and :meth:`labeler.train.LoadedModel.predict_proba`)."""
 
     def __init__(self, models: Sequence[Any], *, batch_size: int = 64) -> None:
         from labeler.embeddings import get_backbone
         from labeler.embeddings.embed import FeatureBlocks
         from labeler.embeddings.store import parse_key
+        from labeler.faces.regions import get_region
 
         self.models = list(models)
         backbones: dict[tuple[str, int | None], Any] = {}
         regions: dict[tuple[str, int | None], list[str]] = {}
         self.columns: list[list[tuple[tuple[str, int | None] | None, str]]] = []
+        self._box_block: str | None = None  # "model RUN (block KEY)": the first box reader
         cues = False
         for m in self.models:
             cols: list[tuple[tuple[str, int | None] | None, str]] = []
@@ -73,13 +79,13 @@ class Classifier:
                         cols.append((None, "cues"))
                         continue
                     if not block.get("backbone"):
-                        from labeler.errors import InputError
-
                         raise InputError(
                             f"feature block {block['key']!r} of model {m.run_id} cannot be "
                             "computed for new photos (no backbone recorded); train with "
                             "--mode finetune or on embeddings made by 'labeler embed'"
                         )
+                    if get_region(block["region"]).crop == "box" and self._box_block is None:
+                        self._box_block = f"model {m.run_id} (block {block['key']})"
                     _, size, _ = parse_key(block["key"])
                     g = (block["backbone"], size)
                     if g not in backbones:
@@ -107,19 +113,57 @@ class Classifier:
         i = self._groups.index(g)
         return embedding_key(self.blocks.groups[i][0].config.key_name, region)
 
-    def predict_proba(self, faces: Sequence[Any]) -> list[np.ndarray]:
-        """Per model, (len(faces), classes) probabilities for :class:`FaceCrops` ``faces``."""
-        if not faces:
+    def predict_proba(self, faces: Sequence[Any] | np.ndarray) -> list[np.ndarray]:
+        """Per model, (len(faces), classes) probabilities for ``faces``: :class:`FaceCrops`
+        records or the cuts of :func:`labeler.detect.pipeline.cut_faces` (aligned and box
+        crops as stored); aligned crops (N, S, S, 3) uint8 alone when no block reads the box
+        crop (else :class:`InputError` naming the fix)."""
+        if len(faces) == 0:
             return [np.zeros((0, len(m.classes))) for m in self.models]
-        X = self.blocks.compute(faces) if self.blocks.keys else {}
+        records = face_records(faces)
+        if self._box_block is not None:
+            lacking = [f.face_id for f in records if f.box is None]
+            if lacking:
+                got = (
+                    f"aligned crops only (an array of shape {tuple(faces.shape)})"
+                    if isinstance(faces, np.ndarray)
+                    else f"{len(lacking)} of {len(records)} faces without a box crop "
+                    f"(e.g. {lacking[0]})"
+                )
+                raise InputError(
+                    f"{self._box_block} reads each face's box crop (the detector box + 20 %, "
+                    f"upright), but got {got}; pass faces with their box crops (FaceCrops "
+                    "records, or the cuts of labeler.detect.pipeline.cut_faces(..., box=True)), "
+                    "or use labeler.predict.predict_image"
+                )
+        X = self.blocks.compute(records) if self.blocks.keys else {}
         out = []
         for m, cols in zip(self.models, self.columns, strict=True):
             if m.mode == "head":
                 Xm = np.concatenate([X[self._key(c)] for c in cols], 1).astype(np.float32)
                 out.append(m.head.predict_proba(Xm))
             else:
-                out.append(m.predict_proba(np.stack([f.aligned for f in faces])))
+                out.append(m.predict_proba(records))
         return out
+
+
+def face_records(faces: Sequence[Any] | np.ndarray, *, tag: str = "face") -> list[FaceCrops]:
+    """``faces`` as :class:`~labeler.faces.records.FaceCrops`: records as they are; the cuts
+    of :func:`labeler.detect.pipeline.cut_faces` (anything with ``aligned`` and ``box``) and
+    aligned crops (N, S, S, 3) uint8 (no box crop) named ``{tag}_{i}``."""
+    from labeler.faces.records import FaceCrops
+
+    if isinstance(faces, np.ndarray):
+        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.shape[1] != faces.shape[2]:
+            raise InputError(
+                f"expected aligned crops (N, S, S, 3) uint8 or FaceCrops records, got an "
+                f"array of shape {faces.shape}"
+            )
+        return [FaceCrops(f"{tag}_{i}", c) for i, c in enumerate(faces)]
+    return [
+        f if isinstance(f, FaceCrops) else FaceCrops(f"{tag}_{i}", f.aligned, f.box)
+        for i, f in enumerate(faces)
+    ]
 
 
 def _predictions(
@@ -154,12 +198,6 @@ def _models(model: Any | Sequence[Any]) -> list[Any]:
     return list(model) if isinstance(model, (list, tuple)) else [model]
 
 
-def _face_records(cuts: Sequence[Any], tag: str) -> list[Any]:
-    from labeler.faces.records import FaceCrops
-
-    return [FaceCrops(f"{tag}_{i}", c.aligned, c.box) for i, c in enumerate(cuts)]
-
-
 def predict_image(
     image: np.ndarray | str | os.PathLike[str],
     model: Any | Sequence[Any],
@@ -179,7 +217,7 @@ def predict_image(
     cuts = cut_faces(source, detector, cfg, box="box" in clf.kinds)
     if not cuts:
         return []
-    probs = clf.predict_proba(_face_records(cuts, "face"))
+    probs = clf.predict_proba(cuts)
     return _predictions(cuts, list(zip(clf.models, probs, strict=True)), 0)
 
 
@@ -291,7 +329,7 @@ def predict_files(
     def flush() -> None:
         nonlocal n_waiting
         cuts = [c for _, cs in pending for c in cs]
-        probs = clf.predict_proba(_face_records(cuts, "face"))
+        probs = clf.predict_proba(cuts)
         per_model = list(zip(clf.models, probs, strict=True))
         start = 0
         for shown, cs in pending:

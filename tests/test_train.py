@@ -172,6 +172,9 @@ def test_train_cli_finetune_two_folds_on_cpu(tmp_path, caplog):
     """Two folds of a real fine-tune: a bar of faces with rate and time left on stderr, one
     line per fold and epoch with its losses (no -v needed), a run that loads back, and a
     saved config that reads back into the typed TrainConfig."""
+    from labeler.faces.records import FaceCrops
+    from labeler.predict import Classifier
+
     t = tinyws.build(tmp_path, {"correct": 8, "no_mask": 8}, faces_per_person=1)
     tinyws.label_all(t)
     res = run(
@@ -211,7 +214,12 @@ def test_train_cli_finetune_two_folds_on_cpu(tmp_path, caplog):
     model = load_model(t.ws)
     assert model.mode == "finetune" and len(model.members) == 2
     crops = np.stack([tinyws.face_image("correct", np.random.default_rng(1))])
-    assert model.predict_proba(crops).shape == (1, 2)
+    probs = model.predict_proba(crops)
+    assert probs.shape == (1, 2)
+    # a fine-tuned model reads the aligned crop of FaceCrops records (labeler predict's path)
+    records = [FaceCrops("f", crops[0])]
+    np.testing.assert_allclose(model.predict_proba(records), probs, atol=1e-6)
+    np.testing.assert_allclose(Classifier([model]).predict_proba(records)[0], probs, atol=1e-6)
     saved = json.loads((model_dir(t.ws) / "config.json").read_text())["train_config"]
     cfg = TrainConfig(**saved)
     assert cfg.mode == "finetune" and cfg.finetune.epochs == 2 and cfg.finetune.image_size == 64

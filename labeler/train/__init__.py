@@ -31,7 +31,6 @@ from labeler.train.report import ClassReport, classification_report
 from labeler.train.runs import (
     LoadedModel,
     TrainResult,
-    features_for_crops,
     list_runs,
     load_model,
     train,
@@ -47,7 +46,6 @@ __all__ = [
     "classification_report",
     "cross_val_proba",
     "feature_blocks",
-    "features_for_crops",
     "fit_head",
     "list_runs",
     "load_feature_matrix",

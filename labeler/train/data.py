@@ -64,7 +64,7 @@ def load_feature_matrix(
     ``raw=False``: ``labeler.features.load_features`` (blocks standardised, PCA-reduced and
     weighted on this workspace: good for propagation and label errors, but not reproducible
     on new photos). ``raw=True``: the stored blocks named by the spec, concatenated as stored,
-    so the same features can be computed for new crops (:func:`labeler.train.runs.features_for_crops`).
+    so the same features can be computed for new faces (:class:`labeler.predict.Classifier`).
     """
     from labeler.embeddings.store import list_embeddings, load_embeddings
     from labeler.features import load_features, resolve_spec

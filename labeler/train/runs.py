@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ from labeler.train.report import ClassReport, classification_report, save_confus
 from labeler.workspace import new_run_id
 
 if TYPE_CHECKING:
+    from labeler.detect.pipeline import FaceCut
+    from labeler.faces.records import FaceCrops
+    from labeler.predict import Classifier
     from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -272,7 +276,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A trained run ready to predict on aligned crops (N, 256, 256, 3) uint8."""
+    """A trained run ready to predict on faces (see :meth:`predict_proba`)."""
 
     run_id: str
     field: str
@@ -283,41 +287,32 @@ class LoadedModel:
     members: tuple[dict, ...] = ()
     device: str = "cpu"
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C) for aligned crops (N, 256, 256, 3) uint8 RGB."""
-        if len(crops) == 0:
+    def predict_proba(self, faces: Sequence[FaceCrops | FaceCut] | np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) of ``faces``: :class:`~labeler.faces.records.FaceCrops`
+        records, or the cuts of :func:`labeler.detect.pipeline.cut_faces` (``box=True``), with
+        the crops as the workspace stores them.
+
+        A head model computes the blocks it was trained on exactly as ``labeler run`` stored
+        them, through :class:`labeler.predict.Classifier` (each block's crop, aligned or box,
+        its region and its input size). Aligned crops alone (N, 256, 256, 3) uint8 do for a
+        fine-tuned model and for a head whose blocks all read the aligned crop; a head with a
+        box block raises :class:`InputError` for them.
+        """
+        if len(faces) == 0:
             return np.zeros((0, len(self.classes)))
         if self.mode == "finetune":
             from labeler.train.finetune import predict_crops
 
+            crops = faces if isinstance(faces, np.ndarray) else np.stack([f.aligned for f in faces])
             return predict_crops(list(self.members), crops, device=self.device)
-        X = features_for_crops(crops, self.meta["feature_blocks"])
-        return self.head.predict_proba(X)
+        return self._classifier.predict_proba(faces)[0]
 
+    @cached_property
+    def _classifier(self) -> Classifier:
+        """The one feature path of new faces, built on first use (its backbones loaded once)."""
+        from labeler.predict import Classifier
 
-def features_for_crops(crops: np.ndarray, blocks: Sequence[dict]) -> np.ndarray:
-    """Recompute raw feature blocks (see :func:`feature_blocks`) for in-memory aligned crops
-    (N, 256, 256, 3) uint8: colour cues, or a backbone from the embeddings registry on a region.
-    """
-    parts = []
-    for block in blocks:
-        key = block["key"]
-        if key.startswith("cues"):
-            from labeler.faces.cues import compute_cues
-
-            parts.append(compute_cues(crops))
-        elif block.get("backbone"):
-            from labeler.embeddings import get_backbone
-            from labeler.embeddings.embed import embed_crops
-
-            backbone = get_backbone(block["backbone"])
-            parts.append(embed_crops(backbone, crops, region=block["region"]))
-        else:
-            raise InputError(
-                f"feature block {key!r} cannot be computed for new photos (no backbone recorded); "
-                "train with --mode finetune or on embeddings made by 'labeler embed'"
-            )
-    return np.concatenate(parts, 1).astype(np.float32)
+        return Classifier([self])
 
 
 def load_model(
