@@ -190,3 +190,24 @@ def test_quiet_native_stderr_drops_only_the_runtime_lines(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "a line of the user\nafter\n"
+
+
+def test_detector_start_up_lines_stay_off_stderr_after_the_graph_is_built(tmp_path):
+    """MediaPipe opens its calculators (and the TFLite interpreter logs) on its own threads
+    after the graph's constructor returns: the guard must last until a frame went through,
+    else the lines land on stderr whenever the first photo comes late (a flaky CI failure
+    of test_rotation_predict)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, time\n"
+        "from labeler.detect import get_detector\n"
+        "det = get_detector('mediapipe')\n"
+        "det._graph(0)\n"
+        "time.sleep(1.0)\n"  # the first photo comes late (a slow decode, a busy machine)
+        "os.write(2, b'end\\n')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "end\n", proc.stderr

@@ -51,6 +51,14 @@ _quiet_depth = 0
 _quiet_state: tuple[int, object] | None = None
 
 
+def _flush_c_stdio() -> None:
+    """``fflush(NULL)``: C stdio output still buffered goes to the current fd 2 now."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)
+
+
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Around native code that starts a TFLite interpreter: file descriptor 2 goes to a
@@ -83,6 +91,7 @@ def quiet_native_stderr() -> Iterator[None]:
                 if saved >= 0 and tmp is not None:
                     with contextlib.suppress(ValueError, OSError):
                         sys.stderr.flush()
+                    _flush_c_stdio()
                     os.dup2(saved, 2)
                     os.close(saved)
                     tmp.seek(0)  # type: ignore[attr-defined]
@@ -151,7 +160,6 @@ class MediaPipeDetector:
         self.pad_retry = pad_retry
         self.tile_score_threshold = float(tile_score_threshold)
         self._graphs: dict[int, object] = {}
-        self._warm: set[int] = set()
 
     def _graph(self, selection: int) -> object:
         graph = self._graphs.get(selection)
@@ -162,22 +170,21 @@ class MediaPipeDetector:
                 "mediapipe.python.solutions.face_detection",
                 purpose="the mediapipe face detector",
             )
+            # One guarded block from the graph's start to its first frame: the graph opens its
+            # calculators (and the TFLite interpreter logs) on its own threads after the
+            # constructor returns, so the guard ends only once a frame has gone through.
             with quiet_native_stderr():
                 graph = fd.FaceDetection(
                     model_selection=selection, min_detection_confidence=self.score_threshold
                 )
+                graph.process(np.zeros((64, 64, 3), np.uint8))  # type: ignore[attr-defined]
             self._graphs[selection] = graph
         return graph
 
     def _run(self, rgb: np.ndarray, selection: int) -> list[Detection]:
         h, w = rgb.shape[:2]
         graph = self._graph(selection)
-        if selection in self._warm:
-            result = graph.process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
-        else:  # the TFLite interpreter starts on the first frame (and logs from C++ then)
-            with quiet_native_stderr():
-                result = graph.process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
-            self._warm.add(selection)
+        result = graph.process(np.ascontiguousarray(rgb))  # type: ignore[attr-defined]
         out: list[Detection] = []
         for det in result.detections or ():
             loc = det.location_data
