@@ -61,7 +61,7 @@ def test_new_run_ids_sort_by_time_and_never_collide():
     lock = threading.Lock()
 
     def make() -> None:
-        for _ in range(200):
+        for _ in range(5000):  # random 6-hex tails collided (~12 times in 20,000)
             run_id = new_run_id("mask_state-head")
             with lock:
                 ids.append(run_id)
