@@ -243,8 +243,9 @@ def predict_files(
     ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
     several photos are classified together, ``batch_size`` at a time.
     """
+    from labeler._io import progress_bar as _progress
     from labeler.detect.pipeline import DetectConfig, cut_faces, default_workers
-    from labeler.embeddings.embed import _progress, prefetch
+    from labeler.embeddings.embed import prefetch
     from labeler.imageio import ImageDecodeError
 
     models = list(models)

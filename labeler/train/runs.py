@@ -61,7 +61,7 @@ def train(
     progress: a bar of faces trained on, with rate and time left, on stderr (None: only on
     a terminal); a fine-tune also logs each epoch at INFO with its losses and time left.
     """
-    from labeler.embeddings.embed import _progress
+    from labeler._io import progress_bar as _progress
     from labeler.labels import LabelStore
     from labeler.workspace import write_json
 
@@ -168,7 +168,7 @@ def _train_finetune(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from labeler.embeddings.embed import _progress
+    from labeler._io import progress_bar as _progress
     from labeler.export.splits import assign_splits
     from labeler.train.finetune import finetune
 
