@@ -1,4 +1,4 @@
-"""Atomic file writes: the one implementation every module uses.
+"""Low-level I/O every layer may use: atomic file writes and the progress bar on stderr.
 
 A write goes to a temporary file in the destination's folder (``.<name>.<pid>.<thread>.<hex>.tmp``)
 and is renamed over the destination with :func:`os.replace`, so a crash or a full disk leaves
@@ -11,6 +11,8 @@ Safe from several threads and processes at once (each write has its own temporar
 * :func:`temp_path` - a temporary name beside a file, always cleaned up, for writers that
   publish it themselves (the label store links a new db into place, a backup is renamed
   after the snapshot names its last event); SQLite's side files are removed with it.
+* :func:`progress_bar` - the one progress bar of a long step (faces embedded, trained on,
+  predicted): tqdm on stderr, imported when a bar is made (``labeler --help`` loads no tqdm).
 
 >>> atomic_write_bytes(Path("out/report.json"), b"{}")  # doctest: +SKIP
 >>> with atomic_path(Path("out/table.parquet")) as tmp:  # doctest: +SKIP
@@ -20,13 +22,15 @@ Safe from several threads and processes at once (each write has its own temporar
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SQLITE_SIDE_FILES", "atomic_path", "atomic_write_bytes", "temp_path"]
+__all__ = ["SQLITE_SIDE_FILES", "atomic_path", "atomic_write_bytes", "progress_bar", "temp_path"]
 
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite may leave beside a database
 
@@ -91,3 +95,20 @@ def temp_path(path: str | os.PathLike[str], *, side_files: tuple[str, ...] = ())
     finally:
         for suffix in ("", *side_files):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def progress_bar(total: int, *, desc: str, enabled: bool | None = None) -> Any:
+    """A tqdm bar of ``total`` faces on stderr, labelled ``desc`` (rate and time left).
+    ``enabled``: True always, False never, None only when stderr is a terminal. Use it as a
+    context manager or call ``close()``; ``update(n)`` after each batch."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="face",
+        file=sys.stderr,
+        disable=None if enabled is None else not enabled,
+        smoothing=0.1,
+        dynamic_ncols=True,
+    )

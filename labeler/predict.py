@@ -281,8 +281,9 @@ def predict_files(
     ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
     several photos are classified together, ``batch_size`` at a time.
     """
+    from labeler._io import progress_bar
     from labeler.detect.pipeline import DetectConfig, cut_faces, default_workers
-    from labeler.embeddings.embed import _progress, prefetch
+    from labeler.embeddings.embed import prefetch
     from labeler.imageio import ImageDecodeError
 
     models = list(models)
@@ -338,7 +339,7 @@ def predict_files(
         pending.clear()
         n_waiting = 0
 
-    bar = _progress(len(images), desc="predict", enabled=progress)
+    bar = progress_bar(len(images), desc="predict", enabled=progress)
     bar.unit = "img"
     try:
         # the detect threads run up to two batches of photos ahead, so they keep cutting

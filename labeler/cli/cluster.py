@@ -125,13 +125,13 @@ def command(
     """Cluster the faces of a workspace and save the run (it becomes the current one).
 
     Every run is kept under WS/clusters/<run_id>/ with its parameters; the same seed gives
-    the same clusters. New faces can later join with 'labeler place'.
+    the same clusters. New faces can later join with 'labeler place'. Each phase is shown on
+    stderr as it ends, with its seconds.
     """
     import logging
 
     from labeler.cluster.store import list_runs, save_run, set_current
 
-    log = logging.getLogger("labeler.cli.cluster")
     if list_runs_:
         runs = list_runs(ws)
         click.echo(runs.to_string(index=False) if len(runs) else "no cluster runs yet")
@@ -141,13 +141,20 @@ def command(
         click.echo(f"current run: {use_run}")
         return
     from labeler.cluster.inputs import load_cluster_features
-    from labeler.cluster.run import fit_clusters
+    from labeler.cluster.run import PhaseClock, fit_clusters, fit_phases
 
+    # the phase lines show without -v (a run takes minutes on a few thousand faces)
+    phases_log = logging.getLogger("labeler.cluster.run")
+    if phases_log.getEffectiveLevel() > logging.INFO:
+        phases_log.setLevel(logging.INFO)
+    clock = PhaseClock(planned=2)  # feature assembly and save; the fit's phases added below
     face_ids, X, spec = load_cluster_features(ws, features)
-    log.info("clustering %d faces x %d dims (%s)", X.shape[0], X.shape[1], spec)
     config = cluster_config(options)
-    fit = fit_clusters(face_ids, X, config=config, feature_spec=spec)
+    clock.planned += len(fit_phases(X.shape[0], X.shape[1], config))
+    clock.tick("features", f"{X.shape[0]} faces x {X.shape[1]} dims ({spec})")
+    fit = fit_clusters(face_ids, X, config=config, feature_spec=spec, clock=clock)
     run_id = save_run(ws, fit.result, artifacts=fit.artifacts)
+    clock.tick("save", f"run {run_id}")
     p = fit.result.params
     click.echo(
         f"run {run_id}: {p['n_faces']} faces -> {p['n_clusters']} clusters, "

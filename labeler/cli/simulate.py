@@ -62,9 +62,17 @@ def command(
     annotator takes plain's next action unless a suggestion group, a review group or a split
     by similarity is expected, calibrated on what such actions really fixed so far, to beat
     it by a margin). effN = faces labeled correctly per action when accuracy
-    first reaches N %; clicks98 = the app clicks those actions cost.
+    first reaches N %; clicks98 = the app clicks those actions cost. Each session shows its
+    progress on stderr (actions taken, share of faces right) every few seconds.
     """
+    import logging
+
     from labeler.loop.simulate import InteractiveConfig, simulate_workspace
+
+    # the progress lines show without -v (the interactive session takes minutes)
+    progress_log = logging.getLogger("labeler.loop.simulate")
+    if progress_log.getEffectiveLevel() > logging.INFO:
+        progress_log.setLevel(logging.INFO)
 
     cfg = InteractiveConfig(split_parts=split_parts)
     results, info = simulate_workspace(

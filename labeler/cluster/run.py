@@ -2,7 +2,9 @@
 
 :func:`fit_clusters` is the functional core (arrays in, :class:`ClusterFit` out);
 :func:`cluster_embeddings` returns only the :class:`ClusterResult`. ``labeler cluster``
-calls these and :func:`labeler.cluster.store.save_run`. The types (``ClusterConfig``,
+calls these and :func:`labeler.cluster.store.save_run`. Each phase is logged (INFO) as it
+ends, with its seconds and its place among the planned ones (:class:`PhaseClock`,
+:func:`fit_phases`): ``cluster: umap_cluster_space 18.2 s (4/7)``. The types (``ClusterConfig``,
 ``ClusterArtifacts``, ``ClusterFit``...) live in :mod:`labeler.cluster.types` and
 :func:`load_cluster_features` in :mod:`labeler.cluster.inputs`; both are re-exported here.
 """
@@ -95,6 +97,62 @@ def resolve_config(n: int, d: int, config: ClusterConfig = ClusterConfig()) -> C
     )
 
 
+def _small(n: int, cfg: ClusterConfig) -> bool:
+    """Too few faces for UMAP (and for HDBSCAN's smallest cluster): one group (or k-means)."""
+    return n < SMALL_N or (cfg.algorithm == "hdbscan" and n < (cfg.min_cluster_size or 0))
+
+
+def fit_phases(
+    n: int, d: int, config: ClusterConfig = ClusterConfig(), *, identical: bool = False
+) -> tuple[str, ...]:
+    """The phases :func:`fit_clusters` runs on N faces of D dims, in order (the keys of its
+    ``timings``). ``identical``: every vector is the same (known only after the PCA), which
+    leaves one group and no UMAP.
+
+    >>> fit_phases(2009, 1280)
+    ('pca', 'knn_graph', 'umap_cluster_space', 'cluster', 'umap_map')
+    >>> fit_phases(10, 1280)
+    ('pca', 'knn_graph', 'cluster')
+    """
+    cfg = resolve_config(n, d, config)
+    if identical or _small(n, cfg):
+        middle: tuple[str, ...] = ("cluster",)
+    elif cfg.algorithm in ("hdbscan", "ward"):
+        middle = ("umap_cluster_space", "cluster", "umap_map")
+    else:
+        middle = ("cluster", "umap_map")
+    rest = ("place_rest",) if cfg.umap_max_points and n > cfg.umap_max_points else ()
+    return ("pca", "knn_graph", *middle, *rest)
+
+
+class PhaseClock:
+    """Times the consecutive phases of one clustering run and logs each as it ends (INFO on
+    this module's logger), with its seconds and its place among the ``planned`` phases:
+    ``cluster: umap_cluster_space 18.2 s (4/7)``. The run's one timer: :func:`fit_clusters`
+    keeps what it returns as ``timings``; ``labeler cluster`` passes its own clock, whose
+    ``planned`` also counts its feature assembly before the fit and the save after it."""
+
+    def __init__(self, planned: int = 0) -> None:
+        self.planned = planned
+        self.done = 0
+        self._t0 = time.perf_counter()
+
+    def tick(self, phase: str, note: str = "") -> float:
+        """End ``phase`` now: log it (``note``, if any, after it) and return its seconds."""
+        now = time.perf_counter()
+        seconds, self._t0 = now - self._t0, now
+        self.done += 1
+        log.info(
+            "cluster: %s %.1f s (%d/%d)%s",
+            phase,
+            seconds,
+            self.done,
+            max(self.planned, self.done),
+            f" - {note}" if note else "",
+        )
+        return seconds
+
+
 def _single_group(
     face_ids: np.ndarray, V: np.ndarray, params: dict, note: str
 ) -> tuple[np.ndarray, ...]:
@@ -134,12 +192,18 @@ def _page_sized(
     return new.astype(np.int32), sugg.astype(np.int32)
 
 
+def _groups_note(method: str, labels: np.ndarray) -> str:
+    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    return f"{method}, {k} group{'s' * (k != 1)}"
+
+
 def fit_clusters(
     face_ids: Sequence[str],
     X: np.ndarray,
     *,
     config: ClusterConfig = ClusterConfig(),
     feature_spec: str = "",
+    clock: PhaseClock | None = None,
 ) -> ClusterFit:
     """Cluster faces ``X`` (N, D) (any float dtype, memmap ok) into a :class:`ClusterFit`.
 
@@ -154,21 +218,16 @@ def fit_clusters(
     group (cluster 0) with distance-based outlier scores; HDBSCAN finding no cluster is
     retried with ``allow_single_cluster``.
 
+    Each phase (:func:`fit_phases`) is logged as it ends on ``clock``, a :class:`PhaseClock`
+    whose ``planned`` counts ``fit_phases(N, D, config)`` and whatever the caller adds (None:
+    a clock of this fit's phases).
+
     >>> from sklearn.datasets import make_blobs
     >>> X, _ = make_blobs(300, n_features=32, centers=3, random_state=0)
     >>> fit = fit_clusters([str(i) for i in range(300)], X)
     >>> int(fit.result.labels.max()) + 1
     3
     """
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def tick(name: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        timings[name] = round(now - t0, 3)
-        t0 = now
-
     face_ids = np.asarray(list(face_ids), dtype=object)
     if X.ndim != 2 or X.shape[0] != len(face_ids):
         raise ValueError(
@@ -176,6 +235,12 @@ def fit_clusters(
         )
     n, d = X.shape
     cfg = resolve_config(n, d, config)
+    clk = clock if clock is not None else PhaseClock(len(fit_phases(n, d, cfg)))
+    timings: dict[str, float] = {}
+
+    def tick(name: str, note: str = "") -> None:
+        timings[name] = round(clk.tick(name, note), 3)
+
     params: dict = {
         "config": asdict(cfg),
         "feature_spec": feature_spec,
@@ -192,13 +257,15 @@ def fit_clusters(
         params["pca_explained"] = round(float(pca.explained.sum()), 4)
     else:
         V = l2_normalize(X)
-    tick("pca")
-
-    rng = np.random.default_rng(seed)
     identical = n > 0 and all(
         bool(np.abs(V[i : i + 65_536] - V[:1]).max() < 1e-6) for i in range(0, n, 65_536)
     )
-    small = n < SMALL_N or (cfg.algorithm == "hdbscan" and n < cfg.min_cluster_size)
+    if identical:  # one group, no UMAP: fewer phases than planned
+        clk.planned -= len(fit_phases(n, d, cfg)) - len(fit_phases(n, d, cfg, identical=True))
+    tick("pca", f"{cfg.pca_dims} dims" if pca is not None else "off")
+
+    rng = np.random.default_rng(seed)
+    small = _small(n, cfg)
     if cfg.umap_max_points and n > cfg.umap_max_points:
         fit_rows = np.sort(rng.choice(n, cfg.umap_max_points, replace=False))
     else:
@@ -206,7 +273,7 @@ def fit_clusters(
     Vf = V[fit_rows]
     graph = knn_graph(Vf, k=max(cfg.n_neighbors + 1, 2) if n > 1 else 1, kind=cfg.index, seed=seed)
     params["index_used"] = graph.kind
-    tick("knn_graph")
+    tick("knn_graph", f"{graph.kind}, k={graph.k}")
 
     m = len(fit_rows)
     xy_f = np.zeros((m, 2), np.float32)
@@ -214,7 +281,9 @@ def fit_clusters(
         E = Vf
         if cfg.algorithm == "kmeans" and not identical and n >= 2:
             labels_f, score_f = kmeans_cluster(Vf, n_clusters=cfg.n_clusters, seed=seed)
+            note = _groups_note("kmeans", labels_f)
         else:
+            note = "one group"
             why = (
                 "all vectors are identical"
                 if identical
@@ -223,7 +292,7 @@ def fit_clusters(
             labels_f, score_f = _single_group(face_ids, Vf, params, f"one group: {why}")
         if not identical:
             xy_f = pca_map(Vf, seed=seed)
-        tick("cluster")
+        tick("cluster", note)
     else:
         if cfg.algorithm in ("hdbscan", "ward"):
             E = umap_embed(
@@ -264,7 +333,7 @@ def fit_clusters(
         else:
             E = Vf
             labels_f, score_f = kmeans_cluster(Vf, n_clusters=cfg.n_clusters, seed=seed)
-        tick("cluster")
+        tick("cluster", _groups_note(cfg.algorithm, labels_f))
         xy_f = umap_embed(
             Vf,
             graph,
@@ -333,7 +402,7 @@ def fit_clusters(
         params["n_placed_by_knn"] = int(rest.size)
         if cfg.algorithm == "ward" and not (identical or small):
             labels, sugg = _page_sized(V, labels, sugg, params)
-        tick("place_rest")
+        tick("place_rest", f"{rest.size} faces by kNN vote")
 
     n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
     params.update(
@@ -386,8 +455,10 @@ __all__ = [
     "ClusterConfig",
     "ClusterFit",
     "ClusterResult",
+    "PhaseClock",
     "cluster_embeddings",
     "fit_clusters",
+    "fit_phases",
     "load_cluster_features",
     "resolve_config",
 ]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from labeler._io import progress_bar
 from labeler.embeddings import store
 from labeler.embeddings.types import Backbone, BackboneConfig, BackboneError
 from labeler.errors import InputError
@@ -318,20 +318,6 @@ def make_config(
         shard_size=int(shard_size),
         decode=decode,
         engine=engine,
-    )
-
-
-def _progress(total: int, *, desc: str, enabled: bool | None) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="face",
-        file=sys.stderr,
-        disable=None if enabled is None else not enabled,
-        smoothing=0.1,
-        dynamic_ncols=True,
     )
 
 
@@ -666,7 +652,9 @@ def embed_workspace(
             box_crops_workspace(ws, faces=todo)
         read = read_face_crops(ws, todo, blocks.kinds)
         ids = list(todo["face_id"])
-        bar = _progress(len(ids), desc=desc or f"embed {len(blocks.keys)} blocks", enabled=progress)
+        bar = progress_bar(
+            len(ids), desc=desc or f"embed {len(blocks.keys)} blocks", enabled=progress
+        )
         try:
             for batch in prefetch(
                 iter_batches(ids, blocks.batch_size),
@@ -765,7 +753,7 @@ def _embed_faces_cuda(
     def read(batch: list[tuple[str, str]]) -> tuple[list[str], list[bytes]]:
         return [f for f, _ in batch], [Path(p).read_bytes() for _, p in batch]
 
-    bar = _progress(len(todo), desc=f"embed {config.key}", enabled=progress)
+    bar = progress_bar(len(todo), desc=f"embed {config.key}", enabled=progress)
     try:
         for ids, datas in prefetch(batches, read, workers=workers, depth=max(2, workers * 2)):
             pixels = gpu.decode_crops_cuda(

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from labeler._io import progress_bar
 from labeler.embeddings.embed import (
     BlockWriters,
     EmbedResult,
     FeatureBlocks,
-    _progress,
     load_crop,
     make_config,
     plan_todo,
@@ -202,7 +202,7 @@ def embed_faces_ray(
                 num_cpus=actor_cpus,
                 num_gpus=1 if on_gpu else 0,
             )
-            bar = _progress(len(todo), desc=f"embed {config.key} (ray)", enabled=progress)
+            bar = progress_bar(len(todo), desc=f"embed {config.key} (ray)", enabled=progress)
 
             def results() -> Any:
                 for out in ds.iter_batches(batch_size=None, batch_format="numpy"):

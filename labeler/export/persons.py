@@ -401,7 +401,7 @@ def cached_identity_descriptors(
     faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there. ``progress``: a
     bar of the faces computed (minutes on a few thousand new faces) on stderr (None: only on
     a terminal)."""
-    from labeler.embeddings.embed import _progress
+    from labeler._io import progress_bar
     from labeler.imageio import load_rgb
     from labeler.workspace import write_table
 
@@ -417,7 +417,7 @@ def cached_identity_descriptors(
     todo = [f for f in dict.fromkeys(face_ids) if f not in have]
     if todo:
         log.info("computing identity descriptors of %d faces", len(todo))
-        with _progress(len(todo), desc="identity descriptors", enabled=progress) as bar:
+        with progress_bar(len(todo), desc="identity descriptors", enabled=progress) as bar:
             for start in range(0, len(todo), 64):
                 part = todo[start : start + 64]
                 crops = []

@@ -62,6 +62,11 @@ the label of a face they correct). Each action also counts the app clicks it cos
 open the face, assign (2). ``result.log`` lists every group action with its expected gain,
 plain's, and the faces it really fixed.
 
+Progress: a session logs (INFO) a line when it starts, one every ``log_every`` seconds with
+the actions taken and the share of faces labeled right so far, and one when it ends
+(``simulate interactive: 120 actions, 91.2% right (1832/2009 faces), 40.3 s``); logging only
+reads the session, so the result does not depend on it.
+
 Example::
 
     res = simulate(groups, truth)                              # plain
@@ -72,6 +77,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,6 +101,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("plain", "interactive")
+LOG_EVERY = 5.0  # seconds between a session's progress lines
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,13 @@ class _Session:
         n_classes: int,
         checked_weight: float = 3.0,
         snapshot_at: int | None = None,
+        *,
+        name: str = "session",
+        log_every: float = LOG_EVERY,
     ) -> None:
         self.y = y
+        self.name, self.log_every = name, log_every
+        self._start = self._logged = time.perf_counter()
         self.snapshot_at = snapshot_at
         self.snapshot: np.ndarray | None = None
         self.checked_weight = checked_weight
@@ -169,6 +181,24 @@ class _Session:
         self.curve.append(self.correct)
         if len(self.curve) == self.snapshot_at:
             self.snapshot = self.cur.copy()
+        now = time.perf_counter()
+        if now - self._logged >= self.log_every:
+            self._logged = now
+            self.report()
+
+    def report(self, done: bool = False) -> None:
+        """Log the actions taken so far and the share of faces labeled right."""
+        n, right = len(self.y), self.curve[-1] if self.curve else 0
+        log.info(
+            "simulate %s: %s%d actions, %.1f%% right (%d/%d faces), %.1f s",
+            self.name,
+            "done, " if done else "",
+            len(self.curve),
+            100.0 * right / n,
+            right,
+            n,
+            time.perf_counter() - self._start,
+        )
 
     def bulk(
         self,
@@ -459,6 +489,7 @@ def simulate(
     split_vectors: np.ndarray | None = None,
     config: InteractiveConfig | None = None,
     snapshot_at: int | None = None,
+    log_every: float = LOG_EVERY,
 ) -> EffortResult:
     """Simulate an annotator labeling ``truth`` with the tool's ``groups``.
 
@@ -469,6 +500,7 @@ def simulate(
     similarity* works on (the cluster run's; default ``features``). config: :class:`InteractiveConfig` for the interactive
     session. snapshot_at: keep the labels as they stood after that many actions in
     ``result.snapshot`` (what a session of at most that many actions hands to training).
+    log_every: seconds between the session's progress lines (INFO; 0: one per action).
     Returns an :class:`EffortResult`.
     """
     groups = np.asarray(groups)
@@ -484,8 +516,13 @@ def simulate(
     classes, y = encode_truth(truth)
     g = noise_as_singletons(groups)
     cfg = config or InteractiveConfig()
-    s = _Session(y, len(classes), cfg.checked_weight, snapshot_at)
+    s = _Session(
+        y, len(classes), cfg.checked_weight, snapshot_at, name=strategy, log_every=log_every
+    )
     n_groups = len(np.unique(g))
+    log.info(
+        "simulate %s: %d faces, %d groups, %d states", strategy, len(y), n_groups, len(classes)
+    )
     if strategy == "plain":
         _plain(g, s)
     else:
@@ -499,6 +536,7 @@ def simulate(
         if len(V) != len(X):
             raise ValueError(f"split_vectors has {len(V)} rows but features has {len(X)}")
         _interactive(g, X, V, s, cfg)
+    s.report(done=True)
     return _result(strategy, s, groups, truth, n_groups, classes)
 
 

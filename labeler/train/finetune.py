@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from labeler._io import atomic_write_bytes
+from labeler._io import atomic_write_bytes, progress_bar
 from labeler.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,6 @@ def finetune(
     import torch
 
     from labeler.embeddings.backbones import resolve_device
-    from labeler.embeddings.embed import _progress
 
     config = config or FinetuneConfig()
     out_dir = Path(out_dir)
@@ -385,7 +384,7 @@ def finetune(
     planned = len(train_idx) * config.epochs  # faces this call was planned to train on
     own_bar = bar is None
     if own_bar:
-        bar = _progress(
+        bar = progress_bar(
             len(train_idx) * (config.epochs - start),
             desc=f"finetune {out_dir.name}",
             enabled=progress,

@@ -65,7 +65,7 @@ def train(
     progress: a bar of faces trained on, with rate and time left, on stderr (None: only on
     a terminal); a fine-tune also logs each epoch at INFO with its losses and time left.
     """
-    from labeler.embeddings.embed import _progress
+    from labeler._io import progress_bar
     from labeler.labels import LabelStore
     from labeler.workspace import write_json
 
@@ -110,7 +110,7 @@ def train(
         X, spec = load_feature_matrix(ws, config.feature_spec, face_ids, raw=True)
         hc = HeadConfig(kind=config.head, C=config.C, seed=config.seed)
         # one bar of faces trained on: the K-fold's heads, then the head on all labels
-        with _progress(len(y), desc=f"train {config.head} head", enabled=progress) as bar:
+        with progress_bar(len(y), desc=f"train {config.head} head", enabled=progress) as bar:
             oof = cross_val_proba(
                 X,
                 y,
@@ -172,7 +172,7 @@ def _train_finetune(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from labeler.embeddings.embed import _progress
+    from labeler._io import progress_bar
     from labeler.export.splits import assign_splits
     from labeler.train.finetune import finetune
 
@@ -203,7 +203,7 @@ def _train_finetune(
     fold_meta = []
     # one bar for every fold: rate and time left of the whole training (epochs a fold does
     # not run, early-stopped or resumed, are taken off its total)
-    with _progress(
+    with progress_bar(
         sum(len(tr) for tr, _ in folds) * fc.epochs,
         desc=f"finetune {len(folds)} fold{'s' * (len(folds) > 1)}",
         enabled=progress,
