@@ -10,6 +10,16 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def show_progress_lines(logger_name: str) -> None:
+    """Show ``logger_name``'s INFO lines (a long step's progress) without ``-v``; a level the
+    user set lower (``-vv``) stays."""
+    import logging
+
+    log = logging.getLogger(logger_name)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
 def workspace_option(*, create: bool = False) -> Callable[[F], F]:
     """``-w/--workspace DIR``; the command receives a ``labeler.workspace.Workspace``."""
 

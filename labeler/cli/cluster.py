@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import show_progress_lines, workspace_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from labeler.cluster.types import ClusterConfig
@@ -128,7 +128,6 @@ def command(
     the same clusters. New faces can later join with 'labeler place'. Each phase is shown on
     stderr as it ends, with its seconds.
     """
-    import logging
 
     from labeler.cluster.store import list_runs, save_run, set_current
 
@@ -144,9 +143,7 @@ def command(
     from labeler.cluster.run import PhaseClock, fit_clusters, fit_phases
 
     # the phase lines show without -v (a run takes minutes on a few thousand faces)
-    phases_log = logging.getLogger("labeler.cluster.run")
-    if phases_log.getEffectiveLevel() > logging.INFO:
-        phases_log.setLevel(logging.INFO)
+    show_progress_lines("labeler.cluster.run")
     clock = PhaseClock(planned=2)  # feature assembly and save; the fit's phases added below
     face_ids, X, spec = load_cluster_features(ws, features)
     config = cluster_config(options)

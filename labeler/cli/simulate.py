@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import show_progress_lines, workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -65,14 +65,11 @@ def command(
     first reaches N %; clicks98 = the app clicks those actions cost. Each session shows its
     progress on stderr (actions taken, share of faces right) every few seconds.
     """
-    import logging
 
     from labeler.loop.simulate import InteractiveConfig, simulate_workspace
 
     # the progress lines show without -v (the interactive session takes minutes)
-    progress_log = logging.getLogger("labeler.loop.simulate")
-    if progress_log.getEffectiveLevel() > logging.INFO:
-        progress_log.setLevel(logging.INFO)
+    show_progress_lines("labeler.loop.simulate")
 
     cfg = InteractiveConfig(split_parts=split_parts)
     results, info = simulate_workspace(

@@ -9,6 +9,7 @@ import click
 from labeler.cli._common import (
     device_option,
     field_option,
+    show_progress_lines,
     workspace_option,
 )
 
@@ -95,7 +96,6 @@ def command(
 ) -> None:
     """Train a classifier for FIELD on the human labels; report macro-F1, per-class
     precision/recall and a confusion matrix; save it under the workspace's models/."""
-    import logging
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -125,9 +125,7 @@ def command(
     )
     # fine-tuning shows a bar (rate, time left) and its epoch lines (losses) without -v,
     # the lines printed above the bar
-    epochs_log = logging.getLogger("labeler.train.finetune")
-    if epochs_log.getEffectiveLevel() > logging.INFO:
-        epochs_log.setLevel(logging.INFO)
+    show_progress_lines("labeler.train.finetune")
     with logging_redirect_tqdm():
         res = train(ws, config, progress=True)
     for line in res.report.lines():
