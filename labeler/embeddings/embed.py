@@ -184,7 +184,9 @@ def embed_crops(
     region: str = "face",
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Embed in-memory aligned crops ``(N, H, H, 3)`` uint8 -> float32 ``(N, dim)`` (raw features)."""
+    """Embed in-memory crops ``(N, H, H, 3)`` uint8 -> float32 ``(N, dim)`` (raw features):
+    aligned crops for the landmark regions, the *box* crops (``FaceCrops.box``) for
+    ``region="box"`` (an aligned crop given as a box computes other features)."""
     size = backbone.input_size
     out = []
     for start in range(0, len(crops), batch_size):
