@@ -37,32 +37,37 @@ class Placement:
     confidence: np.ndarray
 
 
-def _vote(lab: np.ndarray, w: np.ndarray, *, real_only: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``lab`` (M, k) cluster labels (-1 = noise) with weights ``w`` (M, k): the
-    column (label + 1) with the largest summed weight, the lowest column on a tie and 0 where
-    no weight is positive, and that sum. ``real_only`` leaves noise votes out.
+def _vote_sums(lab: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The summed weight of each (row, column) pair that occurs in ``lab`` (M, k) cluster
+    labels (-1 = noise) with weights ``w`` (M, k), column = label + 1: ``(rows, cols, sums)``
+    sorted by row, then column.
 
-    Only the (row, label) pairs that occur are summed (M * k of them at most), so the memory
-    is the neighbours', not M x clusters: at a million faces in 8,000 groups a dense vote
-    table would take 60 GB.
+    Only the pairs that occur are summed (M * k of them at most), so the memory is the
+    neighbours', not M x clusters: at a million faces in 8,000 groups a dense vote table
+    would take 60 GB.
     """
     m, k = lab.shape
-    win, top = np.zeros(m, np.int64), np.zeros(m, np.float64)
     cols = lab.astype(np.int64).ravel() + 1
+    n_cols = int(cols.max()) + 1 if cols.size else 1
     rows = np.repeat(np.arange(m, dtype=np.int64), k)
-    keep = (cols >= 1) if real_only else np.ones(cols.shape, bool)
-    if not keep.any():
+    keys, inverse = np.unique(rows * n_cols + cols, return_inverse=True)
+    sums = np.bincount(inverse, weights=w.ravel(), minlength=len(keys))
+    return keys // n_cols, keys % n_cols, sums
+
+
+def _row_best(
+    m: int, rows: np.ndarray, cols: np.ndarray, sums: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of M, the column with the largest sum among ``(rows, cols, sums)`` (sorted by
+    row, then column): the lowest column on a tie, 0 where no sum is positive; and that sum."""
+    win, top = np.zeros(m, np.int64), np.zeros(m, np.float64)
+    if not len(rows):
         return win, top
-    n_cols = int(cols.max()) + 1
-    keys, inverse = np.unique(rows[keep] * n_cols + cols[keep], return_inverse=True)
-    sums = np.bincount(inverse, weights=w.ravel()[keep])
-    key_row, key_col = keys // n_cols, keys % n_cols
-    starts = np.flatnonzero(np.r_[True, key_row[1:] != key_row[:-1]])
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     row_max = np.maximum.reduceat(sums, starts)
-    at_max = np.flatnonzero(sums == np.repeat(row_max, np.diff(np.r_[starts, len(keys)])))
-    first = at_max[np.r_[True, key_row[at_max][1:] != key_row[at_max][:-1]]]  # lowest column
-    present = key_row[first]
-    win[present], top[present] = key_col[first], sums[first]
+    at_max = np.flatnonzero(sums == np.repeat(row_max, np.diff(np.r_[starts, len(rows)])))
+    first = at_max[np.r_[True, rows[at_max][1:] != rows[at_max][:-1]]]  # lowest column
+    win[rows[first]], top[rows[first]] = cols[first], sums[first]
     win[top <= 0] = 0
     return win, top
 
@@ -86,10 +91,12 @@ def place_by_neighbors(
     w = np.where(valid, np.maximum(np.nan_to_num(sims, neginf=0.0), 0.0) + 1e-3, 0.0)
     wsum = np.maximum(w.sum(axis=1), 1e-12)
     lab = ref_labels[nb]
-    win, top = _vote(lab, w, real_only=False)
+    rows, cols, sums = _vote_sums(lab, w)  # column 0 = noise, c + 1 = cluster c
+    win, top = _row_best(m, rows, cols, sums)
     labels = (win - 1).astype(np.int32)
     confidence = (top / wsum).astype(np.float32)
-    best, _ = _vote(lab, w, real_only=True)
+    real = cols >= 1  # the best real cluster: the same sums without the noise column
+    best, _ = _row_best(m, rows[real], cols[real], sums[real])
     suggested = np.where(labels >= 0, labels, best - 1).astype(np.int32)
     xy = (np.einsum("mk,mkc->mc", w, ref_xy[nb]) / wsum[:, None]).astype(np.float32)
     score = ((w * ref_score[nb]).sum(axis=1) / wsum).astype(np.float32)
