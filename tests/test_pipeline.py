@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def test_run_on_a_missing_folder_is_one_clean_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_then_rerun_then_add_images(tmp_path):
+def test_run_then_rerun_then_add_images(tmp_path, caplog):
     from labeler.cluster.store import current_run_id, load_run
     from labeler.embeddings import get_backbone
     from labeler.embeddings.embed import load_crops
@@ -58,6 +59,12 @@ def test_run_then_rerun_then_add_images(tmp_path):
     res = runner.invoke(cli, ["run", str(folder), "-w", str(ws_dir)])
     assert res.exit_code == 0, res.output
     assert "10 images ok, 2 unreadable" in res.output
+    # the grouping says each phase as it ends, without -v, as `labeler cluster` does
+    lines = [r.getMessage() for r in caplog.records if r.name == "labeler.cluster.run"]
+    phases = [
+        m.groups() for s in lines if (m := re.match(r"cluster: \w+ \S+ s \((\d+)/(\d+)\)", s))
+    ]
+    assert phases and phases[-1][0] == phases[-1][1], lines  # every planned phase, in order
     ws = Workspace.open(ws_dir)
     images = ws.images().set_index("path")
     assert images.loc["truncated.jpg", "status"] == "error"

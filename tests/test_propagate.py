@@ -236,6 +236,31 @@ def test_suggest_without_labels_is_one_clean_line(tmp_path, name):
     assert len(res.output.strip().splitlines()) == 1 and "no faces yet" in res.output
 
 
+def test_background_suggest_on_a_workspace_without_features_logs_one_line(tmp_path, caplog):
+    """The app starts Suggest on its own after a few labels; on a workspace whose faces were
+    never embedded that is a step to run first (one line in the log and on the page), not a
+    bug with a traceback."""
+    import tinyws
+
+    from labeler.loop import step
+    from labeler.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ids = [f"{i:05d}_0" for i in range(6)]
+    ws.write_faces(tinyws.stub_faces(ids))
+    LabelStore(ws.labels_db).assign(
+        ids[:4], "mask_state", "no_mask", annotator="t", source="selection"
+    )
+    with caplog.at_level("WARNING", logger="labeler.loop.step"):
+        step.start_background(ws, "mask_state").join(timeout=60)
+    status = step.read_status(ws, "mask_state")
+    assert status["state"] == "error" and "\n" not in status["message"]
+    assert "labeler embed" in status["message"] or "labeler run" in status["message"], status
+    (rec,) = [r for r in caplog.records if r.name == "labeler.loop.step"]
+    assert rec.levelname == "WARNING" and rec.exc_info is None
+    assert status["message"].split(": ", 1)[1] in rec.getMessage()
+
+
 def test_trained_head_confidence_is_tempered_by_its_out_of_fold_errors(tmp_path):
     """A logistic head on 300 noisy dims is ~100 % sure of its own training faces while
     cross-validation is much weaker; the temperature fitted out-of-fold brings it down."""

@@ -10,6 +10,7 @@ from labeler.cli._common import (
     backbone_option,
     detector_option,
     device_option,
+    show_progress_lines,
     workspace_option,
 )
 from labeler.cli.cluster import cluster_config, cluster_options
@@ -76,6 +77,8 @@ def command(
         embed_threads=embed_threads,
         detect_engine=detect_engine,
     )
+    if config.cluster is not None:  # a fit over many faces takes minutes: say each phase
+        show_progress_lines("labeler.cluster.run")
     res = run_pipeline(images, ws, config=config)  # type: ignore[arg-type]
     total = sum(res.timings.values())
     click.echo(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from labeler.errors import InputError
+from labeler.errors import InputError, LabelerError
 from labeler.labels.suspects import SUSPECT_COLUMNS
 from labeler.loop.suggest import SuggestConfig
 
@@ -274,7 +274,10 @@ def start_background(
         try:
             run = suggest_workspace(ws, field=field, feature_spec=feature_spec, config=config)
         except Exception as exc:  # shown on the page as one line; details in the log
-            log.exception("Suggest step for %s failed", field)
+            if isinstance(exc, LabelerError):  # a step to run first: its one line is the news
+                log.warning("Suggest step for %s: %s", field, exc)
+            else:  # a bug: its traceback
+                log.exception("Suggest step for %s failed", field)
             _write_status(ws, field, state="error", started=started, finished=time.time(),
                           message=f"{type(exc).__name__}: {exc}")  # fmt: skip
             return
