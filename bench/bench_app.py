@@ -71,6 +71,66 @@ WHERE rn = 1 AND value IS NOT NULL
 """
 
 
+def pil_thumbnail_sheets(fids, *, read, cell: int, cols: int, quality: int = 80):
+    """The obvious code for the map's thumbnail sheets (what the app shipped before): PIL,
+    one face after another, a DCT-scaled decode (``draft``) then a bilinear resize."""
+    import io
+
+    from PIL import Image
+
+    from labeler.ui.chart import ThumbSheets
+
+    sheets, per = [], cols * cols
+    for start in range(0, len(fids), per):
+        chunk = fids[start : start + per]
+        sheet = Image.new("RGB", (cols * cell, -(-len(chunk) // cols) * cell), (200, 200, 200))
+        for j, fid in enumerate(chunk):
+            data = read(fid)
+            if not data:
+                continue
+            try:
+                im = Image.open(io.BytesIO(data))
+                im.draft("RGB", (cell, cell))
+                im = im.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR)
+            except OSError:
+                continue
+            sheet.paste(im, ((j % cols) * cell, (j // cols) * cell))
+        buf = io.BytesIO()
+        sheet.save(buf, format="JPEG", quality=quality)
+        sheets.append(buf.getvalue())
+    return ThumbSheets(tuple(sheets), cell, cols)
+
+
+def write_map_crops(ws, face_ids, labels) -> tuple[int, str]:
+    """A crop for every face the map draws (its hover thumbnails read them all on the first
+    visit): 256 px JPEGs cut from the real photos of ``../shared/data/realmasks`` where they
+    are (a real crop's decode cost), else one synthetic face reused. Returns (count, source)."""
+    import io
+
+    from PIL import Image
+
+    from labeler.ui.data import map_sample
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "realmasks" / "images"
+    crops = []
+    for f in sorted(real.iterdir())[:300] if real.is_dir() else []:
+        buf = io.BytesIO()
+        Image.open(f).convert("RGB").resize((256, 256)).save(buf, format="JPEG", quality=90)
+        crops.append(buf.getvalue())
+    source = f"{len(crops)} real crops (realmasks), reused"
+    if not crops:
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (180, 140, 120)).save(buf, format="JPEG", quality=90)
+        crops, source = [buf.getvalue()], "one synthetic crop (no ../shared)"
+    rows = map_sample(labels)
+    for i, row in enumerate(rows):
+        path = ws.crop_path(str(face_ids[row]))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(crops[i % len(crops)])
+    return len(rows), source
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faces", type=int, default=133_000)
@@ -83,7 +143,7 @@ def main() -> None:
 
     from labeler.cluster import store as cluster_store
     from labeler.labels import MASK_STATES, LabelStore
-    from labeler.ui import chart
+    from labeler.ui import chart, data
     from labeler.ui.state import ENV_WORKSPACE, K
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -101,6 +161,8 @@ def main() -> None:
     )
     run = cluster_store.load_run(ws)
     rows: list[tuple[str, str, str]] = [("build synthetic workspace", f"{t_build:.1f} s", "")]
+    (n_crops, source), t_crops = timed(write_map_crops, ws, run.face_ids, run.labels)
+    rows.append((f"crops for the map's {n_crops:,} drawn faces", f"{t_crops:.1f} s", source))
     nums: dict[str, object] = {"faces": args.faces, "clusters": args.clusters,
                                "load_start": round(os.getloadavg()[0], 2)}  # fmt: skip
 
@@ -206,6 +268,22 @@ def main() -> None:
     nums["all_points_mb"] = full_bytes / 1e6
     rows.append((f"map payload: {n_drawn:,} sampled points", f"{sample_bytes / 1e6:.2f} MB", ""))
     rows.append((f"naive: all {len(xy):,} points", f"{full_bytes / 1e6:.2f} MB", ""))
+
+    # the map's hover thumbnails (the bulk of its first visit): as shipped vs the obvious code
+    from functools import partial
+
+    fids = [str(f) for f in run.face_ids[data.map_sample(run.labels)]]
+    read = chart.crop_reader(ws)
+    for name, fn in (
+        (f"threads ({os.cpu_count()})", partial(chart.thumbnail_sheets, read=read)),
+        ("one thread", partial(chart.thumbnail_sheets, read=read, workers=1)),
+        ("naive: PIL, one thread", partial(pil_thumbnail_sheets, read=read)),
+    ):
+        sheets, dt = timed(fn, fids, cell=40, cols=32)
+        key = name.split(" (")[0].replace(",", "").replace(":", "").replace(" ", "_")
+        nums[f"thumbs_{key}_s"], nums[f"thumbs_{key}_cpu_s"] = dt, CPU[0]
+        rows.append((f"map thumbnails, {len(fids):,} faces: {name}", f"{dt:.2f} s",
+                     f"CPU {CPU[0]:.2f} s, {sum(map(len, sheets.sheets)) / 1e6:.1f} MB"))  # fmt: skip
 
     width = max(len(r[0]) for r in rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -666,6 +666,45 @@ def test_thumbnail_sheets_put_each_face_in_its_cell():
     assert np.abs(second[8 + 16 * 2, 8 + 16 * 2] - 200).max() < 12  # undecodable: grey
     with pytest.raises(ValueError, match="cell"):
         chart.thumbnail_sheets(faces, cell=4)
+    # sheets made on threads, each face read there by `read`: the same bytes as one thread
+    by_id = dict(enumerate(faces))
+    threads = chart.thumbnail_sheets(list(by_id), cell=16, cols=2, read=by_id.get, workers=3)
+    one = chart.thumbnail_sheets(faces, cell=16, cols=2, workers=1)
+    assert len(one.sheets) == 7 and threads == one
+
+
+def test_the_maps_crop_reader_reads_only_inside_the_workspace(ws, tmp_path, caplog):
+    """The map's thumbnails read 20,000 crops; the reader resolves each crop folder once, and
+    still refuses a crop (or a crop folder) that links outside the workspace."""
+    faces = ws.faces()["face_id"].astype(str).tolist()
+    with_crop = [f for f in faces if ws.crop_path(f).exists()]
+    a, b, c = with_crop[:3]
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(ws.crop_path(b).read_bytes())
+    ws.crop_path(b).unlink()
+    ws.crop_path(b).symlink_to(secret)  # a crop linked outside the workspace
+    inner = ws.crop_path(c).with_name("inner.jpg")
+    inner.write_bytes(ws.crop_path(c).read_bytes())
+    ws.crop_path(c).unlink()
+    ws.crop_path(c).symlink_to(inner)  # a crop linked inside: fine
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "zz_0.jpg").write_bytes(secret.read_bytes())
+    (ws.crops_dir / "zz").symlink_to(outside)  # a whole crop folder linked outside
+    read = chart.crop_reader(ws)
+    assert read(a) == ws.crop_path(a).read_bytes()
+    assert read(c) == inner.read_bytes()
+    assert read(b) is None and read("zz_0") is None
+    assert read("no_such_face") is None  # no file: None, no error
+    refused = [r.getMessage() for r in caplog.records if "refused to read" in r.getMessage()]
+    assert len(refused) == 2
+    # the same answers as the workspace's own check, face by face
+    for f in (a, b, c, "zz_0"):
+        try:
+            ws.resolve_inside(ws.crop_path(f))
+            assert read(f) is not None
+        except PermissionError:
+            assert read(f) is None
 
 
 def test_map_points_carry_their_row_and_thumbnail_cell(ws):

@@ -4,8 +4,12 @@ label or suggestion, what a box or lasso takes, and the hover thumbnails (cached
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -21,6 +25,8 @@ from labeler.ui.data import (
     store,
 )
 from labeler.workspace import Workspace
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -231,42 +237,65 @@ THUMB_BIG_UP_TO = 5_000
 
 
 def thumbnail_sheets(
-    images: list[bytes | None], *, cell: int = 64, cols: int = 16, quality: int = 80
+    images: Sequence[T],
+    *,
+    cell: int = 64,
+    cols: int = 16,
+    quality: int = 80,
+    read: Callable[[T], bytes | None] | None = None,
+    workers: int | None = None,
 ) -> ThumbSheets:
-    """Pack encoded face images (``None``: a grey cell) into square JPEG sheets of
-    ``cols x cols`` cells of ``cell`` px, in order. JPEGs are decoded at a reduced DCT scale
-    (``draft``), so a 256 px crop costs well under a millisecond.
+    """Pack face images into square JPEG sheets of ``cols x cols`` cells of ``cell`` px, in
+    order. ``images``: encoded images (``None``: a grey cell), or anything ``read`` turns into
+    those (a face id -> its crop's bytes), so that reading runs in the same threads. JPEGs are
+    decoded at a reduced DCT scale, so a 256 px crop costs well under a millisecond. Sheets
+    are made on ``workers`` threads (default: one a CPU); the bytes are the same for any
+    count.
 
     >>> ts = thumbnail_sheets([jpeg_bytes] * 300, cell=64, cols=16)  # doctest: +SKIP
     >>> len(ts.sheets), ts.per_sheet  # doctest: +SKIP
     (2, 256)
     """
-    import io
-
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
 
     if cell < 8 or cols < 1:
         raise ValueError(f"cell must be >= 8 px and cols >= 1, got cell={cell}, cols={cols}")
     per = cols * cols
-    sheets = []
-    for start in range(0, len(images), per):
-        chunk = images[start : start + per]
-        rows = -(-len(chunk) // cols)
-        sheet = Image.new("RGB", (cols * cell, rows * cell), (200, 200, 200))
-        for j, data in enumerate(chunk):
-            if not data:
-                continue
-            try:
-                im = Image.open(io.BytesIO(data))
-                im.draft("RGB", (cell, cell))
-                im = im.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR)
-            except OSError:
-                continue
-            sheet.paste(im, ((j % cols) * cell, (j // cols) * cell))
-        buf = io.BytesIO()
-        sheet.save(buf, format="JPEG", quality=quality)
-        sheets.append(buf.getvalue())
-    return ThumbSheets(tuple(sheets), cell, cols)
+    chunks = [images[i : i + per] for i in range(0, len(images), per)]
+    make = partial(_sheet, cell=cell, cols=cols, quality=quality, read=read)
+    n = max(1, min(len(chunks), workers or os.cpu_count() or 1))
+    if n == 1:
+        return ThumbSheets(tuple(map(make, chunks)), cell, cols)
+    with ThreadPoolExecutor(n, thread_name_prefix="map-thumbs") as pool:
+        return ThumbSheets(tuple(pool.map(make, chunks)), cell, cols)
+
+
+def _sheet(
+    chunk: Sequence[T], *, cell: int, cols: int, quality: int,
+    read: Callable[[T], bytes | None] | None,
+) -> bytes:  # fmt: skip
+    """One sheet of :func:`thumbnail_sheets`: ``chunk`` in row-major cells, as JPEG bytes.
+    OpenCV decodes and resizes (all in C, without the GIL, so the sheets' threads run side by
+    side); a JPEG is decoded at the DCT scale that keeps at least ``cell`` px of a crop."""
+    import cv2
+
+    from labeler.faces.regions import CROP_SIZE
+    from labeler.imageio import encode_jpeg
+
+    scale = max((f for f in (1, 2, 4, 8) if CROP_SIZE // f >= cell), default=1)
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[scale]  # fmt: skip
+    rows = -(-len(chunk) // cols)
+    sheet = np.full((rows * cell, cols * cell, 3), 200, np.uint8)
+    for j, item in enumerate(chunk):
+        data = read(item) if read is not None else item
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
+        if bgr is None:  # no file, or not an image: a grey cell
+            continue
+        y, x = (j // cols) * cell, (j % cols) * cell
+        thumb = cv2.resize(bgr, (cell, cell), interpolation=cv2.INTER_AREA)
+        sheet[y : y + cell, x : x + cell] = thumb[:, :, ::-1]
+    return encode_jpeg(sheet, quality=quality)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Making the map's thumbnails…")
@@ -275,21 +304,35 @@ def _map_thumbs(root: str, run_id: str, mtime: float) -> ThumbSheets:
     view = _run_view(root, run_id, mtime)
     fids = view.run.face_ids[view.sample]
     cell = 64 if len(fids) <= THUMB_BIG_UP_TO else 40
-    images = [_read_crop(ws, str(f)) for f in fids]  # not through crop_bytes' small cache
-    return thumbnail_sheets(images, cell=cell, cols=16 if cell == 64 else 32)
+    # read in the sheets' threads, not through crop_bytes' small cache
+    return thumbnail_sheets([str(f) for f in fids], cell=cell, cols=16 if cell == 64 else 32,
+                            read=crop_reader(ws))  # fmt: skip
 
 
-def _read_crop(ws: Workspace, face_id: str) -> bytes | None:
-    """A crop's bytes if its file lies inside the workspace (as ``resolve_inside`` checks, but
-    without reading the workspace's metadata once per face), else None."""
-    path = ws.crop_path(face_id).resolve()
-    if ws.root.resolve() not in path.parents:
-        log.warning("refused to read %s: outside the workspace", path)
-        return None
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+def crop_reader(ws: Workspace) -> Callable[[str], bytes | None]:
+    """A face id -> its crop's bytes, or None when there is no file or it lies outside the
+    workspace (what :meth:`Workspace.resolve_inside` checks, without resolving every path:
+    each crop folder is resolved once, and only a crop that is a link is followed)."""
+    root = ws.root.resolve()
+    inside: dict[Path, bool] = {}
+
+    def read(face_id: str) -> bytes | None:
+        path = ws.crop_path(face_id)
+        ok = inside.get(path.parent)
+        if ok is None:
+            real = path.parent.resolve()
+            ok = inside[path.parent] = real == root or root in real.parents
+        if ok and path.is_symlink():
+            ok = root in path.resolve().parents
+        if not ok:
+            log.warning("refused to read %s: outside the workspace", path)
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    return read
 
 
 def map_thumbs(ws: Workspace) -> ThumbSheets | None:
