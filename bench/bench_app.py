@@ -274,16 +274,16 @@ def main() -> None:
 
     fids = [str(f) for f in run.face_ids[data.map_sample(run.labels)]]
     read = chart.crop_reader(ws)
-    for name, fn in (
-        (f"threads ({os.cpu_count()})", partial(chart.thumbnail_sheets, read=read)),
-        ("one thread", partial(chart.thumbnail_sheets, read=read, workers=1)),
-        ("naive: PIL, one thread", partial(pil_thumbnail_sheets, read=read)),
+    for key, name, fn in (
+        ("threads", f"threads ({os.cpu_count()})", partial(chart.thumbnail_sheets, read=read)),
+        ("one_thread", "one thread", partial(chart.thumbnail_sheets, read=read, workers=1)),
+        ("naive", "naive: PIL, one thread", partial(pil_thumbnail_sheets, read=read)),
     ):
         sheets, dt = timed(fn, fids, cell=40, cols=32)
-        key = name.split(" (")[0].replace(",", "").replace(":", "").replace(" ", "_")
         nums[f"thumbs_{key}_s"], nums[f"thumbs_{key}_cpu_s"] = dt, CPU[0]
         rows.append((f"map thumbnails, {len(fids):,} faces: {name}", f"{dt:.2f} s",
                      f"CPU {CPU[0]:.2f} s, {sum(map(len, sheets.sheets)) / 1e6:.1f} MB"))  # fmt: skip
+    nums["thumbs_faces"] = len(fids)
 
     width = max(len(r[0]) for r in rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -364,6 +364,10 @@ def app_table(results: Path) -> str:
             f"{a[f'page_cold_{cold}_ms']:.0f} ms |",
             "| click *Assign* on the big cluster, including the rerun | "
             f"{a['click_assign_ms']:.0f} ms |",
+            f"| the map's hover thumbnails ({a['thumbs_faces']:,} faces, most of its first "
+            f"visit): {a['cores']} threads / one thread / the previous PIL loop | "
+            f"**{a['thumbs_threads_s']:.1f}** / {a['thumbs_one_thread_s']:.1f} / "
+            f"{a['thumbs_naive_s']:.1f} s |",
             f"| map sent to the browser: {a['map_points']:,} sampled points vs all "
             f"{a['all_points']:,} (x, y only) | {a['map_mb']:.2f} vs {a['all_points_mb']:.2f} MB |",
         ]

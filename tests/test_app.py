@@ -716,3 +716,14 @@ def test_map_points_carry_their_row_and_thumbnail_cell(ws):
         assert view.sample[cd[:, 1]].tolist() == rows.tolist()  # the cell shows that face
     ts = chart.map_thumbs(ws)
     assert len(ts.sheets) == -(-len(view.sample) // ts.per_sheet)
+    # the page sends the figure checked once (a go.Figure, kept with the cached figure): the
+    # browser gets the very spec the dict gives when plotly checks it on every rerun
+    import plotly.io
+    import plotly.tools
+
+    def spec(figure) -> str:
+        return plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(figure, True))
+
+    again = chart.map_figure(ws, "mask_state", "cluster")
+    assert again is fig and again.plotly is fig.plotly  # cached: checked once
+    assert spec(fig.plotly) == spec(fig.figure)

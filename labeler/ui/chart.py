@@ -7,9 +7,9 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -202,6 +202,15 @@ class MapFigure:
 
     figure: dict
     trace_rows: tuple[np.ndarray, ...]
+
+    @cached_property
+    def plotly(self) -> Any:
+        """``figure`` as a ``plotly.graph_objects.Figure``, checked by plotly once per cached
+        figure: ``st.plotly_chart`` then only copies it on each rerun, where a dict is
+        checked again, point by point (0.3-0.4 s for 20,000 points)."""
+        import plotly.graph_objects as go
+
+        return go.Figure(self.figure)
 
 
 def map_figure(ws: Workspace, field: str, color_by: str) -> MapFigure:

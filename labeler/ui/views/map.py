@@ -51,7 +51,7 @@ st.caption(
 )
 require("plotly", purpose="the map page")
 event = st.plotly_chart(
-    fig.figure,
+    fig.plotly,
     key=state.map_chart_key(),
     on_select="rerun",
     selection_mode=("points", "box", "lasso"),
