@@ -258,8 +258,8 @@ def thumbnail_sheets(
     order. ``images``: encoded images (``None``: a grey cell), or anything ``read`` turns into
     those (a face id -> its crop's bytes), so that reading runs in the same threads. JPEGs are
     decoded at a reduced DCT scale, so a 256 px crop costs well under a millisecond. Sheets
-    are made on ``workers`` threads (default: one a CPU); the bytes are the same for any
-    count.
+    are made on ``workers`` threads (default: one a CPU, at most 8: the app serves other
+    annotators meanwhile); the bytes are the same for any count.
 
     >>> ts = thumbnail_sheets([jpeg_bytes] * 300, cell=64, cols=16)  # doctest: +SKIP
     >>> len(ts.sheets), ts.per_sheet  # doctest: +SKIP
@@ -272,7 +272,7 @@ def thumbnail_sheets(
     per = cols * cols
     chunks = [images[i : i + per] for i in range(0, len(images), per)]
     make = partial(_sheet, cell=cell, cols=cols, quality=quality, read=read)
-    n = max(1, min(len(chunks), workers or os.cpu_count() or 1))
+    n = max(1, min(len(chunks), workers or min(8, os.cpu_count() or 1)))
     if n == 1:
         return ThumbSheets(tuple(map(make, chunks)), cell, cols)
     with ThreadPoolExecutor(n, thread_name_prefix="map-thumbs") as pool:
