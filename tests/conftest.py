@@ -96,6 +96,18 @@ def _restore_main_module():
     sys.modules["__main__"] = main
 
 
+@pytest.fixture
+def torch_threads_restored():
+    """For a test that pins torch's CPU threads (``torch.set_num_threads`` is process-wide):
+    without it every later test's torch ran on that many threads, so a torch result
+    depended on which tests ran before it. The count torch had is set back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_dataset(name: str) -> Path:
     """Path of ``../shared/data/<name>``; skips the test when it is not there (fails in CI)."""
     path = SHARED / name

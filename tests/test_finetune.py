@@ -13,7 +13,8 @@ import tinyws
 
 from labeler.train.finetune import FinetuneConfig, _load_resume_checkpoint, finetune
 
-pytestmark = pytest.mark.slow
+# finetune(threads=1) pins torch to one thread for the whole process: set back after each test
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads_restored")]
 
 CLASSES = ["correct", "no_mask"]
 CFG = FinetuneConfig(image_size=64, epochs=2, batch_size=8, device="cpu", patience=10, threads=1)

@@ -168,3 +168,23 @@ def test_rotation_never_deletes_the_newest_sound_backup(tmp_path):
     # restore skips the newer damaged ones and picks the sound one
     assert restore_backup(db) == sound
     pd.testing.assert_frame_equal(labels_of(db), before)
+
+
+def test_backups_written_within_one_clock_tick_list_newest_first(tmp_path):
+    """Backups with the same file time (one tick of the file system's clock: a few ms here,
+    1-2 s on FAT or HFS+) list by event number and collision suffix as numbers: as text,
+    e100 came before e99 and e5-1 before e5, and restore picked an older backup."""
+    ws = labeled_workspace(tmp_path / "ws")
+    db = ws.labels_db
+    sound = make_backup(db)
+    names = ["labels-20260101T000000Z-e99.db", "labels-20260101T000000Z-e100.db",
+             "labels-20260101T000001Z-e5.db", "labels-20260101T000001Z-e5-1.db",
+             "labels-20260101T000001Z-e5-2.db"]  # fmt: skip
+    tick = time.time() + 10
+    for name in names:
+        path = sound.with_name(name)
+        path.write_bytes(sound.read_bytes())
+        os.utime(path, (tick, tick))
+    got = [b.path.name for b in list_backups(db)][:5]
+    assert got == [names[4], names[3], names[2], names[1], names[0]], got
+    assert restore_backup(db).name == names[4]

@@ -165,7 +165,7 @@ def test_softmax_temperature_sharpens():
 
 
 @pytest.fixture(scope="module")
-def mfr2_ws(tmp_path_factory):
+def mfr2_template(tmp_path_factory):
     from labeler.loop.truth import join_truth
     from labeler.pipeline import RunConfig, run_pipeline
     from labeler.workspace import Workspace
@@ -177,6 +177,19 @@ def mfr2_ws(tmp_path_factory):
     store = LabelStore(ws.labels_db)
     store.add_field("state", ["masked", "no_mask"])
     return ws, truth
+
+
+@pytest.fixture
+def mfr2_ws(mfr2_template, tmp_path):
+    """A copy of the MFR2 workspace per test: the tests label it (one 40 faces, one all of
+    them), and sharing one store made each test's labels the next one's input (in the
+    other order the 40-label test found 163 labels)."""
+    import shutil
+
+    from labeler.workspace import Workspace
+
+    ws, truth = mfr2_template
+    return Workspace.open(shutil.copytree(ws.root, tmp_path / "ws")), truth
 
 
 def _accuracy(store: LabelStore, truth: pd.DataFrame) -> float:

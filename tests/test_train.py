@@ -126,7 +126,7 @@ def test_offline_imagenet_weights_really_load():
 
 
 @pytest.mark.slow
-def test_finetune_cpu_resume_equals_uninterrupted(tmp_path):
+def test_finetune_cpu_resume_equals_uninterrupted(tmp_path, torch_threads_restored):
     """Fine-tune the real EfficientNet-Lite0 on tiny crops on CPU; an interrupted run resumed
     from last.pt ends with exactly the weights of an uninterrupted one."""
     import torch

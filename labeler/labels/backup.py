@@ -213,7 +213,11 @@ def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> 
 
 
 def list_backups(db_path: Path) -> list[BackupInfo]:
-    """Backups of ``db_path``, newest first."""
+    """Backups of ``db_path``, newest first.
+
+    By file time; backups written within one tick of the file system's clock (a few ms here,
+    1-2 s on FAT or HFS+) by the name's time stamp, then its event number and its ``-<n>``
+    suffix as numbers (as text, ``e100`` sorted before ``e99`` and ``e5-1`` before ``e5``)."""
     out = []
     for p in backup_dir(db_path).glob("labels-*.db"):
         try:
@@ -222,7 +226,14 @@ def list_backups(db_path: Path) -> list[BackupInfo]:
         except (OSError, ValueError):
             continue
         out.append(BackupInfo(p, st.st_mtime, last, st.st_size))
-    return sorted(out, key=lambda b: (b.created, b.path.name), reverse=True)
+    return sorted(out, key=_newest_first_key, reverse=True)
+
+
+def _newest_first_key(b: BackupInfo) -> tuple[float, str, int, int, str]:
+    """``labels-<stamp>-e<last>[-<n>].db``: (file time, stamp, last event, n, name)."""
+    stamp, _, tail = b.path.stem.removeprefix("labels-").rpartition("-e")
+    n = tail.split("-")[1] if tail.count("-") == 1 else "0"
+    return (b.created, stamp, b.last_event, int(n) if n.isdigit() else 0, b.path.name)
 
 
 def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
