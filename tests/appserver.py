@@ -75,20 +75,29 @@ def running_app(
 
     ``host`` is passed as ``--host`` (default: none, the app's own 127.0.0.1); the url is
     always the loopback one, so a test's traffic never leaves this computer."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from labeler.cli import main; main()", "app", "-w",
-         str(workspace), "--port", str(port), *(["--host", host] if host else [])],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    proc: subprocess.Popen | None = None
     try:
-        wait_healthy(url, proc, timeout)
+        for attempt in range(3):  # the free port can be taken before the server binds it
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from labeler.cli import main; main()", "app", "-w",
+                 str(workspace), "--port", str(port), *(["--host", host] if host else [])],
+                env={**os.environ, **(env or {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_healthy(url, proc, timeout)
+                break
+            except RuntimeError as exc:  # it exited: tried again only when its port was taken
+                if proc.stdout:
+                    proc.stdout.close()
+                if attempt == 2 or f"Port {port} is not available" not in str(exc):
+                    raise
         yield url, proc
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(10)
@@ -98,7 +107,7 @@ def running_app(
         for pid in pids_mentioning(str(workspace)):  # anything the wrapper left behind
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        if proc.stdout:
+        if proc is not None and proc.stdout:
             proc.stdout.close()
 
 

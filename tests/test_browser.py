@@ -275,7 +275,7 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         # 6. the first click on a dropdown right after a checkbox opens it (not only focuses)
         boxes.nth(6).click()
         page.locator(".st-key-assign_value").get_by_role("combobox").click()
-        expect(page.get_by_role("listbox")).to_be_visible(timeout=5_000)
+        expect(page.get_by_role("listbox")).to_be_visible(timeout=15_000)
         _settle(page, 300)
         expect(page.get_by_role("listbox")).to_be_visible()  # the rerun did not close it
         page.get_by_role("option", name="correct").click()
@@ -426,8 +426,9 @@ def test_no_silent_relabel_in_chromium(mfr2_workspace, tmp_path):
         assert m == len(pre) == len(changed) and set(changed) == set(pre)
         assert store.history(limit=1)["n_faces"].tolist() == [m]
         page.locator(".st-key-undo_btn button").click()  # undo is exact: the 20 are back
-        _settle(page)
+        expect(page.get_by_text(re.compile(r"Undid event \d+"))).to_be_visible(timeout=30_000)
         assert store.current_values(FIELD) == before
+        _settle(page)
 
         # keys do nothing while the source photo is open
         n_events = len(store.history(limit=None))

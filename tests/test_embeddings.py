@@ -378,6 +378,24 @@ def test_load_order_does_not_depend_on_shard_layout(tmp_path_factory, data):
     assert list(got_ids) == ids and np.array_equal(got, X)
 
 
+def test_shards_past_99999_keep_their_order_and_are_never_overwritten(tmp_path):
+    """Shard numbers grow past five digits (a long resumable run appends one a batch):
+    part-100000 comes after part-99999, and the next shard is a new file, not a rewrite."""
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ids = [f"{i:02x}{'ab' * 7}_0" for i in range(3)]
+    ws.write_faces(pd.DataFrame([face_row(f, f[:16]) for f in ids]))
+    X = np.arange(9, dtype=np.float32).reshape(3, 3)
+    store.write_config(ws, "p__face", dim=3, config={})
+    first = store.append_shard(ws, "p__face", ids[:1], X[:1])
+    first.rename(first.with_name("part-99999.parquet"))  # as if 99,999 shards came before
+    assert store.append_shard(ws, "p__face", ids[1:2], X[1:2]).name == "part-100000.parquet"
+    assert store.append_shard(ws, "p__face", ids[2:], X[2:]).name == "part-100001.parquet"
+    names = [p.name for p in store.shard_paths(ws, "p__face")]
+    assert names == ["part-99999.parquet", "part-100000.parquet", "part-100001.parquet"]
+    got_ids, got = store.read_vectors(ws, "p__face")
+    assert list(got_ids) == ids and np.array_equal(got, X)  # nothing overwritten
+
+
 # --- the embed step --------------------------------------------------------------------------
 
 

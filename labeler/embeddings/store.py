@@ -201,7 +201,8 @@ def shard_paths(ws: Workspace, key: str) -> list[Path]:
     d = embedding_dir(ws, key)
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if _SHARD_RE.match(p.name)), key=lambda p: p.name)
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _SHARD_RE.match(p.name))]
+    return [p for _, p in sorted(found)]  # by number: part-100000 after part-99999
 
 
 def read_config(ws: Workspace, key: str) -> dict[str, Any] | None:
