@@ -138,13 +138,23 @@ def test_damaged_store_refused_at_start_never_backed_up_and_restored(tmp_path):
         assert maybe_backup(db, 50 * (i + 1)) is None
     assert sorted(b.path.name for b in list_backups(db)) == backups_before
     assert db.read_bytes() == damaged  # the damaged store is left as it was
+    wal = b"a WAL left by a crash: the store's last commits"
+    Path(f"{db}-wal").write_bytes(wal)
 
     # restore picks the newest sound backup: every label is back
     res = CliRunner().invoke(cli, ["labels", "restore", "-w", str(ws.root)])
     assert res.exit_code == 0, res.output
     assert sound.name in res.output
     pd.testing.assert_frame_equal(labels_of(db), before)
-    assert list(ws.root.glob("labels.db.damaged-*"))  # kept aside, not deleted
+    (aside,) = ws.root.glob("labels.db.damaged-*[0-9Z]")  # kept aside, not deleted
+    assert aside.read_bytes() == damaged
+    assert Path(f"{aside}-wal").read_bytes() == wal  # with its WAL, under its name
+    # damaged again and restored again (within the same second, as a script would): the
+    # first copy stays, the second gets its own name
+    damage_middle_pages(db)
+    assert restore_backup(db) is not None
+    copies = sorted(ws.root.glob("labels.db.damaged-*[0-9Z]"))
+    assert len(copies) == 2 and aside in copies and aside.read_bytes() == damaged
     assert start_checks(ws) is not None  # the restored store starts again
 
 

@@ -240,7 +240,8 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     """Replace ``db_path`` by ``backup`` (default: the newest sound backup); returns it.
 
     The current store, if it is sound, is backed up first; a damaged one is kept next to it
-    as ``labels.db.damaged-<time>``. Raises ``ValueError`` when no usable backup exists.
+    as ``labels.db.damaged-<time>``, with its WAL (``-wal``, ``-shm``) beside it under that
+    name. Raises ``ValueError`` when no usable backup exists.
     """
     db_path = Path(db_path)
     candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
@@ -260,9 +261,17 @@ def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     if db_path.exists():
         if check_store(db_path) is None:
             make_backup(db_path)
-        else:
+        else:  # kept aside with its WAL: its last commits may sit there, for a manual recovery
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            os.replace(db_path, db_path.with_name(f"{db_path.name}.damaged-{stamp}"))
+            aside = db_path.with_name(f"{db_path.name}.damaged-{stamp}")
+            n = 1
+            while aside.exists():  # a second restore within the second keeps the first copy
+                aside, n = db_path.with_name(f"{db_path.name}.damaged-{stamp}-{n}"), n + 1
+            for suffix in ("-wal", "-shm"):
+                side = Path(f"{db_path}{suffix}")
+                if side.exists():
+                    os.replace(side, f"{aside}{suffix}")  # sqlite3 opens the copy with it
+            os.replace(db_path, aside)
     for suffix in ("-wal", "-shm"):  # stale WAL files of the old store must not be replayed
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     with temp_path(db_path, side_files=SQLITE_SIDE_FILES) as tmp:
