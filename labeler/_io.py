@@ -11,6 +11,8 @@ Safe from several threads and processes at once (each write has its own temporar
 * :func:`temp_path` - a temporary name beside a file, always cleaned up, for writers that
   publish it themselves (the label store links a new db into place, a backup is renamed
   after the snapshot names its last event); SQLite's side files are removed with it.
+* :func:`remove_stale_temps` - remove the temporary files a killed process left (its pid,
+  in the name, is not running any more), e.g. ``labeler detect`` in ``crops/`` before it runs.
 * :func:`progress_bar` - the one progress bar of a long step (faces embedded, trained on,
   predicted): tqdm on stderr, imported when a bar is made (``labeler --help`` loads no tqdm).
 
@@ -21,16 +23,26 @@ Safe from several threads and processes at once (each write has its own temporar
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SQLITE_SIDE_FILES", "atomic_path", "atomic_write_bytes", "progress_bar", "temp_path"]
+__all__ = [
+    "SQLITE_SIDE_FILES",
+    "atomic_path",
+    "atomic_write_bytes",
+    "progress_bar",
+    "remove_stale_temps",
+    "temp_path",
+]
 
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite may leave beside a database
 
@@ -39,6 +51,69 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(
         f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp"
     )
+
+
+#: What :func:`_temp_name` makes (and SQLite's side files of one): the writer's pid is group 1.
+TEMP_NAME = re.compile(r"^\..+\.(\d+)\.\d+\.[0-9a-f]{8}\.tmp(?:-wal|-shm|-journal)?$")
+#: A temporary file this old is stale even when a process with its pid runs (pids are reused;
+#: the writes that make them, a crop or a table, take well under a second).
+STALE_TEMP_AGE_S = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this machine (of any user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # it exists, it is someone else's
+    return True
+
+
+def remove_stale_temps(
+    folder: str | os.PathLike[str],
+    *,
+    recursive: bool = False,
+    max_age_s: float = STALE_TEMP_AGE_S,
+) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write_bytes` / :func:`atomic_path` /
+    :func:`temp_path` (``.<name>.<pid>.<thread>.<hex>.tmp``) in ``folder`` (and its subfolders
+    with ``recursive``) that a killed process left: those whose pid runs no process on this
+    machine, and those older than ``max_age_s`` whatever their pid. A write in flight in a
+    running process is never touched. Returns the files removed; a missing ``folder`` has none.
+
+    One ``os.scandir`` pass that looks only at names starting with ``.``: about 0.1 s per
+    100,000 crops. A folder shared by several machines is not supported (a pid is
+    only checked on this one)."""
+    removed: list[Path] = []
+    now = time.time()
+    alive: dict[int, bool] = {}
+    stack = [Path(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+                continue
+            match = TEMP_NAME.match(entry.name) if entry.name.startswith(".") else None
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = int(match.group(1))
+            if pid not in alive:
+                alive[pid] = _pid_alive(pid)
+            try:
+                old = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
+                if alive[pid] and not old:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+            removed.append(Path(entry.path))
+    return removed
 
 
 @contextmanager

@@ -21,10 +21,20 @@ more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` ``error``: refused before decodi
 unreadable (permissions, broken symlink)        ``error``: the OS error; ``image_id`` is
                                                 ``path:<sha1 of the path>``
 not a regular file (FIFO, socket, device)       ``error``: never opened (a FIFO would block)
+symlink leading out of the folder               ``error``: never opened, "pass --follow-links"
+                                                (with it: read as any file, unless it is a
+                                                device, FIFO, socket or folder)
 file name that is not valid UTF-8               ``error``: "rename it"; every later step must
                                                 reopen files by the stored UTF-8 ``path``, so
                                                 such names are refused, shown with ``\\xNN``
 =============================================  ==============================================
+
+The folder is a fence (:mod:`labeler.fence`, the rule export and the app apply too): a file
+whose real path (symlinks resolved) lies outside the folder is recorded as an ``error`` with
+the link's target and never opened, hashed or decoded, unless ``follow_links``
+(``--follow-links``) says links may lead out. The setting is kept per folder in the
+workspace; changing it re-checks every file. Symlinked folders are not entered, unless
+``follow_links`` (then each real folder once: a link loop ends).
 
 Decodability is checked with the same decoder the later steps use
 (:func:`labeler.imageio.decode_image`), at a reduced DCT scale for JPEGs, so a file that
@@ -36,7 +46,8 @@ instead of two per photo.
 Re-running is incremental: files whose ``(size, mtime)`` are unchanged are skipped, changed
 files are re-read in place, new files are appended (sorted by path). Duplicates are
 re-derived over the whole table each run (the first ``ok`` copy in table order keeps
-``ok``). Rows of files that have disappeared are kept (their faces may be labeled).
+``ok``). Rows of files that have disappeared are kept (their faces may be labeled); a kept
+row whose file the fence refuses now (a folder link no longer entered) becomes an ``error``.
 """
 
 from __future__ import annotations
@@ -45,7 +56,6 @@ import functools
 import hashlib
 import logging
 import os
-import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -56,6 +66,7 @@ from typing import BinaryIO
 import pandas as pd
 
 from labeler.errors import InputError, NotFoundError
+from labeler.fence import FOLLOW_OPTION, Fence, FenceError, open_resolved, within
 from labeler.imageio import (
     IMAGE_EXTENSIONS,
     ImageDecodeError,
@@ -88,6 +99,7 @@ class IngestConfig:
     extensions: tuple[str, ...]
     workers: int
     verify_side: int = VERIFY_SIDE
+    follow_links: bool = False  # links may lead out of the folder (labeler.fence)
 
 
 @dataclass(frozen=True)
@@ -105,19 +117,26 @@ class IngestResult:
     root: int  # index of the folder in workspace.json "roots"
 
 
-def scan_images(folder: Path, *, skip: Path | None = None) -> Iterator[str]:
+def scan_images(
+    folder: Path, *, skip: Path | None = None, follow_links: bool = False
+) -> Iterator[str]:
     """Relative paths (``os.sep`` separated, surrogate-escaped if not UTF-8) of the image
     files under ``folder``, recursively (an explicit stack: any depth), sorted by their
-    bytes. Symlinked directories are not followed; hidden files and folders (leading ``.``),
-    labeler workspaces (folders holding ``workspace.json``) and ``skip`` are skipped."""
+    bytes. Symlinked directories are not entered unless ``follow_links``, and then only
+    those that lead out of ``folder`` (the others' files are listed where they are), each
+    real directory once, so a link loop ends; hidden files and folders (leading
+    ``.``), labeler workspaces (folders holding ``workspace.json``) and ``skip`` are skipped.
+    File links are listed like files: :func:`labeler.fence.resolve_inside` judges them."""
     found: list[str] = []
     skip_real = os.path.realpath(skip) if skip is not None else None
+    folder_real = os.path.realpath(folder)
+    seen: set[str] = set()  # real paths of the folder links entered
     stack = [os.fspath(folder)]
     while stack:
         dirpath = stack.pop()
         try:
             with os.scandir(dirpath) as it:
-                entries = list(it)
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             log.warning("cannot list %s: %s", display_path(dirpath), exc.strerror)
             continue
@@ -130,8 +149,24 @@ def scan_images(folder: Path, *, skip: Path | None = None) -> Iterator[str]:
                 continue
             try:
                 is_dir = e.is_dir(follow_symlinks=False)
+                dir_link = not is_dir and e.is_symlink() and e.is_dir()
             except OSError:
-                is_dir = False
+                is_dir = dir_link = False
+            if dir_link:
+                real = os.path.realpath(e.path)
+                if not follow_links:
+                    log.info(
+                        "not entering the folder link %s -> %s (pass %s to enter it)",
+                        display_path(e.path),
+                        display_path(real),
+                        FOLLOW_OPTION,
+                    )
+                    continue
+                if real in seen or within(real, folder_real):
+                    log.info("%s: folder link listed already", display_path(e.path))
+                    continue
+                seen.add(real)
+                is_dir = True
             if is_dir:
                 if skip_real is None or os.path.realpath(e.path) != skip_real:
                     stack.append(e.path)
@@ -206,29 +241,58 @@ def _hash_checked(fh: BinaryIO, max_bytes: int) -> tuple[str, int, bool]:
     return sha.hexdigest()[:16], total, True
 
 
+def _link_state(full: str) -> tuple[int, float]:
+    """``(size, mtime)`` of the entry itself (a link's own, not its target's)."""
+    try:
+        lst = os.lstat(full)
+    except OSError:
+        return 0, 0.0
+    return int(lst.st_size), float(lst.st_mtime)
+
+
+def _file_state(fence: Fence, rel: str) -> tuple[int, float]:
+    """``(size, mtime)`` as :func:`_read_one` records it: the file's when the fence lets it
+    be read, else the entry's own (a refused link's target is looked at, never recorded)."""
+    try:
+        st = os.stat(fence.resolve(rel))
+    except OSError:  # FenceError too
+        return _link_state(os.path.join(fence.root, rel))
+    return int(st.st_size), float(st.st_mtime)
+
+
+def _fenced_off(fence: Fence, rel: str) -> bool:
+    """Whether the fence refuses ``rel`` (a missing file is not refused: its row is kept)."""
+    try:
+        fence.resolve(rel)
+    except FenceError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _read_one(
-    folder: Path, root: int, rel: str, verify_side: int, max_bytes: int | None = None
+    folder: Path | Fence, root: int, rel: str, verify_side: int, max_bytes: int | None = None
 ) -> dict:
-    """The images-table row of one file (never raises for a bad file)."""
-    full = os.path.join(folder, rel)
+    """The images-table row of one file (never raises for a bad file). Nothing the fence of
+    the folder (:class:`labeler.fence.Fence`; a bare folder: links may not lead out) refuses
+    is opened."""
+    fence = folder if isinstance(folder, Fence) else Fence(folder)
+    full = os.path.join(fence.root, rel)
     shown = _posix(rel)
     max_bytes = _max_file_bytes() if max_bytes is None else max_bytes
     try:
-        st = os.stat(full)
+        real = fence.resolve(rel)
+        st = os.stat(real)
+    except FenceError as exc:
+        size, mtime = _link_state(full)
+        return _error_row(root, rel, size, mtime, f"{shown}: {exc}", _path_id(root, rel))
     except OSError as exc:
-        try:
-            lst = os.lstat(full)
-            size, mtime = lst.st_size, lst.st_mtime
-        except OSError:
-            size, mtime = 0, 0.0
+        size, mtime = _link_state(full)
         why = "broken symlink" if os.path.islink(full) else "cannot stat"
         reason = f"{shown}: {why} ({exc.strerror})"
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
     size, mtime = int(st.st_size), float(st.st_mtime)
-    if not stat.S_ISREG(st.st_mode):
-        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "special file"
-        reason = f"{shown}: not a regular file ({kind}); skipped without opening it"
-        return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
     if not _utf8_ok(rel):
         reason = f"{shown}: file name is not valid UTF-8; rename the file and ingest again"
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
@@ -239,7 +303,7 @@ def _read_one(
         )
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
     try:
-        with open(full, "rb") as fh:
+        with open_resolved(real) as fh:
             image_id, n_read, looks_ok = _hash_checked(fh, max_bytes)
             if not looks_ok:
                 reason = (
@@ -259,6 +323,8 @@ def _read_one(
                     width, height, _ = image_size(fh, name=shown)
             except ImageDecodeError as exc:
                 return _error_row(root, rel, size, mtime, str(exc), image_id)
+    except FenceError as exc:  # swapped for a FIFO or device since the check
+        return _error_row(root, rel, size, mtime, f"{shown}: {exc}", _path_id(root, rel))
     except OSError as exc:
         reason = f"{shown}: cannot read ({exc.strerror or exc})"
         return _error_row(root, rel, size, mtime, reason, _path_id(root, rel))
@@ -283,19 +349,19 @@ PROCESS_MIN_FILES = 2000
 
 
 def _read_all(
-    folder: Path, root: int, todo: list[str], n_workers: int, verify_side: int = VERIFY_SIDE
+    folder: Path | Fence, root: int, todo: list[str], n_workers: int, verify_side: int = VERIFY_SIDE
 ) -> list[dict]:
     """Rows of ``todo`` in order: threads, or processes on big machines and big folders."""
     cores = os.cpu_count() or 1
+    work = functools.partial(_read_one, folder, root, verify_side=verify_side)
     if cores >= PROCESS_MIN_CORES and len(todo) >= PROCESS_MIN_FILES:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
-        work = functools.partial(_read_one, folder, root, verify_side=verify_side)
         with ProcessPoolExecutor(max_workers=cores, mp_context=ctx) as procs:
             return list(procs.map(work, todo, chunksize=64))
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
-        return list(pool.map(lambda rel: _read_one(folder, root, rel, verify_side), todo))
+        return list(pool.map(work, todo))
 
 
 def mark_duplicates(images: pd.DataFrame) -> pd.DataFrame:
@@ -322,12 +388,17 @@ def ingest_folder(
     *,
     workers: int | None = None,
     verify_side: int = VERIFY_SIDE,
+    follow_links: bool | None = None,
 ) -> IngestResult:
     """Add the images under ``folder`` to ``ws``'s images table (see the module docstring).
 
     ``workers`` threads (default ``min(8, cpu count + 2)``) read, hash and verify files.
     ``verify_side``: the decode that checks each file (0: header only, for a caller that
-    decodes every photo next and calls :func:`record_unreadable`).
+    decodes every photo next and calls :func:`record_unreadable`). ``follow_links``: links
+    may lead out of ``folder`` (:mod:`labeler.fence`); ``None`` keeps what the workspace
+    recorded for this folder (False for a new one). The setting is recorded in the
+    workspace (export and the app apply it) and in ``steps/ingest.json``; a change re-reads
+    every file.
 
     >>> ws = Workspace.open("ws", create=True)  # doctest: +SKIP
     >>> ingest_folder(ws, "photos").ok  # doctest: +SKIP
@@ -344,10 +415,18 @@ def ingest_folder(
     root = ws.add_root(folder)
     folder = ws.roots()[root]
     n_workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    was_following = ws.follows_links(root)
+    follow = was_following if follow_links is None else bool(follow_links)
+    ws.set_follow_links(root, follow)
     ws.save_step_config(
         "ingest",
         IngestConfig(
-            str(folder), root, tuple(sorted(IMAGE_EXTENSIONS)), n_workers, int(verify_side)
+            str(folder),
+            root,
+            tuple(sorted(IMAGE_EXTENSIONS)),
+            n_workers,
+            int(verify_side),
+            follow,
         ),
     )
 
@@ -363,25 +442,29 @@ def ingest_folder(
             strict=True,
         )
     }
-    scanned = list(scan_images(folder, skip=ws.root))
+    scanned = list(scan_images(folder, skip=ws.root, follow_links=follow))
+    fence = Fence(folder, follow)
     todo: list[str] = []
     skipped = 0
     for rel in scanned:
         prev = known.get(_posix(rel))
-        if prev is not None:
-            full = os.path.join(folder, rel)
-            try:
-                st = os.stat(full)
-            except OSError:  # e.g. a broken symlink: _read_one recorded its lstat
-                try:
-                    st = os.lstat(full)
-                except OSError:
-                    st = None
-            if st is not None and (int(st.st_size), float(st.st_mtime)) == prev[1:]:
-                skipped += 1
-                continue
+        # unchanged, and the fence decides as before (a link swapped to lead out is re-read)
+        if prev is not None and follow == was_following and _file_state(fence, rel) == prev[1:]:
+            skipped += 1
+            continue
         todo.append(rel)
-    rows = _read_all(folder, root, todo, n_workers, int(verify_side))
+    # rows kept for files the scan no longer lists (e.g. under a folder link not entered
+    # any more) are refused too when the fence refuses them now; their files stay unopened
+    listed = set(_posix(r) for r in scanned)
+    status = images["status"]
+    for path, prev in known.items():
+        rel = path.replace("/", os.sep)
+        if path in listed or not _fenced_off(fence, rel):
+            continue
+        same = follow == was_following and _file_state(fence, rel) == prev[1:]
+        if not (same and status[prev[0]] == "error"):  # not refused already
+            todo.append(rel)
+    rows = _read_all(fence, root, todo, n_workers, int(verify_side))
 
     changed_idx, changed_rows, new_rows = [], [], []
     for rel, row in zip(todo, rows, strict=True):
@@ -405,7 +488,7 @@ def ingest_folder(
 
     processed = set(_posix(r) for r in todo)
     done = images[(images["root"] == root) & images["path"].isin(processed)]
-    present = set(_posix(r) for r in scanned)
+    present = set(_posix(r) for r in scanned) | processed
     result = IngestResult(
         scanned=len(scanned),
         new=len(new_rows),

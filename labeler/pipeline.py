@@ -49,6 +49,9 @@ class RunConfig:
     #: detector is MediaPipe; ``threads``: the CPU path everywhere; ``fused``: the fused pass
     #: (also on CPU: slower there, for checking it).
     detect_engine: str = "auto"
+    #: symlinks may lead out of the photo folder (``--follow-links``, :mod:`labeler.fence`);
+    #: ``None``: as the workspace recorded for the folder (off for a new one)
+    follow_links: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.cluster, bool):  # the earlier on/off switch
@@ -117,7 +120,9 @@ def run_pipeline(
 
     t = time.perf_counter()
     # header only: detection decodes every photo next and records the damaged ones
-    ingested = ingest_folder(ws, folder, workers=config.workers, verify_side=0)
+    ingested = ingest_folder(
+        ws, folder, workers=config.workers, verify_side=0, follow_links=config.follow_links
+    )
     timings["ingest"] = time.perf_counter() - t
     log.info("ingest: %s", ingested)
 

@@ -247,17 +247,30 @@ def predictions_frame(
     return pd.DataFrame(rows, columns=cols)
 
 
-def list_images(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
-    """(absolute path, display path) of the image files named or found in folders (sorted)."""
-    from labeler.imageio import IMAGE_EXTENSIONS
+def list_images(
+    inputs: Iterable[str | os.PathLike[str]], *, follow_links: bool = False
+) -> list[tuple[Path, str]]:
+    """(path to read, display path) of the image files named or found in folders (sorted).
+
+    Folders are scanned as ``labeler ingest`` scans them (:func:`labeler.ingest.scan_images`)
+    and each file found passes the folder's fence (:mod:`labeler.fence`): a symlink leading
+    out of the folder (unless ``follow_links``), a device or a FIFO is skipped with a
+    warning and never opened. A file named on the command line is read as named.
+    """
+    from labeler.fence import Fence
+    from labeler.ingest import scan_images
 
     out = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    out.append((f, f.relative_to(p).as_posix()))
+            fence = Fence(p, follow_links)
+            for rel in scan_images(p, follow_links=follow_links):
+                shown = Path(rel).as_posix()
+                try:
+                    out.append((fence.resolve(rel), shown))
+                except OSError as exc:  # FenceError: refused; else broken link, no access
+                    log.warning("skipping %s: %s", shown, getattr(exc, "strerror", None) or exc)
         elif p.is_file():
             out.append((p, str(item)))
         else:
@@ -273,9 +286,12 @@ def predict_files(
     workers: int | None = None,
     batch_size: int = 64,
     progress: bool | None = None,
+    follow_links: bool = False,
 ) -> pd.DataFrame:
     """Predictions for every image under ``inputs`` (files or folders); unreadable files are
-    logged and skipped. Columns as in :func:`predictions_frame`, photos in input order.
+    logged and skipped, and so are the files the folder's fence refuses (``follow_links``:
+    symlinks may lead out of a folder; see :func:`list_images`). Columns as in
+    :func:`predictions_frame`, photos in input order.
 
     ``detector``: a name (one detector per detect thread, ``workers`` threads, default
     ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
@@ -313,7 +329,7 @@ def predict_files(
             return detector
 
     box = "box" in clf.kinds
-    images = list_images(inputs)
+    images = list_images(inputs, follow_links=follow_links)
 
     def cut(item: tuple[Path, str]) -> tuple[str, list[Any] | None]:
         path, shown = item

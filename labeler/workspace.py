@@ -267,6 +267,25 @@ class Workspace:
         write_json(self.meta_path, meta)
         return len(roots) - 1
 
+    def follows_links(self, root_index: int) -> bool:
+        """Whether links under the ingested folder ``root_index`` may lead out of it
+        (``labeler ingest --follow-links``; :mod:`labeler.fence`). False until asked for."""
+        meta = self.meta()
+        roots = meta.get("roots", [])
+        return 0 <= root_index < len(roots) and roots[root_index] in meta.get("follow_links", [])
+
+    def set_follow_links(self, root_index: int, follow: bool) -> None:
+        """Record whether links under the folder ``root_index`` may lead out of it; ingest,
+        export and the app read it from here (``workspace.json`` ``"follow_links"``)."""
+        meta = self.meta()
+        folder = meta["roots"][root_index]
+        following = [r for r in meta.get("follow_links", []) if r != folder]
+        if follow:
+            following.append(folder)
+        if following != meta.get("follow_links", []):
+            meta["follow_links"] = following
+            write_json(self.meta_path, meta)
+
     def save_step_config(self, step: str, config: Any) -> None:
         write_json(self.step_config_path(step), config)
 
@@ -326,13 +345,42 @@ class Workspace:
     def resolve_inside(self, path: str | os.PathLike[str]) -> Path:
         """Return ``path`` resolved if it lies inside the workspace or an ingested root.
 
-        The app serves images only through this check, whatever a request asks for.
+        The app serves images only through this check, whatever a request asks for. A path
+        under an ingested folder goes through that folder's fence
+        (:func:`labeler.fence.resolve_inside`, with the folder's ``--follow-links`` setting):
+        a link out of the folder, a device or a FIFO raises :class:`~labeler.fence.FenceError`
+        (a ``PermissionError``), exactly as ingest and export refuse it.
         """
-        p = Path(path).resolve()
-        allowed = [self.root, *self.roots()]
-        for base in allowed:
-            if p == base or base in p.parents:
-                return p
+        from labeler.fence import FenceError, resolve_inside, within
+
+        meta = self.meta()
+        roots = [Path(p) for p in meta.get("roots", [])]
+        following = set(meta.get("follow_links", []))
+
+        def fenced(base: Path, rel: Path, follow: bool, fallback: Path) -> Path:
+            try:
+                return resolve_inside(base, rel, follow_links=follow)
+            except FenceError:
+                raise
+            except OSError:  # missing or unreadable: the caller's read fails and says so
+                return fallback
+
+        given = Path(os.path.abspath(path))  # as named, links not resolved yet
+        # the deepest folder that holds it as named: a workspace inside a photo folder (or
+        # the other way round) keeps its own rule
+        holders = [b for b in [self.root, *roots] if within(given, b)]
+        if holders:
+            base = max(holders, key=lambda b: len(b.parts))
+            if base != self.root:
+                rel = given.relative_to(base)
+                real = Path(os.path.realpath(given))
+                return fenced(base, rel, str(base) in following, real)
+        p = given.resolve()
+        if within(p, self.root):
+            return p
+        for base in roots:
+            if within(p, base):  # a path from elsewhere that leads into a photo folder
+                return fenced(base, p.relative_to(base), False, p)
         raise PermissionError(f"{p} is outside the workspace and its ingested folders")
 
 

@@ -127,6 +127,7 @@ def test_predict_on_bad_model_files_is_one_line(trained, tmp_path):
         assert proc.returncode == 1, proc.stderr
         line = one_line_error(proc.stderr)
         assert str(ws.models_dir / run_id / "best.pt") in line and "labeler train" in line, line
+        assert "weights_only" not in line and "safe_globals" not in line, line  # no unsafe advice
     assert not marker.exists()  # the crafted pickle never ran
 
     good = head.read_bytes()

@@ -24,19 +24,37 @@ def command() -> None:
 
 
 def _show(ws: Workspace, name: str, password: str, what: str) -> None:
+    from labeler.labels.names import printable
+
+    who = printable(name)  # a name stored by an older labeler may hold control characters
     click.echo(f"{what} annotator {name!r} in {ws.root}.")
-    click.echo(f"password (shown only now; give it to {name} in person or a private message):")
+    click.echo(f"password (shown only now; give it to {who} in person or a private message):")
     click.echo(f"  {password}")
-    click.echo(f"{name} signs in to the app with the name {name!r} and this password.")
+    click.echo(f"{who} signs in to the app with the name {name!r} and this password.")
 
 
 @command.command("add")
 @click.argument("name")
 @workspace_option()
 def add_cmd(name: str, ws: Workspace) -> None:
-    """Add annotator NAME and print their password (once; only its hash is kept)."""
-    from labeler.ui.access import add_annotator
+    """Add annotator NAME and print their password (once; only its hash is kept).
 
+    NAME is stored NFKC-normalised; one with control, bidi or invisible characters, or one
+    that looks like an annotator already there (another case, a Cyrillic or Greek letter
+    for a Latin one, 0 for O, 1 or I for l), is refused.
+    """
+    from labeler.errors import InputError
+    from labeler.labels.names import annotator_name, confusable_with
+    from labeler.ui.access import add_annotator, annotators
+
+    name = annotator_name(name)
+    twin = confusable_with(name, [a.name for a in annotators(ws.root)])
+    if twin is not None and twin.casefold() != name.casefold():  # same but for case: "already"
+        raise InputError(
+            f"annotator name {name!r} looks like {twin!r}, who is already in "
+            f"{ws.root / 'annotators.json'}: in the app's tables and history the two could "
+            "not be told apart; pick a name that reads differently"
+        )
     invite = add_annotator(ws.root, name)
     _show(ws, invite.name, invite.password, "added")
 
@@ -68,6 +86,7 @@ def list_cmd(ws: Workspace) -> None:
     """The annotators who may sign in, oldest first."""
     import time
 
+    from labeler.labels.names import printable
     from labeler.ui.access import annotators, store_path
 
     people = annotators(ws.root)
@@ -76,5 +95,5 @@ def list_cmd(ws: Workspace) -> None:
                    f"'labeler annotators add NAME -w {ws.root}'")  # fmt: skip
     for a in people:
         click.echo(
-            f"{a.name}  (added {time.strftime('%Y-%m-%d %H:%M', time.localtime(a.created))})"
+            f"{printable(a.name)}  (added {time.strftime('%Y-%m-%d %H:%M', time.localtime(a.created))})"
         )

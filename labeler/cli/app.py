@@ -80,13 +80,18 @@ def run_server(cmd: list[str], env: dict[str, str]) -> int:
 def start_checks(ws: Workspace) -> Path | None:
     """What ``labeler app`` does before Streamlit starts; returns the start's backup.
 
-    Refuses (one line naming the file and the fix) a read-only workspace and a damaged
+    Refuses (one line naming the file and the fix) a read-only workspace, a damaged
     label store (``PRAGMA quick_check``, :func:`labeler.labels.backup.require_sound_store`):
-    a damaged store is neither served nor backed up. Creates a missing store, then backs
-    the store up (one backup per start; rotation keeps the newest sound one).
+    a damaged store is neither served nor backed up, and a missing store while backups of
+    it exist (restore it: an empty store started in its place would be backed up over the
+    good copies). Removes the temporary files a killed labeler left in the workspace, creates
+    a missing store in a fresh workspace, then backs the store up (one backup per start;
+    rotation keeps the newest sound one and the one with the most events). A full disk is
+    one line too.
     """
     import os
 
+    from labeler._io import remove_stale_temps
     from labeler.labels import LabelStore
     from labeler.labels.backup import make_backup, require_sound_store
 
@@ -96,6 +101,7 @@ def start_checks(ws: Workspace) -> Path | None:
             "workspace writable (or copy it somewhere writable)"
         )
     require_sound_store(ws.labels_db)
+    remove_stale_temps(ws.root)  # e.g. the new store's copy a killed restore left
     LabelStore(ws.labels_db).version()  # creates a missing store
     return make_backup(ws.labels_db)
 
@@ -132,7 +138,13 @@ def access_check(ws: Workspace, host: str, *, sign_in: bool = False) -> list[str
     help="Address to listen on; any other than a loopback one (e.g. 0.0.0.0) needs annotators "
     "who sign in ('labeler annotators add NAME').",
 )
-@click.option("--port", default=8501, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--port",
+    default=8501,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on (1-65535).",
+)
 @click.option(
     "--sign-in",
     "sign_in",

@@ -63,7 +63,10 @@ if TYPE_CHECKING:
     type=click.Path(exists=True, dir_okay=False),
     help="CSV with person and face_id or path.",
 )
-@force_option("Overwrite a previous export at --out.")
+@force_option(
+    "Replace a previous labeler export at --out (a folder with labeler's export.json); any "
+    "other folder is refused, nothing deleted."
+)
 def command(
     ws: Workspace,
     out: str,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,20 +13,49 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
+def follow_links_option(*, recorded: bool = True) -> Callable[[Any], Any]:
+    """``--follow-links``: let file and folder symlinks lead out of the photo folder
+    (:mod:`labeler.fence`). ``recorded``: a ``--follow-links/--no-follow-links`` switch
+    whose default is what the workspace recorded for the folder (ingest, run); otherwise a
+    plain flag (predict, which keeps no record)."""
+    what = (
+        "Read symlinks that lead out of the photo folder (a file or folder elsewhere); "
+        "devices and FIFOs are never read."
+    )
+    if recorded:
+        return click.option(
+            "--follow-links/--no-follow-links",
+            default=None,
+            help=what + " Default: as the last ingest of this folder (off for a new one); "
+            "export and the app apply the same setting.",
+        )
+    return click.option("--follow-links", is_flag=True, default=False, help=what)
+
+
 @click.command("ingest")
 @click.argument("images", type=click.Path(exists=True, file_okay=False))
 @workspace_option(create=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader threads.")
 @click.option("--show-errors/--no-show-errors", default=True, help="List refused files.")
-def command(images: str, ws: Workspace, workers: int | None, show_errors: bool) -> None:
+@follow_links_option()
+def command(
+    images: str, ws: Workspace, workers: int | None, show_errors: bool, follow_links: bool | None
+) -> None:
     """Scan IMAGES recursively and add its photos to the workspace.
 
     Unreadable, corrupt or oversized files are recorded with a reason and skipped; files
-    already ingested and unchanged are not read again.
+    already ingested and unchanged are not read again. Symlinks that lead out of IMAGES,
+    devices and FIFOs are recorded as errors and never opened (--follow-links reads such
+    links to files).
     """
     from labeler.ingest import ingest_folder
 
-    res = ingest_folder(ws, images, workers=workers)  # type: ignore[arg-type]
+    res = ingest_folder(
+        ws,
+        images,  # type: ignore[arg-type]
+        workers=workers,
+        follow_links=follow_links,
+    )
     click.echo(
         f"{res.scanned} image files: {res.new} new, {res.changed} changed, "
         f"{res.skipped_unchanged} unchanged; {res.ok} ok, {res.duplicates} duplicates, "

@@ -25,11 +25,19 @@ def command() -> None:
 @workspace_option()
 def backup_cmd(ws: Workspace) -> None:
     """Snapshot labels.db into WORKSPACE/backups now."""
-    from labeler.labels.backup import check_store, make_backup
+    from labeler.labels.backup import (
+        check_store,
+        damaged_store_message,
+        make_backup,
+        missing_store_message,
+    )
 
-    why = check_store(ws.labels_db) if ws.labels_db.exists() else "it does not exist"
+    if not ws.labels_db.exists():
+        msg = missing_store_message(ws.labels_db, "nothing was backed up")
+        raise click.ClickException(msg or f"{ws.labels_db}: it does not exist; nothing to back up")
+    why = check_store(ws.labels_db)
     if why is not None:
-        raise click.ClickException(f"{ws.labels_db}: {why}; nothing to back up")
+        raise click.ClickException(damaged_store_message(ws.labels_db, why, "it was not backed up"))
     out = make_backup(ws.labels_db)
     click.echo(f"backed up to {out}")
 
@@ -61,8 +69,19 @@ def list_cmd(ws: Workspace) -> None:
 )
 def restore_cmd(ws: Workspace, backup: str | None) -> None:
     """Replace labels.db by a backup. A damaged store is kept as labels.db.damaged-TIME;
-    a sound one is backed up first."""
-    from labeler.labels.backup import restore_backup
+    a sound one is backed up first. The new store replaces the old one in one rename:
+    interrupted at any moment, labels.db is the old store or the restored one.
+    Stop 'labeler app' first."""
+    from labeler.labels.backup import list_backups, restore_backup
 
     used = restore_backup(ws.labels_db, Path(backup) if backup else None)
     click.echo(f"restored {ws.labels_db} from {used}")
+    backups = list_backups(ws.labels_db)
+    restored = next((b.last_event for b in backups if b.path == used), None)
+    bigger = max(backups, key=lambda b: b.last_event, default=None)
+    if restored is not None and bigger is not None and bigger.last_event > restored:
+        click.echo(
+            f"note: {bigger.path} holds more events (up to {bigger.last_event:,}, this one up "
+            f"to {restored:,}); to restore it: labeler labels restore -w {ws.root} "
+            f"--backup {bigger.path}"
+        )

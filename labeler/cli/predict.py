@@ -13,6 +13,7 @@ from labeler.cli._common import (
     force_option,
     workspace_option,
 )
+from labeler.cli.ingest import follow_links_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 @detector_option()
 @device_option("Where fine-tuned models run.")
 @force_option()
+@follow_links_option(recorded=False)
 def command(
     ws: Workspace,
     images: tuple[str, ...],
@@ -41,13 +43,16 @@ def command(
     detector: str,
     device: str,
     force: bool,
+    follow_links: bool,
 ) -> None:
     """Detect, align and classify the faces in IMAGES (files or folders); write a CSV with
     path, face_index, box, the predicted label and confidence per field. The faces go
     through the stream of 'labeler run' (same decode, upright check, detection, crops and
-    batched features, detect threads beside the model)."""
+    batched features, detect threads beside the model). In a folder, symlinks that lead out of
+    it, devices and FIFOs are skipped unread (--follow-links reads such links to files)."""
     from pathlib import Path
 
+    from labeler._csv import csv_bytes
     from labeler.predict import predict_files
     from labeler.train import load_model
     from labeler.workspace import atomic_write_bytes
@@ -58,6 +63,6 @@ def command(
     loaded = [load_model(ws, m, device=device) for m in models] or [
         load_model(ws, field=field, device=device)
     ]
-    df = predict_files(images, loaded, detector, progress=True)
-    atomic_write_bytes(out_path, df.to_csv(index=False, lineterminator="\n").encode())
+    df = predict_files(images, loaded, detector, progress=True, follow_links=follow_links)
+    atomic_write_bytes(out_path, csv_bytes(df))  # cells a spreadsheet would run get a '
     click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")

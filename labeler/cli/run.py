@@ -14,6 +14,7 @@ from labeler.cli._common import (
     workspace_option,
 )
 from labeler.cli.cluster import cluster_config, cluster_options
+from labeler.cli.ingest import follow_links_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     help="auto: one fused GPU pass (decode, detect, align, embed) when the model runs on CUDA; "
     "threads: the CPU path; fused: the GPU pass's code on whatever device (for checking).",
 )
+@follow_links_option()
 def command(
     images: str,
     ws: Workspace,
@@ -56,6 +58,7 @@ def command(
     workers: int | None,
     embed_threads: int | None,
     detect_engine: str,
+    follow_links: bool | None,
     **options: Any,
 ) -> None:
     """Ingest IMAGES, detect and align faces, embed them and group them (all incremental).
@@ -76,6 +79,7 @@ def command(
         workers=workers,
         embed_threads=embed_threads,
         detect_engine=detect_engine,
+        follow_links=follow_links,
     )
     if config.cluster is not None:  # a fit over many faces takes minutes: say each phase
         show_progress_lines("labeler.cluster.run")

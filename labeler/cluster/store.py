@@ -1,6 +1,9 @@
 """Cluster runs on disk. The contract (README, "The workspace": ``clusters/<run_id>/``):
 
-``ws.clusters_dir/<run_id>/``, written to a hidden temporary folder and renamed into place:
+``ws.clusters_dir/<run_id>/``, written to a hidden stage folder (``.<run_id>.<pid>.<hex>.tmp``),
+flushed to disk and renamed into place in one step; only then does ``current.json`` name it,
+so a killed ``labeler cluster`` / split / merge / place leaves the previous run current and
+complete (the next save removes the stage a killed one left):
 
 * ``assignments.parquet`` - one row per face in ``faces.parquet`` order (ASSIGNMENTS_SCHEMA)
 * ``clusters.parquet``    - one row per cluster, noise (-1) included when present (CLUSTERS_SCHEMA)
@@ -12,6 +15,9 @@
 
 ``ws.clusters_dir/current.json`` = ``{"run_id": ...}``. Runs are never modified: split,
 merge and place write a new run and make it current, so undo is switching ``current``.
+
+A damaged ``vectors.npy`` / ``knn.npz`` / ``pca.npz`` (a disk error, a partial copy) is
+refused with one line naming the file and the fix (``labeler cluster -w WS`` rebuilds it).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import logging
 import os
 import shutil
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler import _swap
 from labeler.cluster.algorithms import cluster_summary
 from labeler.cluster.types import ClusterArtifacts, ClusterResult, KnnGraph, PcaModel
 from labeler.workspace import (
@@ -138,10 +147,33 @@ def save_run(
     if out.exists():
         raise FileExistsError(f"cluster run {out} already exists; pass a new run_id")
     order = _faces_order(ws, face_ids)
-    tmp = ws.clusters_dir / f".{run_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _swap.remove_stale_stages(ws.clusters_dir)  # what killed saves left
+    tmp = _swap.make_stage(out)
+    try:
+        _write_run(ws, tmp, result, run_id, order, artifacts, parent)
+        _swap.fsync_tree(tmp)
+        os.rename(tmp, out)
+    finally:
+        _swap.discard(tmp)  # a failed save's stage (after the rename there is none)
+    if set_as_current:
+        set_current(ws, run_id)
+    log.info(
+        "saved cluster run %s (%d faces, %d clusters)", run_id, len(face_ids), result.n_clusters
+    )
+    return run_id
 
+
+def _write_run(
+    ws: Workspace,
+    tmp: Path,
+    result: ClusterResult,
+    run_id: str,
+    order: np.ndarray,
+    artifacts: ClusterArtifacts | None,
+    parent: str | None,
+) -> None:
+    """The files of a run (module doc) into the stage folder ``tmp``, rows in ``order``."""
+    face_ids = np.asarray(result.face_ids).astype(str)
     labels = np.asarray(result.labels, np.int32)[order]
     xy = np.asarray(result.xy, np.float32)[order]
     vectors = None
@@ -179,7 +211,7 @@ def save_run(
                         os.link(src / name, tmp / name)
                     except OSError:
                         shutil.copy2(src / name, tmp / name)
-            vectors = np.load(tmp / "vectors.npy").astype(np.float32)
+            vectors = _load_npy(ws, tmp / "vectors.npy", shown=src / "vectors.npy")
 
     assignments = pd.DataFrame(
         {
@@ -203,13 +235,6 @@ def save_run(
         }
     )
     write_json(tmp / "config.json", params)
-    os.replace(tmp, out)
-    if set_as_current:
-        set_current(ws, run_id)
-    log.info(
-        "saved cluster run %s (%d faces, %d clusters)", run_id, len(face_ids), result.n_clusters
-    )
-    return run_id
 
 
 def load_run(ws: Workspace, run_id: str | None = None) -> ClusterResult:
@@ -232,8 +257,12 @@ def load_run(ws: Workspace, run_id: str | None = None) -> ClusterResult:
 def load_vectors(ws: Workspace, run_id: str | None = None) -> np.ndarray | None:
     """The (N, d) float32 unit vectors a run was clustered on, in its row order; None when
     the run kept none (a run saved without artifacts, e.g. a synthetic one)."""
-    path = _run_dir(ws, _resolve(ws, run_id)) / "vectors.npy"
-    return np.load(path).astype(np.float32) if path.exists() else None
+    d = _run_dir(ws, _resolve(ws, run_id))
+    if not (d / "vectors.npy").exists():
+        return None
+    V = _load_npy(ws, d / "vectors.npy")
+    _check_rows(ws, d / "vectors.npy", len(V), _n_assigned(d))
+    return V
 
 
 def load_artifacts(ws: Workspace, run_id: str | None = None) -> ClusterArtifacts:
@@ -249,19 +278,81 @@ def load_artifacts(ws: Workspace, run_id: str | None = None) -> ClusterArtifacts
         .column(0)
         .to_numpy(zero_copy_only=False)
     )
-    V = np.load(d / "vectors.npy").astype(np.float32)
-    with np.load(d / "knn.npz") as z:
-        graph = KnnGraph(
-            z["indices"].astype(np.int64), z["distances"].astype(np.float32), str(z["kind"])
-        )
-        rows = z["rows"].astype(np.int64)
+    V = _load_npy(ws, d / "vectors.npy")
+    _check_rows(ws, d / "vectors.npy", len(V), len(ids))
+    z = _load_npz(ws, d / "knn.npz", ("indices", "distances", "kind", "rows"))
+    graph = KnnGraph(
+        z["indices"].astype(np.int64), z["distances"].astype(np.float32), str(z["kind"])
+    )
+    rows = z["rows"].astype(np.int64)
+    _check_rows(ws, d / "knn.npz", len(graph.indices), len(rows))
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(ids)):
+        raise _damaged(ws, d / "knn.npz", f"row numbers outside 0..{len(ids) - 1}")
     pca = None
     if (d / "pca.npz").exists():
-        with np.load(d / "pca.npz") as z:
-            pca = PcaModel(z["mean"], z["components"], z["explained"])
+        z = _load_npz(ws, d / "pca.npz", ("mean", "components", "explained"))
+        pca = PcaModel(z["mean"], z["components"], z["explained"])
     return ClusterArtifacts(
         face_ids=np.asarray(ids).astype(str), vectors=V, graph=graph, graph_rows=rows, pca=pca
     )
+
+
+#: What numpy raises for a damaged .npy / .npz (truncated, overwritten, not numpy at all).
+_DAMAGED = (ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def _damaged(ws: Workspace, path: Path, why: str) -> WorkspaceError:
+    return WorkspaceError(
+        f"{path} is damaged ({why}); rebuild the cluster run with 'labeler cluster -w {ws.root}'"
+    )
+
+
+def _load_npy(ws: Workspace, path: Path, *, shown: Path | None = None) -> np.ndarray:
+    """The (N, d) float32 array of ``path``; a damaged file raises naming it and the fix."""
+    try:
+        V = np.load(path, allow_pickle=False)
+    except _DAMAGED as exc:
+        raise _damaged(ws, shown or path, _why(exc)) from None
+    if V.ndim != 2 or not np.issubdtype(V.dtype, np.floating):
+        raise _damaged(ws, shown or path, f"a {V.dtype} array of shape {V.shape}, not (N, d)")
+    return V.astype(np.float32)
+
+
+def _load_npz(ws: Workspace, path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the ``.npz`` at ``path``, read now (a damaged member raises
+    here, naming the file and the fix, not later in the middle of a search)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except _DAMAGED as exc:
+        raise _damaged(ws, path, _why(exc)) from None
+
+
+def _why(exc: BaseException) -> str:
+    """What is wrong with the file, in our words (numpy's advice to load it with
+    ``allow_pickle=True`` would let a crafted file run code: never quoted)."""
+    text = str(exc)
+    if isinstance(exc, KeyError):
+        return f"no array {exc}"
+    if isinstance(exc, EOFError):
+        return "empty or cut short"
+    if isinstance(exc, zipfile.BadZipFile | zlib.error):
+        return "not a readable .npz archive"
+    if "pickle" in text:
+        return "not a numpy array file"
+    if "read all data" in text or "reshape" in text:
+        return "cut short"
+    first = text.strip().splitlines()[0][:100] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _n_assigned(d: Path) -> int:
+    return int(pq.ParquetFile(d / "assignments.parquet").metadata.num_rows)
+
+
+def _check_rows(ws: Workspace, path: Path, got: int, want: int) -> None:
+    if got != want:
+        raise _damaged(ws, path, f"{got} rows where the run has {want}")
 
 
 def cluster_table(ws: Workspace, run_id: str | None = None) -> pd.DataFrame:

@@ -40,8 +40,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler._io import remove_stale_temps
 from labeler.detect import (
     DEFAULT_DETECTOR,
+    MIN_FACE_SIDE,
     Detection,
     Detector,
     finalize,
@@ -90,6 +92,7 @@ DETECT_LOG_SCHEMA = pa.schema(
         ("n_faces", pa.int32()),  # 0: no face found (and no whole-image fallback)
         ("whole_image", pa.bool_()),  # the whole image stood in as the face
         ("error", pa.string()),  # one-line reason when the image could not be decoded
+        ("note", pa.string()),  # why a decoded image gave no face to label (too small)
     ]
 )
 
@@ -221,7 +224,7 @@ class DetectResult:
     processed: int  # images detected in this run
     skipped_done: int  # images already in detect_log from earlier runs
     faces: int  # faces found in this run (whole-image fallbacks included)
-    no_face: int  # processed images with no face and no fallback
+    no_face: int  # processed images with no face and no fallback (too_small included)
     whole_image: int  # processed images where the whole image stood in as the face
     errors: int  # images that failed to decode
     total_faces: int  # rows of faces.parquet after the run
@@ -229,6 +232,8 @@ class DetectResult:
     decode_ms: float  # mean per processed image
     detect_ms: float  # mean per processed image (detector + crop warp + JPEG write)
     config: DetectConfig
+    too_small: int = 0  # images too small to stand in whole for a face (detect_log.note)
+    stale_temps: int = 0  # temporary files of killed runs removed before this one
 
 
 def default_workers() -> int:
@@ -265,6 +270,7 @@ class ImageOutcome:
     error: str | None
     decode_s: float
     detect_s: float
+    note: str | None = None  # why a decoded image gave no face (too small to stand in whole)
 
 
 @dataclass(frozen=True, eq=False)
@@ -388,7 +394,21 @@ def _process_image(
             ]
         )
     whole = any(c.detection.whole_image for c in cuts)
-    return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1)
+    note = None if cuts else too_small_note(dec.width, dec.height, cfg)
+    return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1, note)
+
+
+def too_small_note(width: int, height: int, cfg: DetectConfig) -> str | None:
+    """Why an image of ``width`` x ``height`` px in which no face was kept does not stand in
+    whole for one (``detect_log.note``), or None when it would not have anyway."""
+    whole = cfg.detector == "none" or (cfg.fallback and looks_like_face_crop(width, height))
+    floor = max(MIN_FACE_SIDE, cfg.min_size) if cfg.detector == "none" else MIN_FACE_SIDE
+    if not whole or min(width, height) >= floor:
+        return None
+    return (
+        f"image is {width}x{height} px, below the smallest face side ({floor:g} px): not "
+        "offered for labeling"
+    )
 
 
 def face_row(
@@ -468,6 +488,10 @@ def _align_from(
             ]
     if not dets and fallback and looks_like_face_crop(dec.width, dec.height):
         dets = [whole_image_detection(dec.rgb.shape[1], dec.rgb.shape[0])]
+    # the whole image (fallback or detector "none") is a face only when big enough for one
+    dets = [
+        d for d in dets if not d.whole_image or min(d.width * sx0, d.height * sy0) >= MIN_FACE_SIDE
+    ]
     if not dets:
         return []
     # Warp from a larger decode only when a face is too small in this one for a sharp crop.
@@ -561,6 +585,11 @@ def detect_workspace(
     order = {iid: i for i, iid in enumerate(ok["image_id"])}
     roots = ws.roots()
 
+    # crops (and tables) a killed run was writing: temporary files of dead processes
+    stale_temps = len(remove_stale_temps(ws.crops_dir, recursive=True))
+    stale_temps += len(remove_stale_temps(ws.root))
+    if stale_temps:
+        log.info("removed %d temporary files left by killed runs in %s", stale_temps, ws.root)
     cfg_path = ws.step_config_path("detect")
     if redo:
         detect_log_path(ws).unlink(missing_ok=True)
@@ -636,6 +665,7 @@ def detect_workspace(
                             "n_faces": [len(o.rows) for o in got],
                             "whole_image": [o.whole_image for o in got],
                             "error": [o.error for o in got],
+                            "note": [o.note for o in got],
                         }
                     )
                 )
@@ -672,6 +702,8 @@ def detect_workspace(
         decode_ms=1000 * sum(o.decode_s for o in outcomes) / max(n, 1),
         detect_ms=1000 * sum(o.detect_s for o in outcomes) / max(n, 1),
         config=cfg,
+        too_small=sum(o.note is not None for o in outcomes),
+        stale_temps=stale_temps,
     )
     final_log = read_detect_log(ws)
     ws.save_step_config(
@@ -686,13 +718,16 @@ def detect_workspace(
                 (final_log["n_faces"] == 0) & final_log["error"].isna(), "image_id"
             ].tolist(),
             "error_image_ids": final_log.loc[final_log["error"].notna(), "image_id"].tolist(),
+            "too_small_image_ids": final_log.loc[final_log["note"].notna(), "image_id"].tolist(),
         },
     )
     log.info(
-        "detect: %d images, %d faces, %d without a face, %d whole-image, %d errors (%.1fs)",
+        "detect: %d images, %d faces, %d without a face (%d too small), %d whole-image, "
+        "%d errors (%.1fs)",
         result.processed,
         result.faces,
         result.no_face,
+        result.too_small,
         result.whole_image,
         result.errors,
         result.seconds,

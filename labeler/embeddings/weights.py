@@ -117,10 +117,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
-            f"could not read checkpoint {path} ({msg[:200]}); expected a file written by "
-            "torch.save(model.state_dict(), FILE)"
+            f"could not read checkpoint {path}: {refusal_reason(exc)}; use a checkpoint written by "
+            "torch.save(model.state_dict(), FILE) from a source you trust"
         ) from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -134,6 +133,37 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words of our own.
+
+    torch's message advises re-running with ``weights_only=False`` or allow-listing the
+    class it met: both would let a crafted file run its code, so neither is quoted. The
+    pickled global it refused (``GLOBAL builtins.exec``) is named."""
+    import re
+
+    text = str(exc).replace("\x1b[1m", "").replace("\x1b[0m", "")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds code objects (a pickled {found.group(1)}), not only tensors, so it is "
+            "not a plain checkpoint"
+        )
+    if "Weights only load failed" in text or "Unsupported operand" in text:
+        return (
+            "it is not a plain checkpoint (damaged, not a torch file, or holding pickled "
+            "objects beyond tensors and plain data)"
+        )
+    if isinstance(exc, EOFError):
+        return "it is empty or cut short"
+    if "PytorchStreamReader" in text:
+        return "it is a damaged torch archive (cut short, or not a checkpoint)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0][:120] if lines else ""
+    if "weights_only" in first or "safe_globals" in first:
+        first = ""
+    return f"it is not a readable checkpoint ({type(exc).__name__}{': ' * bool(first)}{first})"
 
 
 def load_state(model: Any, state: dict[str, Any], *, source: str, positional: bool = False) -> None:

@@ -26,19 +26,31 @@ smallest split's share); ``export.json`` records how they were found, how many a
 (``persons.confidence``: weak faces, cut links). An export that would put a
 person or a source image into two splits is refused with an error, never written.
 
-Nothing is overwritten without ``force``; with it, only what an export writes (the split
-folders and the manifest/export.json) is replaced. The folder is written in a hidden
-sibling ``.OUT.*.tmp`` and renamed into place at the end: a killed export leaves no
-half-written ImageFolder.
+Nothing is overwritten without ``force``, and ``force`` replaces only a previous export:
+a folder labeler knows by its ``export.json`` whose split folders hold only the files its
+manifest lists. Any other non-empty ``--out`` (a user's ``train/cats/``, an export with
+files added to ``train/``) is refused with one line, nothing deleted; other files beside a
+previous export (``OUT/notes.txt``) are kept.
+
+The whole folder is written in a hidden sibling ``.OUT.<pid>.<hex>.tmp`` and switched in by
+one atomic step (:mod:`labeler._swap`: a rename, or ``renameat2(RENAME_EXCHANGE)`` over a
+previous export), so an export killed at any instant leaves the previous export or the new
+one complete at ``OUT``, never neither, never a manifest whose files are missing. The next
+export removes what a killed one left. The layout users load is plain folders:
+``OUT/train/<label>/<face_id>.jpg`` (torchvision ``ImageFolder(OUT/"train")``).
+
+Text cells that a spreadsheet would run (starting with ``=``, ``+``, ``-``, ``@``) are written
+with a leading ``'`` (:mod:`labeler._csv`; ``labeler._csv.read_csv`` reads them back).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
-import secrets
 import shutil
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,14 +264,116 @@ def clusters_manifest(
     return base
 
 
-def _check_target(path: Path, *, is_dir: bool, force: bool) -> None:
-    if is_dir:
-        if path.exists() and not path.is_dir():
-            raise ExistsError(f"{path} is a file; give --out a folder for this format")
-        if path.is_dir() and any(path.iterdir()) and not force:
-            raise ExistsError(f"{path} exists and is not empty; pass --force to overwrite it")
-    elif path.exists() and not force:
+def _check_target(path: Path, *, force: bool) -> None:
+    """A manifest file at ``path`` (``--out m.csv``, ``clusters.csv``) is overwritten only
+    with ``force``."""
+    if path.exists() and not force:
         raise ExistsError(f"{path} exists; pass --force to overwrite it")
+
+
+#: What an export writes at the top of ``--out``; anything else there is the user's (kept).
+_OWN = ("manifest.csv", "manifest.parquet", "export.json")
+
+
+def _check_folder(out: Path, *, force: bool) -> None:
+    """Refuse (one line naming ``out`` and the fix) unless ``out`` is missing, empty, or a
+    previous export that ``force`` may replace (see :func:`_not_an_export`)."""
+    if out.exists() and not out.is_dir():
+        raise ExistsError(f"{out} is a file; give --out a folder for this format")
+    if out.is_dir() and os.path.ismount(out):
+        raise ExistsError(
+            f"{out} is a mount point, which an export cannot be switched into in one step; "
+            f"give a folder inside it (--out {out / 'export'})"
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    why = _not_an_export(out)
+    if why is not None:
+        raise ExistsError(
+            f"{out} is not a labeler export ({why}); nothing was deleted. Choose a new or "
+            "empty --out folder, or move those files out of it"
+        )
+    if not force:
+        raise ExistsError(f"{out} holds a previous export; pass --force to replace it")
+
+
+def _not_an_export(out: Path) -> str | None:
+    """Why the non-empty folder ``out`` is not a previous export that ``--force`` may replace
+    (None when it is one): no labeler ``export.json``, or a file in a split folder that its
+    manifest does not list (the user's, or one added after the export)."""
+    from labeler.export.splits import SPLIT_NAMES
+
+    meta_path = out / "export.json"
+    if not meta_path.is_file():
+        return "it has no export.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "rows" not in meta:
+        return "its export.json was not written by labeler export"
+    listed = _listed_files(out)
+    for split in SPLIT_NAMES:
+        folder = out / split
+        if not os.path.lexists(folder):
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            return f"{folder} is not a folder an export wrote"
+        for path in sorted(folder.rglob("*")):
+            if (path.is_dir() and not path.is_symlink()) or _os_metadata(path.name):
+                continue
+            if path.relative_to(out).as_posix() not in listed:
+                return f"{path} is not in its manifest"
+    return None
+
+
+def _os_metadata(name: str) -> bool:
+    """A file a file browser leaves in every folder it shows (macOS Finder, Windows
+    Explorer): nothing of the user's, so it does not make an export someone else's."""
+    return name in (".DS_Store", "Thumbs.db", "desktop.ini") or name.startswith("._")
+
+
+def _listed_files(out: Path) -> set[str]:
+    """The ``file`` column of the export's manifest (empty when it has none or is unreadable)."""
+    from labeler._csv import read_csv
+
+    try:
+        if (out / "manifest.csv").is_file():
+            df = read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+        elif (out / "manifest.parquet").is_file():
+            df = pd.read_parquet(out / "manifest.parquet")
+        else:
+            return set()
+    except (OSError, ValueError):
+        return set()
+    return set(df["file"].astype(str)) if "file" in df.columns else set()
+
+
+def _carry_user_files(out: Path, stage: Path) -> None:
+    """Hard-link (copy where links fail) what the user keeps beside a previous export
+    (everything at the top of ``out`` that an export does not write) into ``stage``, so the
+    switch keeps it. The originals are untouched until the switch."""
+    from labeler.export.splits import SPLIT_NAMES
+
+    own = {*SPLIT_NAMES, *_OWN}
+    for entry in sorted(out.iterdir()):
+        if entry.name not in own:
+            _link_tree(entry, stage / entry.name)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir()
+        shutil.copymode(src, dst)
+        for entry in sorted(src.iterdir()):
+            _link_tree(entry, dst / entry.name)
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
 
 
 def _write_manifest(df: pd.DataFrame, path: Path) -> None:
@@ -268,7 +382,9 @@ def _write_manifest(df: pd.DataFrame, path: Path) -> None:
     if path.suffix == ".parquet":
         write_table(path, df)
     else:
-        atomic_write_bytes(path, df.to_csv(index=False, lineterminator="\n").encode())
+        from labeler._csv import csv_bytes
+
+        atomic_write_bytes(path, csv_bytes(df))
 
 
 def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -> ExportResult:
@@ -287,7 +403,7 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
         if config.format == "imagefolder":
             raise InputError("--what clusters writes a table; use --format csv or parquet")
         manifest = out if file_out else out / f"clusters{ext}"
-        _check_target(manifest, is_dir=False, force=config.force)
+        _check_target(manifest, force=config.force)
         df = clusters_manifest(ws, field=config.field)
         _write_manifest(df, manifest)
         counts = {
@@ -297,7 +413,26 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
         }
         return ExportResult(out, manifest, len(df), counts, {})
 
-    _check_target(out, is_dir=not file_out, force=config.force)
+    from labeler import _swap
+
+    if file_out:
+        _check_target(out, force=config.force)
+    else:
+        if out.is_symlink():  # the folder it leads to is the one replaced, the link stays
+            out = out.resolve()
+        elif out.name in ("", ".", ".."):  # --out . : the folder needs its name to be swapped
+            try:
+                out = Path(os.path.abspath(out))
+            except FileNotFoundError:  # the shell's folder was replaced, by an export?
+                raise NotFoundError(
+                    "the current folder no longer exists (a previous export replaced it); "
+                    'run cd "$PWD" and the command again'
+                ) from None
+        # a killed export's leftovers: its previous export put back if the switch was cut
+        # between its two renames (filesystems without an atomic exchange), stages removed
+        _swap.recover(out)
+        _swap.remove_stale_stages(out.parent, out.name)
+        _check_folder(out, force=config.force)
     df, persons = labels_manifest(ws, config)
     counts = {
         split: {str(k): int(v) for k, v in g[config.field].value_counts().sort_index().items()}
@@ -307,13 +442,10 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
         _write_manifest(df, out)
         log.info("exported %d faces to %s (%s)", len(df), out, persons.summary())
         return ExportResult(out, out, len(df), counts, persons.as_dict())
-    # everything is written into a hidden sibling folder first and moved into place at the
-    # end, so a killed or failed export leaves --out as it was (and no half-written tree)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed export
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    stage = _make_stage(out)
+    # everything is written into a hidden sibling folder first and switched in by one atomic
+    # step at the end, so a killed or failed export leaves --out as it was
+    stage = _swap.make_stage(out)
+    previous = None
     try:
         if config.format == "imagefolder":
             df["file"] = _write_tree(ws, df, stage, config)
@@ -327,14 +459,19 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
                 "persons": persons.as_dict(),
             },
         )
-        _move_into_place(stage, out)
+        if out.is_dir():
+            _check_folder(out, force=True)  # again: nothing of the user's came in meanwhile
+            _carry_user_files(out, stage)
+            os.chmod(stage, stat.S_IMODE(out.stat().st_mode))
+        previous = _swap.publish(stage, out)
     except OSError as exc:  # name the file of --out that could not be written
         named = _target_error(exc, stage, out)
         if named is exc:
             raise
         raise named from exc
     finally:
-        if stage.exists():
+        _swap.discard(previous)  # the previous export, swapped out
+        if stage.exists():  # a failed export's stage
             shutil.rmtree(stage, ignore_errors=True)
     log.info("exported %d faces to %s (%s)", len(df), out, persons.summary())
     return ExportResult(out, out / f"manifest{ext}", len(df), counts, persons.as_dict())
@@ -358,46 +495,6 @@ def _target_error(exc: OSError, stage: Path, out: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(name))
 
 
-def _make_stage(out: Path) -> Path:
-    """A new hidden folder ``.NAME.<random>.tmp`` next to ``out``, made with the normal
-    umask-derived mode (``tempfile.mkdtemp`` makes 0700, and the stage becomes ``out``)."""
-    while True:
-        stage = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            stage.mkdir()
-            return stage
-        except FileExistsError:
-            continue
-
-
-def _move_into_place(stage: Path, out: Path) -> None:
-    """Replace what a previous export wrote at ``out`` by the finished ``stage`` folder.
-
-    A missing or empty ``out`` is replaced by one rename; otherwise (``--force``) the
-    previous export's own files are removed and the new ones renamed in (other files in
-    ``out`` are kept).
-    """
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        if out.exists():
-            out.rmdir()
-        os.replace(stage, out)
-        return
-    _clear_previous(out)
-    for item in stage.iterdir():
-        os.replace(item, out / item.name)
-
-
-def _clear_previous(out: Path) -> None:
-    """Remove what a previous export wrote (split folders, manifest, export.json) only."""
-    from labeler.export.splits import SPLIT_NAMES
-
-    for name in SPLIT_NAMES:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-    for name in ("manifest.csv", "manifest.parquet", "export.json"):
-        (out / name).unlink(missing_ok=True)
-
-
 def _safe_dirname(label: str) -> str:
     bad = '/\\:*?"<>|'
     name = "".join("_" if c in bad else c for c in str(label)).strip() or "_"
@@ -417,6 +514,13 @@ def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig
             src = Path(sources[i]) if isinstance(sources[i], str) else None
             if src is None or not src.exists():
                 raise NotFoundError(f"source image of face {row.face_id} ({src}) is missing")
+            try:  # the photo folder's fence, as ingest and the app apply it (labeler.fence)
+                real = ws.resolve_inside(src)
+            except PermissionError as exc:
+                raise InputError(
+                    f"source image of face {row.face_id} ({src}) not exported: {exc}; put "
+                    "the photo back, or ingest its folder again (--follow-links to export it)"
+                ) from exc
             name = f"{row.face_id}{src.suffix.lower()}"
         else:
             src = ws.crop_path(row.face_id)
@@ -429,7 +533,13 @@ def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(src, dst)
+            if sources is None:
+                shutil.copyfile(src, dst)
+            else:  # no link swapped in since the check is followed, no FIFO blocks the copy
+                from labeler.fence import open_resolved
+
+                with open_resolved(real) as fsrc, open(dst, "wb") as fdst:
+                    shutil.copyfileobj(fsrc, fdst)
         except OSError as exc:
             if exc.errno in _FULL:  # a full disk is the target's problem, not the source's
                 raise OSError(exc.errno, exc.strerror, str(dst)) from exc

@@ -9,10 +9,14 @@ newest backup that opens as a sound label store).
 
 A damaged store is never backed up: :func:`make_backup` runs ``PRAGMA quick_check`` on the
 store and again on the snapshot before it becomes a backup, and refuses with one line naming
-the file and the fix. ``labeler app`` refuses to start on a damaged store
-(:func:`require_sound_store`). Rotation keeps the newest :data:`KEEP` backups and never
-deletes the newest sound one, so a run of damaged backups (written by an older labeler, or
-damaged on disk later) cannot push the last good copy out.
+the file and the fix. ``labeler app`` refuses to start on a damaged store, and on a missing
+one while backups of it exist (:func:`require_sound_store`; ``LabelStore`` refuses to create
+it then too): a store that vanished is restored, never silently started afresh and backed
+up over the good copies. Rotation keeps the newest :data:`KEEP` backups and never deletes the
+newest sound one, nor the sound one with the most events (:func:`prune_backups`), so neither
+a run of damaged backups nor an empty store backed up at every start can push the last good
+copy out. :func:`restore_backup` switches the new store in with one rename; a kill at any
+instant leaves the old store or the new one (its docstring lists every step).
 
 >>> make_backup(ws.labels_db)  # doctest: +SKIP
 PosixPath('ws/backups/labels-20261125T171500Z-e120.db')
@@ -20,22 +24,26 @@ PosixPath('ws/backups/labels-20261125T171500Z-e120.db')
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeler._io import SQLITE_SIDE_FILES, temp_path
+from labeler._io import SQLITE_SIDE_FILES, remove_stale_temps, temp_path
 from labeler.errors import InputError, LabelerError
-from labeler.labels.db import LabelStoreError
+from labeler.labels.db import LabelStoreError, check_store
 
 log = logging.getLogger(__name__)
 
 KEEP = 10
 EVERY_EVENTS = 50
-SQLITE_HEADER = b"SQLite format 3\x00"
+#: SQLite's side files, in the order restore deals with a damaged store's: the WAL index
+#: (removed: SQLite rebuilds it from the WAL), then the WAL and a rollback journal (renamed)
+SIDE_ORDER = ("-shm", "-wal", "-journal")
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,27 @@ def backup_dir(db_path: Path) -> Path:
     return Path(db_path).parent / "backups"
 
 
+def _fsync(path: Path | str) -> None:
+    """Flush a file (or a folder: the names in it) to disk; a folder that cannot be opened
+    for it (some file systems) is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if Path(path).is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
 def _sqlite_copy(src_path: Path | str, dst_path: Path | str) -> None:
     """Copy the SQLite database ``src_path`` (read-only) into ``dst_path`` with SQLite's backup
-    API, as one self-contained file (no WAL)."""
+    API, as one self-contained file (no WAL), flushed to disk."""
     src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
     dst = sqlite3.connect(dst_path)
     try:
@@ -61,53 +87,18 @@ def _sqlite_copy(src_path: Path | str, dst_path: Path | str) -> None:
     finally:
         dst.close()
         src.close()
+    _fsync(dst_path)
 
 
-def check_store(path: Path, *, thorough: bool = True) -> str | None:
-    """Why ``path`` is not a sound label store (one phrase), or None when it is.
-
-    Always (microseconds): not empty, an SQLite header, not shorter than its header says
-    (a truncated copy). ``thorough``: also ``PRAGMA quick_check`` and the label tables.
-    """
-    path = Path(path)
-    # A writer in another thread or process can grow the file between reading its header
-    # and its size: a truncation is only reported when three looks in a row agree.
-    for attempt in range(3):
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(100)
-                size = os.fstat(fh.fileno()).st_size
-        except OSError as exc:
-            return f"cannot read it ({exc.strerror or exc})"
-        if size == 0:
-            return "it is empty (0 bytes)"
-        if not head.startswith(SQLITE_HEADER) or len(head) < 100:
-            return "it is not an SQLite database"
-        page = int.from_bytes(head[16:18], "big")
-        page = 65536 if page == 1 else page
-        n_pages = int.from_bytes(head[28:32], "big")
-        valid = head[24:28] == head[92:96] and n_pages > 0
-        if not (valid and size < page * n_pages):
-            break
-        if attempt == 2:
-            return f"it is truncated ({size:,} bytes, its header says {page * n_pages:,})"
-        time.sleep(0.05)
-    if not thorough:
-        return None
+def _to_wal_mode(path: Path) -> None:
+    """Put the self-contained copy ``path`` in WAL mode (the store's), flushed to disk: one
+    file still (the last connection's close removes the ``-wal`` and ``-shm`` it made)."""
+    con = sqlite3.connect(path)
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = con.execute("PRAGMA quick_check").fetchone()
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        return f"SQLite cannot read it ({exc})"
-    if not row or row[0] != "ok":
-        return f"SQLite finds it damaged ({row[0] if row else 'no answer'})"
-    if not {"events", "meta"} <= tables:
-        return "it holds no label events table (not a labeler label store)"
-    return None
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+    _fsync(path)
 
 
 def damaged_store_message(db_path: Path, why: str, consequence: str) -> str:
@@ -120,18 +111,47 @@ def damaged_store_message(db_path: Path, why: str, consequence: str) -> str:
     )
 
 
+def missing_store_message(db_path: Path, consequence: str) -> str | None:
+    """The one-line error for a store that is missing while backups of it (or its WAL, the
+    last commits of a store that was moved away) exist; None when it may be created: a fresh
+    workspace. Starting afresh anyway is explicit: move the backups folder away."""
+    db_path = Path(db_path)
+    wal = Path(f"{db_path}-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        return (
+            f"{db_path} is missing but its write-ahead log {wal.name} is there; {consequence}. "
+            f"Restore the newest backup with 'labeler labels restore -w {db_path.parent}', or "
+            f"put the missing {db_path.name} back"
+        )
+    backups = list_backups(db_path)
+    if not backups:
+        return None
+    most = max(b.last_event for b in backups)
+    return (
+        f"{db_path} is missing but {backup_dir(db_path)} holds {len(backups)} backup(s) of it "
+        f"(up to event {most:,}); {consequence}. Restore the newest sound one with "
+        f"'labeler labels restore -w {db_path.parent}' (or move {backup_dir(db_path)} away "
+        "to start an empty store)"
+    )
+
+
 def require_sound_store(db_path: Path) -> None:
     """Refuse (``LabelStoreError``, one line) a label store that fails :func:`check_store`'s
-    thorough check; a missing store is fine (it is created on first use). ``labeler app``
-    calls this before anything is served or backed up."""
+    thorough check, and a missing one while backups of it exist; a missing store in a fresh
+    workspace is fine (it is created on first use). ``labeler app`` calls this before
+    anything is served or backed up."""
     db_path = Path(db_path)
     if not db_path.exists():
+        msg = missing_store_message(db_path, "the app was not started")
+        if msg is not None:
+            raise LabelStoreError(msg)
         return
     why = check_store(db_path)
     if why is not None:
         raise LabelStoreError(damaged_store_message(db_path, why, "the app was not started"))
 
 
+# -- backups ------------------------------------------------------------------------------------
 def _last_event(path: Path) -> int:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -140,14 +160,40 @@ def _last_event(path: Path) -> int:
         con.close()
 
 
+def _write_error(folder: Path, exc: OSError | sqlite3.Error, done: str) -> str:
+    """One line for a failed write of a backup or a restore into ``folder``: the folder, the
+    reason (a full disk, a folder that is not writable) and the fix; ``done``: what was left."""
+    what = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    low = what.lower()
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "full" in low or "disk i/o" in low:
+        return (
+            f"cannot write in {folder} ({what}); free disk space (or raise the file-size "
+            f"limit) and run it again; {done}"
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in low or "unable to" in low:
+        if not folder.exists():
+            return (
+                f"cannot create {folder}: {folder.parent} is not writable ({what}); make the "
+                f"workspace writable (chmod u+w {folder.parent}) or work on a copy of it; {done}"
+            )
+        return (
+            f"cannot write in {folder}: it is not writable ({what}); make it writable "
+            f"(chmod u+w {folder}) or work on a copy of the workspace; {done}"
+        )
+    return f"cannot write in {folder} ({what}); {done}"
+
+
 def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
     """Snapshot ``db_path`` into :func:`backup_dir` and rotate (:func:`prune_backups`).
 
     Returns the new backup, or None when there is no store yet. A store that fails
     :func:`check_store` is refused (``LabelStoreError``, one line): checked before the copy,
     and the snapshot is checked again before it is renamed into place, so a damaged copy
-    never becomes a backup. The snapshot is written to a temporary file and renamed, so a
-    full disk leaves no partial backup behind.
+    never becomes a backup. The snapshot is written to a temporary file, flushed to disk and
+    renamed, so a full disk or a kill leaves no partial backup behind (a killed backup's
+    temporary file is removed by the next one). A full disk or a folder that is not
+    writable is one line (``LabelStoreError``) naming the file and the fix.
     """
     db_path = Path(db_path)
     if not db_path.is_file() or db_path.stat().st_size == 0:
@@ -156,50 +202,71 @@ def make_backup(db_path: Path, *, keep: int = KEEP) -> Path | None:
     if why is not None:
         raise LabelStoreError(damaged_store_message(db_path, why, "it was not backed up"))
     out_dir = backup_dir(db_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with temp_path(out_dir / "labels.db", side_files=SQLITE_SIDE_FILES) as tmp:
-        _sqlite_copy(db_path, tmp)
-        why = check_store(tmp)
-        if why is not None:
-            raise LabelStoreError(
-                damaged_store_message(db_path, f"its snapshot is damaged ({why})", "not backed up")
-            )
-        last = _last_event(tmp)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        out = out_dir / f"labels-{stamp}-e{last}.db"
-        n = 1
-        while out.exists():
-            out = out_dir / f"labels-{stamp}-e{last}-{n}.db"
-            n += 1
-        os.replace(tmp, out)
+    try:
+        out_dir.mkdir(exist_ok=True)
+        remove_stale_temps(out_dir)
+        with temp_path(out_dir / "labels.db", side_files=SQLITE_SIDE_FILES) as tmp:
+            _sqlite_copy(db_path, tmp)
+            why = check_store(tmp)
+            if why is not None:
+                raise LabelStoreError(
+                    damaged_store_message(
+                        db_path, f"its snapshot is damaged ({why})", "not backed up"
+                    )
+                )
+            last = _last_event(tmp)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            out = out_dir / f"labels-{stamp}-e{last}.db"
+            n = 1
+            while out.exists():
+                out = out_dir / f"labels-{stamp}-e{last}-{n}.db"
+                n += 1
+            os.replace(tmp, out)
+        _fsync(out_dir)
+    except (OSError, sqlite3.Error) as exc:
+        msg = _write_error(out_dir, exc, f"{db_path.name} was not backed up")
+        raise LabelStoreError(msg) from None
     prune_backups(db_path, keep=keep, sound=out)
     log.info("label store backed up to %s", out)
     return out
 
 
 def prune_backups(db_path: Path, *, keep: int = KEEP, sound: Path | None = None) -> list[Path]:
-    """Delete all but the newest ``keep`` backups, never the newest sound one; returns the
-    deleted paths. ``sound``: a backup known to be sound (just checked); without it the
-    backups are checked newest first until a sound one is found."""
+    """Delete all but the newest ``keep`` backups; returns the deleted paths.
+
+    Two older ones stay: the newest sound backup (``sound``: one known to be sound, just
+    checked; without it the backups are checked newest first until a sound one is found),
+    and the sound backup with the most events when it holds more than every one kept (newest
+    first among equals), so a store that started again empty, backed up ``keep`` times,
+    cannot rotate a backup of thousands of events out. At most ``keep + 2`` remain.
+    """
     backups = list_backups(db_path)
-    drop = [b.path for b in backups[keep:]]
+    drop = backups[keep:]
     if not drop:
         return []
     if sound is None:
         sound = next((b.path for b in backups if check_store(b.path) is None), None)
+    spare = {Path(sound)} if sound is not None else set()
+    most_kept = max(b.last_event for b in backups if b in backups[:keep] or b.path in spare)
+    for b in sorted(drop, key=lambda b: -b.last_event):  # stable: newest first among equals
+        if b.last_event <= most_kept:
+            break
+        if b.path in spare or check_store(b.path) is None:
+            spare.add(b.path)
+            log.info("keeping %s beyond the newest %d: it holds the most events", b.path, keep)
+            break
     gone = []
-    for old in drop:
-        if sound is not None and old == Path(sound):
-            log.info("keeping %s beyond the newest %d: it is the newest sound backup", old, keep)
+    for b in drop:
+        if b.path in spare:
             continue
-        old.unlink(missing_ok=True)
-        gone.append(old)
+        b.path.unlink(missing_ok=True)
+        gone.append(b.path)
     return gone
 
 
 def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> Path | None:
     """Back up after every ``every``-th event; never raises (a full or read-only disk, a
-    damaged store: logged, nothing backed up)."""
+    damaged store: logged as an error, nothing backed up)."""
     if every <= 0 or event_id % every:
         return None
     try:
@@ -207,7 +274,7 @@ def maybe_backup(db_path: Path, event_id: int, *, every: int = EVERY_EVENTS) -> 
     except (OSError, sqlite3.Error) as exc:
         log.warning("could not back up %s (%s)", db_path, exc)
         return None
-    except LabelerError as exc:  # a damaged store: never backed up; say so loudly
+    except LabelerError as exc:  # a damaged store, a full disk: never backed up; say so loudly
         log.error("%s", exc)
         return None
 
@@ -236,46 +303,133 @@ def _newest_first_key(b: BackupInfo) -> tuple[float, str, int, int, str]:
     return (b.created, stamp, b.last_event, int(n) if n.isdigit() else 0, b.path.name)
 
 
+# -- restore ------------------------------------------------------------------------------------
+def _pick_backup(db_path: Path, backup: Path | None) -> Path:
+    candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
+    if not candidates:
+        raise InputError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
+    for c in candidates:
+        why = check_store(c)
+        if why is None:
+            return c
+        log.warning("skipping backup %s: %s", c, why)
+        if backup:
+            raise InputError(f"{c} cannot be restored: {why}; pick another with --backup")
+    raise InputError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
+
+
+def _aside_name(db_path: Path) -> Path:
+    """``labels.db.damaged-<UTC time>[-<n>]``, a name none of whose files exist yet (a second
+    restore within the second keeps the first copy)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = db_path.with_name(f"{db_path.name}.damaged-{stamp}"), 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", *SIDE_ORDER)):
+        aside, n = db_path.with_name(f"{db_path.name}.damaged-{stamp}-{n}"), n + 1
+    return aside
+
+
+def _keep_a_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a second name of ``src`` (a hard link; a flushed copy where the file
+    system has none). ``src`` is left where it is."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES):
+            raise
+        with temp_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+            _fsync(tmp)
+            os.replace(tmp, dst)
+
+
+def _set_aside(db_path: Path) -> Path | None:
+    """Keep a damaged (or missing) store and the commits in its WAL under a new name,
+    ``labels.db.damaged-T``: the store first, as a second name of the same file, then the
+    ``-wal`` and ``-journal`` that hold data are renamed to that name's; the ``-shm`` (an
+    index SQLite rebuilds from the WAL) and empty side files are removed. Returns the name,
+    None when there was nothing to keep."""
+    sides = [Path(f"{db_path}{s}") for s in SIDE_ORDER]
+    Path(f"{db_path}-shm").unlink(missing_ok=True)
+    data = [p for p in sides if p.is_file() and p.stat().st_size > 0]
+    aside = None
+    if db_path.exists() or data:
+        aside = _aside_name(db_path)
+        if db_path.exists():
+            _keep_a_copy(db_path, aside)
+            _fsync(db_path.parent)
+        for side in data:
+            os.replace(side, f"{aside}{side.name.removeprefix(db_path.name)}")
+    for side in sides:
+        side.unlink(missing_ok=True)
+    return aside
+
+
+def _empty_the_wal(db_path: Path) -> None:
+    """Move a sound store's WAL into its main file and remove it, with SQLite's own crash-safe
+    checkpoint (a kill in it leaves the WAL, which the next open replays). Refuses (one line)
+    a store another process has open: its WAL would outlive the switch."""
+    con = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
+    try:
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
+        busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        con.close()  # the last connection to a WAL store removes its -wal and -shm
+    wal, journal = Path(f"{db_path}-wal"), Path(f"{db_path}-journal")
+    if busy or wal.exists() or (journal.exists() and journal.stat().st_size > 0):
+        raise LabelStoreError(
+            f"{db_path} is in use (its write-ahead log stays open); nothing was restored. "
+            "Stop 'labeler app' and every other labeler on this workspace, then restore again"
+        )
+    Path(f"{db_path}-shm").unlink(missing_ok=True)
+
+
 def restore_backup(db_path: Path, backup: Path | None = None) -> Path:
     """Replace ``db_path`` by ``backup`` (default: the newest sound backup); returns it.
 
     The current store, if it is sound, is backed up first; a damaged one is kept next to it
-    as ``labels.db.damaged-<time>``, with its WAL (``-wal``, ``-shm``) beside it under that
-    name. Raises ``ValueError`` when no usable backup exists.
+    as ``labels.db.damaged-<time>``, with its WAL (``-wal``) beside it under that name. The
+    new store is in WAL mode, as one made by labeler. Raises ``InputError`` when no usable backup exists, ``LabelStoreError`` (one line)
+    when the folder is not writable or the disk is full (nothing changed then) and when
+    another process has the store open.
+
+    The steps, and what a kill after each leaves (``labeler app`` refuses a damaged or
+    missing store, so every state below is either served as it is or restored again):
+
+    1. The backup is copied to a temporary file beside ``labels.db`` (WAL mode, checked,
+       flushed to disk). Kill: the old store as it was (the copy is removed next time).
+    2. A sound old store is backed up, then its WAL is checkpointed into the main file by
+       SQLite (crash-safe) and the emptied ``-wal``/``-shm`` removed: ``labels.db`` alone
+       is the complete old store. A damaged one gets a second name, ``labels.db.damaged-T``
+       (a hard link, made before anything moves); its ``-shm`` is removed (SQLite rebuilds
+       it), then its ``-wal`` and ``-journal`` are renamed to that name's. Kill: ``labels.db``
+       is the old main file; the damaged store with every commit of its WAL is at
+       ``labels.db.damaged-T`` (before the WAL's rename: still beside ``labels.db``).
+    3. ``os.replace`` of the copy over ``labels.db``: one atomic step. No WAL of the old
+       store is beside it any more (step 2), so none is ever replayed onto the new store.
     """
     db_path = Path(db_path)
-    candidates = [Path(backup)] if backup else [b.path for b in list_backups(db_path)]
-    if not candidates:
-        raise InputError(f"no backups of {db_path} in {backup_dir(db_path)}; nothing to restore")
-    chosen = None
-    for c in candidates:
-        why = check_store(c)
-        if why is None:
-            chosen = c
-            break
-        log.warning("skipping backup %s: %s", c, why)
-        if backup:
-            raise InputError(f"{c} cannot be restored: {why}; pick another with --backup")
-    if chosen is None:
-        raise InputError(f"none of the backups in {backup_dir(db_path)} is a sound label store")
-    if db_path.exists():
-        if check_store(db_path) is None:
-            make_backup(db_path)
-        else:  # kept aside with its WAL: its last commits may sit there, for a manual recovery
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside = db_path.with_name(f"{db_path.name}.damaged-{stamp}")
-            n = 1
-            while aside.exists():  # a second restore within the second keeps the first copy
-                aside, n = db_path.with_name(f"{db_path.name}.damaged-{stamp}-{n}"), n + 1
-            for suffix in ("-wal", "-shm"):
-                side = Path(f"{db_path}{suffix}")
-                if side.exists():
-                    os.replace(side, f"{aside}{suffix}")  # sqlite3 opens the copy with it
-            os.replace(db_path, aside)
-    for suffix in ("-wal", "-shm"):  # stale WAL files of the old store must not be replayed
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    with temp_path(db_path, side_files=SQLITE_SIDE_FILES) as tmp:
-        _sqlite_copy(chosen, tmp)
-        os.replace(tmp, db_path)
+    chosen = _pick_backup(db_path, backup)
+    folder = db_path.parent
+    aside = None
+    try:
+        remove_stale_temps(folder)  # a killed restore's copy
+        with temp_path(db_path, side_files=SQLITE_SIDE_FILES) as tmp:
+            _sqlite_copy(chosen, tmp)  # 1.
+            why = check_store(tmp)
+            if why is not None:
+                raise InputError(f"{chosen} cannot be restored: its copy {why}")
+            _to_wal_mode(tmp)
+            if db_path.exists() and check_store(db_path) is None:  # 2., sound
+                make_backup(db_path)
+                _empty_the_wal(db_path)
+            else:  # 2., damaged or missing
+                aside = _set_aside(db_path)
+            os.replace(tmp, db_path)  # 3.
+        _fsync(folder)
+    except (OSError, sqlite3.Error) as exc:
+        done = "the store was not changed" if aside is None else f"the old store is at {aside}"
+        raise LabelStoreError(_write_error(folder, exc, done)) from None
+    if aside is not None:
+        log.warning("the damaged store was kept as %s", aside)
     log.info("restored %s from %s", db_path, chosen)
     return chosen

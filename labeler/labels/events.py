@@ -4,7 +4,9 @@ Functions on an open connection, called by :class:`labeler.labels.store.LabelSto
 its transactions. Every assign is one event over many faces; undo and redo are logged as
 events too and toggle ``undone`` on the assign event they name; ``current`` (one row per
 labeled face and field) is kept equal to "the latest non-undone assign event" in the same
-transaction. Order is ``event_id`` (commit order), not the wall-clock ``ts``.
+transaction. Order is ``event_id`` (commit order), not the wall-clock ``ts``. Annotator names
+are stored and looked up as :func:`labeler.labels.names.annotator_name` writes them (NFKC:
+``Ａｎｎ`` labels, undoes and redoes as ``Ann``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import time
 from collections.abc import Iterable
 
 import pandas as pd
+
+from labeler.errors import InputError
+from labeler.labels.names import annotator_name, confusable_with
 
 SOURCES = ("cluster", "selection", "single", "suggestion", "import", "simulation")
 
@@ -90,6 +95,26 @@ def append_assign(
     return eid
 
 
+def who(annotator: str) -> str:
+    """``annotator`` as :func:`~labeler.labels.names.annotator_name` stores it (NFKC,
+    spaces collapsed), for look-ups; a name it refuses is returned as given (it has no
+    events, or events from before the check, found as they were written)."""
+    try:
+        return annotator_name(annotator)
+    except InputError:
+        return str(annotator)
+
+
+def lookalike(con: sqlite3.Connection, annotator: str) -> str | None:
+    """An annotator with events whose name looks like ``annotator``'s (see
+    :func:`~labeler.labels.names.confusable_key`) when ``annotator`` has none yet, else None.
+    Cheap: the distinct names are read only for a name's first event."""
+    if con.execute("SELECT 1 FROM events WHERE annotator = ? LIMIT 1", (annotator,)).fetchone():
+        return None
+    names = [r[0] for r in con.execute("SELECT DISTINCT annotator FROM events")]
+    return confusable_with(annotator, [str(n) for n in names if n is not None])
+
+
 def _toggle(con: sqlite3.Connection, target: int, *, annotator: str, kind: str) -> None:
     field_ = con.execute("SELECT field FROM events WHERE event_id = ?", (target,)).fetchone()[0]
     con.execute(
@@ -111,6 +136,7 @@ def _toggle(con: sqlite3.Connection, target: int, *, annotator: str, kind: str) 
 
 def undo(con: sqlite3.Connection, annotator: str) -> int | None:
     """Undo ``annotator``'s latest active assign event; its id, or None (nothing to undo)."""
+    annotator = who(annotator)
     row = con.execute(
         "SELECT event_id FROM events WHERE annotator = ? AND kind = 'assign' "
         "AND undone = 0 ORDER BY event_id DESC LIMIT 1",
@@ -125,6 +151,7 @@ def undo(con: sqlite3.Connection, annotator: str) -> int | None:
 def redo(con: sqlite3.Connection, annotator: str) -> int | None:
     """Redo the assign event ``annotator`` undid most recently; None when nothing to redo
     (a new assign by the annotator after an undo clears the redo stack)."""
+    annotator = who(annotator)
     rows = con.execute(
         "SELECT e.kind, e.target, t.undone FROM events e "
         "LEFT JOIN events t ON t.event_id = e.target "
@@ -141,6 +168,7 @@ def redo(con: sqlite3.Connection, annotator: str) -> int | None:
 
 
 def can_undo(con: sqlite3.Connection, annotator: str) -> bool:
+    annotator = who(annotator)
     return (
         con.execute(
             "SELECT 1 FROM events WHERE annotator = ? AND kind = 'assign' AND undone = 0 LIMIT 1",
@@ -190,7 +218,7 @@ def history(
     args: list = []
     if annotator is not None:
         sql += " WHERE annotator = ?"
-        args.append(annotator)
+        args.append(who(annotator))
     sql += " ORDER BY event_id DESC"
     if limit is not None:
         sql += " LIMIT ?"

@@ -2,7 +2,9 @@
 
 Stored in the label db (tables ``label_fields`` / ``label_values``); :func:`read_schema` and
 :func:`write_schema` move it in and out of an open connection, :func:`with_field` and
-:func:`with_value` are the pure edits behind ``LabelStore.add_field`` / ``add_value``.
+:func:`with_value` are the pure edits behind ``LabelStore.add_field`` / ``add_value``; they
+refuse a name or value :func:`labeler.labels.names.check_label_name` refuses (export names a
+folder after each value), so none enters the store.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from labeler.errors import InputError, UnknownKeyError
+from labeler.labels.names import check_label_name
 
 MASK_STATES = ("correct", "nose_exposed", "chin_exposed", "on_chin", "no_mask")
 
@@ -58,14 +61,6 @@ DEFAULT_SCHEMA = LabelSchema(
 )
 
 
-def clean_name(name: str, what: str) -> str:
-    """``name`` stripped; refuses an empty name or one with commas, tabs or newlines."""
-    name = str(name).strip()
-    if not name or any(c in name for c in ",\n\t"):
-        raise InputError(f"label {what} {name!r} must be non-empty, without commas or newlines")
-    return name
-
-
 def with_field(
     schema: LabelSchema,
     name: str,
@@ -74,17 +69,19 @@ def with_field(
     optional: bool = True,
     description: str = "",
 ) -> LabelSchema:
-    """``schema`` plus a new field ``name`` with ``values`` (duplicates dropped, order kept)."""
-    name = clean_name(name, "field")
-    vals = tuple(dict.fromkeys(clean_name(v, "value") for v in values))
+    """``schema`` plus a new field ``name`` with ``values`` (duplicates dropped, order kept);
+    the name and every value pass :func:`~labeler.labels.names.check_label_name`."""
+    name = check_label_name(name, "field")
+    vals = tuple(dict.fromkeys(check_label_name(v, "value") for v in values))
     if name in schema.names:
         raise InputError(f"label field {name!r} already exists; add values to it instead")
     return LabelSchema((*schema.fields, LabelField(name, vals, optional, description)))
 
 
 def with_value(schema: LabelSchema, field_name: str, value: str) -> LabelSchema:
-    """``schema`` with ``value`` appended to field ``field_name`` (unchanged if present)."""
-    value = clean_name(value, "value")
+    """``schema`` with ``value`` appended to field ``field_name`` (unchanged if present); the
+    value passes :func:`~labeler.labels.names.check_label_name`."""
+    value = check_label_name(value, "value")
     if value in schema.get(field_name).values:
         return schema
     return LabelSchema(

@@ -22,10 +22,11 @@ import pandas as pd
 
 from labeler.errors import InputError
 from labeler.labels import events, review, suggestions, suspects
-from labeler.labels.backup import backup_dir, check_store, maybe_backup
+from labeler.labels.backup import backup_dir, maybe_backup, missing_store_message
 from labeler.labels.db import (
     LabelStoreError,
     bump,
+    check_store,
     create_store_file,
     create_tables,
     read_only_snapshot,
@@ -59,8 +60,13 @@ class LabelStore:
 
     # -- connections ----------------------------------------------------------------------
     def _open_checks(self) -> None:
-        """Refuse a damaged store (never re-create it silently); create a missing one."""
+        """Refuse a damaged store (never re-create it silently), and a missing one while
+        backups of it exist (it vanished: restore it); create a missing one in a fresh
+        workspace."""
         if not self.db_path.exists():
+            msg = missing_store_message(self.db_path, "no new store was created")
+            if msg is not None:
+                raise LabelStoreError(msg)
             create_store_file(self.db_path)
             return
         why = check_store(self.db_path, thorough=False)
@@ -103,6 +109,7 @@ class LabelStore:
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
         ).fetchone()[0]
         if have:  # created before (by anyone): no write lock needed
+            self._wal_mode(con)
             self._ready = True
             return
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -118,6 +125,19 @@ class LabelStore:
             con.execute("ROLLBACK")
             raise
         self._ready = True
+
+    def _wal_mode(self, con: sqlite3.Connection) -> None:
+        """Put a store in a rollback journal's mode (an older labeler restored it so) back in
+        WAL mode, when no other connection holds it (else later: it works either way)."""
+        if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        con.execute("PRAGMA busy_timeout=1000")
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            log.info("%s stays in its journal mode for now (%s)", self.db_path, exc)
+        finally:
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -164,24 +184,51 @@ class LabelStore:
 
         ``face_ids``: any iterable of ids; duplicates are dropped. Returns the new event_id.
         Raises ``ValueError`` for an unknown field/value/source, no faces or no annotator.
+        ``annotator`` is stored as :func:`~labeler.labels.names.annotator_name` makes it
+        (NFKC, no control or bidi characters); a new name that looks like one with labels
+        already (``Аnn`` with a Cyrillic А, ``ann`` beside ``Ann``) is logged as a warning.
         Bulk-assigning 10,000 faces takes well under 0.2 s (see bench/bench_app.py).
         """
+        from labeler.labels.names import annotator_name, check_label_name, printable, shown
+
         ids = events.unique_ids(face_ids)
         if not ids:
             raise InputError(f"assign({field!r}, {value!r}) got no face_ids; select faces first")
         if source not in events.SOURCES:
             raise ValueError(f"source {source!r} is not one of {events.SOURCES}")
-        if not annotator or not str(annotator).strip():
-            raise InputError("annotator is empty; set your name in the app's Settings page")
+        annotator = annotator_name(annotator)
         with self._write() as con:
             allowed = read_schema(con).values(field)
             if value is not None and value not in allowed and value != NOT_A_FACE:
                 raise InputError(
-                    f"value {value!r} is not allowed for field {field!r} (allowed: "
+                    f"value {shown(value)} is not allowed for field {field!r} (allowed: "
                     f"{', '.join(allowed)}); add it in Settings or with LabelStore.add_value"
                 )
+            if value is not None and value != NOT_A_FACE:  # a value an older labeler let in
+                try:
+                    check_label_name(value, "value")
+                except InputError as exc:
+                    raise InputError(
+                        f"{exc} (field {field!r} has it from an older labeler: add a valid "
+                        "value in Settings and label these faces with it)"
+                    ) from None
+            twin = events.lookalike(con, annotator)
             eid = events.append_assign(con, ids, field, value, annotator=annotator, source=source)
-        log.debug("event %d: %s=%s on %d faces by %s", eid, field, value, len(ids), annotator)
+        if twin is not None:
+            log.warning(
+                "annotator %r looks like %r, who labeled before; their labels and undo are "
+                "kept apart: if they are one person, label under one spelling",
+                annotator,
+                twin,
+            )
+        log.debug(
+            "event %d: %s=%s on %d faces by %s",
+            eid,
+            field,
+            printable(value),
+            len(ids),
+            printable(annotator),
+        )
         maybe_backup(self.db_path, eid)
         return eid
 
@@ -268,11 +315,37 @@ class LabelStore:
             return read_schema(con)
 
     def set_schema(self, schema: LabelSchema) -> None:
-        """Replace the label schema (labels already given stay in the log)."""
+        """Replace the label schema (labels already given stay in the log).
+
+        Every field name and value the stored schema does not hold yet must pass
+        :func:`~labeler.labels.names.check_label_name` and is stored stripped of surrounding
+        spaces; those an older labeler let in are kept as they are, so such a store still
+        takes new fields and values. A field named twice is refused too. On an
+        :class:`InputError` (one line naming the first bad name) nothing is written: a
+        hand-built ``LabelField("glasses", ("none", "sun/clip"))`` is refused with ``label
+        value 'sun/clip' has '/': export names a folder after each value, ...``.
+        """
+        from dataclasses import replace
+
+        from labeler.labels.names import check_label_name, shown
+        from labeler.labels.schema import LabelField
+
         with self._write() as con:
+            stored = {f.name: set(f.values) for f in read_schema(con).fields}
+            fields: list[LabelField] = []
+            for f in schema.fields:
+                name = f.name if f.name in stored else check_label_name(f.name, "field")
+                if name in (g.name for g in fields):
+                    raise InputError(
+                        f"label field {shown(name)} is given twice in the schema; give each "
+                        "field once, with all its values"
+                    )
+                old = stored.get(name, set())
+                values = (v if v in old else check_label_name(v, "value") for v in f.values)
+                fields.append(replace(f, name=name, values=tuple(dict.fromkeys(values))))
             con.execute("DELETE FROM label_fields")
             con.execute("DELETE FROM label_values")
-            write_schema(con, schema)
+            write_schema(con, LabelSchema(tuple(fields)))
             bump(con)
 
     def add_field(

@@ -491,11 +491,11 @@ def _plain(obj: Any) -> Any:
 
 
 def _load_error_reason(exc: BaseException) -> str:
-    """The telling line of what ``torch.load`` raised for a bad file (it raises pages)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    why = [ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln]
-    first = (why or lines or [type(exc).__name__])[0]
-    return first.replace("\x1b[1m", "").replace("\x1b[0m", "")[:160]
+    """Why ``torch.load`` refused a file, in our words (never torch's advice to load it
+    with ``weights_only=False``: a crafted file would run its code)."""
+    from labeler.embeddings.weights import refusal_reason
+
+    return refusal_reason(exc)
 
 
 def _load_resume_checkpoint(path: Path) -> dict:

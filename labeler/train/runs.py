@@ -2,11 +2,20 @@
 
 Two modes (``TrainConfig.mode``, see :mod:`labeler.train`); runs live under
 ``ws.models_dir/<run_id>/`` and ``ws.models_dir/current.json`` maps each field to its latest.
+
+A run is written in ``models/.<run_id>.partial/`` and switched in by one atomic step when it
+is complete (:mod:`labeler._swap`: a rename, or an exchange with the run of the same id
+trained before); only then does ``current.json`` name it. So a killed ``labeler train``
+never leaves a model folder that ``labeler predict`` would load half-written: the previous
+run stays current and whole. A killed fine-tune resumes from its stage with the same
+``--run`` (its folds' ``last.pt``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -93,8 +102,12 @@ def train(
     persons = persons_for(ws, sub_faces, config, progress=progress)
     groups = persons.ids
     run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+        raise InputError(
+            f"--run {run_id!r} is not a run name; give a name without '/' or a leading '.'"
+        )
     run_dir = ws.models_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    head = None
     t0 = time.time()
     meta: dict[str, Any] = {
         "run_id": run_id,
@@ -124,7 +137,6 @@ def train(
             full = fit_head(X, y, config=hc, classes=classes)
             bar.update(len(y))
         head, calibration = calibrate(full, oof, y)
-        save_head(head, run_dir / "head.npz")
         meta |= {
             "calibration": calibration,
             "feature_spec": spec,
@@ -138,25 +150,92 @@ def train(
             f"out-of-fold predictions ({max(2, config.folds)}-fold, grouped by person)"
         )
     else:
+        stage = _open_stage(ws, run_id, resume=True)
         pred, y_eval, fmeta = _train_finetune(
-            ws, face_ids, y, groups, classes, run_dir, config, progress=progress
+            ws, face_ids, y, groups, classes, stage, config, progress=progress
         )
         meta |= fmeta
     report = classification_report(y_eval, pred, classes=classes)
-    save_confusion_png(report, run_dir / "confusion.png", title=f"{config.field} ({config.mode})")
     meta |= {
         "report": asdict(report),
         "train_seconds": round(time.time() - t0, 2),
         "created": time.time(),
     }
-    write_json(run_dir / "config.json", meta)
-    write_json(run_dir / "report.json", asdict(report))
+    if head is not None:
+        stage = _open_stage(ws, run_id, resume=False)
+    try:
+        if head is not None:
+            save_head(head, stage / "head.npz")
+        save_confusion_png(report, stage / "confusion.png", title=f"{config.field} ({config.mode})")
+        write_json(stage / "config.json", meta)
+        write_json(stage / "report.json", asdict(report))
+        _publish_run(stage, run_dir)
+    except BaseException:
+        if head is not None:  # a head's stage: nothing in it to resume
+            from labeler import _swap
+
+            _swap.discard(stage)
+        raise
     current = _read_current(ws)
     current[config.field] = run_id
     write_json(ws.models_dir / "current.json", current)
     ws.save_step_config("train", meta)
     log.info("trained %s in %.1fs: macro-F1 %.3f", run_id, meta["train_seconds"], report.macro_f1)
     return TrainResult(run_id=run_id, run_dir=run_dir, report=report, config=meta)
+
+
+def _open_stage(ws: Workspace, run_id: str, *, resume: bool) -> Path:
+    """Where run ``run_id`` is written until :func:`_publish_run` switches it in.
+
+    A head: a new hidden ``models/.RUN.<pid>.<hex>.tmp`` (what killed trainings left is
+    removed first). A fine-tune (``resume``): ``models/.RUN.partial``, kept when killed so the
+    same ``--run`` resumes its folds from ``last.pt`` (when their config matches); the folds
+    of a finished run of the same id are linked in, so training a run again resumes it as
+    before."""
+    from labeler import _swap
+
+    run_dir = ws.models_dir / run_id
+    _swap.recover(run_dir)
+    _swap.remove_stale_stages(ws.models_dir)
+    if not resume:
+        return _swap.make_stage(run_dir)
+    stage = ws.models_dir / f".{run_id}.partial"
+    stage.mkdir(parents=True, exist_ok=True)
+    if run_dir.is_dir():
+        for fold in sorted(run_dir.glob("fold*")):
+            if fold.is_dir() and not (stage / fold.name).exists():
+                _link_files(fold, stage / fold.name)
+    others = [p.name for p in ws.models_dir.glob(".*.partial") if p != stage]
+    if others:
+        log.warning(
+            "%s holds %d killed fine-tune run(s) (e.g. %s): resume one with "
+            "'labeler train --mode finetune --run NAME' or delete its folder",
+            ws.models_dir,
+            len(others),
+            others[0],
+        )
+    return stage
+
+
+def _link_files(src: Path, dst: Path) -> None:
+    """``dst`` with hard links to the files of ``src`` (copies where links fail). Checkpoints
+    are replaced by rename, never written in place, so the linked run stays as it was."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+
+
+def _publish_run(stage: Path, run_dir: Path) -> None:
+    """Switch the complete ``stage`` in as ``run_dir`` in one atomic step (flushed to disk
+    first); a run of the same id trained before is swapped out and removed."""
+    from labeler import _swap
+
+    _swap.fsync_tree(stage)
+    _swap.discard(_swap.publish(stage, run_dir))
 
 
 def _train_finetune(
@@ -259,6 +338,8 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
 
     rows = []
     for cfg in sorted(ws.models_dir.glob("*/config.json")):
+        if cfg.parent.name.startswith("."):  # a run being written, or swapped out
+            continue
         m = read_json(cfg)
         rows.append(
             {
@@ -328,6 +409,13 @@ def load_model(
                 f"no trained model for field {field!r} in {ws.models_dir}; run 'labeler train -w {ws.root}'"
             )
     run_dir = Path(run) if Path(run).is_dir() else ws.models_dir / run
+    if not run_dir.exists():
+        from labeler import _swap
+
+        try:  # a training killed between the two renames of a filesystem without exchange
+            _swap.recover(run_dir)
+        except OSError:
+            pass
     if not (run_dir / "config.json").exists():
         raise NotFoundError(f"{run_dir}/config.json not found; list runs in {ws.models_dir}")
     meta = read_json(run_dir / "config.json")

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from labeler.errors import LabelerError
+from labeler.errors import InputError, LabelerError
+from labeler.labels.names import annotator_name, printable
 from labeler.ui import access
 from labeler.ui.args import ANNOTATOR_KEY, workspace_path
 
@@ -135,11 +137,16 @@ def _throttle() -> access.Throttle:
 
 def _sign_in() -> None:
     root = _root()
-    name = access.clean_name(st.session_state.get(NAME, ""))
+    typed = str(st.session_state.get(NAME, ""))
     password = str(st.session_state.get(PASSWORD, ""))
     st.session_state[PASSWORD] = ""
-    if root is None or not name or not password:
+    if root is None or not typed.strip() or not password:
         st.session_state[FLASH] = "Enter your name and the password you were given."
+        return
+    try:  # NFKC, as 'labeler annotators add' stored it; no control or bidi characters
+        name = annotator_name(typed)
+    except InputError as exc:
+        st.session_state[FLASH] = str(exc)
         return
     keys = [f"name:{name.casefold()}", f"ip:{_client()}"]
     wait = _throttle().wait(keys)
@@ -198,6 +205,13 @@ def login_page() -> None:
             st.error(message)
 
 
+def markdown_text(text: object) -> str:
+    """``text`` shown as itself in ``st.markdown``: control and bidi characters escaped
+    (:func:`~labeler.labels.names.printable`), Markdown's punctuation backslash-escaped (a
+    name like ``[x](http://...)`` is no link, ``**`` no bold, ``:red[x]`` no colour)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])", r"\\\1", printable(text))
+
+
 def keep_signed_in(name: str) -> None:
     """Once per sign-in, give the browser a signed cookie so a reload stays signed in."""
     root = _root()
@@ -220,7 +234,7 @@ def account_section() -> None:
     """Settings, when signed in: who, and a way out (the name is the sign-in's)."""
     name = st.session_state.get(USER, "")
     st.markdown(
-        f"Signed in as **{name}**: every label you give carries this name. "
+        f"Signed in as **{markdown_text(name)}**: every label you give carries this name. "
         "The workspace owner manages names and passwords with 'labeler annotators'."
     )
     st.button("Sign out", key=SIGN_OUT_BTN, on_click=sign_out)

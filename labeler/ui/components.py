@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
+from labeler.errors import LabelerError
 from labeler.labels import NOT_A_FACE, AssignPlan, LabelSchema, LabelStore
 from labeler.ui import chart, data, photos, state
 from labeler.ui.state import PHOTO_PREFIX, K
@@ -97,19 +98,28 @@ def name_prompt() -> None:
         st.text_input("Your name", key=K.name_prompt, max_chars=state.MAX_NAME)
         st.form_submit_button("Start labeling", type="primary", key=K.name_prompt_btn,
                               on_click=_take_name)  # fmt: skip
+    state.show_flash()  # why the last name was refused
 
 
 def _take_name() -> None:
-    name = state.clean_name(st.session_state.get(K.name_prompt, ""))
-    if name:
-        state.set_annotator(name)
+    """Form callback: take the typed name, or say in one line why not (nothing stored)."""
+    try:
+        state.set_annotator(st.session_state.get(K.name_prompt, ""))
+    except LabelerError as exc:
+        state.flash(str(exc), "error")
 
 
 def who_bar(ws: Workspace, name: str) -> None:
-    """One line at the top of every page: who labels, in which workspace."""
-    c1, c2 = st.columns([6, 1], vertical_alignment="center")
-    c1.caption(f"Labeling as **{name}** · workspace **{ws.root.name}**", help=str(ws.root))
+    """One line at the top of every page: who labels, in which workspace (both shown as
+    typed: a name like ``**x** [a](http://e)`` is no bold and no link)."""
     from labeler.ui import auth
+
+    c1, c2 = st.columns([6, 1], vertical_alignment="center")
+    c1.caption(
+        f"Labeling as **{auth.markdown_text(name)}** · workspace "
+        f"**{auth.markdown_text(ws.root.name)}**",
+        help=str(ws.root),
+    )
 
     signed = auth.required()  # signed in: Settings shows the account and Sign out
     c2.page_link("views/settings.py", label="Account" if signed else "Change name",
@@ -294,9 +304,13 @@ def undo_redo(ws: Workspace, action: Callable[[str, str], None] | None = None) -
 
 
 def _undo_redo(db: str, what: str) -> None:
-    store = LabelStore(db)
     who = state.require_annotator()
-    eid = store.undo(who) if what == "undo" else store.redo(who)
+    try:
+        store = LabelStore(db)
+        eid = store.undo(who) if what == "undo" else store.redo(who)
+    except LabelerError as exc:  # a damaged or locked store: one line, no traceback
+        state.flash(str(exc), "error")
+        return
     done = "Undid" if what == "undo" else "Redid"
     state.flash(f"{done} event {eid}." if eid else f"Nothing to {what}.", "info")
 
@@ -331,14 +345,20 @@ def caption_for(labels: dict[str, str], order: Sequence[str] = ()) -> Callable[[
 def write_labels(ws: Workspace, face_ids: list[str], fld: str, value: str, source: str,
                  relabeled: int = 0, *, announce: bool = True) -> int | None:  # fmt: skip
     """The one label write of every page: one event for ``face_ids`` by the signed-in
-    annotator, and (``announce``) a message saying what it changed. Returns the event id."""
+    annotator, and (``announce``) a message saying what it changed. Returns the event id;
+    None when nothing was written (no faces, or the store refused: a value an older labeler
+    let in, a damaged or locked store), with the store's one line queued as an error."""
     if not face_ids:
         if announce:
             state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return None
-    eid = LabelStore(ws.labels_db).assign(
-        face_ids, fld, value, annotator=state.require_annotator(), source=source
-    )
+    try:
+        eid = LabelStore(ws.labels_db).assign(
+            face_ids, fld, value, annotator=state.require_annotator(), source=source
+        )
+    except LabelerError as exc:
+        state.flash(str(exc), "error")
+        return None
     if not announce:
         return eid
     again = f"; {data.plural(relabeled, 'face')} of them relabeled" if relabeled else ""

@@ -1,5 +1,9 @@
 """A face shown on the photo it came from, its box and landmarks drawn (the source-photo
-dialog). The photo is read only through :func:`labeler.ui.data.image_bytes`."""
+dialog). The photo is read only through :func:`labeler.ui.data.image_bytes`, which checks it
+with :meth:`labeler.workspace.Workspace.resolve_inside`: the photo folder's fence
+(:mod:`labeler.fence`), the rule ingest and ``export --source-images`` apply, so a link that
+leads out of the folder (unless it was ingested with ``--follow-links``), a device or a FIFO
+is never opened and the dialog shows no photo."""
 
 from __future__ import annotations
 

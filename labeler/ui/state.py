@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
+from labeler.errors import InputError
+from labeler.labels.names import MAX_ANNOTATOR_LEN, annotator_name
 from labeler.ui.args import ANNOTATOR_KEY, workspace_path
 from labeler.ui.args import ENV_WORKSPACE as ENV_WORKSPACE  # re-exported: tests, scripts
 from labeler.workspace import Workspace
@@ -27,7 +29,7 @@ ENV_ANNOTATOR = "LABELER_ANNOTATOR"
 #: it) and in a cookie of that name (a new tab in the same browser finds it).
 QUERY_ANNOTATOR = "annotator"
 COOKIE_ANNOTATOR = "labeler_annotator"
-MAX_NAME = 40
+MAX_NAME = MAX_ANNOTATOR_LEN
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,22 @@ def workspace() -> Workspace:
         raise  # unreachable; st.stop raises
 
 
-def clean_name(name: str) -> str:
-    """An annotator name as stored: trimmed, inner whitespace collapsed, at most 40 chars."""
-    return " ".join(str(name).split())[:MAX_NAME]
+def clean_name(name: object) -> str:
+    """An annotator name as stored (:func:`labeler.labels.names.annotator_name`): NFKC,
+    inner whitespace collapsed; :class:`~labeler.errors.InputError` (one line naming the
+    name and the rule) when it is empty, longer than :data:`MAX_NAME` or carries a control,
+    bidi or invisible character. Never cut short: a name is stored as typed or not at all."""
+    return annotator_name(name)
+
+
+def _valid_name(name: object) -> str | None:
+    """``name`` as :func:`clean_name` stores it, or None when it is missing or refused."""
+    if not name:
+        return None
+    try:
+        return clean_name(name)
+    except InputError:
+        return None
 
 
 def annotator() -> str | None:
@@ -148,13 +163,13 @@ def annotator() -> str | None:
     if auth.required():
         return auth.signed_in()
     name = st.session_state.get(K.annotator)
-    if not name:
-        name = (
-            st.query_params.get(QUERY_ANNOTATOR)
-            or _cookie(COOKIE_ANNOTATOR)
-            or os.environ.get(ENV_ANNOTATOR)
+    if not name:  # the first of them that is a valid name (a bad one is skipped, not kept)
+        sources = (
+            lambda: st.query_params.get(QUERY_ANNOTATOR),
+            lambda: _cookie(COOKIE_ANNOTATOR),
+            lambda: os.environ.get(ENV_ANNOTATOR),
         )
-        name = clean_name(name) if name else None
+        name = next((n for get in sources if (n := _valid_name(get()))), None)
         if name:
             st.session_state[K.annotator] = name
     return str(name) if name else None
@@ -170,11 +185,14 @@ def require_annotator() -> str:
 
 
 def set_annotator(name: str) -> None:
-    """Label as ``name`` from now on, in this tab, its URL and (next run) the browser cookie."""
+    """Label as ``name`` from now on, in this tab, its URL and (next run) the browser cookie.
+
+    :class:`~labeler.errors.InputError` from :func:`clean_name` for a name it refuses:
+    nothing is stored then (the caller shows the one line with ``st.error``)."""
     from labeler.ui import auth
 
     name = clean_name(name)
-    if not name or auth.required():  # signed in: the name is the sign-in's
+    if auth.required():  # signed in: the name is the sign-in's
         return
     st.session_state[K.annotator] = name
     st.query_params[QUERY_ANNOTATOR] = name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
+from labeler.errors import LabelerError
 from labeler.labels import NOT_A_FACE, LabelStore
 from labeler.loop import step
 from labeler.ui import components, data, state
@@ -68,8 +69,12 @@ def undo_redo(ws: Workspace) -> None:
 
 
 def _undo_redo(db: str, what: str) -> None:
-    store = LabelStore(db)
-    eid = getattr(store, what)(state.require_annotator())
+    try:
+        store = LabelStore(db)
+        eid = getattr(store, what)(state.require_annotator())
+    except LabelerError as exc:  # a damaged or locked store: one line, no traceback
+        _say(str(exc), "error")
+        return
     if eid is None:
         _say(f"Nothing to {what}.", "info")
         return
@@ -307,6 +312,8 @@ def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> 
 
 def _accept(ws: Workspace, field: str, value: str, face_ids: list[str]) -> None:
     eid = components.write_labels(ws, face_ids, field, value, "suggestion", announce=False)
+    if eid is None:  # refused: write_labels queued the store's one line as an error
+        return
     state.clear_widget_keys(REVIEW_PREFIX)
     _say(f"Accepted {data.plural(len(face_ids), 'face')} as **{value}** ({field}), event "
          f"{eid}. Undo takes it back.", db=str(ws.labels_db))  # fmt: skip
@@ -314,7 +321,8 @@ def _accept(ws: Workspace, field: str, value: str, face_ids: list[str]) -> None:
 
 def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
     items = pd.DataFrame({"face_id": face_ids, "value": value})
-    LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suggestion")
+    if not _rejected(db, items, field, "suggestion"):
+        return
     state.clear_widget_keys(REVIEW_PREFIX)
     _say(f"Rejected {data.plural(len(face_ids), 'suggestion')} of **{value}**; they stay "
          "unlabeled and are not suggested again.", "info", db)  # fmt: skip
@@ -352,8 +360,20 @@ def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
     )  # fmt: skip
 
 
+def _rejected(db: str, items: pd.DataFrame, field: str, kind: str) -> bool:
+    """Reject ``items`` (suggestions or suspects); False, with the one line shown, when the
+    store refuses."""
+    try:
+        LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind=kind)
+    except LabelerError as exc:
+        _say(str(exc), "error")
+        return False
+    return True
+
+
 def _keep(db: str, field: str, items: pd.DataFrame) -> None:
-    LabelStore(db).reject(items, field, annotator=state.require_annotator(), kind="suspect")
+    if not _rejected(db, items, field, "suspect"):
+        return
     state.clear_widget_keys(REVIEW_PREFIX)
     _say(f"Kept {data.plural(len(items), 'label')} as they are; they are not flagged again.",
          "info", db)  # fmt: skip

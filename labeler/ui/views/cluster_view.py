@@ -86,8 +86,9 @@ def revert() -> None:
 
 
 def knn_assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
-    components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
-    state.set_knn_query(None)
+    eid = components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
+    if eid is not None or not face_ids:  # refused: the neighbours stay, for another try
+        state.set_knn_query(None)
 
 
 # --- which cluster -------------------------------------------------------------------------

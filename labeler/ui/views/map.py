@@ -30,8 +30,11 @@ schema = data.schema(ws)
 
 
 def assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
-    """Write the faces the button named (one event), then clear the selection and the shape."""
-    components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
+    """Write the faces the button named (one event), then clear the selection and the shape
+    (kept when the store refused the write: the error says why, the selection stays)."""
+    eid = components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
+    if eid is None and face_ids:
+        return
     state.clear_map_selection()
     st.session_state.pop(K.map_clusters, None)
 

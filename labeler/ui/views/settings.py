@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from labeler.errors import InputError
 from labeler.ui import auth, components, data, state
 from labeler.ui.state import K
 
@@ -18,14 +19,20 @@ if auth.required():  # signed in over the network: the name is the sign-in's
 else:
     if K.settings_annotator not in st.session_state:
         st.session_state[K.settings_annotator] = state.annotator() or ""
-    name = st.text_input(
+    typed = st.text_input(
         "Your name (stored with every label you give; Undo acts on your own labels)",
         key=K.settings_annotator,
         max_chars=state.MAX_NAME,
     )
-    if state.clean_name(name) and state.clean_name(name) != state.annotator():
-        state.set_annotator(name)
-        st.success(f"Labels are now given as {state.clean_name(name)!r}.")
+    if typed.strip():  # an emptied box keeps the name in use
+        try:
+            name = state.clean_name(typed)
+        except InputError as exc:  # one line; the name in use stays
+            st.error(str(exc))
+        else:
+            if name != state.annotator():
+                state.set_annotator(name)
+                st.success(f"Labels are now given as **{auth.markdown_text(name)}**.")
 
 
 def _add_value(field_name: str) -> None:
@@ -60,7 +67,9 @@ for f in schema.fields:
     with st.container(border=True):
         desc = f.description if f.description and f.description != "optional" else ""
         st.markdown(
-            f"**{f.name}**" + (" (optional)" if f.optional else "") + (f" — {desc}" if desc else "")
+            f"**{auth.markdown_text(f.name)}**"
+            + (" (optional)" if f.optional else "")
+            + (f" — {auth.markdown_text(desc)}" if desc else "")
         )
         if not f.values:
             st.caption("no values yet")
@@ -71,7 +80,7 @@ for f in schema.fields:
                 fid = example.get(v)
                 if fid:
                     st.image(data.crop_bytes(ws, fid) or components.placeholder(), width=96)
-                st.markdown(f"**{v}**")
+                st.markdown(f"**{auth.markdown_text(v)}**")
                 help_text = data.VALUE_HELP.get((f.name, v))
                 st.caption(help_text or ("no face labeled yet" if not fid else ""))
         c1, c2 = st.columns([3, 1])
