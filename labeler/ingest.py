@@ -241,6 +241,15 @@ def _hash_checked(fh: BinaryIO, max_bytes: int) -> tuple[str, int, bool]:
     return sha.hexdigest()[:16], total, True
 
 
+def content_id(path: str | os.PathLike[str]) -> str:
+    """The ``image_id`` ingest gives the file at ``path`` (first 16 hex of its SHA-1, streamed,
+    up to the size limit), so a copy found anywhere else (a team's class folders) is known
+    by its bytes; ``path:...`` for a file that does not start like an image. ``OSError`` when
+    it cannot be read. The caller checks it is a regular file (a FIFO would block)."""
+    with open(path, "rb") as fh:
+        return _hash_checked(fh, _max_file_bytes())[0]
+
+
 def _link_state(full: str) -> tuple[int, float]:
     """``(size, mtime)`` of the entry itself (a link's own, not its target's)."""
     try:

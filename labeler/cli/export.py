@@ -1,4 +1,5 @@
-"""``labeler export``: labels with leak-free splits (ImageFolder / CSV / Parquet) or clusters."""
+"""``labeler export``: labels with leak-free splits (ImageFolder, Hugging Face, COCO, Label
+Studio, FiftyOne, CSV / Parquet) or clusters."""
 
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ if TYPE_CHECKING:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["imagefolder", "csv", "parquet"]),
+    type=click.Choice(["imagefolder", "hf", "coco", "label-studio", "fiftyone", "csv", "parquet"]),
     default=None,
-    help="Default: imagefolder for labels, csv for clusters.",
+    help="Default: imagefolder for labels, csv for clusters. hf: + metadata.jsonl per split "
+    "(datasets' imagefolder); coco: the photos + annotations/instances_SPLIT.json; "
+    "label-studio: + tasks with suggestions as predictions; fiftyone: "
+    "FiftyOneImageClassificationDataset per split. Every folder gets manifest.csv.",
 )
 @field_option("Label field that names the class folders and stratifies the splits.")
 @click.option(

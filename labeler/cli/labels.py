@@ -1,4 +1,5 @@
-"""``labeler labels``: back up, list and restore the label store (``labels.db``)."""
+"""``labeler labels``: import labels made elsewhere; back up, list and restore the label store
+(``labels.db``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 
 @click.group("labels")
 def command() -> None:
-    """Backups of the label store: 'backup', 'list', 'restore'.
+    """Labels made elsewhere ('import') and backups of the label store ('backup', 'list',
+    'restore').
 
     Backups are taken automatically when 'labeler app' starts and every 50 label events.
     """
@@ -84,4 +86,76 @@ def restore_cmd(ws: Workspace, backup: str | None) -> None:
             f"note: {bigger.path} holds more events (up to {bigger.last_event:,}, this one up "
             f"to {restored:,}); to restore it: labeler labels restore -w {ws.root} "
             f"--backup {bigger.path}"
+        )
+
+
+@command.command("import")
+@workspace_option()
+@click.argument("source", type=click.Path(exists=True))
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["csv", "folders", "label-studio"]),
+    default=None,
+    help="What SOURCE is (default: folders for a folder, label-studio for .json, csv for .csv).",
+)
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="FIELD[=COLUMN]",
+    help="A field to import and the CSV column (or Label Studio from_name) holding it; "
+    "repeat for several. Default: every column named like a field; class folders: mask_state.",
+)
+@click.option(
+    "--annotator",
+    required=True,
+    envvar="LABELER_ANNOTATOR",
+    help="Who the labels are recorded as (their Undo in the app takes them back); "
+    "default $LABELER_ANNOTATOR.",
+)
+@click.option(
+    "--add-values", is_flag=True, help="Add values and fields the schema lacks (else: an error)."
+)
+@click.option(
+    "--relabel", is_flag=True, help="Change faces labeled otherwise (else they keep their label)."
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be imported; write nothing.")
+def import_cmd(
+    ws: Workspace,
+    source: str,
+    kind: str | None,
+    fields: tuple[str, ...],
+    annotator: str,
+    add_values: bool,
+    relabel: bool,
+    dry_run: bool,
+) -> None:
+    """Import labels from SOURCE: a CSV (rows matched by face_id, by path relative to the
+    ingested folder, or by file name), class folders (SOURCE/<value>/<photo>, matched by the
+    photos' bytes, then by file name) or a Label Studio JSON export (choices).
+
+    Labels are events (source 'import') under --annotator; faces that match nothing, photos
+    with several faces and faces given two values are reported, never guessed.
+    """
+    from labeler.labels.importing import import_labels
+
+    report = import_labels(
+        ws,
+        source,
+        annotator=annotator,
+        kind=kind,
+        fields=fields,
+        add_values=add_values,
+        relabel=relabel,
+        dry_run=dry_run,
+    )
+    for line in report.lines():
+        click.echo(line)
+    if dry_run:
+        click.echo(f"dry run: nothing written ({report.labels:,} labels would be imported)")
+    else:
+        click.echo(
+            f"imported {report.labels:,} labels in {len(report.events)} events as "
+            f"{report.annotator!r} (source import; their Undo in the app takes them back)"
         )

@@ -1,5 +1,6 @@
 """Labeled splits out of the tool: the manifest and its writer (:mod:`.manifest`, ``labeler
-export``), leak-free splits grouped by person and stratified by class (:mod:`.splits`), and
+export``), the layouts other tools load (:mod:`.formats`: Hugging Face, COCO, Label Studio,
+FiftyOne), leak-free splits grouped by person and stratified by class (:mod:`.splits`), and
 the persons they are grouped by (:mod:`.persons`).
 
 ``from labeler.export import export, ExportConfig`` keeps working; the names load lazily, so

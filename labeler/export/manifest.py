@@ -6,7 +6,10 @@ grouped by person (:mod:`labeler.export.persons`, :mod:`labeler.export.splits`),
 - ``imagefolder``: ``OUT/{train,val,test}/<label>/<face_id>.jpg`` (aligned crops, or the
   source images with ``source_images``) plus ``OUT/manifest.csv`` and ``OUT/export.json``;
 - ``csv`` / ``parquet``: the manifest alone (``OUT`` is the file, or a folder that gets
-  ``manifest.csv`` / ``manifest.parquet``).
+  ``manifest.csv`` / ``manifest.parquet``);
+- ``hf``, ``coco``, ``label-studio``, ``fiftyone``: the layouts those tools load, written
+  beside ``manifest.csv`` and ``export.json`` (:mod:`labeler.export.formats`, which lists
+  what each keeps); their files are listed in ``export.json`` (``files``).
 
 Manifest columns: ``path`` (source image relative to its ingested folder), ``root``,
 ``face_id``, ``face_index``, ``x0, y0, x1, y1`` (box in source pixels), one column per label
@@ -59,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from labeler.errors import ExistsError, InputError, NotFoundError
+from labeler.export import formats
 
 if TYPE_CHECKING:
     from labeler.export.persons import Persons
@@ -66,7 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("imagefolder", "csv", "parquet")
+FORMATS = (*formats.TREE_FORMATS, *formats.TABLE_FORMATS)
 WHAT = ("labels", "clusters")
 BOX = ["x0", "y0", "x1", "y1"]
 
@@ -271,8 +275,9 @@ def _check_target(path: Path, *, force: bool) -> None:
         raise ExistsError(f"{path} exists; pass --force to overwrite it")
 
 
-#: What an export writes at the top of ``--out``; anything else there is the user's (kept).
-_OWN = ("manifest.csv", "manifest.parquet", "export.json")
+#: What an export writes at the top of ``--out`` besides the split folders; anything else there
+#: is the user's (kept).
+_OWN = ("manifest.csv", "manifest.parquet", "export.json", *formats.TOP_FILES, *formats.TOP_DIRS)
 
 
 def _check_folder(out: Path, *, force: bool) -> None:
@@ -313,7 +318,10 @@ def _not_an_export(out: Path) -> str | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "rows" not in meta:
         return "its export.json was not written by labeler export"
     listed = _listed_files(out)
-    for split in SPLIT_NAMES:
+    for name in formats.TOP_FILES:  # a format's file is the export's only if it lists it
+        if os.path.lexists(out / name) and name not in listed:
+            return f"{out / name} is not in its manifest"
+    for split in (*SPLIT_NAMES, *formats.TOP_DIRS):
         folder = out / split
         if not os.path.lexists(folder):
             continue
@@ -334,7 +342,19 @@ def _os_metadata(name: str) -> bool:
 
 
 def _listed_files(out: Path) -> set[str]:
-    """The ``file`` column of the export's manifest (empty when it has none or is unreadable)."""
+    """The ``file`` column of the export's manifest and the format files its ``export.json``
+    lists (empty when it has none or is unreadable)."""
+    extra: set[str] = set()
+    try:
+        meta = json.loads((out / "export.json").read_text())
+        if isinstance(meta, dict) and isinstance(meta.get("files"), list):
+            extra = {str(f) for f in meta["files"]}
+    except (OSError, ValueError):
+        pass
+    return _manifest_files(out) | extra
+
+
+def _manifest_files(out: Path) -> set[str]:
     from labeler._csv import read_csv
 
     try:
@@ -355,7 +375,7 @@ def _carry_user_files(out: Path, stage: Path) -> None:
     switch keeps it. The originals are untouched until the switch."""
     from labeler.export.splits import SPLIT_NAMES
 
-    own = {*SPLIT_NAMES, *_OWN}
+    own = {*SPLIT_NAMES, *_OWN}  # the format files and folders too
     for entry in sorted(out.iterdir()):
         if entry.name not in own:
             _link_tree(entry, stage / entry.name)
@@ -397,10 +417,13 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
     if config.format not in FORMATS:
         raise InputError(f"--format {config.format!r} is not one of {', '.join(FORMATS)}")
     out = Path(out)
-    file_out = config.format != "imagefolder" and out.suffix.lower() in (".csv", ".parquet")
+    file_out = config.format in formats.TABLE_FORMATS and out.suffix.lower() in (
+        ".csv",
+        ".parquet",
+    )
     ext = ".parquet" if config.format == "parquet" else ".csv"
     if config.what == "clusters":
-        if config.format == "imagefolder":
+        if config.format not in formats.TABLE_FORMATS:
             raise InputError("--what clusters writes a table; use --format csv or parquet")
         manifest = out if file_out else out / f"clusters{ext}"
         _check_target(manifest, force=config.force)
@@ -447,18 +470,20 @@ def export(ws: Workspace, out: str | Path, config: ExportConfig | None = None) -
     stage = _swap.make_stage(out)
     previous = None
     try:
-        if config.format == "imagefolder":
+        extra: list[str] = []
+        if config.format in formats.TREE_FORMATS:
             df["file"] = _write_tree(ws, df, stage, config)
+            extra = formats.write_extras(
+                ws, df, stage, fmt=config.format, field=config.field, out_name=out.name
+            )
         _write_manifest(df, stage / f"manifest{ext}")
-        write_json(
-            stage / "export.json",
-            {
-                "config": asdict(config) | {"force": False},
-                "rows": len(df),
-                "counts": counts,
-                "persons": persons.as_dict(),
-            },
-        )
+        meta = {
+            "config": asdict(config) | {"force": False},
+            "rows": len(df),
+            "counts": counts,
+            "persons": persons.as_dict(),
+        }
+        write_json(stage / "export.json", meta | ({"files": extra} if extra else {}))
         if out.is_dir():
             _check_folder(out, force=True)  # again: nothing of the user's came in meanwhile
             _carry_user_files(out, stage)
@@ -495,17 +520,14 @@ def _target_error(exc: OSError, stage: Path, out: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(name))
 
 
-def _safe_dirname(label: str) -> str:
-    bad = '/\\:*?"<>|'
-    name = "".join("_" if c in bad else c for c in str(label)).strip() or "_"
-    return "_" + name if name in (".", "..") else name
-
-
 def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig) -> list[str]:
-    """Copy one image per row into split/label/; returns the files relative to ``out``."""
+    """Copy one image per row where its format places it (split/label/ for the ImageFolder
+    tree, :func:`labeler.export.formats.placer`); returns the files relative to ``out``.
+    Faces of one photo share the photo's copy (COCO)."""
     files = []
     sources = None
-    if config.source_images:
+    place = formats.placer(config.format)
+    if formats.uses_photos(config.format, config.source_images):
         faces = ws.require_faces().set_index("face_id").loc[df["face_id"]].reset_index()
         sources = ws.face_image_paths(faces).to_numpy()
     labels = df[config.field].astype(str).to_numpy()
@@ -521,16 +543,19 @@ def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig
                     f"source image of face {row.face_id} ({src}) not exported: {exc}; put "
                     "the photo back, or ingest its folder again (--follow-links to export it)"
                 ) from exc
-            name = f"{row.face_id}{src.suffix.lower()}"
+            suffix = src.suffix.lower()
         else:
             src = ws.crop_path(row.face_id)
             if not src.exists():
                 raise NotFoundError(
                     f"aligned crop {src} is missing; re-run 'labeler detect -w {ws.root}'"
                 )
-            name = f"{row.face_id}.jpg"
-        rel = Path(row.split) / _safe_dirname(labels[i]) / name
+            suffix = ".jpg"
+        rel = Path(place(row.split, labels[i], row.face_id, suffix))
         dst = out / rel
+        if dst.exists():  # the photo of an earlier face (COCO names photos by image_id)
+            files.append(rel.as_posix())
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             if sources is None:

@@ -13,6 +13,10 @@ One database per workspace (``ws.labels_db``); its tables are listed in
 * :mod:`~labeler.labels.db`          - the tables, one-line errors, creating a store file
 * :mod:`~labeler.labels.backup`      - rotating backups, the soundness check, restore
 * :mod:`~labeler.labels.human`       - the human labels a model learns from, in faces order
+* :mod:`~labeler.labels.sources`     - labels made elsewhere read as records (CSV, class
+  folders, Label Studio)
+* :mod:`~labeler.labels.importing`   - those records matched to faces, planned, written as
+  ``import`` events (``labeler labels import``)
 
 Concurrency: every call opens its own short-lived connection (``busy_timeout`` 30 s) and writes
 in one ``BEGIN IMMEDIATE`` transaction, so two annotators in two browsers (threads or processes)
