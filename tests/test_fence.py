@@ -264,6 +264,31 @@ def test_a_link_swapped_out_after_ingest_is_read_again_and_refused(zoo, probe):
     assert "outside the photo folder" in _rows(zoo.ws).loc["in_link.png", "error"]
 
 
+def test_detect_never_opens_a_photo_swapped_for_a_link_out_after_ingest(zoo, probe):
+    """Between ingest and detect (or a resumed run), a photo replaced by a link out of the
+    folder (or by a FIFO) is recorded as detect's error for that image, never opened; the
+    other photos are detected as before."""
+    from labeler.detect.pipeline import detect_workspace, read_detect_log
+
+    for seed, name in enumerate(("a.png", "b.png", "c.png"), start=6):
+        face_png(zoo.photos / "new" / name, seed)
+    ingest_folder(zoo.ws, zoo.photos)
+    ids = _rows(zoo.ws)["image_id"]
+    new = zoo.photos / "new"
+    (new / "a.png").unlink()
+    (new / "a.png").symlink_to(zoo.outside_face)
+    (new / "b.png").unlink()
+    os.mkfifo(new / "b.png")
+    probe.watch(*zoo.outside_files(), *zoo.never(), new / "b.png")
+    detect_workspace(zoo.ws, detector="none", progress=False)
+    assert probe.forbidden_opened() == []
+    log = read_detect_log(zoo.ws).set_index("image_id")
+    assert "outside the photo folder" in log.loc[ids["new/a.png"], "error"]
+    assert "never opened" in log.loc[ids["new/b.png"], "error"]
+    for name in ("new/c.png", "inside.png"):
+        assert pd.isna(log.loc[ids[name], "error"]) and log.loc[ids[name], "n_faces"] == 1
+
+
 def test_one_rule_for_ingest_the_app_and_predict(zoo, probe):
     """For every file, with and without --follow-links: ingest refuses it exactly when the
     workspace's check (the app's reader, export) and predict's listing refuse it."""

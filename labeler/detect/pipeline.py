@@ -354,6 +354,30 @@ def cut_faces(
     return out
 
 
+def _fenced_items(
+    ws: Workspace, roots: list[Path], todo: list
+) -> tuple[list[tuple[str, Path]], list[ImageOutcome]]:
+    """The (image_id, path) work items of ``todo`` (images.parquet rows), and an error outcome
+    for each photo the folder's fence (:mod:`labeler.fence`) refuses now: a link swapped in
+    after ingest that leads out of the folder, a device or a FIFO is never opened. Costs an
+    ``lstat`` and a ``stat`` per photo; the path as ingested is kept (messages name it)."""
+    from labeler.fence import Fence, FenceError
+
+    fences = {i: Fence(root, follow_links=ws.follows_links(i)) for i, root in enumerate(roots)}
+    items, refused = [], []
+    for r in todo:
+        i = int(r.root)
+        try:
+            fences[i].resolve(r.path)
+        except FenceError as exc:
+            refused.append(ImageOutcome(r.image_id, [], False, f"{r.path}: {exc}", 0.0, 0.0))
+            continue
+        except OSError:
+            pass  # missing or unreadable: the decode records why
+        items.append((r.image_id, roots[i] / r.path))
+    return items, refused
+
+
 def _process_image(
     ws: Workspace,
     image_id: str,
@@ -636,7 +660,9 @@ def detect_workspace(
                 made.append(det)
         return _process_image(ws, item[0], item[1], det, cfg, face_sink)
 
-    items = [(r.image_id, roots[int(r.root)] / r.path) for r in todo]
+    # the photo folder's fence (labeler.fence), as ingest applied it: a photo swapped for a
+    # link out of its folder (or a FIFO) after ingest is recorded as an error, never opened
+    items, refused = _fenced_items(ws, roots, todo)
 
     n_workers = workers or default_workers()
     outcomes: list[ImageOutcome] = []
@@ -649,11 +675,15 @@ def detect_workspace(
     log_parts = [done_log]
     try:
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="detect") as pool:
-            for chunk in iter_batches(items, chunk_size):
-                if engine is None:
+            chunks = list(iter_batches(items, chunk_size)) or ([[]] if refused else [])
+            for chunk in chunks:
+                if not chunk:
+                    got = []
+                elif engine is None:
                     got = list(pool.map(work, chunk))
                 else:
                     got = engine(ws, chunk, cfg, lambda item: pool.submit(work, item))
+                got, refused = refused + list(got), []
                 outcomes.extend(got)
                 rows = [row for o in got for row in o.rows]
                 if rows:

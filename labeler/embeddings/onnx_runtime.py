@@ -235,11 +235,12 @@ def ensure_onnx(
 
 def int8_cache_path(fp32_path: Path, ranges_text: str) -> Path:
     """Where the int8 model made from ``fp32_path`` with these ranges lives (may not exist)."""
-    from labeler.embeddings.quantize import QUANT_VERSION
+    from labeler.embeddings.quantize import QUANT_VERSION, needs_reduce_range
 
     ident = {
         "ranges": hashlib.sha256(ranges_text.encode()).hexdigest(),
         "quant": QUANT_VERSION,
+        "reduce_range": needs_reduce_range(),
         "onnxruntime": _version("onnxruntime"),
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
@@ -250,7 +251,13 @@ def ensure_int8(fp32_path: Path, config: BackboneConfig) -> Path:
     """Path of the int8 model of the float export ``fp32_path`` (quantized first if needed,
     with the shipped ranges of :mod:`labeler.embeddings.quantize`). Raises
     :class:`~labeler.embeddings.quantize.QuantizeError` when the ranges do not fit this model."""
-    from labeler.embeddings.quantize import RANGES_FILE, QuantizeError, quantize_onnx, read_ranges
+    from labeler.embeddings.quantize import (
+        RANGES_FILE,
+        QuantizeError,
+        needs_reduce_range,
+        quantize_onnx,
+        read_ranges,
+    )
 
     try:
         ranges_text = RANGES_FILE.read_text()
@@ -278,7 +285,13 @@ def ensure_int8(fp32_path: Path, config: BackboneConfig) -> Path:
     with tempfile.TemporaryDirectory(dir=fp32_path.parent) as tmpdir:
         pre = preprocess(fp32_path, Path(tmpdir) / "pre.onnx")
         with atomic_path(path) as tmp:
-            quantize_onnx(pre, tmp, table["ranges"], keep_float=table.get("keep_float", ()))
+            quantize_onnx(
+                pre,
+                tmp,
+                table["ranges"],
+                keep_float=table.get("keep_float", ()),
+                reduce_range=needs_reduce_range(),
+            )
     log.info("quantized %s -> %s", fp32_path.name, path.name)
     return path
 
