@@ -423,7 +423,7 @@ def test_two_annotators_see_each_others_labels_on_rerun(ws, monkeypatch):
     assert labels_now(ws)[ids[0]] == "correct"
     assert "have labels already" in b.info[0].value
     relabel = b.button(key=K.relabel_btn)
-    assert relabel.label == "Relabel 1 face now correct as 'no_mask'"
+    assert relabel.label == "Relabel 1 face now correct by ann as 'no_mask'"  # count, owner
     relabel.click().run()  # the explicit choice
     a.run()  # ann's next rerun shows bob's label
     assert "[no_mask]" in a.checkbox(key=SELECT_PREFIX + ids[0]).label
@@ -727,3 +727,188 @@ def test_map_points_carry_their_row_and_thumbnail_cell(ws):
     again = chart.map_figure(ws, "mask_state", "cluster")
     assert again is fig and again.plotly is fig.plotly  # cached: checked once
     assert spec(fig.plotly) == spec(fig.figure)
+
+
+# --- issue 31: two annotators at once, nothing lost ------------------------------------------
+
+
+def _as(monkeypatch, name: str, page: str) -> AppTest:
+    """A session of annotator ``name`` on ``page`` (the name stays with the session)."""
+    monkeypatch.setenv(ENV_ANNOTATOR, name)
+    return open_page(page)
+
+
+def _bea_labels(ws, faces: list[str], value: str = "correct") -> None:
+    LabelStore(ws.labels_db).assign(faces, FIELD, value, annotator="Bea", source="selection")
+
+
+def _who(ws) -> dict[str, tuple[str, str]]:
+    cur = LabelStore(ws.labels_db).current(FIELD)
+    return {r.face_id: (r.value, r.annotator) for r in cur.itertuples()}
+
+
+def _told(at: AppTest) -> str:
+    return " ".join(m.value for m in [*at.warning, *at.success, *at.info, *at.error])
+
+
+def test_the_rest_leaves_faces_labeled_meanwhile(ws, monkeypatch):
+    """Ann's "Assign ... to the rest" was drawn before Bea labeled 3 of those faces: Bea's
+    labels stay, the other faces get Ann's, and Ann's page says how many were left and whose."""
+    c = biggest_cluster(ws)
+    ids = members(ws, c)
+    ann = _as(monkeypatch, "Ann", "views/cluster_view.py")
+    ann.selectbox(key=K.cluster_pick).set_value(c).run()
+    ann.button(key=K.select_none_btn).click().run()  # every face unticked: all are "the rest"
+    ann.selectbox(key=K.assign_value).set_value("no_mask").run()
+    assert ann.button(key=K.rest_btn).label.endswith(f"{len(ids)} unticked unlabeled faces")
+    _bea_labels(ws, ids[:3])  # meanwhile, in another browser
+    ann.button(key=K.rest_btn).click().run()
+    assert not ann.exception
+    now = _who(ws)
+    assert {f: now[f] for f in ids[:3]} == dict.fromkeys(ids[:3], ("correct", "Bea"))
+    assert {f: now[f] for f in ids[3:]} == dict.fromkeys(ids[3:], ("no_mask", "Ann"))
+    told = _told(ann)
+    assert f"Labeled {len(ids) - 3} faces" in told
+    assert "3 faces were labeled correct by Bea meanwhile and were left as they are" in told
+
+
+def test_enter_leaves_faces_labeled_meanwhile_and_says_so(ws, monkeypatch):
+    """Enter on a page drawn before Bea (her own session) labeled 2 of the ticked faces: her
+    labels stay, and the count differs from the button's with the reason on the page."""
+    c = biggest_cluster(ws)
+    ann = _as(monkeypatch, "Ann", "views/cluster_view.py")
+    ann.selectbox(key=K.cluster_pick).set_value(c).run()
+    ids = shown_faces(ann)
+    n = len(members(ws, c))
+    assert ann.button(key=K.assign_btn).label == f"Assign 'correct' to {n} unlabeled faces"
+    bea = _as(monkeypatch, "Bea", "views/cluster_view.py")
+    bea.selectbox(key=K.cluster_pick).set_value(c).run()
+    bea.button(key=K.select_none_btn).click().run()
+    for f in ids[:2]:
+        bea.checkbox(key=SELECT_PREFIX + f).check().run()
+    bea.selectbox(key=K.assign_value).set_value("no_mask").run()
+    bea.button(key=K.assign_btn).click().run()
+    ann.button(key=K.assign_btn).click().run()  # Enter, on the page drawn before
+    assert not ann.exception
+    now = _who(ws)
+    assert {f: now[f] for f in ids[:2]} == dict.fromkeys(ids[:2], ("no_mask", "Bea"))
+    assert sum(v == ("correct", "Ann") for v in now.values()) == n - 2
+    told = _told(ann)
+    assert f"Labeled {n - 2} faces" in told
+    assert "2 faces were labeled no_mask by Bea meanwhile and were left as they are" in told
+
+
+def test_relabel_names_the_owner_and_leaves_faces_changed_meanwhile(ws, monkeypatch):
+    """The explicit Relabel says whose labels it replaces; pressed after Bea relabeled 2 of
+    them, it changes only the faces still as the page showed them."""
+    c = biggest_cluster(ws)
+    ids = members(ws, c)
+    LabelStore(ws.labels_db).assign(ids, FIELD, "correct", annotator="Pat", source="cluster")
+    ann = _as(monkeypatch, "Ann", "views/cluster_view.py")
+    ann.selectbox(key=K.cluster_pick).set_value(c).run()
+    ann.selectbox(key=K.assign_value).set_value("no_mask").run()
+    relabel = ann.button(key=K.relabel_btn)
+    assert relabel.label == f"Relabel {len(ids)} faces now correct by Pat as 'no_mask'"
+    _bea_labels(ws, ids[:2], "on_chin")
+    relabel.click().run()
+    now = _who(ws)
+    assert {f: now[f] for f in ids[:2]} == dict.fromkeys(ids[:2], ("on_chin", "Bea"))
+    assert {f: now[f] for f in ids[2:]} == dict.fromkeys(ids[2:], ("no_mask", "Ann"))
+    told = _told(ann)
+    assert f"{len(ids) - 2} faces of them relabeled" in told
+    assert "2 faces were labeled on_chin by Bea meanwhile and were left as they are" in told
+
+
+def test_more_like_this_leaves_faces_labeled_meanwhile(ws, monkeypatch):
+    c = biggest_cluster(ws)
+    ann = _as(monkeypatch, "Ann", "views/cluster_view.py")
+    ann.selectbox(key=K.cluster_pick).set_value(c).run()
+    query = ann.selectbox(key=K.knn_face).value
+    ann.number_input(key=K.knn_k).set_value(8).run()
+    ann.button(key=K.knn_btn).click().run()
+    near = [cb.key[len(KNN_PREFIX) :] for cb in ann.checkbox if cb.key.startswith(KNN_PREFIX)]
+    assert len(near) == 8 and ann.button(key=K.knn_assign_btn).label.endswith("9 unlabeled faces")
+    _bea_labels(ws, near[:2])
+    ann.button(key=K.knn_assign_btn).click().run()
+    now = _who(ws)
+    assert {f: now[f] for f in near[:2]} == dict.fromkeys(near[:2], ("correct", "Bea"))
+    assert {f: now[f] for f in [query, *near[2:]]} == dict.fromkeys(
+        [query, *near[2:]], ("correct", "Ann")
+    )
+    assert "2 faces were labeled correct by Bea meanwhile" in _told(ann)
+
+
+def test_map_assign_leaves_faces_labeled_meanwhile(ws, monkeypatch):
+    run = cluster_store.load_run(ws)
+    rows = np.flatnonzero(run.labels == biggest_cluster(ws))
+    ids = [str(f) for f in run.face_ids[rows]]
+    ann = _as(monkeypatch, "Ann", "views/map.py")
+    ann.session_state[K.map_selection] = rows  # what a lasso leaves (see the test above)
+    ann.run()
+    ann.selectbox(key=K.assign_value).set_value("no_mask").run()
+    assert ann.button(key=K.map_assign_btn).label == (
+        f"Assign 'no_mask' to {len(ids)} unlabeled faces"
+    )
+    _bea_labels(ws, ids[:3])
+    ann.button(key=K.map_assign_btn).click().run()
+    assert not ann.exception
+    now = _who(ws)
+    assert {f: now[f] for f in ids[:3]} == dict.fromkeys(ids[:3], ("correct", "Bea"))
+    assert {f: now[f] for f in ids[3:]} == dict.fromkeys(ids[3:], ("no_mask", "Ann"))
+    told = _told(ann)
+    assert f"Labeled {len(ids) - 3} faces" in told
+    assert "3 faces were labeled correct by Bea meanwhile and were left as they are" in told
+
+
+def test_the_label_picked_comes_back_after_the_map(ws):
+    """The Map draws the label picker with the same key as the Cluster view: the label the
+    annotator picked comes back on either page (it fell back to the first value)."""
+    at = open_page("views/cluster_view.py")
+    at.selectbox(key=K.assign_value).set_value("on_chin").run()
+    at.switch_page("views/map.py").run()
+    assert at.selectbox(key=K.assign_value).value == "on_chin"
+    at.selectbox(key=K.assign_value).set_value("no_mask").run()
+    at.switch_page("views/cluster_view.py").run()
+    assert at.selectbox(key=K.assign_value).value == "no_mask"
+    assert at.button(key=K.assign_btn).label.startswith("Assign 'no_mask' to ")
+
+
+def test_not_a_face_never_carries_into_the_next_cluster(ws):
+    """After "the rest" with *not a face*, the next cluster opens with the last other label
+    picked, never "Assign 'not a face' to N unlabeled faces" as the primary action."""
+    c = biggest_cluster(ws)
+    other = next(x for x in (0, 1, 2) if x != c)
+    at = open_page("views/cluster_view.py")
+    at.selectbox(key=K.cluster_pick).set_value(c).run()
+    at.button(key=f"{K.value_key_btn}5").click().run()  # no_mask
+    at.button(key=K.select_none_btn).click().run()
+    at.button(key=f"{K.value_key_btn}0").click().run()  # not a face
+    assert "not a face" in at.button(key=K.rest_btn).label
+    at.button(key=K.rest_btn).click().run()
+    assert set(labels_now(ws).values()) == {"not_a_face"}
+    assert at.selectbox(key=K.assign_value).value == "not_a_face"  # same cluster: kept
+    at.selectbox(key=K.cluster_pick).set_value(other).run()
+    assert at.selectbox(key=K.assign_value).value == "no_mask"
+    assert at.button(key=K.assign_btn).label.startswith("Assign 'no_mask' to ")
+    at.switch_page("views/overview.py").run()  # nor through another page
+    at.switch_page("views/cluster_view.py").run()
+    assert at.selectbox(key=K.assign_value).value == "no_mask"
+
+
+def test_every_page_writes_labels_through_the_one_checked_helper():
+    """No page can miss the check: in labeler/ui only components.write_plan writes labels
+    (LabelStore.assign_checked); no module calls LabelStore.assign / accept (a DataFrame's
+    keyword-only .assign is fine)."""
+    import ast
+
+    ui_dir = Path(ui.__file__).parent
+    writers = {}
+    for path in sorted(ui_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name = node.func.attr
+            if name == "assign_checked" or (name in ("assign", "accept") and node.args):
+                writers.setdefault(name, []).append(f"{path.relative_to(ui_dir)}:{node.lineno}")
+    assert set(writers) == {"assign_checked"}, writers
+    assert [w.split(":")[0] for w in writers["assign_checked"]] == ["components.py"]

@@ -402,7 +402,8 @@ def test_no_silent_relabel_in_chromium(mfr2_workspace, tmp_path):
         n_new = _count(assign, r"to (\d+) unlabeled")
         assert n_new == len(members) - len(pre)
         relabel = page.locator(".st-key-relabel_btn button").first
-        assert relabel.inner_text() == f"Relabel {len(pre)} faces now no_mask as 'chin_exposed'"
+        want = f"Relabel {len(pre)} faces now no_mask by earlier as 'chin_exposed'"
+        assert relabel.inner_text() == want  # the count and whose labels they are
         page.keyboard.press("Enter")
         expect(page.get_by_text(f"Labeled {n_new} faces mask_state=chin_exposed")).to_be_visible(
             timeout=30_000

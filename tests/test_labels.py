@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labeler.labels import DEFAULT_SCHEMA, MASK_STATES, LabelStore
+from labeler.labels import DEFAULT_SCHEMA, MASK_STATES, NOT_A_FACE, LabelStore, plan_assign
 
 FIELD = "mask_state"
 
@@ -294,3 +294,131 @@ def test_counts(store):
     store.assign(["b"], FIELD, "no_mask", annotator="x", source="single")
     got = store.counts().set_index(["field", "value"])["faces"].to_dict()
     assert got == {(FIELD, "correct"): 1, (FIELD, "no_mask"): 1}
+
+
+# --- issue 31: two annotators at once, nothing lost -------------------------------------------
+
+
+def _who(store: LabelStore, field: str = FIELD) -> dict[str, tuple[str, str]]:
+    cur = store.current(field)
+    return {r.face_id: (r.value, r.annotator) for r in cur.itertuples()}
+
+
+def test_checked_assign_leaves_faces_labeled_meanwhile(tmp_path):
+    """Two sessions on one store: Ann plans an assign, Bea labels some of those faces, Ann's
+    assign (checked when it runs) changes only the faces still unlabeled and names Bea."""
+    ann, bea = LabelStore(tmp_path / "labels.db"), LabelStore(tmp_path / "labels.db")
+    ids = [f"f{i}" for i in range(10)]
+    plan = plan_assign(ids, ann.current_values(FIELD), "no_mask")  # Ann's page is drawn
+    assert plan.new == tuple(ids)
+    bea.assign(ids[:3], FIELD, "correct", annotator="Bea", source="selection")  # meanwhile
+    res = ann.assign_checked(plan.faces(relabel=False), FIELD, "no_mask",
+                             seen=plan.seen(relabel=False), annotator="Ann", source="selection")  # fmt: skip
+    now = _who(ann)
+    assert {f: now[f] for f in ids[:3]} == dict.fromkeys(ids[:3], ("correct", "Bea"))
+    assert {f: now[f] for f in ids[3:]} == dict.fromkeys(ids[3:], ("no_mask", "Ann"))
+    assert res.changed == tuple(ids[3:]) and res.relabeled == ()
+    assert sorted(ann.event_faces(res.event_id)) == ids[3:]  # one event, only those faces
+    assert res.meanwhile == {("Bea", "correct"): tuple(ids[:3])}
+    assert res.meanwhile_text() == (
+        "3 faces were labeled correct by Bea meanwhile and were left as they are"
+    )
+    # again, now that every face is labeled: nothing is written, no empty event
+    n_events = len(ann.history(limit=None))
+    again = ann.assign_checked(ids, FIELD, "no_mask", seen=dict.fromkeys(ids),
+                               annotator="Ann", source="selection")  # fmt: skip
+    assert again.event_id is None and again.changed == ()
+    assert len(ann.history(limit=None)) == n_events
+
+
+def test_checked_relabel_changes_only_faces_as_the_page_showed_them(tmp_path):
+    """The explicit Relabel, planned when Pat's labels were shown: faces Bea relabeled since
+    and faces Pat's undo unlabeled since are left and reported; the rest are relabeled. The
+    plan names the owners of the labels it would replace."""
+    pat, bea = LabelStore(tmp_path / "labels.db"), LabelStore(tmp_path / "labels.db")
+    ann = LabelStore(tmp_path / "labels.db")
+    ids = [f"f{i}" for i in range(6)]
+    pat.assign(ids[:4], FIELD, "correct", annotator="Pat", source="cluster")
+    pat.assign(ids[4:], FIELD, "correct", annotator="Pat", source="cluster")
+    owners = {f: who for f, (_, who) in ann.labels_of(FIELD, ids).items()}
+    plan = plan_assign(ids, ann.current_values(FIELD), "no_mask", owners=owners)
+    assert plan.relabel == tuple(ids) and plan.relabel_text() == "6 faces now correct by Pat"
+    bea.assign(ids[:2], FIELD, "on_chin", annotator="Bea", source="selection")
+    pat.undo("Pat")  # ids[4:] unlabeled again
+    res = ann.assign_checked(plan.faces(relabel=True), FIELD, "no_mask",
+                             seen=plan.seen(relabel=True), relabel=True, annotator="Ann",
+                             source="selection")  # fmt: skip
+    now = _who(ann)
+    assert now == {ids[0]: ("on_chin", "Bea"), ids[1]: ("on_chin", "Bea"),
+                   ids[2]: ("no_mask", "Ann"), ids[3]: ("no_mask", "Ann")}  # fmt: skip
+    assert res.changed == res.relabeled == tuple(ids[2:4])
+    assert res.meanwhile == {("Bea", "on_chin"): tuple(ids[:2]), ("Pat", None): tuple(ids[4:])}
+    assert res.meanwhile_text() == (
+        "4 faces were changed meanwhile and were left as they are: labeled on_chin by Bea (2), "
+        "unlabeled by Pat (2)"
+    )
+    # without relabel, a labeled face is never changed, even one shown as labeled
+    res = ann.assign_checked(ids[2:4], FIELD, "correct", seen=dict.fromkeys(ids[2:4], "no_mask"),
+                             annotator="Ann", source="selection")  # fmt: skip
+    assert res.changed == () and res.unchanged == tuple(ids[2:4]) and not res.meanwhile
+
+
+def test_checked_assign_sees_not_a_face_as_the_pages_do(tmp_path):
+    """A face marked not_a_face in any field shows as not_a_face on every page: marked so
+    meanwhile, it is left; shown so, it is relabeled on request like any labeled face."""
+    ann, bea = LabelStore(tmp_path / "labels.db"), LabelStore(tmp_path / "labels.db")
+    ann.assign(["a"], "gender", NOT_A_FACE, annotator="Ann", source="single")
+    bea.assign(["b"], "gender", NOT_A_FACE, annotator="Bea", source="single")  # meanwhile
+    seen = {"a": NOT_A_FACE, "b": None, "c": None}
+    res = ann.assign_checked(list(seen), FIELD, "correct", seen=seen, relabel=True,
+                             annotator="Ann", source="selection")  # fmt: skip
+    assert res.changed == ("a", "c") and res.meanwhile == {("Bea", NOT_A_FACE): ("b",)}
+    assert ann.current_values(FIELD) == {"a": "correct", "c": "correct"}
+
+
+actors = st.sampled_from(["ann", "bob"])
+labels_or_none = st.sampled_from([*MASK_STATES[:3], NOT_A_FACE, None])
+
+
+@HYP
+@given(
+    history=actions,
+    meanwhile=st.lists(st.tuples(actors, face_ids, labels_or_none), max_size=4),
+    selected=face_ids,
+    value=st.sampled_from(MASK_STATES[:3]),
+    relabel=st.booleans(),
+)
+def test_a_bulk_action_never_changes_a_face_changed_since_it_was_drawn(
+    tmp_path_factory, history, meanwhile, selected, value, relabel
+):
+    """Whatever happened before and between drawing and pressing: the checked assign changes
+    exactly the selected faces still as shown (not at the value, labeled only on relabel),
+    every face changed since is left as it is and reported, no other face changes."""
+    db = tmp_path_factory.mktemp("db") / "labels.db"
+    ann, bob = LabelStore(db), LabelStore(db)
+    for who, ids, v in history:
+        LabelStore(db).assign(ids, FIELD, v, annotator=who, source="selection")
+    shown = ann.current_values(FIELD)
+    shown.update(dict.fromkeys(ann.not_faces(), NOT_A_FACE))  # as ui.data.labels shows them
+    seen = {f: shown.get(f) for f in selected}  # what the page showed of the selection
+    for who, ids, v in meanwhile:
+        field = FIELD if v != NOT_A_FACE else "gender"
+        bob.assign(ids, field, v, annotator=who, source="selection")
+    before = state(ann, None)
+    now = ann.current_values(FIELD)
+    now.update(dict.fromkeys(ann.not_faces(), NOT_A_FACE))
+    res = ann.assign_checked(selected, FIELD, value, seen=seen, relabel=relabel, annotator="ann",
+                             source="selection")  # fmt: skip
+    after = state(ann, None)
+    moved = {f for (f, _), v in after.items() if before.get((f, _)) != v}
+    moved |= {f for f, _ in before.keys() - after.keys()}
+    want = {
+        f for f in seen
+        if now.get(f) == seen[f] and now.get(f) != value and (relabel or now.get(f) is None)
+    }  # fmt: skip
+    assert moved == set(res.changed) == want
+    assert all(after[(f, FIELD)] == value for f in want)
+    stale = {f for f in seen if now.get(f) != seen[f]}
+    assert {f for fs in res.meanwhile.values() for f in fs} == stale
+    assert not stale & moved
+    assert (res.event_id is None) == (not want)

@@ -226,3 +226,34 @@ def test_review_texts_say_what_is_true(ws):
     assert any(f"Every face is labeled for {FIELD}" in t for t in texts), texts
     assert not any("label faces of two values" in t for t in texts)
     assert not any(re.search(r"\b1 (faces|groups|labels)\b", t) for t in texts), texts
+
+
+def test_accept_ticked_leaves_faces_labeled_meanwhile(ws):
+    """Issue 31: Ann's page shows a suggestion group; Bea labels 2 of the ticked faces in
+    another browser; Ann's "Accept ticked" keeps Bea's labels and the banner names her."""
+    ws, truth = ws
+    _label(ws, truth, 24)
+    step.suggest_workspace(ws, field=FIELD)
+    at = _review()
+    boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]
+    assert len(boxes) >= 5
+    for i, cb in enumerate(boxes):
+        cb.set_value(i < 5)
+    at.run()
+    prefix = f"{REVIEW_PREFIX}{at.selectbox(key=SK.group_pick).value}_"
+    ticked = [cb.key[len(prefix) :] for cb in boxes[:5]]
+    assert at.button(key=K.review_accept_btn).label.startswith("Accept 5 ticked as ")
+    value = at.button(key=K.review_accept_btn).label.rsplit(" ", 1)[1]
+    other = next(v for v in ("masked", "no_mask") if v != value)
+    store = LabelStore(ws.labels_db)
+    store.assign(ticked[:2], FIELD, other, annotator="Bea", source="selection")  # meanwhile
+    at.button(key=K.review_accept_btn).click().run()
+    assert not at.exception
+    cur = store.current(FIELD).set_index("face_id")
+    assert cur.loc[ticked[:2], "value"].tolist() == [other] * 2
+    assert cur.loc[ticked[:2], "annotator"].tolist() == ["Bea"] * 2
+    assert cur.loc[ticked[2:], "value"].tolist() == [value] * 3
+    assert cur.loc[ticked[2:], "annotator"].tolist() == ["tester"] * 3
+    told = " ".join(w.value for w in at.warning)
+    assert "Accepted 3 faces" in told
+    assert f"2 faces were labeled {other} by Bea meanwhile and were left as they are" in told

@@ -20,7 +20,9 @@ One database per workspace (``ws.labels_db``); its tables are listed in
 
 Concurrency: every call opens its own short-lived connection (``busy_timeout`` 30 s) and writes
 in one ``BEGIN IMMEDIATE`` transaction, so two annotators in two browsers (threads or processes)
-never lose a write; the later commit wins and each sees the other's result on the next read.
+never lose a write; each sees the other's result on the next read. The app's bulk actions go
+through :meth:`LabelStore.assign_checked`, which plans in that same transaction: a face labeled
+by someone since the page was drawn is never changed by them, and is reported by who and what.
 Order is ``event_id`` (commit order), not the wall-clock ``ts``.
 
 Example::
@@ -36,7 +38,7 @@ from __future__ import annotations
 from labeler.labels.db import LabelStoreError
 from labeler.labels.events import CURRENT_COLUMNS, HISTORY_COLUMNS, SOURCES
 from labeler.labels.human import human_labels
-from labeler.labels.plan import NOT_A_FACE, AssignPlan, plan_assign
+from labeler.labels.plan import NOT_A_FACE, AssignPlan, AssignResult, plan_assign
 from labeler.labels.schema import DEFAULT_SCHEMA, MASK_STATES, LabelField, LabelSchema
 from labeler.labels.store import LabelStore
 from labeler.labels.suggestions import SUGGESTION_COLUMNS
@@ -52,6 +54,7 @@ __all__ = [
     "SUGGESTION_COLUMNS",
     "SUSPECT_COLUMNS",
     "AssignPlan",
+    "AssignResult",
     "LabelField",
     "LabelSchema",
     "LabelStore",

@@ -19,6 +19,7 @@ import pandas as pd
 
 from labeler.errors import InputError
 from labeler.labels.names import annotator_name, confusable_with
+from labeler.labels.plan import NOT_A_FACE
 
 SOURCES = ("cluster", "selection", "single", "suggestion", "import", "simulation")
 
@@ -195,6 +196,66 @@ def current(con: sqlite3.Connection, field: str | None = None) -> pd.DataFrame:
 
 def current_values(con: sqlite3.Connection, field: str) -> dict[str, str]:
     return dict(con.execute("SELECT face_id, value FROM current WHERE field = ?", (field,)))
+
+
+#: Ids per ``IN (...)`` query (SQLite allows 32,766 variables; small chunks stay fast).
+_CHUNK = 500
+
+
+def _chunks(ids: list) -> Iterable[list]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+def labels_of(con: sqlite3.Connection, field: str, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{face_id: (label, annotator)}`` of the labeled faces among ``ids`` in ``field`` as
+    the app shows them: the current label, or ``not_a_face`` where any field says so (see
+    ``labeler.ui.data.labels``), with the annotator of the event that set it. ~10 ms for
+    10,000 ids (primary-key look-ups, and one scan for ``not_a_face``)."""
+    out: dict[str, tuple[str, str]] = {}
+    sql = (
+        "SELECT c.face_id, c.value, e.annotator FROM current c "
+        "JOIN events e ON e.event_id = c.event_id WHERE c.field = ? AND c.face_id IN ({})"
+    )
+    for part in _chunks(ids):
+        rows = con.execute(sql.format(",".join("?" * len(part))), (field, *part))
+        out.update((f, (v, a)) for f, v, a in rows)
+    wanted = set(ids)
+    elsewhere = con.execute(
+        "SELECT c.face_id, e.annotator FROM current c JOIN events e ON e.event_id = c.event_id "
+        "WHERE c.value = ? AND c.field != ? ORDER BY c.event_id",
+        (NOT_A_FACE, field),
+    )
+    for fid, who_ in elsewhere:
+        if fid in wanted and out.get(fid, ("",))[0] != NOT_A_FACE:
+            out[fid] = (NOT_A_FACE, who_)
+    return out
+
+
+def last_changed_by(con: sqlite3.Connection, field: str, ids: list[str]) -> dict[str, str]:
+    """``{face_id: annotator}`` of the latest event of ``field`` that touched each of ``ids``
+    (an assign naming it, or an undo / redo of one): who left it as it is now."""
+    sql = (
+        "SELECT face_id, MAX(eid) FROM ("
+        " SELECT ef.face_id AS face_id, e.event_id AS eid FROM event_faces ef"
+        " JOIN events e ON e.event_id = ef.event_id"
+        " WHERE e.field = ? AND ef.face_id IN ({q})"
+        " UNION ALL"
+        " SELECT ef.face_id, u.event_id FROM event_faces ef JOIN events u ON u.target = ef.event_id"
+        " WHERE u.field = ? AND ef.face_id IN ({q})"
+        ") GROUP BY face_id"
+    )
+    last: dict[str, int] = {}
+    for part in _chunks(ids):
+        q = ",".join("?" * len(part))
+        last.update(con.execute(sql.format(q=q), (field, *part, field, *part)))
+    names: dict[int, str] = {}
+    for part in _chunks(sorted(set(last.values()))):
+        q = ",".join("?" * len(part))
+        names.update(
+            con.execute(f"SELECT event_id, annotator FROM events WHERE event_id IN ({q})", part)
+        )
+    return {f: names[e] for f, e in last.items() if e in names}
 
 
 def faces_with_value(con: sqlite3.Connection, value: str) -> set[str]:

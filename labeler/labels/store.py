@@ -14,8 +14,9 @@ import os
 import shutil
 import sqlite3
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,8 @@ from labeler.labels.db import (
     read_only_snapshot,
     store_error,
 )
-from labeler.labels.plan import NOT_A_FACE
+from labeler.labels.names import annotator_name, check_label_name, printable, shown
+from labeler.labels.plan import NOT_A_FACE, AssignResult, recheck
 from labeler.labels.schema import (
     DEFAULT_SCHEMA,
     LabelSchema,
@@ -188,32 +190,105 @@ class LabelStore:
         (NFKC, no control or bidi characters); a new name that looks like one with labels
         already (``Аnn`` with a Cyrillic А, ``ann`` beside ``Ann``) is logged as a warning.
         Bulk-assigning 10,000 faces takes well under 0.2 s (see bench/bench_app.py).
-        """
-        from labeler.labels.names import annotator_name, check_label_name, printable, shown
 
+        Writes whatever the faces carry now: a page's bulk action goes through
+        :meth:`assign_checked`, which never changes a label given since the page was drawn.
+        """
+        ids, annotator = self._assign_inputs(face_ids, field, value, annotator, source)
+        with self._write() as con:
+            self._check_value(con, field, value)
+            twin = events.lookalike(con, annotator)
+            eid = events.append_assign(con, ids, field, value, annotator=annotator, source=source)
+        self._logged(eid, field, value, len(ids), annotator, twin)
+        return eid
+
+    def assign_checked(
+        self,
+        face_ids: Iterable[str],
+        field: str,
+        value: str,
+        *,
+        seen: Mapping[str, str | None],
+        relabel: bool = False,
+        annotator: str,
+        source: str,
+    ) -> AssignResult:
+        """The bulk assign of every page: set ``field`` to ``value`` on those of ``face_ids``
+        whose label is still what the page showed, planned in the write's own transaction.
+
+        ``seen``: ``{face_id: label the page showed, None for unlabeled}``, captured when the
+        page was drawn (:meth:`AssignPlan.seen <labeler.labels.plan.AssignPlan.seen>`); a face
+        missing from it counts as shown unlabeled. Labels are read as the app shows them
+        (``not_a_face`` in any field counts). In one ``BEGIN IMMEDIATE`` transaction: faces
+        whose label now differs from ``seen`` (someone labeled, relabeled or undid them since)
+        are left and reported by who and what (:attr:`AssignResult.meanwhile`); faces already
+        at ``value`` are left; without ``relabel`` faces with any label are left; the rest get
+        one event (none when no face is left to change). Raises as :meth:`assign`.
+
+        >>> r = store.assign_checked(["a", "b"], "mask_state", "correct", seen={"a": None,
+        ...     "b": None}, annotator="Ann", source="selection")  # doctest: +SKIP
+        >>> r.changed, r.meanwhile_text()  # Bea labeled b since Ann's page was drawn  # doctest: +SKIP
+        (('a',), '1 face was labeled no_mask by Bea meanwhile and was left as it is')
+        """
+        if value is None:
+            raise InputError(f"assign_checked({field!r}) needs a value; use assign to clear")
+        ids, annotator = self._assign_inputs(face_ids, field, value, annotator, source)
+        with self._write() as con:
+            self._check_value(con, field, value)
+            now: dict[str, tuple[str | None, str | None]] = dict(events.labels_of(con, field, ids))
+            gone = [f for f in ids if f not in now and seen.get(f) is not None]
+            if gone:  # unlabeled since the page showed a label: who did it
+                now.update(
+                    (f, (None, a)) for f, a in events.last_changed_by(con, field, gone).items()
+                )
+            result = recheck(ids, seen, now, value, relabel=relabel)
+            if not result.changed:
+                return result
+            twin = events.lookalike(con, annotator)
+            eid = events.append_assign(
+                con, list(result.changed), field, value, annotator=annotator, source=source
+            )
+        if result.meanwhile:
+            log.info("event %d by %s: %s", eid, printable(annotator), result.meanwhile_text())
+        self._logged(eid, field, value, len(result.changed), annotator, twin)
+        return replace(result, event_id=eid)
+
+    def labels_of(self, field: str, face_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """``{face_id: (label, annotator who gave it)}`` of the labeled faces among
+        ``face_ids``, as the app shows them (``not_a_face`` in any field counts)."""
+        with self._read() as con:
+            return events.labels_of(con, field, events.unique_ids(face_ids))
+
+    def _assign_inputs(
+        self, face_ids: Iterable[str], field: str, value: str | None, annotator: str, source: str
+    ) -> tuple[list[str], str]:
         ids = events.unique_ids(face_ids)
         if not ids:
             raise InputError(f"assign({field!r}, {value!r}) got no face_ids; select faces first")
         if source not in events.SOURCES:
             raise ValueError(f"source {source!r} is not one of {events.SOURCES}")
-        annotator = annotator_name(annotator)
-        with self._write() as con:
-            allowed = read_schema(con).values(field)
-            if value is not None and value not in allowed and value != NOT_A_FACE:
+        return ids, annotator_name(annotator)
+
+    @staticmethod
+    def _check_value(con: sqlite3.Connection, field: str, value: str | None) -> None:
+        allowed = read_schema(con).values(field)
+        if value is not None and value not in allowed and value != NOT_A_FACE:
+            raise InputError(
+                f"value {shown(value)} is not allowed for field {field!r} (allowed: "
+                f"{', '.join(allowed)}); add it in Settings or with LabelStore.add_value"
+            )
+        if value is not None and value != NOT_A_FACE:  # a value an older labeler let in
+            try:
+                check_label_name(value, "value")
+            except InputError as exc:
                 raise InputError(
-                    f"value {shown(value)} is not allowed for field {field!r} (allowed: "
-                    f"{', '.join(allowed)}); add it in Settings or with LabelStore.add_value"
-                )
-            if value is not None and value != NOT_A_FACE:  # a value an older labeler let in
-                try:
-                    check_label_name(value, "value")
-                except InputError as exc:
-                    raise InputError(
-                        f"{exc} (field {field!r} has it from an older labeler: add a valid "
-                        "value in Settings and label these faces with it)"
-                    ) from None
-            twin = events.lookalike(con, annotator)
-            eid = events.append_assign(con, ids, field, value, annotator=annotator, source=source)
+                    f"{exc} (field {field!r} has it from an older labeler: add a valid "
+                    "value in Settings and label these faces with it)"
+                ) from None
+
+    def _logged(
+        self, eid: int, field: str, value: str | None, n: int, annotator: str, twin: str | None
+    ) -> None:
         if twin is not None:
             log.warning(
                 "annotator %r looks like %r, who labeled before; their labels and undo are "
@@ -221,16 +296,9 @@ class LabelStore:
                 annotator,
                 twin,
             )
-        log.debug(
-            "event %d: %s=%s on %d faces by %s",
-            eid,
-            field,
-            printable(value),
-            len(ids),
-            printable(annotator),
-        )
+        log.debug("event %d: %s=%s on %d faces by %s", eid, field, printable(value), n,
+                  printable(annotator))  # fmt: skip
         maybe_backup(self.db_path, eid)
-        return eid
 
     def undo(self, annotator: str) -> int | None:
         """Undo ``annotator``'s latest active assign event; returns its id (None: nothing to undo).
@@ -325,9 +393,6 @@ class LabelStore:
         hand-built ``LabelField("glasses", ("none", "sun/clip"))`` is refused with ``label
         value 'sun/clip' has '/': export names a folder after each value, ...``.
         """
-        from dataclasses import replace
-
-        from labeler.labels.names import check_label_name, shown
         from labeler.labels.schema import LabelField
 
         with self._write() as con:

@@ -5,12 +5,19 @@ They render and report; they call the label store only on a button."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import streamlit as st
 
 from labeler.errors import LabelerError
-from labeler.labels import NOT_A_FACE, AssignPlan, LabelSchema, LabelStore
+from labeler.labels import (
+    NOT_A_FACE,
+    AssignPlan,
+    AssignResult,
+    LabelSchema,
+    LabelStore,
+    plan_assign,
+)
 from labeler.ui import chart, data, photos, state
 from labeler.ui.state import PHOTO_PREFIX, K
 from labeler.workspace import Workspace
@@ -262,13 +269,34 @@ def label_picker(
         fld = field_picker(schema.names, key=key_field)
     values = label_values(schema, fld)
     last = state.remembered(f"value:{fld}")
-    if st.session_state.get(key_value) not in values or st.session_state.get(K.value_field) != fld:
-        st.session_state[key_value] = last if last in values else values[0]
+    value = st.session_state.get(key_value)
+    if value not in values or st.session_state.get(K.value_field) != fld:
+        value = last if last in values else values[0]
+    # always set before the selectbox is drawn: the Map and the Cluster view draw it with
+    # the same key but not as the same widget, so coming from the other page it would start
+    # at the first value, whatever the session state says
+    st.session_state[key_value] = value
     st.session_state[K.value_field] = fld
     with col_v:
         value = st.selectbox("Label", values, key=key_value, format_func=value_name)
     state.remember(f"value:{fld}", value)
+    if value != NOT_A_FACE:
+        state.remember(f"safe:{fld}", value)
     return fld, value
+
+
+def drop_destructive(schema: LabelSchema, *, key_value: str) -> None:
+    """Call before :func:`label_picker` when the faces change (another cluster): a
+    destructive value (*not a face*) never carries over to them; the picker goes back to
+    the last other value picked in the field (or the first)."""
+    fld = state.field(schema.names[0])
+    if NOT_A_FACE not in (st.session_state.get(key_value), state.remembered(f"value:{fld}")):
+        return
+    values = label_values(schema, fld)
+    safe = state.remembered(f"safe:{fld}")
+    safe = safe if safe in values and safe != NOT_A_FACE else values[0]
+    st.session_state[key_value] = safe
+    state.remember(f"value:{fld}", safe)
 
 
 def value_name(value: str) -> str:
@@ -339,32 +367,68 @@ def caption_for(labels: dict[str, str], order: Sequence[str] = ()) -> Callable[[
     return caption
 
 
-# --- bulk assign: never a silent relabel -----------------------------------------------------
+# --- bulk assign: never a silent relabel, never over a label given meanwhile ---------------
 
 
-def write_labels(ws: Workspace, face_ids: list[str], fld: str, value: str, source: str,
-                 relabeled: int = 0, *, announce: bool = True) -> int | None:  # fmt: skip
-    """The one label write of every page: one event for ``face_ids`` by the signed-in
-    annotator, and (``announce``) a message saying what it changed. Returns the event id;
-    None when nothing was written (no faces, or the store refused: a value an older labeler
-    let in, a damaged or locked store), with the store's one line queued as an error."""
+def plan_for(
+    ws: Workspace, face_ids: Sequence[str], fld: str, value: str,
+    labels: Mapping[str, str] | None = None,
+) -> AssignPlan:  # fmt: skip
+    """The plan a page draws its assign buttons from: ``face_ids`` split against the labels
+    the page shows (``labels``, default :func:`data.labels`), with the annotators of the
+    labels a Relabel would replace (the button names them). Pass the plan, unchanged, to
+    :func:`write_plan` when the button is pressed: it is what the page showed."""
+    labels = data.labels(ws, fld) if labels is None else labels
+    plan = plan_assign(face_ids, labels, value)
+    if not plan.relabel:
+        return plan
+    owners = {f: who for f, (_, who) in data.store(ws).labels_of(fld, plan.relabel).items()}
+    return plan_assign(face_ids, labels, value, owners=owners)
+
+
+def write_plan(ws: Workspace, plan: AssignPlan, fld: str, source: str, *,
+               relabel: bool = False, announce: bool = True) -> AssignResult | None:  # fmt: skip
+    """The one label write of every page's bulk action: the faces ``plan`` (made when the
+    page was drawn) names, the labeled ones too on ``relabel`` (the explicit choice), by the
+    signed-in annotator, checked in the write's transaction
+    (:meth:`LabelStore.assign_checked`): a face labeled by anyone since the page was drawn
+    is never changed, and the message says how many were left and whose they are.
+
+    ``announce``: flash one sentence of what changed. Returns the result (``event_id`` None
+    when no face was left to change); None when nothing was tried (no faces) or the store
+    refused (a value an older labeler let in, a damaged or locked store), with the store's
+    one line queued as an error."""
+    face_ids = plan.faces(relabel=relabel)
     if not face_ids:
         if announce:
             state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return None
     try:
-        eid = LabelStore(ws.labels_db).assign(
-            face_ids, fld, value, annotator=state.require_annotator(), source=source
-        )
+        result = LabelStore(ws.labels_db).assign_checked(
+            face_ids, fld, plan.value, seen=plan.seen(relabel=relabel), relabel=relabel,
+            annotator=state.require_annotator(), source=source,
+        )  # fmt: skip
     except LabelerError as exc:
         state.flash(str(exc), "error")
         return None
-    if not announce:
-        return eid
-    again = f"; {data.plural(relabeled, 'face')} of them relabeled" if relabeled else ""
-    state.flash(f"Labeled {data.plural(len(face_ids), 'face')} {fld}={value}{again} "
-                f"(event {eid}).")  # fmt: skip
-    return eid
+    if announce:
+        state.flash(result_text(result, fld), "warning" if result.meanwhile else "success")
+    return result
+
+
+def result_text(result: AssignResult, fld: str) -> str:
+    """``"Labeled 78 faces mask_state=no_mask (event 12). 5 faces were labeled correct by
+    Bea meanwhile and were left as they are."``: what a bulk action did, in one message."""
+    n, again = len(result.changed), len(result.relabeled)
+    if n:
+        more = f"; {data.plural(again, 'face')} of them relabeled" if again else ""
+        text = (f"Labeled {data.plural(n, 'face')} {fld}={result.value}{more} "
+                f"(event {result.event_id}).")  # fmt: skip
+    else:
+        text = "Nothing changed."
+    if result.meanwhile:
+        text += f" {result.meanwhile_text()}."
+    return text
 
 
 def assign_buttons(

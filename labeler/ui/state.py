@@ -50,6 +50,7 @@ class Keys:
     field: str = "_field"
     prefs: str = "_prefs"  # dict[annotator, dict[widget key, value]]: kept across pages
     value_field: str = "_value_field"  # the field the label picker's value belongs to
+    value_cluster: str = "_value_cluster"  # the cluster the label picker was last drawn for
     map_chart_n: str = "_map_chart_n"  # bumped to give the map a fresh chart (no old lasso)
     # widgets
     name_prompt: str = "name_prompt"

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from labeler.errors import LabelerError
-from labeler.labels import NOT_A_FACE, LabelStore
+from labeler.labels import NOT_A_FACE, AssignPlan, LabelStore, plan_assign
 from labeler.loop import step
 from labeler.ui import components, data, state
 from labeler.ui.state import REVIEW_PREFIX, K
@@ -282,10 +282,12 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
         captions=lambda f: f"{conf[f]:.2f}",
     )  # fmt: skip
     value = str(g["value"])
+    shown_labels = data.labels(ws, field)  # the group's faces were unlabeled when drawn
     b1, b2, b3 = st.columns(3)
     b1.button(
         f"Accept {len(ticked)} ticked as {value}", key=K.review_accept_btn,
-        disabled=not ticked, on_click=_accept, args=(ws, field, value, ticked),
+        disabled=not ticked, on_click=_accept,
+        args=(ws, field, plan_assign(ticked, shown_labels, value), False),
     )  # fmt: skip
     b2.button(
         f"Reject {len(ticked)} ticked", key=K.review_reject_btn, disabled=not ticked,
@@ -294,7 +296,7 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
     if g["pretick"] and len(ids) > len(shown):
         b3.button(
             f"Accept all {len(ids):,} of this group", key=K.review_accept_all_btn,
-            on_click=_accept, args=(ws, field, value, ids),
+            on_click=_accept, args=(ws, field, plan_assign(ids, shown_labels, value), False),
         )  # fmt: skip
 
 
@@ -310,13 +312,21 @@ def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> 
             "since. Press **Suggest** for new ones.")  # fmt: skip
 
 
-def _accept(ws: Workspace, field: str, value: str, face_ids: list[str]) -> None:
-    eid = components.write_labels(ws, face_ids, field, value, "suggestion", announce=False)
-    if eid is None:  # refused: write_labels queued the store's one line as an error
+def _accept(ws: Workspace, field: str, plan: AssignPlan, relabel: bool) -> None:
+    """Label the faces of ``plan`` (made when the page was drawn) with its value, one event;
+    faces labeled by anyone since are left, and the banner says how many and whose."""
+    result = components.write_plan(ws, plan, field, "suggestion", relabel=relabel,
+                                   announce=False)  # fmt: skip
+    if result is None:  # refused: write_plan queued the store's one line as an error
         return
     state.clear_widget_keys(REVIEW_PREFIX)
-    _say(f"Accepted {data.plural(len(face_ids), 'face')} as **{value}** ({field}), event "
-         f"{eid}. Undo takes it back.", db=str(ws.labels_db))  # fmt: skip
+    value, n = plan.value, len(result.changed)
+    did = "Relabeled" if relabel else "Accepted"
+    text = (f"{did} {data.plural(n, 'face')} as **{value}** ({field}), event "
+            f"{result.event_id}. Undo takes it back." if n else "Nothing changed.")  # fmt: skip
+    if result.meanwhile:
+        text += f" {result.meanwhile_text()}."
+    _say(text, "warning" if result.meanwhile else "success", db=str(ws.labels_db))
 
 
 def _reject(db: str, field: str, value: str, face_ids: list[str]) -> None:
@@ -349,9 +359,10 @@ def suspects_view(ws: Workspace, store: LabelStore, field: str) -> None:
     ticked = components.thumb_grid(ws, part["face_id"].tolist(), prefix=f"{REVIEW_PREFIX}s_",
                                    checked=lambda f: False, captions=info.get)  # fmt: skip
     b1, b2 = st.columns(2)
+    shown_labels = data.labels(ws, field)  # each ticked face still has its given label
     b1.button(
         f"Relabel {len(ticked)} ticked as {pick}", key=K.review_accept_btn, disabled=not ticked,
-        on_click=_accept, args=(ws, field, str(pick), ticked),
+        on_click=_accept, args=(ws, field, plan_assign(ticked, shown_labels, str(pick)), True),
     )  # fmt: skip
     chosen = part[part["face_id"].isin(ticked)]
     b2.button(

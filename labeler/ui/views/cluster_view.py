@@ -3,7 +3,9 @@
 
 Actions run in button callbacks (before the page renders), so one click = one rerun.
 Bulk actions label only unlabeled faces; a labeled face changes only through the Relabel
-button, which names how many faces and which labels it replaces.
+button, which names how many faces, which labels it replaces and whose. Every one writes
+through :func:`components.write_plan` with the labels the page showed: a face someone labeled
+since is left as it is, and the message says how many and by whom.
 Keyboard: 1-9 pick a label, 0 *not a face*, Enter assigns it, Left/Right move the cursor,
 Space ticks or unticks the cursor's face and moves on. With *Range ticks* on, a click ticks
 or unticks every face between it and the previous click (what shift-click does elsewhere).
@@ -17,7 +19,7 @@ from functools import partial
 import streamlit as st
 
 from labeler.cluster import edit
-from labeler.labels import plan_assign
+from labeler.labels import AssignPlan, plan_assign
 from labeler.ui import components, data, state
 from labeler.ui.state import KNN_PREFIX, SELECT_PREFIX, K
 
@@ -32,19 +34,20 @@ state.show_flash()
 
 
 # --- actions (callbacks) ---------------------------------------------------------------------
-def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
-    """Assign the label picked now to the unlabeled faces ticked now (Enter). Read at click
-    time, not from the last render: a key press can arrive before the rerun of the previous
-    one shows. Faces with a label keep it: only the Relabel button changes them."""
+def assign_selection(cluster: int, members: tuple[str, ...], fld: str,
+                     shown: dict[str, str]) -> None:  # fmt: skip
+    """Assign the label picked now to the unlabeled faces ticked now (Enter). The ticks and
+    the label are read at click time, not from the last render: a key press can arrive
+    before the rerun of the previous one shows. The labels are those the page showed
+    (``shown``, of ``fld``): a face labeled since (by anyone) is left and reported. Faces
+    with a label keep it: only the Relabel button changes them."""
     out = state.deselected(cluster)
     picked = [f for f in members if f not in out]
-    fld = str(st.session_state.get(K.assign_field) or schema.names[0])
     value = st.session_state.get(K.assign_value)
     if not picked or value not in components.label_values(schema, fld):
         state.flash("Nothing to assign: tick faces and pick a label.", "info")
         return
-    # the labels the page shows (a face marked not_a_face in any field counts as labeled)
-    plan = plan_assign(picked, data.labels(ws, fld), str(value))
+    plan = plan_assign(picked, shown, str(value))
     if not plan.new:
         state.flash(
             f"The {data.plural(len(picked), 'ticked face')} have labels already: nothing "
@@ -52,7 +55,7 @@ def assign_selection(cluster: int, members: tuple[str, ...]) -> None:
         )  # fmt: skip
         return
     source = "cluster" if not out & set(members) else "selection"
-    components.write_labels(ws, plan.faces(relabel=False), fld, str(value), source)
+    components.write_plan(ws, plan, fld, source)
 
 
 def split_out(cluster: int, faces: list[str]) -> None:
@@ -85,9 +88,9 @@ def revert() -> None:
     state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
 
 
-def knn_assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
-    eid = components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
-    if eid is not None or not face_ids:  # refused: the neighbours stay, for another try
+def knn_assign(plan: AssignPlan, fld: str, relabel: bool) -> None:
+    result = components.write_plan(ws, plan, fld, "selection", relabel=relabel)
+    if result is not None or not plan.faces(relabel=relabel):  # refused: the neighbours stay
         state.set_knn_query(None)
 
 
@@ -118,30 +121,26 @@ desel &= set(members)
 selected = [f for f in members if f not in desel]
 
 # --- label the selection --------------------------------------------------------------------
+if st.session_state.get(K.value_cluster) != cluster:  # 'not a face' stays with its cluster
+    components.drop_destructive(schema, key_value=K.assign_value)
+st.session_state[K.value_cluster] = cluster
 fld, value = components.label_picker(
     schema, key_field=K.assign_field, key_value=K.assign_value, cols=top[1:]
 )
 components.label_keys(schema, fld, key_value=K.assign_value)
 labels = data.labels(ws, fld)
 order = components.label_values(schema, fld)
-plan = plan_assign(selected, labels, value)
+plan = components.plan_for(ws, selected, fld, value, labels)
 components.assign_buttons(
     plan,
     key=K.assign_btn,
     relabel_key=K.relabel_btn,
-    on_new=partial(assign_selection, cluster, tuple(members)),
-    # the explicit choice: exactly the faces the button names, one event
-    on_relabel=partial(
-        components.write_labels,
-        ws,
-        plan.faces(relabel=True),
-        fld,
-        value,
-        "selection",
-        relabeled=len(plan.relabel),
-    ),  # fmt: skip
+    on_new=partial(assign_selection, cluster, tuple(members), fld, labels),
+    # the explicit choice: the faces the button names, as the page showed them, one event
+    on_relabel=partial(components.write_plan, ws, plan, fld, "selection", relabel=True),
 )
 rest = [f for f in members if f in desel and f not in labels]
+rest_plan = plan_assign(rest, labels, value)  # unlabeled as shown: only those stay so
 b1, b2, b3, b4, b5 = st.columns([1, 1, 1.2, 2.6, 2], vertical_alignment="bottom")
 b1.button(
     "Select all", key=K.select_all_btn, width="stretch",
@@ -161,7 +160,7 @@ b4.button(
     f"{data.plural(len(rest), 'unticked unlabeled face')}",
     key=K.rest_btn, width="stretch", disabled=not rest,
     help="After labeling the ticked faces: give the faces you left out their label.",
-    on_click=components.write_labels, args=(ws, rest, fld, value, "selection"),
+    on_click=components.write_plan, args=(ws, rest_plan, fld, "selection"),
 )  # fmt: skip
 with b5:
     components.undo_redo(ws)
@@ -298,14 +297,12 @@ with st.expander("More like this", expanded=state.knn_query() is not None):
             checked=lambda f: f not in labels,  # never pre-tick a labeled face
             captions=components.caption_for(labels, order),
         )
-        knn_plan = plan_assign([q, *picked], labels, value)
+        knn_plan = components.plan_for(ws, [q, *picked], fld, value, labels)
         components.assign_buttons(
             knn_plan,
             key=K.knn_assign_btn,
             relabel_key=K.knn_relabel_btn,
             shortcut=None,
-            on_new=partial(knn_assign, knn_plan.faces(relabel=False), fld, value, 0),
-            on_relabel=partial(
-                knn_assign, knn_plan.faces(relabel=True), fld, value, len(knn_plan.relabel)
-            ),
+            on_new=partial(knn_assign, knn_plan, fld, False),
+            on_relabel=partial(knn_assign, knn_plan, fld, True),
         )

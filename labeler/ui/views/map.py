@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from labeler._deps import require
-from labeler.labels import plan_assign
+from labeler.labels import AssignPlan
 from labeler.ui import chart, components, data, state
 from labeler.ui.state import K
 
@@ -29,11 +29,12 @@ store = data.store(ws)
 schema = data.schema(ws)
 
 
-def assign(face_ids: list[str], fld: str, value: str, n_relabel: int) -> None:
-    """Write the faces the button named (one event), then clear the selection and the shape
-    (kept when the store refused the write: the error says why, the selection stays)."""
-    eid = components.write_labels(ws, face_ids, fld, value, "selection", relabeled=n_relabel)
-    if eid is None and face_ids:
+def assign(plan: AssignPlan, fld: str, relabel: bool) -> None:
+    """Write the faces the button named, as the page showed them (one event; a face labeled
+    since is left and reported), then clear the selection and the shape (kept when the store
+    refused the write: the error says why, the selection stays)."""
+    result = components.write_plan(ws, plan, fld, "selection", relabel=relabel)
+    if result is None and plan.faces(relabel=relabel):
         return
     state.clear_map_selection()
     st.session_state.pop(K.map_clusters, None)
@@ -97,12 +98,12 @@ with st.container():
         taken = rows
         if len(present) > 1:
             taken = rows[np.isin(run.labels[rows], [c for c, _ in keep])]
-        plan = plan_assign(run.face_ids[taken].tolist(), data.labels(ws, fld), value)
+        plan = components.plan_for(ws, run.face_ids[taken].tolist(), fld, value)
         b1, b2, b3 = st.columns([3, 3, 1.2])
         components.assign_buttons(
             plan, key=K.map_assign_btn, relabel_key=K.map_relabel_btn, cols=(b1, b2),
-            on_new=partial(assign, plan.faces(relabel=False), fld, value, 0),
-            on_relabel=partial(assign, plan.faces(relabel=True), fld, value, len(plan.relabel)),
+            on_new=partial(assign, plan, fld, False),
+            on_relabel=partial(assign, plan, fld, True),
         )  # fmt: skip
         b3.button(
             "Clear selection", key=K.map_clear_btn, on_click=state.clear_map_selection,
