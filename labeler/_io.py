@@ -39,6 +39,7 @@ __all__ = [
     "SQLITE_SIDE_FILES",
     "atomic_path",
     "atomic_write_bytes",
+    "pid_alive",
     "progress_bar",
     "remove_stale_temps",
     "temp_path",
@@ -60,7 +61,7 @@ TEMP_NAME = re.compile(r"^\..+\.(\d+)\.\d+\.[0-9a-f]{8}\.tmp(?:-wal|-shm|-journa
 STALE_TEMP_AGE_S = 3600.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether a process with ``pid`` runs on this machine (of any user)."""
     if pid <= 0:
         return False
@@ -104,7 +105,7 @@ def remove_stale_temps(
                 continue
             pid = int(match.group(1))
             if pid not in alive:
-                alive[pid] = _pid_alive(pid)
+                alive[pid] = pid_alive(pid)
             try:
                 old = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
                 if alive[pid] and not old:

@@ -35,6 +35,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from labeler._io import pid_alive
+
 __all__ = [
     "ExchangeUnsupported",
     "discard",
@@ -65,16 +67,6 @@ def _stage_re(name: str | None) -> re.Pattern[str]:
     return re.compile(
         rf"^\.(?P<name>{who})\.(?:(?P<pid>\d{{1,7}})\.)?[0-9a-f]{{8}}\.(?P<kind>tmp|prev)$"
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM  # it exists, it is someone else's
-    return True
 
 
 def _hidden(target: Path, kind: str) -> Path:
@@ -189,7 +181,7 @@ def recover(target: str | os.PathLike[str]) -> Path | None:
         m = pattern.match(entry.name)
         if m is None or not entry.is_dir(follow_symlinks=False):
             continue
-        if m["kind"] == "prev" and not _pid_alive(int(m["pid"] or 0)):
+        if m["kind"] == "prev" and not pid_alive(int(m["pid"] or 0)):
             prevs.append(Path(entry.path))
     if not prevs:
         return None
@@ -215,7 +207,7 @@ def remove_stale_stages(folder: str | os.PathLike[str], name: str | None = None)
         # folders only: the atomic writes of labeler._io leave files with names alike
         if m is None or not entry.is_dir(follow_symlinks=False):
             continue
-        if _pid_alive(int(m["pid"] or 0)):
+        if pid_alive(int(m["pid"] or 0)):
             continue
         if m["kind"] == "prev" and not os.path.lexists(folder / m["name"]):
             continue
