@@ -32,3 +32,74 @@ def test_a_person_in_two_splits_is_refused():
         check_no_leaks(["train", "test"], ["p0", "p0"], ["i0", "i1"])
     with pytest.raises(ValueError, match="source images would be in two splits"):
         check_no_leaks(["train", "test"], ["p0", "p1"], ["i0", "i0"])
+
+
+def test_faces_below_the_identity_floor_get_no_descriptor_and_no_identity_link(tmp_path):
+    """A face whose eyes are under MIN_IDENTITY_EYE_PX source pixels apart is never described
+    (no dlib time, nothing cached) and never linked by identity, even with the very crop of a
+    big face; big faces with the same crop are linked; the report and its line count them."""
+    import shutil
+
+    import pandas as pd
+    import tinyws
+
+    from labeler.export import persons as P
+
+    t = tinyws.build(tmp_path, {"correct": 4, "no_mask": 4}, faces_per_person=1)
+    faces = t.ws.faces()
+    ids = faces["face_id"].tolist()
+    # faces 0 and 1 are big and share a crop; faces 2 and 3 have that crop too but are small
+    # in their photos (the whole geometry scaled so the eyes are 0.8 x the floor apart)
+    for f in ids[1:4]:
+        shutil.copyfile(t.ws.crop_path(ids[0]), t.ws.crop_path(f))
+    scale = 0.8 * P.MIN_IDENTITY_EYE_PX / P.eye_distance_px(faces.iloc[[2]])[0]
+    small = faces.index.isin([2, 3])
+    for c in ("x0", "y0", "x1", "y1"):
+        faces.loc[small, c] = faces.loc[small, c] * scale
+    faces["landmarks"] = [
+        np.asarray(lm, np.float32) * (scale if s else 1.0)
+        for lm, s in zip(faces["landmarks"], small, strict=True)
+    ]
+    t.ws.write_faces(faces)
+    faces = t.ws.faces()
+    assert (P.eye_distance_px(faces)[small] < P.MIN_IDENTITY_EYE_PX).all()
+    assert (P.eye_distance_px(faces)[~small] >= P.MIN_IDENTITY_EYE_PX).all()
+
+    links = P.descriptor_links(t.ws, faces)
+    assert links.described.tolist() == (~small).tolist() and links.too_small == 2
+    touched = set(links.edges.ravel().tolist())
+    assert {0, 1} <= touched and not ({2, 3} & touched)  # the same crop, linked only when big
+    cache = pd.read_parquet(t.ws.root / "identity" / f"{P.IDENTITY_KEY}.parquet")
+    assert set(cache["face_id"]) == set(np.asarray(ids)[~small])  # small faces never described
+    # with no floor the small faces link too: the exclusion is by size, not appearance
+    everyone = P.descriptor_links(t.ws, faces, min_eye_px=0)
+    assert {2, 3} <= set(everyone.edges.ravel().tolist()) and everyone.too_small == 0
+
+    persons = P.find_persons(t.ws, faces, method="identity", max_share=1.0)  # no guard
+    conf = persons.confidence
+    assert conf["no_identity"] == {"too_small": 2, "min_eye_px": P.MIN_IDENTITY_EYE_PX}
+    assert persons.ids[0] == persons.ids[1]
+    assert "2 faces too small for the identity descriptor" in persons.sureness()
+    assert f">= {P.MIN_IDENTITY_EYE_PX:g} px apart" in persons.detail
+
+
+def test_eye_distance_falls_back_to_the_box_without_landmarks():
+    import pandas as pd
+
+    from labeler.export.persons import eye_distance_px
+    from labeler.faces.regions import TEMPLATE
+
+    faces = pd.DataFrame(
+        {
+            "x0": [0.0, 0.0],
+            "y0": [0.0, 0.0],
+            "x1": [100.0, 100.0],
+            "y1": [80.0, 80.0],
+            "landmarks": [np.array([10, 20, 40, 60, 0, 0, 0, 0], np.float32), None],
+        }
+    )
+    d = eye_distance_px(faces)
+    assert d[0] == pytest.approx(50.0)  # hypot(30, 40)
+    assert d[1] == pytest.approx(100 * (TEMPLATE[1, 0] - TEMPLATE[0, 0]))
+    faces["landmarks"] = [np.zeros(8, np.float32), np.zeros(8, np.float32)]  # none recorded
+    assert eye_distance_px(faces)[0] == pytest.approx(d[1])

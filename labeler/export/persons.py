@@ -26,7 +26,10 @@ first that applies):
     other masked people) and the descriptor is the mean of the chip's and its mirror's.
     Pairs closer than :data:`LINK_THRESHOLD` are linked; closer than :data:`SURE_THRESHOLD`
     counts as a sure link, the rest as weak links. Descriptors are cached in
-    ``WORKSPACE/identity/``.
+    ``WORKSPACE/identity/``. Only faces whose eyes are at least
+    :data:`MIN_IDENTITY_EYE_PX` pixels apart in their photo are described and linked:
+    below it the descriptor cannot tell people apart (it links faces of different scenes),
+    so a small face joins its person by the other cues only, and its dlib time is saved.
 
   Links are merged strongest first (union-find) under a guard: no group may grow above
   ``max_share`` of the faces (the smallest split's share for an export, one fold for
@@ -46,7 +49,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -232,6 +235,19 @@ CHIP_EYES = np.array([[47.25, 48.0], [103.2, 48.0]], dtype=np.float64)
 OCCLUDE_FROM = 64
 #: above this many faces, average linkage (O(N^2) memory) gives way to kNN components
 _LINKAGE_MAX = 20_000
+#: faces whose eyes lie fewer source pixels apart than this (the detector's landmarks: the
+#: scale the aligned crop is made at) get no identity descriptor (never computed) and no
+#: identity link; they join their person by the other cues only. dlib's chip puts the eyes
+#: 56 px apart, so such a face is upsampled over 5.6x, and at 10 px between the pupils
+#: people matching faces are at chance (Merino et al. 2025, arXiv:2503.20108). Measured on
+#: realmasks (2,022 faces of 804 web scenes; bench/bench_persons_realmasks.py): the share
+#: of pairs of different scenes closer than IDENTITY_THRESHOLD is 0.86 under 8 px, 0.41 at
+#: 8-12, 0.26 at 12-16, 0.15-0.20 at 16-24 and 0.04-0.09 from 24 px (0.036 on MFR2, eyes
+#: ~39 px apart, where the threshold was set). The rise is gradual; 16 px would cut more
+#: false links (cross-scene sure links 75,908 -> 25,683 vs 52,241 here) but drops two of
+#: MFR2's labeled faces (a 25 px misdetection on a mask, a turned face) and its persons
+#: table gets worse (bench/PERSONS.md); 10 px leaves it unchanged.
+MIN_IDENTITY_EYE_PX = 10.0
 
 
 def sureness_line(confidence: dict) -> str:
@@ -243,6 +259,13 @@ def sureness_line(confidence: dict) -> str:
         f"{c['weak_faces']} of {c['n_faces']} faces joined their person only through a weak "
         f"link; largest person {c['largest']} faces ({c['largest_share']:.0%})"
     )
+    small = c.get("no_identity", {}).get("too_small", 0)
+    if small:
+        line += (
+            f"; {small} faces too small for the identity descriptor (eyes under "
+            f"{c['no_identity']['min_eye_px']:g} px apart in their photo): linked by source "
+            "image, copies and EXIF only"
+        )
     if c["cut_links"]:
         line += (
             f"; {c['cut_links']} links cut so that no person exceeds {c['max_share']:.0%} "
@@ -304,6 +327,8 @@ class LinkReport:
     weak_faces: int
     cap: int
     cut_count: np.ndarray  # (N,) cut links touching each face
+    too_small: int = 0  # faces below the identity floor: no descriptor, no identity link
+    floor_px: float = 0.0  # that floor (eye distance in source pixels)
 
     def as_dict(self, max_share: float) -> dict:
         sizes = np.bincount(self.groups) if len(self.groups) else np.zeros(1, np.int64)
@@ -318,6 +343,7 @@ class LinkReport:
             "largest_share": round(float(sizes.max()) / n, 4),
             "max_share": float(max_share),
             "cap": int(self.cap),
+            "no_identity": {"too_small": int(self.too_small), "min_eye_px": float(self.floor_px)},
         }
 
 
@@ -418,8 +444,8 @@ def cached_identity_descriptors(
     if todo:
         log.info("computing identity descriptors of %d faces", len(todo))
         with progress_bar(len(todo), desc="identity descriptors", enabled=progress) as bar:
-            for start in range(0, len(todo), 64):
-                part = todo[start : start + 64]
+            for start in range(0, len(todo), 16):  # small steps: the bar's rate is live
+                part = todo[start : start + 16]
                 crops = []
                 for f in part:
                     crop_file = ws.crop_path(f)  # type: ignore[attr-defined]
@@ -658,6 +684,72 @@ def _copy_embedding(ws: Workspace, faces: pd.DataFrame) -> tuple[np.ndarray | No
     return np.asarray(X, dtype=np.float32), keys[0]
 
 
+def eye_distance_px(faces: pd.DataFrame) -> np.ndarray:
+    """Distance between the eyes of each face in its source photo's pixels, (N,) float64,
+    from the detector's landmarks (the scale the aligned crop was made at); a face without
+    landmarks gets the template's share of its box side."""
+    from labeler.faces.regions import TEMPLATE
+
+    n = len(faces)
+    out = np.full(n, np.nan)
+    if "landmarks" in faces.columns:
+        for i, lm in enumerate(faces["landmarks"].to_numpy()):
+            if lm is not None and len(lm) >= 4 and np.any(lm):  # all zero: no landmarks
+                out[i] = float(np.hypot(lm[2] - lm[0], lm[3] - lm[1]))
+    missing = ~np.isfinite(out)
+    if missing.any():
+        side = np.maximum(faces["x1"] - faces["x0"], faces["y1"] - faces["y0"]).to_numpy(float)
+        out[missing] = side[missing] * float(TEMPLATE[1, 0] - TEMPLATE[0, 0])
+    return out
+
+
+@dataclass(frozen=True)
+class DescriptorLinks:
+    """Identity links of a set of faces: ``edges`` (E, 2) rows of the faces given, i < j;
+    ``dists`` (E,) descriptor distances; ``described`` (N,) bool, the faces that got a
+    descriptor (the others are below :data:`MIN_IDENTITY_EYE_PX`); ``floor_px`` the floor."""
+
+    edges: np.ndarray
+    dists: np.ndarray
+    described: np.ndarray
+    floor_px: float
+
+    @property
+    def too_small(self) -> int:
+        return int((~self.described).sum())
+
+
+def descriptor_links(
+    ws: Workspace,
+    faces: pd.DataFrame,
+    *,
+    threshold: float = IDENTITY_THRESHOLD,
+    min_eye_px: float | None = None,
+    progress: bool | None = None,
+) -> DescriptorLinks:
+    """Identity links between ``faces`` closer than ``threshold`` (at most
+    :data:`NEIGHBOURS` a face). Only faces whose eyes are at least ``min_eye_px`` source
+    pixels apart (default :data:`MIN_IDENTITY_EYE_PX`) are described and linked: below it
+    the descriptor links faces of different people (bench/PERSONS.md), and the descriptor
+    time is saved. Descriptors come from (and go to) the workspace cache."""
+    floor = MIN_IDENTITY_EYE_PX if min_eye_px is None else float(min_eye_px)
+    described = eye_distance_px(faces) >= floor
+    rows = np.flatnonzero(described)
+    ids = faces["face_id"].astype(str).to_numpy()[rows].tolist()
+    if len(rows) < len(faces):
+        log.info(
+            "identity: %d of %d faces have their eyes under %g px apart in their photo: no "
+            "descriptor, no identity link",
+            len(faces) - len(rows),
+            len(faces),
+            floor,
+        )
+    # every face's own descriptor: copies of one photo give the person several chances
+    D = cached_identity_descriptors(ws, ids, progress=progress)
+    e, d = descriptor_edges(D, threshold=threshold, k=NEIGHBOURS)
+    return DescriptorLinks(rows[e].reshape(-1, 2).astype(np.int64), d, described, floor)
+
+
 def identity_links(
     ws: Workspace,
     faces: pd.DataFrame,
@@ -699,16 +791,15 @@ def identity_links(
             soft_d.append(np.full(len(ex), float(threshold)))  # the weakest links
             used.append(f"EXIF camera + time within {EXIF_SECONDS:g} s")
     hard_all = np.concatenate(hard) if hard else np.zeros((0, 2), np.int64)
-    # every face's own descriptor: copies of one photo give the person several chances
-    D = cached_identity_descriptors(ws, faces["face_id"].astype(str).tolist(), progress=progress)
-    e, d = descriptor_edges(D, threshold=threshold, k=NEIGHBOURS)
-    cues["identity"] = len(e)
-    cues["identity_sure"] = int((d < SURE_THRESHOLD).sum())
-    soft.append(e)
-    soft_d.append(d)
+    ident = descriptor_links(ws, faces, threshold=threshold, progress=progress)
+    cues["identity"] = len(ident.edges)
+    cues["identity_sure"] = int((ident.dists < SURE_THRESHOLD).sum())
+    soft.append(ident.edges)
+    soft_d.append(ident.dists)
     used.append(
         f"dlib ResNet descriptors of the eye region (mirror-averaged) closer than "
-        f"{threshold:.2f} (sure under {SURE_THRESHOLD:.2f})"
+        f"{threshold:.2f} (sure under {SURE_THRESHOLD:.2f}) for faces with eyes >= "
+        f"{ident.floor_px:g} px apart"
     )
     cap = max(1, int(np.floor(max_share * n)))
     report = link_groups(
@@ -719,6 +810,7 @@ def identity_links(
         cap=cap,
         cues=cues,
     )
+    report = replace(report, too_small=ident.too_small, floor_px=ident.floor_px)
     detail = (
         "links: " + "; ".join(used) + f"; merged strongest first, no person over "
         f"{max_share:.0%} of the faces"
