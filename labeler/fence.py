@@ -94,6 +94,11 @@ class Fence:
         rule refuses it, and the ``OSError`` of ``stat`` when it cannot be looked at
         (missing file, broken link inside the folder, no permission on a folder).
         """
+        return self.resolve_stat(rel)[0]
+
+    def resolve_stat(self, rel: str | os.PathLike[str]) -> tuple[Path, os.stat_result]:
+        """:meth:`resolve` and the ``stat`` of the real path it took to decide (its size and
+        mtime, without a second system call)."""
         rel_s = os.fspath(rel)
         if os.path.isabs(rel_s) or os.pardir in Path(rel_s).parts:
             raise FenceError(f"{rel_s!r} is not a path inside the photo folder")
@@ -120,7 +125,7 @@ class Fence:
         if kind != "file":
             what = f"symlink to a {kind}" if is_link else kind
             raise FenceError(f"not a regular file ({what}); never opened")
-        return Path(real)
+        return Path(real), st
 
     def open(self, rel: str | os.PathLike[str]) -> BinaryIO:
         """:meth:`resolve` then :func:`open_resolved`: the photo open for reading."""

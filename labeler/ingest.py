@@ -263,7 +263,7 @@ def _file_state(fence: Fence, rel: str) -> tuple[int, float]:
     """``(size, mtime)`` as :func:`_read_one` records it: the file's when the fence lets it
     be read, else the entry's own (a refused link's target is looked at, never recorded)."""
     try:
-        st = os.stat(fence.resolve(rel))
+        _, st = fence.resolve_stat(rel)
     except OSError:  # FenceError too
         return _link_state(os.path.join(fence.root, rel))
     return int(st.st_size), float(st.st_mtime)
@@ -291,8 +291,7 @@ def _read_one(
     shown = _posix(rel)
     max_bytes = _max_file_bytes() if max_bytes is None else max_bytes
     try:
-        real = fence.resolve(rel)
-        st = os.stat(real)
+        real, st = fence.resolve_stat(rel)
     except FenceError as exc:
         size, mtime = _link_state(full)
         return _error_row(root, rel, size, mtime, f"{shown}: {exc}", _path_id(root, rel))

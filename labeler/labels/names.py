@@ -38,7 +38,7 @@ from labeler.errors import InputError
 #: systems allow 255 bytes in a name and 60 characters are at most 240 bytes of UTF-8.
 MAX_LABEL_LEN = 60
 #: An annotator name has at most this many characters (the app's name and sign-in boxes
-#: allow as many: ``labeler.ui.state.MAX_NAME``, ``labeler.ui.access.MAX_NAME``).
+#: allow as many: ``labeler.ui.state.MAX_NAME`` and ``labeler.ui.access.MAX_NAME`` are this).
 MAX_ANNOTATOR_LEN = 40
 
 #: Characters a Windows, macOS or Linux folder name cannot hold (export writes one folder per

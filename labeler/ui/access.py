@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labeler.errors import ExistsError, InputError, NotFoundError
+from labeler.labels.names import MAX_ANNOTATOR_LEN
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "annotators.json"
 FORMAT = 1
-MAX_NAME = 40  # as labeler.ui.state.MAX_NAME
+MAX_NAME = MAX_ANNOTATOR_LEN  # the sign-in box allows as many characters
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 SESSION_DAYS = 7
 
