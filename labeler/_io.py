@@ -173,16 +173,24 @@ def temp_path(path: str | os.PathLike[str], *, side_files: tuple[str, ...] = ())
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
 
-def progress_bar(total: int, *, desc: str, enabled: bool | None = None) -> Any:
+#: the command line's ``--progress/--no-progress`` (``-q``: False); None: bars on a terminal
+PROGRESS: bool | None = None
+
+
+def progress_bar(total: int, *, desc: str, enabled: bool | None = None, unit: str = "face") -> Any:
     """A tqdm bar of ``total`` faces on stderr, labelled ``desc`` (rate and time left).
-    ``enabled``: True always, False never, None only when stderr is a terminal. Use it as a
-    context manager or call ``close()``; ``update(n)`` after each batch."""
+    ``enabled``: True always, False never, None as the command line asked (:data:`PROGRESS`),
+    else only when stderr is a terminal. Use it as a context manager or call ``close()``;
+    ``update(n)`` after each batch."""
     from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = PROGRESS
 
     return tqdm(
         total=total,
         desc=desc,
-        unit="face",
+        unit=unit,
         file=sys.stderr,
         disable=None if enabled is None else not enabled,
         smoothing=0.1,

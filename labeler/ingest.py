@@ -362,14 +362,24 @@ def _read_all(
     """Rows of ``todo`` in order: threads, or processes on big machines and big folders."""
     cores = os.cpu_count() or 1
     work = functools.partial(_read_one, folder, root, verify_side=verify_side)
-    if cores >= PROCESS_MIN_CORES and len(todo) >= PROCESS_MIN_FILES:
-        import multiprocessing
+    from labeler._io import progress_bar
 
-        ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
-        with ProcessPoolExecutor(max_workers=cores, mp_context=ctx) as procs:
-            return list(procs.map(work, todo, chunksize=64))
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
-        return list(pool.map(work, todo))
+    rows: list[dict] = []
+    with progress_bar(len(todo), desc="ingest", unit="img") as bar:
+        if cores >= PROCESS_MIN_CORES and len(todo) >= PROCESS_MIN_FILES:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded parent
+            with ProcessPoolExecutor(max_workers=cores, mp_context=ctx) as procs:
+                for row in procs.map(work, todo, chunksize=64):
+                    rows.append(row)
+                    bar.update(1)
+            return rows
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ingest") as pool:
+            for row in pool.map(work, todo):
+                rows.append(row)
+                bar.update(1)
+    return rows
 
 
 def mark_duplicates(images: pd.DataFrame) -> pd.DataFrame:

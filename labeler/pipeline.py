@@ -211,7 +211,7 @@ def _detect_and_embed(
                 blocks,
                 source=queue.batches(blocks.batch_size) if queue is not None else None,
                 workers=config.workers or 2,
-                progress=True,
+                progress=None,
             ):
                 embedded[res.key] = res.n_new
         except BaseException as exc:  # re-raised in the caller's thread
@@ -228,7 +228,7 @@ def _detect_and_embed(
             detector=config.detector,
             workers=config.workers,
             chunk_size=max(chunk, 1024) if engine is not None else chunk,
-            progress=True,
+            progress=None,
             engine=engine,
             face_sink=queue,
         )

@@ -149,6 +149,59 @@ def test_throttle_slows_repeated_failures_and_forgets_after_success():
     assert t.wait(keys, now=0.0) == 0
 
 
+def test_made_up_names_never_delay_a_real_annotator():
+    """Issue 31: 10 failed sign-ins under made-up names from one client (or from every client
+    behind one proxy) left another annotator's right password waiting 28 s. Keys are the
+    name and, through a trusted proxy only, the client the proxy names."""
+    t = access.Throttle()
+    # no trusted proxy: the socket address is not a key at all
+    for i in range(50):
+        t.failed(access.throttle_keys(f"guess{i}"), now=0.0)
+    assert t.wait(access.throttle_keys("Ann"), now=0.0) == 0
+    # through the trusted proxy: the guesser's client is slowed, Ann's client is not
+    guesser = "203.0.113.9"
+    for i in range(50):
+        t.failed(access.throttle_keys(f"x{i}", forwarded_for=guesser, trusted_proxy=True), now=0)
+    ann = access.throttle_keys("Ann", forwarded_for="198.51.100.7", trusted_proxy=True)
+    assert ann == ["name:ann", "client:198.51.100.7"] and t.wait(ann, now=0.0) == 0
+    slow = access.throttle_keys("Bea", forwarded_for=guesser, trusted_proxy=True)
+    assert t.wait(slow, now=0.0) == 300.0  # the guesser's own client waits, capped
+    # a client cannot forge its way out: the proxy's own address is the last entry
+    forged = access.throttle_keys("y", forwarded_for=f"198.51.100.7, {guesser}", trusted_proxy=True)
+    assert forged[-1] == f"client:{guesser}"
+    # an untrusted header is ignored
+    assert access.throttle_keys("Ann", forwarded_for=guesser) == ["name:ann"]
+
+
+def test_throttle_memory_is_bounded_and_quiet_keys_are_forgotten():
+    t = access.Throttle(max_keys=1000, forget_s=60.0)
+    for i in range(20_000):
+        t.failed([f"name:made-up-{i}"], now=float(i) * 0.001)
+    assert len(t) == 1000
+    t.failed(["name:ann"] * 6, now=30.0)  # Ann's key: 6 failures, then quiet
+    assert t.wait(["name:ann"], now=30.0) > 0
+    t.failed(["name:late"], now=30.0 + 61.0)
+    assert len(t) == 1 and t.wait(["name:ann"], now=91.0) == 0
+
+
+def test_sign_out_ends_every_session_of_the_annotator_cookies_copied_included(tmp_path):
+    access.add_annotator(tmp_path, "Ann")
+    invite = access.add_annotator(tmp_path, "Bob")
+    copied = access.sign_session(tmp_path, "Ann")  # e.g. copied to another browser
+    other_browser = access.sign_session(tmp_path, "Ann")
+    bob = access.sign_session(tmp_path, "Bob")
+    token = access.session_token(tmp_path, "Ann")
+    assert access.session_name(tmp_path, copied) == "Ann"
+    assert access.end_sessions(tmp_path, "ann") == "Ann"
+    assert access.session_name(tmp_path, copied) is None
+    assert access.session_name(tmp_path, other_browser) is None
+    assert access.session_token(tmp_path, "Ann") != token  # open sessions end at next click
+    assert access.session_name(tmp_path, bob) == "Bob"  # only Ann's
+    assert access.verify(tmp_path, "Bob", invite.password) == "Bob"
+    fresh = access.sign_session(tmp_path, "Ann")  # signing in again works
+    assert access.session_name(tmp_path, fresh) == "Ann"
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True), ("::1", True),

@@ -477,7 +477,7 @@ def test_embed_refuses_mixed_configs_and_bad_crops(tmp_path, ort_bb):
     cfg = json.loads(cfg_path.read_text())
     cfg["fingerprint"]["preprocess_version"] = -1  # as if made by another version
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="another configuration .*preprocess_version.*--overwrite"):
+    with pytest.raises(ValueError, match="another configuration .*preprocess_version.*--force"):
         embed_faces(ws, ort_bb, region="eyes")
     redo = embed_faces(ws, ort_bb, region="eyes", overwrite=True)
     assert (redo.n_new, redo.n_before) == (3, 0)

@@ -82,7 +82,8 @@ def test_a_user_error_is_one_line_and_exit_code_1(ws, tmp_path, args, expect):
 
 
 def test_a_bug_is_not_a_user_error(ws, monkeypatch):
-    """A plain ValueError from inside labeler is a bug: it reaches the caller as itself."""
+    """A plain ValueError from inside labeler is a bug: exit code 70 (a user error is 1), one
+    line that names it a bug (not "Error: <message>" as if the input were wrong)."""
     import labeler.cluster.store as store
 
     def broken(ws):
@@ -90,18 +91,23 @@ def test_a_bug_is_not_a_user_error(ws, monkeypatch):
 
     monkeypatch.setattr(store, "list_runs", broken)
     res = CliRunner().invoke(cli, ["cluster", "-w", str(ws.root), "--list"])
-    assert isinstance(res.exception, ValueError) and not isinstance(res.exception, LabelerError)
+    assert res.exit_code == 70 and isinstance(res.exception, SystemExit)
     assert "Error: internal invariant" not in res.output
+    assert "internal error in labeler (ValueError: internal invariant broken)" in res.output
 
 
-def test_the_console_entry_point_shows_a_bug_with_its_traceback(ws):
+def test_the_console_entry_point_shows_a_bug_with_its_traceback_under_v(ws):
     patch = (
         "import labeler.cluster.store as s\n"
         "def broken(ws): raise RuntimeError('internal invariant broken')\n"
         "s.list_runs = broken"
     )
     proc = run_labeler("cluster", "-w", str(ws.root), "--list", patch=patch)
-    assert proc.returncode == 1
+    assert proc.returncode == 70
+    assert "Traceback" not in proc.stderr and "this is a bug" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_labeler("cluster", "-w", str(ws.root), "--list", "-v", patch=patch)
+    assert proc.returncode == 70
     assert "Traceback" in proc.stderr and "RuntimeError: internal invariant broken" in proc.stderr
 
 

@@ -427,3 +427,37 @@ def test_bad_sources_are_one_line_errors(tiny, tmp_path):
     assert res.exit_code == 0 and "read 0 tasks" in res.output and "imported 0 labels" in res.output
     res = run("labels", "import", "-w", str(ws.root), str(no_key))  # no annotator
     assert res.exit_code != 0 and "--annotator" in res.output
+
+
+def test_an_annotator_labeling_during_the_import_keeps_her_labels(tiny, tmp_path):
+    """The second session (issue 31's rule for every write path): faces an annotator labels
+    in the app after the import planned and before it writes are left as she set them and
+    reported; the rest are imported. A face marked not a face is never labeled by an
+    import, in any field."""
+    from labeler.labels.importing import apply_import
+
+    ws = tiny.ws
+    store = LabelStore(ws.labels_db)
+    ids = list(tiny.truth.index)
+    fresh = ids[60:72]
+    # 12 faces unlabeled for mask_state, as a new photo's would be
+    store.assign(fresh, "mask_state", None, annotator="ann", source="selection")
+    csv = tmp_path / "l.csv"
+    pd.DataFrame({"face_id": fresh, "mask_state": ["no_mask"] * 12}).to_csv(csv, index=False)
+    store.assign(fresh[:1], "gender", "not_a_face", annotator="ann", source="single")
+    plan = import_labels(ws, csv, annotator="imp", dry_run=True)
+    assert plan.new == 11  # the face marked not a face (in gender) counts as labeled
+    # Bea labels 3 of the planned faces in the app meanwhile
+    store.assign(fresh[1:4], "mask_state", "correct", annotator="bea", source="selection")
+    done = apply_import(store, plan, annotator="imp")
+    now = store.current("mask_state").set_index("face_id")
+    assert [now.at[f, "value"] for f in fresh[1:4]] == ["correct"] * 3
+    assert set(now.loc[fresh[1:4], "annotator"]) == {"bea"}
+    assert (now.loc[fresh[4:], "value"] == "no_mask").all()
+    assert fresh[0] not in now.index or now.at[fresh[0], "value"] != "no_mask"
+    assert done.written_labels == 8
+    assert done.meanwhile == (
+        "mask_state=no_mask: 3 faces were labeled correct by bea meanwhile and were left as "
+        "they are",
+    )
+    assert any("by bea meanwhile" in line for line in done.lines())

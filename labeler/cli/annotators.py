@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import labeler_group, workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.group("annotators")
+@labeler_group("annotators")
 def command() -> None:
     """Annotators who may sign in to 'labeler app --host ...': 'add', 'list', 'reset', 'remove'.
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import labeler_command, workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -129,7 +129,7 @@ def access_check(ws: Workspace, host: str, *, sign_in: bool = False) -> list[str
     return names
 
 
-@click.command("app")
+@labeler_command("app")
 @workspace_option()
 @click.option(
     "--host",

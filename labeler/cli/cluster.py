@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from labeler.cli._common import show_progress_lines, workspace_option
+from labeler.cli._common import (
+    cluster_run_option,
+    labeler_command,
+    progress_option,
+    seed_option,
+    show_progress_lines,
+    workspace_option,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from labeler.cluster.types import ClusterConfig
@@ -78,9 +85,7 @@ CLUSTER_OPTIONS = (
         show_default=True,
         help="FAISS index kind.",
     ),
-    click.option(
-        "--seed", type=int, default=0, show_default=True, help="Seed of every random choice."
-    ),
+    seed_option("Seed of every random choice (the same seed gives the same groups)."),
 )
 
 
@@ -98,7 +103,7 @@ def cluster_config(options: dict[str, Any]) -> ClusterConfig:
     return ClusterConfig(**options)
 
 
-@click.command("cluster")
+@labeler_command("cluster", aliases={"--use": "--cluster-run"})
 @workspace_option()
 @click.option(
     "--features",
@@ -108,18 +113,13 @@ def cluster_config(options: dict[str, Any]) -> ClusterConfig:
 )
 @cluster_options
 @click.option("--list", "list_runs_", is_flag=True, help="List the saved runs and exit.")
-@click.option(
-    "--use",
-    "use_run",
-    default=None,
-    metavar="RUN_ID",
-    help="Make a saved run current (undo a split/merge) and exit.",
-)
+@cluster_run_option("Make this saved run current (undo a split/merge) and exit (old name --use).")
+@progress_option()
 def command(
     ws: Workspace,
     features: str,
     list_runs_: bool,
-    use_run: str | None,
+    cluster_run: str | None,
     **options: Any,
 ) -> None:
     """Cluster the faces of a workspace and save the run (it becomes the current one).
@@ -135,9 +135,9 @@ def command(
         runs = list_runs(ws)
         click.echo(runs.to_string(index=False) if len(runs) else "no cluster runs yet")
         return
-    if use_run:
-        set_current(ws, use_run)
-        click.echo(f"current run: {use_run}")
+    if cluster_run:
+        set_current(ws, cluster_run)
+        click.echo(f"current run: {cluster_run}")
         return
     from labeler.cluster.inputs import load_cluster_features
     from labeler.cluster.run import PhaseClock, fit_clusters, fit_phases

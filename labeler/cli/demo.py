@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import click
 
+from labeler.cli._common import labeler_command, seed_option
 
-@click.command("demo-data")
+
+@labeler_command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False), default="data/demo")
-@click.option("--per-state", default=36, show_default=True, help="Images per mask state.")
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--per-state",
+    type=click.IntRange(min=1),
+    default=36,
+    show_default=True,
+    help="Images per mask state.",
+)
+@seed_option("Seed of the painted masks and their jitter.")
 def command(out: str, per_state: int, seed: int) -> None:
     """Write a small labeled demo set (OUT/images + OUT/labels.csv) from skimage's astronaut."""
     from labeler.demo import make_demo_set

@@ -6,13 +6,20 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import detector_option, workspace_option
+from labeler.cli._common import (
+    detector_option,
+    force_option,
+    labeler_command,
+    progress_option,
+    workers_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("detect")
+@labeler_command("detect", aliases={"--redo": "--force"})
 @workspace_option()
 @detector_option()
 @click.option(
@@ -22,8 +29,14 @@ if TYPE_CHECKING:
     show_default=True,
     help="Smallest face side kept, in original image pixels.",
 )
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Detector threads.")
+@click.option(
+    "--score-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Smallest detector confidence kept (0..1).",
+)
+@workers_option("detector threads [default: the cores]")
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -37,7 +50,8 @@ if TYPE_CHECKING:
     show_default=True,
     help="Use the whole image as the face when none is found in a crop-like image.",
 )
-@click.option("--redo", is_flag=True, help="Forget earlier results and detect everything again.")
+@force_option("Forget earlier results and detect every image again (old name --redo).")
+@progress_option()
 def command(
     ws: Workspace,
     detector: str,
@@ -46,7 +60,7 @@ def command(
     workers: int | None,
     chunk_size: int | None,
     fallback: bool,
-    redo: bool,
+    force: bool,
 ) -> None:
     """Detect faces in the ingested images and cache 256x256 aligned crops.
 
@@ -63,8 +77,8 @@ def command(
         workers=workers,
         chunk_size=chunk_size,
         fallback=fallback,
-        redo=redo,
-        progress=True,
+        redo=force,
+        progress=None,
     )
     click.echo(
         f"{res.processed} images processed ({res.skipped_done} already done): {res.faces} faces, "

@@ -8,7 +8,12 @@ import click
 
 from labeler.cli._common import (
     backbone_option,
+    batch_size_option,
     device_option,
+    force_option,
+    labeler_command,
+    progress_option,
+    workers_option,
     workspace_option,
 )
 
@@ -18,7 +23,7 @@ if TYPE_CHECKING:
 REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box")
 
 
-@click.command("embed")
+@labeler_command("embed", aliases={"--overwrite": "--force"})
 @workspace_option()
 @backbone_option()
 @click.option(
@@ -34,7 +39,7 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     default=None,
     help="Model input side in px when not the model's own (the key gets '-<N>px').",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@batch_size_option(32)
 @device_option()
 @click.option(
     "--runtime",
@@ -64,9 +69,7 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     show_default=True,
     help="Faces per stored shard; a killed run loses at most this many.",
 )
-@click.option(
-    "--workers", type=click.IntRange(0), default=2, show_default=True, help="Crop decode threads."
-)
+@workers_option("crop decode threads (0: in the calling thread)", default=2, minimum=0)
 @click.option(
     "--decode",
     type=click.Choice(["cpu", "cuda"]),
@@ -74,10 +77,8 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     show_default=True,
     help="cuda: nvJPEG decode on the GPU (torch on CUDA only).",
 )
-@click.option("--overwrite", is_flag=True, help="Recompute vectors already stored for this key.")
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
+@force_option("Recompute vectors already stored for this key (old name --overwrite).")
+@progress_option()
 def command(
     ws: Workspace,
     backbone: str,
@@ -92,8 +93,7 @@ def command(
     shard_size: int,
     workers: int,
     decode: str,
-    overwrite: bool,
-    progress: bool | None,
+    force: bool,
 ) -> None:
     """Embed the aligned face crops of workspace WS with a pretrained backbone.
 
@@ -114,9 +114,9 @@ def command(
             runtime=runtime,
             batch_size=batch_size,
             shard_size=shard_size,
-            overwrite=overwrite,
+            overwrite=force,
             address=address,
-            progress=progress,
+            progress=None,
             input_size=input_size,
         )
     else:
@@ -134,8 +134,8 @@ def command(
             shard_size=shard_size,
             workers=workers,
             decode=decode,
-            overwrite=overwrite,
-            progress=progress,
+            overwrite=force,
+            progress=None,
         )
     rate = result.n_new / result.seconds if result.seconds > 0 else 0.0
     click.echo(

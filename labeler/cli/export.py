@@ -10,6 +10,9 @@ import click
 from labeler.cli._common import (
     field_option,
     force_option,
+    labeler_command,
+    progress_option,
+    seed_option,
     workspace_option,
 )
 
@@ -17,13 +20,17 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("export")
+@labeler_command("export")
 @workspace_option()
 @click.option(
     "--out", required=True, type=click.Path(), help="Output folder (or .csv/.parquet file)."
 )
 @click.option(
-    "--what", type=click.Choice(["labels", "clusters"]), default="labels", show_default=True
+    "--what",
+    type=click.Choice(["labels", "clusters"]),
+    default="labels",
+    show_default=True,
+    help="labels: labeled faces in train/val/test splits; clusters: every face's group.",
 )
 @click.option(
     "--format",
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
 @click.option(
     "--ratios", default="8:1:1", show_default=True, help="train:val:test (or train:test)."
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_option("Seed of the split (the same seed gives the same splits).")
 @click.option(
     "--human-only",
     is_flag=True,
@@ -71,6 +78,7 @@ if TYPE_CHECKING:
     "Replace a previous labeler export at --out (a folder with labeler's export.json); any "
     "other folder is refused, nothing deleted."
 )
+@progress_option()
 def command(
     ws: Workspace,
     out: str,

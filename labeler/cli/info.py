@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from labeler.cli._common import labeler_command
 
-@click.command("info")
+
+@labeler_command("info")
 def command() -> None:
     """Print versions, the compute device and the available backbones and detectors."""
     from labeler.info import collect_info

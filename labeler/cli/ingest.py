@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import (
+    labeler_command,
+    progress_option,
+    workers_option,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -16,8 +21,8 @@ if TYPE_CHECKING:
 def follow_links_option(*, recorded: bool = True) -> Callable[[Any], Any]:
     """``--follow-links``: let file and folder symlinks lead out of the photo folder
     (:mod:`labeler.fence`). ``recorded``: a ``--follow-links/--no-follow-links`` switch
-    whose default is what the workspace recorded for the folder (ingest, run); otherwise a
-    plain flag (predict, which keeps no record)."""
+    whose default is what the workspace recorded for the folder (ingest, run); otherwise off
+    by default (predict, which keeps no record)."""
     what = (
         "Read symlinks that lead out of the photo folder (a file or folder elsewhere); "
         "devices and FIFOs are never read."
@@ -29,15 +34,23 @@ def follow_links_option(*, recorded: bool = True) -> Callable[[Any], Any]:
             help=what + " Default: as the last ingest of this folder (off for a new one); "
             "export and the app apply the same setting.",
         )
-    return click.option("--follow-links", is_flag=True, default=False, help=what)
+    return click.option(
+        "--follow-links/--no-follow-links", default=False, show_default=True, help=what
+    )
 
 
-@click.command("ingest")
+@labeler_command("ingest")
 @click.argument("images", type=click.Path(exists=True, file_okay=False))
 @workspace_option(create=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Reader threads.")
-@click.option("--show-errors/--no-show-errors", default=True, help="List refused files.")
+@workers_option("reader threads [default: the cores]")
+@click.option(
+    "--show-errors/--no-show-errors",
+    default=True,
+    show_default=True,
+    help="List refused files.",
+)
 @follow_links_option()
+@progress_option()
 def command(
     images: str, ws: Workspace, workers: int | None, show_errors: bool, follow_links: bool | None
 ) -> None:

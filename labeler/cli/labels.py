@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import labeler_group, workspace_option
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.group("labels")
+@labeler_group("labels")
 def command() -> None:
     """Labels made elsewhere ('import') and backups of the label store ('backup', 'list',
     'restore').
@@ -156,6 +156,6 @@ def import_cmd(
         click.echo(f"dry run: nothing written ({report.labels:,} labels would be imported)")
     else:
         click.echo(
-            f"imported {report.labels:,} labels in {len(report.events)} events as "
+            f"imported {report.written_labels:,} labels in {len(report.events)} events as "
             f"{report.annotator!r} (source import; their Undo in the app takes them back)"
         )

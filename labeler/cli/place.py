@@ -6,18 +6,28 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import workspace_option
+from labeler.cli._common import cluster_run_option, labeler_command, workspace_option
 
 if TYPE_CHECKING:  # pragma: no cover
     from labeler.workspace import Workspace
 
 
-@click.command("place")
+@labeler_command(
+    "place",
+    aliases={"--run": "--cluster-run", "-k": "--n-neighbors", "--neighbors": "--n-neighbors"},
+)
 @workspace_option()
 @click.option("--features", default=None, help="Feature spec [default: the current run's].")
-@click.option("--run", "run_id", default=None, help="Run to extend [default: current].")
-@click.option("-k", "--neighbors", "k", type=click.IntRange(1), default=15, show_default=True)
-def command(ws: Workspace, features: str | None, run_id: str | None, k: int) -> None:
+@cluster_run_option("Cluster run to extend [default: the current run] (old name --run).")
+@click.option(
+    "--n-neighbors",
+    "k",
+    type=click.IntRange(1),
+    default=15,
+    show_default=True,
+    help="Old faces that vote for a new face's group and map place (old names -k, --neighbors).",
+)
+def command(ws: Workspace, features: str | None, cluster_run: str | None, k: int) -> None:
     """Add faces that have features but are not in the run, without re-clustering.
 
     Each new face joins the cluster its nearest old faces vote for and sits at their
@@ -26,7 +36,7 @@ def command(ws: Workspace, features: str | None, run_id: str | None, k: int) -> 
     """
     from labeler.cluster.place import place_new_faces
 
-    new_id, n = place_new_faces(ws, feature_spec=features, run_id=run_id, k=k)
+    new_id, n = place_new_faces(ws, feature_spec=features, run_id=cluster_run, k=k)
     if new_id is None:
         click.echo("no new faces to place: every face with features is already in the run")
     else:

@@ -11,6 +11,8 @@ from labeler.cli._common import (
     device_option,
     field_option,
     force_option,
+    labeler_command,
+    progress_option,
     workspace_option,
 )
 from labeler.cli.ingest import follow_links_option
@@ -19,14 +21,16 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("predict")
+@labeler_command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @workspace_option()
 @click.option(
     "--model",
     "models",
     multiple=True,
-    help="Run id (repeat for several fields); default: the latest run of --field.",
+    metavar="RUN_ID",
+    help="Model run (as named by 'labeler train --model'); repeat for several fields. "
+    "Default: the latest run of --field.",
 )
 @field_option("Field whose latest model is used when --model is not given.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 @device_option("Where fine-tuned models run.")
 @force_option()
 @follow_links_option(recorded=False)
+@progress_option()
 def command(
     ws: Workspace,
     images: tuple[str, ...],
@@ -63,6 +68,6 @@ def command(
     loaded = [load_model(ws, m, device=device) for m in models] or [
         load_model(ws, field=field, device=device)
     ]
-    df = predict_files(images, loaded, detector, progress=True, follow_links=follow_links)
+    df = predict_files(images, loaded, detector, progress=None, follow_links=follow_links)
     atomic_write_bytes(out_path, csv_bytes(df))  # cells a spreadsheet would run get a '
     click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")

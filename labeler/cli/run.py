@@ -8,9 +8,13 @@ import click
 
 from labeler.cli._common import (
     backbone_option,
+    batch_size_option,
     detector_option,
     device_option,
+    labeler_command,
+    progress_option,
     show_progress_lines,
+    workers_option,
     workspace_option,
 )
 from labeler.cli.cluster import cluster_config, cluster_options
@@ -20,17 +24,17 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("run")
+@labeler_command("run")
 @click.argument("images", type=click.Path(exists=True, file_okay=False))
 @workspace_option(create=True)
 @detector_option()
 @backbone_option()
 @click.option("--features", default="auto", show_default=True, help="Feature spec for clustering.")
 @device_option()
-@click.option("--batch-size", default=64, show_default=True)
+@batch_size_option(64)
 @click.option("--no-cluster", is_flag=True, help="Stop after embedding.")
 @cluster_options
-@click.option("--workers", type=int, default=None, help="Decode/detect threads (default: cores).")
+@workers_option("decode and detect threads [default: the cores]")
 @click.option(
     "--embed-threads",
     type=click.IntRange(1),
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     "threads: the CPU path; fused: the GPU pass's code on whatever device (for checking).",
 )
 @follow_links_option()
+@progress_option()
 def command(
     images: str,
     ws: Workspace,

@@ -6,13 +6,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import show_progress_lines, workspace_option
+from labeler.cli._common import (
+    cluster_run_option,
+    labeler_command,
+    show_progress_lines,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("simulate")
+@labeler_command("simulate", aliases={"--run": "--cluster-run"})
 @workspace_option()
 @click.option(
     "--truth",
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="Column of the image path (relative to the ingested folder).",
 )
-@click.option("--run", "run_id", default=None, help="Cluster run id (default: current).")
+@cluster_run_option("Cluster run to simulate [default: the current run] (old name --run).")
 @click.option(
     "--features", default="auto", show_default=True, help="Feature spec the Suggest step learns on."
 )
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     "--split-parts",
     default=2,
     show_default=True,
+    type=click.IntRange(min=0),
     help="k of the app's 'split by similarity' when a group holds a state nobody labeled yet (0 = never).",
 )
 @click.option(
@@ -50,7 +56,7 @@ def command(
     truth_csv: str,
     truth_column: str,
     file_column: str,
-    run_id: str | None,
+    cluster_run: str | None,
     features: str,
     split_parts: int,
     all_faces: bool,
@@ -77,7 +83,7 @@ def command(
         truth_csv,
         truth_column=truth_column,
         file_column=file_column,
-        run_id=run_id,
+        run_id=cluster_run,
         features=features,
         config=cfg,
         all_faces=all_faces,

@@ -8,6 +8,7 @@ import click
 
 from labeler.cli._common import (
     field_option,
+    labeler_command,
     workspace_option,
 )
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("suggest")
+@labeler_command("suggest")
 @workspace_option()
 @field_option()
 @click.option(
@@ -29,10 +30,16 @@ if TYPE_CHECKING:
     "--min-confidence",
     default=0.0,
     show_default=True,
-    type=float,
+    type=click.FloatRange(0, 1),
     help="Leave out groups whose measured (out-of-fold) precision is lower.",
 )
-@click.option("--show", default=15, show_default=True, help="Suggestion groups to list.")
+@click.option(
+    "--show",
+    type=click.IntRange(min=0),
+    default=15,
+    show_default=True,
+    help="Suggestion groups to list.",
+)
 def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float, show: int) -> None:
     """Suggest labels for the unlabeled faces in groups (predicted value x confidence band),
     each with the precision measured out-of-fold on the labels so far; flag a few suspected

@@ -7,9 +7,15 @@ from typing import TYPE_CHECKING
 import click
 
 from labeler.cli._common import (
+    backbone_option,
+    batch_size_option,
     device_option,
     field_option,
+    labeler_command,
+    progress_option,
+    seed_option,
     show_progress_lines,
+    workers_option,
     workspace_option,
 )
 
@@ -17,19 +23,31 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 
-@click.command("train")
+@labeler_command("train", aliases={"--run": "--model"})
 @workspace_option()
 @field_option()
-@click.option("--mode", type=click.Choice(["head", "finetune"]), default="head", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["head", "finetune"]),
+    default="head",
+    show_default=True,
+    help="head: a classifier on the stored features (minutes on a CPU); finetune: train the "
+    "backbone on the crops too (a GPU helps).",
+)
 @click.option(
     "--folds",
     default=5,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="K of the person-grouped K-fold (1: one model with a validation split).",
 )
 @click.option(
-    "--head", "head_kind", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True
+    "--head",
+    "head_kind",
+    type=click.Choice(["logreg", "mlp"]),
+    default="logreg",
+    show_default=True,
+    help="Classifier of --mode head: logistic regression or a small MLP.",
 )
 @click.option(
     "--features",
@@ -38,18 +56,31 @@ if TYPE_CHECKING:
     show_default=True,
     help="Feature spec for --mode head.",
 )
+@backbone_option("timm backbone of --mode finetune ('timm:<model>'; the default runs offline).")
 @click.option(
-    "--backbone",
-    default="efficientnet_lite0",
+    "--epochs",
+    default=20,
     show_default=True,
-    help="timm backbone for --mode finetune.",
+    type=click.IntRange(min=1),
+    help="Passes over the labeled crops (--mode finetune).",
 )
-@click.option("--epochs", default=20, show_default=True, type=int)
-@click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--image-size", default=224, show_default=True, type=int)
-@click.option("--lr", default=3e-4, show_default=True, type=float)
+@batch_size_option(32, "Crops per training step (--mode finetune).")
+@click.option(
+    "--image-size",
+    default=224,
+    show_default=True,
+    type=click.IntRange(32, 1024),
+    help="Side of the crops the model sees, px (--mode finetune).",
+)
+@click.option(
+    "--lr",
+    default=3e-4,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate of AdamW (--mode finetune).",
+)
 @device_option()
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers.")
+@workers_option("data-loading processes of --mode finetune (0: in the training process)", 0, 0)
 @click.option(
     "--persons",
     default="auto",
@@ -57,8 +88,17 @@ if TYPE_CHECKING:
     type=click.Choice(["auto", "identity", "embedding", "pattern", "column", "image"]),
     help="How persons are found (folds never split one): as in 'labeler export'.",
 )
-@click.option("--person-pattern", default=None)
-@click.option("--person-csv", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--person-pattern",
+    default=None,
+    help="Regex on the source path; group 1 is the person (--persons pattern), e.g. '^([^/]+)/'.",
+)
+@click.option(
+    "--person-csv",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with person and face_id or path (--persons column).",
+)
 @click.option(
     "--label-errors/--no-label-errors",
     default=True,
@@ -66,13 +106,16 @@ if TYPE_CHECKING:
     help="Also run the Suggest step (head mode): suggestions and suspected label errors for "
     "the Review page, as 'labeler suggest' does.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_option("Seed of the folds and of training (the same seed gives the same model).")
 @click.option(
-    "--run",
+    "--model",
     "run_id",
     default=None,
-    help="Run id (default: time-stamped); an existing finetune run resumes.",
+    metavar="RUN_ID",
+    help="Name of the model run to write (default: time-stamped); an existing finetune run "
+    "resumes (old name --run). 'labeler predict --model' takes the same name.",
 )
+@progress_option()
 def command(
     ws: Workspace,
     field: str,
@@ -102,6 +145,12 @@ def command(
     from labeler.train import TrainConfig, train
     from labeler.train.finetune import FinetuneConfig
 
+    if ":" in backbone and not backbone.startswith("timm:"):
+        raise click.BadParameter(
+            f"{backbone!r}: fine-tuning takes a timm backbone, 'timm:<model>' (e.g. "
+            "'timm:efficientnet_lite0')",
+            param_hint="--backbone",
+        )
     config = TrainConfig(
         field=field,
         mode=mode,
@@ -114,7 +163,7 @@ def command(
         seed=seed,
         run_id=run_id,
         finetune=FinetuneConfig(
-            backbone=backbone,
+            backbone=backbone.removeprefix("timm:"),
             epochs=epochs,
             batch_size=batch_size,
             image_size=image_size,
@@ -127,7 +176,7 @@ def command(
     # the lines printed above the bar
     show_progress_lines("labeler.train.finetune")
     with logging_redirect_tqdm():
-        res = train(ws, config, progress=True)
+        res = train(ws, config, progress=None)
     for line in res.report.lines():
         click.echo(line)
     click.echo(f"evaluated on {res.config['evaluated_on']}")

@@ -567,7 +567,7 @@ def detect_workspace(
     rotate: bool = True,
     redo: bool = False,
     detector_options: dict[str, object] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     on_chunk: Callable[[int, int], None] | None = None,
     engine: DetectEngine | None = None,
     face_sink: FaceQueue | None = None,
@@ -626,7 +626,7 @@ def detect_workspace(
         if not cfg.same_faces_as(previous):
             log.warning(
                 "earlier faces in %s were detected with other options (%s); only new images "
-                "use the new ones. Pass --redo to detect everything again.",
+                "use the new ones. Pass --force to detect everything again.",
                 ws.root,
                 {k: previous.get(k) for k in ("detector", "min_size", "score_threshold")},
             )
@@ -667,10 +667,10 @@ def detect_workspace(
     n_workers = workers or default_workers()
     outcomes: list[ImageOutcome] = []
     bar = None
-    if progress and todo:
-        from tqdm import tqdm
+    if todo and progress is not False:
+        from labeler._io import progress_bar
 
-        bar = tqdm(total=len(todo), unit="img", desc="detect")
+        bar = progress_bar(len(todo), desc="detect", enabled=progress, unit="img")
     faces_parts = [faces]
     log_parts = [done_log]
     try:
@@ -783,6 +783,6 @@ def iter_crops(
         path = ws.crop_path(fid)
         if not path.exists():
             raise NotFoundError(
-                f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --redo'"
+                f"crop {path} of face {fid} is missing; re-run 'labeler detect -w {ws.root} --force'"
             )
         yield fid, load_rgb(path)

@@ -259,7 +259,7 @@ def prepare_key(
     ):
         raise InputError(
             f"embeddings {key} in {ws.root} were made with another configuration "
-            f"({_diff(old['fingerprint'], jsonable(config.fingerprint()))}); pass --overwrite to "
+            f"({_diff(old['fingerprint'], jsonable(config.fingerprint()))}); pass --force to "
             "recompute them, or choose another --backbone/--region"
         )
     store.write_config(

@@ -27,8 +27,9 @@ Four plain steps, each testable alone::
   without a label for the field; faces labeled otherwise keep their label unless
   ``relabel``; faces that already have the value are not touched (no event row).
 
-The labels are written through :meth:`LabelStore.assign` with source ``import``, one event
-per field and value, under the annotator's name: the app shows them as labeled, the
+The labels are written through :meth:`LabelStore.assign_checked` with source ``import``, one
+event per field and value, under the annotator's name (an annotator who labels one of the
+faces in the app between the plan and the write keeps that label; the import reports it): the app shows them as labeled, the
 Suggest step and ``labeler train`` learn from them, and the annotator's Undo takes them back
 (one value at a time, newest first).
 """
@@ -109,6 +110,8 @@ class ImportReport:
     annotator: str = ""
     relabel: bool = False
     written: bool = False
+    meanwhile: tuple[str, ...] = ()
+    written_labels: int = 0
 
     @property
     def new(self) -> int:
@@ -151,6 +154,7 @@ class ImportReport:
                 )
             out.append(line)
         out += ["  " + issue.line() for issue in self.issues]
+        out += [f"  {line}" for line in self.meanwhile]
         return out
 
 
@@ -434,11 +438,13 @@ def apply_import(
     relabel: bool = False,
     add_values: bool = False,
 ) -> ImportReport:
-    """Write ``report``'s labels: one :meth:`LabelStore.assign` event (source ``import``)
-    per field and value, for the faces without a label for the field (plus those labeled
-    otherwise with ``relabel``). Values or fields the schema lacks are added first with
-    ``add_values``, else :class:`InputError` lists them and nothing is written.
-    Returns the report with the event ids."""
+    """Write ``report``'s labels: one :meth:`LabelStore.assign_checked` event (source
+    ``import``) per field and value, for the faces without a label for the field (plus those
+    labeled otherwise with ``relabel``). Each write re-checks, in its own transaction, that
+    the faces still hold the labels the plan saw: a face an annotator labeled in the app
+    since is left as it is and reported (``meanwhile``), never overwritten. Values or fields
+    the schema lacks are added first with ``add_values``, else :class:`InputError` lists
+    them and nothing is written. Returns the report with the event ids."""
     from labeler.labels.names import annotator_name
 
     annotator = annotator_name(annotator)
@@ -452,14 +458,26 @@ def apply_import(
         if name not in report.new_fields and value != NOT_A_FACE:
             store.add_value(name, value)
     events = []
+    meanwhile = []
+    n_written = 0
     for fp in report.plans:
         faces = fp.plan.faces(relabel=relabel)
-        if faces:
-            events.append(
-                store.assign(faces, fp.field, fp.plan.value, annotator=annotator, source="import")
-            )
-    log.info("imported %d labels in %d events as %s", report.labels, len(events), annotator)
-    return replace(report, events=tuple(events), annotator=annotator, relabel=relabel, written=True)
+        if not faces:
+            continue
+        done = store.assign_checked(
+            faces, fp.field, fp.plan.value, seen=fp.plan.seen(relabel=relabel), relabel=relabel,
+            annotator=annotator, source="import",
+        )  # fmt: skip
+        if done.event_id is not None:
+            events.append(done.event_id)
+            n_written += len(done.changed)
+        if done.n_meanwhile:
+            meanwhile.append(f"{fp.field}={fp.plan.value}: {done.meanwhile_text()}")
+    log.info("imported %d labels in %d events as %s", n_written, len(events), annotator)
+    return replace(
+        report, events=tuple(events), annotator=annotator, relabel=relabel, written=True,
+        meanwhile=tuple(meanwhile), written_labels=n_written,
+    )  # fmt: skip
 
 
 # --- the whole import ----------------------------------------------------------------------
@@ -507,6 +525,21 @@ def read_source(
     raise InputError(f"--format {kind!r} is not one of {', '.join(KINDS)}")
 
 
+def shown_labels(store: LabelStore) -> dict[str, dict[str, str]]:
+    """``{field: {face_id: value}}`` as the app shows labels (and as
+    :meth:`LabelStore.assign_checked` re-checks them): a face marked ``not_a_face`` in any
+    field is ``not_a_face`` in every field, so an import never labels it."""
+    cur = store.current()
+    shown: dict[str, dict[str, str]] = {str(f): {} for f in store.schema().names}
+    for name, part in cur.groupby("field", sort=False):
+        shown.setdefault(str(name), {}).update(zip(part["face_id"], part["value"], strict=True))
+    not_face = set(cur.loc[cur["value"] == NOT_A_FACE, "face_id"])
+    if not_face:
+        for labels in shown.values():
+            labels.update(dict.fromkeys(not_face, NOT_A_FACE))
+    return shown
+
+
 def import_labels(
     ws: Workspace,
     source: str | os.PathLike[str],
@@ -533,11 +566,7 @@ def import_labels(
         source, kind=kind or detect_kind(source), fields=fields, schema_fields=schema.names
     )
     matched = match_records(src.records, ws)
-    current = {}
-    cur = store.current()
-    for name, part in cur.groupby("field", sort=False):
-        current[str(name)] = dict(zip(part["face_id"], part["value"], strict=True))
-    report = plan_import(src, matched, schema=schema, current=current)
+    report = plan_import(src, matched, schema=schema, current=shown_labels(store))
     if dry_run:
         if report.unknown and not add_values:
             log.warning("%s", unknown_message(report, schema))

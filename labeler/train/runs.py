@@ -104,7 +104,7 @@ def train(
     run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
         raise InputError(
-            f"--run {run_id!r} is not a run name; give a name without '/' or a leading '.'"
+            f"--model {run_id!r} is not a run name; give a name without '/' or a leading '.'"
         )
     run_dir = ws.models_dir / run_id
     head = None
@@ -209,7 +209,7 @@ def _open_stage(ws: Workspace, run_id: str, *, resume: bool) -> Path:
     if others:
         log.warning(
             "%s holds %d killed fine-tune run(s) (e.g. %s): resume one with "
-            "'labeler train --mode finetune --run NAME' or delete its folder",
+            "'labeler train --mode finetune --model NAME' or delete its folder",
             ws.models_dir,
             len(others),
             others[0],

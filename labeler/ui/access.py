@@ -232,18 +232,35 @@ def _mac(secret: str, name: str, expires: int, salt: str) -> str:
     return hmac.new(bytes.fromhex(secret), msg, hashlib.sha256).hexdigest()
 
 
+def _session_salt(entry: dict) -> str:
+    """What a session cookie is bound to: the password's salt (a reset ends every session)
+    and the sign-out epoch (:func:`end_sessions`)."""
+    return f"{entry['salt']}:{entry.get('session', '')}"
+
+
+def end_sessions(root: str | os.PathLike[str], name: str) -> str:
+    """Sign ``name`` out everywhere: every session cookie made so far (copied to another
+    browser or not) stops working, and open sessions end at their next click; the password
+    stays. What the app's Sign out does. Returns the stored name."""
+    path, data, stored = _existing(root, name)
+    data["annotators"][stored]["session"] = secrets.token_hex(16)
+    _write(path, data)
+    return stored
+
+
 def sign_session(root: str | os.PathLike[str], name: str, *, now: float | None = None) -> str:
     """A cookie value that proves ``name`` signed in, for :data:`SESSION_DAYS` days.
 
     Signed (HMAC-SHA256) with the workspace's secret and bound to the annotator's current
-    salt: a password reset or removal makes every older cookie worthless.
+    salt and sign-out epoch: a password reset, a removal or a sign-out
+    (:func:`end_sessions`) makes every older cookie worthless.
     """
     data = _read(store_path(root))
     stored = _find(data.get("annotators", {}), name)
     if stored is None:
         raise NotFoundError(_unknown(name, store_path(root)))
     expires = int((now or time.time()) + SESSION_DAYS * 86400)
-    salt = data["annotators"][stored]["salt"]
+    salt = _session_salt(data["annotators"][stored])
     return f"{stored.encode().hex()}.{expires}.{_mac(data['secret'], stored, expires, salt)}"
 
 
@@ -251,7 +268,7 @@ def session_name(
     root: str | os.PathLike[str], cookie: str | None, *, now: float | None = None
 ) -> str | None:
     """The annotator a :func:`sign_session` cookie names, or None when it is missing,
-    forged, expired, or its annotator was removed or given a new password."""
+    forged, expired, or its annotator was removed, given a new password or signed out."""
     if not cookie:
         return None
     try:
@@ -265,30 +282,62 @@ def session_name(
     entry = data.get("annotators", {}).get(name)
     if entry is None:
         return None
-    good = _mac(data["secret"], name, expires, entry["salt"])
+    good = _mac(data["secret"], name, expires, _session_salt(entry))
     return name if hmac.compare_digest(good, mac) else None
 
 
 def session_token(root: str | os.PathLike[str], name: str) -> str | None:
-    """What must not change while ``name`` stays signed in (its salt); None once removed."""
+    """What must not change while ``name`` stays signed in (its salt and sign-out epoch);
+    None once removed."""
     data = _read(store_path(root))
     entry = data.get("annotators", {}).get(name)
-    return None if entry is None else str(entry["salt"])
+    return None if entry is None else _session_salt(entry)
 
 
 # --- failed sign-ins -----------------------------------------------------------------------------
 
 
+def throttle_keys(
+    name: str, *, forwarded_for: str | None = None, trusted_proxy: bool = False
+) -> list[str]:
+    """The keys a failed sign-in as ``name`` counts against: the name (case-folded), and
+    the client only when a trusted reverse proxy names it (the last address of its
+    ``X-Forwarded-For``, the one the proxy itself saw; earlier ones the client can forge).
+
+    Never the socket's address: behind a proxy every browser shares it (Streamlit's
+    ``st.context.ip_address`` is documented as unavailable there and not for security), so
+    one guesser would lock every annotator out. Wrong passwords under made-up names thus
+    never delay a real annotator's sign-in.
+    """
+    keys = [f"name:{name.casefold()}"]
+    if trusted_proxy and forwarded_for:
+        client = forwarded_for.split(",")[-1].strip()
+        if client:
+            keys.append(f"client:{client}")
+    return keys
+
+
 class Throttle:
     """Slows down guessing: after ``free`` failed sign-ins in a row for one key (a name, a
-    client address), that key waits ``2 ** (failures - free)`` seconds (at most ``cap``)
-    before the next try is even checked. A success clears the key. Thread-safe; one
-    instance is shared by every session of the app (``st.cache_resource``)."""
+    proxied client: :func:`throttle_keys`), that key waits ``2 ** (failures - free)``
+    seconds (at most ``cap``) before the next try is even checked. A success clears the
+    key. Bounded memory: a key not failed for ``forget_s`` is dropped, and beyond
+    ``max_keys`` keys the longest-quiet ones go first (a flood of made-up names costs at
+    most ``max_keys`` entries). Thread-safe; one instance is shared by every session of the
+    app (``st.cache_resource``)."""
 
-    def __init__(self, *, free: int = 5, cap: float = 300.0) -> None:
-        self.free, self.cap = free, cap
-        self._fails: dict[str, tuple[int, float]] = {}
+    def __init__(
+        self, *, free: int = 5, cap: float = 300.0, max_keys: int = 10_000, forget_s: float = 3600.0
+    ) -> None:
+        from collections import OrderedDict
+
+        self.free, self.cap, self.max_keys, self.forget_s = free, cap, max_keys, forget_s
+        # key -> (failures, may try again at, last failure); oldest last failure first
+        self._fails: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._fails)
 
     def wait(self, keys: list[str], *, now: float | None = None) -> float:
         """Seconds before any of ``keys`` may try again (0: now)."""
@@ -300,10 +349,20 @@ class Throttle:
     def failed(self, keys: list[str], *, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._prune(now)
             for k in keys:
-                n = self._fails.get(k, (0, now))[0] + 1
+                n = self._fails.pop(k, (0, now, now))[0] + 1
                 delay = 0.0 if n < self.free else min(self.cap, 2.0 ** (n - self.free))
-                self._fails[k] = (n, now + delay)
+                self._fails[k] = (n, now + delay, now)
+            while len(self._fails) > self.max_keys:
+                self._fails.popitem(last=False)
+
+    def _prune(self, now: float) -> None:
+        while self._fails:
+            key, (_n, until, last) = next(iter(self._fails.items()))
+            if last + self.forget_s > now or until > now:
+                break
+            del self._fails[key]
 
     def succeeded(self, keys: list[str]) -> None:
         with self._lock:

@@ -9,7 +9,9 @@ interface) every session must sign in with a name and password made by
 no page runs, so no face, count or media URL reaches that browser. Signed in, the session's
 annotator is the signed-in name; the URL's ``?annotator=``, the name cookie and
 ``$LABELER_ANNOTATOR`` are ignored. A signed cookie (HMAC, :func:`access.sign_session`)
-keeps the sign-in across reloads for a week; a password reset or removal ends it.
+keeps the sign-in across reloads for a week; a password reset, a removal or Sign out (in
+any browser of that annotator) ends it everywhere. Failed sign-ins are throttled per name
+(and per client only through a trusted proxy: :func:`access.throttle_keys`).
 """
 
 from __future__ import annotations
@@ -121,12 +123,17 @@ def _cookie() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _client() -> str:
+def _throttle_keys(name: str) -> list[str]:
+    """:func:`access.throttle_keys` for this request: the proxy's ``X-Forwarded-For`` is
+    trusted only when the app listens on a loopback address with ``--sign-in`` (then every
+    browser reaches it through the reverse proxy on this computer)."""
+    address = st.get_option("server.address")
+    trusted = _sign_in_asked() and bool(address) and access.is_loopback(str(address))
     try:
-        ip = st.context.ip_address
-    except Exception:
-        return "?"
-    return ip if isinstance(ip, str) and ip else "?"
+        forwarded = st.context.headers.get("X-Forwarded-For")
+    except Exception:  # no browser connection
+        forwarded = None
+    return access.throttle_keys(name, forwarded_for=forwarded, trusted_proxy=trusted)
 
 
 @st.cache_resource(show_spinner=False)
@@ -148,7 +155,7 @@ def _sign_in() -> None:
     except InputError as exc:
         st.session_state[FLASH] = str(exc)
         return
-    keys = [f"name:{name.casefold()}", f"ip:{_client()}"]
+    keys = _throttle_keys(name)
     wait = _throttle().wait(keys)
     if wait > 0:
         st.session_state[FLASH] = f"Too many failed sign-ins; try again in {wait:.0f} s."
@@ -169,7 +176,15 @@ def _sign_in() -> None:
 
 
 def sign_out() -> None:
-    """End this session's sign-in and drop the browser's session cookie."""
+    """End the annotator's sign-in everywhere (:func:`access.end_sessions`: every cookie
+    made for them stops working, their other open sessions end at their next click) and
+    drop this browser's cookie."""
+    root, name = _root(), st.session_state.get(USER)
+    if root is not None and name:
+        try:
+            access.end_sessions(root, str(name))
+        except LabelerError:  # removed meanwhile: nothing left to end
+            pass
     _forget()
     st.session_state[SIGNED_OUT] = True
 
