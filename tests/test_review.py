@@ -257,3 +257,35 @@ def test_accept_ticked_leaves_faces_labeled_meanwhile(ws):
     told = " ".join(w.value for w in at.warning)
     assert "Accepted 3 faces" in told
     assert f"2 faces were labeled {other} by Bea meanwhile and were left as they are" in told
+
+
+def test_review_says_what_is_true_while_suggest_runs_and_after(ws):
+    """Issue 31: while the background run works the page said "No suggestions yet: press
+    Suggest." beside a disabled button, and right after it "1 new label since" when none
+    was given. A real run: its status while it works, then its count of labels since."""
+    ws, truth = ws
+    _label(ws, truth, 24)
+    store = LabelStore(ws.labels_db)
+    # a face marked not a face in another field counts as labeled in the app, not in the run
+    store.add_field("gender", ["female", "male"])
+    store.assign(truth["face_id"].iloc[-1:], "gender", "not_a_face", annotator="seed",
+                 source="single")  # fmt: skip
+    # the status a real background run writes while it works (it finishes in seconds on
+    # mfr2, faster than a page draws, so the test writes that state itself)
+    step._write_status(ws, FIELD, state="running", started=time.time())
+    at = _review()
+    texts = [m.value for m in [*at.info, *at.caption]]
+    assert not any("press Suggest" in t for t in texts), texts
+    assert any("Suggesting in the background" in t for t in texts), texts
+    assert at.button(key=SK.suggest_btn).disabled
+    step.save_run(ws, step.suggest_workspace(ws, field=FIELD))
+    step._write_status(ws, FIELD, state="done", started=time.time(), finished=time.time())
+    at.run()
+    caps = [c.value for c in at.caption]
+    assert any("Suggestions from 24 labels" in c for c in caps), caps
+    assert not any("since" in c for c in caps), caps  # nothing new was labeled
+    unlabeled = sorted(set(truth["face_id"]) - set(store.current_values(FIELD)))
+    store.assign(unlabeled[:2], FIELD, "masked", annotator="other", source="selection")
+    at.run()
+    caps = [c.value for c in at.caption]
+    assert any("2 new labels since" in c for c in caps), caps

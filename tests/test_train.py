@@ -73,6 +73,7 @@ def test_train_cli_head_saves_model_report_and_suspects(tmp_path):
     tinyws.label_all(t, flip={wrong: "no_mask"})
     res = run(
         "train",
+        "--progress",  # stderr is no terminal here: ask for the bar
         "-w",
         str(t.ws.root),
         "--features",
@@ -179,6 +180,7 @@ def test_train_cli_finetune_two_folds_on_cpu(tmp_path, caplog):
     tinyws.label_all(t)
     res = run(
         "train",
+        "--progress",
         "-w",
         str(t.ws.root),
         "--mode",

@@ -305,6 +305,15 @@ def activity(con: sqlite3.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["annotator", "events", "faces", "last_ts"])
 
 
+def labeled_since(con: sqlite3.Connection, field: str, event_id: int) -> int:
+    """Faces whose current label for ``field`` was given by an event after ``event_id``."""
+    return int(
+        con.execute(
+            "SELECT COUNT(*) FROM current WHERE field = ? AND event_id > ?", (field, event_id)
+        ).fetchone()[0]
+    )
+
+
 def version(con: sqlite3.Connection) -> tuple[int, int]:
     """(last event id, table writes counted in meta)."""
     last = con.execute("SELECT COALESCE(MAX(event_id), 0) FROM events").fetchone()[0]

@@ -372,6 +372,12 @@ class LabelStore:
         with self._read() as con:
             return events.activity(con)
 
+    def labeled_since(self, field: str, event_id: int) -> int:
+        """Faces whose current ``field`` label was given after event ``event_id`` (what a
+        Suggest run that read the labels up to that event has not seen)."""
+        with self._read() as con:
+            return events.labeled_since(con, field, int(event_id))
+
     def version(self) -> tuple[int, int]:
         """A cheap stamp that changes with every write (for caches): (last event, table writes)."""
         with self._read() as con:

@@ -64,6 +64,7 @@ class SuggestRun:
     faces: pd.DataFrame = field(repr=False)
     suspects: pd.DataFrame = field(repr=False)
     bands: pd.DataFrame = field(repr=False)
+    last_event: int = 0  # the label store's last event when the run read the labels
 
 
 def suggest_dir(ws: Workspace) -> Path:
@@ -96,6 +97,7 @@ def suggest_workspace(
     t0 = time.perf_counter()
     faces = ws.require_faces()
     face_ids = faces["face_id"].to_numpy().astype(str)
+    last_event = LabelStore(ws.labels_db).version()[0]  # before the read: never overstated
     labels = human_labels(ws, field, faces)
     if labels.empty:
         raise InputError(
@@ -160,6 +162,7 @@ def suggest_workspace(
         classes=tuple(classes),
         n_faces=len(face_ids),
         n_labeled=int((y >= 0).sum()),
+        last_event=last_event,
         seconds=time.perf_counter() - t0,
         temperature=res.temperature,
         groups=groups,
@@ -199,6 +202,7 @@ def save_run(ws: Workspace, run: SuggestRun) -> None:
             "classes": list(run.classes),
             "n_faces": run.n_faces,
             "n_labeled": run.n_labeled,
+            "last_event": run.last_event,
             "seconds": round(run.seconds, 3),
             "temperature": run.temperature,
             "created": time.time(),

@@ -88,6 +88,7 @@ class Keys:
     knn_btn: str = "knn_btn"
     knn_assign_btn: str = "knn_assign_btn"
     knn_relabel_btn: str = "knn_relabel_btn"
+    knn_close_btn: str = "knn_close_btn"
     clusters_sort: str = "clusters_sort"
     clusters_page: str = "clusters_page"
     clusters_field: str = "clusters_field"

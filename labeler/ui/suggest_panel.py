@@ -160,7 +160,10 @@ def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> Non
         if meta is None:
             st.caption(_nothing_yet(ws, field, n_labels))
             return
-        new = n_labels - meta["n_labeled"]
+        if "last_event" in meta:  # labels given after the run read them, as the store says
+            new = data.store(ws).labeled_since(field, int(meta["last_event"]))
+        else:  # a run saved by an older labeler
+            new = n_labels - meta["n_labeled"]
         ago = time.time() - meta.get("created", time.time())
         st.caption(
             f"Suggestions from {data.plural(meta['n_labeled'], 'label')}, "
@@ -301,6 +304,12 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
 
 
 def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> str:
+    n_faces = len(data.faces(ws))
+    if not n_open and n_faces and len(data.labels(ws, field)) >= n_faces:
+        return f"Every face is labeled for {field}: nothing left to review."
+    if step.read_status(ws, field)["state"] == "running":
+        return ("Suggesting in the background: the groups appear here when the run ends "
+                "(this page refreshes by itself). Keep labeling meanwhile.")  # fmt: skip
     if n_open:
         return (f"{data.plural(n_open, 'suggestion group')} below the minimum precision of "
                 f"{min_precision:.0%}: lower it to see them.")  # fmt: skip

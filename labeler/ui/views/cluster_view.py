@@ -131,10 +131,14 @@ components.label_keys(schema, fld, key_value=K.assign_value)
 labels = data.labels(ws, fld)
 order = components.label_values(schema, fld)
 plan = components.plan_for(ws, selected, fld, value, labels)
+# keys act on what is in front of the annotator: with More like this open, Enter is the
+# panel's (its neighbours), never the grid's behind it
+panel_open = state.knn_query() is not None
 components.assign_buttons(
     plan,
     key=K.assign_btn,
     relabel_key=K.relabel_btn,
+    shortcut=None if panel_open else "Enter",
     on_new=partial(assign_selection, cluster, tuple(members), fld, labels),
     # the explicit choice: the faces the button names, as the page showed them, one event
     on_relabel=partial(components.write_plan, ws, plan, fld, "selection", relabel=True),
@@ -170,7 +174,9 @@ g1, g2, g3, g4, g5 = st.columns([3.2, 1.3, 1.1, 1, 1], vertical_alignment="cente
 g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
     "Untick a face to leave it out (outliers). Keys: 1-9 label, 0 not a face, Enter assign "
-    "to the unlabeled ticked faces, Left/Right move, Space tick."
+    "to the unlabeled ticked faces"
+    + (" of the More like this panel (open below)" if panel_open else "")
+    + ", Left/Right move, Space tick."
 )
 outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
 range_ticks = g3.toggle("Range ticks", key=K.range_ticks,
@@ -279,30 +285,43 @@ with st.expander("More like this", expanded=state.knn_query() is not None):
     )
     k = q2.number_input("Neighbours", 4, 200, 24, step=4, key=K.knn_k)
     q3.button("Find similar", key=K.knn_btn, on_click=state.set_knn_query, args=(query,))
-    show_labeled = st.toggle("Show faces already labeled too", key=K.knn_show_labeled)
+    show_labeled = st.session_state.get(K.knn_show_labeled, False)
     q = state.knn_query()
+    near: list[str] = []
+    if q:
+        near = data.more_like_this(
+            ws, view, q, k=int(k), exclude=None if show_labeled else set(labels)
+        )
+        # the buttons (and what Enter does here) right under "Find similar", so the count
+        # they state is in view; the grid's ticks of the previous run name the faces
+        ticked = [f for f in near if st.session_state.get(f"{KNN_PREFIX}{f}", f not in labels)]
+        knn_plan = components.plan_for(ws, [q, *ticked], fld, value, labels)
+        a1, a2, a3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+        components.assign_buttons(
+            knn_plan,
+            key=K.knn_assign_btn,
+            relabel_key=K.knn_relabel_btn,
+            shortcut="Enter",
+            cols=(a1, a2),
+            on_new=partial(knn_assign, knn_plan, fld, False),
+            on_relabel=partial(knn_assign, knn_plan, fld, True),
+        )
+        a3.button("Close", key=K.knn_close_btn, icon=":material/close:", width="stretch",
+                  on_click=state.set_knn_query, args=(None,),
+                  help="Close the panel: Enter labels the cluster's grid again")  # fmt: skip
+        st.caption("Enter assigns to the ticked unlabeled faces of this panel (the query face "
+                   "included).")  # fmt: skip
+    st.toggle("Show faces already labeled too", key=K.knn_show_labeled)
     if q:
         st.image(
             data.crop_bytes(ws, q) or components.placeholder(), caption=f"query {q}", width=128
         )
-        near = data.more_like_this(
-            ws, view, q, k=int(k), exclude=None if show_labeled else set(labels)
-        )
         if not near:
             st.caption("Every similar face is labeled already.")
-        picked = components.thumb_grid(
+        components.thumb_grid(
             ws,
             near,
             prefix=KNN_PREFIX,
             checked=lambda f: f not in labels,  # never pre-tick a labeled face
             captions=components.caption_for(labels, order),
-        )
-        knn_plan = components.plan_for(ws, [q, *picked], fld, value, labels)
-        components.assign_buttons(
-            knn_plan,
-            key=K.knn_assign_btn,
-            relabel_key=K.knn_relabel_btn,
-            shortcut=None,
-            on_new=partial(knn_assign, knn_plan, fld, False),
-            on_relabel=partial(knn_assign, knn_plan, fld, True),
         )

@@ -4,7 +4,7 @@ At most ``data.MAP_MAX_POINTS`` points (a stratified sample, cached per run) are
 box/lasso selects ALL faces inside the shape server side, including those not drawn, and is
 kept as one compact array of row indices. *Assign* (Enter) labels the unlabeled faces of
 the selection; faces with a label change only through the *Relabel* button, which names
-their count.
+their count. *Undo* / *Redo* at the top take back the annotator's last action.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ def assign(plan: AssignPlan, fld: str, relabel: bool) -> None:
     st.session_state.pop(K.map_clusters, None)
 
 
-top = st.columns([1, 1.5, 1.5])
+top = st.columns([1, 1.5, 1.5, 1.3], vertical_alignment="bottom")
 fld, value = components.label_picker(
     schema, key_field=K.assign_field, key_value=K.assign_value, cols=top[:2]
 )
 color_by = top[2].radio(
     "Colour by", ["cluster", "label", "suggestion"], horizontal=True, key=K.map_color
 )
+with top[3]:  # the annotator's own last action, undone here (no trip to another page)
+    components.undo_redo(ws)
 fig = chart.map_figure(ws, fld, color_by)
 st.caption(
     f"Showing {len(view.sample):,} of {len(run.face_ids):,} faces. Hover a point for its "
