@@ -70,10 +70,12 @@ def running_app(
     env: dict[str, str] | None = None,
     timeout: float = 90,
     host: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``labeler app -w workspace`` on a free port; yields ``(url, process)``.
 
-    ``host`` is passed as ``--host`` (default: none, the app's own 127.0.0.1); the url is
+    ``host`` is passed as ``--host`` (default: none, the app's own 127.0.0.1), ``extra``
+    after it (e.g. ``("--sign-in",)``); the url is
     always the loopback one, so a test's traffic never leaves this computer."""
     proc: subprocess.Popen | None = None
     try:
@@ -81,7 +83,7 @@ def running_app(
             port = free_port()
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from labeler.cli import main; main()", "app", "-w",
-                 str(workspace), "--port", str(port), *(["--host", host] if host else [])],
+                 str(workspace), "--port", str(port), *(["--host", host] if host else []), *extra],
                 env={**os.environ, **(env or {})},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
