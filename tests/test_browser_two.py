@@ -2,7 +2,8 @@
 B labels some of its faces in another browser, then A presses. Every bulk path (Cluster
 view Enter, "the rest", More like this, the Map's lasso, Review's Accept) leaves B's labels
 as B set them and tells A how many and whose. Also: Enter in the More like this panel acts
-on the panel, the Map has Undo, the label picker survives the Map.
+on the panel, the Map has Undo, the label picker survives the Map, and 'not a face' never
+carries into the next cluster.
 
 `labeler app` on a real workspace (mfr2, built by 'labeler run'), two Chromium contexts (two
 browsers: separate cookies and sessions). Needs Debian's chromium and playwright; skips
@@ -115,7 +116,7 @@ def test_two_annotators_every_bulk_path_leaves_the_other_s_labels(mfr2_ws, tmp_p
     run = cluster_store.load_run(ws)
     ids, counts = np.unique(run.labels[run.labels >= 0], return_counts=True)
     by_size = [int(c) for c in ids[np.argsort(-counts)]]
-    assert len(by_size) >= 4, by_size
+    assert len(by_size) >= 6, by_size
     store = LabelStore(ws.labels_db)
     timings: dict[str, float] = {}
     with running_app(root) as (url, _proc), sync_playwright() as p:
@@ -265,6 +266,16 @@ def test_two_annotators_every_bulk_path_leaves_the_other_s_labels(mfr2_ws, tmp_p
         a.screenshot(path=str(tmp_path / "review.png"))
         cur = store.current(FIELD).set_index("face_id")
         assert set(cur.loc[theirs, "annotator"]) == {"bea"}
+
+        # 6. 'not a face' stays with its cluster: the next one opens with the last other value
+        _open_cluster(a, url, by_size[4])
+        a.keyboard.press("0")
+        _settle(a)
+        expect(_picked(a)).to_have_value("not a face")
+        assert "not a face" in a.locator(".st-key-assign_btn button").inner_text()
+        _open_cluster(a, url, by_size[5])
+        expect(_picked(a)).not_to_have_value("not a face")
+        assert "not a face" not in a.locator(".st-key-assign_btn button").inner_text()
         browser.close()
     for name, shot in (("enter", "enter.png"), ("map", "map.png"), ("review", "review.png")):
         assert (tmp_path / shot).stat().st_size > 10_000, name
