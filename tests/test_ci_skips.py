@@ -13,10 +13,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
-import tomllib
 from conftest import ALLOWED_SKIPS, skip_reason_allowed
 
 TESTS = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Clustering algorithms on arrays, plus the per-face and per-cluster summaries.
 
-* :func:`hdbscan_cluster` - HDBSCAN (hdbscan; fast_hdbscan for very large inputs) with
-  GLOSH outlier scores computed from the condensed tree.
+* :func:`hdbscan_cluster` - HDBSCAN (the Cython ``hdbscan``) with GLOSH outlier scores
+  computed from the condensed tree.
 * :func:`kmeans_cluster` - spherical FAISS k-means with a distance-based outlier score.
 * :func:`suggest_clusters` - for noise points, the nearest real cluster (kNN vote, else
   nearest centroid).
@@ -15,8 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from labeler._deps import available
-
 log = logging.getLogger(__name__)
 
 N_MEDOIDS = 8
@@ -25,8 +23,8 @@ N_MEDOIDS = 8
 def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
     """GLOSH outlier scores (N,) in [0, 1] from an HDBSCAN condensed tree.
 
-    ``tree`` is the record array (parent, child, lambda_val, child_size) used by hdbscan and
-    fast_hdbscan. Score = (lambda_max of the point's cluster subtree - lambda at which the
+    ``tree`` is the record array (parent, child, lambda_val, child_size) of hdbscan's
+    ``condensed_tree_.to_numpy()``. Score = (lambda_max of the point's cluster subtree - lambda at which the
     point left) / lambda_max (Campello et al. 2015). Infinite lambdas (exact duplicates) and
     empty trees give 0.
     """
@@ -52,37 +50,24 @@ def glosh_scores(tree: np.ndarray, n_points: int) -> np.ndarray:
     return scores.astype(np.float32)
 
 
-#: From this many points on, fast_hdbscan (parallel Boruvka, numba) replaces hdbscan.
-FAST_HDBSCAN_MIN_N = 50_000
-
-
 def hdbscan_cluster(
     E: np.ndarray, *, min_cluster_size: int, min_samples: int, allow_single_cluster: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """HDBSCAN of ``E`` (N, c) in euclidean space: ``(labels (N,) int32, outlier (N,) f32)``.
 
     Labels are renumbered by decreasing cluster size (0 = biggest), -1 = noise; outlier
-    scores are GLOSH. Below :data:`FAST_HDBSCAN_MIN_N` points the Cython ``hdbscan`` runs
-    (no JIT: fast_hdbscan compiles for ~10-20 s in every new process, more than the whole
-    fit of 20k points); above it ``fast_hdbscan`` when installed. Both are deterministic.
+    scores are GLOSH. Deterministic. The Cython ``hdbscan`` is the one HDBSCAN library:
+    measured against numba's ``fast_hdbscan`` in fresh processes, it was as fast or faster
+    from 113 to 133,000 points and needs no JIT, which cost fast_hdbscan 40-70 s whenever
+    its numba cache was empty (bench/results/hdbscan_choice.md).
     """
+    from labeler._deps import require
+
+    hdbscan = require("hdbscan", purpose="--algorithm hdbscan and splitting a cluster")
     E = np.ascontiguousarray(E, dtype=np.float64)
     n = E.shape[0]
     min_cluster_size = int(max(2, min(min_cluster_size, n)))
     min_samples = int(max(1, min(min_samples, n - 1)))
-    if n >= FAST_HDBSCAN_MIN_N and available("fast_hdbscan") or not available("hdbscan"):
-        from fast_hdbscan.hdbscan import fast_hdbscan, to_numpy_rec_array
-
-        labels, _probs, _slt, tree, *_ = fast_hdbscan(
-            E.astype(np.float32),
-            min_samples=min_samples,
-            min_cluster_size=min_cluster_size,
-            allow_single_cluster=allow_single_cluster,
-            return_trees=True,
-        )
-        return relabel_by_size(np.asarray(labels)), glosh_scores(to_numpy_rec_array(tree), n)
-    import hdbscan
-
     model = hdbscan.HDBSCAN(
         min_cluster_size=min_cluster_size,
         min_samples=min_samples,

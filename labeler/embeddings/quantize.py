@@ -1,11 +1,13 @@
 """Int8 EfficientNet-Lite0 for onnxruntime on the CPU: per-channel int8 weights, uint8
 activations whose ranges were measured on real face crops.
 
-The float export of :mod:`labeler.embeddings.onnx_runtime` is rewritten with onnxruntime's
-QDQ quantizer: every convolution after the first six gets per-output-channel int8 weights,
-every activation a uint8 scale taken from :data:`RANGES_FILE` (the spread of each tensor over real nose-band,
-mouth-chin and box crops of the shared face sets, measured by
-``bench/bench_embed.py --calibrate``; the numbers ship with the package, the images do not).
+The float export of :mod:`labeler.embeddings.onnx_runtime` is rewritten by onnxruntime's
+public ``quantize_static`` (QDQ format; the shipped ranges go in as its calibration cache, so
+nothing is calibrated at install time): every convolution after the first six gets
+per-output-channel int8 weights, every activation a uint8 scale taken from
+:data:`RANGES_FILE` (the spread of each tensor over real nose-band, mouth-chin and box crops of
+the shared face sets, measured by ``bench/bench_embed.py --calibrate``; the numbers ship with
+the package, the images do not).
 Nodes listed in the ranges file's ``keep_float`` stay float. Runs on any x86 CPU; fast where
 the CPU has AVX-512 VNNI or AVX-VNNI. On an x86 CPU without VNNI (AVX2 only) onnxruntime
 multiplies uint8 by int8 with ``vpmaddubsw``, whose 16-bit sums saturate: there the weights
@@ -196,10 +198,17 @@ def quantize_onnx(
     per-channel int8 weights (7-bit with ``reduce_range``: for CPUs without VNNI, see
     :func:`needs_reduce_range`), uint8 activations with the given ``ranges`` (tensor ->
     (lo, hi)), the nodes named in ``keep_float`` left in float."""
+    import tempfile
+
     import onnx
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        TensorsData,
+        quantize_static,
+        save_tensors_data,
+    )
 
     model = onnx.load(str(pre_path))
     missing = [t for t in activation_tensors(model) if t not in ranges]
@@ -220,18 +229,23 @@ def quantize_onnx(
         CalibrationMethod.MinMax,
         {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in ranges.items()},
     )
-    quantizer = QDQQuantizer(
-        model,
-        True,  # per_channel
-        reduce_range,  # 7-bit weights where uint8 x int8 sums would saturate (no VNNI)
-        QuantType.QInt8,
-        QuantType.QUInt8,
-        tensors,
-        [],  # nodes_to_quantize: all
-        keep_float,
-        ["Conv", "Clip", "Add", "GlobalAveragePool"],
-        {},
-    )
-    quantizer.quantize_model()
-    quantizer.model.save_model_to_file(str(out_path), False)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the shipped ranges go in as onnxruntime's calibration cache: no calibration run
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(tensors, cache)
+        quantize_static(
+            pre_path,
+            out_path,
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "Clip", "Add", "GlobalAveragePool"],
+            per_channel=True,
+            reduce_range=reduce_range,  # 7-bit weights where uint8 x int8 sums saturate (no VNNI)
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={},
+            calibration_cache_path=cache,
+        )
     return out_path
