@@ -43,7 +43,7 @@ EFFORT_SETS = {
     "maskedfacenet": "MaskedFace-Net (4 states, pasted masks)",
     "webfaces": "web photos (masked / no mask)",
     "mfr2": "MFR2 (real, masked / no mask)",
-    "demo": "demo set (`make demo`, 5 states, one face, heavy augmentation)",
+    "demo": "demo set (measured on the earlier demo, masks painted on scikit-image's astronaut; 5 states, one face, heavy augmentation)",
 }
 DEFAULT, BEFORE = "ward (new default)", "hdbscan (default before)"
 # the headline figures, bold in the table

@@ -18,7 +18,7 @@ from labeler.cli._common import labeler_command, seed_option
 )
 @seed_option("Seed of the painted masks and their jitter.")
 def command(out: str, per_state: int, seed: int) -> None:
-    """Write a small labeled demo set (OUT/images + OUT/labels.csv) from skimage's astronaut."""
+    """Write a small labeled demo set (OUT/images + OUT/labels.csv) from matplotlib's public-domain Grace Hopper portrait."""
     from labeler.demo import make_demo_set
 
     demo = make_demo_set(out, per_state=per_state, seed=seed)
