@@ -44,24 +44,33 @@ def workspace(name: str, scratch: Path):
     return Workspace.open(root)
 
 
-def trial(ws, truth: pd.DataFrame, faces: list[str]) -> pd.DataFrame:
-    """Label ``faces`` with their truth in a fresh store, run Suggest; one row per group."""
+def trial(ws, truth: pd.DataFrame, faces: list[str], units: pd.Series) -> pd.DataFrame:
+    """Label ``faces`` with their truth in a fresh store, one event per (unit, value) as an
+    annotator's actions would give them (``units``: face -> its cluster for bulk-labeled
+    groups, the face itself for one-by-one labels), run Suggest; one row per group."""
     from labeler.labels import LabelStore
     from labeler.loop.step import suggest_workspace
 
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm"):  # a fresh store (and no backups of the last trial's)
         Path(f"{ws.labels_db}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(Path(ws.root) / "backups", ignore_errors=True)
     store = LabelStore(ws.labels_db)
     store.add_field(FIELD, sorted(truth["truth"].unique()))
     t = truth.set_index("face_id")["truth"]
-    for value, part in pd.Series(faces).groupby(t.loc[faces].to_numpy()):
-        store.assign(part.tolist(), FIELD, str(value), annotator="bench", source="selection")
+    chosen = pd.DataFrame({"face": faces, "value": t.loc[faces].to_numpy(),
+                           "unit": units.loc[faces].to_numpy()})  # fmt: skip
+    for (_unit, value), part in chosen.groupby(["unit", "value"], sort=False):
+        store.assign(part["face"].tolist(), FIELD, str(value), annotator="bench",
+                     source="selection")  # fmt: skip
     run = suggest_workspace(ws, field=FIELD)
     rows = []
     for g in run.groups.itertuples():
         members = run.faces.loc[run.faces["group"] == g.group, "face_id"]
+        members = members[members.isin(t.index)]  # faces without truth are not scored
+        if not len(members):
+            continue
         right = int((t.loc[members].to_numpy() == g.value).sum())
-        rows.append({"size": int(g.size), "shown": float(g.precision),
+        rows.append({"size": len(members), "shown": float(g.precision),
                      "lower": float(g.lower), "right": right, "pretick": bool(g.pretick)})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -126,15 +135,19 @@ def main() -> None:
                     grouped += [f for f in have if cluster_of[f] == c]
                     if len(grouped) >= budget:
                         break
-                for protocol, faces in (("random", random), ("groups", grouped[:budget])):
-                    df = trial(ws, truth, faces)
+                one_by_one = pd.Series(have, index=have)
+                for protocol, faces, units in (("random", random, one_by_one),
+                                               ("groups", grouped[:budget], cluster_of)):  # fmt: skip
+                    df = trial(ws, truth, faces, units)
                     df["set"], df["protocol"], df["budget"], df["seed"] = (
                         name, protocol, budget, seed)  # fmt: skip
                     all_rows.append(df)
     df = pd.concat(all_rows, ignore_index=True)
     lines = ["# Review: the precision shown against what the groups held", "",
              f"Sets {args.sets}; budgets {args.budgets} labeled faces; {args.seeds} seeds; "
-             "protocols: a random sample, and whole default groups biggest first. Shown: "
+             "protocols: a random sample labeled face by face, and whole default groups "
+             "biggest first (one event per group and value, as bulk-labeling gives them). "
+             "Shown: "
              "the group's out-of-fold precision ('N % right in cross-validation'); lower: "
              "its 95 % Wilson lower bound ('at least N %'); true: the share of the group's "
              "faces whose true label is the suggested value.", ""]  # fmt: skip

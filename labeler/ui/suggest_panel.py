@@ -271,7 +271,8 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
     st.markdown(
         f"**In cross-validation {g['precision']:.0%} of faces like these were right** "
         f"(measured on {n_checked:,} labeled faces the model had not seen; at least "
-        f"{g['lower']:.0%} with 95 % confidence)."
+        f"{g['lower']:.0%} with 95 % confidence). Faces from groups nobody has labeled yet "
+        "can hold fewer: look before you accept."
     )
     if g["pretick"]:
         st.caption("Pre-ticked: that precision holds up. Untick the faces that are not "
