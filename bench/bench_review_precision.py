@@ -144,7 +144,8 @@ def main() -> None:
                     all_rows.append(df)
     df = pd.concat(all_rows, ignore_index=True)
     lines = ["# Review: the precision shown against what the groups held", "",
-             f"Sets {args.sets}; budgets {args.budgets} labeled faces; {args.seeds} seeds; "
+             f"Sets {args.sets}; budgets: {', '.join(args.budgets.split(','))} labeled faces; "
+             f"{args.seeds} seeds; "
              "protocols: a random sample labeled face by face, and whole default groups "
              "biggest first (one event per group and value, as bulk-labeling gives them). "
              "Shown: "
@@ -161,9 +162,15 @@ def main() -> None:
                   "true": float(part["right"].sum() / part["size"].sum())}  # fmt: skip
         result[f"{name}/{protocol}"] = {"pooled": pooled, "by_shown": s1.to_dict("records"),
                                         "by_size": s2.to_dict("records")}  # fmt: skip
+        big = part[part["size"] >= 20]
+        held = (
+            float(((big["right"] / big["size"]) >= big["lower"] - 1e-9).mean()) if len(big) else 0
+        )
         lines += [f"## {name}, {protocol}", "",
                   f"All groups: {pooled['groups']} groups, {pooled['faces']} faces; shown "
-                  f"{pooled['shown']:.1%} (face-weighted), true {pooled['true']:.1%}.", ""]  # fmt: skip
+                  f"{pooled['shown']:.1%} (face-weighted), true {pooled['true']:.1%}; groups "
+                  f"of 20 faces or more at or above their 95 % lower bound: {held:.0%} "
+                  f"({len(big)} groups).", ""]  # fmt: skip
         for s in (s1, s2):
             lines.append(markdown(s))
             lines.append("")

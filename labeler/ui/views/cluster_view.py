@@ -175,7 +175,7 @@ g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
     "Untick a face to leave it out (outliers). Keys: 1-9 label, 0 not a face, Enter assign "
     "to the unlabeled ticked faces"
-    + (" of the More like this panel (open below)" if panel_open else "")
+    + (" of the similar-faces panel open below (Close it to label this grid)" if panel_open else "")
     + ", Left/Right move, Space tick."
 )
 outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
