@@ -223,6 +223,45 @@ def force_option(help: str = "Overwrite --out if it exists.") -> Callable[[F], F
     return click.option("--force", is_flag=True, help=help)
 
 
+#: how ``export`` and ``train`` find persons (``labeler.export.persons``)
+PERSON_METHODS = ("auto", "identity", "embedding", "pattern", "column", "image")
+
+
+def person_options(why: str) -> Callable[[F], F]:
+    """``--persons``, ``--person-pattern``, ``--person-csv``: how persons are found (``why``:
+    what keeps them apart, e.g. 'no person is in two splits')."""
+
+    def apply(f: F) -> F:
+        for option in reversed(
+            (
+                click.option(
+                    "--persons",
+                    default="auto",
+                    show_default=True,
+                    type=click.Choice(PERSON_METHODS),
+                    help=f"How persons are found ({why}): auto = --person-csv, else --person-pattern, "
+                    "else face identity descriptors (dlib), else near-duplicates.",
+                ),
+                click.option(
+                    "--person-pattern",
+                    default=None,
+                    help="Regex on the source path; group 1 is the person (--persons pattern), e.g. "
+                    "'^([^/]+)/'.",
+                ),
+                click.option(
+                    "--person-csv",
+                    default=None,
+                    type=click.Path(exists=True, dir_okay=False),
+                    help="CSV with person and face_id or path (--persons column).",
+                ),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return apply  # fmt: skip
+
+
 def seed_option(
     help: str = "Random seed (the same seed gives the same result).",
 ) -> Callable[[F], F]:

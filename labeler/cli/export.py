@@ -11,6 +11,7 @@ from labeler.cli._common import (
     field_option,
     force_option,
     labeler_command,
+    person_options,
     progress_option,
     seed_option,
     workspace_option,
@@ -55,25 +56,7 @@ if TYPE_CHECKING:
 @click.option(
     "--source-images", is_flag=True, help="Copy the source photos instead of the aligned crops."
 )
-@click.option(
-    "--persons",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "identity", "embedding", "pattern", "column", "image"]),
-    help="How persons are found so no person is in two splits: auto = --person-csv, else "
-    "--person-pattern, else face identity descriptors (dlib), else near-duplicates.",
-)
-@click.option(
-    "--person-pattern",
-    default=None,
-    help="Regex on the source path; group 1 is the person, e.g. '^([^/]+)/'.",
-)
-@click.option(
-    "--person-csv",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="CSV with person and face_id or path.",
-)
+@person_options("no person is in two splits")
 @force_option(
     "Replace a previous labeler export at --out (a folder with labeler's export.json); any "
     "other folder is refused, nothing deleted."

@@ -12,6 +12,7 @@ from labeler.cli._common import (
     device_option,
     field_option,
     labeler_command,
+    person_options,
     progress_option,
     seed_option,
     show_progress_lines,
@@ -81,24 +82,7 @@ if TYPE_CHECKING:
 )
 @device_option()
 @workers_option("data-loading processes of --mode finetune (0: in the training process)", 0, 0)
-@click.option(
-    "--persons",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "identity", "embedding", "pattern", "column", "image"]),
-    help="How persons are found (folds never split one): as in 'labeler export'.",
-)
-@click.option(
-    "--person-pattern",
-    default=None,
-    help="Regex on the source path; group 1 is the person (--persons pattern), e.g. '^([^/]+)/'.",
-)
-@click.option(
-    "--person-csv",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="CSV with person and face_id or path (--persons column).",
-)
+@person_options("folds never split one")
 @click.option(
     "--label-errors/--no-label-errors",
     default=True,
