@@ -163,7 +163,8 @@ def thumb_grid(
             if key not in st.session_state:
                 st.session_state[key] = bool(checked(fid))
             label = captions(fid) if captions else fid[:8]
-            box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col.container()
+            # one element less a face where no outline is needed (a rerun resends every one)
+            box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col
             with box:
                 # the photo button sits on the crop's corner: the caption gets the full width
                 with st.container(key=f"face_{prefix}{fid}", gap=None):
