@@ -88,7 +88,7 @@ def test_behind_a_proxy_guessers_sign_out_and_media(tmp_path):
         _settle(page, 1500)
 
         # the crops of Ann's page, fetched by a client with no session at all
-        media = sorted(set(re.findall(r'(?<!/static)(/media/[\w.-]+)', page.content())))
+        media = sorted(set(re.findall(r"(?<!/static)(/media/[\w.-]+)", page.content())))
         assert len(media) >= 10, len(media)
         direct = [_status(app_url + m) for m in media]
         proxied = [_status(url + m) for m in media]
