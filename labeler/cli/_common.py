@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -144,7 +145,6 @@ def progress_option() -> Callable[[F], F]:
     off under -q). Sets :data:`labeler._io.PROGRESS`, which every bar of the command reads."""
     return click.option(
         "--progress/--no-progress", default=None, expose_value=False, callback=_progress_cb,
-        is_eager=False,
         help="Progress bars with rate and time left [default: on a terminal, off with -q].",
     )  # fmt: skip
 
@@ -296,13 +296,13 @@ def cluster_run_option(
 #: errno values that are about the user's files, disk or limits (a one-line user error); any
 #: other OSError (no errno, EINVAL, EBADF, ...) comes from labeler's own code: a bug
 USER_ERRNOS = frozenset(
-    getattr(__import__("errno"), name)
+    getattr(errno, name)
     for name in (
         "ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR",
         "ENAMETOOLONG", "EMFILE", "ENFILE", "EIO", "ELOOP", "EXDEV", "ENOTEMPTY", "EEXIST",
         "EBUSY", "ETXTBSY", "ESTALE", "ENOMEM", "ENXIO", "ENODEV", "EPIPE",
     )
-    if hasattr(__import__("errno"), name)
+    if hasattr(errno, name)
 )  # fmt: skip
 
 
@@ -314,8 +314,6 @@ def is_user_os_error(exc: OSError) -> bool:
 
 def os_error_message(exc: OSError) -> str:
     """One line for an OS error: the file, what happened, and the fix."""
-    import errno
-
     where = exc.filename or "a file"
     what = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):

@@ -525,21 +525,6 @@ def read_source(
     raise InputError(f"--format {kind!r} is not one of {', '.join(KINDS)}")
 
 
-def shown_labels(store: LabelStore) -> dict[str, dict[str, str]]:
-    """``{field: {face_id: value}}`` as the app shows labels (and as
-    :meth:`LabelStore.assign_checked` re-checks them): a face marked ``not_a_face`` in any
-    field is ``not_a_face`` in every field, so an import never labels it."""
-    cur = store.current()
-    shown: dict[str, dict[str, str]] = {str(f): {} for f in store.schema().names}
-    for name, part in cur.groupby("field", sort=False):
-        shown.setdefault(str(name), {}).update(zip(part["face_id"], part["value"], strict=True))
-    not_face = set(cur.loc[cur["value"] == NOT_A_FACE, "face_id"])
-    if not_face:
-        for labels in shown.values():
-            labels.update(dict.fromkeys(not_face, NOT_A_FACE))
-    return shown
-
-
 def import_labels(
     ws: Workspace,
     source: str | os.PathLike[str],
@@ -566,7 +551,15 @@ def import_labels(
         source, kind=kind or detect_kind(source), fields=fields, schema_fields=schema.names
     )
     matched = match_records(src.records, ws)
-    report = plan_import(src, matched, schema=schema, current=shown_labels(store))
+    # the matched faces' labels as the app shows them, by the store's own rule (the one
+    # assign_checked re-checks with): not_a_face in any field counts in every field
+    faced = matched[matched["outcome"] == "face"]
+    ids = faced["match"].astype(str).unique().tolist()
+    current = {
+        str(name): {f: value for f, (value, _who) in store.labels_of(str(name), ids).items()}
+        for name in faced["field"].unique()
+    }
+    report = plan_import(src, matched, schema=schema, current=current)
     if dry_run:
         if report.unknown and not add_values:
             log.warning("%s", unknown_message(report, schema))

@@ -305,9 +305,10 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
 
 
 def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> str:
-    n_faces = len(data.faces(ws))
-    if not n_open and n_faces and len(data.labels(ws, field)) >= n_faces:
-        return f"Every face is labeled for {field}: nothing left to review."
+    n_faces, n_labels = len(data.faces(ws)), len(data.labels(ws, field))
+    every = f"Every face is labeled for {field}: nothing left to review."
+    if not n_open and n_faces and n_labels >= n_faces:
+        return every
     if step.read_status(ws, field)["state"] == "running":
         return ("Suggesting in the background: the groups appear here when the run ends "
                 "(this page refreshes by itself). Keep labeling meanwhile.")  # fmt: skip
@@ -315,9 +316,9 @@ def _no_groups(ws: Workspace, field: str, n_open: int, min_precision: float) -> 
         return (f"{data.plural(n_open, 'suggestion group')} below the minimum precision of "
                 f"{min_precision:.0%}: lower it to see them.")  # fmt: skip
     if step.load_meta(ws, field) is None:
-        return _nothing_yet(ws, field, len(data.labels(ws, field)))
-    if len(data.labels(ws, field)) >= len(data.faces(ws)):
-        return f"Every face is labeled for {field}: nothing left to review."
+        return _nothing_yet(ws, field, n_labels)
+    if n_labels >= n_faces:  # left for an empty workspace: the first check wants faces
+        return every
     return ("Every suggestion of the last Suggest run was accepted, rejected or labeled "
             "since. Press **Suggest** for new ones.")  # fmt: skip
 
