@@ -103,3 +103,46 @@ def test_eye_distance_falls_back_to_the_box_without_landmarks():
     assert d[1] == pytest.approx(100 * (TEMPLATE[1, 0] - TEMPLATE[0, 0]))
     faces["landmarks"] = [np.zeros(8, np.float32), np.zeros(8, np.float32)]  # none recorded
     assert eye_distance_px(faces)[0] == pytest.approx(d[1])
+
+
+SHARED_MFR2 = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/mfr2/images"
+
+
+@pytest.mark.skipif(not SHARED_MFR2.is_dir(), reason="../shared/data/mfr2 not present")
+def test_onnx_descriptor_is_dlibs_own_on_real_faces():
+    """The network read from dlib's .dat file and run by onnxruntime gives dlib's own
+    descriptors (compute_face_descriptor) on real chips: same numbers to float rounding."""
+    import dlib
+    from PIL import Image
+
+    from labeler.export import identity
+    from labeler.export.persons import CHIP_SIZE
+
+    files = sorted(SHARED_MFR2.glob("*"))[:24]
+    chips = np.stack(
+        [np.asarray(Image.open(f).convert("RGB").resize((CHIP_SIZE, CHIP_SIZE))) for f in files]
+    )
+    chips[::3] = chips[::3, :, ::-1]  # mirrored ones too (they go through the same net)
+    reference = dlib.face_recognition_model_v1(str(identity.model_path()))
+    want = np.asarray([np.asarray(v) for v in reference.compute_face_descriptor(list(chips))])
+    got = identity.describe(chips)
+    assert got.shape == (len(files), 128) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-4  # dlib's own descriptors are ~0.1 in size
+    # persons hinge on distances: every pairwise distance is the same to 1e-4
+    d_got = np.linalg.norm(got[:, None] - got[None], axis=2)
+    d_want = np.linalg.norm(want[:, None] - want[None], axis=2)
+    assert np.abs(d_got - d_want).max() < 1e-4
+    assert d_want[np.triu_indices(len(files), 1)].min() > 0.05  # not all one vector
+
+
+def test_a_damaged_model_file_is_refused_with_the_fix(tmp_path):
+    from labeler.export import identity
+
+    good = identity.model_path().read_bytes()
+    bad = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    bad.write_bytes(good[: len(good) // 2])  # cut in the middle of a layer
+    with pytest.raises(ValueError, match=r"is not dlib's face-recognition ResNet.*reinstall"):
+        identity.read_dlib_resnet(bad)
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=str(bad.name)):
+        identity.read_dlib_resnet(bad)
