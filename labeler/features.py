@@ -144,17 +144,40 @@ def _default_backbone() -> str:
 INT8 = "-int8"
 
 
-def _engine_key(key: str) -> str:
-    """The preset's ``key`` as the default CPU engine stores it: ``<backbone>-int8[-Npx]__r``
-    when ``precision="auto"`` means the int8 model there
-    (:data:`labeler.embeddings.backbones.CPU_AUTO_PRECISION`), else ``key`` itself."""
-    from labeler.embeddings.backbones import CPU_AUTO_PRECISION
+def _engine_key(key: str, stored: Sequence[str] = ()) -> str:
+    """The preset's ``key`` as this workspace's engine stores it: ``<backbone>-int8[-Npx]__r``
+    when its features of that backbone are int8, or, with none stored yet, when
+    ``precision="auto"`` means the int8 model on the CPU
+    (:data:`labeler.embeddings.backbones.CPU_AUTO_PRECISION`); else ``key`` itself."""
+    from labeler.embeddings.backbones import CPU_AUTO_PRECISION, stored_precision
     from labeler.embeddings.store import parse_key
 
-    if CPU_AUTO_PRECISION != "int8" or key.startswith("cues__"):
+    if key.startswith("cues__"):
         return key
     name, size, region = parse_key(key)
+    precision = stored_precision(stored, name) or CPU_AUTO_PRECISION
+    if precision != "int8":
+        return key
     return f"{name}{INT8}{'' if size is None else f'-{size}px'}__{region}"
+
+
+def _other_engine(key: str, stored: Sequence[str]) -> str:
+    """``key``, or the same block (backbone, size, region) from the other engine (int8 or
+    float) when only that one is stored."""
+    from labeler.embeddings.store import parse_key
+
+    if key in stored or key.startswith("cues__"):
+        return key
+    try:
+        name, size, region = parse_key(key)
+    except ValueError:
+        return key
+    other = name.removesuffix(INT8) if name.endswith(INT8) else name + INT8
+    twin = f"{other}{'' if size is None else f'-{size}px'}__{region}"
+    if twin in stored:
+        log.info("features: %s not stored; using %s (the other engine's)", key, twin)
+        return twin
+    return key
 
 
 def _stored_size(key: str, stored: Sequence[str]) -> str:
@@ -167,7 +190,7 @@ def _stored_size(key: str, stored: Sequence[str]) -> str:
 
     if key.startswith("cues__"):
         return key
-    preferred = _engine_key(key)
+    preferred = _engine_key(key, stored)
     if preferred in stored:
         return preferred
     if key in stored:
@@ -198,7 +221,8 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     """
     stored = list(stored)
     if spec not in PRESETS:
-        blocks = parse_spec(spec)
+        # a named block stored only by the other engine (int8 <-> float) is read from there
+        blocks = [(_other_engine(k, stored), w) for k, w in parse_spec(spec)]
         missing = [k for k, _ in blocks if k not in stored]
         if missing:
             hint = (
@@ -215,7 +239,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     wanted = [(_stored_size(k.format(backbone=backbone), stored), w) for k, w in PRESETS[spec]]
     blocks = [(k, w) for k, w in wanted if k in stored]
     missing = [k for k, _ in wanted if k not in stored]
-    lower = f"{backbone}__{AUTO_FALLBACK_REGIONS[0]}"
+    lower = _stored_size(f"{backbone}__{AUTO_FALLBACK_REGIONS[0]}", stored)
     if (
         len(blocks) < len(wanted)
         and lower in stored
@@ -232,7 +256,7 @@ def resolve_spec(spec: str, stored: Sequence[str]) -> list[tuple[str, float]]:
     if blocks:
         return blocks
     for region in AUTO_FALLBACK_REGIONS:
-        key = f"{backbone}__{region}"
+        key = _stored_size(f"{backbone}__{region}", stored)
         if key in stored:
             return [(key, 1.0)]
     if stored:

@@ -127,11 +127,19 @@ def run_pipeline(
     log.info("ingest: %s", ingested)
 
     regions, need_cues = feature_inputs(config.features, config.backbone)
+    from labeler.embeddings.backbones import workspace_precision
+    from labeler.embeddings.store import list_embeddings
+
+    # a workspace keeps the precision its features were made with (never int8 and float mixed)
+    device, precision = workspace_precision(
+        list_embeddings(ws), config.backbone, device=config.device
+    )
     groups: list[tuple[Backbone, list[str]]] = []  # one model per input size
     for size in dict.fromkeys(s for _, s in regions):
         bb = get_backbone(
             config.backbone,
-            device=config.device,
+            device=device,
+            precision=precision,
             num_threads=config.embed_threads,
             input_size=size,
         )

@@ -60,6 +60,7 @@ class Classifier:
 
     def __init__(self, models: Sequence[Any], *, batch_size: int = 64) -> None:
         from labeler.embeddings import get_backbone
+        from labeler.embeddings.backbones import workspace_precision
         from labeler.embeddings.embed import FeatureBlocks
         from labeler.embeddings.store import parse_key
         from labeler.faces.regions import get_region
@@ -89,7 +90,11 @@ class Classifier:
                     _, size, _ = parse_key(block["key"])
                     g = (block["backbone"], size)
                     if g not in backbones:
-                        backbones[g] = get_backbone(block["backbone"], input_size=size)
+                        # the precision the head was trained on (int8 or float features)
+                        device, precision = workspace_precision([block["key"]], block["backbone"])
+                        backbones[g] = get_backbone(
+                            block["backbone"], device=device, precision=precision, input_size=size
+                        )
                     regions.setdefault(g, [])
                     if block["region"] not in regions[g]:
                         regions[g].append(block["region"])

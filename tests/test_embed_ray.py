@@ -42,7 +42,8 @@ def test_ray_engine_equals_local_engine_and_resumes(tmp_path, ray_session):
     a = make_ws(tmp_path / "ray", 40)
     b = Workspace.open(shutil.copytree(a.root, tmp_path / "local"))
     res = embed_faces_ray(a, region="lower", device="cpu", batch_size=8, shard_size=16)
-    assert (res.key, res.n_new, res.n_before) == ("efficientnet_lite0__lower", 40, 0)
+    # the CPU default, as the local engine's: the int8 model
+    assert (res.key, res.n_new, res.n_before) == ("efficientnet_lite0-int8__lower", 40, 0)
     assert res.config.engine == "ray" and ray_session.is_initialized()  # the session is reused
     bb = get_backbone(device="cpu", runtime="onnx")
     embed_faces(b, bb, region="lower", batch_size=8, shard_size=16)
@@ -74,5 +75,5 @@ def test_cli_engine_ray(tmp_path, ray_session):
     args = ["embed", "-w", str(ws.root), "--engine", "ray", "--device", "cpu", "--no-progress"]
     out = CliRunner().invoke(cli, [*args, "--region", "nose"])
     assert out.exit_code == 0, out.output
-    assert "efficientnet_lite0__nose: embedded 5 faces" in out.output
-    assert store.load_embeddings(ws, "efficientnet_lite0__nose")[1].shape == (5, 1280)
+    assert "efficientnet_lite0-int8__nose: embedded 5 faces" in out.output
+    assert store.load_embeddings(ws, "efficientnet_lite0-int8__nose")[1].shape == (5, 1280)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -114,7 +115,9 @@ def onnx_cache(request, tmp_path_factory) -> Path:
 def ort_bb(onnx_cache):  # onnx_cache sets LABELER_CACHE
     from labeler.embeddings import get_backbone
 
-    return get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx")
+    # the float ONNX model: these tests are about the float engine's mechanics and numbers
+    # (the int8 default has its own tests in test_quantize.py)
+    return get_backbone("timm:efficientnet_lite0", device="cpu", runtime="onnx", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -565,11 +568,13 @@ def test_cli_embed(tmp_path, onnx_cache):
     ]
     out = runner.invoke(cli, [*args, "--device", "cpu"])
     assert out.exit_code == 0, out.output
-    assert "efficientnet_lite0__mouth_chin: embedded 5 faces (0 already stored" in out.output
+    # the CPU default: the int8 model, under its own key
+    assert "efficientnet_lite0-int8__mouth_chin: embedded 5 faces (0 already stored" in out.output
     out = runner.invoke(cli, args)
     assert out.exit_code == 0 and "embedded 0 faces (5 already stored" in out.output
     out = runner.invoke(cli, [*args, "--input-size", "96"])  # another key, beside the first
     assert out.exit_code == 0, out.output
+    # the int8 model's ranges are for 224 px: at 96 px the float model, under its own key
     assert "efficientnet_lite0-96px__mouth_chin: embedded 5 faces (0 already stored" in out.output
     assert store.load_embeddings(ws, "efficientnet_lite0-96px__mouth_chin")[1].shape == (5, 1280)
     assert runner.invoke(cli, ["embed", "-w", str(ws.root), "--region", "chin"]).exit_code == 2
@@ -738,7 +743,7 @@ def test_sized_backbone_keys_and_fingerprint(onnx_cache):
     assert store.parse_key(key) == ("efficientnet_lite0", 128, "nose")
     assert store.parse_key("efficientnet_lite0__box") == ("efficientnet_lite0", None, "box")
     native = get_backbone("timm:efficientnet_lite0", device="cpu", input_size=224)
-    assert not native.config.resized and native.config.key_name == "timm:efficientnet_lite0"
+    assert not native.config.resized and native.config.key_name == "timm:efficientnet_lite0-int8"
     assert "resized" not in bb.config.fingerprint()  # the size itself is in it
     assert bb.config.fingerprint()["input_size"] == 128
     with pytest.raises(BackboneError, match="input_size must be >= 32"):
@@ -818,3 +823,42 @@ def test_auto_device_does_not_import_torch_without_a_gpu_driver():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.split() == ["cpu", "False", "False"]
+
+
+def test_a_workspace_keeps_the_precision_its_features_were_made_with(tmp_path, onnx_cache):
+    """Float features (torch, or a GPU) continue as float when the default (int8 on the CPU)
+    runs on that workspace later, so no face set holds both; a fresh workspace gets int8."""
+    from labeler.cli import cli
+
+    runner = CliRunner()
+    ws = make_ws(tmp_path / "ws", 4)
+    base = ["embed", "-w", str(ws.root), "--device", "cpu", "--no-progress"]
+    out = runner.invoke(cli, [*base, "--region", "nose", "--runtime", "torch"])
+    assert out.exit_code == 0 and "efficientnet_lite0__nose: embedded 4" in out.output
+    out = runner.invoke(cli, [*base, "--region", "mouth_chin"])  # the default engine: onnx
+    assert out.exit_code == 0 and "efficientnet_lite0__mouth_chin: embedded 4" in out.output
+    assert not any("int8" in k for k in store.list_embeddings(ws))
+    fresh = make_ws(tmp_path / "fresh", 2)
+    out = runner.invoke(cli, ["embed", "-w", str(fresh.root), "--region", "nose", "--no-progress"])
+    assert out.exit_code == 0 and "efficientnet_lite0-int8__nose: embedded 2" in out.output
+
+
+def test_workspace_precision_rules(caplog, monkeypatch):
+    from labeler.embeddings import backbones
+    from labeler.embeddings.backbones import stored_precision, workspace_precision
+
+    bb = "timm:efficientnet_lite0"
+    int8 = ["cues__face", "efficientnet_lite0-int8__nose", "efficientnet_lite0-int8__box"]
+    floats = ["cues__face", "efficientnet_lite0__nose", "other__nose"]
+    assert stored_precision(int8, bb) == "int8" and stored_precision(floats, bb) == "fp32"
+    assert stored_precision(["cues__face"], bb) is None
+    assert stored_precision(int8 + floats, bb) is None  # both: the default decides
+    assert workspace_precision([], bb, device="cpu") == ("cpu", "auto")
+    assert workspace_precision(floats, bb, device="cpu") == ("cpu", "fp32")
+    assert workspace_precision(int8, bb, device="cpu") == ("cpu", "auto")
+    assert workspace_precision(int8, bb, device="cpu", precision="fp32") == ("cpu", "fp32")
+    monkeypatch.setattr(backbones, "resolve_device", lambda device: "cuda")  # a GPU machine
+    assert workspace_precision(floats, bb) == ("auto", "auto")  # float: bf16 on the GPU
+    with caplog.at_level(logging.WARNING, logger="labeler.embeddings.backbones"):
+        assert workspace_precision(int8, bb, device="cuda") == ("cpu", "auto")
+    assert "features are int8" in caplog.text and "new workspace" in caplog.text

@@ -253,7 +253,7 @@ def test_run_with_the_fused_engine_on_cpu(tmp_path: Path) -> None:
         folder, ws, config=RunConfig(features="face", cluster=False, detect_engine="fused")
     )
     assert res.images_ok == 4 and res.faces >= 4
-    assert res.embedded["efficientnet_lite0__face"] == res.faces
+    assert res.embedded["efficientnet_lite0-int8__face"] == res.faces  # the CPU default: int8
     assert read_detect_log(ws)["error"].notna().sum() == 0  # broken.jpg failed at ingest
     assert (ws.images()["status"] == "error").sum() == 1
     # a second run is a no-op

@@ -147,7 +147,8 @@ def test_box_block_is_computed_from_the_box_crop_not_the_aligned_crop(trained):
     old_proba = model.head.predict_proba(np.concatenate(blocks, 1).astype(np.float32))
     want = stored_proba(ws, model, ids)
     np.testing.assert_allclose(model.predict_proba(records), want, atol=1e-4)
-    assert np.abs(old_proba - want).max() > 1e-3  # measured: 0.018 (a saturated tiny head)
+    # measured: 0.018 on float features, 0.0006 on the int8 default (a saturated tiny head)
+    assert np.abs(old_proba - want).max() > 1e-4
 
 
 def test_aligned_crops_alone_for_a_box_model_is_one_clean_error(trained):
@@ -194,7 +195,9 @@ def test_fast_model_embeds_at_its_own_input_size(trained):
     for key in cnn:
         _, stored = load_embeddings(ws, key, face_ids=np.asarray(ids))
         np.testing.assert_allclose(X[key], stored, atol=1e-3, err_msg=key)
-        _, at_224 = load_embeddings(ws, key.replace("-128px", ""), face_ids=np.asarray(ids))
+        # the 224 px blocks of the default CPU engine (int8; no int8 model at 128 px)
+        at224 = key.replace("-128px", "-int8")
+        _, at_224 = load_embeddings(ws, at224, face_ids=np.asarray(ids))
         assert not np.allclose(at_224, stored, atol=1e-2), key
     np.testing.assert_allclose(
         model.predict_proba(records), stored_proba(ws, model, ids), atol=1e-4

@@ -77,7 +77,7 @@ def test_run_then_rerun_then_add_images(tmp_path, caplog):
     assert need_cues and "cues__face" in stored
     assert regions and all(size is None for _, size in regions)  # the model's own 224 px
     for region, size in regions:
-        key = f"efficientnet_lite0__{region}"
+        key = f"efficientnet_lite0-int8__{region}"  # the CPU default: the int8 model
         assert key in stored
         ids, X = load_embeddings(ws, key)
         assert list(ids) == faces["face_id"].tolist()

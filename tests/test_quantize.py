@@ -124,11 +124,13 @@ def test_presets_read_the_int8_blocks_of_a_workspace(monkeypatch):
     bb, q = "efficientnet_lite0", "efficientnet_lite0-int8"
     int8 = ["cues__face", f"{q}__nose", f"{q}__mouth_chin", f"{q}__box"]
     floats = ["cues__face", f"{bb}__nose", f"{bb}__mouth_chin", f"{bb}__box"]
-    assert [k for k, _ in resolve_spec("auto", int8)] == int8  # only int8 stored: read it
-    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == floats  # the engine's own
-    monkeypatch.setattr(backbones, "CPU_AUTO_PRECISION", "int8")
-    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == int8
+    assert backbones.CPU_AUTO_PRECISION == "int8"  # the CPU default
+    assert [k for k, _ in resolve_spec("auto", int8)] == int8
+    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == int8  # the engine's own
     assert [k for k, _ in resolve_spec("auto", floats)] == floats  # e.g. embedded on a GPU
+    monkeypatch.setattr(backbones, "CPU_AUTO_PRECISION", "fp32")
+    assert [k for k, _ in resolve_spec("auto", int8 + floats[1:])] == floats
+    assert [k for k, _ in resolve_spec("auto", int8)] == int8  # a workspace's own kind
     # a block stored at another size is the last resort, after the other engine's
     mixed = [*int8[:2], f"{bb}-128px__mouth_chin", f"{bb}__mouth_chin", int8[3]]
     assert [k for k, _ in resolve_spec("auto", mixed)][2] == f"{bb}__mouth_chin"

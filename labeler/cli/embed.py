@@ -121,10 +121,18 @@ def command(
         )
     else:
         from labeler.embeddings import get_backbone
+        from labeler.embeddings.backbones import workspace_precision
         from labeler.embeddings.embed import embed_faces
+        from labeler.embeddings.store import list_embeddings
 
+        device, precision = workspace_precision(list_embeddings(ws), backbone, device=device)  # type: ignore[arg-type]
         model = get_backbone(
-            backbone, weights=weights, device=device, runtime=runtime, input_size=input_size
+            backbone,
+            weights=weights,
+            device=device,
+            runtime=runtime,
+            precision=precision,
+            input_size=input_size,
         )
         result = embed_faces(
             ws,  # type: ignore[arg-type]

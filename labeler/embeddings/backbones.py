@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [  # the types and the registry are re-exported: their homes are .types and .registry
     "CPU_AUTO_PRECISION",
+    "stored_precision",
+    "workspace_precision",
     "CUDA_BATCH",
     "DEFAULT_BACKBONE",
     "DEVICES",
@@ -80,9 +82,11 @@ __all__ = [  # the types and the registry are re-exported: their homes are .type
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-#: what ``precision="auto"`` means on the CPU (onnxruntime): "fp32", or "int8" for the model of
-#: :mod:`labeler.embeddings.quantize` (see bench/FEATURES.md "A cheaper model")
-CPU_AUTO_PRECISION = "fp32"
+#: what ``precision="auto"`` means on the CPU (onnxruntime) for a new workspace: "int8", the
+#: model of :mod:`labeler.embeddings.quantize` (1.6-1.9x cheaper than fp32; ceiling and effort
+#: no worse on every shared set: bench/FEATURES.md "A cheaper model"), or "fp32". A workspace
+#: keeps the precision its features were first made with (:func:`workspace_precision`).
+CPU_AUTO_PRECISION = "int8"
 
 
 class TorchBackbone(BackboneBase):
@@ -191,6 +195,57 @@ def cuda_possible() -> bool:
     if "torch" in sys.modules or not sys.platform.startswith("linux"):
         return True
     return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
+
+
+def stored_precision(keys: Iterable[str], backbone: str) -> str | None:
+    """``"int8"`` or ``"fp32"`` (float: fp32, bf16 and fp16 share keys): the precision of the
+    stored features of ``backbone`` among the embedding ``keys``, None when there are none.
+    Both kinds stored (a lab workspace): None, the caller's default decides."""
+    from labeler.embeddings.store import key_prefix, parse_key
+
+    base = key_prefix(backbone)
+    kinds = set()
+    for key in keys:
+        if key.startswith("cues__"):
+            continue
+        try:
+            name = parse_key(key)[0]
+        except ValueError:
+            continue
+        if name.removesuffix("-int8") == base:
+            kinds.add("int8" if name.endswith("-int8") else "fp32")
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def workspace_precision(
+    keys: Iterable[str], backbone: str, *, device: str = "auto", precision: str = "auto"
+) -> tuple[str, str]:
+    """``(device, precision)`` that keep a workspace's features of one kind.
+
+    ``precision="auto"`` on a workspace that already stores ``backbone`` features means the
+    precision those were made with, so a run resumed or continued on another machine never
+    mixes int8 and float features of one face set: float features continue as fp32 on the
+    CPU (bf16/fp16 on CUDA), int8 ones as int8, which runs on the CPU only (a CUDA device is
+    then left unused, and the log says so with the fix). A named precision is kept as given.
+    """
+    if precision != "auto":
+        return device, precision
+    stored = stored_precision(keys, backbone)
+    if stored is None:
+        return device, precision
+    dev = resolve_device(device)
+    if stored == "int8":
+        if dev != "cpu":
+            log.warning(
+                "this workspace's %s features are int8 (made on a CPU): continuing them on "
+                "the CPU, not %s; to use the GPU start a new workspace (its features are "
+                "float)",
+                backbone,
+                dev,
+            )
+        # "auto" on the CPU is the int8 model where one exists (else float, under other keys)
+        return "cpu", "auto" if CPU_AUTO_PRECISION == "int8" else "int8"
+    return device, "fp32" if dev == "cpu" else "auto"
 
 
 def resolve_runtime(runtime: str, device: str) -> str:

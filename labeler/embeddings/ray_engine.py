@@ -59,6 +59,7 @@ class EmbedActor:
         region: str = "face",
         input_size: int | None = None,
         batch_size: int = 32,
+        precision: str = "auto",
     ) -> None:
         from labeler.embeddings.backbones import get_backbone
 
@@ -67,6 +68,7 @@ class EmbedActor:
             weights=weights,
             device=device,
             runtime=runtime,
+            precision=precision,
             num_threads=num_threads,
             cache_dir=cache_dir,
             input_size=input_size,
@@ -122,6 +124,11 @@ def embed_faces_ray(
         ray.init(address=address, log_to_driver=False, **kwargs)
         started = True
     try:
+        from labeler.embeddings.backbones import workspace_precision
+        from labeler.embeddings.store import list_embeddings
+
+        # the workspace's precision (never int8 and float features mixed in one workspace)
+        device, precision = workspace_precision(list_embeddings(ws), backbone, device=device)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         cpus = max(1, int(resources.get("CPU", 1)))
@@ -145,6 +152,7 @@ def embed_faces_ray(
             weights=weights,
             device="cpu",
             runtime="onnx" if actor_runtime in ("auto", "onnx") else "torch",
+            precision="auto" if on_gpu else precision,
             cache_dir=cache,
             input_size=input_size,
         )
@@ -195,6 +203,7 @@ def embed_faces_ray(
                     "region": region,
                     "input_size": input_size,
                     "batch_size": batch_size,
+                    "precision": "auto" if on_gpu else precision,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
