@@ -187,9 +187,24 @@ def torch_module(net: DlibResNet) -> object:
     return Net().eval()
 
 
-def model_path() -> Path:
-    from labeler.export.persons import _model_dir
+def _model_dir() -> Path:
+    import importlib.util
 
+    from labeler._deps import MissingDependency
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(
+            "face-recognition-models is needed for person grouping by identity but is not "
+            "installed; run: pip install face-recognition-models==0.3.0 "
+            "(or pass --persons embedding / --person-pattern / --person-csv)"
+        )
+    # the package's __init__ needs pkg_resources: locate the files without importing it
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def model_path() -> Path:
+    """dlib's face-recognition ResNet as face-recognition-models installs it."""
     return _model_dir() / "dlib_face_recognition_resnet_model_v1.dat"
 
 

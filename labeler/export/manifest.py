@@ -531,7 +531,12 @@ def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig
         faces = ws.require_faces().set_index("face_id").loc[df["face_id"]].reset_index()
         sources = ws.face_image_paths(faces).to_numpy()
     labels = df[config.field].astype(str).to_numpy()
+    from labeler._io import progress_bar
+
+    bar = progress_bar(len(df), desc="export files", unit="file")
     for i, row in enumerate(df[["face_id", "split"]].itertuples(index=False)):
+        if i and not i % 256:
+            bar.update(256)
         if sources is not None:
             src = Path(sources[i]) if isinstance(sources[i], str) else None
             if src is None or not src.exists():
@@ -570,4 +575,6 @@ def _write_tree(ws: Workspace, df: pd.DataFrame, out: Path, config: ExportConfig
                 raise OSError(exc.errno, exc.strerror, str(dst)) from exc
             raise
         files.append(rel.as_posix())
+    bar.update(len(df) - bar.n)
+    bar.close()
     return files

@@ -56,17 +56,21 @@ class Head:
 
     def decision(self, X: np.ndarray) -> np.ndarray:
         """Logits (N, C) for features (N, D)."""
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != len(self.mean):
             raise InputError(
                 f"features have shape {X.shape} but the head was trained on {len(self.mean)} dims; "
                 "use the same feature spec as in training"
             )
-        h = (X - self.mean) / self.std
-        for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = h @ W + b
-            if i < len(self.weights) - 1:
-                h = np.maximum(h, 0.0)
+        parts = []
+        for start in range(0, len(X), 8192):  # float64 in row blocks: bounded memory
+            h = (X[start : start + 8192].astype(np.float64) - self.mean) / self.std
+            for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+                h = h @ W + b
+                if i < len(self.weights) - 1:
+                    h = np.maximum(h, 0.0)
+            parts.append(h)
+        h = np.concatenate(parts) if parts else np.zeros((0, self.weights[-1].shape[1]))
         if h.shape[1] == 1:  # binary logistic regression: one logit for classes[1]
             h = np.concatenate([np.zeros_like(h), h], axis=1)
         return h
@@ -86,6 +90,20 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def column_moments(X: np.ndarray, *, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and standard deviation (D,) float64 of ``X`` (N, D), in row blocks
+    (``np.std`` makes a float64 temporary the size of ``X``)."""
+    n = max(len(X), 1)
+    mean = np.zeros(X.shape[1])
+    for i in range(0, len(X), rows):
+        mean += X[i : i + rows].sum(0, dtype=np.float64)
+    mean /= n
+    sq = np.zeros(X.shape[1])
+    for i in range(0, len(X), rows):
+        sq += ((X[i : i + rows] - mean) ** 2).sum(0)
+    return mean, np.sqrt(sq / n)
+
+
 def balanced_weights(y_codes: np.ndarray, n_classes: int) -> np.ndarray:
     """Per-sample weights n / (C * count[class]) (sklearn's "balanced"), (N,) float."""
     counts = np.bincount(y_codes, minlength=n_classes).astype(float)
@@ -100,11 +118,17 @@ def fit_head(
     kind: str = "logreg",
     config: HeadConfig | None = None,
     classes: Sequence[str] | None = None,
+    overwrite_x: bool = False,
 ) -> Head:
     """Fit a head on features ``X`` (N, D) and string labels ``y`` (N,).
+    ``overwrite_x``: standardise a float32 ``X`` in place (the caller's copy, no second one).
 
     ``classes`` fixes the column order (default: sorted labels present). A class with no
-    example gets a column of (near) zero probability. Balanced class weights.
+    example gets a column of (near) zero probability. Balanced class weights. Computed in
+    float32 (features are float32; a float64 copy of 133,000 x 4,000 features alone is
+    4 GB). Never warm-started from a head that saw other faces: L-BFGS stops near its
+    start, and out-of-fold predictions of folds started from the head on all labels were
+    far too good (realmasks accuracy 0.986 vs 0.900 cold).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -113,7 +137,7 @@ def fit_head(
     kind = config.kind
     if kind not in HEAD_KINDS:
         raise InputError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y).astype(str)
     if len(X) != len(y):
         raise ValueError(f"features have {len(X)} rows but labels {len(y)}")
@@ -125,9 +149,11 @@ def fit_head(
         )
     code = {c: i for i, c in enumerate(present)}
     yc = np.array([code[v] for v in y])
-    mean = X.mean(0)
-    std = X.std(0) + 1e-6
-    Z = (X - mean) / std
+    mean, std = column_moments(X)
+    std += 1e-6
+    Z = X if overwrite_x else X.copy()
+    Z -= mean.astype(np.float32)
+    Z /= std.astype(np.float32)
     sw = balanced_weights(yc, len(present))
     if kind == "logreg":
         clf = LogisticRegression(C=config.C, max_iter=config.max_iter)
@@ -209,7 +235,14 @@ def cross_val_proba(
         bar.refresh()
     for train_idx, test_idx in splitter.split(X, y, groups):
         if len(set(y[train_idx])) >= 2:
-            head = fit_head(X[train_idx], y[train_idx], kind=kind, config=config, classes=classes)
+            head = fit_head(  # X[train_idx] is a copy: standardised in place
+                X[train_idx],
+                y[train_idx],
+                kind=kind,
+                config=config,
+                classes=classes,
+                overwrite_x=True,
+            )
             out[test_idx] = head.predict_proba(X[test_idx])
         else:
             out[test_idx] = 1.0 / len(classes)
