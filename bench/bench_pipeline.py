@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -232,19 +233,29 @@ def _measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float
     return proc, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6
 
 
-def shipped(images: Path, workdir: Path, runs: int, data: Path) -> list[dict[str, object]]:
-    """Whole-process timings of the commands in :data:`SHIPPED` (see the module docstring)."""
+def shipped(
+    images: Path, workdir: Path, runs: int, data: Path, only: Sequence[str] = ()
+) -> list[dict[str, object]]:
+    """Whole-process timings of the commands in :data:`SHIPPED` (see the module docstring);
+    ``only``: the commands whose name contains one of these (the naive one always runs)."""
     import statistics
 
     import pandas as pd
 
     labeler = str(Path(sys.executable).with_name("labeler"))
     naive = str(Path(__file__).with_name("naive_pipeline.py"))
-    results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in SHIPPED}
+    chosen = {
+        k: v for k, v in SHIPPED.items() if not only or v is None or any(o in k for o in only)
+    }
+    results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in chosen}
     steps: dict[str, float] = {}
-    model_ws = _model_workspace(images, data, workdir)
+    model_ws = (
+        _model_workspace(images, data, workdir)
+        if any(v == ["predict"] for v in chosen.values())
+        else None
+    )
     for r in range(runs):
-        for name, extra in SHIPPED.items():
+        for name, extra in chosen.items():
             ws = workdir / f"ws_{r}"
             shutil.rmtree(ws, ignore_errors=True)
             preds = workdir / "preds.csv"
@@ -454,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--shipped", action="store_true", help="whole-process timings (see above)")
     ap.add_argument("--runs", type=int, default=3, help="runs per command with --shipped")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="with --shipped: only the commands whose name contains this (repeatable; naive always)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("labeler.pipeline").setLevel(logging.INFO)  # the fused pass's phases
@@ -470,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         load_start = os.getloadavg()[0]
         try:
             images = _images(args.data, args.repeat, workdir)
-            rows = shipped(images, workdir, args.runs, args.data)
+            rows = shipped(images, workdir, args.runs, args.data, args.only)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         n = len(list(args.data.iterdir())) * args.repeat

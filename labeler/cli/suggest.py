@@ -9,6 +9,7 @@ import click
 from labeler.cli._common import (
     field_option,
     labeler_command,
+    show_progress_lines,
     workspace_option,
 )
 
@@ -47,6 +48,8 @@ def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float,
 
     The app's Suggest button runs the same step; 'labeler propagate' is an alias."""
     from labeler.loop.step import suggest_workspace
+
+    show_progress_lines("labeler.loop.step")  # the phases of a long run, as cluster shows them
 
     run = suggest_workspace(
         ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence

@@ -110,6 +110,8 @@ def suggest_workspace(
     code = {c: i for i, c in enumerate(classes)}
     given = pd.Series(face_ids).map(labels.set_index("face_id")["value"].astype(str))
     y = given.map(code).fillna(-1).to_numpy(dtype=np.int64)
+    log.info("suggest: labels %.1f s (1/4)", time.perf_counter() - t0)
+    t = time.perf_counter()
     fids, X = load_features(ws, feature_spec)
     X = align_to_faces(
         list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
@@ -118,7 +120,10 @@ def suggest_workspace(
     # faces labeled by one event (a bulk action) are held out together: the unlabeled faces
     # the model is judged on come from other groups
     event = pd.Series(face_ids).map(labels.set_index("face_id")["event_id"]).fillna(-1)
+    log.info("suggest: features %.1f s (2/4)", time.perf_counter() - t)
+    t = time.perf_counter()
     res = suggest(X, y, cv_groups=event.to_numpy(dtype=np.int64), config=config)
+    log.info("suggest: heads and groups %.1f s (3/4)", time.perf_counter() - t)
     names = np.asarray(classes, dtype=object)
 
     groups = res.groups.copy()
@@ -171,7 +176,9 @@ def suggest_workspace(
         bands=res.bands,
     )
     if write:
+        t = time.perf_counter()
         save_run(ws, run)
+        log.info("suggest: written %.1f s (4/4)", time.perf_counter() - t)
     log.info(
         "%s: %d suggestions in %d groups, %d suspects, from %d labels in %.2fs",
         field, len(face_tab), len(groups), len(suspects), run.n_labeled, run.seconds,
