@@ -223,3 +223,40 @@ def test_identity_descriptors_show_a_bar_then_come_from_the_cache(tmp_path, caps
     again = cached_identity_descriptors(t.ws, ids, progress=True)
     assert capsys.readouterr().err == "" and np.array_equal(first, again)
     assert first.shape == (70, 128) and np.isfinite(first).all()
+
+
+def test_a_killed_identity_run_keeps_what_it_computed_and_reads_old_caches(tmp_path, monkeypatch):
+    """The cache is saved every CACHE_EVERY faces: a run that dies mid-way resumes with only
+    the rest; a cache in the earlier list layout is read as it is."""
+    import pandas as pd
+    import tinyws
+
+    from labeler.export import persons as P
+
+    t = tinyws.build(tmp_path, {"correct": 40, "no_mask": 30}, faces_per_person=1)
+    ids = t.ws.faces()["face_id"].astype(str).tolist()
+    monkeypatch.setattr(P, "CACHE_EVERY", 64)
+    real, calls = P.identity_descriptors, []
+
+    def dies_on_the_second_batch(crops):
+        calls.append(len(crops))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) mid-way
+        return real(crops)
+
+    monkeypatch.setattr(P, "identity_descriptors", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        P.cached_identity_descriptors(t.ws, ids, progress=False)
+    path = t.ws.root / "identity" / f"{P.IDENTITY_KEY}.parquet"
+    assert len(pd.read_parquet(path)) == 64  # the first batch was saved
+    calls.clear()
+    monkeypatch.setattr(
+        P, "identity_descriptors", lambda crops: (calls.append(len(crops)), real(crops))[1]
+    )
+    full = P.cached_identity_descriptors(t.ws, ids, progress=False)
+    assert calls == [6]  # only the faces not saved
+    # an earlier version's layout (list<double> vectors) reads the same
+    pd.DataFrame({"face_id": ids, "vector": [v.tolist() for v in full]}).to_parquet(path)
+    calls.clear()
+    assert np.allclose(P.cached_identity_descriptors(t.ws, ids, progress=False), full)
+    assert calls == []
