@@ -260,3 +260,29 @@ def test_a_killed_identity_run_keeps_what_it_computed_and_reads_old_caches(tmp_p
     calls.clear()
     assert np.allclose(P.cached_identity_descriptors(t.ws, ids, progress=False), full)
     assert calls == []
+
+
+def test_pair_searches_on_large_sets_find_the_exact_pairs(monkeypatch):
+    """Above EXACT_PAIRS_MAX faces the copy and identity pair searches use a FAISS index:
+    on planted near-duplicates and descriptor pairs they return the exact search's pairs
+    (every pair they return passes the threshold; at least 99 % of the exact pairs)."""
+    from labeler.export import persons as P
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    X = rng.standard_normal((n, 64)).astype(np.float32)
+    X[1::3] = X[0::3][: len(X[1::3])] + 0.05 * rng.standard_normal((len(X[1::3]), 64))
+    exact = P.near_duplicate_edges(X, threshold=0.9)
+    D = rng.standard_normal((n, 16)).astype(np.float32) * 0.3
+    D[1::2] = D[0::2] + 0.05 * rng.standard_normal(D[0::2].shape).astype(np.float32)
+    exact_d, _ = P.descriptor_edges(D, threshold=0.5, k=30)
+    monkeypatch.setattr(P, "EXACT_PAIRS_MAX", 1000)
+    fast = P.near_duplicate_edges(X, threshold=0.9)
+    fast_d, dist = P.descriptor_edges(D, threshold=0.5, k=30)
+    assert len(exact) >= 900 and len(exact_d) >= 1400
+    for want, got in ((exact, fast), (exact_d, fast_d)):
+        w, g = set(map(tuple, want.tolist())), set(map(tuple, got.tolist()))
+        assert g <= w and len(g) >= 0.99 * len(w), (len(w), len(g), len(g - w))
+    assert (dist < 0.5).all() and np.allclose(
+        dist, np.linalg.norm(D[fast_d[:, 0]] - D[fast_d[:, 1]], axis=1)
+    )

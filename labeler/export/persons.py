@@ -85,16 +85,88 @@ def connected_groups(n: int, edges: np.ndarray) -> np.ndarray:
     return rank[comp]
 
 
+#: above this many faces, pair searches (copies, identity links) use a FAISS IVF index
+#: (each face's nearest ``NEIGHBOURS_LARGE``, then the exact threshold) instead of all pairs:
+#: all pairs cost O(N^2) (about 6 min and a 2 GB block for copies at 133,000 faces)
+EXACT_PAIRS_MAX = 20_000
+#: neighbours looked up per face on large sets; a face's links beyond them still join it
+#: to its group through the others (groups are connected components)
+NEIGHBOURS_LARGE = 32
+
+
+def _nearest(X: np.ndarray, k: int, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``k`` neighbours of every row of ``X`` (N, D) float32 among the rows
+    (itself included): ``(ids (N, k) int64, scores (N, k))``, inner products for
+    ``metric="ip"``, squared Euclidean distances for ``"l2"``; a FAISS IVF index (cells of
+    ~90 rows, 32 cells probed: the pairs these links need are far closer than the rest)."""
+    from labeler._deps import require
+
+    faiss = require("faiss", purpose="nearest-neighbour search (pip install faiss-cpu)")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n, d = X.shape
+    kind = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    nlist = int(max(1, min(4 * np.sqrt(n), n // 40)))
+    quantizer = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, kind)
+    index.cp.seed = 0
+    rng = np.random.default_rng(0)
+    train = X[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]
+    index.train(train)
+    index.add(X)
+    index.nprobe = min(32, nlist)
+    scores, ids = index.search(X, int(min(k, n)))
+    return ids, scores
+
+
+def _pca(X: np.ndarray, dims: int) -> np.ndarray:
+    """``X`` (N, D) projected on its first ``dims`` principal axes (fit on 20,000 rows)."""
+    if X.shape[1] <= dims:
+        return X
+    rng = np.random.default_rng(0)
+    sample = X[np.sort(rng.choice(len(X), min(len(X), 20_000), replace=False))]
+    mean = sample.mean(0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    out = np.empty((len(X), dims), np.float32)
+    for start in range(0, len(X), 16_384):
+        out[start : start + 16_384] = (X[start : start + 16_384] - mean) @ vt[:dims].T
+    return out
+
+
+def _pairs(rows: np.ndarray, ids: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    i = np.broadcast_to(rows[:, None], ids.shape)[keep]
+    j = ids[keep]
+    e = np.stack([np.minimum(i, j), np.maximum(i, j)], 1)
+    e = e[e[:, 0] != e[:, 1]]
+    return np.unique(e, axis=0).astype(np.int64) if len(e) else np.zeros((0, 2), np.int64)
+
+
 def near_duplicate_edges(
     X: np.ndarray, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, block: int = 4096
 ) -> np.ndarray:
     """Pairs (i, j), i < j, whose cosine similarity is >= ``threshold``.
 
-    X: (N, D) float vectors (normalised here). Exact, blockwise ``X @ X.T`` in float32:
-    O(N^2 D) time but O(block * N) memory; ~100k faces of 1280-d take about a minute.
+    X: (N, D) float vectors (normalised here). Up to :data:`EXACT_PAIRS_MAX` rows exact,
+    blockwise ``X @ X.T`` in float32 (O(N^2 D) time, O(block * N) memory); above, each row's
+    :data:`NEIGHBOURS_LARGE` nearest by a FAISS IVF index, kept at the same threshold.
     """
     X = np.asarray(X, dtype=np.float32)
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    if len(X) > EXACT_PAIRS_MAX:
+        # candidates: nearest in a 64-d PCA space (copies are nearest in any projection),
+        # then the exact cosine of each candidate pair
+        ids, _ = _nearest(_pca(X, 64), NEIGHBOURS_LARGE, metric="l2")
+        e = _pairs(np.arange(len(X)), ids, ids >= 0)
+        cos = (
+            np.concatenate(
+                [
+                    np.einsum("ij,ij->i", X[c[:, 0]], X[c[:, 1]])
+                    for c in np.array_split(e, max(1, len(e) // 32_768))
+                ]
+            )
+            if len(e)
+            else np.zeros(0)
+        )  # in chunks: 4 M pairs x 1,280 floats would be 20 GB
+        return e[cos >= threshold]
     out = []
     for start in range(0, len(X), block):
         sims = X[start : start + block] @ X.T
@@ -615,9 +687,17 @@ def descriptor_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of (N, D) descriptors closer than ``threshold`` (Euclidean), at most
     the ``k`` nearest per row (bounds the links on large sets); returns edges (E, 2) and
-    their distances (E,). Exact, blockwise."""
+    their distances (E,). Exact, blockwise, up to :data:`EXACT_PAIRS_MAX` rows; above, the
+    ``k`` nearest per row by a FAISS IVF index."""
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
+    if n > EXACT_PAIRS_MAX:  # each row's nearest by a FAISS index, then the threshold
+        ids, d2 = _nearest(X, k + 1, metric="l2")
+        d = np.sqrt(np.maximum(d2, 0))
+        e = _pairs(np.arange(n), ids, (ids >= 0) & (d < threshold))
+        if not len(e):
+            return e, np.zeros(0)
+        return e, np.linalg.norm(X[e[:, 0]] - X[e[:, 1]], axis=1).astype(np.float64)
     sq = (X**2).sum(1)
     edges, dists = [], []
     for start in range(0, n, block):
