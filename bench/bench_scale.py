@@ -461,29 +461,37 @@ def run_stage(
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
         deadline = None if timeout_s is None else t + timeout_s
         timed_out = False
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline is not None and time.perf_counter() > deadline and not timed_out:
-                timed_out = True
-                log.warning("timed out after %.0f s: killing %d", timeout_s, proc.pid)
-                os.killpg(proc.pid, signal.SIGTERM)
-                end = time.perf_counter() + 10
-                while time.perf_counter() < end:
-                    pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-                    if pid:
-                        break
-                    time.sleep(0.2)
-                if not pid:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    pid, status, ru = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.2)
-        wall = time.perf_counter() - t
+        try:
+            wall, status, ru, timed_out = _wait(proc.pid, t, deadline, timeout_s)
+        except BaseException:  # the bench itself stopped: the stage must not run on alone
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+            proc.returncode = -9
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
     code = None if timed_out else proc.returncode
     return wall, code, timed_out, ru
+
+
+def _wait(
+    child: int, t: float, deadline: float | None, timeout_s: float | None
+) -> tuple[float, int, object, bool]:
+    """Wait for ``child``, killing its group at ``deadline`` (SIGTERM, SIGKILL 10 s later).
+    Returns (wall s, wait status, rusage, timed out)."""
+    timed_out, kill_at = False, None
+    while True:
+        pid, status, ru = os.wait4(child, os.WNOHANG)
+        if pid:
+            return time.perf_counter() - t, status, ru, timed_out
+        now = time.perf_counter()
+        if deadline is not None and now > deadline and not timed_out:
+            timed_out, kill_at = True, now + 10
+            log.warning("timed out after %.0f s: stopping %d", timeout_s, child)
+            os.killpg(child, signal.SIGTERM)
+        elif kill_at is not None and now > kill_at:
+            os.killpg(child, signal.SIGKILL)
+            kill_at = None
+        time.sleep(0.2)
 
 
 def measure(
