@@ -100,12 +100,15 @@ class StageResult:
     exit_code: int | None  # None when killed at the timeout
     timed_out: bool
     timeout_s: float | None
+    killed_rss_gb: float | None  # killed when its process group's RSS passed --max-rss-gb
     load_before: tuple[float, float, float]
     stderr_tail: tuple[str, ...]
     stdout_tail: tuple[str, ...]
 
     @property
     def status(self) -> str:
+        if self.killed_rss_gb is not None:
+            return f"killed at {self.killed_rss_gb:.1f} GB RSS after {self.wall_s:.0f} s"
         if self.timed_out:
             return f"timed out after {self.wall_s:.0f} s"
         return "ok" if self.exit_code == 0 else f"exit {self.exit_code}"
@@ -449,48 +452,84 @@ def _tail(path: Path, n: int = 8) -> tuple[str, ...]:
     return tuple(ln[:300] for ln in lines[-n:])
 
 
-def run_stage(
-    cmd: list[str], *, env: dict[str, str], timeout_s: float | None, logs: Path
-) -> tuple[float, int | None, bool, object]:
-    """Run ``cmd`` in its own session; returns (wall s, exit code, timed out, rusage).
+def group_rss_gb(pgid: int) -> float:
+    """Resident memory of every process in the group ``pgid``, GB (Linux /proc)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for line in Path(entry.path, "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 2**20
 
-    ``rusage`` is the child's (``os.wait4``), which includes the children it reaped."""
+
+@dataclass(frozen=True)
+class Waited:
+    wall_s: float
+    status: int
+    rusage: object
+    timed_out: bool
+    killed_rss_gb: float | None
+
+
+def run_stage(
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    timeout_s: float | None,
+    logs: Path,
+    max_rss_gb: float | None = None,
+) -> tuple[Waited, int | None]:
+    """Run ``cmd`` in its own session; returns how it ended and its exit code (None when
+    stopped by the bench). ``rusage`` is the child's (``os.wait4``), which includes the
+    children it reaped. A child past ``timeout_s`` or ``max_rss_gb`` is killed."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout.txt", "w") as out, open(logs / "stderr.txt", "w") as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
-        deadline = None if timeout_s is None else t + timeout_s
-        timed_out = False
         try:
-            wall, status, ru, timed_out = _wait(proc.pid, t, deadline, timeout_s)
+            w = _wait(proc.pid, t, timeout_s=timeout_s, max_rss_gb=max_rss_gb)
         except BaseException:  # the bench itself stopped: the stage must not run on alone
             os.killpg(proc.pid, signal.SIGKILL)
             os.waitpid(proc.pid, 0)
             proc.returncode = -9
             raise
-        proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-    code = None if timed_out else proc.returncode
-    return wall, code, timed_out, ru
+        proc.returncode = os.waitstatus_to_exitcode(w.status)  # Popen must not wait again
+    stopped = w.timed_out or w.killed_rss_gb is not None
+    return w, None if stopped else proc.returncode
 
 
-def _wait(
-    child: int, t: float, deadline: float | None, timeout_s: float | None
-) -> tuple[float, int, object, bool]:
-    """Wait for ``child``, killing its group at ``deadline`` (SIGTERM, SIGKILL 10 s later).
-    Returns (wall s, wait status, rusage, timed out)."""
-    timed_out, kill_at = False, None
+def _wait(child: int, t: float, *, timeout_s: float | None, max_rss_gb: float | None) -> Waited:
+    """Wait for ``child``; at the timeout or the memory cap stop its group (SIGTERM, then
+    SIGKILL 10 s later)."""
+    timed_out, killed_gb, kill_at, ticks = False, None, None, 0
     while True:
         pid, status, ru = os.wait4(child, os.WNOHANG)
         if pid:
-            return time.perf_counter() - t, status, ru, timed_out
-        now = time.perf_counter()
-        if deadline is not None and now > deadline and not timed_out:
-            timed_out, kill_at = True, now + 10
-            log.warning("timed out after %.0f s: stopping %d", timeout_s, child)
-            os.killpg(child, signal.SIGTERM)
+            return Waited(time.perf_counter() - t, status, ru, timed_out, killed_gb)
+        now, ticks = time.perf_counter(), ticks + 1
+        if kill_at is None and killed_gb is None and not timed_out:
+            if timeout_s is not None and now - t > timeout_s:
+                timed_out = True
+                log.warning("timed out after %.0f s: stopping %d", timeout_s, child)
+            elif max_rss_gb is not None and ticks % 5 == 0:
+                rss = group_rss_gb(child)
+                if rss > max_rss_gb:
+                    killed_gb = round(rss, 2)
+                    log.warning("%.1f GB RSS > %.1f GB: stopping %d", rss, max_rss_gb, child)
+            if timed_out or killed_gb is not None:
+                kill_at = now + 10
+                os.killpg(child, signal.SIGTERM)
         elif kill_at is not None and now > kill_at:
             os.killpg(child, signal.SIGKILL)
-            kill_at = None
+            kill_at = float("inf")
         time.sleep(0.2)
 
 
@@ -504,28 +543,35 @@ def measure(
     photos: Path,
     env: dict[str, str],
     timeout_s: float | None,
+    max_rss_gb: float | None = None,
 ) -> StageResult:
     args = stage_args(stage, ws, case_dir, photos)
     load = tuple(round(x, 2) for x in os.getloadavg())
     log.info("%s at %d faces, case %s (load %.2f): labeler %s", stage, faces, case, load[0],
              " ".join(args))  # fmt: skip
     logs = case_dir / "logs" / stage
-    wall, code, timed_out, ru = run_stage(
-        [sys.executable, *LABELER, *args], env=env, timeout_s=timeout_s, logs=logs
+    w, code = run_stage(
+        [sys.executable, *LABELER, *args],
+        env=env,
+        timeout_s=timeout_s,
+        logs=logs,
+        max_rss_gb=max_rss_gb,
     )
+    ru = w.rusage
     res = StageResult(
         stage=stage,
         faces=faces,
         case=case,
         command="labeler " + " ".join(args),
-        wall_s=round(wall, 2),
+        wall_s=round(w.wall_s, 2),
         cpu_s=round(ru.ru_utime + ru.ru_stime, 2),
         user_s=round(ru.ru_utime, 2),
         sys_s=round(ru.ru_stime, 2),
         peak_gb=round(ru.ru_maxrss / 2**20, 3),  # KiB on Linux
         exit_code=code,
-        timed_out=timed_out,
+        timed_out=w.timed_out,
         timeout_s=timeout_s,
+        killed_rss_gb=w.killed_rss_gb,
         load_before=load,  # type: ignore[arg-type]
         stderr_tail=_tail(logs / "stderr.txt"),
         stdout_tail=_tail(logs / "stdout.txt", 4),
@@ -549,9 +595,10 @@ def profile(
     entry = case_dir / "labeler_entry.py"
     entry.write_text("from labeler.cli import main\nmain()\n")
     cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), str(entry), *args]
-    wall, code, timed_out, _ = run_stage(
+    w, code = run_stage(
         cmd, env=env, timeout_s=timeout_s, logs=case_dir / "logs" / f"{stage}_profile"
     )
+    wall, timed_out = w.wall_s, w.timed_out
     out = RESULTS / f"scale_profile_{tag}.txt"
     if not prof.is_file():
         return {"stage": stage, "tag": tag, "error": "no profile written (killed?)", "wall_s": wall}
@@ -611,7 +658,8 @@ def table_lines(data: dict) -> list[str]:
     ]
     for r in rows:
         per = 1000 / r["faces"]
-        wall = f"{'>=' if r['timed_out'] else ''}{r['wall_s']:.1f}"
+        stopped = r["timed_out"] or r.get("killed_rss_gb")
+        wall = f"{'>=' if stopped else ''}{r['wall_s']:.1f}"
         out.append(
             f"| {r['stage']} | {r['faces']:,} | {r['case']} | {r['status']} | {wall} "
             f"| {r['cpu_s']:.1f} | {r['peak_gb']:.2f} | {r['wall_s'] * per:.2f} "
@@ -651,7 +699,7 @@ def total_lines(data: dict, faces: int) -> list[str]:
                 continue
             wall = sum(r["wall_s"] for r in have)
             peak = max(r["peak_gb"] for r in have)
-            lower = any(r["timed_out"] for r in have)
+            lower = any(r["timed_out"] or r.get("killed_rss_gb") for r in have)
             verdict = (
                 "meets"
                 if wall <= TARGET_WALL_S and peak <= TARGET_PEAK_GB and not lower
@@ -743,6 +791,8 @@ def main() -> None:
                     help=f"comma-separated, in run order, of {', '.join(STAGES)}")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per stage (all)")
     ap.add_argument("--timeouts", default="", help="per stage, e.g. export=1200,train=1200")
+    ap.add_argument("--max-rss-gb", type=float, default=16.0,
+                    help="stop a stage whose processes pass this resident memory")  # fmt: skip
     ap.add_argument("--noise", type=float, default=0.05, help="noise on copies, x column std")
     ap.add_argument("--work", type=Path, default=Path("/tmp/labeler_scale"),
                     help="cache of the base workspace, replicas and predict photos")  # fmt: skip
@@ -784,7 +834,8 @@ def main() -> None:
             for stage in stages:
                 res = measure(stage, faces=n, case=case, ws=ws, case_dir=case_dir,
                               photos=photos, env=env,
-                              timeout_s=timeouts.get(stage, args.timeout))  # fmt: skip
+                              timeout_s=timeouts.get(stage, args.timeout),
+                              max_rss_gb=args.max_rss_gb)  # fmt: skip
                 results.append(res)
             for stage in [s for s in args.profile.split(",") if s]:
                 log.info("profiling %s at %d faces, case %s", stage, n, case)
