@@ -791,7 +791,7 @@ def main() -> None:
                     help=f"comma-separated, in run order, of {', '.join(STAGES)}")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per stage (all)")
     ap.add_argument("--timeouts", default="", help="per stage, e.g. export=1200,train=1200")
-    ap.add_argument("--max-rss-gb", type=float, default=16.0,
+    ap.add_argument("--max-rss-gb", type=float, default=12.0,
                     help="stop a stage whose processes pass this resident memory")  # fmt: skip
     ap.add_argument("--noise", type=float, default=0.05, help="noise on copies, x column std")
     ap.add_argument("--work", type=Path, default=Path("/tmp/labeler_scale"),
