@@ -23,8 +23,9 @@ How the workspace is made (said again in the output):
    every labeler writer replaces files by rename).
 4. The stages, in this order, each a child process (``python -c 'from labeler.cli import
    main; main()' STAGE -w WS ...``), timed with ``os.wait4``: wall, CPU (user+sys of the
-   child and the children it reaped), peak RSS (``ru_maxrss``), exit code, the last lines
-   of stderr, the load average before it. A stage past its timeout is killed and recorded
+   child and the children it reaped), peak RSS (the child's ``VmHWM`` polled, see
+   :func:`_wait`; ``ru_maxrss`` is kept too but on Linux it includes the bench's own RSS at
+   fork), exit code, the last lines of stderr, the load average before it. A stage past its timeout is killed and recorded
    as timed out.
 
    ``cluster``, ``suggest``, ``train``, ``train-noid`` (``train --persons image``: no dlib
@@ -96,7 +97,8 @@ class StageResult:
     cpu_s: float
     user_s: float
     sys_s: float
-    peak_gb: float
+    peak_gb: float  # polled VmHWM / group VmRSS (see _wait)
+    ru_maxrss_gb: float  # os.wait4's, which on Linux includes the bench's RSS at fork
     exit_code: int | None  # None when killed at the timeout
     timed_out: bool
     timeout_s: float | None
@@ -453,21 +455,25 @@ def _tail(path: Path, n: int = 8) -> tuple[str, ...]:
 
 
 def group_rss_gb(pgid: int) -> float:
-    """Resident memory of every process in the group ``pgid``, GB (Linux /proc)."""
+    """Resident memory of every process in the group ``pgid`` now, GB (Linux /proc)."""
     total = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for line in Path(entry.path, "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                total += _status_kib(Path(entry.path, "status"), "VmRSS:")
         except (OSError, ValueError, IndexError):
             continue
     return total / 2**20
+
+
+def _status_kib(path: Path, field: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
 
 
 @dataclass(frozen=True)
@@ -477,6 +483,7 @@ class Waited:
     rusage: object
     timed_out: bool
     killed_rss_gb: float | None
+    peak_gb: float  # the most the child's group held, polled (see _wait)
 
 
 def run_stage(
@@ -508,22 +515,34 @@ def run_stage(
 
 def _wait(child: int, t: float, *, timeout_s: float | None, max_rss_gb: float | None) -> Waited:
     """Wait for ``child``; at the timeout or the memory cap stop its group (SIGTERM, then
-    SIGKILL 10 s later)."""
-    timed_out, killed_gb, kill_at, ticks = False, None, None, 0
+    SIGKILL 10 s later).
+
+    Peak memory is polled, not taken from ``ru_maxrss``: Linux keeps in a child's
+    ``ru_maxrss`` the resident size of the process it was forked from (the bench, GBs after
+    making a replica) across ``exec``. The child's own ``VmHWM`` (the high-water mark of the
+    program it runs, read every 0.2 s) and the group's summed ``VmRSS`` (every 1 s, for any
+    processes it starts) give the peak."""
+    timed_out, killed_gb, kill_at, ticks, peak_kib = False, None, None, 0, 0
+    status_file = Path(f"/proc/{child}/status")
     while True:
+        try:
+            peak_kib = max(peak_kib, _status_kib(status_file, "VmHWM:"))
+        except (OSError, ValueError):
+            pass
         pid, status, ru = os.wait4(child, os.WNOHANG)
         if pid:
-            return Waited(time.perf_counter() - t, status, ru, timed_out, killed_gb)
+            wall = time.perf_counter() - t
+            return Waited(wall, status, ru, timed_out, killed_gb, round(peak_kib / 2**20, 3))
         now, ticks = time.perf_counter(), ticks + 1
+        rss = group_rss_gb(child) if ticks % 5 == 0 else 0.0
+        peak_kib = max(peak_kib, int(rss * 2**20))
         if kill_at is None and killed_gb is None and not timed_out:
             if timeout_s is not None and now - t > timeout_s:
                 timed_out = True
                 log.warning("timed out after %.0f s: stopping %d", timeout_s, child)
-            elif max_rss_gb is not None and ticks % 5 == 0:
-                rss = group_rss_gb(child)
-                if rss > max_rss_gb:
-                    killed_gb = round(rss, 2)
-                    log.warning("%.1f GB RSS > %.1f GB: stopping %d", rss, max_rss_gb, child)
+            elif max_rss_gb is not None and rss > max_rss_gb:
+                killed_gb = round(rss, 2)
+                log.warning("%.1f GB RSS > %.1f GB: stopping %d", rss, max_rss_gb, child)
             if timed_out or killed_gb is not None:
                 kill_at = now + 10
                 os.killpg(child, signal.SIGTERM)
@@ -567,7 +586,8 @@ def measure(
         cpu_s=round(ru.ru_utime + ru.ru_stime, 2),
         user_s=round(ru.ru_utime, 2),
         sys_s=round(ru.ru_stime, 2),
-        peak_gb=round(ru.ru_maxrss / 2**20, 3),  # KiB on Linux
+        peak_gb=w.peak_gb,
+        ru_maxrss_gb=round(ru.ru_maxrss / 2**20, 3),  # KiB; includes the bench's RSS at fork
         exit_code=code,
         timed_out=w.timed_out,
         timeout_s=timeout_s,
@@ -721,7 +741,8 @@ def write_markdown(path: Path, data: dict, how: list[str]) -> None:
         f"Machine: {last.get('cores')} CPU cores, {last.get('ram_gb')} GB RAM, no GPU; "
         f"labeler {last.get('commit', '')}; {last.get('date', '')}. Each stage is its own "
         "process through the real CLI with default options; CPU = user+sys of the process and "
-        "the children it reaped, peak = its ru_maxrss.",
+        "the children it reaped; peak = the stage's own high-water RSS (VmHWM, polled), not "
+        "ru_maxrss, which on Linux carries over the bench's RSS at fork.",
         "",
         "How the workspaces were made:",
         "",
