@@ -882,7 +882,8 @@ def main() -> None:
     data = merge_results(args.json, results, meta)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=1) + "\n")
-    write_markdown(args.md, data, meta["how"])
+    how = list(dict.fromkeys(h for run in data["runs"] for h in run.get("how", [])))
+    write_markdown(args.md, data, how)
     print("\n".join(["", *meta["how"], "", *table_lines(data), "", *total_lines(data, max(sizes))]))
 
 
