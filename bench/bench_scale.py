@@ -680,11 +680,17 @@ def table_lines(data: dict) -> list[str]:
         per = 1000 / r["faces"]
         stopped = r["timed_out"] or r.get("killed_rss_gb")
         wall = f"{'>=' if stopped else ''}{r['wall_s']:.1f}"
+        # rows measured before peaks were polled hold ru_maxrss: an upper bound (see _wait)
+        peak = f"{r['peak_gb']:.2f}" + ("" if "ru_maxrss_gb" in r else "*")
         out.append(
             f"| {r['stage']} | {r['faces']:,} | {r['case']} | {r['status']} | {wall} "
-            f"| {r['cpu_s']:.1f} | {r['peak_gb']:.2f} | {r['wall_s'] * per:.2f} "
+            f"| {r['cpu_s']:.1f} | {peak} | {r['wall_s'] * per:.2f} "
             f"| {r['cpu_s'] * per:.2f} | {r['load_before'][0]:.2f} |"
         )
+    if any("ru_maxrss_gb" not in r for r in rows):
+        out += ["", "\\* peak from ru_maxrss (an early version of this bench): it includes the "
+                "bench's own RSS when the stage was forked, so it is an upper bound; exact only "
+                "where above the bench's RSS (about 2.1 GB when it had just made the replica)"]  # fmt: skip
     return out
 
 
