@@ -67,6 +67,7 @@ def load_feature_matrix(
     so the same features can be computed for new faces (:class:`labeler.predict.Classifier`).
     """
     from labeler.embeddings.store import list_embeddings, load_embeddings
+    from labeler.errors import WorkspaceError
     from labeler.features import load_features, resolve_spec
     from labeler.workspace import align_to_faces
 
@@ -80,21 +81,29 @@ def load_feature_matrix(
             fix="re-run 'labeler embed'",
         )
         return np.asarray(X, dtype=np.float32), spec
-    stored = [str(k) for k in list_embeddings(ws)]
-    keys = [k for k, _ in resolve_spec(spec, stored)]
-    parts = []
-    for key in keys:
+    infos = list_embeddings(ws)
+    keys = [k for k, _ in resolve_spec(spec, [str(k) for k in infos])]
+    X: np.ndarray | None = None
+    offset = 0
+    for key in keys:  # each block written into one float32 matrix: no concatenated copy
         kid, kx = load_embeddings(ws, key, face_ids=np.asarray(face_ids))
-        parts.append(
-            align_to_faces(
-                list(face_ids),
-                np.asarray(kid),
-                np.asarray(kx),
-                what=f"embedding {key}",
-                fix="re-run 'labeler embed'",
-            )
+        block = align_to_faces(
+            list(face_ids),
+            np.asarray(kid),
+            np.asarray(kx),
+            what=f"embedding {key}",
+            fix="re-run 'labeler embed'",
         )
-    return np.concatenate(parts, 1).astype(np.float32), "+".join(keys)
+        del kid, kx
+        if X is None:
+            dims = [int(infos[k].dim) or block.shape[1] for k in keys]
+            X = np.empty((len(face_ids), sum(dims)), np.float32)
+        X[:, offset : offset + block.shape[1]] = block
+        offset += block.shape[1]
+        del block
+    if X is None or offset != X.shape[1]:
+        raise WorkspaceError(f"features {'+'.join(keys)}: stored dimensions changed while reading")
+    return X, "+".join(keys)
 
 
 def feature_blocks(ws: Workspace, spec: str) -> list[dict]:
