@@ -71,29 +71,22 @@ def load_feature_matrix(
     from labeler.features import load_features, resolve_spec
     from labeler.workspace import align_to_faces
 
+    def aligned(ids: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:
+        return align_to_faces(
+            list(face_ids), np.asarray(ids), np.asarray(values), what=what,
+            fix="re-run 'labeler embed'",
+        )  # fmt: skip
+
     if not raw:
         ids, X = load_features(ws, spec)
-        X = align_to_faces(
-            list(face_ids),
-            np.asarray(ids),
-            np.asarray(X),
-            what=f"features {spec!r}",
-            fix="re-run 'labeler embed'",
-        )
-        return np.asarray(X, dtype=np.float32), spec
+        return np.asarray(aligned(ids, X, f"features {spec!r}"), dtype=np.float32), spec
     infos = list_embeddings(ws)
     keys = [k for k, _ in resolve_spec(spec, [str(k) for k in infos])]
     X: np.ndarray | None = None
     offset = 0
     for key in keys:  # each block written into one float32 matrix: no concatenated copy
         kid, kx = load_embeddings(ws, key, face_ids=np.asarray(face_ids))
-        block = align_to_faces(
-            list(face_ids),
-            np.asarray(kid),
-            np.asarray(kx),
-            what=f"embedding {key}",
-            fix="re-run 'labeler embed'",
-        )
+        block = aligned(kid, kx, f"embedding {key}")
         del kid, kx
         if X is None:
             dims = [int(infos[k].dim) or block.shape[1] for k in keys]
