@@ -154,26 +154,30 @@ def _engine_key(key: str, stored: Sequence[str] = ()) -> str:
 
     if key.startswith("cues__"):
         return key
-    name, size, region = parse_key(key)
+    name = parse_key(key)[0]
     precision = stored_precision(stored, name) or CPU_AUTO_PRECISION
-    if precision != "int8":
-        return key
-    return f"{name}{INT8}{'' if size is None else f'-{size}px'}__{region}"
+    return _precision_twin(key) if precision == "int8" and not name.endswith(INT8) else key
+
+
+def _precision_twin(key: str) -> str:
+    """The same block (backbone, size, region) as the other engine stores it:
+    ``efficientnet_lite0-128px__nose`` <-> ``efficientnet_lite0-int8-128px__nose``."""
+    from labeler.embeddings.store import parse_key
+
+    name, size, region = parse_key(key)
+    other = name.removesuffix(INT8) if name.endswith(INT8) else name + INT8
+    return f"{other}{'' if size is None else f'-{size}px'}__{region}"
 
 
 def _other_engine(key: str, stored: Sequence[str]) -> str:
     """``key``, or the same block (backbone, size, region) from the other engine (int8 or
     float) when only that one is stored."""
-    from labeler.embeddings.store import parse_key
-
     if key in stored or key.startswith("cues__"):
         return key
     try:
-        name, size, region = parse_key(key)
+        twin = _precision_twin(key)
     except ValueError:
         return key
-    other = name.removesuffix(INT8) if name.endswith(INT8) else name + INT8
-    twin = f"{other}{'' if size is None else f'-{size}px'}__{region}"
     if twin in stored:
         log.info("features: %s not stored; using %s (the other engine's)", key, twin)
         return twin

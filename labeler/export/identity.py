@@ -2,8 +2,9 @@
 
 The network and its weights are dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (shipped
 by face-recognition-models), read from that file as it is: the same model, the same
-descriptors (cosine >= 0.99999 to ``dlib.face_recognition_model_v1`` on real chips, tested),
-about 5-8x cheaper on a CPU because dlib's wheel computes its convolutions without BLAS.
+descriptors (4.5e-07 at most from ``dlib.face_recognition_model_v1``'s on real chips; the
+test holds them under 1e-4), 15.9x less CPU a chip (bench/results/identity_speed.md): dlib's
+wheel computes its convolutions without BLAS.
 
 The file is dlib's serialization of ``anet_type`` from dlib's ``dnn_face_recognition_ex.cpp``
 (a ResNet-29 on 150 px chips: 7x7/2 convolution, 3x3/2 max pool, residual levels of 32, 64,

@@ -20,7 +20,7 @@ first that applies):
   * EXIF: photos of one camera taken within :data:`EXIF_SECONDS` of each other (weak);
   * identity descriptors: dlib's ResNet face descriptor (128-d, trained for face
     recognition; the weights ship in the ``face-recognition-models`` package, CC0; run by
-    onnxruntime, :mod:`labeler.export.identity`, 14x cheaper than dlib's code) computed
+    onnxruntime, :mod:`labeler.export.identity`, 15.9x less CPU than dlib's code) computed
     from labeler's own aligned crops, never from dlib's detector. The crop is resampled to
     dlib's 150 px chip (eyes where dlib's aligner puts them), everything below the eyes is
     painted grey for masked and unmasked faces alike (a mask then cannot pull a face towards
@@ -94,20 +94,18 @@ EXACT_PAIRS_MAX = 20_000
 NEIGHBOURS_LARGE = 32
 
 
-def _nearest(X: np.ndarray, k: int, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate top-``k`` neighbours of every row of ``X`` (N, D) float32 among the rows
-    (itself included): ``(ids (N, k) int64, scores (N, k))``, inner products for
-    ``metric="ip"``, squared Euclidean distances for ``"l2"``; a FAISS IVF index (cells of
-    ~90 rows, 32 cells probed: the pairs these links need are far closer than the rest)."""
+def _nearest(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top-``k`` Euclidean neighbours of every row of ``X`` (N, D) float32 among
+    the rows (itself included): ``(ids (N, k) int64, squared distances (N, k))``; a FAISS
+    IVF index (cells of ~90 rows, 32 cells probed: the pairs these links need are far closer
+    than the rest). ``labeler.cluster.knn`` builds the same kind of index for cosine kNN."""
     from labeler._deps import require
 
     faiss = require("faiss", purpose="nearest-neighbour search (pip install faiss-cpu)")
     X = np.ascontiguousarray(X, dtype=np.float32)
     n, d = X.shape
-    kind = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     nlist = int(max(1, min(4 * np.sqrt(n), n // 40)))
-    quantizer = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, kind)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
     index.cp.seed = 0
     rng = np.random.default_rng(0)
     train = X[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]
@@ -154,7 +152,7 @@ def near_duplicate_edges(
     if len(X) > EXACT_PAIRS_MAX:
         # candidates: nearest in a 64-d PCA space (copies are nearest in any projection),
         # then the exact cosine of each candidate pair
-        ids, _ = _nearest(_pca(X, 64), NEIGHBOURS_LARGE, metric="l2")
+        ids, _ = _nearest(_pca(X, 64), NEIGHBOURS_LARGE)
         e = _pairs(np.arange(len(X)), ids, ids >= 0)
         cos = (
             np.concatenate(
@@ -455,7 +453,8 @@ def identity_descriptors(crops: np.ndarray, *, batch: int = 64) -> np.ndarray:
     copy of a photo then gets the same descriptor, and pairwise recall rises: PERSONS.md).
 
     dlib's model run by onnxruntime (:mod:`labeler.export.identity`: the same numbers as
-    dlib's own code, ~14x cheaper): ~15 CPU ms a face (two chips) on one AVX2 core.
+    dlib's own code): 13.1 CPU ms a face (two chips) on one AVX2 core, 15.9x less than
+    dlib's (bench/results/identity_speed.md).
     Raises MissingDependency when the model file is absent.
     """
     from labeler.export.identity import describe
@@ -479,16 +478,15 @@ def _read_identity_cache(path: Path) -> dict[str, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from labeler.embeddings.store import _table_vectors
+
     table = pq.read_table(path)
-    ids = [str(f) for f in table.column("face_id").to_pylist()]
-    col = table.column("vector")
-    if pa.types.is_fixed_size_list(col.type):
-        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        X = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        X = X.reshape(len(ids), col.type.list_size)
+    if pa.types.is_fixed_size_list(table.column("vector").type):  # the embeddings' layout
+        ids, X = _table_vectors(table, source=str(path))
     else:
-        X = np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(ids), -1)
-    return dict(zip(ids, X, strict=True))
+        ids = table.column("face_id").to_pylist()
+        X = np.asarray(table.column("vector").to_pylist(), dtype=np.float32).reshape(len(ids), -1)
+    return dict(zip(map(str, ids), X, strict=True))
 
 
 def _write_identity_cache(path: Path, have: dict[str, np.ndarray]) -> None:
@@ -509,7 +507,7 @@ def cached_identity_descriptors(
     """Identity descriptors of ``face_ids`` (N, 128), computed from the aligned crops for the
     faces not yet in ``WORKSPACE/identity/<key>.parquet`` and added there (saved every
     :data:`CACHE_EVERY` faces: a killed run resumes). ``progress``: a bar of the faces
-    computed (rate and time left; ~15 CPU ms a face) on stderr (None: only on a terminal)."""
+    computed (rate and time left; ~13 CPU ms a face) on stderr (None: only on a terminal)."""
     from labeler._io import progress_bar
     from labeler.imageio import load_rgb
 
@@ -692,7 +690,7 @@ def descriptor_edges(
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
     if n > EXACT_PAIRS_MAX:  # each row's nearest by a FAISS index, then the threshold
-        ids, d2 = _nearest(X, k + 1, metric="l2")
+        ids, d2 = _nearest(X, k + 1)
         d = np.sqrt(np.maximum(d2, 0))
         e = _pairs(np.arange(n), ids, (ids >= 0) & (d < threshold))
         if not len(e):
