@@ -52,8 +52,16 @@ class RunConfig:
     #: symlinks may lead out of the photo folder (``--follow-links``, :mod:`labeler.fence`);
     #: ``None``: as the workspace recorded for the folder (off for a new one)
     follow_links: bool | None = None
+    #: ``local``: this machine's threads; ``ray``: the whole stream on Ray Data
+    #: (:mod:`labeler.ray_stream`), on the cluster at ``address`` (None: a local Ray session)
+    engine: str = "local"
+    address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise InputError(f"engine must be local or ray, got {self.engine!r}")
+        if self.address is not None and self.engine != "ray":
+            raise InputError("an address is for engine='ray' (--engine ray --address ...)")
         if isinstance(self.cluster, bool):  # the earlier on/off switch
             object.__setattr__(self, "cluster", ClusterConfig() if self.cluster else None)
         elif self.cluster is not None and not isinstance(self.cluster, ClusterConfig):
@@ -112,7 +120,6 @@ def run_pipeline(
 
     >>> run_pipeline("photos", Workspace.open("ws", create=True))  # doctest: +SKIP
     """
-    from labeler.embeddings import get_backbone
     from labeler.ingest import ingest_folder
 
     timings: dict[str, float] = {}
@@ -127,28 +134,22 @@ def run_pipeline(
     log.info("ingest: %s", ingested)
 
     regions, need_cues = feature_inputs(config.features, config.backbone)
-    from labeler.embeddings.backbones import workspace_precision
-    from labeler.embeddings.store import list_embeddings
-
-    # a workspace keeps the precision its features were made with (never int8 and float mixed)
-    device, precision = workspace_precision(
-        list_embeddings(ws), config.backbone, device=config.device
-    )
-    groups: list[tuple[Backbone, list[str]]] = []  # one model per input size
-    for size in dict.fromkeys(s for _, s in regions):
-        bb = get_backbone(
-            config.backbone,
-            device=device,
-            precision=precision,
-            num_threads=config.embed_threads,
-            input_size=size,
-        )
-        groups.append((bb, [r for r, s in regions if s == size]))
-    from labeler.embeddings.embed import FeatureBlocks
-
-    blocks = FeatureBlocks(groups, cues=need_cues, batch_size=config.batch_size)
     t = time.perf_counter()
-    detected, embedded = _detect_and_embed(ws, config, blocks)
+    if config.engine == "ray":
+        from labeler.ray_stream import detect_and_embed_ray
+
+        detected, embedded = detect_and_embed_ray(
+            ws,
+            detector=config.detector,
+            backbone=config.backbone,
+            inputs=regions,
+            cues=need_cues,
+            device=config.device,
+            batch_size=config.batch_size,
+            address=config.address,
+        )
+    else:
+        detected, embedded = _detect_and_embed(ws, config, _blocks(ws, config, regions, need_cues))
     timings["detect+embed"] = time.perf_counter() - t
     log.info("detect: %s", detected)
     _record_decode_errors(ws)
@@ -172,6 +173,33 @@ def run_pipeline(
     )
     ws.save_step_config("run_result", result)
     return result
+
+
+def _blocks(
+    ws: Workspace, config: RunConfig, regions: list[tuple[str, int | None]], cues: bool
+) -> FeatureBlocks:
+    """The local engine's :class:`~labeler.embeddings.embed.FeatureBlocks`: one model per
+    input size, at the precision the workspace's features were made with."""
+    from labeler.embeddings import get_backbone
+    from labeler.embeddings.backbones import workspace_precision
+    from labeler.embeddings.embed import FeatureBlocks
+    from labeler.embeddings.store import list_embeddings
+
+    # a workspace keeps the precision its features were made with (never int8 and float mixed)
+    device, precision = workspace_precision(
+        list_embeddings(ws), config.backbone, device=config.device
+    )
+    groups: list[tuple[Backbone, list[str]]] = []  # one model per input size
+    for size in dict.fromkeys(s for _, s in regions):
+        bb = get_backbone(
+            config.backbone,
+            device=device,
+            precision=precision,
+            num_threads=config.embed_threads,
+            input_size=size,
+        )
+        groups.append((bb, [r for r, s in regions if s == size]))
+    return FeatureBlocks(groups, cues=cues, batch_size=config.batch_size)
 
 
 def _record_decode_errors(ws: Workspace) -> None:

@@ -271,6 +271,30 @@ def seed_option(
     )
 
 
+def engine_options(what: str) -> Callable[[F], F]:
+    """``--engine local|ray`` and ``--address``: where the command's stream runs."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--address",
+            default=None,
+            help="Ray cluster address (--engine ray), e.g. ray://head:10001 or auto; default: "
+            "a local Ray session.",
+        )(f)
+        return click.option(
+            "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+            help=f"ray: {what} as a Ray Data pipeline (needs 'labeler[ray]').",
+        )(f)  # fmt: skip
+
+    return decorate
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """``--address`` only with ``--engine ray`` (a usage error otherwise)."""
+    if address and engine != "ray":
+        raise click.BadParameter("--address needs --engine ray", param_hint="--address")
+
+
 def workers_option(what: str, default: int | None = None, minimum: int = 1) -> Callable[[F], F]:
     """``--workers N``: the parallel workers of this command's CPU stage ``what``."""
     return click.option(

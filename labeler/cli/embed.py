@@ -9,7 +9,9 @@ import click
 from labeler.cli._common import (
     backbone_option,
     batch_size_option,
+    check_engine,
     device_option,
+    engine_options,
     force_option,
     labeler_command,
     progress_option,
@@ -54,14 +56,7 @@ REGION_NAMES = ("face", "lower", "nose", "mouth_chin", "forehead", "eyes", "box"
     default=None,
     help="Local checkpoint (torch.save(model.state_dict(), FILE)) instead of the default weights.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: a Ray Data pipeline (needs 'labeler[ray]').",
-)
-@click.option("--address", default=None, help="Ray cluster address (--engine ray); default: local.")
+@engine_options("the embed step")
 @click.option(
     "--shard-size",
     type=click.IntRange(1),
@@ -100,8 +95,7 @@ def command(
     Resumable and incremental: re-running skips faces already embedded. Vectors go to
     WS/embeddings/<backbone>__<region>/ (face_id, vector) Parquet shards.
     """
-    if address and engine != "ray":
-        raise click.BadParameter("--address needs --engine ray", param_hint="--address")
+    check_engine(engine, address)
     if engine == "ray":
         from labeler.embeddings.ray_engine import embed_faces_ray
 

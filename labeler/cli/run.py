@@ -9,8 +9,10 @@ import click
 from labeler.cli._common import (
     backbone_option,
     batch_size_option,
+    check_engine,
     detector_option,
     device_option,
+    engine_options,
     labeler_command,
     progress_option,
     show_progress_lines,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     help="auto: one fused GPU pass (decode, detect, align, embed) when the model runs on CUDA; "
     "threads: the CPU path; fused: the GPU pass's code on whatever device (for checking).",
 )
+@engine_options("the whole stream (decode to features)")
 @follow_links_option()
 @progress_option()
 def command(
@@ -64,6 +67,8 @@ def command(
     embed_threads: int | None,
     detect_engine: str,
     follow_links: bool | None,
+    engine: str,
+    address: str | None,
     **options: Any,
 ) -> None:
     """Ingest IMAGES, detect and align faces, embed them and group them (all incremental).
@@ -73,6 +78,8 @@ def command(
     everything is re-clustered); otherwise new faces are placed into the current run.
     """
     from labeler.pipeline import RunConfig, run_pipeline
+
+    check_engine(engine, address)
 
     config = RunConfig(
         detector=detector,
@@ -85,6 +92,8 @@ def command(
         embed_threads=embed_threads,
         detect_engine=detect_engine,
         follow_links=follow_links,
+        engine=engine,
+        address=address,
     )
     if config.cluster is not None:  # a fit over many faces takes minutes: say each phase
         show_progress_lines("labeler.cluster.run")

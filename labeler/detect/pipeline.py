@@ -378,6 +378,38 @@ def _fenced_items(
     return items, refused
 
 
+@dataclass(frozen=True, eq=False)
+class PhotoCut:
+    """One photo through :func:`cut_photo`: its faces (none when ``error``), why it gave none
+    when it decoded (``note``) and the seconds decode and the rest took."""
+
+    cuts: list[FaceCut]
+    error: str | None
+    note: str | None
+    decode_s: float
+    detect_s: float
+
+
+def cut_photo(
+    path: Path, detector: Detector, cfg: DetectConfig, *, box: bool | None, stored: bool
+) -> PhotoCut:
+    """Decode one photo and :func:`cut_faces` it, an undecodable file recorded (never
+    raised): the per-photo work of ``labeler run``, on a thread of this process or on a Ray
+    worker (:mod:`labeler.ray_stream`)."""
+    t0 = time.perf_counter()
+    try:
+        dec = decode_image(path, min_side=cfg.detect_side)
+    except ImageDecodeError as exc:
+        return PhotoCut([], str(exc), None, time.perf_counter() - t0, 0.0)
+    t1 = time.perf_counter()
+    try:
+        cuts = cut_faces(path, detector, cfg, box=box, stored=stored, dec=dec)
+    except ImageDecodeError as exc:  # the re-decode at a larger size failed
+        return PhotoCut([], str(exc), None, t1 - t0, time.perf_counter() - t1)
+    note = None if cuts else too_small_note(dec.width, dec.height, cfg)
+    return PhotoCut(cuts, None, note, t1 - t0, time.perf_counter() - t1)
+
+
 def _process_image(
     ws: Workspace,
     image_id: str,
@@ -386,21 +418,13 @@ def _process_image(
     cfg: DetectConfig,
     sink: FaceQueue | None = None,
 ) -> ImageOutcome:
-    """One photo of the workspace step: :func:`cut_faces`, its files written (one writer
+    """One photo of the workspace step: :func:`cut_photo`, its files written (one writer
     per crop file: this thread), the crops' pixels put on ``sink`` for the embedder."""
-    t0 = time.perf_counter()
-    try:
-        dec = decode_image(path, min_side=cfg.detect_side)
-    except ImageDecodeError as exc:
-        return ImageOutcome(image_id, [], False, str(exc), time.perf_counter() - t0, 0.0)
-    t1 = time.perf_counter()
     need_box = sink is not None and "box" in sink.kinds
-    try:
-        cuts = cut_faces(
-            path, detector, cfg, box=True if need_box else None, stored=sink is not None, dec=dec
-        )
-    except ImageDecodeError as exc:  # the re-decode at a larger size failed
-        return ImageOutcome(image_id, [], False, str(exc), t1 - t0, time.perf_counter() - t1)
+    got = cut_photo(path, detector, cfg, box=True if need_box else None, stored=sink is not None)
+    if got.error is not None:
+        return ImageOutcome(image_id, [], False, got.error, got.decode_s, got.detect_s)
+    cuts = got.cuts
     rows = []
     for index, cut in enumerate(cuts):
         row = face_row(ws, image_id, index, cut.detection, detector.name)
@@ -418,8 +442,7 @@ def _process_image(
             ]
         )
     whole = any(c.detection.whole_image for c in cuts)
-    note = None if cuts else too_small_note(dec.width, dec.height, cfg)
-    return ImageOutcome(image_id, rows, whole, None, t1 - t0, time.perf_counter() - t1, note)
+    return ImageOutcome(image_id, rows, whole, None, got.decode_s, got.detect_s, got.note)
 
 
 def too_small_note(width: int, height: int, cfg: DetectConfig) -> str | None:
@@ -663,6 +686,9 @@ def detect_workspace(
     # the photo folder's fence (labeler.fence), as ingest applied it: a photo swapped for a
     # link out of its folder (or a FIFO) after ingest is recorded as an error, never opened
     items, refused = _fenced_items(ws, roots, todo)
+    start = getattr(engine, "start", None)
+    if start is not None and items:  # an engine that streams the whole run (labeler.ray_stream)
+        start(ws, items, cfg)
 
     n_workers = workers or default_workers()
     outcomes: list[ImageOutcome] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,57 +111,20 @@ def embed_faces_ray(
     system) and have labeler installed; the driver writes the shards.
     """
     from labeler._deps import require
-    from labeler.embeddings.backbones import BackboneError, get_backbone
-    from labeler.embeddings.onnx_runtime import onnx_cache_dir
 
     ray = require("ray", extra="ray", purpose="--engine ray")
     require("ray.data", extra="ray", purpose="--engine ray")
 
     t0 = time.perf_counter()
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"include_dashboard": False} if address is None else {}
-        ray.init(address=address, log_to_driver=False, **kwargs)
-        started = True
+    started = connect(ray, address)
     try:
         from labeler.embeddings.backbones import workspace_precision
         from labeler.embeddings.store import list_embeddings
 
         # the workspace's precision (never int8 and float features mixed in one workspace)
         device, precision = workspace_precision(list_embeddings(ws), backbone, device=device)
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        cpus = max(1, int(resources.get("CPU", 1)))
-        if device == "cuda" and not gpus:
-            raise BackboneError("--device cuda but the Ray cluster has no GPUs; use --device cpu")
-        on_gpu = gpus > 0 and device in ("auto", "cuda")
-        actor_device = "cuda" if on_gpu else "cpu"
-        actor_runtime = "torch" if on_gpu and runtime == "auto" else runtime
-        if on_gpu:
-            n_actors = num_actors or gpus
-            actor_cpus, threads = 1, None
-        else:
-            n_actors = num_actors or max(1, min(4, cpus // 4))
-            actor_cpus = 1
-            threads = max(1, cpus // (2 * n_actors))
-        cache = str(onnx_cache_dir())
-
-        # the driver resolves the config (and exports the ONNX file once for the CPU actors)
-        probe = get_backbone(
-            backbone,
-            weights=weights,
-            device="cpu",
-            runtime="onnx" if actor_runtime in ("auto", "onnx") else "torch",
-            precision="auto" if on_gpu else precision,
-            cache_dir=cache,
-            input_size=input_size,
-        )
-        bconf = probe.config
-        if on_gpu:
-            bconf = replace(
-                bconf, runtime="torch", device="cuda", precision="bf16", channels_last=True
-            )
-        del probe
+        plan = plan_actors(ray, device=device, runtime=runtime, num_actors=num_actors)
+        bconf = actor_backbone_config(plan, backbone, weights, precision, input_size)
         config = make_config(
             bconf, region=region, batch_size=batch_size, shard_size=shard_size, engine="ray"
         )
@@ -181,7 +144,7 @@ def embed_faces_ray(
 
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
-            block_rows = max(batch_size, min(4 * batch_size, -(-len(todo) // cpus)))
+            block_rows = max(batch_size, min(4 * batch_size, -(-len(todo) // plan.cpus)))
             blocks = [todo.iloc[i : i + block_rows] for i in range(0, len(todo), block_rows)]
             ds = ray.data.from_pandas(blocks)
             ds = ds.map_batches(
@@ -196,20 +159,20 @@ def embed_faces_ray(
                 fn_constructor_kwargs={
                     "backbone": backbone,
                     "weights": None if weights is None else str(Path(weights).resolve()),
-                    "device": actor_device,
-                    "runtime": actor_runtime,
-                    "num_threads": threads,
-                    "cache_dir": cache,
+                    "device": plan.device,
+                    "runtime": plan.runtime,
+                    "num_threads": plan.threads,
+                    "cache_dir": plan.cache_dir,
                     "region": region,
                     "input_size": input_size,
                     "batch_size": batch_size,
-                    "precision": "auto" if on_gpu else precision,
+                    "precision": plan.precision(precision),
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=n_actors),
-                num_cpus=actor_cpus,
-                num_gpus=1 if on_gpu else 0,
+                compute=ray.data.ActorPoolStrategy(size=plan.n_actors),
+                num_cpus=1,
+                num_gpus=1 if plan.on_gpu else 0,
             )
             bar = progress_bar(len(todo), desc=f"embed {config.key} (ray)", enabled=progress)
 
@@ -238,6 +201,90 @@ def embed_faces_ray(
         seconds=seconds,
         config=config,
     )
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """Where the model actors of a Ray pipeline run and how many there are."""
+
+    on_gpu: bool
+    device: str  # the actors' device: cuda (one actor a GPU) or cpu
+    runtime: str
+    n_actors: int
+    threads: int | None  # the model's CPU threads in each actor (None: the runtime's own)
+    cpus: int  # CPUs in the cluster
+    cache_dir: str  # the ONNX cache the actors read (made once by the driver)
+
+    def precision(self, workspace: str) -> str:
+        """The actors' precision: the GPU's own (bf16) there, the workspace's on CPUs."""
+        return "auto" if self.on_gpu else workspace
+
+
+def connect(ray: Any, address: str | None) -> bool:
+    """Join the running Ray session, else ``ray.init(address=address)`` (``None``: a local
+    session on this machine). True when this call started it (the caller shuts it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False} if address is None else {}
+    ray.init(address=address, log_to_driver=False, **kwargs)
+    return True
+
+
+def plan_actors(
+    ray: Any, *, device: str, runtime: str = "auto", num_actors: int | None = None
+) -> ActorPlan:
+    """The model actors for the cluster ``ray`` is connected to: one a GPU when it has GPUs
+    (and ``device`` allows them), else a small CPU pool (one actor per 4 CPUs, at most 4),
+    each with a share of the CPUs as model threads."""
+    from labeler.embeddings.backbones import BackboneError
+    from labeler.embeddings.onnx_runtime import onnx_cache_dir
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if device == "cuda" and not gpus:
+        raise BackboneError("--device cuda but the Ray cluster has no GPUs; use --device cpu")
+    on_gpu = gpus > 0 and device in ("auto", "cuda")
+    if on_gpu:
+        n = num_actors or gpus
+        return ActorPlan(
+            True,
+            "cuda",
+            "torch" if runtime == "auto" else runtime,
+            n,
+            None,
+            cpus,
+            str(onnx_cache_dir()),
+        )
+    n = num_actors or max(1, min(4, cpus // 4))
+    return ActorPlan(False, "cpu", runtime, n, max(1, cpus // (2 * n)), cpus, str(onnx_cache_dir()))
+
+
+def actor_backbone_config(
+    plan: ActorPlan,
+    backbone: str,
+    weights: str | os.PathLike[str] | None,
+    precision: str,
+    input_size: int | None,
+) -> Any:
+    """The :class:`~labeler.embeddings.types.BackboneConfig` the actors of ``plan`` will run
+    (their stored key and fingerprint), resolved on the driver, which also exports the ONNX
+    file once into the cache the CPU actors read."""
+    from labeler.embeddings.backbones import get_backbone
+
+    probe = get_backbone(
+        backbone,
+        weights=weights,
+        device="cpu",
+        runtime="onnx" if plan.runtime in ("auto", "onnx") else "torch",
+        precision=plan.precision(precision),
+        cache_dir=plan.cache_dir,
+        input_size=input_size,
+    )
+    bconf = probe.config
+    if plan.on_gpu:
+        bconf = replace(bconf, runtime="torch", device="cuda", precision="bf16", channels_last=True)
+    return bconf
 
 
 class _ConfigOnly:

@@ -1,0 +1,488 @@
+"""``labeler run --engine ray``: the whole stream of ``labeler run`` as one Ray Data pipeline.
+
+photos ``(image_id, path)`` -> ``map_batches`` cut tasks on the cluster's CPUs (decode, the
+upright check, detection, alignment, the box crop: :func:`labeler.detect.pipeline.cut_photo`,
+the local engine's own per-photo path) -> ``map_batches`` feature actors (every block of the
+feature set and the colour cues: :class:`labeler.embeddings.embed.FeatureBlocks`, one actor a
+GPU where the cluster has GPUs) -> the driver, which writes the crop files, the faces rows
+and the feature shards through :func:`labeler.detect.pipeline.detect_workspace` (this module's
+:class:`RayRunEngine` is a :class:`~labeler.detect.pipeline.DetectEngine`). Commits, the detect
+log, resuming and the feature keys are the local engine's, so a workspace can be continued by
+either engine.
+
+What the cluster needs (checked at start by :func:`check_cluster`, one task on every node):
+the photo folder readable at the same path on every node (Ray Data's convention for file
+inputs: a shared file system), and the same labeler on every node with its detector and
+model packages. The workspace is written by the driver only; workers never touch it.
+
+Faults are Ray's: a task on a node that dies is retried elsewhere and its lost outputs are
+rebuilt from lineage, a dead actor is restarted (Ray Data's defaults), and rows come back in
+input order, so the result does not change. A killed driver loses at most the chunk in
+flight; the next run resumes from the detect log, as with the local engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from labeler.errors import InputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from labeler.detect.pipeline import DetectConfig, ImageOutcome
+    from labeler.embeddings.embed import BlockWriters
+    from labeler.embeddings.ray_engine import ActorPlan
+    from labeler.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: Photos per Ray block (one cut task each): small, so a retried task redoes little and the
+#: cluster's CPUs share the work evenly.
+PHOTOS_PER_BLOCK = 8
+
+
+# --- on the workers ----------------------------------------------------------------------
+
+_DETECTORS: dict[str, Any] = {}
+
+
+def _detector(cfg: DetectConfig) -> Any:
+    """One detector per worker process and configuration (a worker runs many tasks)."""
+    key = repr(cfg)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = cfg.build_detector()
+    return _DETECTORS[key]
+
+
+def cut_batch(batch: pa.Table, *, cfg: DetectConfig, box: bool | None) -> pa.Table:
+    """Ray task body: ``(image_id, path)`` rows -> ``(image_id, payload)``, the payload one
+    photo's :func:`~labeler.detect.pipeline.cut_photo` (detections, crop JPEG bytes, the error
+    or note, timings), pickled."""
+    import pyarrow as pa
+
+    from labeler.detect.pipeline import cut_photo
+    from labeler.workspace import face_id_for
+
+    det = _detector(cfg)
+    payloads = []
+    ids = batch.column("image_id").to_pylist()
+    for image_id, path in zip(ids, batch.column("path").to_pylist(), strict=True):
+        got = cut_photo(Path(path), det, cfg, box=box, stored=False)
+        payloads.append(
+            pickle.dumps(
+                {
+                    "detector": det.name,
+                    "face_ids": [face_id_for(image_id, i) for i in range(len(got.cuts))],
+                    "detections": [c.detection for c in got.cuts],
+                    "aligned": [c.aligned_jpeg for c in got.cuts],
+                    "box": [c.box_jpeg for c in got.cuts],
+                    "error": got.error,
+                    "note": got.note,
+                    "decode_s": got.decode_s,
+                    "detect_s": got.detect_s,
+                },
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        )
+    return pa.table(
+        {"image_id": pa.array(ids, pa.string()), "payload": pa.array(payloads, pa.binary())}
+    )
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What a feature actor builds: the backbone once per input size with its regions, the
+    cues, and how it runs (from the driver's :class:`~labeler.embeddings.ray_engine.ActorPlan`)."""
+
+    backbone: str
+    groups: tuple[tuple[int | None, tuple[str, ...]], ...]
+    cues: bool
+    device: str
+    runtime: str
+    precision: str
+    threads: int | None
+    cache_dir: str
+    batch_size: int
+    weights: str | None = None
+
+
+class FeatureActor:
+    """Ray actor: builds the :class:`~labeler.embeddings.embed.FeatureBlocks` of ``spec``
+    once, then adds each photo's vectors (``key -> (faces, dim)``, pickled) to its row. The
+    crops are decoded from the JPEG bytes the workspace stores, as the local engine does."""
+
+    def __init__(self, spec: BlockSpec) -> None:
+        from labeler.embeddings.backbones import get_backbone
+        from labeler.embeddings.embed import FeatureBlocks
+
+        groups = [
+            (
+                get_backbone(
+                    spec.backbone,
+                    weights=spec.weights,
+                    device=spec.device,
+                    runtime=spec.runtime,
+                    precision=spec.precision,
+                    num_threads=spec.threads,
+                    cache_dir=spec.cache_dir,
+                    input_size=size,
+                ),
+                list(regions),
+            )
+            for size, regions in spec.groups
+        ]
+        self.blocks = FeatureBlocks(groups, cues=spec.cues, batch_size=spec.batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        photos = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
+        faces = [face for ph in photos for face in face_crops(ph)]
+        X = self.blocks.compute(faces) if faces else {}
+        out, start = [], 0
+        for ph in photos:
+            n = len(ph["face_ids"])
+            out.append(
+                pickle.dumps(
+                    {k: v[start : start + n] for k, v in X.items()},
+                    protocol=pickle.HIGHEST_PROTOCOL,
+                )
+            )
+            start += n
+        return batch.append_column("vectors", pa.array(out, pa.binary()))
+
+
+def face_crops(photo: dict[str, Any]) -> list[Any]:
+    """The :class:`~labeler.faces.records.FaceCrops` of one payload (crops decoded from the
+    stored JPEG bytes, so the pixels equal those of the crop files)."""
+    from labeler.faces.records import FaceCrops
+    from labeler.imageio import decode_crop_bytes
+
+    return [
+        FaceCrops(fid, decode_crop_bytes(a), None if b is None else decode_crop_bytes(b))
+        for fid, a, b in zip(photo["face_ids"], photo["aligned"], photo["box"], strict=True)
+    ]
+
+
+def _node_facts(sample: str | None) -> dict[str, Any]:
+    """Ray task body of :func:`check_cluster`: what one node has."""
+    import os
+    import platform
+
+    import labeler
+    from labeler._deps import available
+
+    return {
+        "host": platform.node(),
+        "labeler": labeler.__version__,
+        "python": platform.python_version(),
+        "reads_photos": sample is None or os.access(sample, os.R_OK),
+        "missing": [m for m in ("mediapipe", "onnxruntime", "cv2") if not available(m)],
+    }
+
+
+# --- on the driver -----------------------------------------------------------------------
+
+
+def check_cluster(ray: Any, sample: Path | None) -> int:
+    """One task on every alive node with CPUs: the same labeler and Python as the driver, its
+    packages, and the photo ``sample`` readable at the same path. Raises :class:`InputError`
+    (one line naming the node and the fix); returns the number of nodes."""
+    import platform
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import labeler
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    facts = ray.remote(num_cpus=0.01)(_node_facts)
+    got = ray.get(
+        [
+            facts.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(None if sample is None else str(sample))
+            for n in nodes
+        ]
+    )
+    for node, f in zip(nodes, got, strict=True):
+        where = f"Ray node {f['host']} ({node.get('NodeManagerAddress')})"
+        if f["labeler"] != labeler.__version__ or f["python"] != platform.python_version():
+            raise InputError(
+                f"{where} has labeler {f['labeler']} on Python {f['python']}, the driver "
+                f"labeler {labeler.__version__} on Python {platform.python_version()}; install "
+                "the same labeler[ray] on every node"
+            )
+        if f["missing"]:
+            raise InputError(
+                f"{where} lacks {', '.join(f['missing'])}; install labeler[ray] there as on the "
+                "driver"
+            )
+        if not f["reads_photos"]:
+            raise InputError(
+                f"{where} cannot read {sample}: every node must see the photo folder at the same "
+                "path (a shared file system such as NFS), or run with --engine local"
+            )
+    return len(nodes)
+
+
+class RayRunEngine:
+    """A :class:`~labeler.detect.pipeline.DetectEngine` that streams the photos through the
+    Ray pipeline of this module: :meth:`start` plans the whole run once, each call then takes
+    its chunk's photos from the stream (in input order), writes their crop files and hands
+    their vectors to ``writers`` (flushed before the chunk's faces are committed)."""
+
+    def __init__(
+        self, ray: Any, spec: BlockSpec, plan: ActorPlan, writers: BlockWriters, *, progress: Any
+    ) -> None:
+        self.ray, self.spec, self.plan, self.writers = ray, spec, plan, writers
+        self.kinds = writers.blocks.kinds
+        self._rows: Iterator[tuple[str, dict[str, Any], dict[str, np.ndarray]]] | None = None
+        self._bar = progress
+        self.faces = 0
+
+    def start(self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig) -> None:
+        import pyarrow as pa
+
+        check_cluster(self.ray, items[0][1] if items else None)
+        table = pa.table(
+            {
+                "image_id": pa.array([i for i, _ in items], pa.string()),
+                "path": pa.array([str(p) for _, p in items], pa.string()),
+            }
+        )
+        box = True if "box" in self.kinds else None
+        ds = self._dataset(table, cut_batch, {"cfg": cfg, "box": box})
+        self._rows = self._iterate(ds)
+
+    def _dataset(self, table: pa.Table, first: Any, kwargs: dict[str, Any]) -> Any:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = True  # chunks commit in input order
+        step = PHOTOS_PER_BLOCK
+        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
+        ds = ds.map_batches(first, fn_kwargs=kwargs, batch_format="pyarrow", num_cpus=1)
+        return ds.map_batches(
+            FeatureActor,
+            fn_constructor_args=(self.spec,),
+            batch_size=self.spec.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=self.plan.n_actors),
+            num_cpus=1,
+            num_gpus=1 if self.plan.on_gpu else 0,
+        )
+
+    @staticmethod
+    def _iterate(ds: Any) -> Iterator[tuple[str, dict[str, Any], dict[str, np.ndarray]]]:
+        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for image_id, payload, vectors in zip(
+                out.column("image_id").to_pylist(),
+                out.column("payload").to_pylist(),
+                out.column("vectors").to_pylist(),
+                strict=True,
+            ):
+                yield image_id, pickle.loads(payload), pickle.loads(vectors)
+
+    def __call__(
+        self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig, cpu: Any
+    ) -> list[ImageOutcome]:
+        from labeler.detect.pipeline import ImageOutcome, face_row
+        from labeler.imageio import write_bytes
+
+        if self._rows is None:
+            raise RuntimeError("RayRunEngine.start was not called before the first chunk")
+        out = []
+        for image_id, _ in items:
+            got_id, ph, X = next(self._rows)
+            if got_id != image_id:  # preserve_order: a bug, never the user's input
+                raise RuntimeError(f"Ray stream out of order: {got_id} for {image_id}")
+            rows = []
+            for index, det in enumerate(ph["detections"]):
+                row = face_row(ws, image_id, index, det, ph["detector"])
+                write_bytes(ws.root / str(row["crop_path"]), ph["aligned"][index])
+                if ph["box"][index] is not None:
+                    write_bytes(ws.box_crop_path(str(row["face_id"])), ph["box"][index])
+                rows.append(row)
+            if rows:
+                self.writers.add(ph["face_ids"], X)
+            whole = any(d.whole_image for d in ph["detections"])
+            out.append(
+                ImageOutcome(
+                    image_id,
+                    rows,
+                    whole,
+                    ph["error"],
+                    ph["decode_s"],
+                    ph["detect_s"],
+                    ph["note"],
+                )
+            )
+            self.faces += len(rows)
+            if self._bar is not None:
+                self._bar.update(1)
+        for writer in self.writers.writers.values():
+            writer.close()  # this chunk's vectors are on disk before its faces are committed
+        return out
+
+    def close(self) -> None:
+        """End the stream (its iterator holds the dataset's execution open)."""
+        if self._rows is not None:
+            self._rows.close()  # type: ignore[attr-defined]
+            self._rows = None
+
+    def embed_missing(self, ws: Workspace) -> int:
+        """Faces of ``faces.parquet`` some block lacks (an earlier run was killed between a
+        commit and its shards, or ran other blocks): their crop files, read by the driver,
+        through the same feature actors. Returns the faces embedded."""
+        import pyarrow as pa
+
+        from labeler.embeddings.embed import crop_paths
+
+        faces = ws.faces()
+        self.writers.refresh()
+        todo = faces[faces["face_id"].isin(set(self.writers.missing(faces["face_id"])))]
+        if not len(todo):
+            return 0
+        if "box" in self.kinds:
+            from labeler.faces.boxcrops import box_crops_workspace
+
+            box_crops_workspace(ws, faces=todo)
+        aligned = crop_paths(ws, todo, crop="aligned")
+        boxes = crop_paths(ws, todo, crop="box") if "box" in self.kinds else None
+        payloads = [
+            pickle.dumps(
+                {
+                    "face_ids": [fid],
+                    "aligned": [Path(a).read_bytes()],
+                    "box": [None if boxes is None else Path(boxes.iloc[i]).read_bytes()],
+                }
+            )
+            for i, (fid, a) in enumerate(zip(todo["face_id"], aligned, strict=True))
+        ]
+        table = pa.table(
+            {
+                "image_id": pa.array(list(todo["image_id"]), pa.string()),
+                "payload": pa.array(payloads, pa.binary()),
+            }
+        )
+        ds = self._dataset(table, _same, {})
+        n = 0
+        for _, ph, X in self._iterate(ds):
+            self.writers.add(ph["face_ids"], X)
+            n += len(ph["face_ids"])
+        self.writers.close()
+        log.info("embedded %d faces from their crop files on Ray", n)
+        return n
+
+
+def _same(batch: pa.Table) -> pa.Table:
+    """The first stage of :meth:`RayRunEngine.embed_missing`: the payloads are made already."""
+    return batch
+
+
+def detect_and_embed_ray(
+    ws: Workspace,
+    *,
+    detector: str,
+    backbone: str,
+    inputs: Sequence[tuple[str, int | None]],
+    cues: bool,
+    device: str = "auto",
+    batch_size: int = 64,
+    address: str | None = None,
+    num_actors: int | None = None,
+    progress: bool | None = None,
+) -> tuple[Any, dict[str, int]]:
+    """Detect and embed the workspace's new photos on Ray: ``inputs`` are the ``(region,
+    input size)`` pairs of :func:`labeler.pipeline.feature_inputs`, ``cues`` the colour cues.
+    Returns the :class:`~labeler.detect.pipeline.DetectResult` and the faces embedded per key.
+    """
+    from labeler._deps import require
+    from labeler._io import progress_bar
+    from labeler.detect.pipeline import default_chunk_size, detect_workspace
+    from labeler.embeddings.backbones import workspace_precision
+    from labeler.embeddings.embed import BlockWriters, FeatureBlocks
+    from labeler.embeddings.ray_engine import (
+        _ConfigOnly,
+        actor_backbone_config,
+        connect,
+        plan_actors,
+    )
+    from labeler.embeddings.store import list_embeddings
+
+    ray = require("ray", extra="ray", purpose="--engine ray")
+    require("ray.data", extra="ray", purpose="--engine ray")
+    t0 = time.perf_counter()
+    started = connect(ray, address)
+    try:
+        dev, precision = workspace_precision(list_embeddings(ws), backbone, device=device)
+        plan = plan_actors(ray, device=dev, num_actors=num_actors)
+        sizes = list(dict.fromkeys(s for _, s in inputs))
+        groups = tuple((s, tuple(r for r, s2 in inputs if s2 == s)) for s in sizes)
+        configs = [actor_backbone_config(plan, backbone, None, precision, s) for s in sizes]
+        writers = BlockWriters(
+            ws,
+            FeatureBlocks(
+                [(_ConfigOnly(c), list(rs)) for c, (_, rs) in zip(configs, groups, strict=True)],  # type: ignore[misc]
+                cues=cues,
+                batch_size=batch_size,
+            ),
+            engine="ray",
+        )
+        spec = BlockSpec(
+            backbone=backbone,
+            groups=groups,
+            cues=cues,
+            device=plan.device,
+            runtime=plan.runtime,
+            precision=plan.precision(precision),
+            threads=plan.threads,
+            cache_dir=plan.cache_dir,
+            batch_size=batch_size,
+        )
+        from labeler.detect.pipeline import read_detect_log
+
+        images = ws.images()
+        done = set(read_detect_log(ws)["image_id"])
+        ok = images.loc[images["status"] == "ok", "image_id"]
+        n_todo = int((~ok.isin(done)).sum())
+        bar = progress_bar(n_todo, desc="run (ray)", enabled=progress, unit="img")
+        engine = RayRunEngine(ray, spec, plan, writers, progress=bar)
+        before = {k: len(d) for k, d in writers.done.items()}
+        try:
+            detected = detect_workspace(
+                ws,
+                detector=detector,
+                chunk_size=default_chunk_size(n_todo),
+                progress=False,
+                engine=engine,
+            )
+            if writers.blocks.keys:
+                engine.embed_missing(ws)
+        finally:
+            engine.close()
+            bar.close()
+        writers.refresh()
+        embedded = {k: len(d) - before[k] for k, d in writers.done.items()}
+    finally:
+        if started:
+            ray.shutdown()
+    log.info(
+        "run on Ray: %d photos, %d faces in %.1f s (%d actors, %d CPUs)",
+        detected.processed,
+        detected.faces,
+        time.perf_counter() - t0,
+        plan.n_actors,
+        plan.cpus,
+    )
+    return detected, embedded
