@@ -292,6 +292,8 @@ def predict_files(
     batch_size: int = 64,
     progress: bool | None = None,
     follow_links: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Predictions for every image under ``inputs`` (files or folders); unreadable files are
     logged and skipped, and so are the files the folder's fence refuses (``follow_links``:
@@ -300,7 +302,9 @@ def predict_files(
 
     ``detector``: a name (one detector per detect thread, ``workers`` threads, default
     ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
-    several photos are classified together, ``batch_size`` at a time.
+    several photos are classified together, ``batch_size`` at a time. ``engine="ray"``: the
+    same stream on Ray Data (:func:`labeler.ray_stream.predict_ray`, the cluster at
+    ``address``; a detector name only), with the same rows.
     """
     from labeler._io import progress_bar
     from labeler.detect.pipeline import DetectConfig, cut_faces, default_workers
@@ -335,6 +339,22 @@ def predict_files(
 
     box = "box" in clf.kinds
     images = list_images(inputs, follow_links=follow_links)
+    if engine == "ray":
+        if not isinstance(detector, str):
+            raise InputError("engine='ray' takes a detector name (each worker builds its own)")
+        from labeler.ray_stream import predict_ray
+
+        frames = [predictions_frame("", [], fields)]
+        for shown, cuts, probs in predict_ray(
+            images, models, cfg, box=box, batch_size=batch_size, address=address,
+            progress=progress,
+        ):  # fmt: skip
+            if cuts is not None:
+                per_model = list(zip(clf.models, probs, strict=True))
+                frames.append(predictions_frame(shown, _predictions(cuts, per_model, 0), fields))
+        return pd.concat(frames, ignore_index=True)
+    if engine != "local":
+        raise InputError(f"engine must be local or ray, got {engine!r}")
 
     def cut(item: tuple[Path, str]) -> tuple[str, list[Any] | None]:
         path, shown = item

@@ -234,6 +234,49 @@ def check_cluster(ray: Any, sample: Path | None) -> int:
     return len(nodes)
 
 
+def photo_dataset(
+    table: pa.Table,
+    first: Any,
+    kwargs: dict[str, Any],
+    actor: type,
+    actor_args: tuple[Any, ...],
+    plan: ActorPlan,
+    batch_size: int,
+) -> Any:
+    """The pipeline: ``table`` in blocks of :data:`PHOTOS_PER_BLOCK` rows -> ``first(batch,
+    **kwargs)`` as CPU tasks -> ``actor(*actor_args)`` on the plan's actor pool (one actor a
+    GPU on GPU clusters), ``batch_size`` rows a call; rows come out in input order."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # chunks commit in input order
+    step = PHOTOS_PER_BLOCK
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
+    ds = ds.map_batches(first, fn_kwargs=kwargs, batch_format="pyarrow", num_cpus=1)
+    return ds.map_batches(
+        actor,
+        fn_constructor_args=actor_args,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.n_actors),
+        num_cpus=1,
+        num_gpus=1 if plan.on_gpu else 0,
+    )
+
+
+def iterate(ds: Any) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """``(image_id, payload, vectors)`` of each row of ``ds``, unpickled, in order."""
+    for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for image_id, payload, vectors in zip(
+            out.column("image_id").to_pylist(),
+            out.column("payload").to_pylist(),
+            out.column("vectors").to_pylist(),
+            strict=True,
+        ):
+            yield image_id, pickle.loads(payload), pickle.loads(vectors)
+
+
 class RayRunEngine:
     """A :class:`~labeler.detect.pipeline.DetectEngine` that streams the photos through the
     Ray pipeline of this module: :meth:`start` plans the whole run once, each call then takes
@@ -260,38 +303,11 @@ class RayRunEngine:
             }
         )
         box = True if "box" in self.kinds else None
-        ds = self._dataset(table, cut_batch, {"cfg": cfg, "box": box})
-        self._rows = self._iterate(ds)
-
-    def _dataset(self, table: pa.Table, first: Any, kwargs: dict[str, Any]) -> Any:
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = True  # chunks commit in input order
-        step = PHOTOS_PER_BLOCK
-        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
-        ds = ds.map_batches(first, fn_kwargs=kwargs, batch_format="pyarrow", num_cpus=1)
-        return ds.map_batches(
-            FeatureActor,
-            fn_constructor_args=(self.spec,),
-            batch_size=self.spec.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=self.plan.n_actors),
-            num_cpus=1,
-            num_gpus=1 if self.plan.on_gpu else 0,
-        )
-
-    @staticmethod
-    def _iterate(ds: Any) -> Iterator[tuple[str, dict[str, Any], dict[str, np.ndarray]]]:
-        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for image_id, payload, vectors in zip(
-                out.column("image_id").to_pylist(),
-                out.column("payload").to_pylist(),
-                out.column("vectors").to_pylist(),
-                strict=True,
-            ):
-                yield image_id, pickle.loads(payload), pickle.loads(vectors)
+        ds = photo_dataset(
+            table, cut_batch, {"cfg": cfg, "box": box}, FeatureActor, (self.spec,), self.plan,
+            self.spec.batch_size,
+        )  # fmt: skip
+        self._rows = iterate(ds)
 
     def __call__(
         self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig, cpu: Any
@@ -375,14 +391,98 @@ class RayRunEngine:
                 "payload": pa.array(payloads, pa.binary()),
             }
         )
-        ds = self._dataset(table, _same, {})
+        ds = photo_dataset(
+            table, _same, {}, FeatureActor, (self.spec,), self.plan, self.spec.batch_size
+        )
         n = 0
-        for _, ph, X in self._iterate(ds):
+        for _, ph, X in iterate(ds):
             self.writers.add(ph["face_ids"], X)
             n += len(ph["face_ids"])
         self.writers.close()
         log.info("embedded %d faces from their crop files on Ray", n)
         return n
+
+
+class PredictActor:
+    """Ray actor of ``labeler predict --engine ray``: the local engine's
+    :class:`labeler.predict.Classifier` of ``models``, built once; adds each photo's class
+    probabilities (one array per model, pickled) to its row."""
+
+    def __init__(self, models: list[Any], batch_size: int) -> None:
+        from labeler.predict import Classifier
+
+        self.clf = Classifier(models, batch_size=batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        photos = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
+        faces = [face for ph in photos for face in face_crops(ph)]
+        probs = self.clf.predict_proba(faces)
+        out, start = [], 0
+        for ph in photos:
+            n = len(ph["face_ids"])
+            out.append(pickle.dumps([P[start : start + n] for P in probs]))
+            start += n
+        return batch.append_column("vectors", pa.array(out, pa.binary()))
+
+
+def predict_ray(
+    images: Sequence[tuple[Path, str]],
+    models: list[Any],
+    cfg: DetectConfig,
+    *,
+    box: bool,
+    batch_size: int = 64,
+    address: str | None = None,
+    progress: bool | None = None,
+) -> Iterator[tuple[str, list[Any] | None, list[np.ndarray]]]:
+    """``labeler predict --engine ray``: ``(shown path, cuts or None when the photo could not
+    be decoded, per-model probabilities)`` for each of ``images`` (``(path, shown)``), in
+    order; the cuts carry the detections (crops stay on the workers)."""
+    import pyarrow as pa
+
+    from labeler._deps import require
+    from labeler._io import progress_bar
+    from labeler.detect.pipeline import FaceCut
+    from labeler.embeddings.ray_engine import connect, plan_actors
+
+    ray = require("ray", extra="ray", purpose="--engine ray")
+    require("ray.data", extra="ray", purpose="--engine ray")
+    started = connect(ray, address)
+    try:
+        if not images:
+            return
+        check_cluster(ray, images[0][0])
+        plan = plan_actors(ray, device="auto")
+        table = pa.table(
+            {
+                "image_id": pa.array([shown for _, shown in images], pa.string()),
+                "path": pa.array([str(p) for p, _ in images], pa.string()),
+            }
+        )
+        ds = photo_dataset(
+            table, cut_batch, {"cfg": cfg, "box": True if box else None}, PredictActor,
+            (models, batch_size), plan, batch_size,
+        )  # fmt: skip
+        bar = progress_bar(len(images), desc="predict (ray)", enabled=progress, unit="img")
+        try:
+            for shown, ph, probs in iterate(ds):
+                bar.update(1)
+                if ph["error"] is not None:
+                    log.warning("skipping %s", ph["error"])
+                    yield shown, None, []
+                    continue
+                cuts = [
+                    FaceCut(d, a, None)  # type: ignore[arg-type]
+                    for d, a in zip(ph["detections"], ph["aligned"], strict=True)
+                ]
+                yield shown, cuts, probs
+        finally:
+            bar.close()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _same(batch: pa.Table) -> pa.Table:

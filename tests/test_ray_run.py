@@ -215,3 +215,39 @@ def test_a_node_that_cannot_read_the_photos_is_one_line(env, cluster, tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "3", out.stdout + out.stderr[-2000:]
     assert len(lines) == 2 and "cannot read" in lines[1] and "shared file system" in lines[1]
+
+
+def test_ray_predict_equals_the_local_engine(env, photos, reference, tmp_path):
+    """A head trained on the default features of the MFR2 faces (masked or not): ``labeler
+    predict --engine ray`` writes the local engine's rows, the probabilities within 1e-4."""
+    from labeler.labels import LabelStore
+    from labeler.workspace import Workspace
+
+    ws = Workspace.open(shutil.copytree(reference, tmp_path / "ws"))
+    truth = pd.read_csv(shared_dataset("mfr2") / "labels.csv").set_index("file")["state"]
+    images = ws.images().set_index("image_id")["path"].map(lambda p: Path(p).name)
+    faces = ws.faces()
+    state = (
+        faces["image_id"].map(images).map(truth).map({"masked": "correct", "no_mask": "no_mask"})
+    )
+    store = LabelStore(ws.labels_db)
+    for label, ids in faces["face_id"].groupby(state.to_numpy()):
+        store.assign(ids.tolist(), "mask_state", label, annotator="test", source="simulation")
+    run(env, "train", "-w", str(ws.root), "--folds", "3", "--no-label-errors")
+    some = tmp_path / "new"
+    some.mkdir()
+    for name in sorted(p.name for p in photos.iterdir())[::8]:
+        shutil.copy(photos / name, some / name)
+    (some / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    outs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.csv"
+        run(env, "predict", str(some), "-w", str(ws.root), "--out", str(out), "--engine", engine)
+        outs[engine] = pd.read_csv(out)
+    a, b = outs["local"], outs["ray"]
+    assert len(a) == len(b) >= 20 and list(a.columns) == list(b.columns)
+    assert not a["path"].str.contains("broken").any()
+    pd.testing.assert_frame_equal(
+        a.drop(columns="mask_state_confidence"), b.drop(columns="mask_state_confidence")
+    )
+    np.testing.assert_allclose(a["mask_state_confidence"], b["mask_state_confidence"], atol=1e-4)

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 import click
 
 from labeler.cli._common import (
+    check_engine,
     detector_option,
     device_option,
+    engine_options,
     field_option,
     force_option,
     labeler_command,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 @device_option("Where fine-tuned models run.")
 @force_option()
 @follow_links_option(recorded=False)
+@engine_options("the whole stream (decode to classes) for large folders")
 @progress_option()
 def command(
     ws: Workspace,
@@ -49,6 +52,8 @@ def command(
     device: str,
     force: bool,
     follow_links: bool,
+    engine: str,
+    address: str | None,
 ) -> None:
     """Detect, align and classify the faces in IMAGES (files or folders); write a CSV with
     path, face_index, box, the predicted label and confidence per field. The faces go
@@ -62,12 +67,16 @@ def command(
     from labeler.train import load_model
     from labeler.workspace import atomic_write_bytes
 
+    check_engine(engine, address)
     out_path = Path(out)
     if out_path.exists() and not force:
         raise click.ClickException(f"{out_path} exists; pass --force to overwrite it")
     loaded = [load_model(ws, m, device=device) for m in models] or [
         load_model(ws, field=field, device=device)
     ]
-    df = predict_files(images, loaded, detector, progress=None, follow_links=follow_links)
+    df = predict_files(
+        images, loaded, detector, progress=None, follow_links=follow_links, engine=engine,
+        address=address,
+    )  # fmt: skip
     atomic_write_bytes(out_path, csv_bytes(df))  # cells a spreadsheet would run get a '
     click.echo(f"{len(df)} faces in {df['path'].nunique()} images -> {out_path}")
