@@ -152,7 +152,7 @@ def embed_faces_ray(
                 fn_kwargs={"kind": get_region(region).crop},
                 batch_size=batch_size,
                 batch_format="numpy",
-                num_cpus=1,
+                num_cpus=plan.task_cpus,
             )
             ds = ds.map_batches(
                 EmbedActor,
@@ -171,7 +171,7 @@ def embed_faces_ray(
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=plan.n_actors),
-                num_cpus=1,
+                num_cpus=plan.actor_cpus,
                 num_gpus=1 if plan.on_gpu else 0,
             )
             bar = progress_bar(len(todo), desc=f"embed {config.key} (ray)", enabled=progress)
@@ -214,6 +214,10 @@ class ActorPlan:
     threads: int | None  # the model's CPU threads in each actor (None: the runtime's own)
     cpus: int  # CPUs in the cluster
     cache_dir: str  # the ONNX cache the actors read (made once by the driver)
+    #: CPUs each actor and each CPU task reserves: 1, or shares of one on a one-CPU cluster
+    #: (an actor holding the only CPU would leave none for the tasks that feed it)
+    actor_cpus: float = 1.0
+    task_cpus: float = 1.0
 
     def precision(self, workspace: str) -> str:
         """The actors' precision: the GPU's own (bf16) there, the workspace's on CPUs."""
@@ -221,12 +225,15 @@ class ActorPlan:
 
 
 def connect(ray: Any, address: str | None) -> bool:
-    """Join the running Ray session, else ``ray.init(address=address)`` (``None``: a local
-    session on this machine). True when this call started it (the caller shuts it down)."""
+    """Join this process's Ray session, else ``ray.init(address=address)``: ``None`` starts a
+    new local session of this machine's cores (never a cluster Ray would find on its own:
+    ``auto`` asks for that one). True when this call started it (the caller shuts it down)."""
     if ray.is_initialized():
         return False
-    kwargs = {"include_dashboard": False} if address is None else {}
-    ray.init(address=address, log_to_driver=False, **kwargs)
+    if address is None:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
     return True
 
 
@@ -257,7 +264,14 @@ def plan_actors(
             str(onnx_cache_dir()),
         )
     n = num_actors or max(1, min(4, cpus // 4))
-    return ActorPlan(False, "cpu", runtime, n, max(1, cpus // (2 * n)), cpus, str(onnx_cache_dir()))
+    threads = max(1, cpus // (2 * n))
+    # each actor reserves the CPUs its model threads use; the rest feed it (on one CPU:
+    # half each, or an actor would hold the only CPU and starve the tasks that feed it)
+    actor_cpus = float(threads) if cpus >= n * threads + 1 else cpus / (2 * n)
+    return ActorPlan(
+        False, "cpu", runtime, n, threads, cpus, str(onnx_cache_dir()), actor_cpus,
+        min(1.0, cpus - n * actor_cpus),
+    )  # fmt: skip
 
 
 def actor_backbone_config(
