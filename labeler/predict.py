@@ -152,6 +152,24 @@ class Classifier:
         return out
 
 
+class ClassifierActor:
+    """Ray actor of ``labeler predict --engine ray`` (:func:`labeler.ray_stream.stream_photos`):
+    the :class:`Classifier` of ``models``, built once; adds each photo's class probabilities
+    (one array per model, pickled) to its row."""
+
+    def __init__(self, models: list[Any], batch_size: int) -> None:
+        self.clf = Classifier(models, batch_size=batch_size)
+
+    def __call__(self, batch: Any) -> Any:
+        import pickle
+
+        from labeler.ray_stream import face_crops, with_results
+
+        photos = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
+        probs = self.clf.predict_proba([f for ph in photos for f in face_crops(ph)])
+        return with_results(batch, photos, lambda a, b: [P[a:b] for P in probs])
+
+
 def face_records(faces: Sequence[Any] | np.ndarray, *, tag: str = "face") -> list[FaceCrops]:
     """``faces`` as :class:`~labeler.faces.records.FaceCrops`: records as they are; the cuts
     of :func:`labeler.detect.pipeline.cut_faces` (anything with ``aligned`` and ``box``) and
@@ -342,12 +360,12 @@ def predict_files(
     if engine == "ray":
         if not isinstance(detector, str):
             raise InputError("engine='ray' takes a detector name (each worker builds its own)")
-        from labeler.ray_stream import predict_ray
+        from labeler.ray_stream import stream_photos
 
         frames = [predictions_frame("", [], fields)]
-        for shown, cuts, probs in predict_ray(
-            images, models, cfg, box=box, batch_size=batch_size, address=address,
-            progress=progress,
+        for shown, cuts, probs in stream_photos(
+            images, cfg, ClassifierActor, (models, batch_size), box=box, batch_size=batch_size,
+            address=address, progress=progress,
         ):  # fmt: skip
             if cuts is not None:
                 per_model = list(zip(clf.models, probs, strict=True))

@@ -148,22 +148,23 @@ class FeatureActor:
         self.blocks = FeatureBlocks(groups, cues=spec.cues, batch_size=spec.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
         photos = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
         faces = [face for ph in photos for face in face_crops(ph)]
         X = self.blocks.compute(faces) if faces else {}
-        out, start = [], 0
-        for ph in photos:
-            n = len(ph["face_ids"])
-            out.append(
-                pickle.dumps(
-                    {k: v[start : start + n] for k, v in X.items()},
-                    protocol=pickle.HIGHEST_PROTOCOL,
-                )
-            )
-            start += n
-        return batch.append_column("vectors", pa.array(out, pa.binary()))
+        return with_results(batch, photos, lambda a, b: {k: v[a:b] for k, v in X.items()})
+
+
+def with_results(batch: pa.Table, photos: list[dict[str, Any]], part: Any) -> pa.Table:
+    """``batch`` with a ``vectors`` column: for each photo, ``part(first, end)`` of the
+    batch's face rows (its faces), pickled."""
+    import pyarrow as pa
+
+    out, start = [], 0
+    for ph in photos:
+        n = len(ph["face_ids"])
+        out.append(pickle.dumps(part(start, start + n), protocol=pickle.HIGHEST_PROTOCOL))
+        start += n
+    return batch.append_column("vectors", pa.array(out, pa.binary()))
 
 
 def face_crops(photo: dict[str, Any]) -> list[Any]:
@@ -409,43 +410,22 @@ class RayRunEngine:
         return n
 
 
-class PredictActor:
-    """Ray actor of ``labeler predict --engine ray``: the local engine's
-    :class:`labeler.predict.Classifier` of ``models``, built once; adds each photo's class
-    probabilities (one array per model, pickled) to its row."""
-
-    def __init__(self, models: list[Any], batch_size: int) -> None:
-        from labeler.predict import Classifier
-
-        self.clf = Classifier(models, batch_size=batch_size)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        photos = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
-        faces = [face for ph in photos for face in face_crops(ph)]
-        probs = self.clf.predict_proba(faces)
-        out, start = [], 0
-        for ph in photos:
-            n = len(ph["face_ids"])
-            out.append(pickle.dumps([P[start : start + n] for P in probs]))
-            start += n
-        return batch.append_column("vectors", pa.array(out, pa.binary()))
-
-
-def predict_ray(
+def stream_photos(
     images: Sequence[tuple[Path, str]],
-    models: list[Any],
     cfg: DetectConfig,
+    actor: type,
+    actor_args: tuple[Any, ...],
     *,
     box: bool,
     batch_size: int = 64,
     address: str | None = None,
     progress: bool | None = None,
-) -> Iterator[tuple[str, list[Any] | None, list[np.ndarray]]]:
-    """``labeler predict --engine ray``: ``(shown path, cuts or None when the photo could not
-    be decoded, per-model probabilities)`` for each of ``images`` (``(path, shown)``), in
-    order; the cuts carry the detections (crops stay on the workers)."""
+) -> Iterator[tuple[str, list[Any] | None, Any]]:
+    """Photos through cut tasks and ``actor(*actor_args)`` (called on each batch of cut
+    photos as :class:`FeatureActor` is; ``labeler predict --engine ray`` passes its classifier
+    actor): ``(shown path, cuts or None when the photo could not be decoded, what the actor
+    added)`` for each of ``images`` (``(path, shown)``), in order. The cuts carry the
+    detections and the aligned crops' JPEG bytes."""
     import pyarrow as pa
 
     from labeler._deps import require
@@ -468,12 +448,12 @@ def predict_ray(
             }
         )
         ds = photo_dataset(
-            table, cut_batch, {"cfg": cfg, "box": True if box else None}, PredictActor,
-            (models, batch_size), plan, batch_size,
+            table, cut_batch, {"cfg": cfg, "box": True if box else None}, actor, actor_args,
+            plan, batch_size,
         )  # fmt: skip
-        bar = progress_bar(len(images), desc="predict (ray)", enabled=progress, unit="img")
+        bar = progress_bar(len(images), desc="photos (ray)", enabled=progress, unit="img")
         try:
-            for shown, ph, probs in iterate(ds):
+            for shown, ph, added in iterate(ds):
                 bar.update(1)
                 if ph["error"] is not None:
                     log.warning("skipping %s", ph["error"])
@@ -483,7 +463,7 @@ def predict_ray(
                     FaceCut(d, a, None)  # type: ignore[arg-type]
                     for d, a in zip(ph["detections"], ph["aligned"], strict=True)
                 ]
-                yield shown, cuts, probs
+                yield shown, cuts, added
         finally:
             bar.close()
     finally:

@@ -278,8 +278,8 @@ def engine_options(what: str) -> Callable[[F], F]:
         f = click.option(
             "--address",
             default=None,
-            help="Ray cluster address (--engine ray), e.g. ray://head:10001 or auto; default: "
-            "a local Ray session.",
+            help="Ray cluster (--engine ray): auto (the one 'ray start' made on this machine) or "
+            "HEAD_IP:6379; default: a new local Ray session.",
         )(f)
         return click.option(
             "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
