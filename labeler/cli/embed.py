@@ -93,7 +93,9 @@ def command(
     """Embed the aligned face crops of workspace WS with a pretrained backbone.
 
     Resumable and incremental: re-running skips faces already embedded. Vectors go to
-    WS/embeddings/<backbone>__<region>/ (face_id, vector) Parquet shards.
+    WS/embeddings/<backbone>__<region>/ (face_id, vector) Parquet shards. One region a call:
+    the default features (nose, mouth-chin and box crop blocks, colour cues) come from
+    'labeler run', which also takes --engine ray for the whole stream.
     """
     check_engine(engine, address)
     if engine == "ray":
