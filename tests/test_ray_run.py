@@ -251,3 +251,32 @@ def test_ray_predict_equals_the_local_engine(env, photos, reference, tmp_path):
         a.drop(columns="mask_state_confidence"), b.drop(columns="mask_state_confidence")
     )
     np.testing.assert_allclose(a["mask_state_confidence"], b["mask_state_confidence"], atol=1e-4)
+
+
+def test_bad_photos_are_recorded_by_ray_as_by_the_local_engine(env, photos, tmp_path):
+    """A truncated JPEG and a file that is no image are recorded with the local engine's
+    one-line reasons and the run goes on; the good photos give the same faces."""
+    from labeler.workspace import Workspace
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in sorted(p.name for p in photos.iterdir())[:4]:
+        shutil.copy(photos / name, folder / name)
+    good = (photos / sorted(p.name for p in photos.iterdir())[5]).read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])
+    (folder / "notes.jpg").write_bytes(b"not a photo at all")
+    tables = {}
+    for engine in ("local", "ray"):
+        ws = tmp_path / engine
+        out = run(env, "run", str(folder), "-w", str(ws), "--no-cluster", "--engine", engine)
+        assert "4 images ok, 2 unreadable" in out.stdout, out.stdout
+        w = Workspace.open(ws)
+        tables[engine] = (
+            w.images()[["path", "status", "error"]].sort_values("path").reset_index(drop=True),
+            w.faces()[["face_id", "x0", "y0", "x1", "y1"]].sort_values("face_id"),
+        )
+    pd.testing.assert_frame_equal(tables["local"][0], tables["ray"][0])
+    pd.testing.assert_frame_equal(tables["local"][1], tables["ray"][1])
+    errors = tables["ray"][0].dropna(subset=["error"])
+    assert set(errors["path"]) == {"truncated.png", "notes.jpg"}
+    assert all("\n" not in e and len(e) < 300 for e in errors["error"])
