@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from labeler.errors import InputError
+from labeler.embeddings.ray_engine import check_cluster
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -179,65 +179,7 @@ def face_crops(photo: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _node_facts(sample: str | None) -> dict[str, Any]:
-    """Ray task body of :func:`check_cluster`: what one node has."""
-    import os
-    import platform
-
-    import labeler
-    from labeler._deps import available
-
-    return {
-        "host": platform.node(),
-        "labeler": labeler.__version__,
-        "python": platform.python_version(),
-        "reads_photos": sample is None or os.access(sample, os.R_OK),
-        "missing": [m for m in ("mediapipe", "onnxruntime", "cv2") if not available(m)],
-    }
-
-
 # --- on the driver -----------------------------------------------------------------------
-
-
-def check_cluster(ray: Any, sample: Path | None) -> int:
-    """One task on every alive node with CPUs: the same labeler and Python as the driver, its
-    packages, and the photo ``sample`` readable at the same path. Raises :class:`InputError`
-    (one line naming the node and the fix); returns the number of nodes."""
-    import platform
-
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    import labeler
-
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
-    facts = ray.remote(num_cpus=0.01)(_node_facts)
-    got = ray.get(
-        [
-            facts.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(None if sample is None else str(sample))
-            for n in nodes
-        ]
-    )
-    for node, f in zip(nodes, got, strict=True):
-        where = f"Ray node {f['host']} ({node.get('NodeManagerAddress')})"
-        if f["labeler"] != labeler.__version__ or f["python"] != platform.python_version():
-            raise InputError(
-                f"{where} has labeler {f['labeler']} on Python {f['python']}, the driver "
-                f"labeler {labeler.__version__} on Python {platform.python_version()}; install "
-                "the same labeler[ray] on every node"
-            )
-        if f["missing"]:
-            raise InputError(
-                f"{where} lacks {', '.join(f['missing'])}; install labeler[ray] there as on the "
-                "driver"
-            )
-        if not f["reads_photos"]:
-            raise InputError(
-                f"{where} cannot read {sample}: every node must see the photo folder at the same "
-                "path (a shared file system such as NFS), or run with --engine local"
-            )
-    return len(nodes)
 
 
 def photo_dataset(
@@ -302,7 +244,7 @@ class RayRunEngine:
     def start(self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig) -> None:
         import pyarrow as pa
 
-        check_cluster(self.ray, items[0][1] if items else None)
+        check_cluster(self.ray, items[0][1] if items else None, what="the photo folder")
         table = pa.table(
             {
                 "image_id": pa.array([i for i, _ in items], pa.string()),
@@ -439,7 +381,7 @@ def stream_photos(
     try:
         if not images:
             return
-        check_cluster(ray, images[0][0])
+        check_cluster(ray, images[0][0], what="the photo folder")
         plan = plan_actors(ray, device="auto")
         table = pa.table(
             {

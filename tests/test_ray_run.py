@@ -202,12 +202,12 @@ def test_a_node_that_cannot_read_the_photos_is_one_line(env, cluster, tmp_path):
     code = (
         "import ray, sys\n"
         "from pathlib import Path\n"
-        "from labeler.ray_stream import check_cluster\n"
+        "from labeler.embeddings.ray_engine import check_cluster\n"
         "from labeler.errors import InputError\n"
         f"ray.init(address={c.address!r}, log_to_driver=False)\n"
-        f"print(check_cluster(ray, None))\n"
+        f"print(check_cluster(ray, None, what='the photo folder'))\n"
         "try:\n"
-        f"    check_cluster(ray, Path({str(tmp_path / 'nowhere.jpg')!r}))\n"
+        f"    check_cluster(ray, Path({str(tmp_path / 'nowhere.jpg')!r}), what='the photo folder')\n"
         "except InputError as exc:\n"
         "    print(exc)\n"
     )

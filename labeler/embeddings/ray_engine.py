@@ -29,6 +29,7 @@ from labeler.embeddings.embed import (
     plan_todo,
     write_stream,
 )
+from labeler.errors import InputError
 from labeler.faces.records import FaceCrops
 from labeler.faces.regions import CROP_SIZE, get_region
 from labeler.workspace import Workspace
@@ -140,6 +141,8 @@ def embed_faces_ray(
         todo, n_done = plan_todo(ws, config.key, faces, crop=get_region(region).crop)
         ws.save_step_config("embed", asdict(config))
         if len(todo):
+            # the workers read the crop files (labeler run --engine ray ships them instead)
+            check_cluster(ray, Path(todo["path"].iloc[0]), what="the workspace")
             import ray.data
 
             ctx = ray.data.DataContext.get_current()
@@ -299,6 +302,65 @@ def actor_backbone_config(
     if plan.on_gpu:
         bconf = replace(bconf, runtime="torch", device="cuda", precision="bf16", channels_last=True)
     return bconf
+
+
+def _node_facts(sample: str | None) -> dict[str, Any]:
+    """Ray task body of :func:`check_cluster`: what one node has."""
+    import os
+    import platform
+
+    import labeler
+    from labeler._deps import available
+
+    return {
+        "host": platform.node(),
+        "labeler": labeler.__version__,
+        "python": platform.python_version(),
+        "reads_photos": sample is None or os.access(sample, os.R_OK),
+        "missing": [m for m in ("mediapipe", "onnxruntime", "cv2") if not available(m)],
+    }
+
+
+def check_cluster(ray: Any, sample: Path | None, *, what: str) -> int:
+    """One task on every alive node with CPUs: the same labeler and Python as the driver, its
+    packages, and ``sample`` (a file of ``what``, e.g. the photo folder) readable at the same
+    path. Raises :class:`InputError` (one line naming the node and the fix); returns the
+    number of nodes."""
+    import platform
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import labeler
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    facts = ray.remote(num_cpus=0.01)(_node_facts)
+    got = ray.get(
+        [
+            facts.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(None if sample is None else str(sample))
+            for n in nodes
+        ]
+    )
+    for node, f in zip(nodes, got, strict=True):
+        where = f"Ray node {f['host']} ({node.get('NodeManagerAddress')})"
+        if f["labeler"] != labeler.__version__ or f["python"] != platform.python_version():
+            raise InputError(
+                f"{where} has labeler {f['labeler']} on Python {f['python']}, the driver "
+                f"labeler {labeler.__version__} on Python {platform.python_version()}; install "
+                "the same labeler[ray] on every node"
+            )
+        if f["missing"]:
+            raise InputError(
+                f"{where} lacks {', '.join(f['missing'])}; install labeler[ray] there as on the "
+                "driver"
+            )
+        if not f["reads_photos"]:
+            raise InputError(
+                f"{where} cannot read {sample}: every node must see {what} at the same path (a "
+                "shared file system such as NFS), or run with --engine local"
+            )
+    return len(nodes)
 
 
 class _ConfigOnly:
