@@ -57,6 +57,10 @@ ACTOR_MEMORY = int(1.5 * 2**30)
 #: blocks it took 45 s, 5.5 s of it to plan).
 PHOTOS_PER_BLOCK = 8
 MAX_BLOCKS = 1024
+#: Faces whose crop files the driver reads and ships at a time (about 400 MB of JPEG bytes),
+#: when a run finds faces without features (detected by ``labeler detect``, or by a run that
+#: was killed between a commit and its shards).
+EMBED_WINDOW = 8192
 
 
 # --- on the workers ----------------------------------------------------------------------
@@ -327,31 +331,33 @@ class RayRunEngine:
             from labeler.faces.boxcrops import box_crops_workspace
 
             box_crops_workspace(ws, faces=todo)
-        aligned = crop_paths(ws, todo, crop="aligned")
-        boxes = crop_paths(ws, todo, crop="box") if "box" in self.kinds else None
-        payloads = [
-            pickle.dumps(
+        n = 0
+        for start in range(0, len(todo), EMBED_WINDOW):  # the driver holds one window's bytes
+            part = todo.iloc[start : start + EMBED_WINDOW]
+            aligned = crop_paths(ws, part, crop="aligned")
+            boxes = crop_paths(ws, part, crop="box") if "box" in self.kinds else None
+            payloads = [
+                pickle.dumps(
+                    {
+                        "face_ids": [fid],
+                        "aligned": [Path(a).read_bytes()],
+                        "box": [None if boxes is None else Path(boxes.iloc[i]).read_bytes()],
+                    }
+                )
+                for i, (fid, a) in enumerate(zip(part["face_id"], aligned, strict=True))
+            ]
+            table = pa.table(
                 {
-                    "face_ids": [fid],
-                    "aligned": [Path(a).read_bytes()],
-                    "box": [None if boxes is None else Path(boxes.iloc[i]).read_bytes()],
+                    "image_id": pa.array(list(part["image_id"]), pa.string()),
+                    "payload": pa.array(payloads, pa.binary()),
                 }
             )
-            for i, (fid, a) in enumerate(zip(todo["face_id"], aligned, strict=True))
-        ]
-        table = pa.table(
-            {
-                "image_id": pa.array(list(todo["image_id"]), pa.string()),
-                "payload": pa.array(payloads, pa.binary()),
-            }
-        )
-        ds = photo_dataset(
-            table, _same, {}, FeatureActor, (self.spec,), self.plan, self.spec.batch_size
-        )
-        n = 0
-        for _, ph, X in iterate(ds):
-            self.writers.add(ph["face_ids"], X)
-            n += len(ph["face_ids"])
+            ds = photo_dataset(
+                table, _same, {}, FeatureActor, (self.spec,), self.plan, self.spec.batch_size
+            )
+            for _, ph, X in iterate(ds):
+                self.writers.add(ph["face_ids"], X)
+                n += len(ph["face_ids"])
         self.writers.close()
         log.info("embedded %d faces from their crop files on Ray", n)
         return n

@@ -280,3 +280,27 @@ def test_bad_photos_are_recorded_by_ray_as_by_the_local_engine(env, photos, tmp_
     errors = tables["ray"][0].dropna(subset=["error"])
     assert set(errors["path"]) == {"truncated.png", "notes.jpg"}
     assert all("\n" not in e and len(e) < 300 for e in errors["error"])
+
+
+def test_faces_detected_before_are_embedded_by_ray_from_their_crops(
+    env, photos, tmp_path, monkeypatch
+):
+    """A workspace whose faces ``labeler detect`` made (no features yet), run with
+    ``--engine ray``: the driver ships the crop files to the feature actors a window at a time
+    (windows of 50 here); the result equals the same workspace run by the local engine."""
+    import labeler.ray_stream as ray_stream
+    from labeler.pipeline import RunConfig, run_pipeline
+    from labeler.workspace import Workspace
+
+    detected = tmp_path / "detected"
+    run(env, "ingest", str(photos), "-w", str(detected))
+    run(env, "detect", "-w", str(detected))
+    local = Path(shutil.copytree(detected, tmp_path / "local"))
+    run(env, "run", str(photos), "-w", str(local), "--no-cluster")
+    monkeypatch.setattr(ray_stream, "EMBED_WINDOW", 50)
+    monkeypatch.setenv("LABELER_CACHE", env["LABELER_CACHE"])
+    res = run_pipeline(
+        photos, Workspace.open(detected), config=RunConfig(engine="ray", cluster=None)
+    )
+    assert res.faces == 166 and all(n == 166 for n in res.embedded.values()), res.embedded
+    assert_same_workspace(detected, local, grouping=False)
