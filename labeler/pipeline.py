@@ -138,6 +138,18 @@ def run_pipeline(
     if config.engine == "ray":
         from labeler.ray_stream import detect_and_embed_ray
 
+        local_only = {
+            "--workers": config.workers,
+            "--embed-threads": config.embed_threads,
+            "--detect-engine": None if config.detect_engine == "auto" else config.detect_engine,
+        }
+        if any(v is not None for v in local_only.values()):
+            log.warning(
+                "%s apply to the local engine only; on Ray the cluster's CPUs set the tasks "
+                "and the actors' threads",
+                ", ".join(k for k, v in local_only.items() if v is not None),
+            )
+
         detected, embedded = detect_and_embed_ray(
             ws,
             detector=config.detector,
