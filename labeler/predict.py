@@ -321,7 +321,7 @@ def predict_files(
     ``detector``: a name (one detector per detect thread, ``workers`` threads, default
     ``min(4, cpu count)`` as ``labeler run``) or a built detector (then one thread). Faces of
     several photos are classified together, ``batch_size`` at a time. ``engine="ray"``: the
-    same stream on Ray Data (:func:`labeler.ray_stream.predict_ray`, the cluster at
+    same stream on Ray Data (:func:`labeler.ray_stream.stream_photos`, the cluster at
     ``address``; a detector name only), with the same rows.
     """
     from labeler._io import progress_bar

@@ -190,6 +190,18 @@ def face_crops(photo: dict[str, Any]) -> list[Any]:
 # --- on the driver -----------------------------------------------------------------------
 
 
+def photo_table(image_ids: Sequence[str], paths: Sequence[str | Path]) -> pa.Table:
+    """The ``(image_id, path)`` table a photo stream starts from."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "image_id": pa.array(list(image_ids), pa.string()),
+            "path": pa.array([str(p) for p in paths], pa.string()),
+        }
+    )
+
+
 def photo_dataset(
     table: pa.Table,
     first: Any,
@@ -242,36 +254,36 @@ class RayRunEngine:
     their vectors to ``writers`` (flushed before the chunk's faces are committed)."""
 
     def __init__(
-        self, ray: Any, spec: BlockSpec, plan: ActorPlan, writers: BlockWriters, *, progress: Any
+        self,
+        ray: Any,
+        spec: BlockSpec,
+        plan: ActorPlan,
+        writers: BlockWriters,
+        *,
+        progress: bool | None = None,
     ) -> None:
         self.ray, self.spec, self.plan, self.writers = ray, spec, plan, writers
         self.kinds = writers.blocks.kinds
+        self.progress = progress
         self._rows: Iterator[tuple[str, dict[str, Any], dict[str, np.ndarray]]] | None = None
-        self._bar = progress
-        self.faces = 0
+        self._bar: Any = None
 
     def start(self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig) -> None:
-        import pyarrow as pa
+        from labeler._io import progress_bar
 
         check_cluster(self.ray, items[0][1] if items else None, what="the photo folder")
-        table = pa.table(
-            {
-                "image_id": pa.array([i for i, _ in items], pa.string()),
-                "path": pa.array([str(p) for _, p in items], pa.string()),
-            }
-        )
         box = True if "box" in self.kinds else None
         ds = photo_dataset(
-            table, cut_batch, {"cfg": cfg, "box": box}, FeatureActor, (self.spec,), self.plan,
-            self.spec.batch_size,
+            photo_table([i for i, _ in items], [p for _, p in items]), cut_batch,
+            {"cfg": cfg, "box": box}, FeatureActor, (self.spec,), self.plan, self.spec.batch_size,
         )  # fmt: skip
         self._rows = iterate(ds)
+        self._bar = progress_bar(len(items), desc="run (ray)", enabled=self.progress, unit="img")
 
     def __call__(
         self, ws: Workspace, items: list[tuple[str, Path]], cfg: DetectConfig, cpu: Any
     ) -> list[ImageOutcome]:
-        from labeler.detect.pipeline import ImageOutcome, face_row
-        from labeler.imageio import write_bytes
+        from labeler.detect.pipeline import ImageOutcome, store_face
 
         if self._rows is None:
             raise RuntimeError("RayRunEngine.start was not called before the first chunk")
@@ -280,13 +292,10 @@ class RayRunEngine:
             got_id, ph, X = next(self._rows)
             if got_id != image_id:  # preserve_order: a bug, never the user's input
                 raise RuntimeError(f"Ray stream out of order: {got_id} for {image_id}")
-            rows = []
-            for index, det in enumerate(ph["detections"]):
-                row = face_row(ws, image_id, index, det, ph["detector"])
-                write_bytes(ws.root / str(row["crop_path"]), ph["aligned"][index])
-                if ph["box"][index] is not None:
-                    write_bytes(ws.box_crop_path(str(row["face_id"])), ph["box"][index])
-                rows.append(row)
+            rows = [
+                store_face(ws, image_id, i, d, ph["detector"], ph["aligned"][i], ph["box"][i])
+                for i, d in enumerate(ph["detections"])
+            ]
             if rows:
                 self.writers.add(ph["face_ids"], X)
             whole = any(d.whole_image for d in ph["detections"])
@@ -301,9 +310,7 @@ class RayRunEngine:
                     ph["note"],
                 )
             )
-            self.faces += len(rows)
-            if self._bar is not None:
-                self._bar.update(1)
+            self._bar.update(1)
         for writer in self.writers.writers.values():
             writer.close()  # this chunk's vectors are on disk before its faces are committed
         return out
@@ -313,6 +320,9 @@ class RayRunEngine:
         if self._rows is not None:
             self._rows.close()  # type: ignore[attr-defined]
             self._rows = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def embed_missing(self, ws: Workspace) -> int:
         """Faces of ``faces.parquet`` some block lacks (an earlier run was killed between a
@@ -379,33 +389,20 @@ def stream_photos(
     actor): ``(shown path, cuts or None when the photo could not be decoded, what the actor
     added)`` for each of ``images`` (``(path, shown)``), in order. The cuts carry the
     detections and the aligned crops' JPEG bytes."""
-    import pyarrow as pa
-
-    from labeler._deps import require
     from labeler._io import progress_bar
     from labeler.detect.pipeline import FaceCut
-    from labeler.embeddings.ray_engine import connect, plan_actors
+    from labeler.embeddings.ray_engine import plan_actors, ray_session
 
-    ray = require("ray", extra="ray", purpose="--engine ray")
-    require("ray.data", extra="ray", purpose="--engine ray")
-    started = connect(ray, address)
-    try:
+    with ray_session(address) as ray:
         if not images:
             return
         check_cluster(ray, images[0][0], what="the photo folder")
         plan = plan_actors(ray, device="auto")
-        table = pa.table(
-            {
-                "image_id": pa.array([shown for _, shown in images], pa.string()),
-                "path": pa.array([str(p) for p, _ in images], pa.string()),
-            }
-        )
         ds = photo_dataset(
-            table, cut_batch, {"cfg": cfg, "box": True if box else None}, actor, actor_args,
-            plan, batch_size,
+            photo_table([shown for _, shown in images], [p for p, _ in images]), cut_batch,
+            {"cfg": cfg, "box": True if box else None}, actor, actor_args, plan, batch_size,
         )  # fmt: skip
-        bar = progress_bar(len(images), desc="photos (ray)", enabled=progress, unit="img")
-        try:
+        with progress_bar(len(images), desc="photos (ray)", enabled=progress, unit="img") as bar:
             for shown, ph, added in iterate(ds):
                 bar.update(1)
                 if ph["error"] is not None:
@@ -417,11 +414,6 @@ def stream_photos(
                     for d, a in zip(ph["detections"], ph["aligned"], strict=True)
                 ]
                 yield shown, cuts, added
-        finally:
-            bar.close()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _same(batch: pa.Table) -> pa.Table:
@@ -446,24 +438,19 @@ def detect_and_embed_ray(
     input size)`` pairs of :func:`labeler.pipeline.feature_inputs`, ``cues`` the colour cues.
     Returns the :class:`~labeler.detect.pipeline.DetectResult` and the faces embedded per key.
     """
-    from labeler._deps import require
-    from labeler._io import progress_bar
-    from labeler.detect.pipeline import default_chunk_size, detect_workspace
+    from labeler.detect.pipeline import detect_workspace
     from labeler.embeddings.backbones import workspace_precision
     from labeler.embeddings.embed import BlockWriters, FeatureBlocks
     from labeler.embeddings.ray_engine import (
         _ConfigOnly,
         actor_backbone_config,
-        connect,
         plan_actors,
+        ray_session,
     )
     from labeler.embeddings.store import list_embeddings
 
-    ray = require("ray", extra="ray", purpose="--engine ray")
-    require("ray.data", extra="ray", purpose="--engine ray")
     t0 = time.perf_counter()
-    started = connect(ray, address)
-    try:
+    with ray_session(address) as ray:
         dev, precision = workspace_precision(list_embeddings(ws), backbone, device=device)
         plan = plan_actors(ray, device=dev, num_actors=num_actors)
         sizes = list(dict.fromkeys(s for _, s in inputs))
@@ -489,33 +476,17 @@ def detect_and_embed_ray(
             cache_dir=plan.cache_dir,
             batch_size=batch_size,
         )
-        from labeler.detect.pipeline import read_detect_log
-
-        images = ws.images()
-        done = set(read_detect_log(ws)["image_id"])
-        ok = images.loc[images["status"] == "ok", "image_id"]
-        n_todo = int((~ok.isin(done)).sum())
-        bar = progress_bar(n_todo, desc="run (ray)", enabled=progress, unit="img")
-        engine = RayRunEngine(ray, spec, plan, writers, progress=bar)
+        engine = RayRunEngine(ray, spec, plan, writers, progress=progress)
         before = {k: len(d) for k, d in writers.done.items()}
         try:
-            detected = detect_workspace(
-                ws,
-                detector=detector,
-                chunk_size=default_chunk_size(n_todo),
-                progress=False,
-                engine=engine,
-            )
+            # commits every default_chunk_size photos, as the local engine's run
+            detected = detect_workspace(ws, detector=detector, progress=False, engine=engine)
             if writers.blocks.keys:
                 engine.embed_missing(ws)
         finally:
             engine.close()
-            bar.close()
         writers.refresh()
         embedded = {k: len(d) - before[k] for k, d in writers.done.items()}
-    finally:
-        if started:
-            ray.shutdown()
     log.info(
         "run on Ray: %d photos, %d faces in %.1f s (%d actors, %d CPUs)",
         detected.processed,

@@ -425,13 +425,10 @@ def _process_image(
     if got.error is not None:
         return ImageOutcome(image_id, [], False, got.error, got.decode_s, got.detect_s)
     cuts = got.cuts
-    rows = []
-    for index, cut in enumerate(cuts):
-        row = face_row(ws, image_id, index, cut.detection, detector.name)
-        write_bytes(ws.root / str(row["crop_path"]), cut.aligned_jpeg)
-        if cut.box_jpeg is not None:
-            write_bytes(ws.box_crop_path(str(row["face_id"])), cut.box_jpeg)
-        rows.append(row)
+    rows = [
+        store_face(ws, image_id, i, c.detection, detector.name, c.aligned_jpeg, c.box_jpeg)
+        for i, c in enumerate(cuts)
+    ]
     if sink is not None and cuts:
         # the crops as stored (the files' pixels, decoded from the bytes just written, not
         # read back): features equal those of `labeler embed` on the files
@@ -456,6 +453,24 @@ def too_small_note(width: int, height: int, cfg: DetectConfig) -> str | None:
         f"image is {width}x{height} px, below the smallest face side ({floor:g} px): not "
         "offered for labeling"
     )
+
+
+def store_face(
+    ws: Workspace,
+    image_id: str,
+    index: int,
+    d: Detection,
+    detector: str,
+    aligned_jpeg: bytes,
+    box_jpeg: bytes | None,
+) -> dict[str, object]:
+    """Write face ``index`` of ``image_id``'s crop files (one writer per file: the caller's
+    thread) and return its ``faces.parquet`` row (:func:`face_row`)."""
+    row = face_row(ws, image_id, index, d, detector)
+    write_bytes(ws.root / str(row["crop_path"]), aligned_jpeg)
+    if box_jpeg is not None:
+        write_bytes(ws.box_crop_path(str(row["face_id"])), box_jpeg)
+    return row
 
 
 def face_row(

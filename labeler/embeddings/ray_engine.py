@@ -10,9 +10,11 @@ pays off across several GPU nodes. Ray is imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,8 @@ def embed_faces_ray(
     cluster's GPUs when it has any. Every node must see the workspace path (shared file
     system) and have labeler installed; the driver writes the shards.
     """
-    from labeler._deps import require
-
-    ray = require("ray", extra="ray", purpose="--engine ray")
-    require("ray.data", extra="ray", purpose="--engine ray")
-
     t0 = time.perf_counter()
-    started = connect(ray, address)
-    try:
+    with ray_session(address) as ray:
         from labeler.embeddings.backbones import workspace_precision
         from labeler.embeddings.store import list_embeddings
 
@@ -189,9 +185,6 @@ def embed_faces_ray(
                 write_stream(results(), writers)
             finally:
                 bar.close()
-    finally:
-        if started:
-            ray.shutdown()
     seconds = time.perf_counter() - t0
     from labeler.embeddings import store
 
@@ -225,6 +218,22 @@ class ActorPlan:
     def precision(self, workspace: str) -> str:
         """The actors' precision: the GPU's own (bf16) there, the workspace's on CPUs."""
         return "auto" if self.on_gpu else workspace
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """The ``ray`` module, connected (:func:`connect`) for the block; a session this started
+    is shut down after it. One line naming the extra when Ray is not installed."""
+    from labeler._deps import require
+
+    ray = require("ray", extra="ray", purpose="--engine ray")
+    require("ray.data", extra="ray", purpose="--engine ray")
+    started = connect(ray, address)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def connect(ray: Any, address: str | None) -> bool:
