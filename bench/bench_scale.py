@@ -440,8 +440,8 @@ def stage_args(stage: str, ws: Path, case_dir: Path, photos: Path) -> list[str]:
     return {
         "cluster": ["cluster", *w],
         "suggest": ["suggest", *w],
-        "train": ["train", *w],
-        "train-noid": ["train", *w, "--persons", "image"],
+        "train": ["train", *w, "--mode", "head"],
+        "train-noid": ["train", *w, "--mode", "head", "--persons", "image"],
         "export": ["export", *w, "--out", str(case_dir / "export")],
         "export-noid": ["export", *w, "--out", str(case_dir / "export_noid"), "--persons", "image"],
         "predict": ["predict", str(photos), *w, "--out", str(case_dir / "predict.csv"), "--force"],

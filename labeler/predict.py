@@ -73,7 +73,7 @@ class Classifier:
         cues = False
         for m in self.models:
             cols: list[tuple[tuple[str, int | None] | None, str]] = []
-            if m.mode == "head":
+            if m.mode in ("head", "ensemble"):
                 for block in m.meta["feature_blocks"]:
                     if block["key"].startswith("cues"):
                         cues = True
@@ -144,9 +144,12 @@ class Classifier:
         X = self.blocks.compute(records) if self.blocks.keys else {}
         out = []
         for m, cols in zip(self.models, self.columns, strict=True):
-            if m.mode == "head":
+            if m.mode in ("head", "ensemble"):
                 Xm = np.concatenate([X[self._key(c)] for c in cols], 1).astype(np.float32)
-                out.append(m.head.predict_proba(Xm))
+                P = m.head.predict_proba(Xm)
+                if m.mode == "ensemble":
+                    P = m.combine(P, np.stack([f.aligned for f in records]))
+                out.append(P)
             else:
                 out.append(m.predict_proba(records))
         return out

@@ -74,6 +74,17 @@ def build_trained(root):
         cfg = TrainConfig(feature_spec=features, folds=2, persons="image", run_id=run_id)
         train(ws, cfg, progress=False)
         models[name] = load_model(ws, run_id)
+    # an ensemble: the default head and fine-tuned CNNs (tiny: 1 epoch at 64 px)
+    from dataclasses import replace
+
+    from labeler.train.data import FINETUNE_OF
+
+    fc = replace(FINETUNE_OF["ensemble"], epochs=1, image_size=64, batch_size=8, device="cpu")
+    cfg = TrainConfig(
+        mode="ensemble", folds=2, finetune_folds=2, persons="image", run_id="ensemble", finetune=fc
+    )
+    train(ws, cfg, progress=False)
+    models["ensemble"] = load_model(ws, "ensemble")
     photo_of = dict(zip(faces["face_id"], faces["path"].map(lambda p: photos / p), strict=True))
     return ws, photo_of, models
 
@@ -202,3 +213,35 @@ def test_fast_model_embeds_at_its_own_input_size(trained):
     np.testing.assert_allclose(
         model.predict_proba(records), stored_proba(ws, model, ids), atol=1e-4
     )
+
+
+def test_ensemble_predicts_the_average_of_its_head_and_its_cnns(trained, tmp_path):
+    """An ensemble run (``labeler train --mode ensemble``) goes through the one feature path:
+    its head on the blocks computed from the faces' crops (as on its stored features) and
+    its fine-tuned members on the aligned crops, averaged; ``labeler predict`` writes it."""
+    import pandas as pd
+
+    from labeler.predict import Classifier
+    from labeler.train.finetune import predict_crops
+
+    ws, photo_of, models = trained
+    model = models["ensemble"]
+    assert model.mode == "ensemble" and len(model.members) == 2
+    ids = list(photo_of)
+    records = stored_records(ws, ids)
+    cnn = predict_crops(list(model.members), np.stack([r.aligned for r in records]))
+    want = 0.5 * stored_proba(ws, model, ids) + 0.5 * cnn
+    got = Classifier([model]).predict_proba(records)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(model.predict_proba(records), got, atol=1e-6)
+    out = tmp_path / "pred.csv"
+    photos = sorted({p.parent for p in photo_of.values()})[0]
+    res = CliRunner().invoke(
+        cli,
+        ["predict", str(photos), "-w", str(ws.root), "--model", "ensemble"]
+        + ["--detector", "none", "--out", str(out)],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out)
+    assert len(table) == len(ids) and set(table.filter(like="mask_state").columns)

@@ -256,8 +256,91 @@ def test_train_config_reads_saved_runs_old_and_new():
     cfg = TrainConfig(**old)
     assert cfg.finetune == FinetuneConfig(epochs=4, image_size=160, device="cpu")
     assert TrainConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
-    assert TrainConfig().finetune == FinetuneConfig()
+    assert TrainConfig(mode="head").finetune == FinetuneConfig()
+    assert TrainConfig(mode="finetune").finetune == FinetuneConfig()
     with pytest.raises(FrozenInstanceError):
         cfg.finetune.epochs = 5  # type: ignore[misc]
     with pytest.raises(InputError, match="'epoch'.*known options: .*epochs"):
         TrainConfig(finetune={"epoch": 4})
+
+
+def test_train_cli_ensemble_averages_head_and_finetuned_members(tmp_path):
+    """--mode ensemble: the head's K-fold and fine-tuned CNNs on 3 person-grouped folds,
+    each part's out-of-fold scores reported, the last epoch kept (nothing chosen on the
+    faces scored); the saved run holds both parts and predicts their average."""
+    from labeler.train.finetune import predict_crops
+
+    t = tinyws.build(tmp_path, {"correct": 9, "no_mask": 9}, faces_per_person=1)
+    tinyws.label_all(t)
+    res = run(
+        "train",
+        "-w",
+        str(t.ws.root),
+        "--mode",
+        "ensemble",
+        "--features",
+        tinyws.FEATURE_KEY,
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--persons",
+        "image",
+        "--no-label-errors",
+    )
+    assert res.exit_code == 0, res.output
+    assert re.search(r"out of fold: head macro-F1 [01]\.\d{3}, cnn macro-F1 [01]\.\d{3}, "
+                     r"ensemble macro-F1 [01]\.\d{3}", res.output), res.output  # fmt: skip
+    d = model_dir(t.ws)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["mode"] == "ensemble" and cfg["members"] == [f"fold{i}/best.pt" for i in range(3)]
+    assert cfg["finetune"]["select"] == "last" and cfg["finetune"]["freeze_stages"] == 2
+    assert cfg["finetune"]["min_crop"] == 0.7 and cfg["finetune"]["eval_crop"] == 0.93
+    assert cfg["finetune"]["image_size"] == 64 and cfg["finetune"]["epochs"] == 1
+    assert "none chosen on the faces scored" in cfg["evaluated_on"]
+    assert set(cfg["scores"]) == {"head", "cnn", "ensemble"}
+    assert cfg["report"]["macro_f1"] == pytest.approx(cfg["scores"]["ensemble"]["macro_f1"])
+    assert TrainConfig(**cfg["train_config"]).finetune.image_size == 64
+    model = load_model(t.ws)
+    assert model.mode == "ensemble" and model.head is not None and len(model.members) == 3
+    crops = np.stack(
+        [tinyws.face_image(c, np.random.default_rng(2)) for c in ("correct", "no_mask")]
+    )
+    X = np.stack([np.zeros(16, np.float32), np.ones(16, np.float32)])
+    both = model.combine(model.head.predict_proba(X), crops)
+    want = 0.5 * model.head.predict_proba(X) + 0.5 * predict_crops(list(model.members), crops)
+    np.testing.assert_allclose(both, want, atol=1e-6)
+    np.testing.assert_allclose(both.sum(1), 1.0, atol=1e-6)
+
+
+def test_auto_mode_trains_the_ensemble_only_where_it_can_learn():
+    """--mode auto: the head below ENSEMBLE_MIN_LABELS labels, or when a class has fewer
+    persons than the CNNs' folds (a fold model would never see it); the ensemble above."""
+    from labeler.train.runs import ENSEMBLE_MIN_LABELS, auto_mode
+
+    cfg = TrainConfig(mode="auto")
+    n = ENSEMBLE_MIN_LABELS
+    y = np.array(["correct", "no_mask"] * (n // 2))
+    persons = np.arange(n)
+    assert auto_mode(y, persons, cfg) == "ensemble"
+    assert auto_mode(y[: n - 2], persons[: n - 2], cfg) == "head"
+    few = np.where(y == "no_mask", persons % 2, persons)  # no_mask: 2 persons < 3 folds
+    assert auto_mode(y, few, cfg) == "head"
+    # without a GPU, more labels than the CNNs' time allows: the head (a warning says so)
+    from dataclasses import replace
+
+    from labeler.train.runs import ENSEMBLE_MAX_CPU_LABELS
+
+    cpu = replace(cfg, finetune=replace(cfg.finetune, device="cpu"))
+    m = ENSEMBLE_MAX_CPU_LABELS + 2
+    many = np.array(["correct", "no_mask"] * (m // 2))
+    assert auto_mode(many, np.arange(m), cpu) == "head"
+    assert (
+        auto_mode(many[:ENSEMBLE_MAX_CPU_LABELS], np.arange(ENSEMBLE_MAX_CPU_LABELS), cpu)
+        == "ensemble"
+    )
+    assert cfg.finetune.image_size == 128 and TrainConfig(mode="head").finetune.image_size == 224

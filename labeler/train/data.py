@@ -7,7 +7,6 @@ learning loop (:mod:`labeler.loop`) call them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,10 +25,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What ``labeler train`` does. ``folds``: K of the person-grouped K-fold (1 = a single
-    model with a validation split); ``head``: logreg | mlp; ``feature_spec``: see
-    ``labeler.features.load_features``; ``finetune``: the options of ``--mode finetune``
-    (its ``seed`` is replaced by this config's ``seed``).
+    """What ``labeler train`` does. ``mode``: head | finetune | ensemble (the head and
+    fine-tuned CNNs, their probabilities averaged) | auto (the ensemble where it can learn
+    and fits the time, else the head: :func:`labeler.train.runs.auto_mode`). ``folds``: K of the person-grouped
+    K-fold (1 = a single model with a validation split); ``head``: logreg | mlp;
+    ``feature_spec``: see ``labeler.features.load_features``; ``finetune``: the options of
+    the fine-tune (default: the mode's, :data:`FINETUNE_OF`; its ``seed`` is replaced by
+    this config's ``seed``); ``finetune_folds``: K of the ensemble's fine-tuned members
+    (each trained without one fold; their soft vote is the CNN half of the ensemble).
 
     Saved runs hold ``asdict(config)`` (``train_config`` in ``config.json``) and load back
     with ``TrainConfig(**saved)``: a dict in ``finetune`` is read by
@@ -38,7 +41,7 @@ class TrainConfig:
     """
 
     field: str = "mask_state"
-    mode: str = "head"
+    mode: str = "auto"
     folds: int = 5
     head: str = "logreg"
     C: float = 1.0
@@ -49,11 +52,37 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     run_id: str | None = None
-    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    finetune: FinetuneConfig | None = None  # None: the mode's own (see :data:`FINETUNE_OF`)
+    finetune_folds: int = 3
 
     def __post_init__(self) -> None:
-        if isinstance(self.finetune, Mapping):  # saved run JSON, or older callers
+        if self.finetune is None:
+            object.__setattr__(self, "finetune", FINETUNE_OF.get(self.mode, FinetuneConfig()))
+        elif isinstance(self.finetune, Mapping):  # saved run JSON, or older callers
             object.__setattr__(self, "finetune", FinetuneConfig.from_dict(self.finetune))
+
+
+#: The fine-tune of each mode. ``ensemble``'s CNN half is sized for a CPU: 128 px, the stem
+#: and 2 first stages frozen (1.5x faster backward), 6 epochs, and the last epoch kept (its
+#: out-of-fold scores are honest: no epoch is chosen on the faces they score). On realmasks
+#: (scene folds) it adds to the head what the head lacks (``bench/bench_train_ensemble.py``).
+_ENSEMBLE = FinetuneConfig(
+    image_size=128,
+    epochs=6,
+    lr=5e-4,
+    head_lr=2e-3,
+    freeze_stages=2,
+    select="last",
+    patience=6,
+    min_crop=0.7,
+    eval_crop=0.93,
+    rotation=10.0,
+)
+FINETUNE_OF: dict[str, FinetuneConfig] = {
+    "finetune": FinetuneConfig(),
+    "ensemble": _ENSEMBLE,
+    "auto": _ENSEMBLE,  # auto trains the ensemble (enough labels) or the head (no fine-tune)
+}
 
 
 def load_feature_matrix(

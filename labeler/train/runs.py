@@ -1,6 +1,6 @@
 """``labeler train``: fit a classifier on the human labels, save it as a run, load it back.
 
-Two modes (``TrainConfig.mode``, see :mod:`labeler.train`); runs live under
+Three modes (``TrainConfig.mode``, see :mod:`labeler.train`); runs live under
 ``ws.models_dir/<run_id>/`` and ``ws.models_dir/current.json`` maps each field to its latest.
 
 A run is written in ``models/.<run_id>.partial/`` and switched in by one atomic step when it
@@ -42,6 +42,7 @@ from labeler.train.head import (
     fit_head,
     load_head,
     save_head,
+    softmax,
 )
 from labeler.train.report import ClassReport, classification_report, save_confusion_png
 from labeler.workspace import new_run_id
@@ -53,6 +54,14 @@ if TYPE_CHECKING:
     from labeler.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+MODES = ("head", "finetune", "ensemble")
+#: the CNN half's weight in an ensemble's probabilities (the head's: 1 - it)
+CNN_WEIGHT = 0.5
+#: labels from which ``--mode auto`` trains the ensemble (below: the head alone)
+ENSEMBLE_MIN_LABELS = 300
+#: labels above which ``--mode auto`` trains the head alone when there is no GPU
+ENSEMBLE_MAX_CPU_LABELS = 2500
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,8 @@ def train(
     from labeler.workspace import write_json
 
     config = config or TrainConfig()
-    if config.mode not in ("head", "finetune"):
-        raise InputError(f"--mode {config.mode!r} is not head or finetune")
+    if config.mode not in (*MODES, "auto"):
+        raise InputError(f"--mode {config.mode!r} is not one of auto, {', '.join(MODES)}")
     faces = ws.require_faces()
     labels = human_labels(ws, config.field, faces)
     if labels.empty:
@@ -101,6 +110,9 @@ def train(
     sub_faces = faces.set_index("face_id").loc[face_ids].reset_index()
     persons = persons_for(ws, sub_faces, config, progress=progress)
     groups = persons.ids
+    if config.mode == "auto":
+        config = replace(config, mode=auto_mode(y, groups, config))
+        log.info("--mode auto: %s for %d labels", config.mode, len(y))
     run_id = config.run_id or new_run_id(f"{config.field}-{config.mode}")
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
         raise InputError(
@@ -119,7 +131,8 @@ def train(
         "persons": persons.as_dict(),
         "train_config": asdict(config),
     }
-    if config.mode == "head":
+    stage = _open_stage(ws, run_id, resume=True) if config.mode != "head" else None
+    if config.mode in ("head", "ensemble"):
         X, spec = load_feature_matrix(ws, config.feature_spec, face_ids, raw=True)
         hc = HeadConfig(kind=config.head, C=config.C, seed=config.seed)
         # one bar of faces trained on: the K-fold's heads, then the head on all labels
@@ -136,24 +149,55 @@ def train(
             )
             full = fit_head(X, y, config=hc, classes=classes)
             bar.update(len(y))
+        del X
         head, calibration = calibrate(full, oof, y)
         meta |= {
             "calibration": calibration,
             "feature_spec": spec,
             "feature_blocks": feature_blocks(ws, spec),
             "head": config.head,
-            "n_features": int(X.shape[1]),
+            "n_features": int(len(head.mean)),
         }
-        pred = np.asarray(classes, dtype=object)[oof.argmax(1)]
         y_eval = y
         meta["evaluated_on"] = (
             f"out-of-fold predictions ({max(2, config.folds)}-fold, grouped by person)"
         )
+        if config.mode == "ensemble":
+            # the head's out-of-fold probabilities at its fitted temperature, as it predicts
+            scaled = softmax(np.log(np.clip(oof, 1e-12, 1.0)) / head.temperature)
+            cnn, fmeta = _train_finetune(
+                ws,
+                face_ids,
+                y,
+                groups,
+                classes,
+                stage,
+                config,
+                folds=max(2, config.finetune_folds),
+                progress=progress,
+            )
+            oof = (1 - CNN_WEIGHT) * scaled + CNN_WEIGHT * cnn
+            meta |= fmeta | {
+                "cnn_weight": CNN_WEIGHT,
+                "scores": {
+                    "head": _scores(y, classes, scaled),
+                    "cnn": _scores(y, classes, cnn),
+                    "ensemble": _scores(y, classes, oof),
+                },
+                "evaluated_on": (
+                    f"out-of-fold predictions (head {max(2, config.folds)}-fold, CNNs "
+                    f"{max(2, config.finetune_folds)}-fold, grouped by person; the last "
+                    "epoch, none chosen on the faces scored)"
+                ),
+            }
+        pred = np.asarray(classes, dtype=object)[oof.argmax(1)]
     else:
-        stage = _open_stage(ws, run_id, resume=True)
-        pred, y_eval, fmeta = _train_finetune(
-            ws, face_ids, y, groups, classes, stage, config, progress=progress
+        probs, fmeta = _train_finetune(
+            ws, face_ids, y, groups, classes, stage, config, folds=config.folds, progress=progress
         )
+        seen = ~np.isnan(probs[:, 0])
+        pred = np.asarray(classes, dtype=object)[probs[seen].argmax(1)]
+        y_eval = y[seen]
         meta |= fmeta
     report = classification_report(y_eval, pred, classes=classes)
     meta |= {
@@ -161,7 +205,7 @@ def train(
         "train_seconds": round(time.time() - t0, 2),
         "created": time.time(),
     }
-    if head is not None:
+    if stage is None:
         stage = _open_stage(ws, run_id, resume=False)
     try:
         if head is not None:
@@ -171,7 +215,7 @@ def train(
         write_json(stage / "report.json", asdict(report))
         _publish_run(stage, run_dir)
     except BaseException:
-        if head is not None:  # a head's stage: nothing in it to resume
+        if config.mode == "head":  # a head's stage: nothing in it to resume
             from labeler import _swap
 
             _swap.discard(stage)
@@ -238,6 +282,33 @@ def _publish_run(stage: Path, run_dir: Path) -> None:
     _swap.discard(_swap.publish(stage, run_dir))
 
 
+def auto_mode(y: np.ndarray, groups: np.ndarray, config: TrainConfig) -> str:
+    """``--mode auto``: the ensemble once there are :data:`ENSEMBLE_MIN_LABELS` labels and
+    every class has a person in each of the CNNs' folds; the head below (CNNs fine-tuned on
+    a few dozen faces add nothing the head lacks, and cost minutes). Without a GPU, above
+    :data:`ENSEMBLE_MAX_CPU_LABELS` labels the head too: the CNNs' time grows with the
+    labels (about 14 min for 2,000 on 2 cores), the head's stays in seconds; a log line
+    says so and ``--mode ensemble`` asks for it anyway."""
+    if len(y) < ENSEMBLE_MIN_LABELS:
+        return "head"
+    if len(y) > ENSEMBLE_MAX_CPU_LABELS:
+        from labeler.embeddings.backbones import resolve_device
+
+        if not resolve_device(config.finetune.device).startswith("cuda"):
+            log.warning(
+                "--mode auto: %d labels and no GPU: training the head only (the ensemble's "
+                "CNNs would take about %.0f min here); ask for them with --mode ensemble",
+                len(y),
+                14 * len(y) / 2000,
+            )
+            return "head"
+    k = max(2, config.finetune_folds)
+    for c in np.unique(y):
+        if len(np.unique(groups[y == c])) < k:
+            return "head"
+    return "ensemble"
+
+
 def _train_finetune(
     ws: Workspace,
     face_ids: np.ndarray,
@@ -247,8 +318,13 @@ def _train_finetune(
     run_dir: Path,
     config: TrainConfig,
     *,
+    folds: int,
     progress: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, dict]:
+    """Fine-tuned CNNs on the aligned crops: one per fold of a person-grouped ``folds``-fold
+    (or one with a validation split when ``folds`` is 1) under ``run_dir/fold*``. Returns
+    their out-of-fold probabilities (N, C; NaN rows: faces no model held out) and the run's
+    meta (the members are the soft-voting model)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from labeler._io import progress_bar
@@ -264,30 +340,30 @@ def _train_finetune(
         )
     code = {c: i for i, c in enumerate(classes)}
     yc = np.array([code[v] for v in y])
-    folds: list[tuple[np.ndarray, np.ndarray]] = []
-    if config.folds >= 2:
-        k = int(min(config.folds, np.bincount(yc).min(), len(np.unique(groups))))
+    splits: list[tuple[np.ndarray, np.ndarray]] = []
+    if folds >= 2:
+        k = int(min(folds, np.bincount(yc).min(), len(np.unique(groups))))
         if k < 2:
             raise InputError(
-                f"{config.folds}-fold needs at least 2 labeled faces (persons) per class; got counts {np.bincount(yc).tolist()}"
+                f"{folds}-fold needs at least 2 labeled faces (persons) per class; got counts {np.bincount(yc).tolist()}"
             )
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=config.seed)
-        folds = [(tr, te) for tr, te in splitter.split(yc, yc, groups)]
+        splits = [(tr, te) for tr, te in splitter.split(yc, yc, groups)]
     else:
         split = assign_splits(
             y, groups, ratios=(1 - config.val_fraction, config.val_fraction), seed=config.seed
         )
-        folds = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "test"))]
+        splits = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "test"))]
     oof = np.full((len(y), len(classes)), np.nan)
     fold_meta = []
     # one bar for every fold: rate and time left of the whole training (epochs a fold does
     # not run, early-stopped or resumed, are taken off its total)
     with progress_bar(
-        sum(len(tr) for tr, _ in folds) * fc.epochs,
-        desc=f"finetune {len(folds)} fold{'s' * (len(folds) > 1)}",
+        sum(len(tr) for tr, _ in splits) * fc.epochs,
+        desc=f"finetune {len(splits)} fold{'s' * (len(splits) > 1)}",
         enabled=progress,
     ) as bar:
-        for i, (tr, va) in enumerate(folds):
+        for i, (tr, va) in enumerate(splits):
             res = finetune(
                 paths,
                 yc,
@@ -307,19 +383,29 @@ def _train_finetune(
                     "device": res.device,
                 }
             )
-    seen = ~np.isnan(oof[:, 0])
-    pred = np.asarray(classes, dtype=object)[oof[seen].argmax(1)]
     how = (
-        f"out-of-fold predictions ({len(folds)}-fold)" if len(folds) > 1 else "the validation split"
+        f"out-of-fold predictions ({len(splits)}-fold)"
+        if len(splits) > 1
+        else "the validation split"
     )
+    if fc.select == "best":
+        how += " (used for early stopping too, so slightly optimistic)"
     meta = {
         "backbone": fc.backbone,
         "finetune": asdict(fc),
         "folds": fold_meta,
-        "members": [f"fold{i}/best.pt" for i in range(len(folds))],
-        "evaluated_on": how + " (used for early stopping too, so slightly optimistic)",
+        "members": [f"fold{i}/best.pt" for i in range(len(splits))],
+        "evaluated_on": how,
     }
-    return pred, y[seen], meta
+    return oof, meta
+
+
+def _scores(y: np.ndarray, classes: list[str], probs: np.ndarray) -> dict:
+    """Accuracy and macro-F1 of ``probs`` (N, C) against ``y`` (N,): one part's scores."""
+    report = classification_report(
+        y, np.asarray(classes, dtype=object)[probs.argmax(1)], classes=classes
+    )
+    return {"accuracy": report.accuracy, "macro_f1": report.macro_f1}
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -377,7 +463,8 @@ class LoadedModel:
         them, through :class:`labeler.predict.Classifier` (each block's crop, aligned or box,
         its region and its input size). Aligned crops alone (N, 256, 256, 3) uint8 do for a
         fine-tuned model and for a head whose blocks all read the aligned crop; a head with a
-        box block raises :class:`InputError` for them.
+        box block raises :class:`InputError` for them. An ensemble averages its head's and its
+        fine-tuned members' probabilities (``meta["cnn_weight"]``).
         """
         if len(faces) == 0:
             return np.zeros((0, len(self.classes)))
@@ -387,6 +474,16 @@ class LoadedModel:
             crops = faces if isinstance(faces, np.ndarray) else np.stack([f.aligned for f in faces])
             return predict_crops(list(self.members), crops, device=self.device)
         return self._classifier.predict_proba(faces)[0]
+
+    def combine(self, head_probs: np.ndarray, crops: np.ndarray) -> np.ndarray:
+        """An ensemble's probabilities (N, C): its head's ``head_probs`` and its fine-tuned
+        members' soft vote on the aligned ``crops`` (N, S, S, 3) uint8, weighted by
+        ``meta["cnn_weight"]``."""
+        from labeler.train.finetune import predict_crops
+
+        w = float(self.meta.get("cnn_weight", CNN_WEIGHT))
+        cnn = predict_crops(list(self.members), crops, device=self.device)
+        return (1 - w) * head_probs + w * cnn
 
     @cached_property
     def _classifier(self) -> Classifier:
@@ -419,26 +516,22 @@ def load_model(
     if not (run_dir / "config.json").exists():
         raise NotFoundError(f"{run_dir}/config.json not found; list runs in {ws.models_dir}")
     meta = read_json(run_dir / "config.json")
-    if meta["mode"] == "head":
-        return LoadedModel(
-            meta["run_id"],
-            meta["field"],
-            "head",
-            tuple(meta["classes"]),
-            meta,
-            head=load_head(run_dir / "head.npz"),
-        )
-    from labeler.embeddings.backbones import resolve_device
-    from labeler.train.finetune import load_finetuned
+    head = load_head(run_dir / "head.npz") if meta["mode"] in ("head", "ensemble") else None
+    members: tuple[dict, ...] = ()
+    dev = "cpu"
+    if meta["mode"] != "head":
+        from labeler.embeddings.backbones import resolve_device
+        from labeler.train.finetune import load_finetuned
 
-    dev = resolve_device(device)
-    members = tuple(load_finetuned(run_dir / m, device=dev) for m in meta["members"])
+        dev = resolve_device(device)
+        members = tuple(load_finetuned(run_dir / m, device=dev) for m in meta["members"])
     return LoadedModel(
         meta["run_id"],
         meta["field"],
-        "finetune",
+        meta["mode"],
         tuple(meta["classes"]),
         meta,
+        head=head,
         members=members,
         device=dev,
     )
