@@ -99,7 +99,9 @@ def rows_of(name: str, n: int, mode: str, cfg: dict) -> list[dict]:
     row = {
         "set": name,
         "labels": n,
-        "classifier": "head (default)" if mode == "head" else "ensemble: head + CNNs",
+        "classifier": "head (--mode head)"
+        if mode == "head"
+        else "ensemble (default from 300 labels)",
         "accuracy": rep["accuracy"],
         "macro-F1": rep["macro_f1"],
         "per-class F1": ", ".join(f"{c} {v['f1']:.3f}" for c, v in rep["per_class"].items()),
@@ -181,7 +183,11 @@ person, the others by source image.
   random crops of 70-100 % of the area, flips, rotation up to 10 degrees, colour jitter,
   grayscale; centre 93 % when predicting), one per fold of a 3-fold; the last epoch kept,
   so no epoch is chosen on the faces scored.
-- ensemble: their probabilities averaged, half and half (`labeler train --mode ensemble`).
+- ensemble: their probabilities averaged, half and half (`labeler train --mode ensemble`;
+  `--mode auto`, the default, trains it from 300 labels, up to 2,500 without a GPU).
+
+Timings: realmasks ran alone on the machine; maskedfacenet's ensemble shared it with test
+runs for part of its time.
 
 """
 
