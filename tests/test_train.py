@@ -16,6 +16,9 @@ from labeler.train import TrainConfig, cross_val_proba, fit_head, load_model, tr
 from labeler.train.head import load_head, save_head
 from labeler.train.report import classification_report
 
+# CNNs small enough for a test on CPU: 64 px crops, 8 a step, one person a photo
+TINY_CNN = ("--image-size", "64", "--batch-size", "8", "--device", "cpu", "--persons", "image")
+
 
 def run(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -189,14 +192,7 @@ def test_train_cli_finetune_two_folds_on_cpu(tmp_path, caplog):
         "2",
         "--epochs",
         "2",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--persons",
-        "image",
+        *TINY_CNN,
     )
     assert res.exit_code == 0, res.output
     # the shared bar of the pipeline's steps: rate and time left, run to its end
@@ -282,14 +278,7 @@ def test_train_cli_ensemble_averages_head_and_finetuned_members(tmp_path):
         tinyws.FEATURE_KEY,
         "--epochs",
         "1",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--persons",
-        "image",
+        *TINY_CNN,
         "--no-label-errors",
     )
     assert res.exit_code == 0, res.output

@@ -131,8 +131,7 @@ def command(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from labeler.train import TrainConfig, train
-    from labeler.train.data import FINETUNE_OF
-    from labeler.train.finetune import FinetuneConfig
+    from labeler.train.data import finetune_for
 
     if ":" in backbone and not backbone.startswith("timm:"):
         raise click.BadParameter(
@@ -152,7 +151,7 @@ def command(
         seed=seed,
         run_id=run_id,
         finetune=replace(
-            FINETUNE_OF.get(mode, FinetuneConfig()),
+            finetune_for(mode),
             backbone=backbone.removeprefix("timm:"),
             batch_size=batch_size,
             device=device,

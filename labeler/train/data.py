@@ -57,7 +57,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.finetune is None:
-            object.__setattr__(self, "finetune", FINETUNE_OF.get(self.mode, FinetuneConfig()))
+            object.__setattr__(self, "finetune", finetune_for(self.mode))
         elif isinstance(self.finetune, Mapping):  # saved run JSON, or older callers
             object.__setattr__(self, "finetune", FinetuneConfig.from_dict(self.finetune))
 
@@ -83,6 +83,11 @@ FINETUNE_OF: dict[str, FinetuneConfig] = {
     "ensemble": _ENSEMBLE,
     "auto": _ENSEMBLE,  # auto trains the ensemble (enough labels) or the head (no fine-tune)
 }
+
+
+def finetune_for(mode: str) -> FinetuneConfig:
+    """The fine-tune options ``mode`` trains with (a head alone: the plain defaults)."""
+    return FINETUNE_OF.get(mode, FinetuneConfig())
 
 
 def load_feature_matrix(

@@ -90,11 +90,16 @@ class FinetuneConfig:
         d = asdict(self)
         for k in ("device", "num_workers", "threads", "epochs", "patience", "weights"):
             d.pop(k)
-        defaults = (("freeze_stages", 0), ("select", "best"), ("min_crop", 0.8))
-        for k, default in (*defaults, ("eval_crop", 1.0), ("rotation", 8.0)):
-            if d[k] == default:  # keys of runs saved before these options stay as they were
+        defaults = {f.name: f.default for f in fields(self)}
+        for k in _ADDED_OPTIONS:
+            if d[k] == defaults[k]:  # keys of runs saved before these options stay as they were
                 d.pop(k)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: options added after runs were saved: left out of :meth:`FinetuneConfig.key` at their
+#: defaults, so those runs still resume
+_ADDED_OPTIONS = ("freeze_stages", "select", "min_crop", "eval_crop", "rotation")
 
 
 @dataclass(frozen=True)
@@ -171,27 +176,28 @@ def create_model(
     return model
 
 
-def _transforms(
-    size: int, *, train: bool, min_crop: float = 0.8, eval_crop: float = 1.0, rotation: float = 8.0
-) -> Any:
+def _transforms(config: FinetuneConfig, *, train: bool) -> Any:
     """Training: a random crop of ``min_crop``-100 % of the area, flip, rotation, colour
     jitter, grayscale; prediction: the centre ``eval_crop`` of the side (the scale the random
-    crops have on average), resized to ``size``."""
+    crops have on average), resized to ``image_size``."""
     import torch
     from torchvision.transforms import v2
 
+    size = config.image_size
     if train:
         ops = [
-            v2.RandomResizedCrop(size, scale=(min_crop, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomResizedCrop(
+                size, scale=(config.min_crop, 1.0), ratio=(0.9, 1.1), antialias=True
+            ),
             v2.RandomHorizontalFlip(),
-            v2.RandomRotation(rotation),
+            v2.RandomRotation(config.rotation),
             v2.ColorJitter(0.3, 0.3, 0.3, 0.05),
             v2.RandomGrayscale(0.2),
         ]
     else:
         ops = [v2.Resize(size, antialias=True)]
-        if eval_crop < 1.0:
-            ops = [_CentreShare(eval_crop), *ops]
+        if config.eval_crop < 1.0:
+            ops = [_CentreShare(config.eval_crop), *ops]
     return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
@@ -206,16 +212,6 @@ class _CentreShare:
         ch, cw = max(1, round(h * self.share)), max(1, round(w * self.share))
         top, left = (h - ch) // 2, (w - cw) // 2
         return x[..., top : top + ch, left : left + cw]
-
-
-def _config_transforms(config: FinetuneConfig, *, train: bool) -> Any:
-    return _transforms(
-        config.image_size,
-        train=train,
-        min_crop=config.min_crop,
-        eval_crop=config.eval_crop,
-        rotation=config.rotation,
-    )
 
 
 class CropDataset:
@@ -395,8 +391,8 @@ def finetune(
         if isinstance(crops, np.ndarray)
         else (lambda idx: [crops[i] for i in idx])
     )
-    train_ds = CropDataset(sub(train_idx), y[train_idx], _config_transforms(config, train=True))
-    val_ds = CropDataset(sub(val_idx), y[val_idx], _config_transforms(config, train=False))
+    train_ds = CropDataset(sub(train_idx), y[train_idx], _transforms(config, train=True))
+    val_ds = CropDataset(sub(val_idx), y[val_idx], _transforms(config, train=False))
     val_loader = _loader(
         val_ds,
         batch_size=config.batch_size * 2,
@@ -484,10 +480,9 @@ def finetune(
             history.append(h)
             left = (config.epochs - epoch - 1) * len(train_idx) * run_s / run_faces
             log.info(epoch_line(out_dir.name, h, epochs=config.epochs, left_s=left))
-            if config.select == "last":  # no choice on the validation faces: honest scores
-                best_f1, best_epoch, bad = f1, epoch, 0
-                _save_weights(best_path, model, classes, config)
-            elif f1 > best_f1:
+            # "last": every epoch replaces the one before (no choice on the validation faces:
+            # honest scores); "best": only a better validation macro-F1 does
+            if config.select == "last" or f1 > best_f1:
                 best_f1, best_epoch, bad = f1, epoch, 0
                 _save_weights(best_path, model, classes, config)
             else:
@@ -655,7 +650,7 @@ def predict_crops(
     """
     if isinstance(models, dict):
         models = [models]
-    ds = CropDataset(crops, None, _config_transforms(models[0]["config"], train=False))
+    ds = CropDataset(crops, None, _transforms(models[0]["config"], train=False))
     loader = _loader(ds, batch_size=batch_size, shuffle=False, workers=0, gen=None)
     total = None
     for m in models:

@@ -90,6 +90,12 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (N, C) softened by ``temperature``: ``softmax(log(probs) / T)``."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0))
+    return softmax(logp / temperature)
+
+
 def column_moments(X: np.ndarray, *, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and standard deviation (D,) float64 of ``X`` (N, D), in row blocks
     (``np.std`` makes a float64 temporary the size of ``X``)."""
@@ -266,7 +272,7 @@ def calibrate(head: Head, oof: np.ndarray, y: Sequence[str] | np.ndarray) -> tup
     yc = np.array([index[v] for v in y])
     logp = np.log(np.clip(np.asarray(oof, np.float64), 1e-12, 1.0))
     T = max(1.0, fit_temperature(logp, yc))
-    scaled = softmax(logp / T)
+    scaled = temper(oof, T)
     right = oof.argmax(1) == yc
     _, before = reliability(oof.max(1), right)
     _, after = reliability(scaled.max(1), right)

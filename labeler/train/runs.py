@@ -42,7 +42,7 @@ from labeler.train.head import (
     fit_head,
     load_head,
     save_head,
-    softmax,
+    temper,
 )
 from labeler.train.report import ClassReport, classification_report, save_confusion_png
 from labeler.workspace import new_run_id
@@ -164,7 +164,7 @@ def train(
         )
         if config.mode == "ensemble":
             # the head's out-of-fold probabilities at its fitted temperature, as it predicts
-            scaled = softmax(np.log(np.clip(oof, 1e-12, 1.0)) / head.temperature)
+            scaled = temper(oof, head.temperature)
             cnn, fmeta = _train_finetune(
                 ws,
                 face_ids,
