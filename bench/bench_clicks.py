@@ -4,8 +4,8 @@ cluster at 96 faces a page: Enter (bulk assign) until its message shows and the 
 settled (no element stale, no running indicator), Undo, one tick, a label key.
 
 Prints a table (median, min, max of --repeat clicks each) and writes
-bench/results/clicks.{json,md}. Run it from the checkout to measure (PYTHONPATH=<checkout>
-measures another one: the app and this script both import it).
+bench/results/clicks_<tag>.{json,md}. PYTHONPATH=<checkout> measures another checkout: the
+script and the app it starts (run in that checkout's folder) both import it from there.
 
     python bench/bench_clicks.py [--repeat 7] [--faces 210] [--tag after]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -61,6 +62,9 @@ def main() -> None:
 
     import labeler
 
+    # the app is started as `python -c ...`, which imports labeler from its working folder
+    # first: the checkout measured must be that folder too (else PYTHONPATH is not enough)
+    os.chdir(Path(labeler.__file__).parents[1])
     tmp = Path(tempfile.mkdtemp(prefix="bench_clicks_"))
     ws = synthetic_workspace(tmp / "ws", n_faces=args.faces, n_clusters=2, noise_frac=0.0,
                              seed=3)  # fmt: skip

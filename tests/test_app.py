@@ -513,9 +513,16 @@ def test_source_photo_of_a_face(ws):
     assert at.session_state[K.inspect] == photo_btn.key.rsplit(SELECT_PREFIX, 1)[1]
 
 
-def shown_faces(at: AppTest) -> list[str]:
-    """The cluster grid's faces in display order."""
-    return [cb.key[len(SELECT_PREFIX) :] for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX)]
+def shown_faces(at: AppTest, columns: int = 8) -> list[str]:
+    """The cluster grid's faces in display order (row by row: the grid fills its columns in
+    turn, so the element tree lists them column by column)."""
+    tree = [cb.key[len(SELECT_PREFIX) :] for cb in at.checkbox if cb.key.startswith(SELECT_PREFIX)]
+    n = len(tree)
+    order = [i for j in range(columns) for i in range(j, n, columns)]  # tree slot -> place
+    out = [""] * n
+    for slot, place in enumerate(order):
+        out[place] = tree[slot]
+    return out
 
 
 def test_keyboard_buttons_pick_label_tick_and_move(ws):

@@ -185,6 +185,18 @@ def _cluster_of(ws, face_id: str) -> int:
     return int(run.labels[list(run.face_ids).index(face_id)])
 
 
+def _reading_order(page) -> list[str]:
+    """The cluster grid's faces as an annotator reads them, row by row (the grid fills its
+    columns in turn, so the page's element order runs down each column)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll("[class*='st-key-sel_']")].map(e => {
+            const r = e.getBoundingClientRect();
+            const k = [...e.classList].find(c => c.startsWith('st-key-sel_')).slice(11);
+            return [Math.round(r.top / 8), r.left, k]; })
+          .sort((a, b) => a[0] - b[0] || a[1] - b[1]).map(x => x[2])"""
+    )
+
+
 def _open_cluster(page, url: str, cluster: int) -> None:
     """Clusters page -> the cluster's Open button (the cards name noise 'Noise')."""
     page.goto(url + "/clusters", wait_until="domcontentloaded")
@@ -235,6 +247,8 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         fid, rotation = _face_of(ws, sideways[0])
         assert rotation == 270  # stored turned 90 clockwise: 270 more is upright
         _open_cluster(page, url, _cluster_of(ws, fid))
+        page.locator(".st-key-photo_buttons label").click()  # a photo button on every face
+        _settle(page)
         page.locator(f".st-key-photo_sel_{fid} button:visible").first.click()
         dialog = page.get_by_role("dialog")
         expect(dialog.get_by_text("photo turned 270° clockwise")).to_be_visible(timeout=30_000)
@@ -265,15 +279,15 @@ def test_annotator_needs_in_chromium(sideways_app, tmp_path):
         _settle(page)
         page.locator(".st-key-range_ticks label").click()
         _settle(page)
-        boxes = page.locator("[class*='st-key-sel_'] label")
-        boxes.nth(1).click()
+        order = _reading_order(page)
+        page.locator(f".st-key-sel_{order[1]} label").click()
         _settle(page)
-        boxes.nth(4).click()
+        page.locator(f".st-key-sel_{order[4]} label").click()
         _settle(page)
         expect(page.get_by_text(f"{n - 4} of {n} faces selected")).to_be_visible(timeout=30_000)
 
         # 6. the first click on a dropdown right after a checkbox opens it (not only focuses)
-        boxes.nth(6).click()
+        page.locator(f".st-key-sel_{order[6]} label").click()
         page.locator(".st-key-assign_value").get_by_role("combobox").click()
         expect(page.get_by_role("listbox")).to_be_visible(timeout=15_000)
         _settle(page, 300)
@@ -442,10 +456,15 @@ def test_no_silent_relabel_in_chromium(mfr2_workspace, tmp_path):
             )
         )
         one = next(f for f in pre if f in on_page)  # a labeled face the grid's page shows
-        page.locator(f".st-key-sel_{one} label").click()
+        page.locator(f".st-key-sel_{one} label").click()  # the click moves the outline
         _settle(page)
-        page.locator(f".st-key-photo_sel_{one} button:visible").first.click()
+        if page.locator(".st-key-photo_buttons input").is_checked():
+            page.locator(".st-key-photo_buttons label").click()  # back on the outline only
+            _settle(page)
+        assert page.locator("[class*='st-key-photo_sel_']").count() == 1
+        page.keyboard.press("p")  # P: the outlined face's source photo
         expect(page.get_by_role("dialog")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("dialog").get_by_text(one).first).to_be_visible()
         for key in ["1", "Enter"]:
             page.keyboard.press(key)
             page.wait_for_timeout(700)

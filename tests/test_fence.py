@@ -425,7 +425,7 @@ def test_app_photo_reader_shows_nothing_the_fence_refuses(tiny, tmp_path, probe)
     outside = photo.resolve()
     os.mkfifo(tiny.source / "pipe.jpg")
     probe.watch(outside, tiny.source / "pipe.jpg", DEVICE)
-    data._read_inside.clear()
+    data._read_inside.cache_clear()
     photos._source_photo.clear()
     assert data.image_bytes(tiny.ws, photo) is None
     assert data.image_bytes(tiny.ws, tiny.source / "pipe.jpg") is None  # and did not block
@@ -438,13 +438,13 @@ def test_app_photo_reader_shows_nothing_the_fence_refuses(tiny, tmp_path, probe)
 
     tiny.ws.set_follow_links(0, True)  # as ingest --follow-links records it
     probe.watch(outside, forbid=False)
-    data._read_inside.clear()
+    data._read_inside.cache_clear()
     photos._source_photo.clear()
     assert data.image_bytes(tiny.ws, photo) == data_bytes
     assert photos.source_photo(tiny.ws, face_id).jpeg is not None
     photo.unlink()
     photo.symlink_to(DEVICE)  # following links never reaches a device
-    data._read_inside.clear()
+    data._read_inside.cache_clear()
     assert data.image_bytes(tiny.ws, photo) is None
     assert probe.forbidden_opened() == []
 

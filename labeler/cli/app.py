@@ -37,6 +37,7 @@ def streamlit_command(
         "--server.enableStaticServing", "false",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
+        "--runner.postScriptGC", "false",
         "--", "--workspace", workspace, *(["--sign-in"] if sign_in else []),
     ]  # fmt: skip
 

@@ -29,6 +29,8 @@ _CSS = """
 [data-testid="stCheckbox"] label p { word-break: normal; overflow-wrap: anywhere;
   line-height: 1.25; }
 [data-testid="stCheckbox"] label p span { font-size: 0.78rem; }
+[class*="st-key-grid_"] [data-testid="stCheckbox"] label p { white-space: nowrap;
+  overflow: hidden; text-overflow: ellipsis; }
 [class*="st-key-kbcursor_"] { outline: 3px solid #ff4b4b; outline-offset: 2px;
   border-radius: 4px; }
 [class*="st-key-face_"] { position: relative; }
@@ -40,7 +42,7 @@ _CSS = """
 """
 
 
-#: The page's keyboard shortcuts (number keys, Enter, Space, Left/Right) are off while a
+#: The page's keyboard shortcuts (number keys, Enter, Space, Left/Right, P) are off while a
 #: dialog is open (Enter must not assign behind the source photo) and must work wherever
 #: the last click left the focus: on a checkbox (Space would toggle it, and Streamlit ignores
 #: shortcuts on inputs), on a button (Enter / Space would click it again), or in a select box
@@ -52,7 +54,7 @@ if (!window.__labelerKeys) {
   window.__labelerKeys = true;
   document.addEventListener("keydown", (e) => {
     if (e.isTrusted === false || e.ctrlKey || e.metaKey || e.altKey) return;
-    const ours = /^[0-9]$/.test(e.key) ||
+    const ours = /^[0-9pP]$/.test(e.key) ||
       ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(e.key);
     if (ours && document.querySelector("[role=dialog]")) {
       // a dialog is open (the source photo): the page behind it takes no keys
@@ -153,34 +155,44 @@ def thumb_grid(
 
     ``checked(face_id)`` gives the initial state of a box not yet in session state;
     ``on_toggle(face_id, value)`` runs when the annotator clicks one; ``cursor`` is the face
-    the keyboard acts on (outlined). Returns the checked ids.
+    the keyboard acts on (outlined; its photo button answers the P key). With
+    ``photo_buttons=False`` only the cursor's face has a photo button: a button is the
+    costliest element of a cell to redraw (a page of 96 faces settles in about half the
+    time without them, ``bench/results/clicks_after.md``). Returns the checked ids.
     """
     out: list[str] = []
-    for start in range(0, len(face_ids), columns):
+    # one row of columns filled in turn (face i in column i % columns): every cell has the
+    # same height (captions are cut to one line), so the faces read row by row, with 9
+    # layout blocks instead of 9 a row of 8 (the browser redraws every block on a rerun)
+    with st.container(key=f"grid_{prefix}"):  # its captions stay on one line (_CSS)
         cols = st.columns(columns)
-        for col, fid in zip(cols, face_ids[start : start + columns], strict=False):
-            key = f"{prefix}{fid}"
-            if key not in st.session_state:
-                st.session_state[key] = bool(checked(fid))
-            label = captions(fid) if captions else fid[:8]
-            # one element less a face where no outline is needed (a rerun resends every one)
-            box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col
-            with box:
-                # the photo button sits on the crop's corner: the caption gets the full width
+    for i, fid in enumerate(face_ids):
+        col = cols[i % columns]
+        key = f"{prefix}{fid}"
+        if key not in st.session_state:
+            st.session_state[key] = bool(checked(fid))
+        label = captions(fid) if captions else fid[:8]
+        # one element less a face where no outline is needed (a rerun resends every one)
+        box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col
+        with box:
+            if photo_buttons or fid == cursor:
+                # the photo button sits on the crop's corner: the caption keeps the width
                 with st.container(key=f"face_{prefix}{fid}", gap=None):
                     st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
-                    if photo_buttons:
-                        st.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
-                                  help="Show the source photo", on_click=open_photo,
-                                  args=(fid,), type="tertiary")  # fmt: skip
-                value = st.checkbox(
-                    label,
-                    key=key,
-                    on_change=_toggled if on_toggle else None,
-                    args=(on_toggle, fid, key) if on_toggle else None,
-                )
-            if value:
-                out.append(fid)
+                    st.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
+                              help="Show the source photo", on_click=open_photo,
+                              args=(fid,), type="tertiary",
+                              shortcut="P" if fid == cursor else None)  # fmt: skip
+            else:
+                st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
+            value = st.checkbox(
+                label,
+                key=key,
+                on_change=_toggled if on_toggle else None,
+                args=(on_toggle, fid, key) if on_toggle else None,
+            )
+        if value:
+            out.append(fid)
     return out
 
 

@@ -10,6 +10,7 @@ read files that :meth:`Workspace.resolve_inside` accepts.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +310,8 @@ def more_like_this(
 # --- images ----------------------------------------------------------------------------------
 
 
-@st.cache_data(max_entries=4096, show_spinner=False)
-def _read_inside(root: str, path: str, mtime: float) -> bytes | None:
+@functools.lru_cache(maxsize=4096)  # bytes are immutable: shared, not copied (st.cache_data
+def _read_inside(root: str, path: str, mtime: float) -> bytes | None:  # hashes and copies)
     ws = Workspace(Path(root))
     try:
         safe = ws.resolve_inside(path)

@@ -170,17 +170,22 @@ with b5:
     components.undo_redo(ws)
 
 done = sum(1 for f in members if f in labels)
-g1, g2, g3, g4, g5 = st.columns([3.2, 1.3, 1.1, 1, 1], vertical_alignment="center")
+g1, g2, g3, g6, g4, g5 = st.columns([3.2, 1.3, 1.1, 1.1, 1, 1], vertical_alignment="center")
 g1.caption(
     f"{len(selected):,} of {len(members):,} faces selected · {done:,} labeled for {fld}. "
     "Untick a face to leave it out (outliers). Keys: 1-9 label, 0 not a face, Enter assign "
     "to the unlabeled ticked faces"
     + (" of the similar-faces panel open below (Close it to label this grid)" if panel_open else "")
-    + ", Left/Right move, Space tick."
+    + ", Left/Right move, Space tick, P the outlined face's source photo."
 )
 outliers_first = g2.toggle("Most outlying first", key=K.outliers_first)
 range_ticks = g3.toggle("Range ticks", key=K.range_ticks,
                         help="A click ticks or unticks every face since the previous click")  # fmt: skip
+photo_all = g6.toggle(
+    "Photo buttons", key=K.photo_buttons,
+    help="A source-photo button on every face (pages redraw about twice as slowly). "
+    "Without: on the outlined face only (P); a click on a face moves the outline.",
+)  # fmt: skip
 state.sticky(K.page_size)
 page_size = int(g4.selectbox("Per page", PAGE_SIZES, key=K.page_size))
 state.keep(K.page_size)
@@ -243,6 +248,7 @@ components.thumb_grid(
     captions=components.caption_for(labels, order),
     on_toggle=_toggle,
     cursor=cur,
+    photo_buttons=photo_all,
 )
 components.photo_dialog(ws)
 
