@@ -4,7 +4,9 @@ On a shared real set with truth, give K faces their true label (two protocols: a
 sample, and whole default groups biggest first, as bulk-labeling leaves a workspace), run
 the Suggest step as the app does, and compare, group by group, the precision the page
 shows ("N % right in cross-validation", and its 95 % lower bound "at least N %") with the
-share of the group's faces whose true label is the suggested value.
+share of the group's faces whose true label is the suggested value: for the faces it is
+shown for (measured), and apart, for the faces the page marks *unmeasured* (unlike every
+labeled face: no number is shown for them).
 
 Prints a table and writes bench/results/review_precision.{json,md}.
 
@@ -65,13 +67,12 @@ def trial(ws, truth: pd.DataFrame, faces: list[str], units: pd.Series) -> pd.Dat
     run = suggest_workspace(ws, field=FIELD)
     rows = []
     for g in run.groups.itertuples():
-        members = run.faces.loc[run.faces["group"] == g.group, "face_id"]
-        members = members[members.isin(t.index)]  # faces without truth are not scored
-        if not len(members):
-            continue
-        right = int((t.loc[members].to_numpy() == g.value).sum())
-        rows.append({"size": len(members), "shown": float(g.precision),
-                     "lower": float(g.lower), "right": right, "pretick": bool(g.pretick)})  # fmt: skip
+        part = run.faces[(run.faces["group"] == g.group) & run.faces["face_id"].isin(t.index)]
+        for measured, faces in part.groupby(part["measured"].astype(bool)):  # scored apart
+            right = int((t.loc[faces["face_id"]].to_numpy() == g.value).sum())
+            rows.append({"size": len(faces), "shown": float(g.precision),
+                         "lower": float(g.lower), "right": right, "pretick": bool(g.pretick),
+                         "measured": bool(measured)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -143,6 +144,7 @@ def main() -> None:
                         name, protocol, budget, seed)  # fmt: skip
                     all_rows.append(df)
     df = pd.concat(all_rows, ignore_index=True)
+    df["measured"] = df["measured"].astype(bool)
     lines = ["# Review: the precision shown against what the groups held", "",
              f"Sets {args.sets}; budgets: {', '.join(args.budgets.split(','))} labeled faces; "
              f"{args.seeds} seeds; "
@@ -153,6 +155,35 @@ def main() -> None:
              "its 95 % Wilson lower bound ('at least N %'); true: the share of the group's "
              "faces whose true label is the suggested value.", ""]  # fmt: skip
     result = {}
+    lines += ["## Measured and not measured faces", "",
+              "A face is *unmeasured* when it is less similar to every labeled face than 90 % "
+              "of labeled faces are to their nearest labeled face in another fold "
+              "(`SuggestConfig.unmeasured_quantile`): the page shows no precision for it and "
+              "never pre-ticks it. Face-weighted, all groups:", "",
+              "| set | protocol | budget | measured faces | shown | true | unmeasured faces "
+              "| shown (before: the group's number) | true |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, protocol, budget), part in df.groupby(["set", "protocol", "budget"]):
+        m, u = part[part["measured"]], part[~part["measured"]]
+
+        def wavg(p: pd.DataFrame, col: str) -> float:
+            return float((p[col] * p["size"]).sum() / p["size"].sum()) if len(p) else float("nan")
+
+        def true(p: pd.DataFrame) -> float:
+            return float(p["right"].sum() / p["size"].sum()) if len(p) else float("nan")
+
+        lines.append(f"| {name} | {protocol} | {budget} | {int(m['size'].sum())} | "
+                     f"{wavg(m, 'shown'):.3f} | {true(m):.3f} | {int(u['size'].sum())} | "
+                     f"{wavg(u, 'shown'):.3f} | {true(u):.3f} |")  # fmt: skip
+        result[f"{name}/{protocol}/{budget}"] = {
+            "measured_faces": int(m["size"].sum()), "measured_shown": wavg(m, "shown"),
+            "measured_true": true(m), "unmeasured_faces": int(u["size"].sum()),
+            "unmeasured_shown_before": wavg(u, "shown"), "unmeasured_true": true(u)}  # fmt: skip
+    lines.append("")
+    lines += [
+        "The tables below score the faces the page shows a precision for (measured faces only).",
+        "",
+    ]
+    df = df[df["measured"]]
     for (name, protocol), part in df.groupby(["set", "protocol"]):
         s1 = summarize(part, "shown", SHOWN_BINS, ["<50 %", "50-70 %", "70-85 %", "85-95 %",
                                                    ">=95 %"])  # fmt: skip

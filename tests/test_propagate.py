@@ -88,6 +88,31 @@ def test_groups_best_first_least_sure_first_and_pretick_defended():
         assert (y[res.group == row.group] == row.value).mean() >= 0.9
 
 
+def test_faces_unlike_every_labeled_face_are_not_measured():
+    """Two classes of two looks each; whole looks labeled, as bulk actions leave them. The
+    faces of the looks nobody labeled are marked not measured (the precision measured on
+    the labels says nothing about them); those of the labeled looks are measured. Labels
+    spread at random leave nearly every face measured."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(4, 16)) * 3.0  # looks: 0, 1 of class 0; 2, 3 of class 1
+    look = np.repeat(np.arange(4), 150)
+    X = (centres[look] + rng.normal(size=(len(look), 16))).astype(np.float32)
+    y = look // 2
+    given = np.where(np.isin(look, [0, 2]) & (rng.random(len(y)) < 0.6), y, -1)
+    res = suggest(X, given, cv_groups=np.where(given >= 0, look, -1))
+    unl = given < 0
+    seen, novel = unl & np.isin(look, [0, 2]), unl & np.isin(look, [1, 3])
+    assert res.measured[seen].mean() >= 0.8 and res.measured[novel].mean() <= 0.1
+    assert res.measured[given >= 0].all()
+    assert (res.groups["measured"] == [res.measured[res.group == g].sum()
+                                       for g in res.groups["group"]]).all()  # fmt: skip
+    spread = np.where(rng.random(len(y)) < 0.3, y, -1)
+    assert suggest(X, spread).measured[spread < 0].mean() >= 0.85
+    off = suggest(X, given, cv_groups=np.where(given >= 0, look, -1),
+                  config=SuggestConfig(unmeasured_quantile=0))  # fmt: skip
+    assert off.measured.all() and (off.pred == res.pred).all()
+
+
 def test_nothing_is_guessed_from_one_class_or_too_few_labels():
     X, y = _blobs(20, seed=5)
     one = np.where(y == 0, 0, -1)

@@ -88,7 +88,10 @@ def test_suggest_in_background_accept_a_group_then_undo(ws):
     assert any("right in cross-validation" in m.value.lower() or "cross-validation" in m.value
                for m in at.markdown)  # fmt: skip
     boxes = [cb for cb in at.checkbox if cb.key.startswith(REVIEW_PREFIX)]
-    assert boxes and all(cb.value == first["pretick"] for cb in boxes)
+    measured = dict(zip(faces["face_id"], faces["measured"], strict=True))
+    prefix = f"{REVIEW_PREFIX}{first['group']}_"
+    assert boxes and all(cb.value == (first["pretick"] and measured[cb.key[len(prefix) :]])
+                         for cb in boxes)  # fmt: skip
     # tick (or keep ticked) the first three, untick the rest, accept: one event
     for i, cb in enumerate(boxes):
         cb.set_value(i < 3)
@@ -129,6 +132,42 @@ def test_preticked_groups_are_right_on_real_faces(ws):
         right = np.mean([t.get(f, g.value) == g.value for f in ids])
         assert right >= 0.9, (g, right)
     assert accuracy() >= before
+
+
+def test_faces_unlike_every_label_are_marked_and_never_preticked(ws):
+    """Labels of whole persons (as bulk actions give them): faces of the other persons that
+    are unlike every labeled face carry no measured precision. The page marks them, says why,
+    never pre-ticks them, and offers no 'Accept all' over them."""
+    ws, truth = ws
+    table = pd.read_csv(shared_dataset("mfr2") / "labels.csv")
+    person_of = dict(zip(table["file"], table["person"], strict=True))
+    all_faces = ws.faces()
+    photo = dict(zip(all_faces["face_id"].astype(str), ws.face_image_paths(all_faces),
+                     strict=True))  # fmt: skip
+    first = sorted(table["person"].unique())[:10]
+    chosen = truth[truth["face_id"].map(lambda f: person_of.get(Path(photo[f]).name) in first)]
+    assert len(chosen) >= 30
+    store = LabelStore(ws.labels_db)
+    for value, part in chosen.groupby("truth"):
+        store.assign(part.face_id, FIELD, value, annotator="seed", source="selection")
+    run = step.suggest_workspace(ws, field=FIELD)
+    faces = run.faces
+    assert 0 < (~faces["measured"]).sum() < len(faces)
+    assert (run.groups["measured"] == [int(faces.loc[faces["group"] == g, "measured"].sum())
+                                       for g in run.groups["group"]]).all()  # fmt: skip
+    g = next(r for r in run.groups.itertuples() if r.measured < r.size)
+    at = _review()
+    at.selectbox(key=SK.group_pick).set_value(g.group).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("unlike every labeled face" in m.value for m in at.markdown)
+    mine = faces[faces["group"] == g.group].set_index("face_id")["measured"]
+    prefix = f"{REVIEW_PREFIX}{g.group}_"
+    boxes = {cb.key[len(prefix) :]: cb for cb in at.checkbox if cb.key.startswith(prefix)}
+    assert boxes and set(boxes) <= set(mine.index)
+    for fid, cb in boxes.items():
+        assert cb.value == (bool(g.pretick) and bool(mine[fid])), fid
+        assert ("unmeasured" in cb.label) == (not mine[fid])
+    assert not [b for b in at.button if b.key == K.review_accept_all_btn]
 
 
 def test_new_labels_start_a_run_by_themselves(ws):

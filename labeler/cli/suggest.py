@@ -61,12 +61,15 @@ def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float,
     if len(run.groups):
         click.echo(
             f"{'group':>5} {'value':<16} {'confidence':>11} {'faces':>6} {'right in CV':>12}"
+            f" {'unmeasured':>10}"
         )
         for g in run.groups.head(show).itertuples():
             tick = "  pre-ticked" if g.pretick else ""
             click.echo(
                 f"{g.group:>5} {g.value:<16} {g.lo:5.3f}-{g.hi:5.3f} {g.size:>6} "
-                f"{g.precision:11.1%}{tick}"
+                f"{g.precision:11.1%} {g.size - g.measured:>10}{tick}"
             )
+        click.echo("unmeasured: faces unlike every labeled face; the precision measured "
+                   "on the labels does not hold for them (the app never pre-ticks them)")  # fmt: skip
         if len(run.groups) > show:
             click.echo(f"... {len(run.groups) - show} more groups")

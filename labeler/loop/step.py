@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METHOD = "suggest"
-FACE_COLUMNS = ["face_id", "group", "rank", "value", "confidence", "precision"]
+FACE_COLUMNS = ["face_id", "group", "rank", "value", "confidence", "precision", "measured"]
 #: A status older than this with state "running" is taken as a crashed run.
 STALE_S = 600.0
 
@@ -141,6 +141,7 @@ def suggest_workspace(
             "value": names[np.searchsorted(res.classes, res.pred[rows])] if len(rows) else [],
             "confidence": res.confidence[rows].astype(float),
             "precision": res.precision[rows].astype(float),
+            "measured": res.measured[rows],
         },
         columns=FACE_COLUMNS,
     )

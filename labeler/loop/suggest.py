@@ -21,7 +21,14 @@ How it works (all on plain arrays):
    groups** by (predicted value, band), ordered by expected correct faces (size times measured
    precision): biggest and most certain first. Within a group the least confident faces come
    first, so an annotator unticks the likely wrong ones at the top.
-5. **Suspected label errors** are labeled faces whose out-of-fold prediction contradicts their
+5. **Measured or not**: the out-of-fold precision only holds for faces like those it was
+   measured on. A labeled face's nearest labeled face in another fold sets the range
+   (``unmeasured_quantile``: the share of labeled faces left below the threshold); an
+   unlabeled face less similar than that to every labeled face is **unmeasured** (``measured``
+   False): faces from groups nobody labeled, where the measured precision overstates (on
+   realmasks labeled by whole groups: shown 0.81-0.92, such faces held 0.37-0.69; faces in
+   range held 0.80-0.82, ``bench/results/review_precision.md``). The app never pre-ticks them.
+6. **Suspected label errors** are labeled faces whose out-of-fold prediction contradicts their
    label (:func:`labeler.loop.suspects.select_suspects`): only for classes with enough labels
    to judge, only in confident bands, and at most ``suspect_share`` of the labeled faces.
 
@@ -59,6 +66,7 @@ GROUP_COLUMNS = [
     "n_checked",
     "expected",
     "pretick",
+    "measured",
 ]
 BAND_COLUMNS = ["band", "lo", "hi", "n", "right", "precision", "lower"]
 
@@ -77,6 +85,9 @@ class SuggestConfig:
     anything is suggested. suspect_share: at most this share of labeled faces is flagged;
     suspect_min_class: labels a class needs (given and suggested) before its faces are
     judged; suspect_min_precision: the measured precision the contradicting band must have.
+    unmeasured_quantile: an unlabeled face whose nearest labeled face is less similar than
+    this share of labeled faces are to their nearest one in another fold is *unmeasured*
+    (0 = every face counts as measured).
     """
 
     folds: int = 5
@@ -89,6 +100,7 @@ class SuggestConfig:
     suspect_share: float = 0.02
     suspect_min_class: int = 10
     suspect_min_precision: float = 0.9
+    unmeasured_quantile: float = 0.1
     seed: int = 0
 
 
@@ -103,6 +115,8 @@ class SuggestResult:
     rows). bands: per-band out-of-fold precision (BAND_COLUMNS). groups: suggestion groups
     (GROUP_COLUMNS) in display order, ``group`` = row position. suspects: (S,) labeled rows
     flagged as likely label errors, most likely first. temperature: the fitted T.
+    measured: (N,) False for an unlabeled face unlike every labeled face (no precision was
+    measured on faces like it); True for the others and every labeled face.
     """
 
     classes: np.ndarray
@@ -115,6 +129,7 @@ class SuggestResult:
     groups: pd.DataFrame = field(repr=False)
     suspects: np.ndarray = field(repr=False)
     precision: np.ndarray = field(repr=False)
+    measured: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
     temperature: float = 1.0
     n_labeled: int = 0
 
@@ -139,6 +154,7 @@ def empty_result(n: int, reason: str = "") -> SuggestResult:
         groups=pd.DataFrame(columns=GROUP_COLUMNS),
         suspects=np.zeros(0, np.int64),
         precision=np.zeros(n, np.float32),
+        measured=np.ones(n, bool),
     )
 
 
@@ -320,6 +336,57 @@ def _similar_chunks(Z: np.ndarray, max_size: int) -> np.ndarray:
     return out
 
 
+def nearest_similarity(
+    Q: np.ndarray, B: np.ndarray, *, q_fold: np.ndarray | None = None,
+    b_fold: np.ndarray | None = None, cells: int = 1 << 24,
+) -> np.ndarray:  # fmt: skip
+    """(len(Q),) the highest cosine of each row of ``Q`` to a row of ``B`` (both L2-normalised
+    float32), only over rows of another fold when ``q_fold`` / ``b_fold`` are given (-1 where
+    there is none). Exact, in blocks of query rows of at most ``cells`` similarities (64 MB)."""
+    out = np.full(len(Q), -1.0, np.float32)
+    if not len(B):
+        return out
+    block = max(1, cells // len(B))
+    for s in range(0, len(Q), block):
+        S = Q[s : s + block] @ B.T
+        if q_fold is not None and b_fold is not None:
+            S[q_fold[s : s + block, None] == b_fold[None, :]] = -1.0
+        out[s : s + block] = S.max(1)
+    return out
+
+
+def measured_faces(
+    Z: np.ndarray,
+    rows: np.ndarray,
+    folds: np.ndarray,
+    query: np.ndarray,
+    *,
+    quantile: float,
+    sample: int = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Which ``query`` rows lie in the range the out-of-fold precision was measured on.
+
+    Z: (N, D) features; rows: (L,) labeled rows with their ``folds``. A labeled row was
+    scored by a head that saw its nearest labeled row of another fold; ``quantile`` of those
+    similarities (from at most ``sample`` labeled rows) is the threshold. Returns (len(query),)
+    bool (nearest labeled row at least that similar) and the threshold."""
+    if quantile <= 0 or not len(query) or len(rows) < 2:
+        return np.ones(len(query), bool), -1.0
+    Zn = np.asarray(Z, np.float32)
+    Zn = Zn / np.maximum(np.linalg.norm(Zn, axis=1, keepdims=True), 1e-12)
+    L = Zn[rows]
+    pick = np.arange(len(rows))
+    if len(rows) > sample:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), sample, replace=False))
+    oof = nearest_similarity(L[pick], L, q_fold=folds[pick], b_fold=folds)
+    oof = oof[oof > -1]
+    if not len(oof):
+        return np.ones(len(query), bool), -1.0
+    tau = float(np.quantile(oof, quantile))
+    return nearest_similarity(Zn[query], L) >= tau, tau
+
+
 def band_precision(
     pred: np.ndarray,
     band: np.ndarray,
@@ -424,6 +491,11 @@ def suggest(
         pred_c[rows], band[rows], yc, n_classes=C, bands=cfg.bands, prior_n=cfg.prior_n
     )
     precision = prec_vb[pred_c * nb + band]
+    measured = np.ones(n, bool)
+    measured[unl], tau = measured_faces(A[:, :-1], rows, folds, unl,
+                                        quantile=cfg.unmeasured_quantile, seed=cfg.seed)  # fmt: skip
+    log.debug("measured range: similarity >= %.3f; %d of %d unlabeled faces outside",
+              tau, int((~measured[unl]).sum()), len(unl))  # fmt: skip
 
     # suggestion groups of the unlabeled rows: (value, band), and a group whose precision
     # cannot be defended (it has to be looked at) in chunks of similar faces of one page
@@ -442,6 +514,7 @@ def suggest(
         keys, inv, size = np.unique(key_u, return_inverse=True, return_counts=True)
         kvb = keys // len(unl)
         exp = size * prec_vb[kvb]
+        n_measured = np.bincount(inv, weights=measured[unl], minlength=len(keys))
         order = np.lexsort((keys, -exp))
         pos = np.empty(len(keys), np.int64)
         pos[order] = np.arange(len(keys))
@@ -459,6 +532,7 @@ def suggest(
             gcols["n_checked"].append(int(n_vb[kvb[j]]))
             gcols["expected"].append(float(exp[j]))
             gcols["pretick"].append(bool(low[kvb[j]] >= cfg.pretick))
+            gcols["measured"].append(int(n_measured[j]))
     groups_df = pd.DataFrame(gcols, columns=GROUP_COLUMNS)
 
     suspects = select_suspects(
@@ -481,6 +555,7 @@ def suggest(
         groups=groups_df,
         suspects=rows[suspects],
         precision=precision.astype(np.float32),
+        measured=measured,
         temperature=T,
         n_labeled=len(rows),
     )
