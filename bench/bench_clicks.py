@@ -54,6 +54,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--faces", type=int, default=210)
     ap.add_argument("--tag", default="after")
+    ap.add_argument("--during-suggest", default="", metavar="WORKSPACE",
+                    help="a copy of this workspace (built by 'labeler run'; its labels are "
+                    "dropped): ticks while the background Suggest run that a bulk label "
+                    "starts is working, against ticks with no run")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clicks"))
     args = ap.parse_args()
     from appserver import running_app
@@ -66,6 +70,15 @@ def main() -> None:
     # first: the checkout measured must be that folder too (else PYTHONPATH is not enough)
     os.chdir(Path(labeler.__file__).parents[1])
     tmp = Path(tempfile.mkdtemp(prefix="bench_clicks_"))
+    if args.during_suggest:
+        from labeler.workspace import Workspace
+
+        shutil.copytree(args.during_suggest, tmp / "ws", ignore=shutil.ignore_patterns(
+            "labels.db*", "suggest", "backups"))  # fmt: skip
+        try:
+            return during_suggest(Workspace.open(tmp / "ws"), args)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     ws = synthetic_workspace(tmp / "ws", n_faces=args.faces, n_clusters=2, noise_frac=0.0,
                              seed=3)  # fmt: skip
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -120,6 +133,75 @@ def main() -> None:
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({"faces_on_page": n, "actions": rows},
                                                    indent=1) + "\n")  # fmt: skip
+
+
+def during_suggest(ws, args) -> None:
+    """Ticks on the Cluster view while the Suggest run a bulk label started works (it runs
+    by itself after 25 new labels), against ticks with no run: what an annotator feels
+    every 25 labels on a big workspace. Each round labels the next page's 96 faces."""
+    from appserver import running_app
+    from playwright.sync_api import sync_playwright
+
+    import labeler
+    from labeler.loop import step
+
+    busy: list[float] = []
+    idle: list[float] = []
+    seconds: list[float] = []
+    with (
+        running_app(ws.root, env={"LABELER_ANNOTATOR": "bench"}) as (url, _p),
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                    headless=True, args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        for i in range(args.repeat):
+            # cluster i, 96 faces a page: ticks with no run, then Enter labels the cluster
+            # (over 25 new labels: the app starts a Suggest run), ticks while it works
+            page.goto(url + "/clusters", wait_until="domcontentloaded")
+            page.locator(f".st-key-open_{i} button").click()
+            page.get_by_role("heading", name="Cluster view").wait_for(timeout=60_000)
+            settled(page)
+            if i == 0:
+                page.locator(".st-key-page_size").get_by_role("combobox").click()
+                page.get_by_role("option", name="96", exact=True).click()
+                settled(page)
+            page.wait_for_timeout(1000)
+            boxes = page.locator("[class*='st-key-sel_'] label")
+            for _ in range(4):  # no run going
+                idle.append(timed(page, lambda b=boxes: b.nth(5).click()))
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")
+            field = "mask_state"
+            before = step.read_status(ws, field).get("started")
+            page.keyboard.press("Enter")
+            t0 = time.perf_counter()
+            while step.read_status(ws, field).get("started") == before:  # the run it starts
+                if time.perf_counter() - t0 > 60:
+                    raise TimeoutError("no Suggest run started after a bulk label")
+                time.sleep(0.02)
+            settled(page)
+            while step.read_status(ws, field)["state"] == "running":
+                busy.append(timed(page, lambda b=boxes: b.nth(5).click()))
+            seconds.append(time.perf_counter() - t0)
+            status = step.read_status(ws, field)
+            if status["state"] != "done":
+                raise RuntimeError(f"the Suggest run did not finish: {status}")
+        browser.close()
+    rows = {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                   "n": len(v)} for name, v in (("tick, no run going", idle),
+                                                ("tick while Suggest runs", busy)) if v}  # fmt: skip
+    head = (f"ticks on the Cluster view (96 faces a page) of {Path(args.during_suggest).name} "
+            f"({len(ws.faces()):,} faces), with and without a background Suggest run (runs lasted "
+            f"{statistics.median(seconds):.1f} s, median), labeler at "
+            f"{Path(labeler.__file__).parents[1]} ({args.tag})")  # fmt: skip
+    lines = [head, "", "| action | median s | min s | max s | clicks |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | {r['n']} |"
+              for k, r in rows.items()]  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    out = Path(f"{args.out}_suggest_{args.tag}")
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

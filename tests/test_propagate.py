@@ -3,6 +3,8 @@ confidence, suggestion groups, suspects, and the workspace shell on real faces."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -293,6 +295,7 @@ def test_background_suggest_on_a_workspace_without_features_logs_one_line(tmp_pa
         step.start_background(ws, "mask_state").join(timeout=60)
     status = step.read_status(ws, "mask_state")
     assert status["state"] == "error" and "\n" not in status["message"]
+    assert status["pid"] != os.getpid()  # a child process: the app's GIL stays free
     assert "labeler embed" in status["message"] or "labeler run" in status["message"], status
     (rec,) = [r for r in caplog.records if r.name == "labeler.loop.step"]
     assert rec.levelname == "WARNING" and rec.exc_info is None

@@ -12,7 +12,8 @@ predictions; the faces of one label event are held out together), and writes
   (the groups in display order, the per-band out-of-fold precision, the label count the run
   saw and how long it took), which the Review page shows as suggestion groups.
 
-:func:`start_background` runs it in a thread and keeps ``suggest/<field>.status.json``
+:func:`start_background` runs it in a child process at low priority (never in the app's
+own interpreter, whose GIL the page's reruns need) and keeps ``suggest/<field>.status.json``
 (``running`` / ``done`` / ``error``) so a page can poll it without blocking.
 
 >>> run = suggest_workspace(ws, field="mask_state")  # doctest: +SKIP
@@ -21,6 +22,7 @@ predictions; the faces of one label event are held out together), and writes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -273,31 +275,78 @@ _START_LOCK = threading.Lock()
 def start_background(
     ws: Workspace, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
 ) -> threading.Thread | None:
-    """Run :func:`suggest_workspace` in a daemon thread unless one is running for ``field`` already
-    (the status file is the lock, so several app sessions share one run). Returns the thread,
-    or None when a run was already in progress."""
+    """Run :func:`suggest_workspace` in a child process at low priority unless a run for
+    ``field`` is going already (the status file is the lock, so several app sessions share
+    one run). Returns the thread that waits for it (``join()`` waits for the run), or None
+    when a run was already in progress.
+
+    A process, not a thread of the app: the run's Python parts would hold the app's GIL
+    while annotators click (a run at 133,000 faces takes over a minute), and ``nice`` lets
+    the page's reruns go first. The child writes the status; this thread logs its outcome
+    in one line (the child's traceback, for a bug, is on the app's stderr)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
     with _START_LOCK:
         if read_status(ws, field)["state"] == "running":
             return None
         started = time.time()
         _write_status(ws, field, state="running", started=started)
+    spec = json.dumps({"root": str(ws.root), "field": field, "feature_spec": feature_spec,
+                       "config": asdict(config) if config else None, "started": started})  # fmt: skip
 
     def work() -> None:
-        try:
-            run = suggest_workspace(ws, field=field, feature_spec=feature_spec, config=config)
-        except Exception as exc:  # shown on the page as one line; details in the log
-            if isinstance(exc, LabelerError):  # a step to run first: its one line is the news
-                log.warning("Suggest step for %s: %s", field, exc)
-            else:  # a bug: its traceback
-                log.exception("Suggest step for %s failed", field)
+        code = subprocess.call(
+            [sys.executable, "-c", "from labeler.loop.step import _child; _child()", spec],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        status = read_status(ws, field)
+        if status["state"] == "running" and status.get("started") == started:  # it died
             _write_status(ws, field, state="error", started=started, finished=time.time(),
-                          message=f"{type(exc).__name__}: {exc}")  # fmt: skip
-            return
-        _write_status(ws, field, state="done", started=started, finished=time.time(),
-                      n_labeled=run.n_labeled, n_groups=len(run.groups),
-                      n_suggestions=len(run.faces), n_suspects=len(run.suspects),
-                      seconds=round(run.seconds, 3))  # fmt: skip
+                          message=f"the Suggest process stopped (exit code {code})")  # fmt: skip
+            status = read_status(ws, field)
+        if status["state"] == "error":
+            if status.get("kind") == "bug":
+                log.error("Suggest step for %s failed: %s", field, status.get("message"))
+            else:  # a step to run first: its one line is the news
+                log.warning("Suggest step for %s: %s", field, status.get("message"))
 
     thread = threading.Thread(target=work, name=f"suggest-{field}", daemon=True)
     thread.start()
     return thread
+
+
+def _child() -> None:
+    """The background run's process (:func:`start_background`): run, write the status."""
+    import json
+    import os
+    import sys
+
+    from labeler.workspace import Workspace
+
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no nice here
+        os.nice(10)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    spec = json.loads(sys.argv[1])
+    ws, field, started = Workspace.open(spec["root"]), spec["field"], spec["started"]
+    config = None
+    if spec["config"]:
+        config = SuggestConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in spec["config"].items()})  # fmt: skip
+    try:
+        run = suggest_workspace(ws, field=field, feature_spec=spec["feature_spec"], config=config)
+    except Exception as exc:  # shown on the page as one line; a bug's traceback on stderr
+        bug = not isinstance(exc, LabelerError)
+        if bug:
+            log.exception("Suggest step for %s failed", field)
+        _write_status(ws, field, state="error", started=started, finished=time.time(),
+                      message=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                      kind="bug" if bug else "input", pid=os.getpid())  # fmt: skip
+        return
+    _write_status(ws, field, state="done", started=started, finished=time.time(),
+                  n_labeled=run.n_labeled, n_groups=len(run.groups),
+                  n_suggestions=len(run.faces), n_suspects=len(run.suspects),
+                  seconds=round(run.seconds, 3), pid=os.getpid())  # fmt: skip

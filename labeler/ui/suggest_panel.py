@@ -1,5 +1,5 @@
 """The Suggest step in the app: a button (and an automatic run after every
-:data:`AUTO_EVERY` new labels) that retrains in a background thread
+:data:`AUTO_EVERY` new labels) that retrains in a background process
 (:func:`labeler.step.start_background`) while the page stays usable, a status line that
 polls the run (``st.fragment(run_every=...)``), and the suggestion groups and suspects of
 the Review page. Everything it writes goes through :class:`labeler.labels.LabelStore`, one
