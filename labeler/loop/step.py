@@ -12,8 +12,8 @@ predictions; the faces of one label event are held out together), and writes
   (the groups in display order, the per-band out-of-fold precision, the label count the run
   saw and how long it took), which the Review page shows as suggestion groups.
 
-:func:`start_background` runs it in a child process at low priority (never in the app's
-own interpreter, whose GIL the page's reruns need) and keeps ``suggest/<field>.status.json``
+:func:`start_background` runs it in a child process (never in the app's own interpreter,
+whose GIL the page's reruns need) and keeps ``suggest/<field>.status.json``
 (``running`` / ``done`` / ``error``) so a page can poll it without blocking.
 
 >>> run = suggest_workspace(ws, field="mask_state")  # doctest: +SKIP
@@ -22,7 +22,6 @@ own interpreter, whose GIL the page's reruns need) and keeps ``suggest/<field>.s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -275,15 +274,16 @@ _START_LOCK = threading.Lock()
 def start_background(
     ws: Workspace, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
 ) -> threading.Thread | None:
-    """Run :func:`suggest_workspace` in a child process at low priority unless a run for
+    """Run :func:`suggest_workspace` in a child process unless a run for
     ``field`` is going already (the status file is the lock, so several app sessions share
     one run). Returns the thread that waits for it (``join()`` waits for the run), or None
     when a run was already in progress.
 
     A process, not a thread of the app: the run's Python parts would hold the app's GIL
-    while annotators click (a run at 133,000 faces takes over a minute), and ``nice`` lets
-    the page's reruns go first. The child writes the status; this thread logs its outcome
-    in one line (the child's traceback, for a bug, is on the app's stderr)."""
+    while annotators click (a run at 133,000 faces takes over a minute). Not niced: at nice
+    5 or 10 the run took 1.3x / 1.7x as long for ticks within 0.06 s of nice 0
+    (``bench/results/clicks_suggest_process.md``). The child writes the status; this thread
+    logs its outcome in one line (the child's traceback, for a bug, is on the app's stderr)."""
     import json
     import os
     import subprocess
@@ -327,8 +327,6 @@ def _child() -> None:
 
     from labeler.workspace import Workspace
 
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no nice here
-        os.nice(10)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     spec = json.loads(sys.argv[1])
     ws, field, started = Workspace.open(spec["root"]), spec["field"], spec["started"]
