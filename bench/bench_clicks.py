@@ -120,19 +120,27 @@ def main() -> None:
             )
         browser.close()
     shutil.rmtree(tmp, ignore_errors=True)
-    rows = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
-            for k, v in times.items()}  # fmt: skip
     head = (f"click to settled, Cluster view, {n} faces on the page, labeler at "
             f"{Path(labeler.__file__).parents[1]} ({args.tag})")  # fmt: skip
+    rows = write_table(head, times, Path(f"{args.out}_{args.tag}"))
+    Path(f"{args.out}_{args.tag}.json").write_text(
+        json.dumps({"faces_on_page": n, "actions": rows}, indent=1) + "\n"
+    )
+
+
+def write_table(head: str, times: dict[str, list[float]], out: Path) -> dict[str, dict]:
+    """Print and write ``out``.md (median, min, max and count of each action's seconds) and
+    ``out``.json (the same rows); returns the rows."""
+    rows = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
+            for k, v in times.items() if v}  # fmt: skip
     lines = [head, "", "| action | median s | min s | max s | clicks |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | {r['n']} |"
               for k, r in rows.items()]  # fmt: skip
     text = "\n".join(lines)
     print(text)
-    out = Path(f"{args.out}_{args.tag}")
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"faces_on_page": n, "actions": rows},
-                                                   indent=1) + "\n")  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
 
 
 def during_suggest(ws, args) -> None:
@@ -187,21 +195,12 @@ def during_suggest(ws, args) -> None:
             if status["state"] != "done":
                 raise RuntimeError(f"the Suggest run did not finish: {status}")
         browser.close()
-    rows = {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
-                   "n": len(v)} for name, v in (("tick, no run going", idle),
-                                                ("tick while Suggest runs", busy)) if v}  # fmt: skip
     head = (f"ticks on the Cluster view (96 faces a page) of {Path(args.during_suggest).name} "
             f"({len(ws.faces()):,} faces), with and without a background Suggest run (runs lasted "
             f"{statistics.median(seconds):.1f} s, median), labeler at "
             f"{Path(labeler.__file__).parents[1]} ({args.tag})")  # fmt: skip
-    lines = [head, "", "| action | median s | min s | max s | clicks |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | {r['n']} |"
-              for k, r in rows.items()]  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    out = Path(f"{args.out}_suggest_{args.tag}")
-    out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_table(head, {"tick, no run going": idle, "tick while Suggest runs": busy},
+                Path(f"{args.out}_suggest_{args.tag}"))  # fmt: skip
 
 
 if __name__ == "__main__":
