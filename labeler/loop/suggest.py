@@ -129,7 +129,7 @@ class SuggestResult:
     groups: pd.DataFrame = field(repr=False)
     suspects: np.ndarray = field(repr=False)
     precision: np.ndarray = field(repr=False)
-    measured: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    measured: np.ndarray = field(repr=False)
     temperature: float = 1.0
     n_labeled: int = 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 
 import streamlit as st
 
@@ -174,17 +175,16 @@ def thumb_grid(
         label = captions(fid) if captions else fid[:8]
         # one element less a face where no outline is needed (a rerun resends every one)
         box = col.container(key=f"kbcursor_{fid}") if fid == cursor else col
+        button = photo_buttons or fid == cursor
         with box:
-            if photo_buttons or fid == cursor:
-                # the photo button sits on the crop's corner: the caption keeps the width
-                with st.container(key=f"face_{prefix}{fid}", gap=None):
-                    st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
+            # the photo button sits on the crop's corner: the caption keeps the width
+            with st.container(key=f"face_{prefix}{fid}", gap=None) if button else nullcontext():
+                st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
+                if button:
                     st.button("", key=f"{PHOTO_PREFIX}{prefix}{fid}", icon=":material/image:",
                               help="Show the source photo", on_click=open_photo,
                               args=(fid,), type="tertiary",
                               shortcut="P" if fid == cursor else None)  # fmt: skip
-            else:
-                st.image(data.crop_bytes(ws, fid) or placeholder(), width="stretch")
             value = st.checkbox(
                 label,
                 key=key,

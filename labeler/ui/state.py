@@ -390,13 +390,13 @@ def require_run_view(ws: Workspace) -> RunView:
 FLASH_SLOT = '<div style="height: 3.25rem" aria-hidden="true"></div>'
 
 
-def show_flash(*, keep_place: bool = True) -> None:
-    """The last action's message, or (``keep_place``) an empty slot of its height."""
+def show_flash() -> None:
+    """The last action's message, or an empty slot of its height."""
     item = st.session_state.pop(K.flash, None)
     if item:
         kind, message = item
         getattr(st, kind, st.info)(message)
-    elif keep_place:
+    else:
         st.html(FLASH_SLOT)
 
 

@@ -244,7 +244,7 @@ def group_title(g: pd.Series) -> str:
     that the group's faces are unlike every labeled face (nothing measured vouches for them)."""
     lo, hi = float(g["conf_lo"]), float(g["conf_hi"])
     conf = f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}"
-    left, unmeasured = int(g["left"]), int(g.get("unmeasured", 0))
+    left, unmeasured = int(g["left"]), int(g["unmeasured"])
     if unmeasured >= left:
         how = "unmeasured: unlike every labeled face"
     elif unmeasured:
@@ -258,8 +258,7 @@ def group_title(g: pd.Series) -> str:
 def _vouched(groups: pd.DataFrame) -> pd.Series:
     """The precision the page vouches for per group: the measured one, 0 where every face
     left is unmeasured."""
-    unmeasured = groups.get("unmeasured", pd.Series(0, index=groups.index))
-    return groups["precision"].where(unmeasured < groups["left"], 0.0)
+    return groups["precision"].where(groups["unmeasured"] < groups["left"], 0.0)
 
 
 def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: float) -> None:
@@ -286,7 +285,7 @@ def groups_view(ws: Workspace, store: LabelStore, field: str, min_precision: flo
     shown = ids[:PAGE_SIZE]
     n_checked = int(g["n_checked"])
     measured = dict(zip(members["face_id"], members["measured"].astype(bool), strict=True))
-    n_unmeasured = sum(not m for m in measured.values())
+    n_unmeasured = int(g["unmeasured"])  # of the group's open faces, as open_groups counted
     if n_unmeasured < len(ids):
         st.markdown(
             f"**In cross-validation {g['precision']:.0%} of faces like these were right** "
