@@ -15,8 +15,8 @@ from labeler.cli import cli
 from labeler.labels import LabelStore
 from labeler.loop.suggest import (
     SuggestConfig,
-    _design,
     _softmax,
+    design_matrix,
     make_folds,
     reliability,
     ridge_scores,
@@ -37,7 +37,7 @@ def test_out_of_fold_scores_equal_a_head_refit_without_the_fold():
     """The Gram-subtraction shortcut is exact: every labeled row is scored by a head that
     never saw it (oracle: fit again on the other folds)."""
     X, y = _blobs(40, seed=1)
-    A = _design(X)
+    A = design_matrix(X)
     rows = np.arange(0, len(y), 2)
     yc = y[rows]
     w = np.ones(len(rows))

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "export": "labeler.cli.export",
     "app": "labeler.cli.app",
     "suggest": "labeler.cli.suggest",
+    "regroup": "labeler.cli.regroup",
     "propagate": "labeler.cli.suggest",  # alias of suggest
     "train": "labeler.cli.train",
     "predict": "labeler.cli.predict",

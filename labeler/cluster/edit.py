@@ -1,4 +1,5 @@
-"""Structural edits of a cluster run: move faces out, split one cluster, merge, revert.
+"""Structural edits of a cluster run: move faces out, split one cluster, merge, regroup
+faces, revert.
 
 The one implementation of cluster edits: the app's Cluster view, the tests and the bench
 call these. Copy-on-write: each edit returns a new :class:`ClusterResult` and, given a
@@ -230,6 +231,42 @@ def move_faces(
     edit = {"op": "move", "cluster": cluster_id, "into": new_id, "n_faces": int(move.sum())}
     log.info("moved %d faces of cluster %d to %d", int(move.sum()), cluster_id, new_id)
     return _finish(ws, result, labels, suggested, edit)
+
+
+def regroup_faces(
+    ws_or_result: Workspace | ClusterResult,
+    face_ids: Iterable[str],
+    parts: np.ndarray,
+    *,
+    edit: dict | None = None,
+    ws: Workspace | None = None,
+) -> ClusterResult:
+    """Put ``face_ids`` (n,) into new clusters: ``parts`` (n,) int >= 0, faces of one part
+    together, numbered after the run's largest id in the order of the parts. Faces not named
+    keep their clusters. ``edit``: what to record beside ``op`` (``"regroup"``). Returns a
+    new result (saved as a new current run with a workspace); the app's Revert undoes it.
+    """
+    result, ws = _source(ws_or_result, ws)
+    ids = np.asarray([str(f) for f in face_ids])
+    parts = np.asarray(parts, np.int64)
+    if len(parts) != len(ids) or (parts < 0).any():
+        raise ValueError(f"{len(ids)} face ids but {len(parts)} parts; pass one part >= 0 each")
+    pos = {f: i for i, f in enumerate(np.asarray(result.face_ids).astype(str))}
+    missing = [f for f in ids if f not in pos]
+    if missing:
+        raise InputError(
+            f"{len(missing)} faces are not in run {result.params.get('run_id')} (e.g. "
+            f"{missing[0]}): regroup the faces of the current run"
+        )
+    rows = np.fromiter((pos[f] for f in ids), np.int64, len(ids))
+    base = int(result.labels.max()) + 1 if len(result.labels) else 0
+    labels = result.labels.copy()
+    labels[rows] = base + np.unique(parts, return_inverse=True)[1]
+    into = sorted({int(c) for c in labels[rows]})
+    suggested = np.where(labels >= 0, labels, result.suggested)
+    note = {"op": "regroup", **(edit or {}), "n_faces": len(ids), "into": into}
+    log.info("regrouped %d faces into %d clusters", len(ids), len(into))
+    return _finish(ws, result, labels, suggested, note)
 
 
 def revert(ws: Workspace) -> str | None:

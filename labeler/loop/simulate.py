@@ -45,6 +45,14 @@ sees it: ``(fixed + prior) / (expected + prior)``, ``prior_faces`` faces' worth 
   then corrections, 1 each; ``split_horizon=False``: 1 each). The parts become groups of
   their own.
 
+*regroup* (groups that learn, :mod:`labeler.loop.regroup`): once ``regroup.min_labels`` faces
+are labeled with two states or more, and the groups the annotator opened so far were less
+than ``regroup_purity`` pure (they saw it), the faces still unlabeled are regrouped in the
+space the labels taught (1 action: one click); the next bulk actions open those groups.
+Again each time the labeled faces have grown ``regroup_growth`` times. Where the groups were
+pure (as on maskedfacenet and webfaces) the annotator keeps them: a head that knows only some
+states breaks the groups of the others.
+
 Plain's corrections are also taken one at a time with the Suggest step rerun after each (until
 ``max_idle_corrections`` in a row found no deviation worth it); the face corrected first is
 one of the state with the fewest right labels (the annotator saw the wrong faces in the groups
@@ -93,6 +101,7 @@ from labeler.loop.effort import (
     grouping_scores,
     noise_as_singletons,
 )
+from labeler.loop.regroup import RegroupConfig
 from labeler.loop.suggest import SuggestConfig
 
 if TYPE_CHECKING:
@@ -118,6 +127,10 @@ class InteractiveConfig:
     corrections in a row after which the Suggest step is no longer rerun. split_horizon:
     weigh a split against plain's next groups (True) or against corrections only.
     teach_rarest: correct the faces of the rarest state first.
+    regroup: the :class:`~labeler.loop.regroup.RegroupConfig` of *regroup* (None = never).
+    regroup_purity: the share of opened groups' faces holding their group's majority below
+    which the annotator regroups (0.85-0.95). regroup_growth: labeled faces grow this many
+    times before the next regroup.
     max_group_actions: a safety cap on the number of group actions.
     """
 
@@ -131,6 +144,9 @@ class InteractiveConfig:
     max_idle_corrections: int = 30
     split_horizon: bool = True
     teach_rarest: bool = True
+    regroup: RegroupConfig | None = field(default_factory=RegroupConfig)
+    regroup_purity: float = 0.92
+    regroup_growth: float = 2.0
     max_group_actions: int = 10_000
 
 
@@ -362,6 +378,22 @@ def _visible_minority(s: _Session, members: np.ndarray) -> tuple[int, np.ndarray
     return int(cnt[~seen].sum()), seen
 
 
+def _regroup_now(s: _Session, res: Any, cfg: InteractiveConfig, regrouped_at: int) -> bool:
+    """Regroup now: enough labels of two states or more, the groups opened so far visibly
+    impure, the labels grown ``regroup_growth`` times since the last regroup, and half a
+    group of unlabeled faces left at least."""
+    if cfg.regroup is None or len(res.classes) < 2:
+        return False
+    n_lab = int((s.cur >= 0).sum())
+    return (
+        n_lab >= cfg.regroup.min_labels
+        and n_lab >= cfg.regroup_growth * max(regrouped_at, 1)
+        and s.opened > 0
+        and s.purity() < cfg.regroup_purity
+        and int((s.cur < 0).sum()) >= cfg.regroup.group_size // 2
+    )
+
+
 def _interactive(
     g: np.ndarray, X: np.ndarray, V: np.ndarray, s: _Session, cfg: InteractiveConfig
 ) -> None:
@@ -375,11 +407,23 @@ def _interactive(
     split_minority = split_kept = 0.0  # over the splits so far: visible minority, kept together
     unsplittable: set[int] = set()
     idle = 0  # corrections in a row since the last group action
+    regrouped_at = 0  # labeled faces at the last regroup
     for _step in range(cfg.max_group_actions):
         if s.correct == n:
             break
         res = suggest(X, s.cur, weights=s.trust(), cv_groups=s.event, config=cfg.suggest)
         unl = s.cur < 0
+        if _regroup_now(s, res, cfg, regrouped_at):
+            # groups that learn: the unlabeled faces, regrouped by what the labels taught
+            from labeler.loop.regroup import regroup
+
+            new = regroup(X, s.cur, V, weights=s.trust(), config=cfg.regroup)
+            gi[unl] = gi.max() + 1 + new.group[unl]
+            opened[unl] = False
+            regrouped_at = int((s.cur >= 0).sum())
+            s.act("regroup", clicks=1)
+            s.note("regroup", 0.0, 0.0, s.correct)
+            continue
         # plain's next action: bulk the biggest group of the grouping (its unlabeled faces),
         # expected to fix its size times the purity seen so far; a correction (1) when the
         # groups are done (a singleton is always right: 1 too)

@@ -76,6 +76,33 @@ def status_path(ws: Workspace, field: str) -> Path:
     return suggest_dir(ws) / f"{field}.status.json"
 
 
+def label_codes(
+    ws: Workspace, field: str, face_ids: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The human labels of ``field`` as the Suggest step reads them: ``(classes, y (N,) int
+    code per face of face_ids (-1 = unlabeled), event (N,) the label event of each face
+    (-1 = unlabeled))``; classes in the schema's order, then values outside it. Faces
+    labeled by one event (a bulk action) are held out together, so the unlabeled faces the
+    model is judged on come from other groups. Raises when the field has no labels yet."""
+    from labeler.labels import LabelStore, human_labels
+
+    labels = human_labels(ws, field, ws.require_faces())
+    if labels.empty:
+        raise InputError(
+            f"no human labels for field {field!r} in {ws.labels_db}; label a few groups in the app first"
+        )
+    store = LabelStore(ws.labels_db)
+    schema = list(store.schema().values(field)) if field in store.schema().names else []
+    present = set(labels["value"].astype(str))
+    classes = [c for c in schema if c in present] + sorted(present - set(schema))
+    code = {c: i for i, c in enumerate(classes)}
+    by_face = labels.set_index("face_id")
+    ids = pd.Series(np.asarray(face_ids).astype(str))
+    y = ids.map(by_face["value"].astype(str)).map(code).fillna(-1).to_numpy(dtype=np.int64)
+    event = ids.map(by_face["event_id"]).fillna(-1).to_numpy(dtype=np.int64)
+    return classes, y, event
+
+
 def suggest_workspace(
     ws: Workspace,
     *,
@@ -91,7 +118,7 @@ def suggest_workspace(
     Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
     from labeler.features import load_features
-    from labeler.labels import LabelStore, human_labels
+    from labeler.labels import LabelStore
     from labeler.loop.suggest import suggest
     from labeler.workspace import align_to_faces
 
@@ -99,18 +126,7 @@ def suggest_workspace(
     faces = ws.require_faces()
     face_ids = faces["face_id"].to_numpy().astype(str)
     last_event = LabelStore(ws.labels_db).version()[0]  # before the read: never overstated
-    labels = human_labels(ws, field, faces)
-    if labels.empty:
-        raise InputError(
-            f"no human labels for field {field!r} in {ws.labels_db}; label a few groups in the app first"
-        )
-    store = LabelStore(ws.labels_db)
-    schema = list(store.schema().values(field)) if field in store.schema().names else []
-    present = set(labels["value"].astype(str))
-    classes = [c for c in schema if c in present] + sorted(present - set(schema))
-    code = {c: i for i, c in enumerate(classes)}
-    given = pd.Series(face_ids).map(labels.set_index("face_id")["value"].astype(str))
-    y = given.map(code).fillna(-1).to_numpy(dtype=np.int64)
+    classes, y, event = label_codes(ws, field, face_ids)
     log.info("suggest: labels %.1f s (1/4)", time.perf_counter() - t0)
     t = time.perf_counter()
     fids, X = load_features(ws, feature_spec)
@@ -118,12 +134,9 @@ def suggest_workspace(
         list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
         what=f"features {feature_spec!r}", fix=f"re-run 'labeler run {ws.root}'",
     )  # fmt: skip
-    # faces labeled by one event (a bulk action) are held out together: the unlabeled faces
-    # the model is judged on come from other groups
-    event = pd.Series(face_ids).map(labels.set_index("face_id")["event_id"]).fillna(-1)
     log.info("suggest: features %.1f s (2/4)", time.perf_counter() - t)
     t = time.perf_counter()
-    res = suggest(X, y, cv_groups=event.to_numpy(dtype=np.int64), config=config)
+    res = suggest(X, y, cv_groups=event, config=config)
     log.info("suggest: heads and groups %.1f s (3/4)", time.perf_counter() - t)
     names = np.asarray(classes, dtype=object)
 

@@ -161,7 +161,8 @@ def empty_result(n: int, reason: str = "") -> SuggestResult:
 # --- the head --------------------------------------------------------------------------------
 
 
-def _design(X: np.ndarray) -> np.ndarray:
+def design_matrix(X: np.ndarray) -> np.ndarray:
+    """(N, D + 1) float64: ``X`` standardised per column, with a bias column of ones."""
     X = np.asarray(X, dtype=np.float64)
     mu = X.mean(0, keepdims=True)
     sd = X.std(0, keepdims=True) + 1e-6
@@ -468,7 +469,7 @@ def suggest(
     w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     counts = np.bincount(yc, minlength=C)
     k = int(min(cfg.folds, max(2, len(rows) // 2)))
-    A = _design(X)
+    A = design_matrix(X)
     folds = make_folds(len(rows), k, _held_out_units(A[rows, :-1], cv_groups, rows, k), cfg.seed)
     from threadpoolctl import threadpool_limits
 

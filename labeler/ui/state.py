@@ -84,6 +84,8 @@ class Keys:
     merge_target: str = "merge_target"
     merge_btn: str = "merge_btn"
     revert_btn: str = "revert_btn"
+    regroup_btn: str = "regroup_btn"
+    regroup_revert_btn: str = "regroup_revert_btn"
     knn_face: str = "knn_face"
     knn_k: str = "knn_k"
     knn_btn: str = "knn_btn"

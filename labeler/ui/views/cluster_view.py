@@ -279,7 +279,7 @@ with st.expander("Split or merge this cluster", expanded=False):
             on_click=merge, args=(cluster, merge_key),
         )  # fmt: skip
         st.button(
-            "Revert last split/merge", key=K.revert_btn,
+            "Revert last split/merge/regroup", key=K.revert_btn,
             disabled=not run.params.get("parent"), on_click=revert,
         )  # fmt: skip
 

@@ -1,4 +1,6 @@
-"""Clusters: one card per cluster with medoid thumbnails, size and label mix; sortable."""
+"""Clusters: one card per cluster with medoid thumbnails, size and label mix; sortable.
+Regroup: the unlabeled faces, regrouped in one click by what the labels taught
+(:func:`labeler.loop.regroup.regroup_workspace`); Revert goes back."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import math
 import pandas as pd
 import streamlit as st
 
+from labeler.cluster import edit
+from labeler.errors import InputError
+from labeler.loop.regroup import MIN_LABELS
 from labeler.ui import components, data, state
 from labeler.ui.state import K
 
@@ -38,6 +43,64 @@ st.caption(
     f"{len(summary):,} groups, {int(summary['labeled'].sum()):,} of "
     f"{int(summary['size'].sum()):,} faces labeled for {fld}"
 )
+
+
+def regroup_now(fld: str) -> None:
+    """Regroup the faces without a label for ``fld`` (a new run; no label is written)."""
+    from labeler.loop.regroup import regroup_workspace
+
+    try:
+        with st.spinner("Regrouping the unlabeled faces…"):
+            new, out, classes = regroup_workspace(ws, fld)
+    except InputError as exc:
+        state.flash(str(exc), "warning")
+        return
+    mostly = pd.Series([classes[v] for v in out.value]).value_counts()
+    mix = ", ".join(f"{n} mostly '{v}'" for v, n in mostly.items())
+    state.flash(
+        f"Regrouped {int(out.size.sum()):,} unlabeled faces into {out.n_groups} groups by "
+        f"what {out.n_labels:,} labels of {fld} taught ({mix}; run {new.params['run_id']}). "
+        "Labeled faces kept their groups. Revert goes back."
+    )
+
+
+def revert() -> None:
+    back = edit.revert(ws)
+    state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
+
+
+n_labeled = int(summary["labeled"].sum())
+n_unlabeled = int(summary["size"].sum()) - n_labeled
+n_states = len(set(data.labels(ws, fld).values()))
+last = view.run.params.get("edit") or {}
+why_not = (
+    "every face is labeled" if not n_unlabeled
+    else f"these groups were regrouped from these {n_labeled:,} labels; label some first"
+    if last.get("op") == "regroup" and last.get("field") == fld
+    and last.get("n_labels") == n_labeled
+    else f"it needs {MIN_LABELS} labels of two states or more (now {n_labeled:,} of "
+    f"{n_states})" if n_labeled < MIN_LABELS or n_states < 2
+    else ""
+)  # fmt: skip
+with st.container(border=True):
+    r1, r2, r3 = st.columns([5, 2, 1.6], vertical_alignment="center")
+    r1.markdown(
+        f"**Groups that learn.** The groups were made before any label. *Regroup* fits a "
+        f"head on the {n_labeled:,} labels of {fld} and puts the {n_unlabeled:,} unlabeled "
+        "faces in new groups of about 120, by the state each looks like and by its looks. "
+        "Labeled faces keep their groups; no label changes. It pays where the groups you "
+        "opened held faces of other states." + (f" Not yet: {why_not}." if why_not else "")
+    )
+    r2.button(
+        f"Regroup {n_unlabeled:,} unlabeled faces", key=K.regroup_btn,
+        disabled=bool(why_not), on_click=regroup_now, args=(fld,), width="stretch",
+        icon=":material/auto_awesome_mosaic:",
+    )  # fmt: skip
+    r3.button(
+        "Revert", key=K.regroup_revert_btn, disabled=not view.run.params.get("parent"),
+        on_click=revert, width="stretch", help="Back to the run before the last regroup, "
+        "split or merge",
+    )  # fmt: skip
 
 chunk = summary.iloc[(page - 1) * CARDS_PER_PAGE : page * CARDS_PER_PAGE]
 for start in range(0, len(chunk), CARDS_PER_ROW):
