@@ -124,6 +124,12 @@ def shared_labels(name: str) -> pd.DataFrame:
     return pd.read_csv(shared_dataset(name) / "labels.csv")
 
 
+def assign_truth(store, rows: pd.DataFrame, field: str, annotator: str = "t") -> None:
+    """Label ``rows`` (face_id, truth) with their true values, one event per value."""
+    for value, part in rows.groupby("truth"):
+        store.assign(part.face_id, field, value, annotator=annotator, source="selection")
+
+
 @pytest.fixture
 def maskedfacenet() -> Path:
     return shared_dataset("maskedfacenet")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import shared_dataset
+from conftest import assign_truth, shared_dataset
 
 from labeler.cli import cli
 from labeler.labels import LabelStore
@@ -230,8 +230,7 @@ def test_suggest_cli_suggests_in_groups_and_preticked_accepts_never_hurt(mfr2_ws
     ws, truth = mfr2_ws
     store = LabelStore(ws.labels_db)
     seen = truth.sample(40, random_state=0)
-    for value, part in seen.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="t", source="selection")
+    assign_truth(store, seen, "state")
     labels_before = store.current("state")
     res = CliRunner().invoke(cli, ["suggest", "-w", str(ws.root), "--field", "state"])
     assert res.exit_code == 0, res.output

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
+from conftest import assign_truth, shared_dataset
 
 from labeler.errors import InputError
 from labeler.loop.regroup import RegroupConfig, learned_space, regroup
@@ -144,15 +144,13 @@ def test_regroup_workspace_on_real_faces(ws):
     ws, truth = ws
     store = LabelStore(ws.labels_db)
     few = truth.sample(10, random_state=0)
-    for value, part in few.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="a", source="selection")
+    assign_truth(store, few, "state", "a")
     with pytest.raises(InputError, match="needs 100"):
         regroup_workspace(ws, "state")
     res = CliRunner().invoke(cli, ["regroup", "-w", str(ws.root), "--field", "state"])
     assert res.exit_code == 1 and "needs 100: label a few more groups" in res.output
     labeled = truth.sample(frac=0.6, random_state=1)
-    for value, part in labeled.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="a", source="selection")
+    assign_truth(store, labeled, "state", "a")
     before = load_run(ws)
     events = store.version()
     new, out, classes = regroup_workspace(ws, "state", config=RegroupConfig(min_labels=50))
@@ -179,8 +177,7 @@ def test_regroup_workspace_on_real_faces(ws):
 
     # the same from the command line
     extra = truth[~truth.face_id.isin(lab)].head(5)
-    for value, part in extra.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="a", source="selection")
+    assign_truth(store, extra, "state", "a")
     res = CliRunner().invoke(cli, ["regroup", "-w", str(ws.root), "--field", "state"])
     assert res.exit_code == 0, res.output
     assert f"regrouped {int(unl.sum()) - 5} unlabeled faces" in res.output
@@ -213,8 +210,7 @@ def test_clusters_page_regroups_in_one_click_with_a_second_annotator(ws, monkeyp
     assert any("Not yet" in m.value and "100 labels" in m.value for m in at.markdown)
 
     first = truth.sample(110, random_state=2)
-    for value, part in first.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="ann", source="selection")
+    assign_truth(store, first, "state", "ann")
     at.run()
     btn = at.button(key=K.regroup_btn)
     n_faces = len(load_run(ws).face_ids)  # the truth rows and 3 bystanders without one
@@ -222,8 +218,7 @@ def test_clusters_page_regroups_in_one_click_with_a_second_annotator(ws, monkeyp
     # annotator B labels five more faces after A's page was drawn
     rest = truth[~truth.face_id.isin(first.face_id)]
     late = rest.head(5)
-    for value, part in late.groupby("truth"):
-        store.assign(part.face_id, "state", value, annotator="bee", source="selection")
+    assign_truth(store, late, "state", "bee")
     before = load_run(ws)
     events = store.version()
     btn.click().run()

@@ -204,6 +204,13 @@ def device_option(help: str = "Where the model runs.") -> Callable[[F], F]:
     )
 
 
+def feature_spec_option(
+    help: str = "Feature spec (see 'labeler cluster --features').",
+) -> Callable[[F], F]:
+    """``--features`` (default auto) as ``feature_spec``."""
+    return click.option("--features", "feature_spec", default="auto", show_default=True, help=help)
+
+
 def field_option(help: str = "Label field.") -> Callable[[F], F]:
     """``--field`` (default mask_state)."""
     return click.option("--field", default="mask_state", show_default=True, help=help)

@@ -6,7 +6,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from labeler.cli._common import field_option, labeler_command, workspace_option
+from labeler.cli._common import (
+    feature_spec_option,
+    field_option,
+    labeler_command,
+    workspace_option,
+)
 
 if TYPE_CHECKING:
     from labeler.workspace import Workspace
@@ -15,13 +20,7 @@ if TYPE_CHECKING:
 @labeler_command("regroup")
 @workspace_option()
 @field_option()
-@click.option(
-    "--features",
-    "feature_spec",
-    default="auto",
-    show_default=True,
-    help="Feature spec the head learns on (see 'labeler cluster --features').",
-)
+@feature_spec_option("Feature spec the head learns on (see 'labeler cluster --features').")
 def command(ws: Workspace, field: str, feature_spec: str) -> None:
     """Regroup the faces without a label for FIELD by what the labels taught: a head fitted
     on the labels places each unlabeled face by the state it looks like, beside its looks,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from labeler.cli._common import (
+    feature_spec_option,
     field_option,
     labeler_command,
     show_progress_lines,
@@ -20,13 +21,7 @@ if TYPE_CHECKING:
 @labeler_command("suggest")
 @workspace_option()
 @field_option()
-@click.option(
-    "--features",
-    "feature_spec",
-    default="auto",
-    show_default=True,
-    help="Feature spec (see 'labeler cluster --features').",
-)
+@feature_spec_option()
 @click.option(
     "--min-confidence",
     default=0.0,
