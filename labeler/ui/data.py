@@ -114,17 +114,6 @@ def label_version(ws: Workspace) -> tuple[int, int]:
     return store(ws).version()
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _last_label_time(db: str, version: tuple[int, int]) -> float:
-    newest = LabelStore(db).history(limit=1)
-    return float(newest["ts"].iloc[0]) if len(newest) else 0.0
-
-
-def last_label_time(ws: Workspace) -> float:
-    """Unix time of the store's newest event (an assign, an undo, ...); 0 with none."""
-    return _last_label_time(str(ws.labels_db), label_version(ws))
-
-
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _label_map(db: str, field: str, version: tuple[int, int]) -> dict[str, str]:
     s = LabelStore(db)

@@ -22,10 +22,6 @@ from labeler.workspace import Workspace
 
 #: New human labels of a field after which the page starts a Suggest run by itself.
 AUTO_EVERY = 25
-#: ... once no label was written for this many seconds: a run started by a bulk label that
-#: is undone right away would work on labels already gone, and on 2 cores it slowed the
-#: Undo itself (it ran while the page redrew: bench/results/clicks_quiet.md).
-AUTO_QUIET_S = 3.0
 #: Faces of a group shown at once (the least sure first).
 PAGE_SIZE = 48
 POLL_S = 1.0
@@ -103,10 +99,8 @@ def _start(ws_root: str, field: str) -> None:
 
 def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
     """Start a background Suggest run for ``field`` (default: the field the annotator works
-    on) when :data:`AUTO_EVERY` labels were given since the last run and none for
-    :data:`AUTO_QUIET_S` seconds (the page's next rerun after that starts it). Cheap enough
-    for every page (a cached label count, the last event's time and one small status file).
-    Returns whether a run is going."""
+    on) when :data:`AUTO_EVERY` labels were given since the last run. Cheap enough for every
+    page (a cached label count and one small status file). Returns whether a run is going."""
     if field is None:
         names = data.schema(ws).names
         field = state.field(names[0]) if names else None
@@ -123,7 +117,6 @@ def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
         and n_labels - seen_at >= AUTO_EVERY
         and auto.get(field) != n_labels
         and status["state"] != "error"
-        and time.time() - data.last_label_time(ws) >= AUTO_QUIET_S
     ):
         auto[field] = n_labels
         step.start_background(ws, field)
