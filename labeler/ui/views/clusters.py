@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from labeler.cluster import edit
+from labeler.labels import NOT_A_FACE
 from labeler.loop.regroup import MIN_LABELS
 from labeler.ui import components, data, state
 from labeler.ui.state import K
@@ -77,7 +78,7 @@ def revert() -> None:
 
 n_labeled = int(summary["labeled"].sum())
 n_unlabeled = int(summary["size"].sum()) - n_labeled
-n_states = len(set(data.labels(ws, fld).values()))
+n_states = len(set(data.labels(ws, fld).values()) - {NOT_A_FACE})
 last = view.run.params.get("edit") or {}
 why_not = (
     "every face is labeled" if not n_unlabeled
