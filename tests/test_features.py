@@ -99,3 +99,63 @@ def test_load_features_aligns_to_faces(tmp_path):
     np.testing.assert_allclose(X2, combine_blocks([cues[5:10]]), atol=1e-5)
     _, Xa = load_features(ws, dims=32)  # auto: cues + nose present, mouth_chin missing
     assert Xa.shape == (40, 42)
+
+
+def test_load_features_caches_the_combined_matrix_and_notices_new_shards(
+    tmp_path, monkeypatch, caplog
+):
+    """The second read comes from WS/cache without combining again; a new shard, other
+    faces or another spec is another key; a damaged or unwritable cache is recomputed."""
+    import labeler.features as features
+    from labeler.embeddings.store import save_vectors
+
+    rng = np.random.default_rng(2)
+    cues = rng.normal(size=(40, 10)).astype(np.float32)
+    cnn = rng.normal(size=(40, 64)).astype(np.float32)
+    ws, ids = _workspace_with_blocks(
+        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
+    )
+    spec = "cues__face+efficientnet_lite0__nose*0.5"
+    calls = []
+    real = features.combine_blocks
+    monkeypatch.setattr(
+        features, "combine_blocks", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    _, X1 = load_features(ws, spec, dims=32)
+    cached = list((ws.root / features.CACHE_DIR).glob("features-*.npy"))
+    assert len(calls) == 1 and len(cached) == 1
+    _, X2 = load_features(ws, spec, dims=32)
+    assert len(calls) == 1 and np.array_equal(X1, X2) and X2.dtype == np.float32
+    X2[:] = 0  # the caller's copy: the cache is not changed through it
+    assert np.array_equal(load_features(ws, spec, dims=32)[1], X1)
+
+    load_features(ws, spec, dims=16)  # another feature set: its own file
+    load_features(ws, spec, dims=32, face_ids=ids[:20])  # other faces: another state
+    assert len(calls) == 3
+
+    # a new shard of a block (faces embedded again): recomputed, the old state dropped
+    more = rng.normal(size=(40, 64)).astype(np.float32)
+    save_vectors(ws, "efficientnet_lite0__nose", ids, more, {"test": True})
+    _, X4 = load_features(ws, spec, dims=32)
+    assert len(calls) == 4 and not np.allclose(X4, X1)
+    assert np.array_equal(X4, real([cues, more], weights=[1.0, 0.5], dims=32))  # newest wins
+    names = [p.name for p in (ws.root / features.CACHE_DIR).glob("features-*.npy")]
+    assert len(names) == 2  # dims 32 (its newest state only) and dims 16
+
+    # damaged: recomputed and rewritten
+    ws2, _ = _workspace_with_blocks(tmp_path / "b", {"cues__face": cues})
+    _, good = load_features(ws2, "cues__face")
+    (path,) = (ws2.root / features.CACHE_DIR).glob("features-*.npy")
+    path.write_bytes(b"not a numpy file")
+    with caplog.at_level(logging.WARNING, logger="labeler.features"):
+        _, again = load_features(ws2, "cues__face")
+    assert np.array_equal(again, good) and "unreadable" in caplog.text
+    assert np.array_equal(np.load(path), good)
+
+    # unwritable: a file where the folder should be; the features still come
+    ws3, _ = _workspace_with_blocks(tmp_path / "c", {"cues__face": cues})
+    (ws3.root / features.CACHE_DIR).write_text("in the way")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="labeler.features"):
+        _, X3 = load_features(ws3, "cues__face")
+    assert np.array_equal(X3, good) and "not written" in caplog.text
