@@ -311,14 +311,18 @@ def load_features(
 
 
 CACHE_DIR = "cache"
+#: bytes read from the end of each stored file for the cache key: a file rewritten within the
+#: file system's clock tick, with the same size and a reused inode, still changes its key
+TAIL_BYTES = 65536
 
 
 def features_cache_path(
     ws: Workspace, blocks: Sequence[tuple[str, float]], dims: int, face_ids: np.ndarray
 ) -> Path:
     """``WS/cache/features-<blocks>-<state>.npy``: ``<blocks>`` hashes the blocks, weights and
-    dims (one file per feature set: a newer state replaces it), ``<state>`` the face ids and
-    the name, size and modification time of every file of the blocks' folders."""
+    dims (one file per feature set: a newer state replaces it), ``<state>`` the face ids and,
+    of every file of the blocks' folders, its name, size, modification time, inode and last
+    :data:`TAIL_BYTES` bytes."""
     import hashlib
 
     from labeler.embeddings.store import embedding_dir
@@ -329,7 +333,10 @@ def features_cache_path(
         folder = embedding_dir(ws, key)
         for f in sorted(folder.iterdir()) if folder.is_dir() else ():
             st = f.stat()
-            state.update(f"{key}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            state.update(f"{key}/{f.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\n".encode())
+            with open(f, "rb") as fh:  # the tail: a Parquet footer (offsets, statistics)
+                fh.seek(max(0, st.st_size - TAIL_BYTES))
+                state.update(fh.read(TAIL_BYTES))
     return ws.root / CACHE_DIR / f"features-{what}-{state.hexdigest()[:16]}.npy"
 
 

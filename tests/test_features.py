@@ -159,3 +159,22 @@ def test_load_features_caches_the_combined_matrix_and_notices_new_shards(
     with caplog.at_level(logging.WARNING, logger="labeler.features"):
         _, X3 = load_features(ws3, "cues__face")
     assert np.array_equal(X3, good) and "not written" in caplog.text
+
+
+def test_feature_cache_sees_a_block_rewritten_at_once_with_the_same_size(tmp_path):
+    """Delete a block and store other vectors of the same shape right away (same size, the
+    same clock tick, maybe the same inode): the cache key still changes (the files' tails)."""
+    import shutil
+
+    from labeler.embeddings.store import embedding_dir, save_vectors
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(30, 12)).astype(np.float32)
+    b = rng.normal(size=(30, 12)).astype(np.float32)
+    ws, ids = _workspace_with_blocks(tmp_path, {"cues__face": a})
+    _, Xa = load_features(ws, "cues__face")
+    shutil.rmtree(embedding_dir(ws, "cues__face"))
+    save_vectors(ws, "cues__face", ids, b, {"test": True})
+    _, Xb = load_features(ws, "cues__face")
+    np.testing.assert_allclose(Xb, combine_blocks([b]), atol=1e-6)
+    assert not np.allclose(Xa, Xb)
