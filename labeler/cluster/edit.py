@@ -270,7 +270,8 @@ def regroup_faces(
 
 
 def revert(ws: Workspace) -> str | None:
-    """Make the parent of the current run current again (undo the last split, move or merge).
+    """Make the parent of the current run current again (undo the last split, move, merge or
+    regroup).
 
     Returns the parent's run id, or None when the current run has no parent on disk (it
     was not made by an edit, or the parent was deleted). The edited run stays on disk.
