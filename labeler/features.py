@@ -310,6 +310,19 @@ def load_features(
     return ids, X
 
 
+def features_for(ws: Workspace, spec: str, face_ids: Sequence[str]) -> np.ndarray:
+    """(N, D) float32: :func:`load_features` of ``spec`` in the order of ``face_ids`` (a cluster
+    run's, say). Read for every face of the workspace, so every caller shares one cached
+    matrix, then aligned; a face without features raises, naming the command to re-run."""
+    from labeler.workspace import align_to_faces
+
+    fids, X = load_features(ws, spec)
+    return align_to_faces(
+        list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
+        what=f"features {spec!r}", fix=f"re-run 'labeler run {ws.root}'",
+    )  # fmt: skip
+
+
 CACHE_DIR = "cache"
 #: bytes read from the end of each stored file for the cache key: a file rewritten within the
 #: file system's clock tick, with the same size and a reused inode, still changes its key

@@ -134,10 +134,10 @@ def regroup(
             f"X has shape {np.shape(X)}, V {np.shape(V)}, y {y.shape}: pass one row per face"
         )
     unl = np.flatnonzero(y < 0)
-    n_classes = len(np.unique(y[y >= 0]))
-    if n_classes < 2:
+    classes = np.unique(y[y >= 0])
+    if len(classes) < 2:
         raise InputError(
-            f"the labels hold {n_classes} state(s); regrouping needs two at least: label a "
+            f"the labels hold {len(classes)} state(s); regrouping needs two at least: label a "
             "group of another state first"
         )
     if not len(unl):
@@ -149,7 +149,7 @@ def regroup(
     group[unl] = labels
     k = int(labels.max()) + 1
     size = np.bincount(labels, minlength=k)
-    pred = np.unique(y[y >= 0])[S[unl].argmax(1)]
+    pred = classes[S[unl].argmax(1)]
     votes = np.zeros((k, int(pred.max()) + 1))
     np.add.at(votes, (labels, pred), 1.0)
     return RegroupResult(
@@ -179,10 +179,9 @@ def regroup_workspace(
     """
     from labeler.cluster.edit import regroup_faces
     from labeler.cluster.store import load_run, load_vectors
-    from labeler.features import load_features
+    from labeler.features import features_for
     from labeler.labels import LabelStore
     from labeler.loop.step import label_codes
-    from labeler.workspace import align_to_faces
 
     cfg = config or RegroupConfig()
     t0 = time.perf_counter()
@@ -194,11 +193,7 @@ def regroup_workspace(
             f"{int((y >= 0).sum())} faces are labeled for {field!r}; regrouping needs "
             f"{cfg.min_labels}: label a few more groups first"
         )
-    fids, X = load_features(ws, feature_spec)
-    X = align_to_faces(
-        list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
-        what=f"features {feature_spec!r}", fix=f"re-run 'labeler run {ws.root}'",
-    )  # fmt: skip
+    X = features_for(ws, feature_spec, face_ids)
     V = load_vectors(ws, run.params.get("run_id"))
     V = run.xy if V is None else V
     # faces marked not a face stay where they are (they are dealt with, not unlabeled)

@@ -101,7 +101,7 @@ from labeler.loop.effort import (
     grouping_scores,
     noise_as_singletons,
 )
-from labeler.loop.regroup import RegroupConfig
+from labeler.loop.regroup import RegroupConfig, regroup
 from labeler.loop.suggest import SuggestConfig
 
 if TYPE_CHECKING:
@@ -415,8 +415,6 @@ def _interactive(
         unl = s.cur < 0
         if _regroup_now(s, res, cfg, regrouped_at):
             # groups that learn: the unlabeled faces, regrouped by what the labels taught
-            from labeler.loop.regroup import regroup
-
             new = regroup(X, s.cur, V, weights=s.trust(), config=cfg.regroup)
             gi[unl] = gi.max() + 1 + new.group[unl]
             opened[unl] = False

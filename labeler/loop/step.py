@@ -77,16 +77,17 @@ def status_path(ws: Workspace, field: str) -> Path:
 
 
 def label_codes(
-    ws: Workspace, field: str, face_ids: np.ndarray
+    ws: Workspace, field: str, face_ids: np.ndarray, *, faces: pd.DataFrame | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The human labels of ``field`` as the Suggest step reads them: ``(classes, y (N,) int
     code per face of face_ids (-1 = unlabeled), event (N,) the label event of each face
     (-1 = unlabeled))``; classes in the schema's order, then values outside it. Faces
     labeled by one event (a bulk action) are held out together, so the unlabeled faces the
-    model is judged on come from other groups. Raises when the field has no labels yet."""
+    model is judged on come from other groups. ``faces``: the faces table when the caller has
+    read it already. Raises when the field has no labels yet."""
     from labeler.labels import LabelStore, human_labels
 
-    labels = human_labels(ws, field, ws.require_faces())
+    labels = human_labels(ws, field, faces)
     if labels.empty:
         raise InputError(
             f"no human labels for field {field!r} in {ws.labels_db}; label a few groups in the app first"
@@ -117,23 +118,18 @@ def suggest_workspace(
     min_confidence: leave out suggestions whose group's measured precision is lower.
     Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
-    from labeler.features import load_features
+    from labeler.features import features_for
     from labeler.labels import LabelStore
     from labeler.loop.suggest import suggest
-    from labeler.workspace import align_to_faces
 
     t0 = time.perf_counter()
     faces = ws.require_faces()
     face_ids = faces["face_id"].to_numpy().astype(str)
     last_event = LabelStore(ws.labels_db).version()[0]  # before the read: never overstated
-    classes, y, event = label_codes(ws, field, face_ids)
+    classes, y, event = label_codes(ws, field, face_ids, faces=faces)
     log.info("suggest: labels %.1f s (1/4)", time.perf_counter() - t0)
     t = time.perf_counter()
-    fids, X = load_features(ws, feature_spec)
-    X = align_to_faces(
-        list(face_ids), np.asarray(fids).astype(str), np.asarray(X),
-        what=f"features {feature_spec!r}", fix=f"re-run 'labeler run {ws.root}'",
-    )  # fmt: skip
+    X = features_for(ws, feature_spec, face_ids)
     log.info("suggest: features %.1f s (2/4)", time.perf_counter() - t)
     t = time.perf_counter()
     res = suggest(X, y, cv_groups=event, config=config)

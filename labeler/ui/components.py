@@ -344,6 +344,15 @@ def undo_redo(ws: Workspace, action: Callable[[str, str], None] | None = None) -
               on_click=act, args=(str(ws.labels_db), "redo"))  # fmt: skip
 
 
+def revert_run(ws: Workspace) -> None:
+    """Make the current cluster run's parent current (undo the last split, move, merge or
+    regroup) and say so."""
+    from labeler.cluster import edit
+
+    back = edit.revert(ws)
+    state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
+
+
 def _undo_redo(db: str, what: str) -> None:
     who = state.require_annotator()
     try:

@@ -83,11 +83,6 @@ def merge(cluster: int, key: str) -> None:
     state.flash(f"Merged cluster {cluster} into {target} (run {new.params['run_id']}).")
 
 
-def revert() -> None:
-    back = edit.revert(ws)
-    state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
-
-
 def knn_assign(plan: AssignPlan, fld: str, relabel: bool) -> None:
     result = components.write_plan(ws, plan, fld, "selection", relabel=relabel)
     if result is not None or not plan.faces(relabel=relabel):  # refused: the neighbours stay
@@ -280,7 +275,7 @@ with st.expander("Split or merge this cluster", expanded=False):
         )  # fmt: skip
         st.button(
             "Revert last split/merge/regroup", key=K.revert_btn,
-            disabled=not run.params.get("parent"), on_click=revert,
+            disabled=not run.params.get("parent"), on_click=components.revert_run, args=(ws,),
         )  # fmt: skip
 
 # --- more like this --------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import math
 import pandas as pd
 import streamlit as st
 
-from labeler.cluster import edit
 from labeler.labels import NOT_A_FACE
 from labeler.loop.regroup import MIN_LABELS
 from labeler.ui import components, data, state
@@ -71,11 +70,6 @@ def regroup_now(fld: str) -> None:
     )
 
 
-def revert() -> None:
-    back = edit.revert(ws)
-    state.flash(f"Back to run {back}." if back else "Nothing to revert.", "info")
-
-
 n_labeled = int(summary["labeled"].sum())
 n_unlabeled = int(summary["size"].sum()) - n_labeled
 n_states = len(set(data.labels(ws, fld).values()) - {NOT_A_FACE})
@@ -105,7 +99,7 @@ with st.container(border=True):
     )  # fmt: skip
     r3.button(
         "Revert", key=K.regroup_revert_btn, disabled=not view.run.params.get("parent"),
-        on_click=revert, width="stretch", help="Back to the run before the last regroup, "
+        on_click=components.revert_run, args=(ws,), width="stretch", help="Back to the run before the last regroup, "
         "split or merge",
     )  # fmt: skip
 
