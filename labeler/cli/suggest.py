@@ -36,7 +36,23 @@ if TYPE_CHECKING:
     show_default=True,
     help="Suggestion groups to list.",
 )
-def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float, show: int) -> None:
+@click.option(
+    "--model",
+    default=None,
+    metavar="RUN",
+    help="A run of 'labeler train' ('current': the field's current run) whose probabilities "
+    "vote beside the Suggest step's own (out-of-fold for the faces it was trained on), with "
+    "the share that fits the labels best. Its first vote scores every other face once "
+    "(cached in the workspace).",
+)
+def command(
+    ws: Workspace,
+    field: str,
+    feature_spec: str,
+    min_confidence: float,
+    show: int,
+    model: str | None,
+) -> None:
     """Suggest labels for the unlabeled faces in groups (predicted value x confidence band),
     each with the precision measured out-of-fold on the labels so far; flag a few suspected
     label errors. Writes suggestions, never human labels: review them in the app.
@@ -47,11 +63,13 @@ def command(ws: Workspace, field: str, feature_spec: str, min_confidence: float,
     show_progress_lines("labeler.loop.step")  # the phases of a long run, as cluster shows them
 
     run = suggest_workspace(
-        ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence
+        ws, field=field, feature_spec=feature_spec, min_confidence=min_confidence, model=model
     )
     click.echo(
         f"{len(run.faces)} suggestions for {field} in {len(run.groups)} groups from "
-        f"{run.n_labeled} labels ({run.seconds:.2f} s); {len(run.suspects)} suspected label errors"
+        f"{run.n_labeled} labels ({run.seconds:.2f} s)"
+        + (f", with the vote of {run.model} ({run.vote_weight:.0%})" if run.model else "")
+        + f"; {len(run.suspects)} suspected label errors"
     )
     if len(run.groups):
         click.echo(

@@ -7,6 +7,7 @@ the ``suggest/`` folder of a workspace and the ``suggest`` method of its suggest
 * :mod:`~labeler.loop.suggest`  - the one Suggest step on arrays: out-of-fold calibrated
   predictions, suggestion groups with measured precision
 * :mod:`~labeler.loop.suspects` - the rule that flags likely label errors (suspects)
+* :mod:`~labeler.loop.vote`     - a trained model's probabilities as a vote in the Suggest step
 * :mod:`~labeler.loop.step`     - the Suggest step on a workspace: writes suggestions and
   suspects to ``labels.db`` and ``suggest/``, in the background for the app
 * :mod:`~labeler.loop.simulate` - the simulated annotator (``labeler simulate``): plain and

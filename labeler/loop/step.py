@@ -66,6 +66,8 @@ class SuggestRun:
     suspects: pd.DataFrame = field(repr=False)
     bands: pd.DataFrame = field(repr=False)
     last_event: int = 0  # the label store's last event when the run read the labels
+    model: str | None = None  # the trained run that voted (labeler.loop.vote), if any
+    vote_weight: float = 0.0  # the share its vote had
 
 
 def suggest_dir(ws: Workspace) -> Path:
@@ -112,10 +114,14 @@ def suggest_workspace(
     config: SuggestConfig | None = None,
     min_confidence: float = 0.0,
     write: bool = True,
+    model: str | None = None,
 ) -> SuggestRun:
     """Run the Suggest step for ``field`` on workspace ``ws`` (see the module docstring).
 
     min_confidence: leave out suggestions whose group's measured precision is lower.
+    model: a trained run (``"current"``: the field's current one) whose probabilities vote
+    beside the Suggest step's own (:mod:`labeler.loop.vote`; the first vote of a run scores
+    every face once, then it is cached).
     Raises ``ValueError`` (one line, with the fix) when the field has no labels yet.
     """
     from labeler.features import features_for
@@ -132,7 +138,14 @@ def suggest_workspace(
     X = features_for(ws, feature_spec, face_ids)
     log.info("suggest: features %.1f s (2/4)", time.perf_counter() - t)
     t = time.perf_counter()
-    res = suggest(X, y, cv_groups=event, config=config)
+    vote = run_id = None
+    if model:
+        from labeler.loop.vote import model_vote
+
+        mv = model_vote(ws, face_ids, field=field, run=None if model == "current" else model)
+        vote, run_id = mv.aligned(classes), mv.run_id
+        log.info("suggest: the vote of %s %.1f s", run_id, time.perf_counter() - t)
+    res = suggest(X, y, cv_groups=event, config=config, vote=vote)
     log.info("suggest: heads and groups %.1f s (3/4)", time.perf_counter() - t)
     names = np.asarray(classes, dtype=object)
 
@@ -185,6 +198,8 @@ def suggest_workspace(
         faces=face_tab,
         suspects=suspects,
         bands=res.bands,
+        model=run_id,
+        vote_weight=res.vote_weight,
     )
     if write:
         t = time.perf_counter()
@@ -227,6 +242,8 @@ def save_run(ws: Workspace, run: SuggestRun) -> None:
             "groups": run.groups.to_dict(orient="records"),
             "bands": run.bands.to_dict(orient="records"),
             "n_suspects": len(run.suspects),
+            "model": run.model,
+            "vote_weight": run.vote_weight,
         },
     )
 
@@ -281,7 +298,12 @@ _START_LOCK = threading.Lock()
 
 
 def start_background(
-    ws: Workspace, field: str, *, feature_spec: str = "auto", config: SuggestConfig | None = None
+    ws: Workspace,
+    field: str,
+    *,
+    feature_spec: str = "auto",
+    config: SuggestConfig | None = None,
+    model: str | None = None,
 ) -> threading.Thread | None:
     """Run :func:`suggest_workspace` in a child process unless a run for
     ``field`` is going already (the status file is the lock, so several app sessions share
@@ -305,7 +327,8 @@ def start_background(
         started = time.time()
         _write_status(ws, field, state="running", started=started)
     spec = json.dumps({"root": str(ws.root), "field": field, "feature_spec": feature_spec,
-                       "config": asdict(config) if config else None, "started": started})  # fmt: skip
+                       "config": asdict(config) if config else None, "started": started,
+                       "model": model})  # fmt: skip
 
     def work() -> None:
         code = subprocess.call(
@@ -344,7 +367,8 @@ def _child() -> None:
         config = SuggestConfig(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in spec["config"].items()})  # fmt: skip
     try:
-        run = suggest_workspace(ws, field=field, feature_spec=spec["feature_spec"], config=config)
+        run = suggest_workspace(ws, field=field, feature_spec=spec["feature_spec"], config=config,
+                                model=spec.get("model"))  # fmt: skip
     except Exception as exc:  # shown on the page as one line; a bug's traceback on stderr
         bug = not isinstance(exc, LabelerError)
         if bug:

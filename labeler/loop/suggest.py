@@ -87,7 +87,10 @@ class SuggestConfig:
     judged; suspect_min_precision: the measured precision the contradicting band must have.
     unmeasured_quantile: an unlabeled face whose nearest labeled face is less similar than
     this share of labeled faces are to their nearest one in another fold is *unmeasured*
-    (0 = every face counts as measured).
+    (0 = every face counts as measured). vote_weight: the share of a trained model's vote
+    (:func:`suggest`'s ``vote``) in the probabilities (0-1); None: the share of
+    ``VOTE_WEIGHTS`` whose mixture has the least log-loss on the labeled faces' out-of-fold
+    rows (a model trained on few labels, or long ago, gets less say).
     """
 
     folds: int = 5
@@ -101,6 +104,7 @@ class SuggestConfig:
     suspect_min_class: int = 10
     suspect_min_precision: float = 0.9
     unmeasured_quantile: float = 0.1
+    vote_weight: float | None = None
     seed: int = 0
 
 
@@ -116,7 +120,8 @@ class SuggestResult:
     (GROUP_COLUMNS) in display order, ``group`` = row position. suspects: (S,) labeled rows
     flagged as likely label errors, most likely first. temperature: the fitted T.
     measured: (N,) False for an unlabeled face unlike every labeled face (no precision was
-    measured on faces like it); True for the others and every labeled face.
+    measured on faces like it); True for the others and every labeled face. vote_weight:
+    the share a trained model's vote had (0: no vote).
     """
 
     classes: np.ndarray
@@ -132,6 +137,7 @@ class SuggestResult:
     measured: np.ndarray = field(repr=False)
     temperature: float = 1.0
     n_labeled: int = 0
+    vote_weight: float = 0.0
 
     def group_members(self, g: int) -> np.ndarray:
         """Row indices of suggestion group ``g``, least confident first."""
@@ -159,6 +165,21 @@ def empty_result(n: int, reason: str = "") -> SuggestResult:
 
 
 # --- the head --------------------------------------------------------------------------------
+
+
+#: the shares of a trained model's vote that :func:`vote_weight` chooses from
+VOTE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def vote_weight(P: np.ndarray, V: np.ndarray, yc: np.ndarray) -> float:
+    """The share of ``VOTE_WEIGHTS`` whose mixture ``(1 - w) P + w V`` of out-of-fold rows
+    (L, C) has the least class-balanced log-loss against their labels ``yc`` (L,). Never 1: the Suggest
+    step's own head keeps a say, it knows the labels given since the model was trained."""
+    idx = np.arange(len(yc))
+    per_class = 1.0 / np.bincount(yc)[yc]  # every class counts the same, as the head's do
+    loss = [-(per_class * np.log(np.clip((1 - w) * P[idx, yc] + w * V[idx, yc], 1e-9, None))).sum()
+            for w in VOTE_WEIGHTS]  # fmt: skip
+    return float(VOTE_WEIGHTS[int(np.argmin(loss))])
 
 
 def design_matrix(X: np.ndarray) -> np.ndarray:
@@ -444,13 +465,16 @@ def suggest(
     weights: np.ndarray | None = None,
     cv_groups: np.ndarray | None = None,
     config: SuggestConfig | None = None,
+    vote: np.ndarray | None = None,
 ) -> SuggestResult:
     """Out-of-fold calibrated predictions, suggestion groups and suspects for every row.
 
     X: (N, D) features. y: (N,) int codes, -1 = unlabeled. weights: (N,) trust per labeled
     row (default 1). cv_groups: (N,) rows held out together (the label event that gave
     each face its label, or its photo; default each row alone), cut into 2K chunks of
-    similar faces each. Returns a :class:`SuggestResult`; with fewer than
+    similar faces each. vote: (N, max code + 1) a trained model's probabilities per code,
+    out-of-fold for the faces it was trained on (:mod:`labeler.loop.vote`); mixed in at
+    ``config.vote_weight``, so the measured precision is the mixture's. Returns a :class:`SuggestResult`; with fewer than
     ``config.min_labels`` labels or one class only, an empty one (nothing is guessed).
     """
 
@@ -481,6 +505,19 @@ def suggest(
     P = np.zeros((n, C), np.float64)
     P[rows] = _softmax(S_oof, T)
     P[unl] = _softmax(S_unl, T)
+    w_v = 0.0
+    if vote is not None:
+        V = np.asarray(vote, np.float64)
+        if V.shape[0] != n or V.shape[1] <= classes.max():
+            raise ValueError(f"vote has shape {V.shape}; pass (N={n}, codes) probabilities")
+        V = V[:, classes]
+        s = V.sum(1, keepdims=True)
+        V = np.where(s > 0, V / np.where(s > 0, s, 1.0), 1.0 / C)
+        w_v = cfg.vote_weight
+        if w_v is None:  # measured on the labeled faces' out-of-fold rows
+            w_v = vote_weight(P[rows], V[rows], yc)
+            log.debug("vote weight %.2f (least out-of-fold log-loss)", w_v)
+        P = (1.0 - w_v) * P + w_v * V
     pred_c = P.argmax(1)
     conf = P.max(1)
     band = band_of(conf, cfg.bands)
@@ -559,4 +596,5 @@ def suggest(
         measured=measured,
         temperature=T,
         n_labeled=len(rows),
+        vote_weight=float(w_v),
     )

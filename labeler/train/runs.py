@@ -190,6 +190,8 @@ def train(
                     "epoch, none chosen on the faces scored)"
                 ),
             }
+        if config.mode == "head":
+            oof = temper(oof, head.temperature)  # as the saved head predicts
         pred = np.asarray(classes, dtype=object)[oof.argmax(1)]
     else:
         probs, fmeta = _train_finetune(
@@ -199,6 +201,7 @@ def train(
         pred = np.asarray(classes, dtype=object)[probs[seen].argmax(1)]
         y_eval = y[seen]
         meta |= fmeta
+        oof = probs
     report = classification_report(y_eval, pred, classes=classes)
     meta |= {
         "report": asdict(report),
@@ -210,6 +213,9 @@ def train(
     try:
         if head is not None:
             save_head(head, stage / "head.npz")
+        from labeler.loop.vote import save_oof
+
+        save_oof(stage, face_ids, classes, oof)  # the Suggest step's vote (labeler.loop.vote)
         save_confusion_png(report, stage / "confusion.png", title=f"{config.field} ({config.mode})")
         write_json(stage / "config.json", meta)
         write_json(stage / "report.json", asdict(report))
