@@ -199,3 +199,66 @@ def test_a_vote_says_what_is_wrong(trained):
     (ws.models_dir / "h" / OOF_FILE).unlink()
     with pytest.raises(InputError, match=r"has no oof.parquet .* train again: 'labeler train"):
         suggest_workspace(ws, field="state", model="current", write=False)
+
+
+def test_the_review_page_turns_the_vote_on_for_every_annotator(trained, monkeypatch):
+    """No toggle without a run that can vote; with one, annotator A turns it on, and the
+    Suggest run annotator B then starts takes the vote; the status line says whose and how
+    much. Off again: the next run is the Suggest step's alone."""
+    import time
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from labeler.loop import step
+    from labeler.loop.vote import OOF_FILE
+    from labeler.ui.state import ENV_ANNOTATOR, ENV_WORKSPACE, K
+    from labeler.ui.suggest_panel import SK
+
+    app = str(Path(__file__).resolve().parents[1] / "labeler" / "ui" / "app.py")
+    ws, _, _ = trained
+    monkeypatch.setenv(ENV_WORKSPACE, str(ws.root))
+
+    def review(who: str) -> AppTest:
+        monkeypatch.setenv(ENV_ANNOTATOR, who)
+        at = AppTest.from_file(app, default_timeout=90)
+        at.run()
+        at.switch_page("views/review.py").run()
+        at.selectbox(key=K.review_field).set_value("state").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    def done(after: float = 0.0) -> dict:
+        for _ in range(600):
+            status = step.read_status(ws, "state")
+            if status["state"] in ("done", "error") and status.get("started", 0) > after:
+                return status
+            time.sleep(0.2)
+        raise TimeoutError(status)
+
+    oof = ws.models_dir / "h" / OOF_FILE
+    oof.rename(oof.with_suffix(".bak"))
+    assert not [t for t in review("a").toggle if t.key == SK.vote]  # nothing that can vote
+    oof.with_suffix(".bak").rename(oof)
+
+    a = review("a")
+    first = done()  # the page started a run by itself (the labels had none yet): no vote
+    assert step.load_meta(ws, "state")["model"] is None
+    toggle = a.toggle(key=SK.vote)
+    assert toggle.value is False and "Trained model votes (h, macro-F1" in toggle.label
+    toggle.set_value(True).run()
+    assert step.vote_setting(ws, "state") == "current"
+    b = review("b")
+    assert b.toggle(key=SK.vote).value is True  # one setting for the workspace
+    b.button(key=SK.suggest_btn).click().run()
+    assert done(after=first["started"])["state"] == "done"
+    meta = step.load_meta(ws, "state")
+    assert meta["model"] == "h" and 0 < meta["vote_weight"] < 1
+    b.run()
+    assert any("the vote of h at" in c.value for c in b.caption)
+
+    a.run()
+    a.toggle(key=SK.vote).set_value(False).run()
+    assert step.vote_setting(ws, "state") is None
+    step.start_background(ws, "state", model=step.vote_setting(ws, "state")).join()
+    assert step.load_meta(ws, "state")["model"] is None

@@ -74,6 +74,28 @@ def suggest_dir(ws: Workspace) -> Path:
     return Path(ws.root) / "suggest"
 
 
+def vote_setting(ws: Workspace, field: str) -> str | None:
+    """The trained run the app's Suggest runs of ``field`` take a vote from (``"current"``),
+    or None: one setting per workspace, shared by every annotator."""
+    from labeler.workspace import read_json
+
+    path = suggest_dir(ws) / "settings.json"
+    return dict(read_json(path)).get("vote", {}).get(field) if path.exists() else None
+
+
+def set_vote(ws: Workspace, field: str, model: str | None) -> None:
+    """Set (or, with None, clear) :func:`vote_setting` for ``field``."""
+    from labeler.workspace import read_json, write_json
+
+    path = suggest_dir(ws) / "settings.json"
+    settings = dict(read_json(path)) if path.exists() else {}
+    votes = {k: v for k, v in settings.get("vote", {}).items() if k != field}
+    if model:
+        votes[field] = model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings | {"vote": votes})
+
+
 def status_path(ws: Workspace, field: str) -> Path:
     return suggest_dir(ws) / f"{field}.status.json"
 

@@ -88,6 +88,21 @@ def save_oof(
     return path
 
 
+def votable_run(ws: Workspace, field: str) -> dict | None:
+    """The current run of ``field`` when it can vote (it kept its out-of-fold
+    probabilities): its config (``run_id``, ``mode``, ``report``...), else None. Cheap: two
+    small JSON reads."""
+    from labeler.workspace import read_json
+
+    current = ws.models_dir / "current.json"
+    run = dict(read_json(current)).get(field) if current.exists() else None
+    if not run or not (ws.models_dir / run / OOF_FILE).exists():
+        return None
+    if not (ws.models_dir / run / "config.json").exists():
+        return None
+    return dict(read_json(ws.models_dir / run / "config.json"))
+
+
 def model_proba(
     model: LoadedModel, ws: Workspace, face_ids: Sequence[str], head: np.ndarray | None = None
 ) -> np.ndarray:

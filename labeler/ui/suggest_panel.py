@@ -37,6 +37,7 @@ class Keys:
     banner: str = "_review_banner"  # (kind, message) of the last change, shown until the next
     auto_started: str = "_suggest_auto_started"  # {field: labels count it started at}
     seen_finish: str = "_suggest_seen_finish"  # {field: finished stamp shown}
+    vote: str = "suggest_vote"  # the toggle: the trained model votes in Suggest runs
 
 
 SK = Keys()
@@ -93,7 +94,7 @@ def _labels_count(ws: Workspace, field: str) -> int:
 
 def _start(ws_root: str, field: str) -> None:
     ws = Workspace.open(ws_root)
-    if step.start_background(ws, field) is None:
+    if step.start_background(ws, field, model=step.vote_setting(ws, field)) is None:
         _say("A Suggest run for this field is already in progress.", "info")
 
 
@@ -119,7 +120,7 @@ def auto_suggest(ws: Workspace, field: str | None = None) -> bool:
         and status["state"] != "error"
     ):
         auto[field] = n_labels
-        step.start_background(ws, field)
+        step.start_background(ws, field, model=step.vote_setting(ws, field))
         return True
     return False
 
@@ -128,7 +129,7 @@ def suggest_bar(ws: Workspace, field: str) -> None:
     """The Suggest button, the automatic start, and a status line that polls the run."""
     running = auto_suggest(ws, field)
     n_labels = _labels_count(ws, field)
-    c1, c2 = st.columns([1, 5], vertical_alignment="center")
+    c1, c2, c3 = st.columns([1, 1.6, 3.4], vertical_alignment="center")
     c1.button(
         "Suggest", key=SK.suggest_btn, icon=":material/auto_awesome:", disabled=running,
         help="Retrain on the labels so far (in the background) and suggest labels for the "
@@ -136,7 +137,37 @@ def suggest_bar(ws: Workspace, field: str) -> None:
         on_click=_start, args=(str(ws.root), field),
     )  # fmt: skip
     with c2:
+        _vote_toggle(ws, field)
+    with c3:
         _status_line(ws, field, n_labels, running)
+
+
+def _vote_toggle(ws: Workspace, field: str) -> None:
+    """The trained model's vote in Suggest runs, on or off for every annotator of the
+    workspace; shown only when the field's current run can vote."""
+    from labeler.loop.vote import votable_run
+
+    run = votable_run(ws, field)
+    if run is None:
+        return
+    st.session_state[SK.vote] = step.vote_setting(ws, field) is not None  # as the file says
+    f1 = run.get("report", {}).get("macro_f1")
+    st.toggle(
+        f"Trained model votes ({run['run_id']}"
+        + (f", macro-F1 {f1:.2f})" if f1 is not None else ")"),
+        key=SK.vote,
+        help="The Suggest runs also ask the model 'labeler train' saved last for this field "
+        "(out-of-fold for the faces it was trained on), with the share that fits the labels "
+        "best; its first run scores every face once. For every annotator of this workspace.",
+        on_change=_set_vote, args=(str(ws.root), field),
+    )  # fmt: skip
+
+
+def _set_vote(ws_root: str, field: str) -> None:
+    on = bool(st.session_state.get(SK.vote))
+    step.set_vote(Workspace.open(ws_root), field, "current" if on else None)
+    _say("The trained model votes in the next Suggest run." if on
+         else "The next Suggest run is the Suggest step's alone.", "info")  # fmt: skip
 
 
 def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> None:
@@ -169,6 +200,11 @@ def _status_line(ws: Workspace, field: str, n_labels: int, running: bool) -> Non
             f"Suggestions from {data.plural(meta['n_labeled'], 'label')}, "
             f"{data.plural(len(meta['groups']), 'group')}, "
             f"made in {meta['seconds']:.1f} s, {_ago(ago)} ago"
+            + (
+                f", the vote of {meta['model']} at {meta.get('vote_weight', 0):.0%}"
+                if meta.get("model")
+                else ""
+            )  # fmt: skip
             + (f"; {data.plural(new, 'new label')} since" if new > 0 else "")
         )
 
