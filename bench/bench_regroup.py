@@ -4,7 +4,7 @@ For every set (a workspace built by ``labeler run`` and its truth CSV) and clust
 shipped default grouping (:func:`labeler.cluster.run.fit_clusters` on
 ``load_cluster_features(ws, "auto")``, ``ClusterConfig(seed=s)``) is scored by the shipped
 simulated annotator (:func:`labeler.loop.simulate.simulate`, what ``labeler simulate``
-runs: the Suggest step learns on ``load_features(ws, "auto")``, splits use the run's
+runs: the Suggest step learns on ``load_features(ws, "auto", head=True)``, splits use the run's
 vectors) three ways: *plain*, *interactive* without the regroup
 (``InteractiveConfig(regroup=None)``, the session before this change) and *interactive*
 as shipped (regroups when the groups it opened were less than 92 % pure). A truth row labels
@@ -44,7 +44,7 @@ def run_set(name: str, ws_dir: str, truth_csv: str, seeds: list[int]) -> list[di
     truth = join_truth(ws, truth_csv)
     tid = truth["face_id"].to_numpy(str)
     y = truth["truth"].to_numpy(str)
-    fids, X = load_features(ws, "auto")
+    fids, X = load_features(ws, "auto", head=True)
     X = align_to_faces(tid, np.asarray(fids).astype(str), np.asarray(X), what="features", fix="")
     rows = []
     for seed in seeds:

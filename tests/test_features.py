@@ -178,3 +178,52 @@ def test_feature_cache_sees_a_block_rewritten_at_once_with_the_same_size(tmp_pat
     _, Xb = load_features(ws, "cues__face")
     np.testing.assert_allclose(Xb, combine_blocks([b]), atol=1e-6)
     assert not np.allclose(Xa, Xb)
+
+
+def test_head_features_keep_each_components_own_variance():
+    """The Suggest step's features: standardised columns on their first principal
+    components, not whitened (the strong directions keep their weight), over sqrt(columns)."""
+    from labeler.features import head_features
+
+    rng = np.random.default_rng(3)
+    n = 600
+    state = rng.integers(0, 2, n)
+    # 2 blocks: one strong direction that carries the state, many weak noise directions
+    a = np.outer(3.0 * state + rng.normal(0, 1, n), rng.normal(size=40)) + rng.normal(
+        0, 0.3, (n, 40)
+    )
+    b = rng.normal(size=(n, 300))
+    X = head_features([a.astype(np.float32), b.astype(np.float32)], dims=64)
+    assert X.shape == (n, 64) and X.dtype == np.float32
+    var = X.var(0)
+    assert var[0] > 20 * var[-1]  # not whitened: the first component stays the strongest
+    assert abs(np.corrcoef(X[:, 0], state)[0, 1]) > 0.7  # and it is the state's
+    # the components are fitted on a sample of faces: nearly the same directions
+    Xs = head_features([a.astype(np.float32), b.astype(np.float32)], dims=64, fit_rows=300)
+    assert abs(np.corrcoef(Xs[:, 0], X[:, 0])[0, 1]) > 0.99
+    # fewer columns than components: every column, standardised, over sqrt(columns)
+    small = head_features([a[:, :5].astype(np.float32)], dims=64)
+    np.testing.assert_allclose(small.std(0), 1 / np.sqrt(5), rtol=1e-3)
+
+
+def test_the_head_features_are_cached_beside_the_grouping_matrix(tmp_path, monkeypatch):
+    import labeler.features as features
+    from labeler.features import features_for, head_features
+
+    rng = np.random.default_rng(4)
+    cues = rng.normal(size=(40, 10)).astype(np.float32)
+    cnn = rng.normal(size=(40, 64)).astype(np.float32)
+    ws, ids = _workspace_with_blocks(
+        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
+    )
+    spec = "cues__face+efficientnet_lite0__nose*0.5"
+    _, G = load_features(ws, spec, dims=32)
+    calls = []
+    real = features.head_features
+    monkeypatch.setattr(features, "head_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    H = features_for(ws, spec, ids[::-1], head=True)
+    np.testing.assert_allclose(H[::-1], head_features([cues, cnn]), atol=1e-5)
+    assert len(list((ws.root / features.CACHE_DIR).glob("features-*.npy"))) == 2
+    features_for(ws, spec, ids, head=True)
+    assert calls == [1]  # the second read is the cache's
+    assert np.array_equal(load_features(ws, spec, dims=32)[1], G)  # the grouping's kept

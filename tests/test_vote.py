@@ -253,7 +253,7 @@ def test_the_review_page_turns_the_vote_on_for_every_annotator(trained, monkeypa
     b.button(key=SK.suggest_btn).click().run()
     assert done(after=first["started"])["state"] == "done"
     meta = step.load_meta(ws, "state")
-    assert meta["model"] == "h" and 0 < meta["vote_weight"] < 1
+    assert meta["model"] == "h" and 0 <= meta["vote_weight"] <= 0.9  # its share, measured
     b.run()
     assert any("the vote of h at" in c.value for c in b.caption)
 

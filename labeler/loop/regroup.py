@@ -50,13 +50,14 @@ class RegroupConfig:
     weight: weight of the head's class scores (a one-hot label scores 1) against the unit
     vectors (norm 1): 0 regroups by looks alone. Realmasks, interactive eff95 over 5
     cluster seeds: weight 4 gave 25.6-32.2 (median 27.9), 3 gave 20.4-30.2 (27.5), 2 about
-    25 (``bench/results/regroup.md``). lam: L2 strength of the ridge head (the Suggest
-    step's). group_size: faces per group the Ward tree is cut for (the default
+    25 (``bench/results/regroup.md``). lam, standardize: the ridge head's, as the Suggest
+    step's (:class:`~labeler.loop.suggest.SuggestConfig`). group_size: faces per group the Ward tree is cut for (the default
     grouping's). min_labels: labeled faces needed before the app offers it.
     """
 
     weight: float = 4.0
-    lam: float = 10.0
+    lam: float = 0.75
+    standardize: bool = False
     group_size: int = 120
     min_labels: int = MIN_LABELS
     seed: int = 0
@@ -82,7 +83,12 @@ class RegroupResult:
 
 
 def class_scores(
-    X: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None, lam: float = 10.0
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    lam: float = 0.75,
+    standardize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(classes (C,), S (N, C))``: the scores of the Suggest step's class-balanced ridge head
     (one-hot targets) fitted on every labeled row of ``y`` (-1 = unlabeled), for every row."""
@@ -94,7 +100,7 @@ def class_scores(
     rows = np.flatnonzero(y >= 0)
     classes = np.unique(y[rows])
     w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
-    A = design_matrix(X)
+    A = design_matrix(X, standardize)
     with threadpool_limits(limits=1, user_api="blas"):
         S, _ = ridge_scores(
             A, np.searchsorted(classes, y[rows]), rows, w[rows], len(classes), lam,
@@ -142,7 +148,7 @@ def regroup(
         )
     if not len(unl):
         raise InputError("every face is labeled: there is nothing to regroup")
-    _, S = class_scores(X, y, weights=weights, lam=cfg.lam)
+    _, S = class_scores(X, y, weights=weights, lam=cfg.lam, standardize=cfg.standardize)
     Z = learned_space(S[unl], np.asarray(V)[unl], cfg.weight)
     labels, _, _ = ward_cluster(Z, Z, group_size=cfg.group_size, seed=cfg.seed)
     group = np.full(len(y), -1, np.int64)
@@ -193,7 +199,7 @@ def regroup_workspace(
             f"{int((y >= 0).sum())} faces are labeled for {field!r}; regrouping needs "
             f"{cfg.min_labels}: label a few more groups first"
         )
-    X = features_for(ws, feature_spec, face_ids)
+    X = features_for(ws, feature_spec, face_ids, head=True)
     V = load_vectors(ws, run.params.get("run_id"))
     V = run.xy if V is None else V
     # faces marked not a face stay where they are (they are dealt with, not unlabeled)

@@ -1,8 +1,10 @@
 """The Suggest step on a workspace: ``labeler suggest`` and the app's *Suggest* button.
 
-:func:`suggest_workspace` loads the features (``labeler.features.load_features``) and the
+:func:`suggest_workspace` loads the features as a head learns on them
+(``labeler.features.load_features(..., head=True)``) and the
 human labels of one field, runs :func:`labeler.loop.suggest.suggest` (out-of-fold calibrated
-predictions; the faces of one label event are held out together), and writes
+predictions; the faces of one label event are held out together; with ``model=`` a trained
+run's probabilities vote too, :mod:`labeler.loop.vote`), and writes
 
 - the suggestions (unlabeled faces only, never human labels) and the suspected label errors
   to ``labels.db`` (method ``suggest``; suspects in ``labeler.labels.SUSPECT_COLUMNS``), for
@@ -14,7 +16,9 @@ predictions; the faces of one label event are held out together), and writes
 
 :func:`start_background` runs it in a child process (never in the app's own interpreter,
 whose GIL the page's reruns need) and keeps ``suggest/<field>.status.json``
-(``running`` / ``done`` / ``error``) so a page can poll it without blocking.
+(``running`` / ``done`` / ``error``) so a page can poll it without blocking;
+``suggest/settings.json`` keeps whether the app's runs take the trained model's vote
+(:func:`vote_setting`).
 
 >>> run = suggest_workspace(ws, field="mask_state")  # doctest: +SKIP
 >>> run.groups.head()                                 # value, size, precision, ...
@@ -157,7 +161,7 @@ def suggest_workspace(
     classes, y, event = label_codes(ws, field, face_ids, faces=faces)
     log.info("suggest: labels %.1f s (1/4)", time.perf_counter() - t0)
     t = time.perf_counter()
-    X = features_for(ws, feature_spec, face_ids)
+    X = features_for(ws, feature_spec, face_ids, head=True)
     log.info("suggest: features %.1f s (2/4)", time.perf_counter() - t)
     t = time.perf_counter()
     vote = run_id = None

@@ -76,7 +76,10 @@ class SuggestConfig:
     """Options of :func:`suggest`.
 
     folds: K of the out-of-fold predictions (capped by the labels; 2-10). lam: L2 strength
-    of the ridge head on standardised features (1-100). bands: lower confidence edges.
+    of the ridge head (0.25-2.5 on :func:`labeler.features.head_features`, which the Suggest
+    step learns on; about 10 with ``standardize``). standardize: scale every column to unit
+    variance first (False: the features' own scale, which the head features are made for:
+    the penalty then shrinks their weak directions most). bands: lower confidence edges.
     prior_n: pseudo-count that shrinks a (value, band) precision to the band's pooled
     precision (5-50). pretick: the Wilson lower bound (95 %) of a group's measured precision
     at or above which the app pre-ticks its faces; a group below it is split by similarity
@@ -91,10 +94,14 @@ class SuggestConfig:
     (:func:`suggest`'s ``vote``) in the probabilities (0-1); None: the share of
     ``VOTE_WEIGHTS`` whose mixture has the least log-loss on the labeled faces' out-of-fold
     rows (a model trained on few labels, or long ago, gets less say).
+
+    lam 0.75 and unstandardized: realmasks' interactive eff95 went from a median 26.7 to 28.8
+    over 5 cluster seeds (0.25: 28.8, 2.5: 27.5), MaskedFace-Net's eff98 rose, the others
+    did not move (``bench/EFFORT.md``, "The Suggest step's own features").
     """
 
     folds: int = 5
-    lam: float = 10.0
+    lam: float = 0.75
     bands: tuple[float, ...] = BANDS
     prior_n: float = 10.0
     pretick: float = 0.9
@@ -105,6 +112,7 @@ class SuggestConfig:
     suspect_min_precision: float = 0.9
     unmeasured_quantile: float = 0.1
     vote_weight: float | None = None
+    standardize: bool = False
     seed: int = 0
 
 
@@ -182,12 +190,14 @@ def vote_weight(P: np.ndarray, V: np.ndarray, yc: np.ndarray) -> float:
     return float(VOTE_WEIGHTS[int(np.argmin(loss))])
 
 
-def design_matrix(X: np.ndarray) -> np.ndarray:
-    """(N, D + 1) float64: ``X`` standardised per column, with a bias column of ones."""
+def design_matrix(X: np.ndarray, standardize: bool = True) -> np.ndarray:
+    """(N, D + 1) float64: ``X`` centred and (``standardize``) scaled to unit variance per
+    column, with a bias column of ones."""
     X = np.asarray(X, dtype=np.float64)
-    mu = X.mean(0, keepdims=True)
-    sd = X.std(0, keepdims=True) + 1e-6
-    return np.concatenate([(X - mu) / sd, np.ones((len(X), 1))], axis=1)
+    Z = X - X.mean(0, keepdims=True)
+    if standardize:
+        Z /= Z.std(0, keepdims=True) + 1e-6
+    return np.concatenate([Z, np.ones((len(X), 1))], axis=1)
 
 
 def ridge_scores(
@@ -493,7 +503,7 @@ def suggest(
     w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     counts = np.bincount(yc, minlength=C)
     k = int(min(cfg.folds, max(2, len(rows) // 2)))
-    A = design_matrix(X)
+    A = design_matrix(X, cfg.standardize)
     folds = make_folds(len(rows), k, _held_out_units(A[rows, :-1], cv_groups, rows, k), cfg.seed)
     from threadpoolctl import threadpool_limits
 

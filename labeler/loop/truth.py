@@ -131,7 +131,8 @@ def session_inputs(
     ws: Workspace, face_ids: Any, *, run_id: str | None = None, features: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """What a simulated session on the workspace sees for ``face_ids`` (N,): the cluster run's
-    groups (N,), the feature matrix (N, D) of ``features`` and the run itself."""
+    groups (N,), the feature matrix (N, D) of ``features`` as the Suggest step learns on it
+    (``load_features(..., head=True)``) and the run itself."""
     from labeler.cluster.store import load_run
     from labeler.features import load_features
     from labeler.workspace import align_to_faces
@@ -140,7 +141,7 @@ def session_inputs(
     run = load_run(ws, run_id)
     fix = f"re-run 'labeler cluster -w {ws.root}'"
     groups = align_to_faces(ids, run.face_ids, run.labels, what="the cluster run", fix=fix)
-    fids, X = load_features(ws, features)
+    fids, X = load_features(ws, features, head=True)
     X = align_to_faces(
         ids,
         np.asarray(fids).astype(str),

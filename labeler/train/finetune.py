@@ -646,15 +646,23 @@ def predict_crops(
 ) -> np.ndarray:
     """Soft-voting class probabilities (N, C) of one or several fine-tuned models.
 
-    crops: (N, H, W, 3) uint8 aligned crops or their JPEG paths.
+    crops: (N, H, W, 3) uint8 aligned crops or their JPEG paths. Each batch is read and
+    decoded once and goes through every model (not one pass over the crops per model).
     """
+    import torch
+
     if isinstance(models, dict):
         models = [models]
     ds = CropDataset(crops, None, _transforms(models[0]["config"], train=False))
     loader = _loader(ds, batch_size=batch_size, shuffle=False, workers=0, gen=None)
-    total = None
-    for m in models:
-        m["model"].to(device)
-        p = _evaluate(m["model"], loader, device)
-        total = p if total is None else total + p
-    return total / len(models)
+    nets = [m["model"].to(device).eval() for m in models]
+    parts = []
+    with (
+        torch.no_grad(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")),
+    ):
+        for x, _ in loader:
+            x = x.to(device)
+            vote = sum(torch.softmax(net(x).float(), 1) for net in nets)
+            parts.append((vote / len(nets)).cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
