@@ -58,6 +58,7 @@ def main() -> None:
                     help="a copy of this workspace (built by 'labeler run'; its labels are "
                     "dropped): ticks while the background Suggest run that a bulk label "
                     "starts is working, against ticks with no run")  # fmt: skip
+    ap.add_argument("--redo", action="store_true", help="also time Redo, and Undo after it")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "clicks"))
     args = ap.parse_args()
     from appserver import running_app
@@ -83,7 +84,7 @@ def main() -> None:
                              seed=3)  # fmt: skip
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     times: dict[str, list[float]] = {"Enter (assign ~100)": [], "Undo": [], "tick one face": [],
-                                     "label key": []}  # fmt: skip
+                                     "label key": [], "Redo": [], "Undo after Redo": []}  # fmt: skip
     with (
         running_app(ws.root, env={"LABELER_ANNOTATOR": "bench"}) as (url, _p),
         sync_playwright() as p,
@@ -118,6 +119,13 @@ def main() -> None:
                     r"Undid event \d+",
                 )  # fmt: skip
             )
+            if args.redo:  # the labels back, then away again: is it Undo, or what it undoes?
+                times["Redo"].append(timed(
+                    page, lambda: page.locator(".st-key-redo_btn button").click(),
+                    r"Redid event \d+"))  # fmt: skip
+                times["Undo after Redo"].append(timed(
+                    page, lambda: page.locator(".st-key-undo_btn button").click(),
+                    r"Undid event \d+"))  # fmt: skip
         browser.close()
     shutil.rmtree(tmp, ignore_errors=True)
     head = (f"click to settled, Cluster view, {n} faces on the page, labeler at "

@@ -83,6 +83,21 @@ def _workspace_with_blocks(tmp_path, blocks: dict[str, np.ndarray]):
     return ws, ids
 
 
+SPEC = "cues__face+efficientnet_lite0__nose*0.5"
+
+
+def _cues_and_nose(tmp_path, seed: int):
+    """A workspace of 40 faces with a 10-d cues block and a 64-d nose block (random, stored
+    out of order): ``(ws, ids, cues, cnn)``; :data:`SPEC` names both."""
+    rng = np.random.default_rng(seed)
+    cues = rng.normal(size=(40, 10)).astype(np.float32)
+    cnn = rng.normal(size=(40, 64)).astype(np.float32)
+    ws, ids = _workspace_with_blocks(
+        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
+    )
+    return ws, ids, cues, cnn
+
+
 def test_load_features_aligns_to_faces(tmp_path):
     rng = np.random.default_rng(1)
     cues = rng.normal(size=(40, 10)).astype(np.float32)
@@ -109,13 +124,8 @@ def test_load_features_caches_the_combined_matrix_and_notices_new_shards(
     import labeler.features as features
     from labeler.embeddings.store import save_vectors
 
-    rng = np.random.default_rng(2)
-    cues = rng.normal(size=(40, 10)).astype(np.float32)
-    cnn = rng.normal(size=(40, 64)).astype(np.float32)
-    ws, ids = _workspace_with_blocks(
-        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
-    )
-    spec = "cues__face+efficientnet_lite0__nose*0.5"
+    ws, ids, cues, cnn = _cues_and_nose(tmp_path, 2)
+    spec = SPEC
     calls = []
     real = features.combine_blocks
     monkeypatch.setattr(
@@ -134,7 +144,7 @@ def test_load_features_caches_the_combined_matrix_and_notices_new_shards(
     assert len(calls) == 3
 
     # a new shard of a block (faces embedded again): recomputed, the old state dropped
-    more = rng.normal(size=(40, 64)).astype(np.float32)
+    more = np.random.default_rng(2).normal(size=(40, 64)).astype(np.float32)
     save_vectors(ws, "efficientnet_lite0__nose", ids, more, {"test": True})
     _, X4 = load_features(ws, spec, dims=32)
     assert len(calls) == 4 and not np.allclose(X4, X1)
@@ -210,13 +220,8 @@ def test_the_head_features_are_cached_beside_the_grouping_matrix(tmp_path, monke
     import labeler.features as features
     from labeler.features import features_for, head_features
 
-    rng = np.random.default_rng(4)
-    cues = rng.normal(size=(40, 10)).astype(np.float32)
-    cnn = rng.normal(size=(40, 64)).astype(np.float32)
-    ws, ids = _workspace_with_blocks(
-        tmp_path, {"cues__face": cues, "efficientnet_lite0__nose": cnn}
-    )
-    spec = "cues__face+efficientnet_lite0__nose*0.5"
+    ws, ids, cues, cnn = _cues_and_nose(tmp_path, 4)
+    spec = SPEC
     _, G = load_features(ws, spec, dims=32)
     calls = []
     real = features.head_features
