@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labeler.errors import InputError
+from labeler.train.runs import OOF_FILE
 
 if TYPE_CHECKING:
     from labeler.train.runs import LoadedModel
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the out-of-fold probabilities a run keeps of the faces it was trained on
-OOF_FILE = "oof.parquet"
 #: faces per cached part of a run's predictions
 CHUNK = 1024
 
@@ -70,22 +69,6 @@ class ModelVote:
                 P[:, j] = self.proba[:, col[name]]
         s = P.sum(1, keepdims=True)
         return np.where(s > 0, P / np.where(s > 0, s, 1.0), 1.0 / max(1, len(names)))
-
-
-def save_oof(
-    run_dir: Path, face_ids: np.ndarray, classes: Sequence[str], proba: np.ndarray
-) -> Path:
-    """Write a run's out-of-fold probabilities (face_id + one column per class; rows no
-    model held out, NaN, are left out)."""
-    from labeler._io import atomic_path
-
-    keep = ~np.isnan(np.asarray(proba, np.float64)).any(1)
-    tab = pd.DataFrame(np.asarray(proba)[keep].astype(np.float32), columns=list(classes))
-    tab.insert(0, "face_id", np.asarray(face_ids).astype(str)[keep])
-    path = Path(run_dir) / OOF_FILE
-    with atomic_path(path) as tmp:
-        tab.to_parquet(tmp, index=False)
-    return path
 
 
 def votable_run(ws: Workspace, field: str) -> dict | None:

@@ -64,6 +64,11 @@ ENSEMBLE_MIN_LABELS = 300
 ENSEMBLE_MAX_CPU_LABELS = 2500
 
 
+#: the out-of-fold probabilities a run keeps of the faces it was trained on: the Suggest
+#: step's vote reads them (labeler.loop.vote)
+OOF_FILE = "oof.parquet"
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str
@@ -213,8 +218,6 @@ def train(
     try:
         if head is not None:
             save_head(head, stage / "head.npz")
-        from labeler.loop.vote import save_oof
-
         save_oof(stage, face_ids, classes, oof)  # the Suggest step's vote (labeler.loop.vote)
         save_confusion_png(report, stage / "confusion.png", title=f"{config.field} ({config.mode})")
         write_json(stage / "config.json", meta)
@@ -232,6 +235,22 @@ def train(
     ws.save_step_config("train", meta)
     log.info("trained %s in %.1fs: macro-F1 %.3f", run_id, meta["train_seconds"], report.macro_f1)
     return TrainResult(run_id=run_id, run_dir=run_dir, report=report, config=meta)
+
+
+def save_oof(
+    run_dir: Path, face_ids: np.ndarray, classes: Sequence[str], proba: np.ndarray
+) -> Path:
+    """Write a run's out-of-fold probabilities (face_id + one column per class; rows no
+    model held out, NaN, are left out)."""
+    from labeler._io import atomic_path
+
+    keep = ~np.isnan(np.asarray(proba, np.float64)).any(1)
+    tab = pd.DataFrame(np.asarray(proba)[keep].astype(np.float32), columns=list(classes))
+    tab.insert(0, "face_id", np.asarray(face_ids).astype(str)[keep])
+    path = Path(run_dir) / OOF_FILE
+    with atomic_path(path) as tmp:
+        tab.to_parquet(tmp, index=False)
+    return path
 
 
 def _open_stage(ws: Workspace, run_id: str, *, resume: bool) -> Path:
