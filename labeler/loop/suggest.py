@@ -26,8 +26,9 @@ How it works (all on plain arrays):
    (``unmeasured_quantile``: the share of labeled faces left below the threshold); an
    unlabeled face less similar than that to every labeled face is **unmeasured** (``measured``
    False): faces from groups nobody labeled, where the measured precision overstates (on
-   realmasks labeled by whole groups: shown 0.81-0.92, such faces held 0.37-0.69; faces in
-   range held 0.77-0.82, ``bench/results/review_precision.md``). The app never pre-ticks them.
+   realmasks labeled by whole groups, 100-600 labels: such faces held 0.44-0.79; the faces in
+   range held 0.84-0.91 where 0.87-0.91 was shown, ``bench/results/review_precision.md``).
+   The app never pre-ticks them.
 6. **Suspected label errors** are labeled faces whose out-of-fold prediction contradicts their
    label (:func:`labeler.loop.suspects.select_suspects`): only for classes with enough labels
    to judge, only in confident bands, and at most ``suspect_share`` of the labeled faces.
