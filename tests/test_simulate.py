@@ -255,9 +255,41 @@ def _default_run_effort(images: Path, truth_csv: Path, ws_dir: Path):
     assert (run.labels >= 0).all()
     assert np.bincount(run.labels).max() <= 480
     plain, inter = results["plain"], results["interactive"]
+    # interactive no worse than plain at every level, as the issue measures it: the median
+    # over cluster seeds (one seed's eff98 can swing by 40 % with a tiny change of features)
+    medians = _median_effort_over_seeds(ws, truth_csv)
     for level in (95, 98, 99):
-        assert getattr(inter, f"eff{level}") >= getattr(plain, f"eff{level}"), level
+        assert medians["interactive"][level] >= medians["plain"][level], (level, medians)
     return plain, inter, info
+
+
+def _median_effort_over_seeds(ws, truth_csv: Path, seeds: int = 5) -> dict[str, dict]:
+    """Plain and interactive eff95/98/99, medians over cluster seeds 0..seeds-1 of the
+    default grouping (what bench/bench_regroup.py measures)."""
+    import statistics
+
+    from labeler.cluster.inputs import load_cluster_features
+    from labeler.cluster.run import fit_clusters
+    from labeler.cluster.types import ClusterConfig
+    from labeler.loop.truth import join_truth, session_inputs
+    from labeler.workspace import align_to_faces
+
+    ids, Xc, _ = load_cluster_features(ws, "auto")
+    ids = np.asarray(ids).astype(str)
+    truth = join_truth(ws, str(truth_csv))
+    tid = truth["face_id"].to_numpy(str)
+    _, X, _ = session_inputs(ws, tid)
+    got: dict[str, dict[int, list[float]]] = {"plain": {}, "interactive": {}}
+    for seed in range(seeds):
+        fit = fit_clusters(ids, Xc, config=ClusterConfig(seed=seed))
+        g = align_to_faces(tid, ids, fit.result.labels, what="groups", fix="")
+        V = align_to_faces(tid, ids, fit.artifacts.vectors, what="vectors", fix="")
+        y = truth["truth"].to_numpy(str)
+        for kind, r in (("plain", simulate(g, y)), ("interactive", simulate(
+                g, y, strategy="interactive", features=X, split_vectors=V))):  # fmt: skip
+            for level in (95, 98, 99):
+                got[kind].setdefault(level, []).append(getattr(r, f"eff{level}"))
+    return {k: {lv: statistics.median(v) for lv, v in d.items()} for k, d in got.items()}
 
 
 @pytest.mark.slow
