@@ -722,7 +722,9 @@ class TestWardTree:
         X = rng.normal(scale=0.6, size=(n, d)) + centers[lab]
         X += np.einsum("nj,njd->nd", rng.normal(size=(n, 16)), bases[lab])
         ids = [f"{i:06x}_0" for i in range(n)]
-        cfg = ClusterConfig(seed=0, umap_max_points=1000)
+        # a sample of 600 (not 1,000): the votes pile 615 faces into one group here, while
+        # at 1,000 the biggest was 479 on one machine and over 480 on another
+        cfg = ClusterConfig(seed=0, umap_max_points=600)
         fit = fit_clusters(ids, X.astype(np.float32), config=cfg)
         sizes = np.bincount(fit.result.labels)
         assert sizes.max() <= MAX_GROUP and (sizes[:-1] >= sizes[1:]).all()  # numbered by size

@@ -176,14 +176,16 @@ def _page_sized(
     """The Ward groups after the faces outside UMAP's sample were placed: a group the votes
     made bigger than :data:`~labeler.cluster.algorithms.MAX_GROUP` faces is cut along its main
     axis (the sample's groups obey the bound; their neighbours need not split evenly).
-    Returns labels numbered by size again and the suggestions renumbered alike."""
+    Returns labels numbered by size again (also when nothing was cut) and the suggestions
+    renumbered alike."""
     from labeler.cluster.algorithms import MAX_GROUP, relabel_by_size, split_oversized
 
     split = split_oversized(V, labels, max_group=MAX_GROUP)
     changed = split != labels
-    if not changed.any():
-        return labels, sugg
-    params["n_split_after_placing"] = int(len(np.unique(labels[changed])))
+    if changed.any():
+        params["n_split_after_placing"] = int(len(np.unique(labels[changed])))
+    # numbered by size again even when nothing was cut: the placed faces change the sizes
+    # (a group of 479 placed after one of 324 kept its smaller number)
     new = relabel_by_size(split)
     ids, first = np.unique(split, return_index=True)
     sugg = np.where(changed, split, sugg)
