@@ -136,6 +136,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def open_results(scratch: str, out: str) -> tuple[Path, Path, dict]:
+    """A bench's scratch folder (made), its output stem, and what ``out``.json holds already
+    (sets run before, or {}): a run adds or replaces sets. Logs at INFO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    path = Path(out).with_suffix(".json")
+    return Path(scratch), Path(out), json.loads(path.read_text()) if path.exists() else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--ws-root", required=True, help="folder of workspaces made by labeler run")
@@ -145,11 +154,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_ensemble"))
     ap.add_argument("--table-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    scratch = Path(args.scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    done = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}  # fmt: skip
+    scratch, out, done = open_results(args.scratch, args.out)
     for name in [] if args.table_only else args.sets.split(","):
         ws, person_csv, n = prepare(name, Path(args.ws_root) / f"{name}{args.suffix}", scratch)
         done[name] = {"labels": n, "runs": {}}

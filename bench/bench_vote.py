@@ -36,11 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_train_ensemble import GROUP_COLUMN, SHARED, VALUE, open_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-GROUP_COLUMN = {"realmasks": "scene", "mfr2": "person"}
-VALUE = {"masked": "correct", "incorrect": "nose_exposed"}
 log = logging.getLogger("bench_vote")
 
 
@@ -119,20 +117,26 @@ def both(ws, truth: pd.DataFrame, case: str) -> list[dict]:
     return rows
 
 
-def run_set(name: str, src: Path, scratch: Path) -> dict:
+def fresh_copy(src: Path, dst: Path):
+    """A copy of workspace ``src`` at ``dst`` without labels, models, suggestions or caches."""
     from labeler.workspace import Workspace
 
-    dst = scratch / name
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "labels.db*", "suggest", "cache"))  # fmt: skip
-    ws = Workspace.open(dst)
+    return Workspace.open(dst)
+
+
+def run_set(name: str, src: Path, scratch: Path) -> dict:
+    from labeler.train.runs import current_runs
+
+    ws = fresh_copy(src, scratch / name)
     t = truth_halves(ws, name)
     a, b = t[t.part == "A"], t[t.part == "B"]
     label(ws, a, "a")
     persons = scratch / f"{name}_persons.csv"
     pd.DataFrame({"face_id": t["face_id"], "person": t["group"]}).to_csv(persons, index=False)
     train_s = labeler("train", "-w", str(ws.root), "--no-label-errors", "-q", "--person-csv", str(persons))  # fmt: skip
-    cfg = json.loads((ws.models_dir / json.loads((ws.models_dir / "current.json").read_text())["mask_state"] / "config.json").read_text())  # fmt: skip
+    cfg = json.loads((ws.models_dir / current_runs(ws)["mask_state"] / "config.json").read_text())
     truth = t.set_index("face_id")
     rows = both(ws, truth, "A labeled")
     later = b.sample(frac=0.3, random_state=1)
@@ -140,9 +144,7 @@ def run_set(name: str, src: Path, scratch: Path) -> dict:
     rows += both(ws, truth.drop(later["face_id"]), "A + 30 % of B labeled after the model")
 
     stale = scratch / f"{name}_stale"
-    shutil.rmtree(stale, ignore_errors=True)
-    shutil.copytree(src, stale, ignore=shutil.ignore_patterns("models", "labels.db*", "suggest", "cache"))  # fmt: skip
-    ws2 = Workspace.open(stale)
+    ws2 = fresh_copy(src, stale)
     few = a.sample(min(80, len(a)), random_state=0)
     label(ws2, few, "a")
     labeler("train", "-w", str(ws2.root), "--mode", "head", "--no-label-errors", "-q",
@@ -182,11 +184,7 @@ def main() -> None:
     ap.add_argument("--scratch", default="/tmp/bench_vote")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vote"))
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    scratch = Path(args.scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    done = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}  # fmt: skip
+    scratch, out, done = open_results(args.scratch, args.out)
     for item in args.set:
         name, ws = item.split("=", 1)
         done[name] = run_set(name, Path(ws), scratch)

@@ -182,16 +182,16 @@ def head_features(
         )
 
     k = min(dims, D, max(len(pick) - 1, 1))
-    out = np.empty((n, k), np.float32)
-    if k >= D:  # fewer columns than components: all of them
-        for r in range(0, n, 8192):
-            out[r : r + 8192] = standard(slice(r, r + 8192))
-        return out / np.float32(np.sqrt(D))
-    from sklearn.decomposition import PCA
+    W = None  # fewer columns than components: all of them
+    if k < D:
+        from sklearn.decomposition import PCA
 
-    W = PCA(n_components=k, random_state=seed).fit(standard(pick)).components_.astype(np.float32)
+        W = PCA(n_components=k, random_state=seed).fit(standard(pick)).components_
+        W = W.astype(np.float32)
+    out = np.empty((n, k), np.float32)
     for r in range(0, n, 8192):  # row blocks: one standardised copy of 8,192 faces at a time
-        out[r : r + 8192] = standard(slice(r, r + 8192)) @ W.T
+        Z = standard(slice(r, r + 8192))
+        out[r : r + 8192] = Z if W is None else Z @ W.T
     return out / np.float32(np.sqrt(D))
 
 
@@ -416,8 +416,8 @@ def features_cache_path(
 
     from labeler.embeddings.store import embedding_dir
 
-    key = (list(blocks), int(dims)) + (("head", HEAD_FIT_ROWS),) * head
-    what = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+    kind = (list(blocks), int(dims)) + (("head", HEAD_FIT_ROWS),) * head
+    what = hashlib.sha1(repr(kind).encode()).hexdigest()[:12]
     state = hashlib.sha1("\n".join(map(str, face_ids)).encode())
     for key, _ in blocks:
         folder = embedding_dir(ws, key)

@@ -51,8 +51,9 @@ class RegroupConfig:
     vectors (norm 1): 0 regroups by looks alone. Realmasks, interactive eff95 over 5
     cluster seeds: weight 4 gave 25.6-32.2 (median 27.9), 3 gave 20.4-30.2 (27.5), 2 about
     25 (``bench/results/regroup.md``). lam, standardize: the ridge head's, as the Suggest
-    step's (:class:`~labeler.loop.suggest.SuggestConfig`). group_size: faces per group the Ward tree is cut for (the default
-    grouping's). min_labels: labeled faces needed before the app offers it.
+    step's (:class:`~labeler.loop.suggest.SuggestConfig`). group_size: faces per group the
+    Ward tree is cut for (the default grouping's). min_labels: labeled faces needed before
+    the app offers it.
     """
 
     weight: float = 4.0

@@ -96,7 +96,6 @@ def set_vote(ws: Workspace, field: str, model: str | None) -> None:
     votes = {k: v for k, v in settings.get("vote", {}).items() if k != field}
     if model:
         votes[field] = model
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, settings | {"vote": votes})
 
 
@@ -171,6 +170,7 @@ def suggest_workspace(
         mv = model_vote(ws, face_ids, field=field, run=None if model == "current" else model)
         vote, run_id = mv.aligned(classes), mv.run_id
         log.info("suggest: the vote of %s %.1f s", run_id, time.perf_counter() - t)
+        t = time.perf_counter()
     res = suggest(X, y, cv_groups=event, config=config, vote=vote)
     log.info("suggest: heads and groups %.1f s (3/4)", time.perf_counter() - t)
     names = np.asarray(classes, dtype=object)

@@ -182,13 +182,22 @@ VOTE_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def vote_weight(P: np.ndarray, V: np.ndarray, yc: np.ndarray) -> float:
     """The share of ``VOTE_WEIGHTS`` whose mixture ``(1 - w) P + w V`` of out-of-fold rows
-    (L, C) has the least class-balanced log-loss against their labels ``yc`` (L,). Never 1: the Suggest
-    step's own head keeps a say, it knows the labels given since the model was trained."""
+    (L, C) has the least class-balanced log-loss against their labels ``yc`` (L,). Never 1:
+    the Suggest step's own head keeps a say, it knows the labels given since the model was
+    trained."""
     idx = np.arange(len(yc))
     per_class = 1.0 / np.bincount(yc)[yc]  # every class counts the same, as the head's do
     loss = [-(per_class * np.log(np.clip((1 - w) * P[idx, yc] + w * V[idx, yc], 1e-9, None))).sum()
             for w in VOTE_WEIGHTS]  # fmt: skip
     return float(VOTE_WEIGHTS[int(np.argmin(loss))])
+
+
+def rows_sum_to_one(P: np.ndarray) -> np.ndarray:
+    """(N, C) float64: each row of ``P`` scaled to sum to 1; a row of zeros gets equal
+    shares."""
+    P = np.asarray(P, np.float64)
+    s = P.sum(1, keepdims=True)
+    return np.where(s > 0, P / np.where(s > 0, s, 1.0), 1.0 / max(1, P.shape[1]))
 
 
 def design_matrix(X: np.ndarray, standardize: bool = True) -> np.ndarray:
@@ -485,8 +494,9 @@ def suggest(
     each face its label, or its photo; default each row alone), cut into 2K chunks of
     similar faces each. vote: (N, max code + 1) a trained model's probabilities per code,
     out-of-fold for the faces it was trained on (:mod:`labeler.loop.vote`); mixed in at
-    ``config.vote_weight``, so the measured precision is the mixture's. Returns a :class:`SuggestResult`; with fewer than
-    ``config.min_labels`` labels or one class only, an empty one (nothing is guessed).
+    ``config.vote_weight``, so the measured precision is the mixture's. Returns a
+    :class:`SuggestResult`; with fewer than ``config.min_labels`` labels or one class only,
+    an empty one (nothing is guessed).
     """
 
     cfg = config or SuggestConfig()
@@ -521,9 +531,7 @@ def suggest(
         V = np.asarray(vote, np.float64)
         if V.shape[0] != n or V.shape[1] <= classes.max():
             raise ValueError(f"vote has shape {V.shape}; pass (N={n}, codes) probabilities")
-        V = V[:, classes]
-        s = V.sum(1, keepdims=True)
-        V = np.where(s > 0, V / np.where(s > 0, s, 1.0), 1.0 / C)
+        V = rows_sum_to_one(V[:, classes])  # over the classes the labels hold
         w_v = cfg.vote_weight
         if w_v is None:  # measured on the labeled faces' out-of-fold rows
             w_v = vote_weight(P[rows], V[rows], yc)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labeler.errors import InputError
-from labeler.train.runs import OOF_FILE
+from labeler.train.runs import OOF_FILE, current_runs
 
 if TYPE_CHECKING:
     from labeler.train.runs import LoadedModel
@@ -62,13 +62,14 @@ class ModelVote:
         """Probabilities (N, len(names)) in the order of ``names`` (the Suggest step's
         classes): a class the run does not know gets 0, and each row sums to 1 over
         ``names`` (a face the run gives only unknown classes gets equal shares)."""
+        from labeler.loop.suggest import rows_sum_to_one
+
         col = {c: i for i, c in enumerate(self.classes)}
         P = np.zeros((len(self.proba), len(names)), np.float64)
         for j, name in enumerate(names):
             if name in col:
                 P[:, j] = self.proba[:, col[name]]
-        s = P.sum(1, keepdims=True)
-        return np.where(s > 0, P / np.where(s > 0, s, 1.0), 1.0 / max(1, len(names)))
+        return rows_sum_to_one(P)
 
 
 def votable_run(ws: Workspace, field: str) -> dict | None:
@@ -77,11 +78,8 @@ def votable_run(ws: Workspace, field: str) -> dict | None:
     small JSON reads."""
     from labeler.workspace import read_json
 
-    current = ws.models_dir / "current.json"
-    run = dict(read_json(current)).get(field) if current.exists() else None
-    if not run or not (ws.models_dir / run / OOF_FILE).exists():
-        return None
-    if not (ws.models_dir / run / "config.json").exists():
+    run = current_runs(ws).get(field)
+    if not run or not all((ws.models_dir / run / f).exists() for f in (OOF_FILE, "config.json")):
         return None
     return dict(read_json(ws.models_dir / run / "config.json"))
 

@@ -229,7 +229,7 @@ def train(
 
             _swap.discard(stage)
         raise
-    current = _read_current(ws)
+    current = current_runs(ws)
     current[config.field] = run_id
     write_json(ws.models_dir / "current.json", current)
     ws.save_step_config("train", meta)
@@ -436,7 +436,8 @@ def _scores(y: np.ndarray, classes: list[str], probs: np.ndarray) -> dict:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def _read_current(ws: Workspace) -> dict:
+def current_runs(ws: Workspace) -> dict:
+    """``models/current.json``: the current run of each field (empty before any training)."""
     from labeler.workspace import read_json
 
     path = ws.models_dir / "current.json"
@@ -525,7 +526,7 @@ def load_model(
     from labeler.workspace import read_json
 
     if run is None:
-        run = _read_current(ws).get(field)
+        run = current_runs(ws).get(field)
         if run is None:
             raise NotFoundError(
                 f"no trained model for field {field!r} in {ws.models_dir}; run 'labeler train -w {ws.root}'"
